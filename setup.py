@@ -1,0 +1,42 @@
+"""Build the Cython/C extensions of imgate.
+
+Release builds by default; IMGATE_DEBUG=1 compiles the debug checks in (see csrc/imgate_debug.h).
+"""
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("IMGATE_DEBUG", "0") not in ("", "0")
+
+macros = [("IMGATE_DEBUG", "1" if DEBUG else "0")]
+cflags = ["-O0", "-g"] if DEBUG else ["-O3"]
+common = dict(
+    include_dirs=["csrc"],
+    define_macros=macros,
+    extra_compile_args=cflags + ["-std=c11", "-Wno-unused-function"],
+)
+
+extensions = [
+    Extension("imgate._core.frame", ["src/imgate/_core/frame.pyx"], **common),
+    Extension(
+        "imgate._core.websocket",
+        ["src/imgate/_core/websocket.pyx", "csrc/imgate_ws.c"],
+        **common,
+    ),
+    Extension("imgate._core.room", ["src/imgate/_core/room.pyx"], **common),
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": DEBUG,
+            "wraparound": False,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+        include_path=["src"],
+    ),
+)

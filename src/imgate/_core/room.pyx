@@ -1,0 +1,715 @@
+"""Room connection table: the proxy's hot path.
+
+Connections are registered with an id and the socket the table may write to. Rooms map to C arrays of
+members, so a broadcast walks its room in C: per member it only takes a reference to the frame that was
+encoded once for its transport kind and appends it to the member's queue. Queues are written out once
+per event-loop iteration (or merge window): one send()/sendmsg() per connection for everything queued,
+straight to the socket, and `loop.add_writer` only for the few whose kernel buffer is full. Each queue
+is bounded by `max_pending` bytes; a connection past it is dropped from delivery and reported through
+`on_overflow` so its owner can send op 6 and close it.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from libc.string cimport memcpy, memmove
+
+from .includes.system cimport (
+    iovec, msghdr, send, sendmsg, MSG_DONTWAIT, MSG_NOSIGNAL, errno, EAGAIN, EWOULDBLOCK, EINTR,
+)
+from .includes.debug cimport IMGATE_DEBUG, IMGATE_ASSERT
+from .websocket cimport ws_header_size, ws_write_header
+
+import os
+
+DEF_MAX_PENDING = 256 * 1024
+# sendmsg() takes at most IOV_MAX (1024 on Linux) buffers; larger queues go out in several calls.
+cdef enum:
+    IOV_BATCH = 512
+    OUT_MIN_CAP = 4
+    OUT_KEEP_CAP = 16       # queues larger than this are freed once drained: idle conns stay small
+    WS_OPCODE_BINARY = 2
+
+
+cdef bytes _ws_wrap(bytes raw):
+    """One binary WebSocket message carrying `raw`, in one allocation."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
+    cdef Py_ssize_t h = ws_header_size(n)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, h + n)
+    cdef char* p = PyBytes_AS_STRING(out)
+    ws_write_header(p, n, WS_OPCODE_BINARY, True)
+    memcpy(p + h, PyBytes_AS_STRING(raw), n)
+    return out
+
+
+cdef inline bytes _as_bytes(object data):
+    if type(data) is bytes:
+        return <bytes>data
+    if isinstance(data, str):
+        return (<str>data).encode("utf-8")
+    return bytes(data)
+
+
+@cython.final
+cdef class Conn:
+    """One registered connection (internal; the public handle is its id)."""
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.out is not NULL:
+            for i in range(self.out_head, self.out_n):
+                Py_DECREF(<object>self.out[i])
+            PyMem_Free(self.out)
+            self.out = NULL
+        PyMem_Free(self.slots)
+        PyMem_Free(self.accepts)
+
+    cdef bint accepts_op(self, int op) noexcept:
+        cdef Py_ssize_t lo = 0, hi = self.n_accepts, mid
+        if self.accepts is NULL or op < 0:
+            return True
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.accepts[mid] < op:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo < self.n_accepts and self.accepts[lo] == op
+
+
+@cython.final
+cdef class Room:
+    """A room's members as a C array; O(1) join and leave by swap-remove."""
+
+    def __dealloc__(self):
+        PyMem_Free(self.members)
+
+
+@cython.final
+cdef class RoomTable:
+    """Connections, rooms and coalesced, bounded output. See docs/core.md."""
+
+    def __init__(self, loop=None, *, Py_ssize_t max_pending=DEF_MAX_PENDING, double merge_window=0.0,
+                 Py_ssize_t max_rooms_per_conn=64, on_overflow=None, on_error=None):
+        if max_pending <= 0:
+            raise ValueError(f"max_pending must be positive, got {max_pending}")
+        if merge_window < 0:
+            raise ValueError(f"merge_window must be >= 0, got {merge_window}")
+        if max_rooms_per_conn <= 0:
+            raise ValueError(f"max_rooms_per_conn must be positive, got {max_rooms_per_conn}")
+        self._loop = loop
+        self._conns = {}
+        self._rooms = {}
+        self._max_pending = max_pending
+        self._merge_window = merge_window
+        self._max_rooms_per_conn = max_rooms_per_conn
+        self._on_overflow = on_overflow
+        self._on_error = on_error
+        self._overflowed = []
+        self._failed = []
+
+    def __dealloc__(self):
+        PyMem_Free(self._dirty)
+
+    # ------------------------------------------------------------------ registration
+
+    @property
+    def max_pending(self):
+        return self._max_pending
+
+    @property
+    def merge_window(self):
+        return self._merge_window
+
+    def __len__(self):
+        return len(self._conns)
+
+    def __contains__(self, conn_id):
+        return conn_id in self._conns
+
+    def add(self, conn_id, sock, *, bint websocket=False):
+        """Register a connection whose socket the table writes to directly.
+
+        `sock` is a connected stream socket (socket object or file descriptor) that the caller owns and
+        keeps open until `remove(conn_id)`. With `websocket=True` each payload is sent as one binary
+        WebSocket message. Writes never block: output waits in the connection's bounded queue.
+        """
+        cdef Conn c = self._new_conn(conn_id)
+        c.fd = sock if isinstance(sock, int) else sock.fileno()
+        if c.fd < 0:
+            raise ValueError(f"socket for connection {conn_id!r} is closed")
+        c.sock = sock
+        c.kind = KIND_WEBSOCKET if websocket else KIND_STREAM
+        c.ws_framing = websocket
+        self._conns[conn_id] = c
+
+    def add_transport(self, conn_id, transport, *, bint websocket=False):
+        """Register a connection served by an asyncio transport (TLS, or a gateway's own protocol).
+
+        Output is still coalesced per loop iteration and bounded (queue plus the transport's buffer),
+        but goes out through `transport.write()`: one Python call per connection per flush.
+        """
+        cdef Conn c = self._new_conn(conn_id)
+        c.fd = -1
+        c.transport = transport
+        c.kind = KIND_TRANSPORT
+        c.ws_framing = websocket
+        self._conns[conn_id] = c
+
+    cdef Conn _get(self, object conn_id):
+        c = self._conns.get(conn_id)
+        if c is None:
+            raise KeyError(f"unknown connection {conn_id!r}")
+        return <Conn>c
+
+    def _new_conn(self, conn_id):
+        if conn_id in self._conns:
+            raise KeyError(f"connection {conn_id!r} is already registered")
+        cdef Conn c = Conn.__new__(Conn)
+        c.conn_id = conn_id
+        return c
+
+    def remove(self, conn_id):
+        """Unregister a connection: it leaves every room and its queued output is dropped.
+
+        The socket is not closed; the caller closes it afterwards. Returns False if unknown.
+        """
+        c = self._conns.get(conn_id)
+        if c is None:
+            return False
+        cdef Conn conn = <Conn>c
+        while conn.n_slots:
+            self._unlink(conn, <Room>conn.slots[conn.n_slots - 1].room, conn.n_slots - 1)
+        self._drop_output(conn)
+        conn.dead = True
+        del self._conns[conn_id]
+        return True
+
+    # ------------------------------------------------------------------ rooms
+
+    def join(self, conn_id, room_id):
+        """Add the connection to a room. Returns False if it was already a member."""
+        cdef Conn c = self._get(conn_id)
+        cdef Room r
+        cdef Py_ssize_t i
+        cdef void** members
+        cdef RoomSlot* slots
+        ro = self._rooms.get(room_id)
+        if ro is not None:
+            r = <Room>ro
+            for i in range(c.n_slots):
+                if c.slots[i].room == <void*>r:
+                    return False
+        if c.n_slots >= self._max_rooms_per_conn:
+            raise ValueError(
+                f"connection {conn_id!r} is already in {c.n_slots} rooms (max_rooms_per_conn)")
+        if ro is None:
+            r = Room.__new__(Room)
+            r.room_id = room_id
+            self._rooms[room_id] = r
+        if r.n == r.cap:
+            members = <void**>PyMem_Realloc(r.members, (r.cap * 2 if r.cap else 8) * sizeof(void*))
+            if members is NULL:
+                raise MemoryError()
+            r.members = members
+            r.cap = r.cap * 2 if r.cap else 8
+        if c.n_slots == c.slots_cap:
+            slots = <RoomSlot*>PyMem_Realloc(c.slots, (c.slots_cap * 2 if c.slots_cap else 1) * sizeof(RoomSlot))
+            if slots is NULL:
+                raise MemoryError()
+            c.slots = slots
+            c.slots_cap = c.slots_cap * 2 if c.slots_cap else 1
+        r.members[r.n] = <void*>c
+        c.slots[c.n_slots].room = <void*>r
+        c.slots[c.n_slots].index = r.n
+        c.n_slots += 1
+        r.n += 1
+        if c.ws_framing:
+            r.n_ws += 1
+        return True
+
+    def leave(self, conn_id, room_id):
+        """Remove the connection from a room. Returns False if it was not a member."""
+        cdef Conn c = self._get(conn_id)
+        cdef Py_ssize_t i
+        ro = self._rooms.get(room_id)
+        if ro is None:
+            return False
+        for i in range(c.n_slots):
+            if c.slots[i].room == <void*>ro:
+                self._unlink(c, <Room>ro, i)
+                return True
+        return False
+
+    def move(self, conn_id, old_room, new_room):
+        """Leave `old_room` (if a member; None for none) and join `new_room` (goim's change room)."""
+        self._get(conn_id)
+        if old_room is not None and old_room != new_room:
+            self.leave(conn_id, old_room)
+        if new_room is not None:
+            self.join(conn_id, new_room)
+
+    cdef int _unlink(self, Conn c, Room r, Py_ssize_t slot_i) except -1:
+        cdef Py_ssize_t idx = c.slots[slot_i].index
+        cdef Py_ssize_t last = r.n - 1
+        cdef Conn moved
+        cdef Py_ssize_t j
+        if IMGATE_DEBUG:
+            IMGATE_ASSERT(r.members[idx] == <void*>c)
+        if idx != last:
+            # swap-remove: the last member takes the freed place; fix its slot for this room
+            moved = <Conn>r.members[last]
+            r.members[idx] = <void*>moved
+            for j in range(moved.n_slots):
+                if moved.slots[j].room == <void*>r:
+                    moved.slots[j].index = idx
+                    break
+        r.n = last
+        if c.ws_framing:
+            r.n_ws -= 1
+        c.n_slots -= 1
+        if slot_i != c.n_slots:
+            c.slots[slot_i] = c.slots[c.n_slots]
+        if c.n_slots == 0 and c.slots_cap > 4:
+            PyMem_Free(c.slots)
+            c.slots = NULL
+            c.slots_cap = 0
+        if r.n == 0:
+            del self._rooms[r.room_id]
+        return 0
+
+    def room_count(self, room_id):
+        """Members of a room (0 for an unknown room)."""
+        ro = self._rooms.get(room_id)
+        return 0 if ro is None else (<Room>ro).n
+
+    def room_members(self, room_id):
+        """Ids of the room's members."""
+        ro = self._rooms.get(room_id)
+        if ro is None:
+            return []
+        cdef Room r = <Room>ro
+        cdef Py_ssize_t i
+        return [(<Conn>r.members[i]).conn_id for i in range(r.n)]
+
+    def rooms(self):
+        """{room_id: online count} for every non-empty room."""
+        return {room_id: (<Room>r).n for room_id, r in self._rooms.items()}
+
+    def rooms_of(self, conn_id):
+        """Rooms the connection is in, in no particular order."""
+        cdef Conn c = self._get(conn_id)
+        cdef Py_ssize_t i
+        return [(<Room>c.slots[i].room).room_id for i in range(c.n_slots)]
+
+    def connections(self):
+        """Ids of every registered connection."""
+        return list(self._conns)
+
+    def set_accepts(self, conn_id, ops):
+        """Restrict the push operations the connection receives (None: all of them).
+
+        Applies to sends and broadcasts given an `op`; sends with op=-1 are never filtered.
+        """
+        cdef Conn c = self._get(conn_id)
+        cdef list values
+        cdef int* arr
+        cdef Py_ssize_t i
+        if ops is None:
+            PyMem_Free(c.accepts)
+            c.accepts = NULL
+            c.n_accepts = 0
+            return
+        values = sorted({int(op) for op in ops})
+        arr = <int*>PyMem_Malloc((len(values) or 1) * sizeof(int))
+        if arr is NULL:
+            raise MemoryError()
+        for i in range(len(values)):
+            arr[i] = values[i]
+        PyMem_Free(c.accepts)
+        c.accepts = arr
+        c.n_accepts = len(values)
+
+    def accepts(self, conn_id):
+        """The accepted operations, or None when every operation is accepted."""
+        cdef Conn c = self._get(conn_id)
+        cdef Py_ssize_t i
+        if c.accepts is NULL:
+            return None
+        return [c.accepts[i] for i in range(c.n_accepts)]
+
+    # ------------------------------------------------------------------ output
+
+    def pending(self, conn_id):
+        """Bytes queued for the connection and not yet accepted by its socket."""
+        return self._get(conn_id).pending
+
+    def send(self, conn_id, data, int op=-1):
+        """Queue `data` for one connection. Returns False if it was filtered out or dropped."""
+        cdef Conn c = self._get(conn_id)
+        cdef bytes raw = _as_bytes(data)
+        if c.dead or not c.accepts_op(op):
+            return False
+        self._queue(c, _ws_wrap(raw) if c.ws_framing else raw)
+        self._schedule()
+        self._report()
+        return not c.dead
+
+    def send_many(self, conn_ids, data, int op=-1):
+        """Queue `data` for several connections, encoded once per transport kind; unknown ids are
+        skipped. Returns how many connections it was queued for."""
+        cdef bytes raw = _as_bytes(data)
+        cdef bytes ws = None
+        cdef Conn c
+        cdef Py_ssize_t count = 0
+        for conn_id in conn_ids:
+            co = self._conns.get(conn_id)
+            if co is None:
+                continue
+            c = <Conn>co
+            if c.dead or not c.accepts_op(op):
+                continue
+            if c.ws_framing:
+                if ws is None:
+                    ws = _ws_wrap(raw)
+                self._queue(c, ws)
+            else:
+                self._queue(c, raw)
+            count += 1
+        if count:
+            self._schedule()
+        self._report()
+        return count
+
+    def broadcast(self, room_id, data, int op=-1):
+        """Queue `data` for every member of a room, encoded once per transport kind.
+
+        The walk over members is a C loop. Returns how many connections it was queued for.
+        """
+        ro = self._rooms.get(room_id)
+        if ro is None:
+            return 0
+        cdef Room r = <Room>ro
+        cdef bytes raw = _as_bytes(data)
+        cdef bytes ws = _ws_wrap(raw) if r.n_ws else None
+        cdef Py_ssize_t i, count = 0
+        cdef Conn c
+        for i in range(r.n):
+            c = <Conn>r.members[i]
+            if c.dead or not c.accepts_op(op):
+                continue
+            self._queue(c, ws if c.ws_framing else raw)
+            count += 1
+        if count:
+            self._schedule()
+        self._report()
+        return count
+
+    def broadcast_all(self, data, int op=-1):
+        """Queue `data` for every registered connection. Returns how many it was queued for."""
+        cdef bytes raw = _as_bytes(data)
+        cdef bytes ws = None
+        cdef Conn c
+        cdef Py_ssize_t count = 0
+        for co in self._conns.values():
+            c = <Conn>co
+            if c.dead or not c.accepts_op(op):
+                continue
+            if c.ws_framing:
+                if ws is None:
+                    ws = _ws_wrap(raw)
+                self._queue(c, ws)
+            else:
+                self._queue(c, raw)
+            count += 1
+        if count:
+            self._schedule()
+        self._report()
+        return count
+
+    cdef int _queue(self, Conn c, bytes data) except -1:
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef void** out
+        cdef Py_ssize_t live
+        if n == 0:
+            return 0
+        if c.pending + n > self._max_pending:
+            # slow consumer: stop delivering, free its queue now, report after the walk
+            self._drop_output(c)
+            c.dead = True
+            self.overflows += 1
+            self._overflowed.append(c.conn_id)
+            return 0
+        if c.out_n == c.out_cap:
+            live = c.out_n - c.out_head
+            if c.out_head and live < c.out_cap // 2:
+                # reuse the space of entries already written
+                memmove(c.out, c.out + c.out_head, live * sizeof(void*))
+            else:
+                out = <void**>PyMem_Realloc(c.out, (c.out_cap * 2 if c.out_cap else OUT_MIN_CAP) * sizeof(void*))
+                if out is NULL:
+                    raise MemoryError()
+                c.out = out
+                c.out_cap = c.out_cap * 2 if c.out_cap else OUT_MIN_CAP
+                if c.out_head:
+                    memmove(c.out, c.out + c.out_head, live * sizeof(void*))
+            c.out_head = 0
+            c.out_n = live
+        Py_INCREF(data)
+        c.out[c.out_n] = <void*>data
+        c.out_n += 1
+        c.pending += n
+        if not c.dirty and not c.writer_armed:
+            if self._n_dirty == self._dirty_cap:
+                out = <void**>PyMem_Realloc(self._dirty, (self._dirty_cap * 2 if self._dirty_cap else 64) * sizeof(void*))
+                if out is NULL:
+                    raise MemoryError()
+                self._dirty = out
+                self._dirty_cap = self._dirty_cap * 2 if self._dirty_cap else 64
+            # the table's strong ref to c (in _conns) outlives the dirty entry: remove() clears dirty
+            self._dirty[self._n_dirty] = <void*>c
+            self._n_dirty += 1
+            c.dirty = True
+        return 0
+
+    cdef int _drop_output(self, Conn c) except -1:
+        cdef Py_ssize_t i
+        if c.out is not NULL:
+            for i in range(c.out_head, c.out_n):
+                Py_DECREF(<object>c.out[i])
+            PyMem_Free(c.out)
+            c.out = NULL
+        c.out_head = c.out_n = c.out_cap = 0
+        c.head_off = 0
+        c.pending = 0
+        if c.dirty:
+            # take it out of the dirty list so a flush never touches a removed conn
+            for i in range(self._n_dirty):
+                if self._dirty[i] == <void*>c:
+                    self._dirty[i] = NULL
+                    break
+            c.dirty = False
+        if c.writer_armed:
+            c.writer_armed = False
+            if self._loop is not None:
+                self._loop.remove_writer(c.fd)
+        return 0
+
+    cdef int _schedule(self) except -1:
+        if self._flush_scheduled or self._loop is None or self._n_dirty == 0:
+            return 0
+        self._flush_scheduled = True
+        if self._merge_window > 0:
+            self._flush_handle = self._loop.call_later(self._merge_window, self._flush_cb)
+        else:
+            self._flush_handle = self._loop.call_soon(self._flush_cb)
+        return 0
+
+    def _flush_cb(self):
+        self._flush_scheduled = False
+        self._flush_handle = None
+        self.flush()
+
+    def flush(self):
+        """Write everything queued now: one send per connection, straight to its socket."""
+        cdef Py_ssize_t i = 0
+        cdef Conn c
+        cdef void* p
+        # a flush may be re-entered by callbacks; take the list as it is now
+        while i < self._n_dirty:
+            p = self._dirty[i]
+            i += 1
+            if p is NULL:
+                continue
+            c = <Conn>p
+            c.dirty = False
+            self._flush_conn(c)
+        self._n_dirty = 0
+        if self._dirty_cap > 4096:
+            PyMem_Free(self._dirty)
+            self._dirty = NULL
+            self._dirty_cap = 0
+        self._report()
+
+    cdef int _flush_conn(self, Conn c) except -1:
+        cdef iovec iov[IOV_BATCH]
+        cdef msghdr msg
+        cdef Py_ssize_t k, cnt, want, r, chunk
+        cdef object obj
+        cdef bint blocked = False
+        if c.kind == KIND_TRANSPORT:
+            return self._flush_transport(c)
+        while c.out_head < c.out_n:
+            cnt = c.out_n - c.out_head
+            if cnt > IOV_BATCH:
+                cnt = IOV_BATCH
+            want = 0
+            for k in range(cnt):
+                obj = <object>c.out[c.out_head + k]
+                iov[k].iov_base = PyBytes_AS_STRING(obj)
+                iov[k].iov_len = PyBytes_GET_SIZE(obj)
+                if k == 0:
+                    iov[0].iov_base = <char*>iov[0].iov_base + c.head_off
+                    iov[0].iov_len -= c.head_off
+                want += iov[k].iov_len
+            with nogil:
+                if cnt == 1:
+                    r = send(c.fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL)
+                else:
+                    msg.msg_name = NULL
+                    msg.msg_namelen = 0
+                    msg.msg_iov = iov
+                    msg.msg_iovlen = cnt
+                    msg.msg_control = NULL
+                    msg.msg_controllen = 0
+                    msg.msg_flags = 0
+                    r = sendmsg(c.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+            self.write_calls += 1
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                if errno == EAGAIN or errno == EWOULDBLOCK:
+                    blocked = True
+                    break
+                err = OSError(errno, os.strerror(errno))
+                self._drop_output(c)
+                c.dead = True
+                self._failed.append((c.conn_id, err))
+                return 0
+            self.bytes_out += r
+            c.pending -= r
+            blocked = r < want      # a short write: the kernel buffer is full
+            # release every entry the kernel took whole; keep the offset into a half-written one
+            r += c.head_off
+            while c.out_head < c.out_n:
+                chunk = PyBytes_GET_SIZE(<object>c.out[c.out_head])
+                if r < chunk:
+                    break
+                r -= chunk
+                Py_DECREF(<object>c.out[c.out_head])
+                c.out[c.out_head] = NULL
+                c.out_head += 1
+                self.frames_out += 1
+            c.head_off = r
+            if blocked:
+                break
+        if c.out_head == c.out_n:
+            c.out_head = c.out_n = 0
+            c.head_off = 0
+            if c.out_cap > OUT_KEEP_CAP:
+                PyMem_Free(c.out)
+                c.out = NULL
+                c.out_cap = 0
+            if c.writer_armed:
+                c.writer_armed = False
+                self._loop.remove_writer(c.fd)
+        elif blocked and not c.writer_armed:
+            if self._loop is None:
+                return 0
+            c.writer_armed = True
+            self._loop.add_writer(c.fd, self._on_writable, c)
+        return 0
+
+    def _on_writable(self, Conn c):
+        if c.dead or not c.writer_armed:
+            return
+        self._flush_conn(c)
+        self._report()
+
+    cdef int _flush_transport(self, Conn c) except -1:
+        cdef Py_ssize_t i
+        cdef list parts
+        transport = c.transport
+        if transport.is_closing():
+            self._drop_output(c)
+            c.dead = True
+            self._failed.append((c.conn_id, ConnectionResetError("transport is closing")))
+            return 0
+        if c.out_n - c.out_head == 1:
+            data = <object>c.out[c.out_head]
+        else:
+            parts = [<object>c.out[i] for i in range(c.out_head, c.out_n)]
+            data = b"".join(parts)
+        transport.write(data)
+        self.write_calls += 1
+        self.bytes_out += c.pending
+        self.frames_out += c.out_n - c.out_head
+        for i in range(c.out_head, c.out_n):
+            Py_DECREF(<object>c.out[i])
+            c.out[i] = NULL
+        c.out_head = c.out_n = 0
+        c.pending = 0
+        if c.out_cap > OUT_KEEP_CAP:
+            PyMem_Free(c.out)
+            c.out = NULL
+            c.out_cap = 0
+        if transport.get_write_buffer_size() > self._max_pending:
+            c.dead = True
+            self.overflows += 1
+            self._overflowed.append(c.conn_id)
+        return 0
+
+    cdef int _report(self) except -1:
+        cdef list items
+        if self._overflowed:
+            items = self._overflowed
+            self._overflowed = []
+            if self._on_overflow is not None:
+                for conn_id in items:
+                    self._on_overflow(conn_id)
+        if self._failed:
+            items = self._failed
+            self._failed = []
+            if self._on_error is not None:
+                for conn_id, err in items:
+                    self._on_error(conn_id, err)
+        return 0
+
+    def send_final(self, conn_id, data=b""):
+        """Best-effort last words, then unregister: drop what is queued, write `data` (e.g. an op-6
+        frame) once without blocking, and remove the connection. The caller closes the socket.
+
+        If a frame was half written, its rest goes first so the client can still parse `data`.
+        """
+        cdef Conn c = self._get(conn_id)
+        cdef bytes raw = _as_bytes(data)
+        cdef bytes tail = b""
+        cdef object head
+        if c.head_off and c.out_head < c.out_n:
+            head = <object>c.out[c.out_head]
+            tail = head[c.head_off:]
+        payload = tail + (_ws_wrap(raw) if c.ws_framing and raw else raw)
+        self.remove(conn_id)
+        if not payload:
+            return
+        if c.kind == KIND_TRANSPORT:
+            if not c.transport.is_closing():
+                c.transport.write(payload)
+            return
+        try:
+            _send_nowait(c.fd, payload)
+        except OSError:
+            pass
+
+    def stats(self):
+        """Counters for metrics."""
+        return {
+            "connections": len(self._conns),
+            "rooms": len(self._rooms),
+            "frames_out": self.frames_out,
+            "bytes_out": self.bytes_out,
+            "write_calls": self.write_calls,
+            "overflows": self.overflows,
+        }
+
+
+cdef int _send_nowait(int fd, bytes payload) except -1:
+    cdef ssize_t r
+    cdef const char* buf = PyBytes_AS_STRING(payload)
+    cdef size_t n = PyBytes_GET_SIZE(payload)
+    with nogil:
+        r = send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+    if r < 0 and errno != EAGAIN and errno != EWOULDBLOCK:
+        raise OSError(errno, os.strerror(errno))
+    return 0
