@@ -132,11 +132,12 @@ def test_error_is_raised_when_the_header_completes_across_feeds():
 def test_frames_before_a_bad_header_are_not_lost():
     d = FrameDecoder()
     good = encode_frame(1000, 1, b"ok")
-    with pytest.raises(ProtocolError):
-        d.feed(good + header(3))
-    # the good frame was decoded before the violation; callers that need it feed frame by frame.
-    d2 = FrameDecoder()
-    assert d2.feed(good)[0].body == b"ok"
+    with pytest.raises(ProtocolError) as e:
+        d.feed(good + good + header(3))
+    assert [f.body for f in e.value.frames] == [b"ok", b"ok"], "frames before the violation are handed over"
+    with pytest.raises(ProtocolError) as e:
+        d.feed(good)
+    assert e.value.frames == []
 
 
 def test_custom_limit_and_zero_limit():

@@ -484,3 +484,25 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="closed"):
         t.add(1, a)
     b.close()
+
+
+def test_ws_data_gives_websocket_members_their_own_encoding():
+    """An op-9 batch: TCP members get the inner frames, WebSocket members one op-9 frame."""
+    from imgate.core import encode_batch
+
+    pairs = tcp_pairs(2)
+    t = RoomTable()
+    try:
+        t.add("tcp", pairs[0][0])
+        t.add("ws", pairs[1][0], websocket=True)
+        t.join("tcp", "r")
+        t.join("ws", "r")
+        inner = encode_frame(1000, 1, b"a") + encode_frame(1000, 2, b"b")
+        batch = encode_batch([encode_frame(1000, 1, b"a"), encode_frame(1000, 2, b"b")])
+        assert t.broadcast("r", inner, ws_data=batch) == 2
+        assert t.send("ws", b"x", ws_data=b"y") and t.send_many(["tcp"], b"z", ws_data=b"w") == 1
+        t.flush()
+        assert read_exact(pairs[0][1], len(inner) + 1) == inner + b"z"
+        assert ws_messages(read_exact(pairs[1][1], 2 + len(batch) + 3)) == [(2, batch), (2, b"y")]
+    finally:
+        close_all(pairs)

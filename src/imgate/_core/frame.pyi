@@ -25,7 +25,8 @@ OP_LEAVE_ROOM_REPLY: int
 HEADER_SIZE: int
 DEFAULT_MAX_BODY: int
 
-class ProtocolError(ValueError): ...
+class ProtocolError(ValueError):
+    frames: list[Frame]
 
 def encode_frame(op: int, seq: int, body: bytes | bytearray | memoryview | str = b"", ver: int = 1) -> bytes: ...
 def encode_batch(frames: Iterable[bytes | bytearray | memoryview], seq: int = 0, ver: int = 1) -> bytes: ...

@@ -36,7 +36,12 @@ DEFAULT_MAX_BODY = 65536
 
 
 class ProtocolError(ValueError):
-    """A frame broke the goim v2 framing rules; the connection cannot be resynchronised."""
+    """A frame broke the goim v2 framing rules; the connection cannot be resynchronised.
+
+    `frames` holds the whole frames that preceded the violation in the chunk that failed.
+    """
+
+    frames = ()
 
 
 cdef inline void _put32(char* p, uint32_t v) noexcept nogil:
@@ -198,10 +203,15 @@ cdef class FrameDecoder:
         cdef Py_buffer view
         cdef list out = []
         if self._error is not None:
-            raise self._error
+            err = ProtocolError(*self._error.args)
+            err.frames = []
+            raise err
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             self._feed(<const unsigned char*>view.buf, view.len, out)
+        except ProtocolError as e:
+            e.frames = out  # the whole frames that came before the violation in this chunk
+            raise
         finally:
             PyBuffer_Release(&view)
         return out

@@ -65,6 +65,7 @@ cdef class RoomTable:
     cdef void** _dirty         # borrowed Conn pointers with queued output (each once)
     cdef Py_ssize_t _n_dirty
     cdef Py_ssize_t _dirty_cap
+    cdef char* _scratch         # table-wide staging for coalesced small writes
     cdef list _overflowed      # conn ids to report after the current walk
     cdef list _failed          # (conn id, OSError) to report after the current walk
     cdef readonly unsigned long long frames_out

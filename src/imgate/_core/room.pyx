@@ -28,7 +28,8 @@ DEF_MAX_PENDING = 256 * 1024
 cdef enum:
     IOV_BATCH = 512
     OUT_MIN_CAP = 4
-    OUT_KEEP_CAP = 16       # queues larger than this are freed once drained: idle conns stay small
+    OUT_KEEP_CAP = 32       # queues larger than this are freed once drained: idle conns stay small
+    SCRATCH_SIZE = 65536    # small multi-piece queues are copied here and sent with one send()
     WS_OPCODE_BINARY = 2
 
 
@@ -111,6 +112,7 @@ cdef class RoomTable:
 
     def __dealloc__(self):
         PyMem_Free(self._dirty)
+        PyMem_Free(self._scratch)
 
     # ------------------------------------------------------------------ registration
 
@@ -345,18 +347,32 @@ cdef class RoomTable:
         """Bytes queued for the connection and not yet accepted by its socket."""
         return self._get(conn_id).pending
 
-    def send(self, conn_id, data, int op=-1):
-        """Queue `data` for one connection. Returns False if it was filtered out or dropped."""
+    def send(self, conn_id, data, int op=-1, ws_data=None):
+        """Queue `data` for one connection. Returns False if it was filtered out or dropped.
+
+        `ws_data`, when given, is what a WebSocket connection gets instead of `data` (goim sends an
+        op-9 batch as its inner frames over TCP but as one op-9 frame over WebSocket).
+        """
         cdef Conn c = self._get(conn_id)
         cdef bytes raw = _as_bytes(data)
         if c.dead or not c.accepts_op(op):
             return False
-        self._queue(c, _ws_wrap(raw) if c.ws_framing else raw)
+        self._queue(c, _ws_wrap(raw if ws_data is None else _as_bytes(ws_data)) if c.ws_framing else raw)
         self._schedule()
         self._report()
         return not c.dead
 
-    def send_many(self, conn_ids, data, int op=-1):
+    def send_raw(self, conn_id, data):
+        """Queue bytes exactly as given, even for a WebSocket connection (its own control frames)."""
+        cdef Conn c = self._get(conn_id)
+        if c.dead:
+            return False
+        self._queue(c, _as_bytes(data))
+        self._schedule()
+        self._report()
+        return not c.dead
+
+    def send_many(self, conn_ids, data, int op=-1, ws_data=None):
         """Queue `data` for several connections, encoded once per transport kind; unknown ids are
         skipped. Returns how many connections it was queued for."""
         cdef bytes raw = _as_bytes(data)
@@ -372,7 +388,7 @@ cdef class RoomTable:
                 continue
             if c.ws_framing:
                 if ws is None:
-                    ws = _ws_wrap(raw)
+                    ws = _ws_wrap(raw if ws_data is None else _as_bytes(ws_data))
                 self._queue(c, ws)
             else:
                 self._queue(c, raw)
@@ -382,7 +398,7 @@ cdef class RoomTable:
         self._report()
         return count
 
-    def broadcast(self, room_id, data, int op=-1):
+    def broadcast(self, room_id, data, int op=-1, ws_data=None):
         """Queue `data` for every member of a room, encoded once per transport kind.
 
         The walk over members is a C loop. Returns how many connections it was queued for.
@@ -392,7 +408,7 @@ cdef class RoomTable:
             return 0
         cdef Room r = <Room>ro
         cdef bytes raw = _as_bytes(data)
-        cdef bytes ws = _ws_wrap(raw) if r.n_ws else None
+        cdef bytes ws = _ws_wrap(raw if ws_data is None else _as_bytes(ws_data)) if r.n_ws else None
         cdef Py_ssize_t i, count = 0
         cdef Conn c
         for i in range(r.n):
@@ -406,7 +422,7 @@ cdef class RoomTable:
         self._report()
         return count
 
-    def broadcast_all(self, data, int op=-1):
+    def broadcast_all(self, data, int op=-1, ws_data=None):
         """Queue `data` for every registered connection. Returns how many it was queued for."""
         cdef bytes raw = _as_bytes(data)
         cdef bytes ws = None
@@ -418,7 +434,7 @@ cdef class RoomTable:
                 continue
             if c.ws_framing:
                 if ws is None:
-                    ws = _ws_wrap(raw)
+                    ws = _ws_wrap(raw if ws_data is None else _as_bytes(ws_data))
                 self._queue(c, ws)
             else:
                 self._queue(c, raw)
@@ -553,6 +569,19 @@ cdef class RoomTable:
                     iov[0].iov_base = <char*>iov[0].iov_base + c.head_off
                     iov[0].iov_len -= c.head_off
                 want += iov[k].iov_len
+            if cnt > 1 and want <= SCRATCH_SIZE:
+                # the kernel charges per piece in sendmsg(); one memcpy into a scratch buffer is cheaper
+                if self._scratch is NULL:
+                    self._scratch = <char*>PyMem_Malloc(SCRATCH_SIZE)
+                    if self._scratch is NULL:
+                        raise MemoryError()
+                chunk = 0
+                for k in range(cnt):
+                    memcpy(self._scratch + chunk, iov[k].iov_base, iov[k].iov_len)
+                    chunk += iov[k].iov_len
+                iov[0].iov_base = self._scratch
+                iov[0].iov_len = want
+                cnt = 1
             with nogil:
                 if cnt == 1:
                     r = send(c.fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL)
@@ -666,20 +695,21 @@ cdef class RoomTable:
                     self._on_error(conn_id, err)
         return 0
 
-    def send_final(self, conn_id, data=b""):
+    def send_final(self, conn_id, data=b"", *, bint raw=False):
         """Best-effort last words, then unregister: drop what is queued, write `data` (e.g. an op-6
         frame) once without blocking, and remove the connection. The caller closes the socket.
 
         If a frame was half written, its rest goes first so the client can still parse `data`.
+        With `raw=True` the bytes go out as given (a WebSocket caller adds its own close frame).
         """
         cdef Conn c = self._get(conn_id)
-        cdef bytes raw = _as_bytes(data)
+        cdef bytes raw_data = _as_bytes(data)
         cdef bytes tail = b""
         cdef object head
         if c.head_off and c.out_head < c.out_n:
             head = <object>c.out[c.out_head]
             tail = head[c.head_off:]
-        payload = tail + (_ws_wrap(raw) if c.ws_framing and raw else raw)
+        payload = tail + (_ws_wrap(raw_data) if c.ws_framing and raw_data and not raw else raw_data)
         self.remove(conn_id)
         if not payload:
             return

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the demo page's browser test needs, if it is missing: Debian's chromium and
+# chromium-driver (headless Chromium driven by Selenium). Idempotent; needs root (or sudo) and the
+# Debian package mirrors. Selenium itself comes from requirements-dev.txt.
+set -euo pipefail
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+if have chromium && have chromedriver; then
+    echo "install-browser: chromium and chromedriver are already installed"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if have sudo; then SUDO="sudo -n"; else
+        echo "install-browser: need root (or sudo) to apt-get install chromium chromium-driver" >&2
+        exit 1
+    fi
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+# Refresh the package lists only when chromium cannot be found in them.
+if ! apt-cache show chromium >/dev/null 2>&1 || ! apt-cache show chromium-driver >/dev/null 2>&1; then
+    $SUDO apt-get update -q
+fi
+if ! $SUDO apt-get install -y -q chromium chromium-driver; then
+    $SUDO apt-get update -q
+    $SUDO apt-get install -y -q chromium chromium-driver
+fi
+
+have chromium && have chromedriver || { echo "install-browser: chromium/chromedriver still missing" >&2; exit 1; }
+echo "install-browser: $(chromium --version 2>/dev/null || true); $(chromedriver --version 2>/dev/null | head -1 || true)"

@@ -1,0 +1,5 @@
+import sys
+
+from imgate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,9 @@
+"""The cache service: the global online map `user_id -> conn_id -> server_id` (seed section 2).
+
+`MemoryCache` backs the embedded node; the cluster backs the same interface with Redis.
+"""
+
+from imgate.cache.base import Cache, Session
+from imgate.cache.memory import MemoryCache
+
+__all__ = ["Cache", "Session", "MemoryCache"]

@@ -1,0 +1,75 @@
+"""What logic needs from the cache service, whatever backs it."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Session:
+    """One connection of one user, as the cluster sees it."""
+
+    conn_id: int
+    mid: int
+    key: str
+    server: str
+    room_id: str = ""
+    platform: str = ""
+    connected_at: float = 0.0
+    expires_at: float = field(default=0.0, repr=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("expires_at")
+        return d
+
+
+class Cache(abc.ABC):
+    """`user_id -> conn_id -> server_id`, conn_id allocation, key -> connection, room counts per server.
+
+    Sessions expire unless renewed (heartbeats renew them), so a proxy that dies leaves no ghosts.
+    """
+
+    @abc.abstractmethod
+    async def alloc_conn_id(self) -> int:
+        """A connection id unique across the cluster."""
+
+    @abc.abstractmethod
+    async def add_session(self, session: Session, ttl: float) -> None:
+        """Register a connection; a previous connection with the same key is replaced in the key index."""
+
+    @abc.abstractmethod
+    async def renew_session(self, mid: int, conn_id: int, ttl: float) -> bool:
+        """Push the expiry forward; False if the session is gone (expired or removed)."""
+
+    @abc.abstractmethod
+    async def del_session(self, mid: int, conn_id: int) -> bool:
+        """Remove a connection; False if it was not there."""
+
+    @abc.abstractmethod
+    async def sessions(self, mids: list[int]) -> dict[int, list[Session]]:
+        """Live sessions of each user (users without any are left out)."""
+
+    @abc.abstractmethod
+    async def sessions_by_keys(self, keys: list[str]) -> dict[str, Session]:
+        """The live session holding each key (unknown keys are left out)."""
+
+    @abc.abstractmethod
+    async def list_sessions(self, limit: int) -> list[Session]:
+        """Up to `limit` live sessions (debug listing)."""
+
+    @abc.abstractmethod
+    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float) -> None:
+        """A proxy's periodic report: room online counts, connections, distinct client IPs."""
+
+    @abc.abstractmethod
+    async def servers_online(self) -> dict[str, dict]:
+        """{server: {"rooms": {room: count}, "conns": n, "ips": n, "updated": t}} for servers whose report is live."""
+
+    @abc.abstractmethod
+    async def user_count(self) -> int:
+        """Users with at least one session (may include sessions about to expire)."""
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,97 @@
+"""In-process cache service for the embedded node: plain dicts, lazy expiry."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from imgate.cache.base import Cache, Session
+
+
+class MemoryCache(Cache):
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self._by_mid: dict[int, dict[int, Session]] = {}
+        self._by_key: dict[str, Session] = {}
+        self._servers: dict[str, dict] = {}
+
+    def _live(self, s: Session) -> bool:
+        return s.expires_at > self._clock()
+
+    async def alloc_conn_id(self) -> int:
+        return next(self._ids)
+
+    async def add_session(self, session: Session, ttl: float) -> None:
+        session.expires_at = self._clock() + ttl
+        self._by_mid.setdefault(session.mid, {})[session.conn_id] = session
+        self._by_key[session.key] = session
+
+    async def renew_session(self, mid: int, conn_id: int, ttl: float) -> bool:
+        s = self._by_mid.get(mid, {}).get(conn_id)
+        if s is None or not self._live(s):
+            return False
+        s.expires_at = self._clock() + ttl
+        return True
+
+    async def del_session(self, mid: int, conn_id: int) -> bool:
+        conns = self._by_mid.get(mid)
+        if not conns or conn_id not in conns:
+            return False
+        s = conns.pop(conn_id)
+        if not conns:
+            del self._by_mid[mid]
+        if self._by_key.get(s.key) is s:
+            del self._by_key[s.key]
+        return True
+
+    def _sweep_user(self, mid: int) -> list[Session]:
+        conns = self._by_mid.get(mid)
+        if not conns:
+            return []
+        dead = [s for s in conns.values() if not self._live(s)]
+        for s in dead:
+            del conns[s.conn_id]
+            if self._by_key.get(s.key) is s:
+                del self._by_key[s.key]
+        if not conns:
+            del self._by_mid[mid]
+        return list(conns.values())
+
+    async def sessions(self, mids: list[int]) -> dict[int, list[Session]]:
+        out = {}
+        for mid in mids:
+            live = self._sweep_user(mid)
+            if live:
+                out[mid] = live
+        return out
+
+    async def sessions_by_keys(self, keys: list[str]) -> dict[str, Session]:
+        out = {}
+        for key in keys:
+            s = self._by_key.get(key)
+            if s is not None and self._live(s):
+                out[key] = s
+        return out
+
+    async def list_sessions(self, limit: int) -> list[Session]:
+        out = []
+        for mid in list(self._by_mid):
+            for s in self._sweep_user(mid):
+                out.append(s)
+                if len(out) >= limit:
+                    return out
+        return out
+
+    async def user_count(self) -> int:
+        return len(self._by_mid)
+
+    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float) -> None:
+        self._servers[server] = {"rooms": dict(rooms), "conns": conns, "ips": ips, "updated": time.time(),
+                                 "expires": self._clock() + ttl}
+
+    async def servers_online(self) -> dict[str, dict]:
+        now = self._clock()
+        for server in [s for s, v in self._servers.items() if v["expires"] <= now]:
+            del self._servers[server]
+        return {s: {k: v[k] for k in ("rooms", "conns", "ips", "updated")} for s, v in self._servers.items()}

@@ -1,0 +1,113 @@
+"""Configuration of a node: defaults, TOML file, command-line overrides (BRIEF: ports and flags)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+def parse_hostport(value: str, key: str) -> tuple[str, int]:
+    """'HOST:PORT', ':PORT' or 'PORT' -> (host, port); empty host means all interfaces."""
+    value = str(value).strip()
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "", value
+    host = host.strip("[]")
+    try:
+        p = int(port)
+    except ValueError:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}") from None
+    if not 0 <= p <= 65535:
+        raise ConfigError(f"{key}: port {p} is out of range 0-65535")
+    return host or "0.0.0.0", p
+
+
+@dataclass
+class Config:
+    # listeners (goim's ports)
+    tcp: str = "0.0.0.0:3101"
+    ws: str = "0.0.0.0:3102"
+    http: str = "0.0.0.0:3111"
+    # identity of this proxy process in the session registry
+    server_id: str = ""
+    # auth: "jwt" (HS256, user id in `sub`) or "none" (goim's auth body as it is)
+    auth: str = "jwt"
+    jwt_secret: str = ""
+    data_dir: str = "./data"
+    # connection handling
+    handshake_timeout: float = 5.0
+    heartbeat_timeout: float = 90.0  # goim clients beat every 30 s; three missed beats close
+    max_frame_body: int = 65536
+    max_pending: int = 1 << 20       # bytes queued per connection before it is a slow consumer
+    merge_window: float = 0.0        # seconds; 0 = coalesce within one event-loop iteration
+    max_rooms_per_conn: int = 64
+    shutdown_grace: float = 5.0
+    # HTTP API
+    max_http_body: int = 1 << 20
+    # how often proxies report room counts and logic absorbs them (seed 5.3)
+    online_interval: float = 1.0
+    # demo page helpers (token minting for the page); off unless asked for
+    demo: bool = False
+
+    def validate(self) -> "Config":
+        for key in ("tcp", "ws", "http"):
+            parse_hostport(getattr(self, key), key)
+        if self.auth not in ("jwt", "none"):
+            raise ConfigError(f"auth: expected 'jwt' or 'none', got {self.auth!r}")
+        for key in ("handshake_timeout", "heartbeat_timeout", "shutdown_grace", "online_interval"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.merge_window < 0:
+            raise ConfigError(f"merge_window: must be >= 0, got {self.merge_window}")
+        for key in ("max_frame_body", "max_pending", "max_http_body", "max_rooms_per_conn"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if not self.server_id:
+            self.server_id = f"{os.uname().nodename}:{parse_hostport(self.tcp, 'tcp')[1]}"
+        if self.auth == "jwt" and not self.jwt_secret:
+            self.jwt_secret = os.environ.get("IMGATE_JWT_SECRET", "")
+        return self
+
+    def addr(self, key: str) -> tuple[str, int]:
+        return parse_hostport(getattr(self, key), key)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, **overrides) -> "Config":
+        """Defaults, then the TOML file (top-level keys or a [serve] table), then overrides (not None)."""
+        values: dict = {}
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    data = tomllib.load(f)
+            except FileNotFoundError:
+                raise ConfigError(f"config file {path} does not exist") from None
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"config file {path}: {e}") from None
+            data = data.get("serve", data)
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(data) - known)
+            if unknown:
+                raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}")
+            values.update(data)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = cls(**values)
+        for f in fields(cls):
+            v = getattr(cfg, f.name)
+            if f.type in ("float",) and isinstance(v, int):
+                setattr(cfg, f.name, float(v))
+        return cfg.validate()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)

@@ -1,0 +1,290 @@
+"""The logic HTTP API (BRIEF "HTTP API"): goim's push and online routes, the seed's online queries,
+``/openapi.json``, ``/metrics``, ``/healthz``, the demo page and its helpers.
+
+``build_routes(logic, metrics=..., demo=...)`` returns a :class:`~imgate.http.server.Router` to hand to
+:class:`~imgate.http.server.HttpServer`. Every reply is the envelope ``{"code": 0, "message": "",
+"data": ...}``; a bad request gets HTTP 400 with a non-zero code and a message naming the parameter.
+A ``ValueError`` raised by the logic service is a bad request too (400 with its message); a
+:class:`~imgate.http.server.HttpError` raised by it is answered as it is.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from imgate.http.server import (
+    HttpError,
+    Request,
+    Response,
+    Router,
+    json_response,
+    ok,
+    static_handler,
+)
+from imgate.logic.openapi import openapi_document
+from imgate.metrics import Metrics
+
+__all__ = ["build_routes", "MAX_LIMIT", "DEFAULT_TOP_LIMIT", "DEFAULT_LIST_LIMIT"]
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_LIMIT = 10000
+DEFAULT_TOP_LIMIT = 20
+DEFAULT_LIST_LIMIT = 1000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Query parameter parsing: every failure is a 400 whose message names the parameter.
+
+
+def _bad(message: str) -> HttpError:
+    return HttpError(400, message)
+
+
+def _raw(req: Request, name: str, required: bool) -> str | None:
+    q = req.query
+    if name not in q:
+        if required:
+            raise _bad(f"missing parameter '{name}'")
+        return None
+    return q[name]
+
+
+def param_str(req: Request, name: str, *, required: bool = True, default: str | None = None) -> str | None:
+    """A non-empty string parameter (surrounding blanks removed)."""
+    value = _raw(req, name, required)
+    if value is None:
+        return default
+    value = value.strip()
+    if not value:
+        if required:
+            raise _bad(f"parameter '{name}' is empty")
+        return default
+    return value
+
+
+def _to_int(name: str, text: str, lo: int, hi: int, range_name: str | None) -> int:
+    t = text.strip()
+    try:
+        value = int(t, 10)
+    except ValueError:
+        raise _bad(f"parameter '{name}' must be an integer, got {text!r}") from None
+    if not lo <= value <= hi:
+        if range_name:
+            raise _bad(f"parameter '{name}' is out of the {range_name} range [{lo}, {hi}]: {value}")
+        raise _bad(f"parameter '{name}' must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def param_int(
+    req: Request,
+    name: str,
+    *,
+    required: bool = True,
+    default: int | None = None,
+    lo: int = INT64_MIN,
+    hi: int = INT64_MAX,
+    range_name: str | None = "int64",
+) -> int | None:
+    value = _raw(req, name, required)
+    if value is None or (not value.strip() and not required):
+        return default
+    return _to_int(name, value, lo, hi, range_name)
+
+
+def param_list(req: Request, name: str) -> list[str]:
+    """A required comma-separated list; blanks and empty items dropped, order kept, duplicates removed."""
+    value = _raw(req, name, True)
+    assert value is not None
+    items = list(dict.fromkeys(s.strip() for s in value.split(",") if s.strip()))
+    if not items:
+        raise _bad(f"parameter '{name}' has no item (expected a comma-separated list)")
+    return items
+
+
+def param_int_list(req: Request, name: str) -> list[int]:
+    items = param_list(req, name)
+    out: list[int] = []
+    for item in items:
+        try:
+            v = int(item, 10)
+        except ValueError:
+            raise _bad(f"parameter '{name}' must be comma-separated integers, got {item!r}") from None
+        if not INT64_MIN <= v <= INT64_MAX:
+            raise _bad(f"parameter '{name}' has {v}, out of the int64 range")
+        out.append(v)
+    return list(dict.fromkeys(out))
+
+
+def _operation(req: Request) -> int:
+    value = param_int(req, "operation", lo=INT32_MIN, hi=INT32_MAX, range_name="int32")
+    assert value is not None
+    return value
+
+
+def _limit(req: Request, default: int) -> int:
+    value = param_int(req, "limit", required=False, default=default, lo=1, hi=MAX_LIMIT, range_name=None)
+    assert value is not None
+    return value
+
+
+def _message(req: Request) -> bytes:
+    if not req.body:
+        raise _bad("empty message body")
+    return req.body
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a logic method (sync or async); its ValueError is the client's fault: 400."""
+    try:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            result = await result
+    except HttpError:
+        raise
+    except ValueError as e:
+        raise HttpError(400, str(e) or "bad request") from None
+    return result
+
+
+def _push_reply(result: Any) -> Response:
+    if isinstance(result, bool) or not isinstance(result, int):
+        return ok(None)
+    return ok({"targets": result})
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None) -> Router:
+    """Every route of the BRIEF's HTTP API, bound to ``logic``.
+
+    ``metrics``: the node's :class:`~imgate.metrics.Metrics` (a private one is made when None); the
+    router's observer counts requests in it. ``demo``: an object with ``config() -> dict`` and
+    ``token(mid) -> str`` enabling ``GET /demo/config`` and ``POST /demo/token``.
+    """
+    if metrics is None:
+        metrics = Metrics()
+    router = Router()
+    router.observer = metrics.observe_http
+    add = router.add
+
+    # -- goim push routes (message = raw body)
+
+    async def push_keys(req: Request) -> Response:
+        op = _operation(req)
+        keys = param_list(req, "keys")
+        body = _message(req)
+        return _push_reply(await _call(logic.push_keys, op, keys, body))
+
+    async def push_mids(req: Request) -> Response:
+        op = _operation(req)
+        mids = param_int_list(req, "mids")
+        body = _message(req)
+        return _push_reply(await _call(logic.push_mids, op, mids, body))
+
+    async def push_room(req: Request) -> Response:
+        op = _operation(req)
+        rtype = param_str(req, "type")
+        room = param_str(req, "room")
+        body = _message(req)
+        return _push_reply(await _call(logic.push_room, op, f"{rtype}://{room}", body))
+
+    async def push_all(req: Request) -> Response:
+        op = _operation(req)
+        speed = param_int(req, "speed", required=False, default=0, lo=0, hi=INT32_MAX, range_name=None)
+        body = _message(req)
+        return _push_reply(await _call(logic.push_all, op, speed, body))
+
+    add("POST", "/goim/push/keys", push_keys)
+    add("POST", "/goim/push/mids", push_mids)
+    add("POST", "/goim/push/room", push_room)
+    add("POST", "/goim/push/all", push_all)
+
+    # -- goim online routes
+
+    async def online_top(req: Request) -> Response:
+        rtype = param_str(req, "type")
+        limit = _limit(req, DEFAULT_TOP_LIMIT)
+        return ok(await _call(logic.online_top, rtype, limit))
+
+    async def online_room(req: Request) -> Response:
+        rtype = param_str(req, "type")
+        rooms = param_list(req, "rooms")
+        return ok(await _call(logic.online_room, rtype, rooms))
+
+    async def online_total(req: Request) -> Response:
+        return ok(await _call(logic.online_total))
+
+    add("GET", "/goim/online/top", online_top)
+    add("GET", "/goim/online/room", online_room)
+    add("GET", "/goim/online/total", online_total)
+
+    # -- the seed's online queries
+
+    async def session(req: Request) -> Response:
+        uid = param_int(req, "uid")
+        return ok(await _call(logic.session, uid))
+
+    async def count(req: Request) -> Response:
+        kind = param_str(req, "type")
+        if kind not in ("room", "server"):
+            raise _bad(f"parameter 'type' must be 'room' or 'server', got {kind!r}")
+        return ok(await _call(logic.count, kind))
+
+    async def room(req: Request) -> Response:
+        rid = param_str(req, "rid")
+        return ok(await _call(logic.room, rid))
+
+    async def list_sessions(req: Request) -> Response:
+        limit = _limit(req, DEFAULT_LIST_LIMIT)
+        return ok(await _call(logic.list_sessions, limit))
+
+    add("GET", "/session", session)
+    add("GET", "/count", count)
+    add("GET", "/room", room)
+    add("GET", "/list", list_sessions)
+
+    # -- service routes
+
+    doc = openapi_document(demo=demo is not None)
+
+    async def openapi_json(req: Request) -> Response:
+        return json_response(doc)
+
+    async def metrics_route(req: Request) -> Response:
+        body, ctype = metrics.render()
+        return Response(200, body, ctype)
+
+    async def healthz(req: Request) -> Response:
+        health = await _call(logic.health)
+        if isinstance(health, dict) and health.get("ok") is False:
+            return json_response({"code": -503, "message": "unhealthy", "data": health}, status=503)
+        return ok(health)
+
+    add("GET", "/openapi.json", openapi_json)
+    add("GET", "/metrics", metrics_route)
+    add("GET", "/healthz", healthz)
+
+    # -- the demo page (static; it works without the demo helpers: the user types URL, token, mid)
+
+    add("GET", "/", static_handler("index.html"))
+    add("GET", "/demo.js", static_handler("demo.js"))
+
+    if demo is not None:
+
+        async def demo_config(req: Request) -> Response:
+            return ok(await _call(demo.config))
+
+        async def demo_token(req: Request) -> Response:
+            mid = param_int(req, "mid")
+            token = await _call(demo.token, mid)
+            return ok({"mid": mid, "token": token})
+
+        add("GET", "/demo/config", demo_config)
+        add("POST", "/demo/token", demo_token)
+
+    return router
+

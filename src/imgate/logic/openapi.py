@@ -1,0 +1,345 @@
+"""The OpenAPI 3.1 document of the logic HTTP API, served at ``GET /openapi.json``.
+
+``OPENAPI`` describes every route (the demo helpers included); ``openapi_document(demo=False)`` leaves out
+the routes that exist only when the node runs with ``demo = true``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import imgate
+
+__all__ = ["OPENAPI", "DEMO_PATHS", "openapi_document"]
+
+INT32 = {"type": "integer", "format": "int32", "minimum": -(1 << 31), "maximum": (1 << 31) - 1}
+INT64 = {"type": "integer", "format": "int64"}
+
+
+def _query(name: str, description: str, schema: dict[str, Any], required: bool = True, **extra: Any) -> dict:
+    p = {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
+    p.update(extra)
+    return p
+
+
+def _csv(name: str, description: str, example: str) -> dict:
+    return _query(name, description, {"type": "string", "pattern": r"[^,\s]"}, example=example)
+
+
+def _reply(description: str, data: dict[str, Any]) -> dict:
+    """A 200 reply whose envelope's ``data`` has the ``data`` schema."""
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/Envelope"},
+                        {"type": "object", "properties": {"data": data}},
+                    ]
+                }
+            }
+        },
+    }
+
+
+_BAD = {"$ref": "#/components/responses/BadRequest"}
+_TOO_BIG = {"$ref": "#/components/responses/TooLarge"}
+
+_OPERATION = _query(
+    "operation",
+    "Push operation written in the frame header (goim: business pushes use >= 1000).",
+    INT32,
+    example=1000,
+)
+_MESSAGE_BODY = {
+    "required": True,
+    "description": "The message: the raw request body becomes the frame body, byte for byte. Must not be empty.",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}}},
+}
+_TARGETS = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["targets"],
+            "properties": {"targets": {"type": "integer", "description": "Connections the push was routed to."}},
+        },
+        {"type": "null"},
+    ]
+}
+_LIMIT = {"type": "integer", "minimum": 1, "maximum": 10000}
+_SESSION = {"$ref": "#/components/schemas/Session"}
+
+
+def _push(summary: str, description: str, params: list[dict]) -> dict:
+    return {
+        "post": {
+            "tags": ["push"],
+            "summary": summary,
+            "description": description,
+            "parameters": [_OPERATION, *params],
+            "requestBody": _MESSAGE_BODY,
+            "responses": {
+                "200": _reply("Accepted for delivery.", _TARGETS),
+                "400": _BAD,
+                "413": _TOO_BIG,
+            },
+        }
+    }
+
+
+def _get(tag: str, summary: str, params: list[dict], data: dict, description: str = "") -> dict:
+    op: dict[str, Any] = {"tags": [tag], "summary": summary, "parameters": params, "responses": {"200": _reply("OK.", data)}}
+    if description:
+        op["description"] = description
+    if params:
+        op["responses"]["400"] = _BAD
+    return {"get": op}
+
+
+_PATHS: dict[str, dict] = {
+    "/goim/push/keys": _push(
+        "Push to connections by key",
+        "Delivers the message to the connections holding the given keys (goim `pushKeys`).",
+        [_csv("keys", "Comma-separated connection keys.", "k1,k2")],
+    ),
+    "/goim/push/mids": _push(
+        "Push to users",
+        "Delivers the message to every connection of the given users (goim `pushMids`).",
+        [_csv("mids", "Comma-separated user ids (int64).", "1,2")],
+    ),
+    "/goim/push/room": _push(
+        "Push to a room",
+        "Delivers the message to every member of room `type://room` (goim `pushRoom`).",
+        [
+            _query("type", "Room type (the part before `://`).", {"type": "string", "minLength": 1}, example="live"),
+            _query("room", "Room id within the type (the part after `://`).", {"type": "string", "minLength": 1}, example="1000"),
+        ],
+    ),
+    "/goim/push/all": _push(
+        "Broadcast to every connection",
+        "Delivers the message to every connection of the cluster (goim `pushAll`).",
+        [_query("speed", "Rate limit hint for the broadcast (goim's `speed`); 0 means no limit.", {"type": "integer", "minimum": 0}, required=False)],
+    ),
+    "/goim/online/top": _get(
+        "online",
+        "Most populated rooms of a type",
+        [
+            _query("type", "Room type.", {"type": "string", "minLength": 1}, example="live"),
+            _query("limit", "How many rooms (default 20).", _LIMIT, required=False),
+        ],
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["room_id", "count"],
+                "properties": {"room_id": {"type": "string", "example": "live://1000"}, "count": {"type": "integer"}},
+            },
+        },
+        "Rooms in descending order of online count.",
+    ),
+    "/goim/online/room": _get(
+        "online",
+        "Online counts of rooms",
+        [
+            _query("type", "Room type.", {"type": "string", "minLength": 1}, example="live"),
+            _csv("rooms", "Comma-separated room ids within the type.", "1000,1001"),
+        ],
+        {"type": "object", "additionalProperties": {"type": "integer"}, "description": "room id -> online count"},
+    ),
+    "/goim/online/total": _get(
+        "online",
+        "Cluster totals",
+        [],
+        {
+            "type": "object",
+            "properties": {k: {"type": "integer"} for k in ("conn_count", "ip_count", "user_count", "server_count")},
+        },
+    ),
+    "/session": _get(
+        "query",
+        "Connections of a user",
+        [_query("uid", "User id (mid).", INT64, example=42)],
+        {"type": "array", "items": _SESSION},
+    ),
+    "/count": _get(
+        "query",
+        "Online counts per room or per server",
+        [_query("type", "What to count by.", {"type": "string", "enum": ["room", "server"]})],
+        {"type": "object", "additionalProperties": {"type": "integer"}, "description": "room id or server id -> count"},
+    ),
+    "/room": _get(
+        "query",
+        "One room: online count and where its members are",
+        [_query("rid", "Room id `type://id`.", {"type": "string", "minLength": 1}, example="live://1000")],
+        {
+            "type": "object",
+            "properties": {
+                "room_id": {"type": "string"},
+                "count": {"type": "integer"},
+                "servers": {"type": "object", "additionalProperties": {"type": "integer"}},
+            },
+        },
+    ),
+    "/list": _get(
+        "query",
+        "Live sessions (debug)",
+        [_query("limit", "At most this many sessions (default 1000).", _LIMIT, required=False)],
+        {"type": "array", "items": _SESSION},
+        "A debugging aid: lists live sessions across the cluster.",
+    ),
+    "/openapi.json": {
+        "get": {
+            "tags": ["service"],
+            "summary": "This document",
+            "responses": {"200": {"description": "The OpenAPI document (not enveloped).", "content": {"application/json": {"schema": {"type": "object"}}}}},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "tags": ["service"],
+            "summary": "Prometheus metrics",
+            "responses": {"200": {"description": "Prometheus text exposition format.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/healthz": {
+        "get": {
+            "tags": ["service"],
+            "summary": "Health of the node",
+            "responses": {
+                "200": _reply("Healthy.", {"type": "object"}),
+                "503": {"description": "Unhealthy; `data` says why.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}}},
+            },
+        }
+    },
+    "/": {
+        "get": {
+            "tags": ["demo"],
+            "summary": "The demo page",
+            "responses": {"200": {"description": "A static HTML page: a WebSocket client of the node.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/demo.js": {
+        "get": {
+            "tags": ["demo"],
+            "summary": "The demo page's script",
+            "responses": {"200": {"description": "JavaScript.", "content": {"text/javascript": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/demo/config": {
+        "get": {
+            "tags": ["demo"],
+            "summary": "Settings for the demo page (only with demo = true)",
+            "responses": {
+                "200": _reply(
+                    "Where and how the page connects.",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "ws_url": {"type": "string", "example": "ws://127.0.0.1:3102/sub"},
+                            "room_id": {"type": "string", "example": "live://1000"},
+                            "mid": {"type": "integer"},
+                            "token": {"type": "string"},
+                        },
+                    },
+                ),
+                "404": {"$ref": "#/components/responses/NotFound"},
+            },
+        }
+    },
+    "/demo/token": {
+        "post": {
+            "tags": ["demo"],
+            "summary": "Mint a token for a user (only with demo = true)",
+            "parameters": [_query("mid", "User id the token is for.", INT64, example=42)],
+            "responses": {
+                "200": _reply(
+                    "A token to put in the auth frame.",
+                    {"type": "object", "properties": {"mid": INT64, "token": {"type": "string"}}},
+                ),
+                "400": _BAD,
+                "404": {"$ref": "#/components/responses/NotFound"},
+            },
+        }
+    },
+}
+
+DEMO_PATHS = frozenset({"/demo/config", "/demo/token"})
+
+
+def _error_response(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+_COMPONENTS = {
+    "schemas": {
+        "Envelope": {
+            "type": "object",
+            "required": ["code", "message", "data"],
+            "properties": {
+                "code": {"type": "integer", "description": "0 on success; non-zero (by default -HTTP status) on error."},
+                "message": {"type": "string", "description": "Empty on success; says what was wrong otherwise."},
+                "data": {"description": "The result; null on error."},
+            },
+        },
+        "Error": {
+            "type": "object",
+            "required": ["code", "message", "data"],
+            "properties": {
+                "code": {"type": "integer", "not": {"const": 0}, "example": -400},
+                "message": {"type": "string", "example": "missing parameter 'operation'"},
+                "data": {"type": "null"},
+            },
+        },
+        "Session": {
+            "type": "object",
+            "properties": {
+                "conn_id": {"type": "integer"},
+                "mid": {"type": "integer"},
+                "key": {"type": "string"},
+                "server": {"type": "string"},
+                "platform": {"type": "string"},
+                "room_id": {"type": "string"},
+                "connected_at": {"type": "number", "description": "Unix time, seconds."},
+            },
+        },
+    },
+    "responses": {
+        "BadRequest": _error_response("A parameter or the body is missing or wrong; `message` names it."),
+        "NotFound": _error_response("No such route (for the demo routes: the node runs without demo = true)."),
+        "TooLarge": _error_response("The request body exceeds the node's max_http_body."),
+    },
+}
+
+
+def openapi_document(demo: bool = True) -> dict[str, Any]:
+    """A fresh copy of the document; ``demo=False`` leaves out the demo-only routes."""
+    paths = {p: v for p, v in _PATHS.items() if demo or p not in DEMO_PATHS}
+    return copy.deepcopy(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "imgate logic HTTP API",
+                "version": imgate.__version__,
+                "description": (
+                    "goim-compatible push and online routes plus imgate's online queries. Every JSON reply is "
+                    "the envelope `{\"code\": 0, \"message\": \"\", \"data\": ...}`; a bad request gets HTTP 4xx "
+                    "with a non-zero `code` and a `message` saying what was wrong. Unknown paths answer 404, a "
+                    "known path with another method 405 (with `Allow`), a body over the limit 413."
+                ),
+            },
+            "tags": [
+                {"name": "push", "description": "goim push routes; the message is the raw request body."},
+                {"name": "online", "description": "goim online counts."},
+                {"name": "query", "description": "Sessions and counts."},
+                {"name": "service", "description": "Document, metrics, health."},
+                {"name": "demo", "description": "The browser demo page."},
+            ],
+            "paths": paths,
+            "components": _COMPONENTS,
+        }
+    )
+
+
+OPENAPI: dict[str, Any] = openapi_document(demo=True)

@@ -1,0 +1,191 @@
+"""Logic: the proxies' control plane and the HTTP API's engine.
+
+Proxies call connect/disconnect/heartbeat/receive/renew_online; the HTTP API calls the push and
+query methods. State lives in the cache service and the push bus, so any number of logic instances
+can serve; the online counters are absorbed periodically from the cache (seed 5.3), never computed
+per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from imgate.auth import AuthError, Authenticator
+from imgate.cache import Cache, Session
+from imgate.push import Bus, PushJob
+from imgate.push.jobs import KIND_ALL, KIND_CONNS, KIND_ROOM
+
+log = logging.getLogger("imgate.logic")
+
+
+@dataclass
+class Connected:
+    """Logic's answer to a successful auth."""
+
+    conn_id: int
+    mid: int
+    key: str
+    room_id: str
+    accepts: tuple
+    platform: str
+
+
+class Logic:
+    def __init__(self, cache: Cache, bus: Bus, authenticator: Authenticator, *,
+                 session_ttl: float = 180.0, online_interval: float = 1.0, server_ttl: float | None = None):
+        self.cache = cache
+        self.bus = bus
+        self.auth = authenticator
+        self.session_ttl = session_ttl
+        self.online_interval = online_interval
+        self.server_ttl = server_ttl if server_ttl is not None else max(3 * online_interval, 3.0)
+        # absorbed online counters (refreshed every online_interval)
+        self._room_counts: dict[str, int] = {}
+        self._room_servers: dict[str, dict[str, int]] = {}
+        self._server_conns: dict[str, int] = {}
+        self._ips = 0
+        self._users = 0
+        self._absorbed_at = 0.0
+        self._absorber: asyncio.Task | None = None
+        self.upstream_handler = None  # async (server, conn_id, mid, op, seq, body) -> bytes
+        self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0}
+
+    async def start(self) -> None:
+        await self.absorb_online()
+        self._absorber = asyncio.get_running_loop().create_task(self._absorb_loop())
+
+    async def stop(self) -> None:
+        if self._absorber is not None:
+            self._absorber.cancel()
+            self._absorber = None
+
+    # ------------------------------------------------------------------ proxy-facing
+
+    async def connect(self, server: str, body: bytes) -> Connected:
+        try:
+            ident = self.auth.authenticate(body)
+        except AuthError:
+            self.counters["auth_failures"] += 1
+            raise
+        conn_id = await self.cache.alloc_conn_id()
+        key = ident.key or uuid.uuid4().hex
+        await self.cache.add_session(
+            Session(conn_id=conn_id, mid=ident.mid, key=key, server=server, room_id=ident.room_id,
+                    platform=ident.platform, connected_at=time.time()),
+            self.session_ttl,
+        )
+        self.counters["connects"] += 1
+        return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform)
+
+    async def disconnect(self, server: str, conn_id: int, mid: int) -> None:
+        self.counters["disconnects"] += 1
+        await self.cache.del_session(mid, conn_id)
+
+    async def heartbeat(self, server: str, conn_id: int, mid: int) -> bool:
+        return await self.cache.renew_session(mid, conn_id, self.session_ttl)
+
+    async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes) -> bytes:
+        """An upstream message (op 4). The IM service plugs in here; without it the reply is empty."""
+        if self.upstream_handler is None:
+            return b""
+        return await self.upstream_handler(server, conn_id, mid, op, seq, body)
+
+    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> None:
+        await self.cache.set_server_online(server, rooms, conns, ips, self.server_ttl)
+
+    # ------------------------------------------------------------------ push API
+
+    async def _publish_sessions(self, op: int, body: bytes, sessions) -> int:
+        by_server: dict[str, list[int]] = {}
+        for s in sessions:
+            by_server.setdefault(s.server, []).append(s.conn_id)
+        for server, conn_ids in by_server.items():
+            await self.bus.publish(PushJob(KIND_CONNS, op, body, server=server, conn_ids=conn_ids))
+        self.counters["pushes"] += 1
+        return sum(map(len, by_server.values()))
+
+    async def push_keys(self, op: int, keys: list[str], body: bytes) -> int:
+        found = await self.cache.sessions_by_keys(keys)
+        return await self._publish_sessions(op, body, found.values())
+
+    async def push_mids(self, op: int, mids: list[int], body: bytes) -> int:
+        found = await self.cache.sessions(mids)
+        return await self._publish_sessions(op, body, [s for ss in found.values() for s in ss])
+
+    async def push_room(self, op: int, room_id: str, body: bytes) -> None:
+        self.counters["pushes"] += 1
+        await self.bus.publish(PushJob(KIND_ROOM, op, body, room_id=room_id))
+
+    async def push_all(self, op: int, speed: int, body: bytes) -> None:
+        self.counters["pushes"] += 1
+        await self.bus.publish(PushJob(KIND_ALL, op, body, speed=speed))
+
+    # ------------------------------------------------------------------ online queries
+
+    async def _absorb_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.online_interval)
+            try:
+                await self.absorb_online()
+            except Exception as e:  # the cache may be briefly away; keep the last snapshot
+                log.warning("absorbing online counts failed: %s", e)
+
+    async def absorb_online(self) -> None:
+        servers = await self.cache.servers_online()
+        rooms: dict[str, int] = {}
+        room_servers: dict[str, dict[str, int]] = {}
+        for server, info in servers.items():
+            for room, n in info["rooms"].items():
+                rooms[room] = rooms.get(room, 0) + n
+                room_servers.setdefault(room, {})[server] = n
+        self._room_counts = rooms
+        self._room_servers = room_servers
+        self._server_conns = {s: info["conns"] for s, info in servers.items()}
+        self._ips = sum(info.get("ips", 0) for info in servers.values())
+        self._users = await self.cache.user_count()
+        self._absorbed_at = time.time()
+
+    def room_online(self, room_id: str) -> int:
+        return self._room_counts.get(room_id, 0)
+
+    async def online_top(self, type: str, limit: int) -> list[dict]:
+        prefix = type + "://"
+        rooms = [(r, n) for r, n in self._room_counts.items() if r.startswith(prefix)]
+        rooms.sort(key=lambda x: (-x[1], x[0]))
+        return [{"room_id": r, "count": n} for r, n in rooms[:limit]]
+
+    async def online_room(self, type: str, rooms: list[str]) -> dict[str, int]:
+        return {r: self._room_counts.get(f"{type}://{r}", 0) for r in rooms}
+
+    async def online_total(self) -> dict:
+        return {
+            "conn_count": sum(self._server_conns.values()),
+            "ip_count": self._ips,
+            "user_count": self._users,
+            "server_count": len(self._server_conns),
+        }
+
+    async def session(self, mid: int) -> list[dict]:
+        found = await self.cache.sessions([mid])
+        return [s.to_dict() for s in sorted(found.get(mid, []), key=lambda s: s.conn_id)]
+
+    async def count(self, kind: str) -> dict:
+        if kind == "room":
+            return dict(self._room_counts)
+        if kind == "server":
+            return dict(self._server_conns)
+        raise ValueError(f"count type must be room or server, got {kind!r}")
+
+    async def room(self, rid: str) -> dict:
+        return {"room_id": rid, "count": self._room_counts.get(rid, 0),
+                "servers": dict(self._room_servers.get(rid, {}))}
+
+    async def list_sessions(self, limit: int) -> list[dict]:
+        return [s.to_dict() for s in await self.cache.list_sessions(limit)]
+
+    def health(self) -> dict:
+        return {"status": "ok", "absorbed_at": self._absorbed_at, "servers": len(self._server_conns)}

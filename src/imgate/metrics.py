@@ -1,0 +1,145 @@
+"""Prometheus metrics of a node, in its own registry (nothing global).
+
+The hot path keeps plain integers (in C); nothing there calls into Python per frame. Instead each part
+of the node registers a *source*, a function returning a dict of its current numbers, and the numbers
+are read when Prometheus scrapes ``GET /metrics``:
+
+    metrics = Metrics()
+    metrics.add_source(lambda: {"connections": table.count, "frames_in": table.frames_in, ...})
+
+Keys a source may return (missing keys count as 0; values of all sources are summed):
+
+========================  ====================================  =======
+key                       exported as                           type
+========================  ====================================  =======
+connections               imgate_connections                    gauge
+rooms                     imgate_rooms                          gauge
+frames_in                 imgate_frames_in_total                counter
+frames_out                imgate_frames_out_total               counter
+bytes_in                  imgate_bytes_in_total                 counter
+bytes_out                 imgate_bytes_out_total                counter
+drops                     imgate_drops_total                    counter
+slow_consumer_closes      imgate_slow_consumer_closes_total     counter
+auth_failures             imgate_auth_failures_total            counter
+protocol_errors           imgate_protocol_errors_total          counter
+pushes                    imgate_pushes_total                   counter
+========================  ====================================  =======
+
+HTTP requests are counted the ordinary way (off the hot path): ``imgate_http_requests_total{route,status}``,
+updated by the HTTP server through :meth:`Metrics.observe_http`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "COUNTERS", "GAUGES", "Metrics", "Source"]
+
+log = logging.getLogger("imgate.metrics")
+
+Source = Callable[[], Mapping[str, float]]
+
+# The classic text format (every name here is a legacy name, so every Prometheus version reads it).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+GAUGES: dict[str, str] = {
+    "connections": "Client connections currently open on this node.",
+    "rooms": "Rooms with at least one member on this node.",
+}
+COUNTERS: dict[str, str] = {
+    "frames_in": "goim frames received from clients.",
+    "frames_out": "goim frames sent to clients.",
+    "bytes_in": "Bytes received from clients.",
+    "bytes_out": "Bytes sent to clients.",
+    "drops": "Frames dropped (connection gone or over its output bound).",
+    "slow_consumer_closes": "Connections closed because they did not read their output.",
+    "auth_failures": "Auth frames (op 7) refused.",
+    "protocol_errors": "Connections closed for a protocol error.",
+    "pushes": "Push requests handled (keys, mids, room, all).",
+}
+
+
+class _SourceCollector(Collector):
+    """Reads the registered sources at scrape time and sums them per key."""
+
+    def __init__(self, metrics: "Metrics") -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        # Declaring the names lets the registry refuse clashes, without reading the sources.
+        for key, doc in GAUGES.items():
+            yield GaugeMetricFamily(f"imgate_{key}", doc)
+        for key, doc in COUNTERS.items():
+            yield CounterMetricFamily(f"imgate_{key}", doc)
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self._metrics.snapshot()
+        for key, doc in GAUGES.items():
+            yield GaugeMetricFamily(f"imgate_{key}", doc, value=totals.get(key, 0))
+        for key, doc in COUNTERS.items():
+            yield CounterMetricFamily(f"imgate_{key}", doc, value=totals.get(key, 0))
+
+
+class Metrics:
+    """A node's metrics: scrape-time sources plus the HTTP request counter, in a private registry."""
+
+    def __init__(self, *, process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._sources: list[Source] = []
+        self.registry.register(_SourceCollector(self))
+        self.http_requests = Counter(
+            "imgate_http_requests",
+            "HTTP API requests answered, by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        if process:
+            from prometheus_client import ProcessCollector
+
+            ProcessCollector(registry=self.registry)
+
+    # -- sources
+
+    def add_source(self, fn: Source) -> Source:
+        """Register ``fn() -> dict``; returns ``fn`` (so it works as a decorator)."""
+        self._sources.append(fn)
+        return fn
+
+    def remove_source(self, fn: Source) -> None:
+        try:
+            self._sources.remove(fn)
+        except ValueError:
+            pass
+
+    def snapshot(self) -> dict[str, float]:
+        """The summed numbers of every source now; a failing source is logged and left out."""
+        totals: dict[str, float] = {}
+        for fn in list(self._sources):
+            try:
+                values = fn()
+            except Exception:
+                log.exception("metrics source %r failed", fn)
+                continue
+            if not values:
+                continue
+            for key, value in values.items():
+                if key in GAUGES or key in COUNTERS:
+                    totals[key] = totals.get(key, 0) + value
+        return totals
+
+    # -- HTTP
+
+    def observe_http(self, route: str, status: int) -> None:
+        """Count one answered HTTP request (the HTTP server's observer)."""
+        self.http_requests.labels(route, str(status)).inc()
+
+    # -- exposition
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE

@@ -1,0 +1,113 @@
+"""The all-in-one node (`imgate serve`): every role in one process.
+
+In-memory cache, in-process push bus, the proxy's listeners and logic's HTTP API on one event loop.
+The cluster runs the same classes as separate processes behind Redis, Kafka and RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from imgate.auth import make_authenticator, mint_token
+from imgate.cache import MemoryCache
+from imgate.config import Config, ConfigError
+from imgate.http.server import HttpServer
+from imgate.logic import Logic
+from imgate.logic.http_api import build_routes
+from imgate.metrics import Metrics
+from imgate.proxy.server import Proxy
+from imgate.push import MemoryBus, Push
+
+log = logging.getLogger("imgate.node")
+
+SECRET_FILE = "jwt.secret"
+
+
+def load_or_create_secret(config: Config, create: bool = True) -> str:
+    """The JWT secret: from config/env, else `<data_dir>/jwt.secret` (created once, mode 0600)."""
+    if config.jwt_secret:
+        return config.jwt_secret
+    path = Path(config.data_dir) / SECRET_FILE
+    if path.exists():
+        return path.read_text().strip()
+    if not create:
+        raise ConfigError(
+            f"no JWT secret: set jwt_secret in the config, IMGATE_JWT_SECRET, or run `imgate serve` once "
+            f"with --data-dir {config.data_dir} so that it creates {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    log.warning("created a JWT secret in %s (set jwt_secret or IMGATE_JWT_SECRET to choose your own)", path)
+    return secret
+
+
+class Demo:
+    """What the demo page needs: where to connect and, for the demo only, a token for any user."""
+
+    def __init__(self, node: "Node"):
+        self.node = node
+
+    def config(self) -> dict:
+        host, _ = self.node.config.addr("ws")
+        host = "localhost" if host in ("0.0.0.0", "::") else host
+        return {
+            "ws_url": f"ws://{host}:{self.node.proxy.ws_port}/sub",
+            "ws_port": self.node.proxy.ws_port,
+            "auth": self.node.config.auth,
+            "room_id": "live://1000",
+            "mid": secrets.randbelow(1_000_000) + 1,
+        }
+
+    def token(self, mid: int) -> str:
+        if self.node.config.auth != "jwt":
+            return ""
+        return mint_token(self.node.config.jwt_secret, mid, ttl=3600)
+
+
+class Node:
+    def __init__(self, config: Config):
+        self.config = config
+        self.proxy: Proxy | None = None
+        self.http: HttpServer | None = None
+        self.logic: Logic | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.auth == "jwt":
+            cfg.jwt_secret = load_or_create_secret(cfg)
+        loop = asyncio.get_running_loop()
+        self.cache = MemoryCache()
+        self.push = Push()
+        self.bus = MemoryBus(self.push)
+        self.logic = Logic(
+            self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret),
+            session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval,
+        )
+        self.proxy = Proxy(cfg, self.logic, loop)
+        self.push.add_proxy(self.proxy)
+        self.metrics = Metrics()
+        self.metrics.add_source(self.proxy.stats)
+        routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None)
+        self.http = HttpServer(routes, max_body=cfg.max_http_body)
+        await self.logic.start()
+        await self.proxy.start()
+        host, port = cfg.addr("http")
+        await self.http.start(host, port)
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self.http is not None:
+            await self.http.stop()
+        if self.proxy is not None:
+            await self.proxy.stop(grace)
+        if self.logic is not None:
+            await self.logic.stop()

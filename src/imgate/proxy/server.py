@@ -1,0 +1,638 @@
+"""The edge proxy (goim's comet): TCP and WebSocket listeners, connections, rooms, delivery.
+
+The proxy owns its sockets outright: it reads them with `loop.add_reader` and lets the compiled
+RoomTable write them, so a broadcast never goes through a Python call per recipient. Everything else
+per connection (auth, heartbeats, room changes) is plain Python on a small `Channel` object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import struct
+import time
+from typing import Protocol
+
+from imgate.auth import AuthError
+from imgate.core import (
+    FrameDecoder,
+    ProtocolError,
+    RoomTable,
+    WebSocketError,
+    WebSocketHandshake,
+    WebSocketParser,
+    encode_frame,
+    encode_ws_close,
+    OP_AUTH,
+    OP_AUTH_REPLY,
+    OP_CHANGE_ROOM,
+    OP_CHANGE_ROOM_REPLY,
+    OP_DISCONNECT_REPLY,
+    OP_HEARTBEAT,
+    OP_HEARTBEAT_REPLY,
+    OP_JOIN_ROOM,
+    OP_JOIN_ROOM_REPLY,
+    OP_LEAVE_ROOM,
+    OP_LEAVE_ROOM_REPLY,
+    OP_RAW,
+    OP_SEND_MSG,
+    OP_SEND_MSG_REPLY,
+    OP_SUB,
+    OP_SUB_REPLY,
+    OP_UNSUB,
+    OP_UNSUB_REPLY,
+)
+
+log = logging.getLogger("imgate.proxy")
+
+WS_BINARY = 2
+
+# channel states
+S_HTTP = 0      # WebSocket: waiting for the upgrade request
+S_AUTH = 1      # waiting for the first frame, which must be auth
+S_AUTHING = 2   # auth sent to logic, reading paused
+S_OPEN = 3
+S_CLOSING = 4   # op 6 sent and FIN sent; draining input until the peer closes or the deadline passes
+
+_INT32 = struct.Struct(">i")
+
+
+class LogicAPI(Protocol):
+    """What a proxy needs from logic: the Logic object itself in one process, an RPC client in a cluster."""
+
+    async def connect(self, server: str, body: bytes): ...
+    async def disconnect(self, server: str, conn_id: int, mid: int) -> None: ...
+    async def heartbeat(self, server: str, conn_id: int, mid: int) -> bool: ...
+    async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes) -> bytes: ...
+    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> None: ...
+
+
+def valid_room_id(room_id: str) -> bool:
+    kind, sep, rid = room_id.partition("://")
+    return bool(sep and kind and rid)
+
+
+class Channel:
+    """One client connection. Kept small: tens of thousands live in one process."""
+
+    __slots__ = (
+        "lid", "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
+        "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed",
+    )
+
+    def __init__(self, lid: int, sock: socket.socket, ws: bool, ip: str, deadline: float):
+        self.lid = lid
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.ws = ws
+        self.state = S_HTTP if ws else S_AUTH
+        self.decoder = None
+        self.parser = None
+        self.hs = None
+        self.ip = ip
+        self.deadline = deadline
+        self.last_seen = 0.0
+        self.conn_id = 0
+        self.mid = 0
+        self.key = ""
+        self.room_id = ""
+        self.accepts = None  # None: every push op; else a set
+        self.backlog = None
+        self.renewed = 0.0
+
+
+def notice(reason: str, reconnect: bool) -> bytes:
+    """The op-6 frame a client gets before the server closes its connection."""
+    return encode_frame(OP_DISCONNECT_REPLY, 0, json.dumps({"reason": reason, "reconnect": reconnect}).encode())
+
+
+class Proxy:
+    def __init__(self, config, logic: LogicAPI, loop: asyncio.AbstractEventLoop | None = None):
+        self.config = config
+        self.server_id = config.server_id
+        self.logic = logic
+        self.loop = loop or asyncio.get_event_loop()
+        self.table = RoomTable(
+            self.loop,
+            max_pending=config.max_pending,
+            merge_window=config.merge_window,
+            max_rooms_per_conn=config.max_rooms_per_conn,
+            on_overflow=self._on_overflow,
+            on_error=self._on_write_error,
+        )
+        self._channels: dict[int, Channel] = {}
+        self._by_conn_id: dict[int, Channel] = {}
+        self._ips: dict[str, int] = {}
+        self._listeners: list[socket.socket] = []
+        self._next_lid = 1
+        self._rbuf = bytearray(65536)
+        self._rview = memoryview(self._rbuf)
+        self._room_frames: dict[str, list[bytes]] = {}
+        self._room_flush_scheduled = False
+        self._tasks: set[asyncio.Task] = set()
+        self._sweeper: asyncio.Task | None = None
+        self._reporter: asyncio.Task | None = None
+        self._stopping = False
+        self.room_online = None  # optional callable(room_id) -> cluster-wide count
+        self.stats_counters = dict(
+            frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0,
+            pushes=0, accepted=0,
+        )
+        self.tcp_port = 0
+        self.ws_port = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        host, port = self.config.addr("tcp")
+        self.tcp_port = self._listen(host, port, ws=False)
+        host, port = self.config.addr("ws")
+        self.ws_port = self._listen(host, port, ws=True)
+        self._sweeper = self.loop.create_task(self._sweep_loop())
+        self._reporter = self.loop.create_task(self._report_loop())
+        log.info("proxy %s: tcp :%d, websocket :%d/sub", self.server_id, self.tcp_port, self.ws_port)
+
+    def _listen(self, host: str, port: int, ws: bool) -> int:
+        sock = socket.create_server((host, port), backlog=4096, reuse_port=False)
+        sock.setblocking(False)
+        self._listeners.append(sock)
+        self.loop.add_reader(sock.fileno(), self._on_accept, sock, ws)
+        return sock.getsockname()[1]
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, tell every client (op 6 shutdown, reconnect), flush, close within `grace`."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.config.shutdown_grace if grace is None else grace
+        for sock in self._listeners:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners.clear()
+        for task in (self._sweeper, self._reporter):
+            if task is not None:
+                task.cancel()
+        bye = notice("shutdown", True)
+        ws_bye = None
+        for ch in list(self._channels.values()):
+            if ch.state in (S_HTTP, S_CLOSING):
+                continue
+            if ch.ws:
+                if ws_bye is None:
+                    ws_bye = _ws_binary(bye) + encode_ws_close(1001, "shutdown")
+                self.table.send_raw(ch.lid, ws_bye)
+            else:
+                self.table.send(ch.lid, bye)
+        self.table.flush()
+        deadline = self.loop.time() + grace
+        while self.loop.time() < deadline and any(
+            self.table.pending(ch.lid) for ch in self._channels.values() if ch.lid in self.table
+        ):
+            await asyncio.sleep(0.01)
+        disconnects = []
+        for ch in list(self._channels.values()):
+            if ch.conn_id:
+                disconnects.append(self.logic.disconnect(self.server_id, ch.conn_id, ch.mid))
+            self._close_now(ch)
+        if disconnects:
+            await asyncio.gather(*disconnects, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------------ accept and read
+
+    def _on_accept(self, lsock: socket.socket, ws: bool) -> None:
+        now = time.monotonic()
+        for _ in range(128):  # bounded per callback so a storm cannot starve the loop
+            try:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                # e.g. EMFILE: log and let the loop come back; the backlog holds the rest
+                log.warning("accept failed: %s", e)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            lid = self._next_lid
+            self._next_lid += 1
+            ip = addr[0] if isinstance(addr, tuple) else ""
+            ch = Channel(lid, sock, ws, ip, now + self.config.handshake_timeout)
+            if ws:
+                ch.hs = WebSocketHandshake()
+            else:
+                ch.decoder = FrameDecoder(self.config.max_frame_body)
+                self.table.add(lid, sock)
+            self._channels[lid] = ch
+            self._ips[ip] = self._ips.get(ip, 0) + 1
+            self.stats_counters["accepted"] += 1
+            self.loop.add_reader(ch.fd, self._on_readable, ch)
+
+    def _on_readable(self, ch: Channel) -> None:
+        try:
+            n = ch.sock.recv_into(self._rbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = 0
+        if n == 0:
+            self._lost(ch)
+            return
+        self.stats_counters["bytes_in"] += n
+        data = self._rview[:n]
+        if ch.state == S_CLOSING:
+            return  # draining: the peer's last bytes are discarded
+        ch.last_seen = time.monotonic()
+        if ch.ws:
+            self._on_ws_data(ch, data)
+        else:
+            self._on_tcp_data(ch, data)
+
+    def _on_tcp_data(self, ch: Channel, data) -> None:
+        try:
+            frames = ch.decoder.feed(data)
+        except ProtocolError as e:
+            self.stats_counters["protocol_errors"] += 1
+            if e.frames and ch.state == S_OPEN:
+                self._on_frames(ch, e.frames)  # what came before the bad header still counts
+            self.close(ch, f"protocol error: {e}", reconnect=False)
+            return
+        self._on_frames(ch, frames)
+
+    def _on_ws_data(self, ch: Channel, data) -> None:
+        if ch.state == S_HTTP:
+            if not ch.hs.feed(bytes(data)):
+                return
+            hs, ch.hs = ch.hs, None
+            if hs.ok and hs.path != "/sub":
+                body = f"no WebSocket endpoint at {hs.path}; use /sub".encode()
+                self._send_direct(ch, b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                                  b"Connection: close\r\n\r\n%s" % (len(body), body))
+                self._close_now(ch)
+                return
+            self._send_direct(ch, hs.response)
+            if not hs.ok:
+                self.stats_counters["protocol_errors"] += 1
+                self._close_now(ch)
+                return
+            ch.state = S_AUTH
+            ch.decoder = FrameDecoder(self.config.max_frame_body)
+            ch.parser = WebSocketParser(self.config.max_frame_body + 16)
+            self.table.add(ch.lid, ch.sock, websocket=True)
+            if not hs.leftover:
+                return
+            data = hs.leftover
+        try:
+            messages = ch.parser.feed(data)
+        except WebSocketError as e:
+            self.stats_counters["protocol_errors"] += 1
+            self._close_ws(ch, f"protocol error: {e}", e.close_frame())
+            return
+        out = ch.parser.take_output()
+        if out:
+            self.table.send_raw(ch.lid, out)
+        frames = []
+        for opcode, payload in messages:
+            if opcode != WS_BINARY:
+                self.stats_counters["protocol_errors"] += 1
+                self._close_ws(ch, "protocol error: text messages are not supported; send binary goim frames",
+                               encode_ws_close(1003, "binary frames only"))
+                return
+            try:
+                frames.extend(ch.decoder.feed(payload))
+            except ProtocolError as e:
+                self.stats_counters["protocol_errors"] += 1
+                self._close_ws(ch, f"protocol error: {e}", encode_ws_close(1002, "bad frame"))
+                return
+            if ch.decoder.buffered:
+                self.stats_counters["protocol_errors"] += 1
+                self._close_ws(ch, "protocol error: a WebSocket message must carry whole goim frames",
+                               encode_ws_close(1002, "partial frame"))
+                return
+        if frames:
+            self._on_frames(ch, frames)
+        if ch.parser is not None and ch.parser.closed and ch.state != S_CLOSING:
+            # the client said goodbye; its close was echoed through take_output above
+            self.table.flush()
+            self._lost(ch)
+
+    # ------------------------------------------------------------------ frames
+
+    def _on_frames(self, ch: Channel, frames: list) -> None:
+        self.stats_counters["frames_in"] += len(frames)
+        for i, f in enumerate(frames):
+            if ch.state == S_OPEN:
+                self._on_frame(ch, f)
+            elif ch.state == S_AUTH:
+                if f.op != OP_AUTH:
+                    self.stats_counters["protocol_errors"] += 1
+                    self.close(ch, f"the first frame must be auth (op 7), got op {f.op}", reconnect=False)
+                    return
+                ch.state = S_AUTHING
+                self.loop.remove_reader(ch.fd)  # nothing else is read until logic answers
+                ch.backlog = frames[i + 1 :] or None
+                self._spawn(self._auth(ch, f))
+                return
+            else:
+                return
+
+    async def _auth(self, ch: Channel, f) -> None:
+        try:
+            c = await self.logic.connect(self.server_id, f.body)
+        except AuthError as e:
+            self.stats_counters["auth_failures"] += 1
+            self.close(ch, f"auth failed: {e}", reconnect=False)
+            return
+        except Exception as e:  # logic unreachable: the client should retry elsewhere
+            log.warning("auth call failed: %s", e)
+            self.close(ch, "auth unavailable", reconnect=True)
+            return
+        if ch.lid not in self._channels or ch.state != S_AUTHING:
+            # the client vanished while logic was answering
+            await self.logic.disconnect(self.server_id, c.conn_id, c.mid)
+            return
+        ch.conn_id, ch.mid, ch.key = c.conn_id, c.mid, c.key
+        ch.state = S_OPEN
+        ch.last_seen = ch.renewed = time.monotonic()
+        self._by_conn_id[c.conn_id] = ch
+        if c.accepts:
+            ch.accepts = set(c.accepts)
+            self.table.set_accepts(ch.lid, ch.accepts)
+        if c.room_id:
+            ch.room_id = c.room_id
+            self.table.join(ch.lid, c.room_id)
+        reply = json.dumps({"conn_id": c.conn_id, "key": c.key, "mid": c.mid, "room_id": c.room_id,
+                            "heartbeat": self.config.heartbeat_timeout / 3}).encode()
+        self.table.send(ch.lid, encode_frame(OP_AUTH_REPLY, f.seq, reply))
+        self.loop.add_reader(ch.fd, self._on_readable, ch)
+        backlog, ch.backlog = ch.backlog, None
+        if backlog:
+            self._on_frames(ch, backlog)
+
+    def _on_frame(self, ch: Channel, f) -> None:
+        op = f.op
+        if op == OP_HEARTBEAT:
+            room = ch.room_id
+            count = 0
+            if room:
+                count = self.room_online(room) if self.room_online is not None else self.table.room_count(room)
+            self.table.send(ch.lid, encode_frame(OP_HEARTBEAT_REPLY, f.seq, _INT32.pack(count)))
+            now = ch.last_seen
+            if now - ch.renewed > self.config.heartbeat_timeout / 3:
+                ch.renewed = now
+                self._spawn(self.logic.heartbeat(self.server_id, ch.conn_id, ch.mid))
+        elif op == OP_SEND_MSG:
+            self._spawn(self._upstream(ch, f))
+        elif op == OP_CHANGE_ROOM:
+            room = f.body.decode("utf-8", "replace")
+            if room and not valid_room_id(room):
+                self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=False, error=f"room id must look like type://id, got {room!r}")
+                return
+            self.table.move(ch.lid, ch.room_id or None, room or None)
+            ch.room_id = room
+            self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=True, room_id=room)
+        elif op == OP_JOIN_ROOM or op == OP_LEAVE_ROOM:
+            room = f.body.decode("utf-8", "replace")
+            reply_op = OP_JOIN_ROOM_REPLY if op == OP_JOIN_ROOM else OP_LEAVE_ROOM_REPLY
+            if not valid_room_id(room):
+                self._reply(ch, reply_op, f.seq, ok=False, error=f"room id must look like type://id, got {room!r}")
+                return
+            try:
+                if op == OP_JOIN_ROOM:
+                    self.table.join(ch.lid, room)
+                    if not ch.room_id:
+                        ch.room_id = room
+                else:
+                    self.table.leave(ch.lid, room)
+                    if ch.room_id == room:
+                        ch.room_id = ""
+            except ValueError as e:
+                self._reply(ch, reply_op, f.seq, ok=False, error=str(e))
+                return
+            self._reply(ch, reply_op, f.seq, ok=True, room_id=room)
+        elif op == OP_SUB or op == OP_UNSUB:
+            try:
+                ops = {int(x) for x in f.body.decode().split(",") if x.strip()}
+            except (ValueError, UnicodeDecodeError):
+                self._reply(ch, op + 1, f.seq, ok=False, error="body must be comma-separated operation numbers")
+                return
+            # a connection that authenticated with no accepts gets every op (goim would get none);
+            # sub/unsub then change nothing: to filter, authenticate with an accepts list
+            if ch.accepts is not None:
+                if op == OP_SUB:
+                    ch.accepts |= ops
+                else:
+                    ch.accepts -= ops
+            self.table.set_accepts(ch.lid, ch.accepts)
+            self._reply(ch, op + 1, f.seq, ok=True, accepts=sorted(ch.accepts) if ch.accepts is not None else None)
+        elif op == OP_AUTH:
+            pass  # already authenticated: a repeated auth is ignored
+        else:
+            self.stats_counters["protocol_errors"] += 1
+            log.debug("conn %s sent unsupported op %d", ch.conn_id, op)
+
+    def _reply(self, ch: Channel, op: int, seq: int, **fields) -> None:
+        self.table.send(ch.lid, encode_frame(op, seq, json.dumps(fields).encode()))
+
+    async def _upstream(self, ch: Channel, f) -> None:
+        try:
+            body = await self.logic.receive(self.server_id, ch.conn_id, ch.mid, f.op, f.seq, f.body)
+        except Exception as e:
+            log.warning("upstream message from conn %s failed: %s", ch.conn_id, e)
+            body = json.dumps({"ok": False, "error": "upstream unavailable"}).encode()
+        if ch.lid in self.table:
+            self.table.send(ch.lid, encode_frame(OP_SEND_MSG_REPLY, f.seq, body or b""))
+
+    def _spawn(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ pushes (called by push)
+
+    def push_conns(self, conn_ids: list[int], op: int, body: bytes) -> int:
+        """Unicast/multicast to connections of this proxy, filtered by each one's accepted ops."""
+        self.stats_counters["pushes"] += 1
+        lids = []
+        for cid in conn_ids:
+            ch = self._by_conn_id.get(cid)
+            if ch is not None:
+                lids.append(ch.lid)
+        if not lids:
+            return 0
+        n = self.table.send_many(lids, encode_frame(op, 0, body), op)
+        self.stats_counters["drops"] += len(lids) - n
+        return n
+
+    def push_room(self, room_id: str, op: int, body: bytes) -> int:
+        """Room broadcast. Pushes to one room within an event-loop iteration (or the merge window)
+        travel together as one op-9 batch: inner frames over TCP, one op-9 frame over WebSocket."""
+        self.stats_counters["pushes"] += 1
+        count = self.table.room_count(room_id)
+        if not count:
+            return 0
+        frames = self._room_frames.get(room_id)
+        if frames is None:
+            self._room_frames[room_id] = [encode_frame(op, 0, body)]
+        else:
+            frames.append(encode_frame(op, 0, body))
+        if not self._room_flush_scheduled:
+            self._room_flush_scheduled = True
+            if self.config.merge_window > 0:
+                self.loop.call_later(self.config.merge_window, self._flush_rooms)
+            else:
+                self.loop.call_soon(self._flush_rooms)
+        return count
+
+    def _flush_rooms(self) -> None:
+        self._room_flush_scheduled = False
+        batches, self._room_frames = self._room_frames, {}
+        for room_id, frames in batches.items():
+            inner = frames[0] if len(frames) == 1 else b"".join(frames)
+            self.table.broadcast(room_id, inner, ws_data=encode_frame(OP_RAW, 0, inner))
+
+    def push_all(self, op: int, body: bytes, speed: int = 0) -> int:
+        """Broadcast to every connection, filtered by accepted ops; `speed` caps connections per second."""
+        self.stats_counters["pushes"] += 1
+        frame = encode_frame(op, 0, body)
+        if speed <= 0:
+            return self.table.broadcast_all(frame, op)
+        lids = [ch.lid for ch in self._channels.values() if ch.state == S_OPEN]
+        self._spawn(self._paced(lids, frame, op, speed))
+        return len(lids)
+
+    async def _paced(self, lids: list[int], frame: bytes, op: int, speed: int) -> None:
+        step = max(1, speed // 10)  # ten slices per second
+        for i in range(0, len(lids), step):
+            self.table.send_many([lid for lid in lids[i : i + step] if lid in self.table], frame, op)
+            await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, ch: Channel, reason: str, reconnect: bool) -> None:
+        """op 6 with the reason, then close (the server decided: protocol error, kicked, slow...)."""
+        if ch.lid not in self._channels or ch.state == S_CLOSING:
+            return
+        if ch.ws:
+            if ch.state == S_HTTP:
+                self._close_now(ch)
+                return
+            self._close_ws(ch, reason, encode_ws_close(1008 if not reconnect else 1001, reason[:120]), reconnect)
+            return
+        log.debug("closing conn %s (%s): %s", ch.conn_id or ch.lid, ch.ip, reason)
+        if ch.lid in self.table:
+            self.table.send_final(ch.lid, notice(reason, reconnect))
+        self._half_close(ch)
+
+    def _close_ws(self, ch: Channel, reason: str, close_frame: bytes, reconnect: bool = False) -> None:
+        if ch.lid in self.table:
+            self.table.send_final(ch.lid, _ws_binary(notice(reason, reconnect)) + close_frame, raw=True)
+        self._half_close(ch)
+
+    def _half_close(self, ch: Channel) -> None:
+        # FIN now, then drain the peer briefly: closing with unread input would reset the
+        # connection and could destroy the op-6 notice before the client reads it.
+        self._forget(ch)
+        ch.state = S_CLOSING
+        ch.deadline = time.monotonic() + 2.0
+        try:
+            ch.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close_now(ch)
+
+    def _lost(self, ch: Channel) -> None:
+        """The peer closed or reset the connection."""
+        self._close_now(ch)
+
+    def _forget(self, ch: Channel) -> None:
+        """Unregister everywhere (table, session registry); the socket stays open."""
+        if ch.lid in self.table:
+            self.table.remove(ch.lid)
+        if ch.conn_id and self._by_conn_id.get(ch.conn_id) is ch:
+            del self._by_conn_id[ch.conn_id]
+            if not self._stopping:
+                self._spawn(self.logic.disconnect(self.server_id, ch.conn_id, ch.mid))
+            ch.conn_id = 0
+
+    def _close_now(self, ch: Channel) -> None:
+        if self._channels.pop(ch.lid, None) is None:
+            return
+        self._forget(ch)
+        n = self._ips.get(ch.ip, 0) - 1
+        if n > 0:
+            self._ips[ch.ip] = n
+        else:
+            self._ips.pop(ch.ip, None)
+        if ch.state != S_AUTHING:
+            self.loop.remove_reader(ch.fd)
+        ch.state = S_CLOSING
+        ch.sock.close()
+
+    def _send_direct(self, ch: Channel, data: bytes) -> None:
+        try:
+            ch.sock.send(data)
+        except OSError:
+            pass
+
+    def _on_overflow(self, lid: int) -> None:
+        ch = self._channels.get(lid)
+        if ch is not None:
+            self.stats_counters["slow_consumer_closes"] += 1
+            self.close(ch, "slow consumer", reconnect=True)
+
+    def _on_write_error(self, lid: int, exc: OSError) -> None:
+        ch = self._channels.get(lid)
+        if ch is not None:
+            self._close_now(ch)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    async def _sweep_loop(self) -> None:
+        """Handshake and heartbeat deadlines, checked in one pass instead of a timer per connection."""
+        period = min(1.0, self.config.handshake_timeout / 2, self.config.heartbeat_timeout / 2)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            hb = self.config.heartbeat_timeout
+            for ch in list(self._channels.values()):
+                st = ch.state
+                if st == S_OPEN:
+                    if now - ch.last_seen > hb:
+                        self.close(ch, "heartbeat timeout", reconnect=True)
+                elif st == S_CLOSING:
+                    if now > ch.deadline:
+                        self._close_now(ch)
+                elif st != S_AUTHING and now > ch.deadline:
+                    self.close(ch, "auth timeout: the first frame must be auth (op 7)", reconnect=False)
+
+    async def _report_loop(self) -> None:
+        """Report room counts to logic periodically (seed 5.3: counters are absorbed, not queried)."""
+        while True:
+            try:
+                await self.logic.renew_online(self.server_id, self.table.rooms(), len(self._by_conn_id), len(self._ips))
+            except Exception as e:
+                log.warning("renew online failed: %s", e)
+            await asyncio.sleep(self.config.online_interval)
+
+    # ------------------------------------------------------------------ queries
+
+    def stats(self) -> dict:
+        t = self.table.stats()
+        return dict(
+            self.stats_counters,
+            connections=len(self._by_conn_id),
+            sockets=len(self._channels),
+            rooms=t["rooms"],
+            frames_out=t["frames_out"],
+            bytes_out=t["bytes_out"],
+            write_calls=t["write_calls"],
+            overflows=t["overflows"],
+        )
+
+
+def _ws_binary(payload: bytes) -> bytes:
+    from imgate.core import encode_ws_frame
+
+    return encode_ws_frame(payload, WS_BINARY)

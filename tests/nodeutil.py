@@ -1,0 +1,88 @@
+"""Run a real imgate node in a background thread (its own uvloop loop) for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import uvloop
+
+from imgate.config import Config
+
+
+class NodeThread:
+    def __init__(self, **overrides):
+        defaults = dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
+                        online_interval=0.1, server_id="test-node")
+        defaults.update(overrides)
+        self.config = Config(**defaults).validate()
+        self.loop = uvloop.new_event_loop()
+        self.node = None
+        self._ready = threading.Event()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="imgate-node", daemon=True)
+
+    def _run(self):
+        from imgate.node import Node
+
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.node = Node(self.config)
+            self.loop.run_until_complete(self.node.start())
+        except BaseException as e:  # surfaced to the test thread
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        self.loop.close()
+
+    def start(self) -> "NodeThread":
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def call(self, coro, timeout=30):
+        """Run a coroutine on the node's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, grace=2.0):
+        if self.node is not None and self.loop.is_running():
+            try:
+                self.call(self.node.stop(grace))
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    @property
+    def tcp_url(self):
+        return f"tcp://127.0.0.1:{self.node.proxy.tcp_port}"
+
+    @property
+    def ws_url(self):
+        return f"ws://127.0.0.1:{self.node.proxy.ws_port}/sub"
+
+    @property
+    def http_base(self):
+        return f"http://127.0.0.1:{self.node.http_port}"
+
+    def http(self, method, path, body=None, timeout=10):
+        """(status, parsed JSON or raw bytes)."""
+        req = urllib.request.Request(self.http_base + path, data=body, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, raw, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as e:
+            status, raw, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
+        if "json" in ctype:
+            return status, json.loads(raw)
+        return status, raw
+
+    def stats(self):
+        return self.node.proxy.stats()
