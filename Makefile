@@ -14,6 +14,10 @@ $(STAMP): requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements-dev.txt
+	# develop against src/: a .pth entry and an `imgate` command in the venv (no reinstall per change)
+	$(PY) -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "imgate-dev.pth").write_text("$(CURDIR)/src\n")'
+	printf '#!/bin/sh\nexec "$(CURDIR)/$(VENV)/bin/python" -m imgate "$$@"\n' > $(VENV)/bin/imgate
+	chmod +x $(VENV)/bin/imgate
 	touch $(STAMP)
 
 build: $(STAMP)
@@ -30,6 +34,10 @@ ratios: build
 
 wheel: $(STAMP)
 	$(PIP) wheel --quiet --no-deps --no-build-isolation -w dist .
+
+# the all-in-one node with embedded defaults; the demo page may mint tokens (--demo)
+run: build
+	$(VENV)/bin/imgate serve --demo --data-dir .data
 
 clean:
 	rm -rf build dist src/*.egg-info src/imgate/_core/*.c src/imgate/_core/*.so .pytest_cache

@@ -770,10 +770,6 @@ def server_frame(payload, opcode=0x2, fin=True):
     return head + payload
 
 
-def unmask_client_frames(data: bytes):
-    return WebSocketParser().feed(data) if data else []
-
-
 @pytest.mark.parametrize("step", [1, 2, 3, 7, 1000])
 def test_ws_reader_any_chunking(step):
     loop, client, proto, transport = stub_ws()

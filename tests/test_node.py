@@ -197,15 +197,15 @@ def test_online_queries(node):
 
 
 def test_jwt_auth():
-    n = NodeThread(auth="jwt", jwt_secret="s3cret-for-tests").start()
+    n = NodeThread(auth="jwt", jwt_secret="s3cret-for-tests-0123456789abcdef-xyz").start()
     try:
         async def go():
-            good = mint_token("s3cret-for-tests", 77)
+            good = mint_token("s3cret-for-tests-0123456789abcdef-xyz", 77)
             c = await imclient.connect(n.ws_url, mid=77, token=good, heartbeat=None)
             await c.close()
             for token, why in [
                 (mint_token("another-secret", 77), "signature"),
-                (mint_token("s3cret-for-tests", 77, ttl=-10), "expired"),
+                (mint_token("s3cret-for-tests-0123456789abcdef-xyz", 77, ttl=-10), "expired"),
                 ("not-a-token", "token"),
                 ("", "token"),
             ]:

@@ -66,7 +66,7 @@ class Request:
 
     __slots__ = (
         "method", "path", "query_string", "headers", "body", "remote", "version", "keep_alive",
-        "route", "_query_list",
+        "route", "_query_list", "_query",
     )
 
     def __init__(
@@ -90,6 +90,7 @@ class Request:
         self.keep_alive = keep_alive
         self.route: str | None = None  # the matched route path, set by the server
         self._query_list: list[tuple[str, str]] | None = None
+        self._query: dict[str, str] | None = None
 
     @property
     def query_list(self) -> list[tuple[str, str]]:
@@ -101,7 +102,9 @@ class Request:
     @property
     def query(self) -> dict[str, str]:
         """Query parameters; the last value wins for a repeated name."""
-        return dict(self.query_list)
+        if self._query is None:
+            self._query = dict(self.query_list)
+        return self._query
 
     def __repr__(self) -> str:
         q = f"?{self.query_string}" if self.query_string else ""

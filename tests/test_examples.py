@@ -1,0 +1,78 @@
+"""The README's walk-through works: a token from `imgate token`, the example client, a push by HTTP."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nodeutil import NodeThread
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_client_example(tmp_path):
+    data_dir = tmp_path / "data"
+    node = NodeThread(auth="jwt", data_dir=str(data_dir)).start()
+    try:
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        token = subprocess.run(
+            [sys.executable, "-m", "imgate", "token", "--user", "42", "--data-dir", str(data_dir)],
+            env=env, capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.strip()
+        assert token.count(".") == 2, token
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "examples" / "client.py"), "--url", node.ws_url, "--token", token, "--count", "1"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        first = proc.stdout.readline()
+        assert "authenticated as user 42; room live://1000 has 1 online" in first, (first, proc.stderr.read())
+        status, _ = node.http("POST", "/goim/push/room?operation=1000&type=live&room=1000", b"hello")
+        assert status == 200
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "push op=1000: hello" in out
+    finally:
+        node.stop()
+
+
+def test_token_command_without_a_secret_says_what_to_do(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env.pop("IMGATE_JWT_SECRET", None)
+    res = subprocess.run([sys.executable, "-m", "imgate", "token", "--user", "1", "--data-dir", str(tmp_path / "none")],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "no JWT secret" in res.stderr
+
+
+def test_serve_rejects_bad_flags():
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    res = subprocess.run([sys.executable, "-m", "imgate", "serve", "--tcp", "localhost:99999"],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "tcp: port 99999 is out of range" in res.stderr
+
+
+def test_serve_starts_and_stops_on_sigterm(tmp_path):
+    import signal
+    import socket
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    ports = [free_port() for _ in range(3)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgate", "serve", "--auth", "none", "--tcp", f"127.0.0.1:{ports[0]}",
+         "--ws", f"127.0.0.1:{ports[1]}", "--http", f"127.0.0.1:{ports[2]}", "--data-dir", str(tmp_path)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "is up" in line, proc.stderr.read()
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
