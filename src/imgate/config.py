@@ -59,13 +59,36 @@ class Config:
     online_interval: float = 1.0
     # demo page helpers (token minting for the page); off unless asked for
     demo: bool = False
+    # ---- cluster roles (imgate proxy | logic | push); see docs/cluster.md
+    rpc: str = "0.0.0.0:3109"            # proxy: internal RPC (push -> proxy); logic: its own (3119)
+    logic_rpc: str = "0.0.0.0:3119"      # logic: internal RPC listener (proxy -> logic)
+    logic_addrs: list = field(default_factory=lambda: ["127.0.0.1:3119"])  # proxy: logic instances, in order
+    proxies: dict = field(default_factory=dict)  # push: {server_id: "host:rpc_port"} of every proxy
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_sentinels: list = field(default_factory=list)  # ["host:port", ...]; then redis_master names the set
+    redis_master: str = "mymaster"
+    kafka: str = "127.0.0.1:9092"        # bootstrap servers
+    kafka_topic: str = "imgate-push"
+    kafka_timeout: float = 5.0           # seconds a push may wait for Kafka before the API answers 503
+    room_merge_window: float = 0.0       # push: merge pushes to one room over this window into one op-9 batch
+    rpc_pool: int = 4                    # connections per RPC peer
 
     def validate(self) -> "Config":
         for key in ("tcp", "ws", "http"):
             parse_hostport(getattr(self, key), key)
         if self.auth not in ("jwt", "none"):
             raise ConfigError(f"auth: expected 'jwt' or 'none', got {self.auth!r}")
-        for key in ("handshake_timeout", "heartbeat_timeout", "shutdown_grace", "online_interval"):
+        for key in ("rpc", "logic_rpc"):
+            parse_hostport(getattr(self, key), key)
+        for i, addr in enumerate(self.logic_addrs):
+            parse_hostport(addr, f"logic_addrs[{i}]")
+        for sid, addr in self.proxies.items():
+            parse_hostport(addr, f"proxies.{sid}")
+        if self.room_merge_window < 0:
+            raise ConfigError(f"room_merge_window: must be >= 0, got {self.room_merge_window}")
+        if self.rpc_pool <= 0:
+            raise ConfigError(f"rpc_pool: must be > 0, got {self.rpc_pool}")
+        for key in ("handshake_timeout", "heartbeat_timeout", "shutdown_grace", "online_interval", "kafka_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
         if self.merge_window < 0:
@@ -94,12 +117,14 @@ class Config:
                 raise ConfigError(f"config file {path} does not exist") from None
             except tomllib.TOMLDecodeError as e:
                 raise ConfigError(f"config file {path}: {e}") from None
-            data = data.get("serve", data)
+            section = overrides.pop("_section", "serve")
+            data = data.get(section, data.get("serve", data))
             known = {f.name for f in fields(cls)}
             unknown = sorted(set(data) - known)
             if unknown:
                 raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}")
             values.update(data)
+        overrides.pop("_section", None)
         values.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**values)
         for f in fields(cls):

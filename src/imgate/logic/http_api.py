@@ -25,6 +25,14 @@ from imgate.http.server import (
 )
 from imgate.logic.openapi import openapi_document
 from imgate.metrics import Metrics
+from imgate.push.service import BusUnavailable
+
+try:  # the cluster's cache; absent in a minimal install
+    from redis.exceptions import ConnectionError as _RedisDown, TimeoutError as _RedisSlow
+
+    _BACKEND_DOWN: tuple = (_RedisDown, _RedisSlow, ConnectionError)
+except ImportError:  # pragma: no cover
+    _BACKEND_DOWN = (ConnectionError,)
 
 __all__ = ["build_routes", "MAX_LIMIT", "DEFAULT_TOP_LIMIT", "DEFAULT_LIST_LIMIT"]
 
@@ -136,6 +144,10 @@ def _message(req: Request) -> bytes:
     return req.body
 
 
+class ServiceUnavailable(Exception):
+    """A backing service (cache, bus) is unreachable; answered with 503."""
+
+
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
     """Call a logic method (sync or async); its ValueError is the client's fault: 400."""
     try:
@@ -146,6 +158,13 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
         raise
     except ValueError as e:
         raise HttpError(400, str(e) or "bad request") from None
+    except BusUnavailable as e:
+        # Kafka (or another bus) did not take the job: not accepted, the caller retries
+        raise HttpError(503, f"push not accepted: {e}") from None
+    except ServiceUnavailable as e:
+        raise HttpError(503, str(e)) from None
+    except _BACKEND_DOWN as e:
+        raise HttpError(503, f"a backing service is unreachable: {e}") from None
     return result
 
 

@@ -469,15 +469,15 @@ class Proxy:
     def push_room(self, room_id: str, op: int, body: bytes) -> int:
         """Room broadcast. Pushes to one room within an event-loop iteration (or the merge window)
         travel together as one op-9 batch: inner frames over TCP, one op-9 frame over WebSocket."""
+        return self.push_room_batch(room_id, encode_frame(op, 0, body))
+
+    def push_room_batch(self, room_id: str, frames: bytes) -> int:
+        """Room broadcast of frames already encoded and merged by push (inner frames back to back)."""
         self.stats_counters["pushes"] += 1
         count = self.table.room_count(room_id)
-        if not count:
+        if not count or not frames:
             return 0
-        frames = self._room_frames.get(room_id)
-        if frames is None:
-            self._room_frames[room_id] = [encode_frame(op, 0, body)]
-        else:
-            frames.append(encode_frame(op, 0, body))
+        self._room_frames.setdefault(room_id, []).append(frames)
         if not self._room_flush_scheduled:
             self._room_flush_scheduled = True
             if self.config.merge_window > 0:
@@ -485,6 +485,10 @@ class Proxy:
             else:
                 self.loop.call_soon(self._flush_rooms)
         return count
+
+    def rooms(self) -> dict:
+        """This proxy's rooms and their online counts (push absorbs these periodically)."""
+        return self.table.rooms()
 
     def _flush_rooms(self) -> None:
         self._room_flush_scheduled = False

@@ -51,6 +51,10 @@ class Push:
         raise ValueError(f"unknown push job kind {job.kind!r}")
 
 
+class BusUnavailable(Exception):
+    """The bus could not take a push job; the HTTP API answers 503 and the caller retries."""
+
+
 class Bus(abc.ABC):
     """Carries push jobs from logic to push. `publish` returns once the job is accepted."""
 
