@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run every role in one process (embedded default)")
     _serve_args(serve)
+    for role, text in (("proxy", "edge proxy: client listeners, rooms, delivery (cluster mode)"),
+                       ("logic", "logic: HTTP API, auth, sessions in Redis, pushes to Kafka (cluster mode)"),
+                       ("push", "push: Kafka consumer delivering to the proxies over RPC (cluster mode)")):
+        rp = sub.add_parser(role, help=text)
+        rp.add_argument("--config", required=True, help=f"TOML config file (keys at top level or under [{role}])")
+        rp.add_argument("--server-id", dest="server_id", help="stable id of this process (default from the config)")
+        rp.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     tok = sub.add_parser("token", help="mint a JWT for a user")
     tok.add_argument("--user", type=int, required=True, help="user id (mid), goes into `sub`")
     tok.add_argument("--ttl", type=float, default=86400, help="seconds until it expires (default 86400)")
@@ -73,6 +80,16 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:  # pragma: no cover
                 return asyncio.run(_serve(cfg))
             return uvloop.run(_serve(cfg))
+        if args.command in ("proxy", "logic", "push"):
+            logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            from imgate.roles import run_role
+
+            cfg = Config.load(args.config, server_id=args.server_id, _section=args.command)
+            try:
+                import uvloop
+            except ImportError:  # pragma: no cover
+                return asyncio.run(run_role(args.command, cfg))
+            return uvloop.run(run_role(args.command, cfg))
         if args.command == "token":
             from imgate.auth import mint_token
             from imgate.node import load_or_create_secret

@@ -107,7 +107,7 @@ class Config:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, **overrides) -> "Config":
-        """Defaults, then the TOML file (top-level keys or a [serve] table), then overrides (not None)."""
+        """Defaults, then the TOML file (shared top-level keys, then the role's table), then overrides."""
         values: dict = {}
         if path is not None:
             try:
@@ -117,19 +117,29 @@ class Config:
                 raise ConfigError(f"config file {path} does not exist") from None
             except tomllib.TOMLDecodeError as e:
                 raise ConfigError(f"config file {path}: {e}") from None
-            section = overrides.pop("_section", "serve")
-            data = data.get(section, data.get("serve", data))
+            # top-level keys are shared; the role's own table ([serve], [proxy], [logic], [push]) wins
+            section = overrides.get("_section", "serve")
+            tables = {"serve", "proxy", "logic", "push"}
+            merged = {k: v for k, v in data.items() if k not in tables}
+            own = data.get(section, {})
+            if not isinstance(own, dict):
+                raise ConfigError(f"config file {path}: [{section}] must be a table")
+            merged.update(own)
             known = {f.name for f in fields(cls)}
-            unknown = sorted(set(data) - known)
+            unknown = sorted(set(merged) - known)
             if unknown:
                 raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}")
-            values.update(data)
+            values.update(merged)
         overrides.pop("_section", None)
         values.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**values)
+        kinds = {"float": (int, float), "int": int, "bool": bool, "str": str, "list": list, "dict": dict}
         for f in fields(cls):
             v = getattr(cfg, f.name)
-            if f.type in ("float",) and isinstance(v, int):
+            want = kinds.get(f.type)
+            if want and (not isinstance(v, want) or (f.type in ("int", "float") and isinstance(v, bool))):
+                raise ConfigError(f"{f.name}: expected {f.type}, got {type(v).__name__} {v!r}")
+            if f.type == "float":
                 setattr(cfg, f.name, float(v))
         return cfg.validate()
 

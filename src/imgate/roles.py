@@ -1,0 +1,140 @@
+"""Each role of the seed as its own process (cluster mode): `imgate proxy | logic | push`.
+
+- proxy: client listeners + the RoomTable; talks to logic over RPC (pool, fail-over across
+  `logic_addrs`) and serves push's deliveries on its RPC port (`rpc`, default :3109).
+- logic: the HTTP API and the proxies' RPC (`logic_rpc`, default :3119); state in Redis; push jobs to
+  Kafka.
+- push: consumes Kafka, delivers to the proxies named in `proxies` over RPC.
+Every role stops on SIGTERM/SIGINT within its grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from imgate.config import Config
+
+log = logging.getLogger("imgate.roles")
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def make_cache(cfg: Config):
+    from imgate.cache.redis import RedisCache
+
+    if cfg.redis_sentinels:
+        return RedisCache(sentinels=cfg.redis_sentinels, master=cfg.redis_master)
+    return RedisCache(cfg.redis_url)
+
+
+class ProxyRole:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    async def start(self) -> None:
+        from imgate.proxy.server import Proxy
+        from imgate.rpc.logic import LogicClient
+        from imgate.rpc.proxy import serve_proxy
+
+        cfg = self.cfg
+        self.logic = LogicClient(cfg.logic_addrs, pool_size=cfg.rpc_pool, client_id=cfg.server_id)
+        self.proxy = Proxy(cfg, self.logic, asyncio.get_running_loop())
+        await self.proxy.start()
+        host, port = cfg.addr("rpc")
+        self.rpc = await serve_proxy(self.proxy, host, port)
+        print(f"imgate proxy {cfg.server_id} is up: tcp :{self.proxy.tcp_port}, ws :{self.proxy.ws_port}/sub, "
+              f"rpc :{self.rpc.port}, logic {', '.join(cfg.logic_addrs)}", flush=True)
+
+    async def stop(self) -> None:
+        await self.rpc.stop()
+        await self.proxy.stop()
+        await self.logic.close()
+
+
+class LogicRole:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    async def start(self) -> None:
+        from imgate.auth import make_authenticator
+        from imgate.http.server import HttpServer
+        from imgate.logic import Logic
+        from imgate.logic.http_api import build_routes
+        from imgate.metrics import Metrics
+        from imgate.node import load_or_create_secret
+        from imgate.push.kafka import KafkaBus, ensure_topic
+        from imgate.rpc.logic import serve_logic
+
+        cfg = self.cfg
+        if cfg.auth == "jwt":
+            cfg.jwt_secret = load_or_create_secret(cfg)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, ensure_topic, cfg.kafka, cfg.kafka_topic)
+        self.cache = make_cache(cfg)
+        self.bus = KafkaBus(cfg.kafka, cfg.kafka_topic, timeout=cfg.kafka_timeout, client_id=f"imgate-logic-{cfg.server_id}")
+        self.logic = Logic(self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret),
+                           session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval)
+        await self.logic.start()
+        self.metrics = Metrics()
+        self.metrics.add_source(lambda: dict(self.logic.counters))
+        self.http = HttpServer(build_routes(self.logic, metrics=self.metrics), max_body=cfg.max_http_body)
+        host, port = cfg.addr("http")
+        await self.http.start(host, port)
+        host, port = cfg.addr("logic_rpc")
+        self.rpc = await serve_logic(self.logic, host, port)
+        print(f"imgate logic {cfg.server_id} is up: http :{self.http.port}, rpc :{self.rpc.port}, "
+              f"redis {cfg.redis_url}, kafka {cfg.kafka}", flush=True)
+
+    async def stop(self) -> None:
+        await self.http.stop()
+        await self.rpc.stop()
+        await self.logic.stop()
+        await self.bus.close()
+        await self.cache.close()
+
+
+class PushRole:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    async def start(self) -> None:
+        from imgate.push.cluster import ClusterPush
+        from imgate.push.kafka import PushConsumer, ensure_topic
+        from imgate.rpc.proxy import ProxyClient
+
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, ensure_topic, cfg.kafka, cfg.kafka_topic)
+        self.clients = {sid: ProxyClient(sid, addr, pool_size=cfg.rpc_pool) for sid, addr in cfg.proxies.items()}
+        self.push = ClusterPush(self.clients, absorb_interval=cfg.online_interval)
+        await self.push.start()
+        self.consumer = PushConsumer(cfg.kafka, cfg.kafka_topic, self.push.deliver, merge_window=cfg.room_merge_window)
+        self.consumer.start(loop)
+        print(f"imgate push {cfg.server_id} is up: kafka {cfg.kafka} topic {cfg.kafka_topic}, "
+              f"proxies {', '.join(f'{k}={v}' for k, v in cfg.proxies.items())}", flush=True)
+
+    async def stop(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.consumer.stop)
+        await self.push.stop()
+        for c in self.clients.values():
+            await c.close()
+
+
+ROLES = {"proxy": ProxyRole, "logic": LogicRole, "push": PushRole}
+
+
+async def run_role(name: str, cfg: Config) -> int:
+    role = ROLES[name](cfg)
+    await role.start()
+    await _until_signal()
+    print(f"imgate {name} {cfg.server_id}: shutting down", flush=True)
+    await role.stop()
+    return 0
