@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build test bench-micro ratios wheel clean run
+.PHONY: all build services test cluster bench-micro ratios wheel clean run
 
 all: build
 
@@ -23,8 +23,16 @@ $(STAMP): requirements-dev.txt pyproject.toml
 build: $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace -j 2
 
-test: build
+# real Redis and Kafka for the cluster tests (installed once, cached under .cache/)
+services:
+	bash scripts/services.sh install
+
+test: build services
 	$(PY) -m pytest -q
+
+# a whole cluster on loopback in the foreground (Redis, Kafka, 2 proxies, 2 logic, 1 push); Ctrl-C stops it
+cluster: build services
+	$(PY) scripts/cluster.py
 
 bench-micro: build
 	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-only -p no:cacheprovider

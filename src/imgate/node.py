@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 
 from imgate.auth import make_authenticator, mint_token
@@ -40,7 +41,11 @@ def load_or_create_secret(config: Config, create: bool = True) -> str:
             f"with --data-dir {config.data_dir} so that it creates {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process of the cluster made it first
+        time.sleep(0.1)
+        return path.read_text().strip()
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     log.warning("created a JWT secret in %s (set jwt_secret or IMGATE_JWT_SECRET to choose your own)", path)

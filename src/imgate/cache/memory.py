@@ -75,7 +75,9 @@ class MemoryCache(Cache):
         return out
 
     async def list_sessions(self, limit: int) -> list[Session]:
-        out = []
+        out: list[Session] = []
+        if limit <= 0:
+            return out
         for mid in list(self._by_mid):
             for s in self._sweep_user(mid):
                 out.append(s)
@@ -84,7 +86,8 @@ class MemoryCache(Cache):
         return out
 
     async def user_count(self) -> int:
-        return len(self._by_mid)
+        now = self._clock()
+        return sum(1 for conns in self._by_mid.values() if any(s.expires_at > now for s in conns.values()))
 
     async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float) -> None:
         self._servers[server] = {"rooms": dict(rooms), "conns": conns, "ips": ips, "updated": time.time(),

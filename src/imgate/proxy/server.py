@@ -382,7 +382,7 @@ class Proxy:
             now = ch.last_seen
             if now - ch.renewed > self.config.heartbeat_timeout / 3:
                 ch.renewed = now
-                self._spawn(self.logic.heartbeat(self.server_id, ch.conn_id, ch.mid))
+                self._spawn(self._renew(ch))
         elif op == OP_SEND_MSG:
             self._spawn(self._upstream(ch, f))
         elif op == OP_CHANGE_ROOM:
@@ -432,6 +432,18 @@ class Proxy:
         else:
             self.stats_counters["protocol_errors"] += 1
             log.debug("conn %s sent unsupported op %d", ch.conn_id, op)
+
+    async def _renew(self, ch: Channel) -> None:
+        """Push the session's expiry forward; a session the registry lost (expired during an outage,
+        a cache fail-over) leaves the client unreachable, so it is told to reconnect."""
+        conn_id = ch.conn_id
+        try:
+            alive = await self.logic.heartbeat(self.server_id, conn_id, ch.mid)
+        except Exception as e:
+            log.warning("session renewal of conn %s failed: %s", conn_id, e)
+            return
+        if not alive and ch.conn_id == conn_id and ch.state == S_OPEN:
+            self.close(ch, "session expired", reconnect=True)
 
     def _reply(self, ch: Channel, op: int, seq: int, **fields) -> None:
         self.table.send(ch.lid, encode_frame(op, seq, json.dumps(fields).encode()))

@@ -1,0 +1,145 @@
+"""Run imgate's roles as real processes (`imgate proxy|logic|push`) against a real Redis and Kafka."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(v)
+
+
+class RoleProcess:
+    def __init__(self, role: str, name: str, config: dict, workdir: Path):
+        self.role, self.name, self.config = role, name, config
+        self.workdir = workdir
+        self.conf_path = workdir / f"{name}.toml"
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> "RoleProcess":
+        self.conf_path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in self.config.items()))
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "imgate", self.role, "--config", str(self.conf_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            if b"is up" in self.log_path.read_bytes():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not up after {timeout}s:\n{self.tail()}")
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode if self.proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Cluster:
+    """Two proxies (A, B), two logic (L1, L2), one push, on free loopback ports."""
+
+    def __init__(self, workdir: Path, redis_url: str, kafka: str, **common):
+        self.workdir = workdir
+        self.topic = f"imgate-push-{uuid.uuid4().hex[:8]}"
+        logic_rpc = {"L1": free_port(), "L2": free_port()}
+        self.common = dict(redis_url=redis_url, kafka=kafka, kafka_topic=self.topic, auth="none",
+                           online_interval=0.2, kafka_timeout=3.0, heartbeat_timeout=30.0,
+                           data_dir=str(workdir / "data"))
+        self.common.update(common)
+        self.ports = {}
+        self.procs: dict[str, RoleProcess] = {}
+        for name in ("L1", "L2"):
+            self.ports[name] = {"http": free_port(), "rpc": logic_rpc[name]}
+            self.procs[name] = RoleProcess("logic", name, dict(
+                self.common, server_id=name, http=f"127.0.0.1:{self.ports[name]['http']}",
+                logic_rpc=f"127.0.0.1:{logic_rpc[name]}"), workdir)
+        logic_addrs = [f"127.0.0.1:{logic_rpc['L1']}", f"127.0.0.1:{logic_rpc['L2']}"]
+        for name in ("A", "B"):
+            self.ports[name] = {"tcp": free_port(), "ws": free_port(), "rpc": free_port()}
+            self.procs[name] = RoleProcess("proxy", name, dict(
+                self.common, server_id=name, tcp=f"127.0.0.1:{self.ports[name]['tcp']}",
+                ws=f"127.0.0.1:{self.ports[name]['ws']}", rpc=f"127.0.0.1:{self.ports[name]['rpc']}",
+                logic_addrs=logic_addrs), workdir)
+        self.procs["P"] = RoleProcess("push", "P", dict(
+            self.common, server_id="P",
+            proxies={n: f"127.0.0.1:{self.ports[n]['rpc']}" for n in ("A", "B")}), workdir)
+
+    def start(self) -> "Cluster":
+        for name in ("L1", "L2", "A", "B", "P"):
+            self.procs[name].start()
+        return self
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            p.stop()
+
+    def tcp_url(self, proxy: str) -> str:
+        return f"tcp://127.0.0.1:{self.ports[proxy]['tcp']}"
+
+    def ws_url(self, proxy: str) -> str:
+        return f"ws://127.0.0.1:{self.ports[proxy]['ws']}/sub"
+
+    def http(self, logic: str, method: str, path: str, body: bytes | None = None, timeout: float = 15.0):
+        url = f"http://127.0.0.1:{self.ports[logic]['http']}{path}"
+        req = urllib.request.Request(url, data=body, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n} ---\n{p.tail()}" for n, p in self.procs.items())
