@@ -138,7 +138,8 @@ install_kafka() {
         echo "$hash" >"$KAFKA_LIBS.tmp/.pom.sha256"
         rm -rf "$KAFKA_LIBS" "$KAFKA_JSA" "$KAFKA_JSA.stamp"
         mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
-        say "Kafka jars: $(ls "$KAFKA_LIBS" | grep -c '\.jar$') in ${KAFKA_LIBS#$ROOT/} ($(du -sh "$KAFKA_LIBS" | cut -f1))"
+        local jars=("$KAFKA_LIBS"/*.jar)
+        say "Kafka jars: ${#jars[@]} in ${KAFKA_LIBS#$ROOT/} ($(du -sh "$KAFKA_LIBS" | cut -f1))"
     fi
     write_log4j
     install_java_maven
@@ -198,8 +199,8 @@ launch() {  # launch PIDFILE OUTFILE CMD... : detached (own session, no inherite
     local pidfile="$1" out="$2"; shift 2
     rm -f "$pidfile"
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$out" 2>&1 &
-    local i
-    for i in $(seq 1 100); do [ -s "$pidfile" ] && return 0; sleep 0.02; done
+    local _
+    for _ in $(seq 1 100); do [ -s "$pidfile" ] && return 0; sleep 0.02; done
     die "could not launch $1"
 }
 
@@ -290,6 +291,10 @@ num.partitions=1
 default.replication.factor=1
 min.insync.replicas=1
 auto.create.topics.enable=true
+# after a crash (SIGKILL) the restarted broker can register only once its old session timed out (9 s
+# by default): shorter, so a killed broker is back in ~5 s
+broker.session.timeout.ms=4000
+broker.heartbeat.interval.ms=500
 # a small machine
 num.network.threads=2
 num.io.threads=4

@@ -254,21 +254,33 @@ def redis_down(hard: bool = False):
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
+_users: dict[str, int] = {}
+
+
 def _session_service(kind: str, cls):
-    # Not under pytest's basetemp: a concurrent pytest session on the machine prunes old basetemp dirs,
-    # which would pull the data dir from under a running broker. Removed after the stop (unless
-    # IMGATE_TEST_SERVICES_KEEP=1), or left with the logs when the start failed.
-    directory = Path(tempfile.mkdtemp(prefix=f"imgate-{kind}-"))
-    proc = cls(directory)
-    proc.start()
-    _session[kind] = proc
+    # One process per kind for the whole session, even when the fixture is instantiated more than once
+    # (a test module that imports the fixtures by name gets its own copies of them): the last user stops it.
+    proc = _session.get(kind)
+    if proc is None:
+        # Not under pytest's basetemp: a concurrent pytest session on the machine prunes old basetemp
+        # dirs, which would pull the data dir from under a running broker. Removed after the stop
+        # (unless IMGATE_TEST_SERVICES_KEEP=1), or left with the logs when the start failed.
+        proc = cls(Path(tempfile.mkdtemp(prefix=f"imgate-{kind}-")))
+        proc.start()
+        _session[kind] = proc
+        _users[kind] = 0
+    elif not proc.running:  # left stopped by a test
+        proc.start()
+    _users[kind] += 1
     try:
         yield proc
     finally:
-        _session.pop(kind, None)
-        proc.stop()
-        if not os.environ.get("IMGATE_TEST_SERVICES_KEEP"):
-            shutil.rmtree(directory, ignore_errors=True)
+        _users[kind] -= 1
+        if _users[kind] == 0:
+            del _session[kind], _users[kind]
+            proc.stop()
+            if not os.environ.get("IMGATE_TEST_SERVICES_KEEP"):
+                shutil.rmtree(proc.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -190,6 +190,16 @@ def test_kafka_restart_keeps_messages_and_buffered_sends(kafka_process, kafka_bo
     print(f"kafka stop {stop_s:.1f}s, start {start_s:.1f}s")
 
 
+def test_kafka_crash_keeps_acknowledged_messages(kafka_process, kafka_bootstrap):
+    """SIGKILL (no clean shutdown): what the broker acknowledged (acks=all) is still there after a restart."""
+    topic = create_topic(kafka_bootstrap)
+    values = [f"acked-{i}".encode() for i in range(50)]
+    produce_all(producer(kafka_bootstrap), topic, values)
+    with kafka_down(hard=True):
+        assert not kafka_process.running
+    assert consume(kafka_bootstrap, topic, len(values)) == values
+
+
 def test_stop_and_start_helpers(kafka_process):
     stop_kafka()
     try:

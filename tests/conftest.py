@@ -1,0 +1,3 @@
+"""Test-wide plugins: real Redis and Kafka fixtures (tests/services.py)."""
+
+pytest_plugins = ["services"]
