@@ -26,7 +26,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E4
 
 from imgate.cache.redis import RedisCache, parse_sentinels  # noqa: E402
 
-pytest_plugins = ["services"]  # redis_url: the session's shared redis-server (tests/services.py)
 
 REDIS_SERVER = shutil.which("redis-server")
 TTL = 1.0  # seconds; real for Redis, fake for memory

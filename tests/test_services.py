@@ -12,7 +12,6 @@ import pytest
 from services import (KafkaProcess, ServiceError, kafka_down, port_open, redis_down, run_script,
                       start_kafka, stop_kafka)
 
-pytest_plugins = ["services"]
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
 confluent_kafka = pytest.importorskip("confluent_kafka")
