@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build services test cluster bench-micro ratios wheel clean run
+.PHONY: all build services proto test cluster bench bench-micro ratios wheel clean run
 
 all: build
 
@@ -34,6 +34,18 @@ test: build services
 cluster: build services
 	$(PY) scripts/cluster.py
 
+# Load benchmarks against the peers and the machine's limit (benchmarks/load/README.md); about 10-20 min.
+# `make bench SCALE=0.1` (or BENCH_SCALE=0.1) for a quick check; BENCH_ARGS passes more options to run.py.
+BENCH_STAMP := $(VENV)/.bench-deps-stamp
+SCALE ?= $(BENCH_SCALE)
+
+$(BENCH_STAMP): benchmarks/requirements.txt $(STAMP)
+	$(PIP) install --quiet -r benchmarks/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: build $(BENCH_STAMP)
+	PYTHONPATH=src $(PY) benchmarks/load/run.py $(if $(SCALE),--scale $(SCALE)) $(BENCH_ARGS)
+
 bench-micro: build
 	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-only -p no:cacheprovider
 
@@ -42,6 +54,10 @@ ratios: build
 
 wheel: $(STAMP)
 	$(PIP) wheel --quiet --no-deps --no-build-isolation -w dist .
+
+# regenerate the internal RPC messages (src/imgate/rpc/imgate_pb2.py) from proto/imgate.proto
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=src/imgate/rpc proto/imgate.proto
 
 # the all-in-one node with embedded defaults; the demo page may mint tokens (--demo)
 run: build

@@ -49,6 +49,7 @@ class RoleProcess:
         self.conf_path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in self.config.items()))
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
         log = open(self.log_path, "ab")
+        offset = log.tell()  # a restart appends: look for "is up" after this point only
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imgate", self.role, "--config", str(self.conf_path)],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
@@ -57,7 +58,10 @@ class RoleProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-            if b"is up" in self.log_path.read_bytes():
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                up = b"is up" in f.read()
+            if up:
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} not up after {timeout}s:\n{self.tail()}")

@@ -116,7 +116,8 @@ class PushRole:
         self.clients = {sid: ProxyClient(sid, addr, pool_size=cfg.rpc_pool) for sid, addr in cfg.proxies.items()}
         self.push = ClusterPush(self.clients, absorb_interval=cfg.online_interval)
         await self.push.start()
-        self.consumer = PushConsumer(cfg.kafka, cfg.kafka_topic, self.push.deliver, merge_window=cfg.room_merge_window)
+        self.consumer = PushConsumer(cfg.kafka, cfg.kafka_topic, self.push.deliver, group=f"{cfg.kafka_topic}.push",
+                                     merge_window=cfg.room_merge_window)
         self.consumer.start(loop)
         print(f"imgate push {cfg.server_id} is up: kafka {cfg.kafka} topic {cfg.kafka_topic}, "
               f"proxies {', '.join(f'{k}={v}' for k, v in cfg.proxies.items())}", flush=True)

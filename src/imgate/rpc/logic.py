@@ -1,0 +1,280 @@
+"""proxy -> logic over RPC: :class:`LogicRpcService` serves a ``Logic``; :class:`LogicClient` is the
+proxy's ``LogicAPI`` in a cluster.
+
+``LogicClient(["10.0.0.1:3119", "10.0.0.2:3119"])`` keeps a pool of connections to every logic address
+and sends each call to the first healthy one in the list (or spreads calls over the healthy ones with
+``spread=True``). When a logic dies its connections drop, calls go to the next address, and when it
+comes back its pool reconnects in the background and it is used again.
+
+What is retried on another logic (or another connection) when a connection dies under a call:
+
+| call | retried after it was written? | why |
+|---|---|---|
+| connect | no: only if it was never written; else RpcUnavailable | allocates a conn_id and a session |
+| receive | no: only if it was never written; else RpcUnavailable | an upstream message must not be delivered twice |
+| disconnect | yes | deleting a session twice is a no-op |
+| heartbeat | yes | renewing an expiry twice is harmless |
+| renew_online | yes | the report overwrites the previous one |
+
+Error replies (auth refused, bad request, internal) and timeouts are never retried: a timeout uses the
+call's whole deadline. An auth refusal is raised as :class:`imgate.auth.AuthError` with logic's message.
+
+Disconnects and heartbeats are notifications that come in bursts (a proxy shutting down, a heartbeat
+sweep), so the client coalesces those made in one event-loop iteration into one request carrying many
+connections (at most ``max_batch``); each caller still gets its own answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from imgate.auth import AuthError
+from imgate.logic.service import Connected
+from imgate.rpc import LOGIC_SERVICE, pb
+from imgate.rpc.core import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_TIMEOUT,
+    RpcPool,
+    RpcRemoteError,
+    RpcServer,
+    RpcUnavailable,
+)
+
+log = logging.getLogger("imgate.rpc.logic")
+
+__all__ = ["LogicClient", "LogicRpcService", "serve_logic"]
+
+
+class LogicRpcService:
+    """Exposes a ``Logic`` over RPC (service ``imgate.logic``)."""
+
+    SERVICE = LOGIC_SERVICE
+
+    def __init__(self, logic, *, server_id: str = "", **server_kw):
+        self.logic = logic
+        self.server = RpcServer(self.SERVICE, self.handlers(), server_id=server_id,
+                                error_kinds={AuthError: "auth"}, **server_kw)
+
+    def handlers(self) -> dict:
+        return {
+            pb.CONNECT: self._connect,
+            pb.DISCONNECT: self._disconnect,
+            pb.HEARTBEAT: self._heartbeat,
+            pb.RECEIVE: self._receive,
+            pb.RENEW_ONLINE: self._renew_online,
+        }
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> RpcServer:
+        return await self.server.start(host, port)
+
+    async def stop(self, grace: float = 0.0) -> None:
+        await self.server.stop(grace)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def addr(self) -> str:
+        return self.server.addr
+
+    async def _connect(self, req: pb.ConnectReq) -> pb.ConnectReply:
+        c = await self.logic.connect(req.server, req.body)  # AuthError -> error reply of kind "auth"
+        return pb.ConnectReply(conn_id=c.conn_id, mid=c.mid, key=c.key, room_id=c.room_id,
+                               accepts=list(c.accepts), platform=c.platform)
+
+    async def _disconnect(self, req: pb.DisconnectReq) -> pb.Empty:
+        logic, server = self.logic, req.server
+        if len(req.conns) == 1:
+            c = req.conns[0]
+            await logic.disconnect(server, c.conn_id, c.mid)
+        else:
+            results = await asyncio.gather(*[logic.disconnect(server, c.conn_id, c.mid) for c in req.conns],
+                                           return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+        return pb.Empty()
+
+    async def _heartbeat(self, req: pb.HeartbeatReq) -> pb.HeartbeatReply:
+        logic, server = self.logic, req.server
+        if len(req.conns) == 1:
+            c = req.conns[0]
+            return pb.HeartbeatReply(ok=[bool(await logic.heartbeat(server, c.conn_id, c.mid))])
+        results = await asyncio.gather(*[logic.heartbeat(server, c.conn_id, c.mid) for c in req.conns],
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return pb.HeartbeatReply(ok=[bool(r) for r in results])
+
+    async def _receive(self, req: pb.ReceiveReq) -> pb.ReceiveReply:
+        body = await self.logic.receive(req.server, req.conn_id, req.mid, req.op, req.seq, req.body)
+        return pb.ReceiveReply(body=bytes(body or b""))
+
+    async def _renew_online(self, req: pb.RenewOnlineReq) -> pb.Empty:
+        await self.logic.renew_online(req.server, dict(req.rooms), req.conns, req.ips)
+        return pb.Empty()
+
+
+async def serve_logic(logic, host: str = "127.0.0.1", port: int = 0, **server_kw) -> LogicRpcService:
+    """Serve ``logic`` over RPC on host:port; returns the started service (``.port``, ``.addr``, ``stop()``)."""
+    svc = LogicRpcService(logic, **server_kw)
+    await svc.start(host, port)
+    return svc
+
+
+class LogicClient:
+    """The proxy's ``LogicAPI`` over RPC, with fail-over across logic addresses (see the module doc)."""
+
+    def __init__(self, addrs: list[str] | str, pool_size: int = 4, *, client_id: str = "",
+                 timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 spread: bool = False, max_batch: int = 1024, max_body: int = DEFAULT_MAX_BODY, **pool_kw):
+        if isinstance(addrs, str):
+            addrs = [a.strip() for a in addrs.split(",") if a.strip()]
+        if not addrs:
+            raise ValueError("LogicClient needs at least one logic address")
+        self.addrs = list(addrs)
+        self.timeout = timeout
+        self.spread = spread
+        self.max_batch = max_batch
+        self.pools = [RpcPool(a, LOGIC_SERVICE, size=pool_size, client_id=client_id, timeout=timeout,
+                              connect_timeout=connect_timeout, max_body=max_body, **pool_kw)
+                      for a in self.addrs]
+        self._rr = 0
+        self._batches: dict[int, dict[str, list]] = {pb.DISCONNECT: {}, pb.HEARTBEAT: {}}
+        self._batch_scheduled = False
+        self._tasks: set[asyncio.Task] = set()
+        self.failovers = 0
+
+    def __repr__(self) -> str:
+        return f"LogicClient({self.addrs!r}, healthy={[p.healthy for p in self.pools]})"
+
+    async def start(self, wait: float | None = None) -> bool:
+        """Start connecting to every logic; wait (up to ``wait`` s, default the connect timeout) until one
+        is up. Returns whether one is. Calls start the pools themselves too."""
+        for p in self.pools:
+            p.start()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + (self.pools[0].connect_timeout if wait is None else wait)
+        while not any(p.healthy for p in self.pools):
+            if loop.time() >= end:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*[p.close() for p in self.pools], return_exceptions=True)
+
+    @property
+    def healthy(self) -> bool:
+        return any(p.healthy for p in self.pools)
+
+    def _order(self) -> list[RpcPool]:
+        pools = self.pools
+        if len(pools) == 1:
+            return pools
+        healthy = [p for p in pools if p.healthy]
+        if self.spread and len(healthy) > 1:
+            self._rr = i = (self._rr + 1) % len(healthy)
+            healthy = healthy[i:] + healthy[:i]
+        return healthy + [p for p in pools if not p.healthy]
+
+    async def _call(self, method: int, request, idempotent: bool):
+        body = request.SerializeToString()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        last: RpcUnavailable | None = None
+        for i, pool in enumerate(self._order()):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if i:
+                self.failovers += 1
+            try:
+                reply = await pool.call_raw(method, body, timeout=remaining, idempotent=idempotent)
+            except RpcUnavailable as e:
+                if e.sent and not idempotent:
+                    raise  # it may have been acted on: do not repeat it on another logic
+                last = e
+                continue
+            return reply
+        raise last or RpcUnavailable(f"no logic reachable among {', '.join(self.addrs)}")
+
+    # ------------------------------------------------------------------ LogicAPI
+
+    async def connect(self, server: str, body: bytes) -> Connected:
+        try:
+            raw = await self._call(pb.CONNECT, pb.ConnectReq(server=server, body=bytes(body)), idempotent=False)
+        except RpcRemoteError as e:
+            if e.kind == "auth":
+                raise AuthError(e.message) from None
+            raise
+        r = pb.ConnectReply.FromString(raw)
+        return Connected(r.conn_id, r.mid, r.key, r.room_id, tuple(r.accepts), r.platform)
+
+    async def disconnect(self, server: str, conn_id: int, mid: int) -> None:
+        await self._enqueue(pb.DISCONNECT, server, conn_id, mid)
+
+    async def heartbeat(self, server: str, conn_id: int, mid: int) -> bool:
+        return await self._enqueue(pb.HEARTBEAT, server, conn_id, mid)
+
+    async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes) -> bytes:
+        raw = await self._call(pb.RECEIVE, pb.ReceiveReq(server=server, conn_id=conn_id, mid=mid, op=op, seq=seq,
+                                                         body=bytes(body)), idempotent=False)
+        return pb.ReceiveReply.FromString(raw).body
+
+    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> None:
+        await self._call(pb.RENEW_ONLINE, pb.RenewOnlineReq(server=server, rooms=rooms, conns=conns, ips=ips),
+                         idempotent=True)
+
+    # ------------------------------------------------------------------ coalesced notifications
+
+    def _enqueue(self, method: int, server: str, conn_id: int, mid: int) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._batches[method].setdefault(server, []).append((conn_id, mid, fut))
+        if not self._batch_scheduled:
+            self._batch_scheduled = True
+            loop.call_soon(self._flush_batches)
+        return fut
+
+    def _flush_batches(self) -> None:
+        self._batch_scheduled = False
+        loop = asyncio.get_running_loop()
+        for method, by_server in self._batches.items():
+            if not by_server:
+                continue
+            self._batches[method] = {}
+            for server, items in by_server.items():
+                for i in range(0, len(items), self.max_batch):
+                    task = loop.create_task(self._send_batch(method, server, items[i:i + self.max_batch]))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+    async def _send_batch(self, method: int, server: str, items: list) -> None:
+        conns = [pb.ConnRef(conn_id=c, mid=m) for c, m, _ in items]
+        req = (pb.DisconnectReq if method == pb.DISCONNECT else pb.HeartbeatReq)(server=server, conns=conns)
+        try:
+            raw = await self._call(method, req, idempotent=True)
+        except BaseException as e:
+            for _, _, fut in items:
+                if not fut.done():
+                    fut.set_exception(e if not isinstance(e, asyncio.CancelledError)
+                                      else RpcUnavailable("logic client closed"))
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return
+        if method == pb.HEARTBEAT:
+            ok = pb.HeartbeatReply.FromString(raw).ok
+            for i, (_, _, fut) in enumerate(items):
+                if not fut.done():
+                    fut.set_result(bool(ok[i]) if i < len(ok) else False)
+        else:
+            for _, _, fut in items:
+                if not fut.done():
+                    fut.set_result(None)

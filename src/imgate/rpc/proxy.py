@@ -1,0 +1,162 @@
+"""push -> proxy over RPC: :class:`ProxyRpcService` serves a ``Proxy``; :class:`ProxyClient` is push's
+handle on one proxy in a cluster (the async form of ``imgate.push.service.ProxyAPI``).
+
+The proxy's push methods are synchronous and quick (they queue frames for the room table), so the
+service answers them inline, without a task per request: a connection's pushes are handled in the order
+they arrive and replies leave in one write per event-loop iteration.
+
+What is retried when a connection dies under a call: ``rooms()`` always (a query); the pushes only when
+the request was never written (a push written to a proxy that then died may have been delivered, and
+repeating it could deliver it twice), otherwise :class:`~imgate.rpc.core.RpcUnavailable` is raised.
+
+``ProxyClient`` sends its ``server_id`` in HELLO; a proxy whose own id differs refuses the connection, so
+push never delivers one proxy's conn ids to another that took over its address.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+from imgate.rpc import PROXY_SERVICE, pb
+from imgate.rpc.core import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_TIMEOUT,
+    RpcPool,
+    RpcServer,
+)
+
+log = logging.getLogger("imgate.rpc.proxy")
+
+__all__ = ["ProxyClient", "ProxyRpcService", "serve_proxy"]
+
+_PushConnsReq, _PushRoomReq, _PushRoomBatchReq, _PushAllReq = pb.PushConnsReq, pb.PushRoomReq, pb.PushRoomBatchReq, pb.PushAllReq
+_count_of = pb.CountReply.FromString
+
+
+def _count(n):
+    if not inspect.isawaitable(n):
+        return pb.CountReply(count=int(n or 0))
+
+    async def wait():
+        return pb.CountReply(count=int(await n or 0))
+
+    return wait()
+
+
+class ProxyRpcService:
+    """Exposes a proxy's push_conns / push_room / push_room_batch / push_all / rooms over RPC
+    (service ``imgate.proxy``). Works with any object that has those methods (sync or async)."""
+
+    SERVICE = PROXY_SERVICE
+
+    def __init__(self, proxy, *, server_id: str | None = None, **server_kw):
+        self.proxy = proxy
+        if server_id is None:
+            server_id = getattr(proxy, "server_id", "") or ""
+        self.server = RpcServer(self.SERVICE, self.handlers(), server_id=server_id, **server_kw)
+
+    def handlers(self) -> dict:
+        return {
+            pb.PUSH_CONNS: self._push_conns,
+            pb.PUSH_ROOM: self._push_room,
+            pb.PUSH_ROOM_BATCH: self._push_room_batch,
+            pb.PUSH_ALL: self._push_all,
+            pb.ROOMS: self._rooms,
+        }
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> RpcServer:
+        return await self.server.start(host, port)
+
+    async def stop(self, grace: float = 0.0) -> None:
+        await self.server.stop(grace)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def addr(self) -> str:
+        return self.server.addr
+
+    def _push_conns(self, req: pb.PushConnsReq):
+        return _count(self.proxy.push_conns(list(req.conn_ids), req.op, req.body))
+
+    def _push_room(self, req: pb.PushRoomReq):
+        return _count(self.proxy.push_room(req.room_id, req.op, req.body))
+
+    def _push_room_batch(self, req: pb.PushRoomBatchReq):
+        return _count(self.proxy.push_room_batch(req.room_id, req.frames))
+
+    def _push_all(self, req: pb.PushAllReq):
+        return _count(self.proxy.push_all(req.op, req.body, req.speed))
+
+    def _rooms(self, req: pb.Empty):
+        proxy = self.proxy
+        rooms = proxy.rooms() if hasattr(proxy, "rooms") else proxy.table.rooms()
+        if inspect.isawaitable(rooms):
+            async def wait():
+                return pb.RoomsReply(rooms=dict(await rooms))
+            return wait()
+        return pb.RoomsReply(rooms=dict(rooms))
+
+
+async def serve_proxy(proxy, host: str = "127.0.0.1", port: int = 0, **server_kw) -> ProxyRpcService:
+    """Serve ``proxy``'s pushes over RPC on host:port; returns the started service (``.port``, ``.addr``,
+    ``stop()``)."""
+    svc = ProxyRpcService(proxy, **server_kw)
+    await svc.start(host, port)
+    return svc
+
+
+class ProxyClient:
+    """Push's client of one proxy: ``await push_conns/push_room/push_room_batch/push_all/rooms``.
+    Every method returns what the proxy returned (connections queued for; rooms -> counts)."""
+
+    def __init__(self, server_id: str, addr: str, pool_size: int = 4, *, client_id: str = "",
+                 timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 max_body: int = DEFAULT_MAX_BODY, check_server_id: bool = True, **pool_kw):
+        self.server_id = server_id
+        self.addr = addr
+        self.pool = RpcPool(addr, PROXY_SERVICE, size=pool_size, client_id=client_id,
+                            server_id=server_id if check_server_id else "", timeout=timeout,
+                            connect_timeout=connect_timeout, max_body=max_body, **pool_kw)
+
+    def __repr__(self) -> str:
+        return f"ProxyClient({self.server_id!r}, {self.addr!r}, ready={self.pool.live}/{self.pool.size})"
+
+    async def start(self, wait: float | None = None) -> bool:
+        return await self.pool.wait_ready(wait)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self.pool.healthy
+
+    # one coroutine per call: build the request, await the pool, read the count
+
+    async def push_conns(self, conn_ids: list[int], op: int, body: bytes) -> int:
+        raw = await self.pool.call_raw(pb.PUSH_CONNS, _PushConnsReq(
+            conn_ids=conn_ids, op=op, body=bytes(body)).SerializeToString())
+        return _count_of(raw).count
+
+    async def push_room(self, room_id: str, op: int, body: bytes) -> int:
+        raw = await self.pool.call_raw(pb.PUSH_ROOM, _PushRoomReq(
+            room_id=room_id, op=op, body=bytes(body)).SerializeToString())
+        return _count_of(raw).count
+
+    async def push_room_batch(self, room_id: str, frames: bytes) -> int:
+        raw = await self.pool.call_raw(pb.PUSH_ROOM_BATCH, _PushRoomBatchReq(
+            room_id=room_id, frames=bytes(frames)).SerializeToString())
+        return _count_of(raw).count
+
+    async def push_all(self, op: int, body: bytes, speed: int = 0) -> int:
+        raw = await self.pool.call_raw(pb.PUSH_ALL, _PushAllReq(op=op, body=bytes(body), speed=speed).SerializeToString())
+        return _count_of(raw).count
+
+    async def rooms(self) -> dict[str, int]:
+        raw = await self.pool.call_raw(pb.ROOMS, b"", idempotent=True)
+        return dict(pb.RoomsReply.FromString(raw).rooms)
