@@ -204,7 +204,7 @@ def test_jwt_auth():
             c = await imclient.connect(n.ws_url, mid=77, token=good, heartbeat=None)
             await c.close()
             for token, why in [
-                (mint_token("another-secret", 77), "signature"),
+                (mint_token("another-secret-0123456789abcdef-xyz", 77), "signature"),
                 (mint_token("s3cret-for-tests-0123456789abcdef-xyz", 77, ttl=-10), "expired"),
                 ("not-a-token", "token"),
                 ("", "token"),
