@@ -73,6 +73,11 @@ def test_room_spanning_both_proxies_gets_each_message_once_per_member(cluster):
             return r["data"]["servers"] == {"A": 3, "B": 3}
 
         assert await until(both_report), cluster.logs()
+
+        async def cluster_wide_heartbeat():  # op 3 counts the room across both proxies
+            return all([await m.heartbeat() == 6 for m in (members[0], members[1])])
+
+        assert await until(cluster_wide_heartbeat)
         for k in range(10):
             status, reply = await ahttp(cluster, "L1" if k % 2 else "L2", "POST",
                                         "/goim/push/room?operation=1000&type=span&room=1", b"m%d" % k)

@@ -94,8 +94,15 @@ class Logic:
             return b""
         return await self.upstream_handler(server, conn_id, mid, op, seq, body)
 
-    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> None:
+    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> dict[str, int]:
+        """Store a proxy's report; answer the reported rooms' counts across the cluster (goim's
+        RenewOnline), from the last absorbed snapshot with this report's own numbers swapped in."""
         await self.cache.set_server_online(server, rooms, conns, ips, self.server_ttl)
+        out = {}
+        for room, n in rooms.items():
+            old_here = self._room_servers.get(room, {}).get(server, 0)
+            out[room] = self._room_counts.get(room, 0) - old_here + n
+        return out
 
     # ------------------------------------------------------------------ push API
 

@@ -135,7 +135,7 @@ class Proxy:
         self._sweeper: asyncio.Task | None = None
         self._reporter: asyncio.Task | None = None
         self._stopping = False
-        self.room_online = None  # optional callable(room_id) -> cluster-wide count
+        self._remote_online: dict[str, int] = {}  # room -> members on other proxies (from logic)
         self.stats_counters = dict(
             frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0,
             pushes=0, accepted=0,
@@ -377,7 +377,7 @@ class Proxy:
             room = ch.room_id
             count = 0
             if room:
-                count = self.room_online(room) if self.room_online is not None else self.table.room_count(room)
+                count = self.table.room_count(room) + self._remote_online.get(room, 0)
             self.table.send(ch.lid, encode_frame(OP_HEARTBEAT_REPLY, f.seq, _INT32.pack(count)))
             now = ch.last_seen
             if now - ch.renewed > self.config.heartbeat_timeout / 3:
@@ -627,7 +627,10 @@ class Proxy:
         """Report room counts to logic periodically (seed 5.3: counters are absorbed, not queried)."""
         while True:
             try:
-                await self.logic.renew_online(self.server_id, self.table.rooms(), len(self._by_conn_id), len(self._ips))
+                rooms = self.table.rooms()
+                counts = await self.logic.renew_online(self.server_id, rooms, len(self._by_conn_id), len(self._ips))
+                # what the other proxies hold; heartbeats add this proxy's live count to it
+                self._remote_online = {r: max(0, counts.get(r, n) - n) for r, n in rooms.items()} if counts else {}
             except Exception as e:
                 log.warning("renew online failed: %s", e)
             await asyncio.sleep(self.config.online_interval)

@@ -85,7 +85,7 @@ REPLY_TYPES: dict[int, type[Message]] = {
     pb.DISCONNECT: pb.Empty,
     pb.HEARTBEAT: pb.HeartbeatReply,
     pb.RECEIVE: pb.ReceiveReply,
-    pb.RENEW_ONLINE: pb.Empty,
+    pb.RENEW_ONLINE: pb.RoomsReply,  # the cluster-wide counts of the reported rooms
     pb.PUSH_CONNS: pb.CountReply,
     pb.PUSH_ROOM: pb.CountReply,
     pb.PUSH_ROOM_BATCH: pb.CountReply,

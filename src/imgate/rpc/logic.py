@@ -114,9 +114,9 @@ class LogicRpcService:
         body = await self.logic.receive(req.server, req.conn_id, req.mid, req.op, req.seq, req.body)
         return pb.ReceiveReply(body=bytes(body or b""))
 
-    async def _renew_online(self, req: pb.RenewOnlineReq) -> pb.Empty:
-        await self.logic.renew_online(req.server, dict(req.rooms), req.conns, req.ips)
-        return pb.Empty()
+    async def _renew_online(self, req: pb.RenewOnlineReq) -> pb.RoomsReply:
+        counts = await self.logic.renew_online(req.server, dict(req.rooms), req.conns, req.ips)
+        return pb.RoomsReply(rooms=counts or {})
 
 
 async def serve_logic(logic, host: str = "127.0.0.1", port: int = 0, **server_kw) -> LogicRpcService:
@@ -228,9 +228,11 @@ class LogicClient:
                                                          body=bytes(body)), idempotent=False)
         return pb.ReceiveReply.FromString(raw).body
 
-    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> None:
-        await self._call(pb.RENEW_ONLINE, pb.RenewOnlineReq(server=server, rooms=rooms, conns=conns, ips=ips),
-                         idempotent=True)
+    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> dict[str, int]:
+        """Report this proxy's rooms; the answer is each room's online count across the cluster."""
+        raw = await self._call(pb.RENEW_ONLINE, pb.RenewOnlineReq(server=server, rooms=rooms, conns=conns, ips=ips),
+                               idempotent=True)
+        return dict(pb.RoomsReply.FromString(raw).rooms)
 
     # ------------------------------------------------------------------ coalesced notifications
 
