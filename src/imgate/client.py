@@ -44,6 +44,12 @@ from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 from imgate.core import Frame, FrameDecoder, ProtocolError, encode_frame, ws_accept_key, ws_unmask
+from imgate.core import (  # noqa: F401  (goim operations, re-exported for callers of the client)
+    OP_AUTH, OP_AUTH_REPLY, OP_CHANGE_ROOM, OP_CHANGE_ROOM_REPLY, OP_HEARTBEAT, OP_HEARTBEAT_REPLY,
+    OP_JOIN_ROOM, OP_JOIN_ROOM_REPLY, OP_LEAVE_ROOM, OP_LEAVE_ROOM_REPLY, OP_RAW, OP_SEND_MSG,
+    OP_SEND_MSG_REPLY, OP_SUB, OP_SUB_REPLY, OP_UNSUB, OP_UNSUB_REPLY,
+)
+from imgate.core import OP_DISCONNECT_REPLY as OP_DISCONNECT
 
 __all__ = [
     "AuthRejected",
@@ -54,24 +60,6 @@ __all__ = [
     "connect",
 ]
 
-OP_HEARTBEAT = 2
-OP_HEARTBEAT_REPLY = 3
-OP_SEND_MSG = 4
-OP_SEND_MSG_REPLY = 5
-OP_DISCONNECT = 6
-OP_AUTH = 7
-OP_AUTH_REPLY = 8
-OP_RAW = 9
-OP_CHANGE_ROOM = 12
-OP_CHANGE_ROOM_REPLY = 13
-OP_SUB = 14
-OP_SUB_REPLY = 15
-OP_UNSUB = 16
-OP_UNSUB_REPLY = 17
-OP_JOIN_ROOM = 18
-OP_JOIN_ROOM_REPLY = 19
-OP_LEAVE_ROOM = 20
-OP_LEAVE_ROOM_REPLY = 21
 
 # replies that are never pushes: dropped when they answer nothing
 _REPLY_OPS = frozenset({OP_HEARTBEAT_REPLY, OP_SEND_MSG_REPLY, OP_AUTH_REPLY, OP_CHANGE_ROOM_REPLY,

@@ -1000,3 +1000,27 @@ class RpcServer:
             except (asyncio.TimeoutError, Exception):
                 pass
             self._server = None
+
+
+class RpcService:
+    """Base of a service exposed over RPC: subclasses set SERVICE and return their handlers."""
+
+    SERVICE = ""
+    server: RpcServer
+
+    def handlers(self) -> dict:
+        raise NotImplementedError
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> RpcServer:
+        return await self.server.start(host, port)
+
+    async def stop(self, grace: float = 0.0) -> None:
+        await self.server.stop(grace)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def addr(self) -> str:
+        return self.server.addr

@@ -37,6 +37,7 @@ from imgate.rpc.core import (
     DEFAULT_MAX_BODY,
     DEFAULT_TIMEOUT,
     RpcPool,
+    RpcService,
     RpcRemoteError,
     RpcServer,
     RpcUnavailable,
@@ -47,7 +48,7 @@ log = logging.getLogger("imgate.rpc.logic")
 __all__ = ["LogicClient", "LogicRpcService", "serve_logic"]
 
 
-class LogicRpcService:
+class LogicRpcService(RpcService):
     """Exposes a ``Logic`` over RPC (service ``imgate.logic``)."""
 
     SERVICE = LOGIC_SERVICE
@@ -65,20 +66,6 @@ class LogicRpcService:
             pb.RECEIVE: self._receive,
             pb.RENEW_ONLINE: self._renew_online,
         }
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> RpcServer:
-        return await self.server.start(host, port)
-
-    async def stop(self, grace: float = 0.0) -> None:
-        await self.server.stop(grace)
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def addr(self) -> str:
-        return self.server.addr
 
     async def _connect(self, req: pb.ConnectReq) -> pb.ConnectReply:
         c = await self.logic.connect(req.server, req.body)  # AuthError -> error reply of kind "auth"

@@ -24,6 +24,7 @@ from imgate.rpc.core import (
     DEFAULT_MAX_BODY,
     DEFAULT_TIMEOUT,
     RpcPool,
+    RpcService,
     RpcServer,
 )
 
@@ -45,7 +46,7 @@ def _count(n):
     return wait()
 
 
-class ProxyRpcService:
+class ProxyRpcService(RpcService):
     """Exposes a proxy's push_conns / push_room / push_room_batch / push_all / rooms over RPC
     (service ``imgate.proxy``). Works with any object that has those methods (sync or async)."""
 
@@ -65,20 +66,6 @@ class ProxyRpcService:
             pb.PUSH_ALL: self._push_all,
             pb.ROOMS: self._rooms,
         }
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> RpcServer:
-        return await self.server.start(host, port)
-
-    async def stop(self, grace: float = 0.0) -> None:
-        await self.server.stop(grace)
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def addr(self) -> str:
-        return self.server.addr
 
     def _push_conns(self, req: pb.PushConnsReq):
         return _count(self.proxy.push_conns(list(req.conn_ids), req.op, req.body))
