@@ -461,3 +461,45 @@ def test_shutdown_sends_op6_to_every_client():
     finally:
         if not stopped:
             n.stop()
+
+
+def test_no_pushes_before_auth(node):
+    """A connection that has not authenticated gets no broadcast (nor anything else)."""
+    s = raw_tcp(node)
+    time.sleep(0.1)
+    status, _ = node.http("POST", "/goim/push/all?operation=1000", b"for members only")
+    assert status == 200
+    s.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        s.recv(4096)
+    s.close()
+
+
+def test_sub_with_out_of_range_ops_is_refused_and_the_connection_keeps_working(node):
+    async def go():
+        c = await imclient.connect(node.tcp_url, mid=71, heartbeat=None, accepts=[1000])
+        reply = await c.request(14, b"99999999999999", reply_op=15)
+        assert b"int32" in reply.body
+        await c.sub([1001])
+        assert await c.heartbeat() == 0
+        await c.close()
+
+    run(go())
+
+
+def test_stop_tells_logic_about_every_session():
+    n = NodeThread().start()
+    try:
+        async def go():
+            cs = [await imclient.connect(n.ws_url if i % 2 else n.tcp_url, mid=300 + i, heartbeat=None)
+                  for i in range(6)]
+            await asyncio.get_running_loop().run_in_executor(None, n.stop, 3.0)
+            for c in cs:
+                await c.close()
+
+        run(go())
+        # the node's loop has stopped; its in-memory cache can be read from here
+        assert uvloop.run(n.node.cache.list_sessions(100)) == [], "no session outlives the shutdown"
+    finally:
+        if n.loop.is_running():
+            n.stop()

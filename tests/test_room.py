@@ -506,3 +506,62 @@ def test_ws_data_gives_websocket_members_their_own_encoding():
         assert ws_messages(read_exact(pairs[1][1], 2 + len(batch) + 3)) == [(2, batch), (2, b"y")]
     finally:
         close_all(pairs)
+
+
+def test_overflow_keeps_the_half_written_frame_for_the_last_words(loop):
+    """A slow consumer cut off mid-frame: whatever it receives is a prefix of whole frames then op 6."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    notice = encode_frame(6, 0, b'{"reason":"slow consumer","reconnect":true}')
+    t = RoomTable(loop, max_pending=200_000, on_overflow=lambda cid: t.send_final(cid, notice))
+    t.add(1, a)
+    big = encode_frame(1000, 0, b"x" * 60000)
+    t.send(1, big)
+    t.flush()
+    assert t.pending(1) > 0, "half written"
+    sent_before = len(big) - t.pending(1)
+    got = bytearray(read_available(b))
+    for _ in range(10):  # a burst in one iteration: overflow
+        if 1 not in t:
+            break
+        t.send(1, big)
+    assert 1 not in t
+    a.shutdown(socket.SHUT_WR)
+    got += read_exact(b, 1 << 21, timeout=2)
+    assert len(got) > sent_before
+    assert bytes(got) == (big + notice)[: len(got)], "the stream is never cut into"
+    a.close()
+    b.close()
+
+
+def test_flush_survives_a_failing_transport(loop):
+    """A transport whose write() raises is reported as failed; the table stays consistent."""
+    errors = []
+
+    class Broken:
+        def is_closing(self):
+            return False
+
+        def write(self, data):
+            raise RuntimeError("write after write_eof")
+
+        def get_write_buffer_size(self):
+            return 0
+
+    t = RoomTable(loop, on_error=lambda cid, e: errors.append(cid))
+    t.add_transport("x", Broken())
+    a, b = socket.socketpair()
+    t.add("ok", a)
+    t.send("x", b"1")
+    t.send("ok", b"2")
+    t.flush()
+    assert errors == ["x"]
+    t.remove("x")
+    t.send("ok", b"3")
+    t.flush()
+    assert read_exact(b, 2) == b"23"
+    a.close()
+    b.close()

@@ -81,3 +81,5 @@ cdef class RoomTable:
     cdef int _report(self) except -1
     cdef int _unlink(self, Conn c, Room r, Py_ssize_t slot_i) except -1
     cdef int _drop_output(self, Conn c) except -1
+    cdef int _drop_unsent(self, Conn c) except -1
+    cdef int _unschedule(self, Conn c) except -1

@@ -21,7 +21,10 @@ from .includes.system cimport (
 from .includes.debug cimport IMGATE_DEBUG, IMGATE_ASSERT
 from .websocket cimport ws_header_size, ws_write_header
 
+import logging
 import os
+
+_log = logging.getLogger("imgate.core.room")
 
 DEF_MAX_PENDING = 256 * 1024
 # sendmsg() takes at most IOV_MAX (1024 on Linux) buffers; larger queues go out in several calls.
@@ -451,8 +454,9 @@ cdef class RoomTable:
         if n == 0:
             return 0
         if c.pending + n > self._max_pending:
-            # slow consumer: stop delivering, free its queue now, report after the walk
-            self._drop_output(c)
+            # slow consumer: stop delivering, free its queue now (all but a half-written frame, whose
+            # rest send_final still owes the client), report after the walk
+            self._drop_unsent(c)
             c.dead = True
             self.overflows += 1
             self._overflowed.append(c.conn_id)
@@ -489,16 +493,20 @@ cdef class RoomTable:
             c.dirty = True
         return 0
 
-    cdef int _drop_output(self, Conn c) except -1:
+    cdef int _drop_unsent(self, Conn c) except -1:
         cdef Py_ssize_t i
-        if c.out is not NULL:
-            for i in range(c.out_head, c.out_n):
-                Py_DECREF(<object>c.out[i])
-            PyMem_Free(c.out)
-            c.out = NULL
-        c.out_head = c.out_n = c.out_cap = 0
-        c.head_off = 0
-        c.pending = 0
+        if not (c.head_off and c.out_head < c.out_n):
+            return self._drop_output(c)
+        for i in range(c.out_head + 1, c.out_n):
+            Py_DECREF(<object>c.out[i])
+            c.out[i] = NULL
+        c.out_n = c.out_head + 1
+        c.pending = PyBytes_GET_SIZE(<object>c.out[c.out_head]) - c.head_off
+        return self._unschedule(c)
+
+    cdef int _unschedule(self, Conn c) except -1:
+        """Out of the dirty list and the loop's writers: nothing more is written for c by the table."""
+        cdef Py_ssize_t i
         if c.dirty:
             # take it out of the dirty list so a flush never touches a removed conn
             for i in range(self._n_dirty):
@@ -511,6 +519,18 @@ cdef class RoomTable:
             if self._loop is not None:
                 self._loop.remove_writer(c.fd)
         return 0
+
+    cdef int _drop_output(self, Conn c) except -1:
+        cdef Py_ssize_t i
+        if c.out is not NULL:
+            for i in range(c.out_head, c.out_n):
+                Py_DECREF(<object>c.out[i])
+            PyMem_Free(c.out)
+            c.out = NULL
+        c.out_head = c.out_n = c.out_cap = 0
+        c.head_off = 0
+        c.pending = 0
+        return self._unschedule(c)
 
     cdef int _schedule(self) except -1:
         if self._flush_scheduled or self._loop is None or self._n_dirty == 0:
@@ -532,16 +552,24 @@ cdef class RoomTable:
         cdef Py_ssize_t i = 0
         cdef Conn c
         cdef void* p
-        # a flush may be re-entered by callbacks; take the list as it is now
-        while i < self._n_dirty:
-            p = self._dirty[i]
-            i += 1
-            if p is NULL:
-                continue
-            c = <Conn>p
-            c.dirty = False
-            self._flush_conn(c)
-        self._n_dirty = 0
+        # entries are cleared before their conn is flushed, so whatever happens the list never keeps
+        # a pointer to a conn that believes it is not listed (and may be removed and freed)
+        try:
+            while i < self._n_dirty:
+                p = self._dirty[i]
+                self._dirty[i] = NULL
+                i += 1
+                if p is NULL:
+                    continue
+                c = <Conn>p
+                c.dirty = False
+                self._flush_conn(c)
+        finally:
+            if i < self._n_dirty:
+                memmove(self._dirty, self._dirty + i, (self._n_dirty - i) * sizeof(void*))
+                self._n_dirty -= i
+            else:
+                self._n_dirty = 0
         if self._dirty_cap > 4096:
             PyMem_Free(self._dirty)
             self._dirty = NULL
@@ -660,7 +688,13 @@ cdef class RoomTable:
         else:
             parts = [<object>c.out[i] for i in range(c.out_head, c.out_n)]
             data = b"".join(parts)
-        transport.write(data)
+        try:
+            transport.write(data)
+        except Exception as e:  # e.g. written after write_eof(): a failed write, not a crash
+            self._drop_output(c)
+            c.dead = True
+            self._failed.append((c.conn_id, e if isinstance(e, OSError) else ConnectionError(str(e))))
+            return 0
         self.write_calls += 1
         self.bytes_out += c.pending
         self.frames_out += c.out_n - c.out_head
@@ -686,13 +720,19 @@ cdef class RoomTable:
             self._overflowed = []
             if self._on_overflow is not None:
                 for conn_id in items:
-                    self._on_overflow(conn_id)
+                    try:
+                        self._on_overflow(conn_id)
+                    except Exception:
+                        _log.exception("on_overflow(%r) failed", conn_id)
         if self._failed:
             items = self._failed
             self._failed = []
             if self._on_error is not None:
                 for conn_id, err in items:
-                    self._on_error(conn_id, err)
+                    try:
+                        self._on_error(conn_id, err)
+                    except Exception:
+                        _log.exception("on_error(%r) failed", conn_id)
         return 0
 
     def send_final(self, conn_id, data=b"", *, bint raw=False):

@@ -135,6 +135,7 @@ class Proxy:
         self._sweeper: asyncio.Task | None = None
         self._reporter: asyncio.Task | None = None
         self._stopping = False
+        self._final_disconnects: list = []  # sessions closed during stop(), told to logic at its end
         self._remote_online: dict[str, int] = {}  # room -> members on other proxies (from logic)
         self.stats_counters = dict(
             frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0,
@@ -191,11 +192,9 @@ class Proxy:
             self.table.pending(ch.lid) for ch in self._channels.values() if ch.lid in self.table
         ):
             await asyncio.sleep(0.01)
-        disconnects = []
         for ch in list(self._channels.values()):
-            if ch.conn_id:
-                disconnects.append(self.logic.disconnect(self.server_id, ch.conn_id, ch.mid))
-            self._close_now(ch)
+            self._close_now(ch)  # _forget queues each session's disconnect in _final_disconnects
+        disconnects, self._final_disconnects = self._final_disconnects, []
         if disconnects:
             await asyncio.gather(*disconnects, return_exceptions=True)
         for task in list(self._tasks):
@@ -211,8 +210,11 @@ class Proxy:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                # e.g. EMFILE: log and let the loop come back; the backlog holds the rest
-                log.warning("accept failed: %s", e)
+                # EMFILE/ENFILE: the listener stays readable, so pause it instead of spinning;
+                # the kernel's backlog holds the waiting clients meanwhile
+                log.warning("accept failed: %s; pausing accepts for 0.5 s", e)
+                self.loop.remove_reader(lsock.fileno())
+                self.loop.call_later(0.5, self._resume_accept, lsock, ws)
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -225,10 +227,15 @@ class Proxy:
             else:
                 ch.decoder = FrameDecoder(self.config.max_frame_body)
                 self.table.add(lid, sock)
+                self.table.set_accepts(lid, ())  # no pushes before auth; replies (op -1) still pass
             self._channels[lid] = ch
             self._ips[ip] = self._ips.get(ip, 0) + 1
             self.stats_counters["accepted"] += 1
             self.loop.add_reader(ch.fd, self._on_readable, ch)
+
+    def _resume_accept(self, lsock: socket.socket, ws: bool) -> None:
+        if not self._stopping and lsock.fileno() >= 0:
+            self.loop.add_reader(lsock.fileno(), self._on_accept, lsock, ws)
 
     def _on_readable(self, ch: Channel) -> None:
         try:
@@ -281,6 +288,7 @@ class Proxy:
             ch.decoder = FrameDecoder(self.config.max_frame_body)
             ch.parser = WebSocketParser(self.config.max_frame_body + 16)
             self.table.add(ch.lid, ch.sock, websocket=True)
+            self.table.set_accepts(ch.lid, ())  # no pushes before auth
             if not hs.leftover:
                 return
             data = hs.leftover
@@ -326,6 +334,9 @@ class Proxy:
             if ch.state == S_OPEN:
                 self._on_frame(ch, f)
             elif ch.state == S_AUTH:
+                if self._stopping:
+                    self.close(ch, "shutdown", reconnect=True)
+                    return
                 if f.op != OP_AUTH:
                     self.stats_counters["protocol_errors"] += 1
                     self.close(ch, f"the first frame must be auth (op 7), got op {f.op}", reconnect=False)
@@ -351,15 +362,17 @@ class Proxy:
             return
         if ch.lid not in self._channels or ch.state != S_AUTHING:
             # the client vanished while logic was answering
-            await self.logic.disconnect(self.server_id, c.conn_id, c.mid)
+            try:
+                await self.logic.disconnect(self.server_id, c.conn_id, c.mid)
+            except Exception as e:
+                log.warning("disconnect of vanished conn %s failed: %s", c.conn_id, e)
             return
         ch.conn_id, ch.mid, ch.key = c.conn_id, c.mid, c.key
         ch.state = S_OPEN
         ch.last_seen = ch.renewed = time.monotonic()
         self._by_conn_id[c.conn_id] = ch
-        if c.accepts:
-            ch.accepts = set(c.accepts)
-            self.table.set_accepts(ch.lid, ch.accepts)
+        ch.accepts = set(c.accepts) if c.accepts else None
+        self.table.set_accepts(ch.lid, ch.accepts)
         if c.room_id:
             ch.room_id = c.room_id
             self.table.join(ch.lid, c.room_id)
@@ -415,16 +428,15 @@ class Proxy:
         elif op == OP_SUB or op == OP_UNSUB:
             try:
                 ops = {int(x) for x in f.body.decode().split(",") if x.strip()}
+                if any(not -(2**31) <= x < 2**31 for x in ops):
+                    raise ValueError
             except (ValueError, UnicodeDecodeError):
-                self._reply(ch, op + 1, f.seq, ok=False, error="body must be comma-separated operation numbers")
+                self._reply(ch, op + 1, f.seq, ok=False, error="body must be comma-separated int32 operation numbers")
                 return
             # a connection that authenticated with no accepts gets every op (goim would get none);
             # sub/unsub then change nothing: to filter, authenticate with an accepts list
             if ch.accepts is not None:
-                if op == OP_SUB:
-                    ch.accepts |= ops
-                else:
-                    ch.accepts -= ops
+                ch.accepts = ch.accepts | ops if op == OP_SUB else ch.accepts - ops
             self.table.set_accepts(ch.lid, ch.accepts)
             self._reply(ch, op + 1, f.seq, ok=True, accepts=sorted(ch.accepts) if ch.accepts is not None else None)
         elif op == OP_AUTH:
@@ -535,7 +547,8 @@ class Proxy:
             if ch.state == S_HTTP:
                 self._close_now(ch)
                 return
-            self._close_ws(ch, reason, encode_ws_close(1008 if not reconnect else 1001, reason[:120]), reconnect)
+            short = reason.encode()[:120].decode("utf-8", "ignore")  # a close reason is at most 123 bytes
+            self._close_ws(ch, reason, encode_ws_close(1008 if not reconnect else 1001, short), reconnect)
             return
         log.debug("closing conn %s (%s): %s", ch.conn_id or ch.lid, ch.ip, reason)
         if ch.lid in self.table:
@@ -551,12 +564,16 @@ class Proxy:
         # FIN now, then drain the peer briefly: closing with unread input would reset the
         # connection and could destroy the op-6 notice before the client reads it.
         self._forget(ch)
+        was_authing = ch.state == S_AUTHING
         ch.state = S_CLOSING
         ch.deadline = time.monotonic() + 2.0
         try:
             ch.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._close_now(ch)
+            return
+        if was_authing:  # reading was paused for auth; drain again so the peer's close is seen
+            self.loop.add_reader(ch.fd, self._on_readable, ch)
 
     def _lost(self, ch: Channel) -> None:
         """The peer closed or reset the connection."""
@@ -568,7 +585,9 @@ class Proxy:
             self.table.remove(ch.lid)
         if ch.conn_id and self._by_conn_id.get(ch.conn_id) is ch:
             del self._by_conn_id[ch.conn_id]
-            if not self._stopping:
+            if self._stopping:
+                self._final_disconnects.append(self.logic.disconnect(self.server_id, ch.conn_id, ch.mid))
+            else:
                 self._spawn(self.logic.disconnect(self.server_id, ch.conn_id, ch.mid))
             ch.conn_id = 0
 
