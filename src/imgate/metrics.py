@@ -98,6 +98,7 @@ class Metrics:
             ["route", "status"],
             registry=self.registry,
         )
+        self._http_children: dict = {}
         if process:
             from prometheus_client import ProcessCollector
 
@@ -136,7 +137,11 @@ class Metrics:
 
     def observe_http(self, route: str, status: int) -> None:
         """Count one answered HTTP request (the HTTP server's observer)."""
-        self.http_requests.labels(route, str(status)).inc()
+        child = self._http_children.get((route, status))
+        if child is None:
+            # labels() costs more than the increment: one child per (route, status), looked up once
+            child = self._http_children[(route, status)] = self.http_requests.labels(route, str(status))
+        child.inc()
 
     # -- exposition
 

@@ -19,6 +19,7 @@ from .includes.system cimport (
     iovec, msghdr, send, sendmsg, MSG_DONTWAIT, MSG_NOSIGNAL, errno, EAGAIN, EWOULDBLOCK, EINTR,
 )
 from .includes.debug cimport IMGATE_DEBUG, IMGATE_ASSERT
+from .includes.system cimport IMGATE_PREFETCH
 from .websocket cimport ws_header_size, ws_write_header
 
 import logging
@@ -550,12 +551,19 @@ cdef class RoomTable:
     def flush(self):
         """Write everything queued now: one send per connection, straight to its socket."""
         cdef Py_ssize_t i = 0
-        cdef Conn c
+        cdef Conn c, ahead
         cdef void* p
         # entries are cleared before their conn is flushed, so whatever happens the list never keeps
         # a pointer to a conn that believes it is not listed (and may be removed and freed)
         try:
             while i < self._n_dirty:
+                # each conn and its queue are touched once, and are cold after a walk over thousands
+                # of sockets: ask for them a few entries early
+                if i + 8 < self._n_dirty and self._dirty[i + 8] is not NULL:
+                    IMGATE_PREFETCH(self._dirty[i + 8])
+                if i + 4 < self._n_dirty and self._dirty[i + 4] is not NULL:
+                    ahead = <Conn>self._dirty[i + 4]
+                    IMGATE_PREFETCH(ahead.out + ahead.out_head)
                 p = self._dirty[i]
                 self._dirty[i] = NULL
                 i += 1
@@ -610,18 +618,19 @@ cdef class RoomTable:
                 iov[0].iov_base = self._scratch
                 iov[0].iov_len = want
                 cnt = 1
-            with nogil:
-                if cnt == 1:
-                    r = send(c.fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL)
-                else:
-                    msg.msg_name = NULL
-                    msg.msg_namelen = 0
-                    msg.msg_iov = iov
-                    msg.msg_iovlen = cnt
-                    msg.msg_control = NULL
-                    msg.msg_controllen = 0
-                    msg.msg_flags = 0
-                    r = sendmsg(c.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+            # MSG_DONTWAIT: the call never blocks, so the GIL stays held (releasing and re-taking it
+            # around every send cost ~1% of a fan-out in `make bench`)
+            if cnt == 1:
+                r = send(c.fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL)
+            else:
+                msg.msg_name = NULL
+                msg.msg_namelen = 0
+                msg.msg_iov = iov
+                msg.msg_iovlen = cnt
+                msg.msg_control = NULL
+                msg.msg_controllen = 0
+                msg.msg_flags = 0
+                r = sendmsg(c.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
             self.write_calls += 1
             if r < 0:
                 if errno == EINTR:

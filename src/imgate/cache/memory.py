@@ -86,8 +86,9 @@ class MemoryCache(Cache):
         return out
 
     async def user_count(self) -> int:
-        now = self._clock()
-        return sum(1 for conns in self._by_mid.values() if any(s.expires_at > now for s in conns.values()))
+        # users with a session; expired ones leave lazily, as everywhere in this cache. O(1): logic
+        # asks every second, and a scan of every user stalled the loop ~15 ms at 15,000 users
+        return len(self._by_mid)
 
     async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float) -> None:
         self._servers[server] = {"rooms": dict(rooms), "conns": conns, "ips": ips, "updated": time.time(),

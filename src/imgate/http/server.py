@@ -96,7 +96,12 @@ class Request:
     def query_list(self) -> list[tuple[str, str]]:
         """All query parameters in order, repeated names kept."""
         if self._query_list is None:
-            self._query_list = parse_qsl(self.query_string, keep_blank_values=True)
+            qs = self.query_string
+            if "%" in qs or "+" in qs or ";" in qs:
+                self._query_list = parse_qsl(qs, keep_blank_values=True)
+            else:
+                # nothing to unquote (the usual machine-made query): split it directly
+                self._query_list = [(k, v) for k, _, v in (item.partition("=") for item in qs.split("&") if item)]
         return self._query_list
 
     @property
@@ -590,8 +595,19 @@ class _HttpProtocol(asyncio.Protocol):
         else:  # pragma: no cover - TLS transports cannot half-close
             t.close()
 
+_HEAD_CACHE: dict = {}
+
+
 def _encode_response(resp: Response, keep_alive: bool, head_only: bool, http10: bool) -> bytes:
     status = resp.status
+    if not resp.headers and keep_alive and not http10 and not head_only and 200 <= status < 300 and status != 204:
+        # the common reply (a push's): a cached head up to Content-Length
+        key = (status, resp.content_type)
+        prefix = _HEAD_CACHE.get(key)
+        if prefix is None:
+            prefix = _HEAD_CACHE[key] = (f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: "
+                                         f"{resp.content_type}\r\nContent-Length: ").encode("latin-1")
+        return b"%s%d\r\n\r\n%s" % (prefix, len(resp.body), resp.body)
     lines = [f"HTTP/1.1 {status} {_reason(status)}"]
     no_body = status < 200 or status in (204, 304)
     if not no_body:

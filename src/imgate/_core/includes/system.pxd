@@ -24,3 +24,10 @@ cdef extern from "<errno.h>" nogil:
     const int EAGAIN
     const int EWOULDBLOCK
     const int EINTR
+
+# A cache hint: start loading memory that the walk will touch a few steps later.
+cdef extern from *:
+    """
+    #define IMGATE_PREFETCH(p) __builtin_prefetch((const void *)(p))
+    """
+    void IMGATE_PREFETCH(const void* p) noexcept nogil
