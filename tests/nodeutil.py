@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -14,11 +15,13 @@ from imgate.config import Config
 
 
 class NodeThread:
-    def __init__(self, **overrides):
-        defaults = dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
-                        online_interval=0.1, server_id="test-node")
-        defaults.update(overrides)
-        self.config = Config(**defaults).validate()
+    def __init__(self, config: Config | None = None, **overrides):
+        if config is None:
+            defaults = dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
+                            online_interval=0.1, server_id="test-node")
+            defaults.update(overrides)
+            config = Config(**defaults).validate()
+        self.config = config
         self.loop = uvloop.new_event_loop()
         self.node = None
         self._ready = threading.Event()
@@ -86,3 +89,18 @@ class NodeThread:
 
     def stats(self):
         return self.node.proxy.stats()
+
+
+def read_until_closed(sock, timeout=5.0) -> bytes:
+    """Everything the peer sends until it closes (or resets, or goes quiet for `timeout`)."""
+    sock.settimeout(timeout)
+    out = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)

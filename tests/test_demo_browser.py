@@ -30,6 +30,8 @@ except ModuleNotFoundError as e:  # pragma: no cover - only while the node is be
     pytest.skip("imgate.node does not exist yet: the demo page is tested against a real node", allow_module_level=True)
 
 import uvloop
+
+from nodeutil import NodeThread
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -83,59 +85,8 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-class NodeRunner:
-    """imgate.node.Node on its own uvloop loop in a daemon thread."""
-
-    def __init__(self, config: Config):
-        self.config = config
-        self.loop = uvloop.new_event_loop()
-        self.node = None
-        self.error: BaseException | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="imgate-node", daemon=True)
-
-    def _run(self):
-        from imgate.node import Node
-
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.node = Node(self.config)
-            self.loop.run_until_complete(self.node.start())
-        except BaseException as e:
-            self.error = e
-            self._ready.set()
-            return
-        self._ready.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-        self.loop.close()
-
-    def start(self) -> "NodeRunner":
-        self._thread.start()
-        assert self._ready.wait(30), "node did not start in 30 s"
-        if self.error is not None:
-            raise self.error
-        return self
-
-    def stop(self):
-        if self.node is not None and self.loop.is_running():
-            try:
-                asyncio.run_coroutine_threadsafe(self.node.stop(1.0), self.loop).result(30)
-            finally:
-                self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-    @property
-    def http_base(self) -> str:
-        return f"http://{self.config.http}"
-
-    def http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
-        req = urllib.request.Request(self.http_base + path, data=body, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+class NodeRunner(NodeThread):
+    """The real node on its own uvloop loop in a daemon thread (tests/nodeutil.py)."""
 
 
 def start_node(tmp_path: Path, auth: str, demo: bool) -> NodeRunner:

@@ -17,7 +17,7 @@ from imgate import client as imclient
 from imgate.auth import mint_token
 from imgate.core import FrameDecoder, encode_frame
 
-from nodeutil import NodeThread
+from nodeutil import NodeThread, read_until_closed
 
 ROOM = "live://1000"
 
@@ -35,20 +35,6 @@ def run(coro, timeout=60):
 
 def urls(node):
     return [node.tcp_url, node.ws_url]
-
-
-def read_until_closed(sock, timeout=5.0) -> bytes:
-    sock.settimeout(timeout)
-    out = bytearray()
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
 
 
 def notice_of(data: bytes) -> dict:

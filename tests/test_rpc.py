@@ -11,6 +11,8 @@ import time
 import pytest
 import uvloop
 
+from nodeutil import read_until_closed
+
 from imgate.auth import AuthError, NoAuth
 from imgate.cache import MemoryCache
 from imgate.core import FrameDecoder, encode_frame
@@ -517,17 +519,7 @@ def _raw_hello(service="test.echo", seq=1) -> bytes:
 
 
 def _read_all(sock, timeout=3.0) -> bytes:
-    sock.settimeout(timeout)
-    out = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not chunk:
-            break
-        out += chunk
-    return out
+    return read_until_closed(sock, timeout)
 
 
 def test_malformed_frames_close_only_that_connection():
