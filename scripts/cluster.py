@@ -7,7 +7,6 @@ RPC 3119 and 4119) and one push. State and logs live under .data/cluster/.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,23 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from imgate.config import dump_toml  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".data" / "cluster"
 SERVICES = ROOT / "scripts" / "services.sh"
 REDIS, KAFKA, KAFKA_CTRL = 16379, 19092, 19093
-
-
-def toml(config: dict) -> str:
-    def val(v):
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + "}"
-        return repr(v).lower() if isinstance(v, bool) else repr(v)
-
-    return "".join(f"{k} = {val(v)}\n" for k, v in config.items())
 
 
 def main() -> int:
@@ -73,7 +63,7 @@ def main() -> int:
     try:
         for role, name, extra in roles:
             conf = WORK / f"{name}.toml"
-            conf.write_text(toml(dict(common, server_id=name, **extra)))
+            conf.write_text(dump_toml(dict(common, server_id=name, **extra)))
             p = subprocess.Popen([sys.executable, "-m", "imgate", role, "--config", str(conf)], env=env, cwd=ROOT)
             procs.append((name, p))
             time.sleep(0.5 if role != "logic" else 1.0)

@@ -14,6 +14,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from imgate.config import dump_toml
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,20 +23,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(v)
 
 
 class RoleProcess:
@@ -46,7 +34,7 @@ class RoleProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> "RoleProcess":
-        self.conf_path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in self.config.items()))
+        self.conf_path.write_text(dump_toml(self.config))
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
         log = open(self.log_path, "ab")
         offset = log.tell()  # a restart appends: look for "is up" after this point only

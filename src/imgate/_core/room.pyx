@@ -56,17 +56,23 @@ cdef inline bytes _as_bytes(object data):
     return bytes(data)
 
 
+cdef inline void _release_queue(Conn c) noexcept:
+    """Drop the queued payloads' references and free the queue."""
+    cdef Py_ssize_t i
+    if c.out is not NULL:
+        for i in range(c.out_head, c.out_n):
+            Py_DECREF(<object>c.out[i])
+        PyMem_Free(c.out)
+        c.out = NULL
+    c.out_head = c.out_n = c.out_cap = 0
+
+
 @cython.final
 cdef class Conn:
     """One registered connection (internal; the public handle is its id)."""
 
     def __dealloc__(self):
-        cdef Py_ssize_t i
-        if self.out is not NULL:
-            for i in range(self.out_head, self.out_n):
-                Py_DECREF(<object>self.out[i])
-            PyMem_Free(self.out)
-            self.out = NULL
+        _release_queue(self)
         PyMem_Free(self.slots)
         PyMem_Free(self.accepts)
 
@@ -522,13 +528,7 @@ cdef class RoomTable:
         return 0
 
     cdef int _drop_output(self, Conn c) except -1:
-        cdef Py_ssize_t i
-        if c.out is not NULL:
-            for i in range(c.out_head, c.out_n):
-                Py_DECREF(<object>c.out[i])
-            PyMem_Free(c.out)
-            c.out = NULL
-        c.out_head = c.out_n = c.out_cap = 0
+        _release_queue(c)
         c.head_off = 0
         c.pending = 0
         return self._unschedule(c)

@@ -25,6 +25,7 @@ from imgate.core import (
     WebSocketParser,
     encode_frame,
     encode_ws_close,
+    encode_ws_frame,
     OP_AUTH,
     OP_AUTH_REPLY,
     OP_CHANGE_ROOM,
@@ -518,7 +519,7 @@ class Proxy:
         self._room_flush_scheduled = False
         batches, self._room_frames = self._room_frames, {}
         for room_id, frames in batches.items():
-            inner = frames[0] if len(frames) == 1 else b"".join(frames)
+            inner = b"".join(frames)
             self.table.broadcast(room_id, inner, ws_data=encode_frame(OP_RAW, 0, inner))
 
     def push_all(self, op: int, body: bytes, speed: int = 0) -> int:
@@ -671,6 +672,4 @@ class Proxy:
 
 
 def _ws_binary(payload: bytes) -> bytes:
-    from imgate.core import encode_ws_frame
-
     return encode_ws_frame(payload, WS_BINARY)

@@ -122,6 +122,19 @@ def parse_addr(addr: str) -> tuple[str, int]:
 # ---------------------------------------------------------------------------------------------- errors
 
 
+def _tune(transport) -> str:
+    """No Nagle delay for pipelined frames, keep-alive to notice dead peers; returns "host:port"."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        except OSError:
+            pass
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+
 class RpcError(Exception):
     """Base of RPC errors. A handler may raise it to choose the error reply's kind."""
 
@@ -357,15 +370,7 @@ class RpcClient(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self._transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer = _tune(transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -704,15 +709,7 @@ class _ServerConn(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            except OSError:
-                pass
+        self.peer = _tune(transport)
         self.server._conns.add(self)
         self.hello_timer = self.loop.call_later(self.server.hello_timeout, self._hello_expired)
 
