@@ -156,6 +156,10 @@ class Logic:
         self._users = await self.cache.user_count()
         self._absorbed_at = time.time()
 
+    def room_online(self, room_id: str) -> int:
+        """A room's online count across the cluster, from the last absorbed snapshot."""
+        return self._room_counts.get(room_id, 0)
+
     async def online_top(self, type: str, limit: int) -> list[dict]:
         prefix = type + "://"
         rooms = [(r, n) for r, n in self._room_counts.items() if r.startswith(prefix)]
