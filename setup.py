@@ -25,6 +25,8 @@ extensions = [
         **common,
     ),
     Extension("imgate._core.room", ["src/imgate/_core/room.pyx"], **common),
+    # the HTTP API's connection: parsing (httptools), dispatch and replies
+    Extension("imgate.http._protocol", ["src/imgate/http/_protocol.pyx"], **common),
 ]
 
 setup(

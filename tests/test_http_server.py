@@ -95,6 +95,26 @@ def make_router(observed: list | None = None) -> Router:
     async def empty(req: Request) -> Response:
         return Response(204)
 
+    def sync_echo(req: Request) -> Response:
+        # a plain function: answered in the callback that read the request
+        return ok({"sync": True, "n": req.query.get("n")})
+
+    def sync_teapot(req: Request) -> Response:
+        raise HttpError(418, "sync and stout")
+
+    async def late_boom(req: Request) -> Response:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("handler bug after waiting")
+
+    class Awaitable:
+        def __await__(self):
+            yield from asyncio.sleep(0.01).__await__()
+            return ok({"awaitable": True})
+
+    r.add("GET", "/sync", sync_echo)
+    r.add("GET", "/sync-teapot", sync_teapot)
+    r.add("GET", "/late-boom", late_boom)
+    r.add("GET", "/awaitable", lambda req: Awaitable())
     r.add("GET", "/echo", echo)
     r.add("POST", "/echo", echo)
     r.add("GET", "/slow", slow)
@@ -253,6 +273,34 @@ def test_pipelined_requests_answered_in_order(srv):
     assert s4 == 404
     assert (s5, d5["data"]) == (200, {"slow": "last"})
     c.close()
+
+
+def test_sync_handler_and_mixed_pipeline_keep_order(srv, observed):
+    # a waiting handler first: the ones behind it (sync, coroutine that does not wait) must not overtake it
+    c = Conn(srv.port)
+    c.send(get("/slow?s=0.2&n=1") + get("/sync?n=2") + get("/echo?n=3") + get("/slow?s=0.01&n=4") + get("/sync?n=5"))
+    got = [c.json()[2]["data"] for _ in range(5)]
+    assert [d.get("slow") or d.get("n") or d["query"]["n"] for d in got] == ["1", "2", "3", "4", "5"]
+    assert got[1] == {"sync": True, "n": "2"}
+    # nothing waits now: answered at once, still in order, on the same connection
+    c.send(get("/sync?n=6") + get("/awaitable") + get("/sync?n=7"))
+    assert [c.json()[2]["data"] for _ in range(3)] == [{"sync": True, "n": "6"}, {"awaitable": True}, {"sync": True, "n": "7"}]
+    c.close()
+    assert ("/sync", 200) in observed and ("/awaitable", 200) in observed
+
+
+def test_sync_handler_errors_and_errors_after_waiting(srv, observed, caplog):
+    c = Conn(srv.port)
+    c.send(get("/sync-teapot") + get("/late-boom") + get("/sync?n=1"))
+    status, _, body = c.json()
+    assert (status, body["message"]) == (418, "sync and stout")
+    status, _, body = c.json()
+    assert (status, body["message"]) == (500, "internal error")
+    status, _, body = c.json()
+    assert status == 200 and body["data"]["n"] == "1"
+    c.close()
+    assert ("/late-boom", 500) in observed and ("/sync-teapot", 418) in observed
+    assert "handler bug after waiting" in caplog.text
 
 
 def test_many_pipelined_requests(srv):

@@ -879,17 +879,29 @@ class Bench:
         t0 = time.monotonic()
         sent = k = 0
         last_report = 0.0
+        late = 0
         while sent < total:
-            due = min(total, int((time.monotonic() - t0) * rate) + 1)
-            while sent < due:
-                pushers[k].write(http_post(paths[sent], self.body()))
-                k = (k + 1) % len(pushers)
-                sent += 1
+            # Evenly spaced: push i is due at t0 + i / rate. uvloop timers tick in whole milliseconds
+            # (at 5,000/s that would send bursts of 5+ at once), so the last stretch before a due time
+            # is a blocking sleep (clock_nanosleep: tens of us late at most); the loop still runs
+            # between pushes to read the responses.
+            due_t = t0 + sent / rate
             now = time.monotonic()
+            if due_t > now:
+                if due_t - now > 0.0015:
+                    await asyncio.sleep(due_t - now - 0.001)
+                else:
+                    time.sleep(due_t - now)
+                continue
+            if now - due_t > 0.001:
+                late += 1
+            pushers[k].write(http_post(paths[sent], self.body()))
+            k = (k + 1) % len(pushers)
+            sent += 1
             if now - last_report > 0.5:
                 last_report = now
                 P.update(f"{srv.name:<10} unicast: {sent:,}/{total:,} pushes at {rate:,}/s")
-            await asyncio.sleep(0.001)  # uvloop timers have 1 ms resolution (less would spin)
+            await asyncio.sleep(0)
         send_wall = time.monotonic() - t0
         ok = await self.wait_reached(per_gen, 15)
         meter.stop()
@@ -909,9 +921,16 @@ class Bench:
         for p in pushers:
             p.close()
         st = await self.group_stats(srv.name)
-        lat = latency_summary(await self.latencies(srv.name))
+        raw = await self.latencies(srv.name)
+        if self.args.save_latencies:
+            # in arrival order per generator: where the slow ones cluster (a pause) or spread (queueing)
+            path = os.path.join(self.args.save_latencies, f"unicast-latencies-{srv.name}.npy")
+            np.save(path, raw)
+            P.log(f"{srv.name:<10} unicast latencies (us) saved to {path}")
+        lat = latency_summary(raw)
         res["unicast"] = dict(meter.record(), **{
             "rate_target": rate, "pushes": total, "send_wall_s": send_wall, "rate_achieved": total / send_wall,
+            "pushes_sent_late": late,
             "deliveries": st["deliveries"], "complete": ok, "http_responses": responses, "http_errors": errors,
             "first_error": first_error, "http_response_time": rtt,
             "server_cpu_us_per_push": cpu / total * 1e6, "latency": lat,
@@ -1065,6 +1084,8 @@ def main(argv=None):
     ap.add_argument("--unicast-rate", type=int, default=5000)
     ap.add_argument("--unicast-seconds", type=float, default=0.0, help="default: 10 s x scale, at least 3")
     ap.add_argument("--unicast-connections", type=int, default=4, help="HTTP connections of the pusher")
+    ap.add_argument("--save-latencies", default="", metavar="DIR",
+                    help="save each server's unicast latencies (us, numpy .npy, arrival order) into DIR")
     ap.add_argument("--scenarios", default="fanout,burst,unicast",
                     help="which of fanout,burst,unicast to run (storm and idle always run: they connect)")
     ap.add_argument("--profile", default="", help="record a profile of the servers during these scenarios "

@@ -25,8 +25,9 @@ protocol_errors           imgate_protocol_errors_total          counter
 pushes                    imgate_pushes_total                   counter
 ========================  ====================================  =======
 
-HTTP requests are counted the ordinary way (off the hot path): ``imgate_http_requests_total{route,status}``,
-updated by the HTTP server through :meth:`Metrics.observe_http`.
+HTTP requests are counted the same way: :meth:`Metrics.observe_http` (the HTTP server's observer) adds
+one to a plain count per (route, status), exported at scrape time as
+``imgate_http_requests_total{route,status}``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -85,6 +86,25 @@ class _SourceCollector(Collector):
             yield CounterMetricFamily(f"imgate_{key}", doc, value=totals.get(key, 0))
 
 
+class _HttpCollector(Collector):
+    """``imgate_http_requests_total{route,status}`` from the counts kept by :meth:`Metrics.observe_http`."""
+
+    def __init__(self, counts: dict[tuple[str, int], int]) -> None:
+        self._counts = counts
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("imgate_http_requests", _HTTP_DOC, labels=["route", "status"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("imgate_http_requests", _HTTP_DOC, labels=["route", "status"])
+        for (route, status), n in sorted(self._counts.items()):
+            family.add_metric([route, str(status)], n)
+        yield family
+
+
+_HTTP_DOC = "HTTP API requests answered, by route and status."
+
+
 class Metrics:
     """A node's metrics: scrape-time sources plus the HTTP request counter, in a private registry."""
 
@@ -92,13 +112,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._sources: list[Source] = []
         self.registry.register(_SourceCollector(self))
-        self.http_requests = Counter(
-            "imgate_http_requests",
-            "HTTP API requests answered, by route and status.",
-            ["route", "status"],
-            registry=self.registry,
-        )
-        self._http_children: dict = {}
+        # (route, status) -> requests answered; a prometheus Counter child per request would cost
+        # more than the rest of a push's HTTP handling (a lock and two calls per increment)
+        self.http_counts: dict[tuple[str, int], int] = {}
+        self.registry.register(_HttpCollector(self.http_counts))
         if process:
             from prometheus_client import ProcessCollector
 
@@ -137,11 +154,9 @@ class Metrics:
 
     def observe_http(self, route: str, status: int) -> None:
         """Count one answered HTTP request (the HTTP server's observer)."""
-        child = self._http_children.get((route, status))
-        if child is None:
-            # labels() costs more than the increment: one child per (route, status), looked up once
-            child = self._http_children[(route, status)] = self.http_requests.labels(route, str(status))
-        child.inc()
+        key = (route, status)
+        counts = self.http_counts
+        counts[key] = counts.get(key, 0) + 1
 
     # -- exposition
 

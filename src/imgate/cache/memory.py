@@ -49,7 +49,11 @@ class MemoryCache(Cache):
         conns = self._by_mid.get(mid)
         if not conns:
             return []
-        dead = [s for s in conns.values() if not self._live(s)]
+        now = self._clock()
+        live = [s for s in conns.values() if s.expires_at > now]
+        if len(live) == len(conns):  # the usual case: nothing expired
+            return live
+        dead = [s for s in conns.values() if s.expires_at <= now]
         for s in dead:
             del conns[s.conn_id]
             if self._by_key.get(s.key) is s:
@@ -60,8 +64,9 @@ class MemoryCache(Cache):
 
     async def sessions(self, mids: list[int]) -> dict[int, list[Session]]:
         out = {}
+        sweep = self._sweep_user
         for mid in mids:
-            live = self._sweep_user(mid)
+            live = sweep(mid)
             if live:
                 out[mid] = live
         return out

@@ -11,6 +11,7 @@ A ``ValueError`` raised by the logic service is a bad request too (400 with its 
 from __future__ import annotations
 
 import inspect
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -113,6 +114,9 @@ def param_list(req: Request, name: str) -> list[str]:
 
 
 def param_int_list(req: Request, name: str) -> list[int]:
+    value = _raw(req, name, True)
+    if value.isdigit() and len(value) < 19:  # one plain id (a unicast): no list to split or dedupe
+        return [int(value)]
     items = param_list(req, name)
     out: list[int] = []
     for item in items:
@@ -144,6 +148,9 @@ def _message(req: Request) -> bytes:
     return req.body
 
 
+_Coroutine = types.CoroutineType
+
+
 class ServiceUnavailable(Exception):
     """A backing service (cache, bus) is unreachable; answered with 503."""
 
@@ -152,7 +159,7 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
     """Call a logic method (sync or async); its ValueError is the client's fault: 400."""
     try:
         result = fn(*args)
-        if inspect.isawaitable(result):
+        if type(result) is _Coroutine or inspect.isawaitable(result):
             result = await result
     except HttpError:
         raise

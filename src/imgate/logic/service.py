@@ -107,21 +107,29 @@ class Logic:
     # ------------------------------------------------------------------ push API
 
     async def _publish_sessions(self, op: int, body: bytes, sessions) -> int:
+        self.counters["pushes"] += 1
+        if len(sessions) == 1:  # the usual unicast: one connection
+            s = sessions[0]
+            await self.bus.publish(PushJob(KIND_CONNS, op, body, s.server, [s.conn_id]))
+            return 1
         by_server: dict[str, list[int]] = {}
         for s in sessions:
             by_server.setdefault(s.server, []).append(s.conn_id)
         for server, conn_ids in by_server.items():
-            await self.bus.publish(PushJob(KIND_CONNS, op, body, server=server, conn_ids=conn_ids))
-        self.counters["pushes"] += 1
-        return sum(map(len, by_server.values()))
+            await self.bus.publish(PushJob(KIND_CONNS, op, body, server, conn_ids))
+        return len(sessions)
 
     async def push_keys(self, op: int, keys: list[str], body: bytes) -> int:
         found = await self.cache.sessions_by_keys(keys)
-        return await self._publish_sessions(op, body, found.values())
+        return await self._publish_sessions(op, body, list(found.values()))
 
     async def push_mids(self, op: int, mids: list[int], body: bytes) -> int:
         found = await self.cache.sessions(mids)
-        return await self._publish_sessions(op, body, [s for ss in found.values() for s in ss])
+        if len(found) == 1:
+            sessions = next(iter(found.values()))
+        else:
+            sessions = [s for ss in found.values() for s in ss]
+        return await self._publish_sessions(op, body, sessions)
 
     async def push_room(self, op: int, room_id: str, body: bytes) -> None:
         self.counters["pushes"] += 1

@@ -1,0 +1,42 @@
+import asyncio
+from typing import Any
+
+UNMATCHED: str
+
+class Request:
+    method: str
+    path: str
+    query_string: str
+    headers: dict[str, str]
+    body: bytes
+    remote: Any
+    version: str
+    keep_alive: bool
+    route: str | None
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query_string: str = "",
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        remote: Any = None,
+        version: str = "1.1",
+        keep_alive: bool = True,
+    ) -> None: ...
+    @property
+    def query_list(self) -> list[tuple[str, str]]: ...
+    @property
+    def query(self) -> dict[str, str]: ...
+
+def reason(status: int) -> str: ...
+def encode_response(resp: Any, keep_alive: bool, head_only: bool, http10: bool) -> bytes: ...
+
+class HttpProtocol(asyncio.Protocol):
+    stopped: bool
+    closed: bool
+    def __init__(self, server: Any) -> None: ...
+    @property
+    def pending(self) -> bool: ...
+    def shutdown(self) -> None: ...
+    def abort(self) -> None: ...

@@ -1,0 +1,716 @@
+"""The HTTP/1.1 connection of imgate.http.server, compiled: the per-request path of the logic API.
+
+httptools (llhttp) parses; the callbacks it makes land in this extension type, so the request head is
+collected without interpreted code. Then, per request:
+
+- a handler is started at once when nothing is ahead of it on the connection; a coroutine handler is
+  driven by hand (``send(None)``) and, when it finishes without waiting (an in-memory push does), no
+  task is ever created for it. A handler that does wait is handed to a task (``_Resume``), and the
+  requests behind it queue up and are answered in order by that task;
+- the replies made while one chunk of input is parsed go out in one ``write``;
+- the common reply (2xx on a keep-alive HTTP/1.1 connection, no extra headers) is encoded from a
+  cached head.
+
+Everything else (limits, errors, pipelining, idle timeout, half-close) keeps the semantics described in
+imgate/http/server.py, which owns the server object this protocol serves.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+import asyncio
+import logging
+from collections import deque
+from http import HTTPStatus
+from urllib.parse import parse_qsl, unquote
+
+import httptools
+
+from imgate.http.messages import HttpError, Response, error
+
+log = logging.getLogger("imgate.http")
+
+# Pipelined requests waiting for their turn before the server stops reading from the connection.
+DEF PIPELINE_HIGH = 32
+DEF PIPELINE_LOW = 8
+# Seconds an errored connection keeps discarding input before it closes (see _linger_close).
+DEF LINGER = 2.0
+# Route label used for requests that match no route (keeps metric label cardinality bounded).
+UNMATCHED = "unmatched"
+
+cdef object _HttpParserCallbackError = httptools.HttpParserCallbackError
+cdef object _HttpParserUpgrade = httptools.HttpParserUpgrade
+cdef object _HttpParserError = httptools.HttpParserError
+cdef object _HttpParserInvalidURLError = httptools.HttpParserInvalidURLError
+cdef object _parse_url = httptools.parse_url
+cdef object _CancelledError = asyncio.CancelledError
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Requests
+
+
+cdef class Request:
+    """One parsed HTTP request. ``headers`` keys are lower case (repeated headers joined with ", ")."""
+
+    cdef public str method
+    cdef public str path
+    cdef public str query_string
+    cdef public dict headers
+    cdef public bytes body
+    cdef public object remote
+    cdef public str version
+    cdef public bint keep_alive
+    cdef public object route   # the matched route path, set by the server
+    cdef list _query_list
+    cdef dict _query
+
+    def __init__(self, str method, str path, str query_string="", dict headers=None, bytes body=b"",
+                 remote=None, str version="1.1", bint keep_alive=True):
+        self.method = method
+        self.path = path
+        self.query_string = query_string
+        self.headers = headers if headers is not None else {}
+        self.body = body
+        self.remote = remote
+        self.version = version
+        self.keep_alive = keep_alive
+        self.route = None
+
+    @property
+    def query_list(self):
+        """All query parameters in order, repeated names kept."""
+        cdef str qs, item, k, v
+        cdef list out
+        cdef Py_ssize_t eq
+        if self._query_list is None:
+            qs = self.query_string
+            if "%" in qs or "+" in qs or ";" in qs:
+                self._query_list = parse_qsl(qs, keep_blank_values=True)
+            else:
+                # nothing to unquote (the usual machine-made query): split it directly
+                out = []
+                for item in qs.split("&"):
+                    if not item:
+                        continue
+                    eq = item.find("=")
+                    if eq < 0:
+                        out.append((item, ""))
+                    else:
+                        out.append((item[:eq], item[eq + 1:]))
+                self._query_list = out
+        return self._query_list
+
+    @property
+    def query(self):
+        """Query parameters; the last value wins for a repeated name."""
+        if self._query is None:
+            self._query = dict(self.query_list)
+        return self._query
+
+    def __repr__(self):
+        q = f"?{self.query_string}" if self.query_string else ""
+        return f"<Request {self.method} {self.path}{q} body={len(self.body)}B from {self.remote}>"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Responses on the wire
+
+
+cdef dict _HEAD_CACHE = {}
+
+
+cdef str _reason(int status):
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def reason(int status):
+    """The reason phrase of ``status`` ("Unknown" for a code HTTP does not define)."""
+    return _reason(status)
+
+
+cpdef bytes encode_response(object resp, bint keep_alive, bint head_only, bint http10):
+    """``resp`` as bytes on the wire: status line, headers, body."""
+    cdef int status = resp.status
+    cdef bytes body = resp.body
+    cdef object headers = resp.headers
+    cdef bytes prefix
+    if not headers and keep_alive and not http10 and not head_only and 200 <= status < 300 and status != 204:
+        # the common reply (a push's): a cached head up to Content-Length
+        key = (status, resp.content_type)
+        prefix = _HEAD_CACHE.get(key)
+        if prefix is None:
+            prefix = (f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: "
+                      f"{resp.content_type}\r\nContent-Length: ").encode("latin-1")
+            _HEAD_CACHE[key] = prefix
+        return b"%s%d\r\n\r\n%s" % (prefix, len(body), body)
+    lines = [f"HTTP/1.1 {status} {_reason(status)}"]
+    no_body = status < 200 or status in (204, 304)
+    if not no_body:
+        lines.append(f"Content-Type: {resp.content_type}")
+        lines.append(f"Content-Length: {len(body)}")
+    for k, v in headers.items():
+        if k.lower() in ("content-length", "connection", "transfer-encoding"):
+            continue
+        lines.append(f"{k}: {v}")
+    if not keep_alive:
+        lines.append("Connection: close")
+    elif http10:
+        lines.append("Connection: keep-alive")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if head_only or no_body:
+        return head
+    return head + body
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Handing a started coroutine to a task
+
+
+cdef object _FRESH = object()
+
+
+@cython.final
+cdef class _Resume:
+    """Awaitable that goes on driving a coroutine already started by hand (``send(None)``) and now
+    waiting on ``waiting``: the task awaiting it first gets ``waiting``, then everything it sends or
+    throws goes to the coroutine (what Python 3.12's eager tasks do inside the task)."""
+
+    cdef object coro
+    cdef object waiting
+
+    def __cinit__(self, coro, waiting):
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.send(None)
+
+    def send(self, value):
+        w = self.waiting
+        if w is not _FRESH:
+            self.waiting = _FRESH
+            return w
+        return self.coro.send(value)   # its StopIteration ends the await with the handler's result
+
+    def throw(self, typ, val=None, tb=None):
+        self.waiting = _FRESH
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        return self.coro.throw(val)
+
+    def close(self):
+        self.coro.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The connection protocol
+
+
+@cython.final
+cdef class _Failure:
+    """A protocol-level error answered in order after the requests before it, then the connection closes."""
+
+    cdef readonly int status
+    cdef readonly str message
+
+    def __cinit__(self, int status, str message):
+        self.status = status
+        self.message = message
+
+
+class _Abort(Exception):
+    """Raised inside an httptools callback to stop parsing; the error is already queued."""
+
+
+@cython.final
+cdef class HttpProtocol:
+    """One HTTP connection of an :class:`imgate.http.server.HttpServer` (an ``asyncio.Protocol``)."""
+
+    cdef object server
+    cdef object router
+    cdef object observer
+    cdef object loop
+    cdef object transport
+    cdef object parser
+    cdef object remote
+    cdef object queue            # deque of Request | _Failure waiting behind the worker
+    cdef object worker           # the task answering requests that had to wait, or None
+    cdef object drain_waiter
+    cdef object idle_handle
+    cdef public bint stopped     # no more requests are read from this connection
+    cdef public bint closed
+    cdef bint pipeline_paused
+    cdef bint write_paused
+    cdef double last_activity
+    cdef Py_ssize_t max_body
+    cdef Py_ssize_t max_header_bytes
+    # the message being parsed
+    cdef bytes _url
+    cdef dict _headers
+    cdef list _body
+    cdef Py_ssize_t _body_len
+    cdef bint _in_head
+    cdef Py_ssize_t _head_bytes
+    cdef Py_ssize_t _head_chunk_bytes
+    cdef Py_ssize_t _messages_begun
+    cdef bint _keep_alive
+    # replies made while a chunk of input is parsed, written together at its end
+    cdef bint _feeding
+    cdef list _out
+
+    def __init__(self, server):
+        self.server = server
+        self.router = server.router
+        self.observer = server.observer
+        self.max_body = server.max_body
+        self.max_header_bytes = server.max_header_bytes
+        self.loop = asyncio.get_running_loop()
+        self.transport = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.remote = None
+        self.queue = deque()
+        self.worker = None
+        self.stopped = False
+        self.closed = False
+        self.pipeline_paused = False
+        self.write_paused = False
+        self.drain_waiter = None
+        self.last_activity = self.loop.time()
+        self.idle_handle = None
+        self._feeding = False
+        self._out = []
+        self._reset_message()
+        self._messages_begun = 0
+
+    cdef void _reset_message(self):
+        self._url = None
+        self._headers = {}
+        self._body = []
+        self._body_len = 0
+        self._in_head = False
+        self._head_bytes = 0
+        self._head_chunk_bytes = 0
+        self._keep_alive = True
+
+    @property
+    def pending(self):
+        """Whether a request is being answered or waits on this connection."""
+        return self.worker is not None or bool(self.queue)
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.remote = transport.get_extra_info("peername")
+        self.server._conns.add(self)
+        self._arm_idle(self.server.idle_timeout)
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.server._conns.discard(self)
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+            self.idle_handle = None
+        if self.worker is not None and not self.worker.done():
+            self.worker.cancel()
+        self._wake_writer()
+
+    def pause_writing(self):
+        self.write_paused = True
+
+    def resume_writing(self):
+        self.write_paused = False
+        self._wake_writer()
+
+    cdef void _wake_writer(self):
+        w = self.drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        self.drain_waiter = None
+
+    def eof_received(self):
+        # The peer will send nothing more: answer what was already received, then close.
+        self.stopped = True
+        return self.worker is not None or bool(self.queue)
+
+    def data_received(self, data):
+        cdef bint was_in_head
+        cdef Py_ssize_t begun
+        if self.stopped:
+            return
+        self.last_activity = self.loop.time()
+        was_in_head = self._in_head
+        begun = self._messages_begun
+        self._feeding = True
+        try:
+            self.parser.feed_data(data)
+        except _HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _Abort):
+                log.exception("HTTP parser callback failed", exc_info=exc.__context__ or exc)
+                self._fail(400, "malformed HTTP request")
+        except _HttpParserUpgrade:
+            # An Upgrade request (for instance a WebSocket handshake sent to the API port): it is
+            # answered like any request, then the connection closes; bytes after it are not HTTP.
+            # (one answered at once already closed the connection: see on_message_complete)
+            last = self.queue[len(self.queue) - 1] if self.queue else None
+            if isinstance(last, Request):
+                (<Request>last).keep_alive = False
+            self._stop()
+        except _HttpParserError:
+            self._fail(400, "malformed HTTP request")
+        else:
+            if self._in_head and was_in_head and begun == self._messages_begun:
+                # The whole chunk belongs to the header section of one message.
+                self._head_chunk_bytes += len(data)
+                self._check_head_size(False)
+        finally:
+            self._feeding = False
+            self._flush_out()
+
+    # -- httptools callbacks
+
+    def on_message_begin(self):
+        self._messages_begun += 1
+        self._reset_message()
+        self._in_head = True
+
+    def on_url(self, bytes url):
+        self._url = url if self._url is None else self._url + url
+        self._head_bytes += len(url)
+        self._check_head_size(True)
+
+    def on_header(self, bytes name, bytes value):
+        self._head_bytes += len(name) + len(value) + 4
+        self._check_head_size(True)
+        key = name.decode("latin-1").lower()
+        val = value.decode("latin-1")
+        prev = self._headers.get(key)
+        self._headers[key] = val if prev is None else f"{prev}, {val}"
+
+    def on_headers_complete(self):
+        self._in_head = False
+        self._keep_alive = self.parser.should_keep_alive()
+        cl = self._headers.get("content-length")
+        if cl is not None:
+            try:
+                n = int(cl)
+            except ValueError:
+                self._fail(400, "malformed HTTP request", True)
+            if n > self.max_body:
+                self._fail(413, f"request body exceeds {self.max_body} bytes", True)
+        expect = self._headers.get("expect")
+        if expect is not None and expect.lower() == "100-continue":
+            # Answer the interim response only when nothing else is owed on this connection,
+            # so that it cannot be taken for the reply to an earlier pipelined request.
+            if not self.queue and self.worker is None and self.transport is not None:
+                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._flush_out()
+
+    def on_body(self, bytes body):
+        self._body_len += len(body)
+        if self._body_len > self.max_body:
+            self._fail(413, f"request body exceeds {self.max_body} bytes", True)
+        self._body.append(body)
+
+    def on_message_complete(self):
+        cdef bytes url = self._url if self._url is not None else b""
+        cdef str path, query
+        cdef Request req
+        if _plain_target(url):
+            # "/path?query" of printable ASCII without escapes: split here, no URL parser needed
+            q = url.find(b"?")
+            if q < 0:
+                path = url.decode("ascii")
+                query = ""
+            else:
+                path = url[:q].decode("ascii")
+                query = url[q + 1:].decode("ascii")
+        else:
+            try:
+                parsed = _parse_url(url)
+            except _HttpParserInvalidURLError:
+                self._fail(400, f"malformed request target {url[:200].decode('latin-1')!r}", True)
+            path = unquote((parsed.path or b"/").decode("latin-1"), encoding="utf-8", errors="replace")
+            query = (parsed.query or b"").decode("latin-1")
+        body = self._body
+        req = Request(
+            self.parser.get_method().decode("latin-1"),
+            path,
+            query,
+            self._headers,
+            body[0] if len(body) == 1 else b"".join(body),
+            self.remote,
+            self.parser.get_http_version(),
+            self._keep_alive,
+        )
+        if self.parser.should_upgrade():
+            req.keep_alive = False  # answered, then the connection closes: what follows is not HTTP
+        self._reset_message()
+        if self.worker is None and not self.queue and not self.closed:
+            # nothing ahead of it: answer now
+            result = self._start(req)
+            if isinstance(result, _Resume):
+                self.worker = self.loop.create_task(self._work(req, result))
+            else:
+                self._reply(req, result)
+            return
+        self.queue.append(req)
+        if len(self.queue) >= PIPELINE_HIGH and not self.pipeline_paused and self.transport is not None:
+            self.pipeline_paused = True
+            self.transport.pause_reading()
+        self._ensure_worker()
+
+    # -- answering
+
+    cdef object _start(self, Request req):
+        """Run ``req``'s handler as far as it goes without waiting: its Response, or a ``_Resume`` to
+        await when it waits."""
+        router = self.router
+        handler = router.resolve(req.method, req.path)
+        if handler is None:
+            return self._no_route(req)
+        req.route = req.path
+        try:
+            result = handler(req)
+            if isinstance(result, Response):
+                return self._done(req, result)
+            if not hasattr(result, "send"):
+                if not hasattr(result, "__await__"):
+                    return self._done(req, result)   # not a Response: _done answers 500
+                result = _await(result)              # an awaitable that is not a coroutine
+            try:
+                waiting = result.send(None)
+            except StopIteration as stop:
+                return self._done(req, stop.value)
+        except _CancelledError:
+            raise
+        except Exception as exc:
+            return self._failed(req, exc)
+        return _Resume(result, waiting)
+
+    cdef object _no_route(self, Request req):
+        allowed = self.router.allowed(req.path)
+        if allowed:
+            resp = error(405, f"method {req.method} not allowed for {req.path}; allowed: {', '.join(allowed)}")
+            resp.headers["Allow"] = ", ".join(allowed)
+            self._observe(req.path, resp.status)
+        else:
+            resp = error(404, f"no route for {req.method} {req.path}")
+            self._observe(UNMATCHED, resp.status)
+        return resp
+
+    cdef object _done(self, Request req, object resp):
+        if not isinstance(resp, Response):
+            try:
+                raise TypeError(f"handler for {req.method} {req.path} returned {type(resp).__name__}, not Response")
+            except TypeError as exc:
+                return self._failed(req, exc)
+        self._observe(req.route, resp.status)
+        return resp
+
+    cdef object _failed(self, Request req, object exc):
+        if isinstance(exc, HttpError):
+            resp = exc.response()
+        else:
+            log.error("handler for %s %s failed", req.method, req.path, exc_info=exc)
+            resp = error(500, "internal error")
+        self._observe(req.route if req.route is not None else UNMATCHED, resp.status)
+        return resp
+
+    cdef void _observe(self, object route, int status):
+        if self.observer is not None:
+            try:
+                self.observer(route, status)
+            except Exception:  # metrics must never break serving
+                log.exception("HTTP observer failed")
+
+    cdef bint _reply(self, Request req, object resp):
+        """Write the response to ``req``; False once the connection closes after it."""
+        cdef bint keep_alive = req.keep_alive and not self.server._closing and not (self.stopped and not self.queue)
+        self._write(encode_response(resp, keep_alive, req.method == "HEAD", req.version == "1.0"))
+        self.last_activity = self.loop.time()
+        if not keep_alive:
+            self.queue.clear()
+            self.stopped = True
+            self._flush_out()
+            self.transport.close()
+            return False
+        return True
+
+    cdef void _write(self, bytes data):
+        if self._feeding:
+            self._out.append(data)
+        elif self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    cdef void _flush_out(self):
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if self.transport is None or self.closed:
+            return
+        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    async def _work(self, Request first_req=None, first=None):
+        cdef Request req
+        try:
+            if first is not None:
+                try:
+                    resp = await first
+                except _CancelledError:
+                    raise
+                except Exception as exc:
+                    resp = self._failed(first_req, exc)
+                else:
+                    resp = self._done(first_req, resp)
+                if self.closed or not self._reply(first_req, resp):
+                    return
+                if self.write_paused:
+                    self.drain_waiter = self.loop.create_future()
+                    await self.drain_waiter
+            while self.queue and not self.closed:
+                item = self.queue.popleft()
+                if self.pipeline_paused and len(self.queue) <= PIPELINE_LOW and not self.stopped:
+                    self.pipeline_paused = False
+                    self.transport.resume_reading()
+                if isinstance(item, _Failure):
+                    self._observe(UNMATCHED, (<_Failure>item).status)
+                    self.transport.write(encode_response(
+                        error((<_Failure>item).status, (<_Failure>item).message), False, False, False))
+                    self._linger_close()
+                    return
+                req = <Request>item
+                result = self._start(req)
+                if isinstance(result, _Resume):
+                    try:
+                        resp = await result
+                    except _CancelledError:
+                        raise
+                    except Exception as exc:
+                        resp = self._failed(req, exc)
+                    else:
+                        resp = self._done(req, resp)
+                else:
+                    resp = result
+                if self.closed or not self._reply(req, resp):
+                    return
+                if self.write_paused:
+                    self.drain_waiter = self.loop.create_future()
+                    await self.drain_waiter
+        except _CancelledError:
+            raise
+        except Exception:  # defensive: never leave a connection hanging
+            log.exception("HTTP connection worker failed")
+            if self.transport is not None:
+                self.transport.abort()
+        finally:
+            self.worker = None
+
+    # -- helpers
+
+    cdef void _check_head_size(self, bint raise_) except *:
+        cdef Py_ssize_t limit = self.max_header_bytes
+        if self._head_bytes > limit or self._head_chunk_bytes > limit:
+            self._fail(431, f"request header section exceeds {limit} bytes", raise_)
+
+    cdef void _fail(self, int status, str message, bint raise_=False) except *:
+        if not self.stopped:
+            self.queue.append(_Failure(status, message))
+            self._stop()
+            self._ensure_worker()
+        if raise_:
+            raise _Abort()
+
+    cdef void _stop(self):
+        """Read nothing more from this connection."""
+        self.stopped = True
+        if self.transport is not None and not self.closed:
+            try:
+                self.transport.pause_reading()
+            except RuntimeError:  # already closing
+                pass
+
+    def shutdown(self):
+        """The server is stopping: close now when nothing is owed, else read nothing more and close
+        after the last reply."""
+        if self.worker is None and not self.queue and self.transport is not None:
+            self.transport.close()
+        else:
+            self._stop()
+
+    def abort(self):
+        if self.transport is not None:
+            self.transport.abort()
+
+    cdef void _ensure_worker(self):
+        if self.worker is None and self.queue and not self.closed:
+            self.worker = self.loop.create_task(self._work())
+
+    cdef void _arm_idle(self, double delay):
+        if self.server.idle_timeout and self.server.idle_timeout > 0:
+            self.idle_handle = self.loop.call_later(delay, self._on_idle)
+
+    def _on_idle(self):
+        self.idle_handle = None
+        if self.closed:
+            return
+        if self.worker is not None or self.queue:
+            self._arm_idle(self.server.idle_timeout)
+            return
+        quiet = self.loop.time() - self.last_activity
+        if quiet >= self.server.idle_timeout:
+            self.transport.close()
+        else:
+            self._arm_idle(self.server.idle_timeout - quiet)
+
+    cdef void _linger_close(self):
+        """Close after an error while the peer may still be sending (a big body, garbage).
+
+        Closing a socket with unread input makes the kernel send RST, and the peer may lose the error
+        response; so shut down our side, discard what still arrives, and close on the peer's EOF or
+        after a short delay.
+        """
+        t = self.transport
+        if t is None or self.closed:
+            return
+        self.queue.clear()
+        self.stopped = True
+        if t.can_write_eof():
+            t.write_eof()
+            try:
+                t.resume_reading()
+            except RuntimeError:
+                pass
+            self.loop.call_later(LINGER, t.close)
+        else:  # TLS transports cannot half-close
+            t.close()
+
+
+
+async def _await(awaitable):
+    return await awaitable
+
+
+cdef bint _plain_target(bytes url):
+    """An origin-form target ("/...") of printable ASCII with no percent-escape and no fragment."""
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(url)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(url)
+    cdef unsigned char c
+    if n == 0 or p[0] != b'/':
+        return False
+    for i in range(n):
+        c = p[i]
+        if c <= 0x20 or c >= 0x7f or c == b'%' or c == b'#':
+            return False
+    return True

@@ -1,0 +1,76 @@
+"""What handlers of the HTTP API return: :class:`Response`, :class:`HttpError` and the JSON envelope.
+
+Kept apart from the server so that the compiled connection protocol (``_protocol.pyx``) and the
+server module can both import them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["HttpError", "Response", "error", "json_response", "ok"]
+
+
+class Response:
+    """An HTTP response; ``headers`` are extra headers (Content-Type/Length are set by the server)."""
+
+    __slots__ = ("status", "body", "content_type", "headers")
+
+    def __init__(
+        self,
+        status: int = 200,
+        body: bytes | str = b"",
+        content_type: str = "application/octet-stream",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.status = int(status)
+        self.body = body.encode() if isinstance(body, str) else bytes(body)
+        self.content_type = content_type
+        self.headers: dict[str, str] = dict(headers) if headers else {}
+
+    def json(self) -> Any:
+        """The body decoded as JSON (handy in tests)."""
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.content_type} {len(self.body)}B>"
+
+
+class HttpError(Exception):
+    """Raise from a handler to answer ``status`` with the JSON error envelope."""
+
+    def __init__(self, status: int, message: str, code: int | None = None, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = int(status)
+        self.message = message
+        self.code = code
+        self.headers = dict(headers) if headers else None
+
+    def response(self) -> Response:
+        resp = error(self.status, self.message, self.code)
+        if self.headers:
+            resp.headers.update(self.headers)
+        return resp
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """``data`` serialised as JSON, as it is (no envelope)."""
+    return Response(status, _dumps(data), "application/json", headers)
+
+
+def ok(data: Any = None) -> Response:
+    """200 with the envelope ``{"code": 0, "message": "", "data": data}``."""
+    return Response(200, _dumps({"code": 0, "message": "", "data": data}), "application/json")
+
+
+def error(status: int, message: str, code: int | None = None) -> Response:
+    """``status`` with ``{"code": code or -status, "message": message, "data": null}``."""
+    if not code:
+        code = -int(status)
+    return Response(status, _dumps({"code": code, "message": message, "data": None}), "application/json")
