@@ -29,10 +29,12 @@ def _load(args) -> Config:
 
 
 async def _serve(cfg: Config) -> int:
+    from imgate.gctune import settle as settle_gc
     from imgate.node import Node
 
     node = Node(cfg)
     await node.start()
+    settle_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,6 +15,7 @@ import logging
 import signal
 
 from imgate.config import Config
+from imgate.gctune import settle as settle_gc
 
 log = logging.getLogger("imgate.roles")
 
@@ -135,6 +136,7 @@ ROLES = {"proxy": ProxyRole, "logic": LogicRole, "push": PushRole}
 async def run_role(name: str, cfg: Config) -> int:
     role = ROLES[name](cfg)
     await role.start()
+    settle_gc()
     await _until_signal()
     print(f"imgate {name} {cfg.server_id}: shutting down", flush=True)
     await role.stop()

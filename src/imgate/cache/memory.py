@@ -62,7 +62,8 @@ class MemoryCache(Cache):
             del self._by_mid[mid]
         return list(conns.values())
 
-    async def sessions(self, mids: list[int]) -> dict[int, list[Session]]:
+    def sessions_nowait(self, mids: list[int]) -> dict[int, list[Session]]:
+        """:meth:`sessions` without the await: an in-process caller (logic's push) skips a coroutine."""
         out = {}
         sweep = self._sweep_user
         for mid in mids:
@@ -71,13 +72,21 @@ class MemoryCache(Cache):
                 out[mid] = live
         return out
 
-    async def sessions_by_keys(self, keys: list[str]) -> dict[str, Session]:
+    def sessions_by_keys_nowait(self, keys: list[str]) -> dict[str, Session]:
+        """:meth:`sessions_by_keys` without the await."""
         out = {}
+        now = self._clock()
         for key in keys:
             s = self._by_key.get(key)
-            if s is not None and self._live(s):
+            if s is not None and s.expires_at > now:
                 out[key] = s
         return out
+
+    async def sessions(self, mids: list[int]) -> dict[int, list[Session]]:
+        return self.sessions_nowait(mids)
+
+    async def sessions_by_keys(self, keys: list[str]) -> dict[str, Session]:
+        return self.sessions_by_keys_nowait(keys)
 
     async def list_sessions(self, limit: int) -> list[Session]:
         out: list[Session] = []

@@ -155,24 +155,45 @@ class ServiceUnavailable(Exception):
     """A backing service (cache, bus) is unreachable; answered with 503."""
 
 
+def _http_error(e: Exception) -> HttpError | None:
+    """The HTTP answer to an exception raised by logic, None for a bug (answered 500)."""
+    if isinstance(e, HttpError):
+        return e
+    if isinstance(e, ValueError):  # the client's fault
+        return HttpError(400, str(e) or "bad request")
+    if isinstance(e, BusUnavailable):
+        # Kafka (or another bus) did not take the job: not accepted, the caller retries
+        return HttpError(503, f"push not accepted: {e}")
+    if isinstance(e, ServiceUnavailable):
+        return HttpError(503, str(e))
+    if isinstance(e, _BACKEND_DOWN):
+        return HttpError(503, f"a backing service is unreachable: {e}")
+    return None
+
+
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
     """Call a logic method (sync or async); its ValueError is the client's fault: 400."""
     try:
         result = fn(*args)
         if type(result) is _Coroutine or inspect.isawaitable(result):
             result = await result
-    except HttpError:
-        raise
-    except ValueError as e:
-        raise HttpError(400, str(e) or "bad request") from None
-    except BusUnavailable as e:
-        # Kafka (or another bus) did not take the job: not accepted, the caller retries
-        raise HttpError(503, f"push not accepted: {e}") from None
-    except ServiceUnavailable as e:
-        raise HttpError(503, str(e)) from None
-    except _BACKEND_DOWN as e:
-        raise HttpError(503, f"a backing service is unreachable: {e}") from None
+    except Exception as e:
+        err = _http_error(e)
+        if err is None:
+            raise
+        raise err from None
     return result
+
+
+def _call_now(fn: Callable[..., Any], *args: Any) -> Any:
+    """:func:`_call` for a method that does not wait."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        err = _http_error(e)
+        if err is None:
+            raise
+        raise err from None
 
 
 def _push_reply(result: Any) -> Response:
@@ -225,8 +246,23 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
         body = _message(req)
         return _push_reply(await _call(logic.push_all, op, speed, body))
 
-    add("POST", "/goim/push/keys", push_keys)
-    add("POST", "/goim/push/mids", push_mids)
+    # A node whose cache and bus are in this process (the embedded node) answers pushes by key and by
+    # mid without a coroutine: same checks and errors, logic's *_nowait methods instead of an await.
+    def push_keys_now(req: Request) -> Response:
+        op = _operation(req)
+        keys = param_list(req, "keys")
+        body = _message(req)
+        return _push_reply(_call_now(logic.push_keys_nowait, op, keys, body))
+
+    def push_mids_now(req: Request) -> Response:
+        op = _operation(req)
+        mids = param_int_list(req, "mids")
+        body = _message(req)
+        return _push_reply(_call_now(logic.push_mids_nowait, op, mids, body))
+
+    pushes_wait = getattr(logic, "pushes_wait", True)
+    add("POST", "/goim/push/keys", push_keys if pushes_wait else push_keys_now)
+    add("POST", "/goim/push/mids", push_mids if pushes_wait else push_mids_now)
     add("POST", "/goim/push/room", push_room)
     add("POST", "/goim/push/all", push_all)
 

@@ -53,6 +53,11 @@ class Logic:
         self._absorber: asyncio.Task | None = None
         self.upstream_handler = None  # async (server, conn_id, mid, op, seq, body) -> bytes
         self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0}
+        # cache and bus in this process (the embedded node): pushes by mid/key need not wait
+        self._sessions_now = getattr(cache, "sessions_nowait", None)
+        self._sessions_by_keys_now = getattr(cache, "sessions_by_keys_nowait", None)
+        self._publish_now = getattr(bus, "publish_nowait", None)
+        self.pushes_wait = not (self._sessions_now and self._sessions_by_keys_now and self._publish_now)
 
     async def start(self) -> None:
         await self.absorb_online()
@@ -106,30 +111,53 @@ class Logic:
 
     # ------------------------------------------------------------------ push API
 
-    async def _publish_sessions(self, op: int, body: bytes, sessions) -> int:
+    def _jobs(self, op: int, body: bytes, sessions: list[Session]) -> list[PushJob]:
+        """One job per proxy holding some of ``sessions``."""
         self.counters["pushes"] += 1
         if len(sessions) == 1:  # the usual unicast: one connection
             s = sessions[0]
-            await self.bus.publish(PushJob(KIND_CONNS, op, body, s.server, [s.conn_id]))
-            return 1
+            return [PushJob(KIND_CONNS, op, body, s.server, [s.conn_id])]
         by_server: dict[str, list[int]] = {}
         for s in sessions:
             by_server.setdefault(s.server, []).append(s.conn_id)
-        for server, conn_ids in by_server.items():
-            await self.bus.publish(PushJob(KIND_CONNS, op, body, server, conn_ids))
-        return len(sessions)
+        return [PushJob(KIND_CONNS, op, body, server, conn_ids) for server, conn_ids in by_server.items()]
+
+    @staticmethod
+    def _flat(found: dict[int, list[Session]]) -> list[Session]:
+        if len(found) == 1:
+            return next(iter(found.values()))
+        return [s for ss in found.values() for s in ss]
+
+    async def _publish(self, jobs: list[PushJob]) -> int:
+        for job in jobs:
+            await self.bus.publish(job)
+        return sum(len(job.conn_ids) for job in jobs)
 
     async def push_keys(self, op: int, keys: list[str], body: bytes) -> int:
         found = await self.cache.sessions_by_keys(keys)
-        return await self._publish_sessions(op, body, list(found.values()))
+        return await self._publish(self._jobs(op, body, list(found.values())))
 
     async def push_mids(self, op: int, mids: list[int], body: bytes) -> int:
         found = await self.cache.sessions(mids)
-        if len(found) == 1:
-            sessions = next(iter(found.values()))
-        else:
-            sessions = [s for ss in found.values() for s in ss]
-        return await self._publish_sessions(op, body, sessions)
+        return await self._publish(self._jobs(op, body, self._flat(found)))
+
+    def push_mids_nowait(self, op: int, mids: list[int], body: bytes) -> int:
+        """:meth:`push_mids` for a node whose cache and bus are in this process (``pushes_wait`` is
+        False): the same lookup and jobs, handed over without a coroutine. Returns the connections
+        it was queued for."""
+        n = 0
+        for job in self._jobs(op, body, self._flat(self._sessions_now(mids))):
+            self._publish_now(job)
+            n += len(job.conn_ids)
+        return n
+
+    def push_keys_nowait(self, op: int, keys: list[str], body: bytes) -> int:
+        """:meth:`push_keys` without a coroutine (see :meth:`push_mids_nowait`)."""
+        n = 0
+        for job in self._jobs(op, body, list(self._sessions_by_keys_now(keys).values())):
+            self._publish_now(job)
+            n += len(job.conn_ids)
+        return n
 
     async def push_room(self, op: int, room_id: str, body: bytes) -> None:
         self.counters["pushes"] += 1

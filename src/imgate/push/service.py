@@ -66,10 +66,16 @@ class Bus(abc.ABC):
 
 
 class MemoryBus(Bus):
-    """In-process bus of the embedded node: the job is handed to push at once, in order."""
+    """In-process bus of the embedded node: the job is handed to push at once, in order.
+
+    ``publish_nowait`` is the same without the coroutine: logic uses it when the bus has it (a bus to
+    another process, Kafka, does not)."""
 
     def __init__(self, push: Push):
         self.push = push
+
+    def publish_nowait(self, job: PushJob) -> int:
+        return self.push.handle(job)
 
     async def publish(self, job: PushJob) -> None:
         self.push.handle(job)
