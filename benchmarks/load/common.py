@@ -93,6 +93,13 @@ def machine_busy() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def machine_steal() -> float:
+    """CPU-seconds the hypervisor gave this VM's CPUs to someone else (steal in /proc/stat): time in
+    which nothing of ours ran, whatever its priority."""
+    with open("/proc/stat") as f:
+        return int(f.readline().split()[8]) / CLK_TCK
+
+
 def proc_threads(pid: int) -> int:
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:

@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 import uvloop  # noqa: E402
 
 from common import (  # noqa: E402
-    BURST, OP_PUSH, PEER_PUSH_PATH, http_post, machine_busy, make_body, proc_rss, proc_threads, proc_times,
+    BURST, OP_PUSH, PEER_PUSH_PATH, http_post, machine_busy, machine_steal, make_body, proc_rss, proc_threads, proc_times,
     raise_nofile,
 )
 
@@ -486,13 +486,14 @@ class Meter:
 
     def __init__(self, bench, srv):
         self.bench, self.srv = bench, srv
-        self.cpu = self.wall = self.wait = self.machine = self.load = 0.0
+        self.cpu = self.wall = self.wait = self.machine = self.load = self.steal = 0.0
         self.windows = 0
 
     def start(self):
         self._t = time.monotonic()
         self._cpu, self._wait = proc_times(self.srv.pid)
         self._machine = machine_busy()
+        self._steal = machine_steal()
         self._load = self.bench.load_cpu()
 
     def stop(self):
@@ -501,6 +502,7 @@ class Meter:
         self.wait += wait - self._wait
         self.wall += time.monotonic() - self._t
         self.machine += machine_busy() - self._machine
+        self.steal += machine_steal() - self._steal
         self.load += self.bench.load_cpu() - self._load
         self.windows += 1
 
@@ -511,12 +513,13 @@ class Meter:
             "load_cpu_s": self.load,                       # generators and driver
             # the machine's busy time that was neither the server's nor ours: other sessions (noise)
             "other_processes_cpu_s": max(0.0, self.machine - self.cpu - self.load),
+            "steal_s": self.steal,                         # of that: the hypervisor's (other VMs)
         }
 
     def noise(self) -> str:
         r = self.record()
         return (f"; load {r['load_cpu_s']:.1f} CPU-s, other processes {r['other_processes_cpu_s']:.1f} CPU-s, "
-                f"server waited {self.wait:.2f} s for a core")
+                f"server waited {self.wait:.2f} s for a core, steal {self.steal:.2f} s")
 
 
 def rotate(items, k):
@@ -843,11 +846,57 @@ class Bench:
 
     # -- unicast (imgate): pushes by mid at a fixed rate
 
-    async def unicast(self, srv, res):
+    async def unicast_rounds(self, srvs, res):
+        """Unicast in interleaved rounds (the servers take turns, the order rotating), so that every
+        server meets the same moods of the machine; the figures are over all rounds together."""
+        rounds = max(1, self.args.unicast_rounds)
+        seconds = self.unicast_seconds / rounds
+        parts = {srv.name: [] for srv in srvs}
+        for r in range(rounds):
+            for srv in rotate(list(srvs), r):
+                if srv.down:
+                    continue
+                await self.wait_quiet(srv)
+                parts[srv.name].append(await self.unicast(srv, seconds, r, f"{r + 1}/{rounds}"))
+        for srv in srvs:
+            if parts[srv.name]:
+                res[srv.name]["unicast"] = self.unicast_total(srv, parts[srv.name])
+
+    def unicast_total(self, srv, parts):
+        raw = np.concatenate([p.pop("raw") for p in parts])
+        rtts = np.concatenate([p.pop("rtt_raw") for p in parts])
+        if self.args.save_latencies:
+            # in arrival order per generator and round: where the slow ones cluster (a pause) or spread
+            path = os.path.join(self.args.save_latencies, f"unicast-latencies-{srv.name}.npy")
+            np.save(path, raw)
+            P.log(f"{srv.name:<10} unicast latencies (us) saved to {path}")
+        total = sum(p["pushes"] for p in parts)
+        cpu = sum(p["server_cpu_s"] for p in parts)
+        send_wall = sum(p["send_wall_s"] for p in parts)
+        lat = latency_summary(raw)
+        rtt = latency_summary(rtts * 1e6)
+        rtt.pop("quantiles_us", None)
+        out = {k: sum(p[k] for p in parts) for k in (
+            "server_cpu_s", "wall_s", "windows", "server_runqueue_wait_s", "load_cpu_s", "other_processes_cpu_s",
+            "steal_s", "pushes", "send_wall_s", "pushes_sent_late", "deliveries", "http_responses", "http_errors")}
+        out.update({
+            "rate_target": self.unicast_rate, "rate_achieved": total / send_wall, "complete": all(p["complete"] for p in parts),
+            "first_error": next((p["first_error"] for p in parts if p["first_error"]), None),
+            "http_response_time": rtt, "server_cpu_us_per_push": cpu / total * 1e6, "latency": lat,
+            "rounds": parts,
+        })
+        P.log(f"{srv.name:<10} unicast, {len(parts)} rounds: {total:,} pushes, {out['deliveries']:,} delivered; latency "
+              f"p50 {lat.get('p50_us', 0) / 1000:.2f} ms p99 {lat.get('p99_us', 0) / 1000:.2f} ms "
+              f"p99.9 {lat.get('p999_us', 0) / 1000:.2f} ms (p99 per round: "
+              + ", ".join(f"{p['latency'].get('p99_us', 0) / 1000:.2f}" for p in parts)
+              + f" ms); server {cpu / total * 1e6:.0f} CPU-us/push; steal {out['steal_s']:.2f} s")
+        return out
+
+    async def unicast(self, srv, seconds, round_no, label):
         share = srv.share
         n = sum(share)
         pushers = [await Pusher.open(srv.ctl_port) for _ in range(self.args.unicast_connections)]
-        rnd = random.Random(7)
+        rnd = random.Random(7 + round_no)
         for p in pushers:  # warm-up: one push per connection
             p.write(http_post(srv.unicast_path(1), self.body()))
         for p in pushers:
@@ -865,7 +914,7 @@ class Bench:
             m += s
         per_gen = list(self.expected)
         rate = self.unicast_rate
-        total = int(rate * self.unicast_seconds)
+        total = int(rate * seconds)
         mids = [rnd.randint(1, n) for _ in range(total)]
         for mid in mids:
             for gi, (lo, hi) in enumerate(bounds):
@@ -875,6 +924,13 @@ class Bench:
         paths = [srv.unicast_path(mid) for mid in mids]
         meter = Meter(self, srv)
         prof = self.profiles([srv], "unicast")
+        # the rate is the load under test: the driver must not lose its core to the generators (their
+        # backlog would come out as a burst, which is another test); root only, else unchanged
+        nice0 = os.getpriority(os.PRIO_PROCESS, 0)
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, -10)
+        except OSError:
+            pass
         meter.start()
         t0 = time.monotonic()
         sent = k = 0
@@ -900,9 +956,13 @@ class Bench:
             sent += 1
             if now - last_report > 0.5:
                 last_report = now
-                P.update(f"{srv.name:<10} unicast: {sent:,}/{total:,} pushes at {rate:,}/s")
+                P.update(f"{srv.name:<10} unicast {label}: {sent:,}/{total:,} pushes at {rate:,}/s")
             await asyncio.sleep(0)
         send_wall = time.monotonic() - t0
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice0)
+        except OSError:
+            pass
         ok = await self.wait_reached(per_gen, 15)
         meter.stop()
         self.profile_end(prof)
@@ -915,30 +975,24 @@ class Bench:
                 pass
             responses += p.responses - 1
         errors = sum(p.errors for p in pushers)
-        rtt = latency_summary(np.asarray([x for p in pushers for x in p.rtt]) * 1e6)
-        rtt.pop("quantiles_us", None)
+        rtt_raw = np.asarray([x for p in pushers for x in p.rtt])
         first_error = next((p.first_error for p in pushers if p.first_error), None)
         for p in pushers:
             p.close()
         st = await self.group_stats(srv.name)
         raw = await self.latencies(srv.name)
-        if self.args.save_latencies:
-            # in arrival order per generator: where the slow ones cluster (a pause) or spread (queueing)
-            path = os.path.join(self.args.save_latencies, f"unicast-latencies-{srv.name}.npy")
-            np.save(path, raw)
-            P.log(f"{srv.name:<10} unicast latencies (us) saved to {path}")
         lat = latency_summary(raw)
-        res["unicast"] = dict(meter.record(), **{
-            "rate_target": rate, "pushes": total, "send_wall_s": send_wall, "rate_achieved": total / send_wall,
-            "pushes_sent_late": late,
-            "deliveries": st["deliveries"], "complete": ok, "http_responses": responses, "http_errors": errors,
-            "first_error": first_error, "http_response_time": rtt,
-            "server_cpu_us_per_push": cpu / total * 1e6, "latency": lat,
+        lat.pop("quantiles_us", None)
+        part = dict(meter.record(), **{
+            "pushes": total, "send_wall_s": send_wall, "rate_achieved": total / send_wall,
+            "pushes_sent_late": late, "deliveries": st["deliveries"], "complete": ok, "http_responses": responses,
+            "http_errors": errors, "first_error": first_error, "server_cpu_us_per_push": cpu / total * 1e6,
+            "latency": lat, "raw": raw, "rtt_raw": rtt_raw,
         })
-        P.log(f"{srv.name:<10} unicast: {total:,} pushes at {total / send_wall:,.0f}/s, {st['deliveries']:,} delivered; "
+        P.log(f"{srv.name:<10} unicast {label}: {total:,} pushes at {total / send_wall:,.0f}/s, {st['deliveries']:,} delivered; "
               f"latency p50 {lat.get('p50_us', 0) / 1000:.2f} ms p99 {lat.get('p99_us', 0) / 1000:.2f} ms "
-              f"p99.9 {lat.get('p999_us', 0) / 1000:.2f} ms; server {cpu / total * 1e6:.0f} CPU-us/push; HTTP response "
-              f"p50 {rtt.get('p50_us', 0) / 1000:.2f} ms p99 {rtt.get('p99_us', 0) / 1000:.2f} ms" + meter.noise())
+              f"p99.9 {lat.get('p999_us', 0) / 1000:.2f} ms; server {cpu / total * 1e6:.0f} CPU-us/push" + meter.noise())
+        return part
 
     # -- the whole run
 
@@ -980,14 +1034,12 @@ class Bench:
             if live and "burst" in self.args.scenarios:
                 await self.rounds(live, res, "burst", BURST, self.bursts, self.args.burst_timeout)
             await self.all_call("poll", cmd="poll", ms=0)
-            for srv in live:          # unicast runs with its server alone on the machine
+            for srv in live:          # unicast: only the servers it measures stay up (idle but one)
                 if "unicast" not in srv.kinds:
                     await self.shut(srv, res[srv.name])
-            for srv in live:
-                if "unicast" in srv.kinds and "unicast" in self.args.scenarios and not srv.down:
-                    await self.wait_quiet(srv)
-                    await self.unicast(srv, res[srv.name])
-                    await self.shut(srv, res[srv.name])
+            uni = [s for s in live if "unicast" in s.kinds and not s.down]
+            if uni and "unicast" in self.args.scenarios:
+                await self.unicast_rounds(uni, res)
         finally:
             for srv in servers:
                 await self.shut(srv, res[srv.name])
@@ -1084,6 +1136,8 @@ def main(argv=None):
     ap.add_argument("--unicast-rate", type=int, default=5000)
     ap.add_argument("--unicast-seconds", type=float, default=0.0, help="default: 10 s x scale, at least 3")
     ap.add_argument("--unicast-connections", type=int, default=4, help="HTTP connections of the pusher")
+    ap.add_argument("--unicast-rounds", type=int, default=4,
+                    help="unicast time split into this many rounds, the servers taking turns")
     ap.add_argument("--save-latencies", default="", metavar="DIR",
                     help="save each server's unicast latencies (us, numpy .npy, arrival order) into DIR")
     ap.add_argument("--scenarios", default="fanout,burst,unicast",
