@@ -17,6 +17,7 @@ imgate/http/server.py, which owns the server object this protocol serves.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcmp
 
 import asyncio
 import logging
@@ -263,7 +264,9 @@ cdef class HttpProtocol:
     cdef Py_ssize_t _head_bytes
     cdef Py_ssize_t _head_chunk_bytes
     cdef Py_ssize_t _messages_begun
+    cdef Py_ssize_t _messages_done
     cdef bint _keep_alive
+    cdef bint _plain_ok          # the plain-request fast path is on (HttpServer(fast_path=...))
     # replies made while a chunk of input is parsed, written together at its end
     cdef bint _feeding
     cdef list _out
@@ -291,6 +294,8 @@ cdef class HttpProtocol:
         self._out = []
         self._reset_message()
         self._messages_begun = 0
+        self._messages_done = 0
+        self._plain_ok = getattr(server, "fast_path", True)
 
     cdef void _reset_message(self):
         self._url = None
@@ -349,10 +354,17 @@ cdef class HttpProtocol:
         if self.stopped:
             return
         self.last_activity = self.loop.time()
-        was_in_head = self._in_head
-        begun = self._messages_begun
         self._feeding = True
         try:
+            if self._plain_ok and self._messages_begun == self._messages_done:
+                # httptools is between messages: take the plain requests at the front ourselves
+                used = self._take_plain(data)
+                if used == len(data):
+                    return
+                if used:
+                    data = memoryview(data)[used:]
+            was_in_head = self._in_head
+            begun = self._messages_begun
             self.parser.feed_data(data)
         except _HttpParserCallbackError as exc:
             if not isinstance(exc.__context__, _Abort):
@@ -376,6 +388,151 @@ cdef class HttpProtocol:
         finally:
             self._feeding = False
             self._flush_out()
+
+    # -- plain requests, without httptools
+
+    cdef Py_ssize_t _take_plain(self, object data) except -1:
+        """Parse and dispatch the complete *plain* requests at the front of ``data``; returns the
+        bytes used. Whatever is not plain (or not complete) is left to httptools, from its first byte.
+
+        Plain: ``GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS /target HTTP/1.1``, the target printable ASCII
+        without ``%`` or ``#``; header names of token characters, values printable ASCII (or tab);
+        at most one Content-Length (digits, within ``max_body``); no Transfer-Encoding, Expect or
+        Upgrade, Connection only ``keep-alive``; the head within ``max_header_bytes``; the body all
+        here. What a program sends, in short: every other request, and every error, is httptools'.
+        """
+        cdef const unsigned char[:] view = data
+        cdef const unsigned char* p
+        cdef Py_ssize_t n = view.shape[0]
+        cdef Py_ssize_t pos = 0, end
+        if n == 0:
+            return 0
+        p = &view[0]
+        while pos < n and not self.stopped and not self.closed:
+            end = self._plain_one(p, n, pos, data)
+            if end < 0:
+                break
+            pos = end
+        return pos
+
+    def _take_plain_for_tests(self, data):
+        """:meth:`_take_plain` from Python (the tests check which requests take the plain path)."""
+        self._feeding = True
+        try:
+            return self._take_plain(data)
+        finally:
+            self._feeding = False
+            self._flush_out()
+
+    cdef Py_ssize_t _plain_one(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t start,
+                               object data) except -2:
+        """One plain request at ``p[start:]``: dispatched, and its end returned; -1 when it is not
+        plain or not all here (nothing was consumed then)."""
+        cdef Py_ssize_t i = start, j, k, m, name0, name1, val0, val1, head_end
+        cdef Py_ssize_t limit = start + self.max_header_bytes
+        cdef Py_ssize_t clen = -1, method_len, target0, target1, q = -1
+        cdef unsigned char c
+        cdef bint keep_alive = True
+        cdef dict headers = {}
+        cdef str key, val, prev
+        cdef Request req
+        if limit > n:
+            limit = n
+        # request line: METHOD SP target SP HTTP/1.1 CRLF
+        while i < limit and b'A' <= p[i] <= b'Z':
+            i += 1
+        method_len = i - start
+        if method_len < 3 or method_len > 7 or i >= limit or p[i] != b' ':
+            return -1
+        method = _plain_method(p + start, method_len)
+        if method is None:
+            return -1
+        i += 1
+        target0 = i
+        if i >= limit or p[i] != b'/':
+            return -1
+        while i < limit:
+            c = p[i]
+            if c == b' ':
+                break
+            if c <= 0x20 or c >= 0x7f or c == b'%' or c == b'#':
+                return -1
+            if c == b'?' and q < 0:
+                q = i
+            i += 1
+        target1 = i
+        if i + 11 > limit or memcmp(p + i, b" HTTP/1.1\r\n", 11) != 0:
+            return -1
+        i += 11
+        # header fields, up to the empty line
+        while True:
+            if i + 1 >= limit:
+                return -1                       # not all here, or too big: httptools decides
+            if p[i] == b'\r':
+                if p[i + 1] != b'\n':
+                    return -1
+                head_end = i + 2
+                break
+            name0 = i
+            while i < limit and _is_tchar(p[i]):
+                i += 1
+            name1 = i
+            if name1 == name0 or i >= limit or p[i] != b':':
+                return -1
+            i += 1
+            while i < limit and (p[i] == b' ' or p[i] == b'\t'):
+                i += 1
+            val0 = i
+            while i < limit:
+                c = p[i]
+                if c == b'\r':
+                    break
+                if (c < 0x20 and c != b'\t') or c >= 0x7f:
+                    return -1
+                i += 1
+            if i + 1 >= limit or p[i + 1] != b'\n':
+                return -1
+            val1 = i                            # trailing blanks kept, as httptools keeps them
+            i += 2
+            key = _lower_ascii(p + name0, name1 - name0)
+            val = (<const char*>p)[val0:val1].decode("latin-1")
+            if key == "content-length":
+                if clen >= 0 or val1 == val0 or val1 - val0 > 18:
+                    return -1
+                clen = 0
+                for k in range(val0, val1):
+                    if not (b'0' <= p[k] <= b'9'):
+                        return -1
+                    clen = clen * 10 + (p[k] - 48)   # ASCII digit
+                if clen > self.max_body:
+                    return -1
+            elif key == "transfer-encoding" or key == "expect" or key == "upgrade":
+                return -1
+            elif key == "connection":
+                if val.lower() != "keep-alive":
+                    return -1
+            prev = headers.get(key)
+            headers[key] = val if prev is None else f"{prev}, {val}"
+        if clen < 0:
+            clen = 0
+        if head_end + clen > n:
+            return -1                           # the body is still on its way
+        req = Request.__new__(Request)
+        req.method = method
+        if q < 0:
+            req.path = (<const char*>p)[target0:target1].decode("ascii")
+            req.query_string = ""
+        else:
+            req.path = (<const char*>p)[target0:q].decode("ascii")
+            req.query_string = (<const char*>p)[q + 1:target1].decode("ascii")
+        req.headers = headers
+        req.body = (<const char*>p)[head_end:head_end + clen] if clen else b""
+        req.remote = self.remote
+        req.version = "1.1"
+        req.keep_alive = keep_alive
+        req.route = None
+        self._received(req)
+        return head_end + clen
 
     # -- httptools callbacks
 
@@ -456,6 +613,11 @@ cdef class HttpProtocol:
         if self.parser.should_upgrade():
             req.keep_alive = False  # answered, then the connection closes: what follows is not HTTP
         self._reset_message()
+        self._messages_done += 1
+        self._received(req)
+
+    cdef void _received(self, Request req) except *:
+        """A whole request: answer it now when nothing is ahead of it, else queue it."""
         if self.worker is None and not self.queue and not self.closed:
             # nothing ahead of it: answer now
             result = self._start(req)
@@ -714,3 +876,48 @@ cdef bint _plain_target(bytes url):
         if c <= 0x20 or c >= 0x7f or c == b'%' or c == b'#':
             return False
     return True
+
+
+cdef str _M_GET = "GET", _M_HEAD = "HEAD", _M_POST = "POST", _M_PUT = "PUT"
+cdef str _M_DELETE = "DELETE", _M_PATCH = "PATCH", _M_OPTIONS = "OPTIONS"
+
+
+cdef str _plain_method(const unsigned char* m, Py_ssize_t n):
+    """The method's interned name, None for one the fast path leaves to httptools."""
+    if n == 3 and memcmp(m, b"GET", 3) == 0:
+        return _M_GET
+    if n == 4 and memcmp(m, b"POST", 4) == 0:
+        return _M_POST
+    if n == 4 and memcmp(m, b"HEAD", 4) == 0:
+        return _M_HEAD
+    if n == 3 and memcmp(m, b"PUT", 3) == 0:
+        return _M_PUT
+    if n == 6 and memcmp(m, b"DELETE", 6) == 0:
+        return _M_DELETE
+    if n == 5 and memcmp(m, b"PATCH", 5) == 0:
+        return _M_PATCH
+    if n == 7 and memcmp(m, b"OPTIONS", 7) == 0:
+        return _M_OPTIONS
+    return None
+
+
+cdef inline bint _is_tchar(unsigned char c):
+    # RFC 9110 token characters
+    if b'a' <= c <= b'z' or b'A' <= c <= b'Z' or b'0' <= c <= b'9':
+        return True
+    return c in b"!#$%&'*+-.^_`|~"
+
+
+cdef dict _LOWER_CACHE = {}
+
+
+cdef str _lower_ascii(const unsigned char* s, Py_ssize_t n):
+    """A header name in lower case; the names a client repeats on every request are made once."""
+    cdef bytes raw = (<const char*>s)[:n]
+    cdef object hit = _LOWER_CACHE.get(raw)
+    if hit is not None:
+        return <str>hit
+    name = raw.decode("latin-1").lower()
+    if len(_LOWER_CACHE) < 256:
+        _LOWER_CACHE[raw] = name
+    return name

@@ -190,8 +190,11 @@ class HttpServer:
         max_header_bytes: int = 16384,
         idle_timeout: float = 60,
         observer: Observer | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.router = _as_router(routes)
+        # plain requests (what programs send) parsed without httptools; off: every byte through it
+        self.fast_path = fast_path
         self.max_body = int(max_body)
         self.max_header_bytes = int(max_header_bytes)
         self.idle_timeout = idle_timeout
