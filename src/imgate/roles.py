@@ -115,7 +115,7 @@ class PushRole:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, ensure_topic, cfg.kafka, cfg.kafka_topic)
         self.clients = {sid: ProxyClient(sid, addr, pool_size=cfg.rpc_pool) for sid, addr in cfg.proxies.items()}
-        self.push = ClusterPush(self.clients, absorb_interval=cfg.online_interval)
+        self.push = ClusterPush(self.clients)
         await self.push.start()
         self.consumer = PushConsumer(cfg.kafka, cfg.kafka_topic, self.push.deliver, group=f"{cfg.kafka_topic}.push",
                                      merge_window=cfg.room_merge_window)

@@ -1,10 +1,11 @@
 """Push in a cluster: jobs from Kafka to the proxies that hold their targets, over RPC.
 
 - unicast/multicast jobs name their proxy (logic resolved the sessions): one call to that proxy;
-- room jobs go only to the proxies that have the room: push absorbs every proxy's room list
-  periodically (seed 5.3). A proxy not absorbed yet gets every room job, so nothing is missed while
-  it starts. Jobs for one room in a batch (one Kafka poll, widened by `room_merge_window`) travel as
-  one op-9 batch;
+- room jobs go to every proxy (as goim's job does); a proxy without the room answers 0 at once.
+  Sending them only to the proxies whose room list was last seen to have the room (absorbed every
+  second) lost the pushes sent to a room in the second after its first member joined a new proxy.
+  Jobs for one room in a batch (one Kafka poll, widened by `room_merge_window`) travel as one op-9
+  batch;
 - broadcast-all goes to every proxy.
 Calls to one proxy keep the jobs' order; different proxies are served concurrently.
 """
@@ -21,40 +22,16 @@ log = logging.getLogger("imgate.push")
 
 
 class ClusterPush:
-    def __init__(self, proxies: dict, *, absorb_interval: float = 1.0):
-        self.proxies = proxies  # server_id -> ProxyClient (async push_conns/push_room_batch/push_all/rooms)
-        self.absorb_interval = absorb_interval
-        self._rooms: dict[str, set[str]] = {}  # server_id -> rooms it reported
-        self._absorber: asyncio.Task | None = None
+    def __init__(self, proxies: dict):
+        self.proxies = proxies  # server_id -> ProxyClient (async push_conns/push_room_batch/push_all)
         self.delivered = 0
         self.skipped = 0
 
     async def start(self) -> None:
-        await self.absorb_rooms()
-        self._absorber = asyncio.get_running_loop().create_task(self._absorb_loop())
+        return None
 
     async def stop(self) -> None:
-        if self._absorber is not None:
-            self._absorber.cancel()
-
-    async def _absorb_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.absorb_interval)
-            await self.absorb_rooms()
-
-    async def absorb_rooms(self) -> None:
-        async def one(sid, client):
-            try:
-                self._rooms[sid] = set(await client.rooms())
-            except Exception as e:
-                # unknown again: it gets every room job until it answers
-                self._rooms.pop(sid, None)
-                log.debug("room list of %s unavailable: %s", sid, e)
-
-        await asyncio.gather(*(one(sid, c) for sid, c in self.proxies.items()))
-
-    def servers_for_room(self, room_id: str) -> list[str]:
-        return [sid for sid in self.proxies if sid not in self._rooms or room_id in self._rooms[sid]]
+        return None
 
     async def deliver(self, jobs: list[PushJob]) -> None:
         """Deliver a batch; returns once every live proxy accepted its part (then Kafka commits)."""
@@ -74,7 +51,7 @@ class ClusterPush:
                     calls[sid].append(("push_all", job.op, job.body, job.speed))
         for room_id, frames in room_frames.items():
             batch = b"".join(frames)
-            for sid in self.servers_for_room(room_id):
+            for sid in calls:
                 calls[sid].insert(0, ("push_room_batch", room_id, batch))
         await asyncio.gather(*(self._run(sid, todo) for sid, todo in calls.items() if todo))
 
