@@ -72,13 +72,16 @@ def unicast_results(result):
 
 def unicast_rows(result):
     head = ["server", "pushes", "rate/s", "delivered", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
-            "server CPU-us/push", "HTTP reply p99 ms"]
+            "p99 per round ms", "steal s", "server CPU-us/push", "HTTP reply p99 ms"]
     body = []
     for name, u in unicast_results(result):
         lat = u["latency"]
+        rounds = u.get("rounds") or []
+        per_round = " / ".join(_ms(_g(r, "latency", "p99_us")) for r in rounds) or "–"
+        steal = f"{u['steal_s']:.2f}" if u.get("steal_s") is not None else "–"
         body.append([result["servers"][name].get("label", name), f"{u['pushes']:,}", f"{u['rate_achieved']:,.0f}",
                      f"{u['deliveries']:,}", _ms(lat.get("p50_us")), _ms(lat.get("p99_us")), _ms(lat.get("p999_us")),
-                     _ms(lat.get("max_us")), f"{u['server_cpu_us_per_push']:.0f}",
+                     _ms(lat.get("max_us")), per_round, steal, f"{u['server_cpu_us_per_push']:.0f}",
                      _ms(_g(u, "http_response_time", "p99_us"))])
     return head, body
 
@@ -135,7 +138,9 @@ def markdown(result, json_name, charts) -> str:
         lines += [
             f"Unicast: one push by mid per HTTP request (imgate `POST /goim/push/mids`; the C server's "
             f"`POST /push?mid=N` as the floor of this harness on this machine), random mids over "
-            f"{p['room_clients']:,} users, each server alone on the machine:",
+            f"{p['room_clients']:,} users, evenly spaced at {p.get('unicast_rate', 5000):,}/s, in "
+            f"{p.get('unicast_rounds', 1)} rounds the servers take in turn; steal = the hypervisor's "
+            f"(time this VM's CPUs ran someone else's work) during the server's rounds:",
             "",
             _md_table(head, body),
             "",

@@ -18,7 +18,8 @@ How a run goes (N = 10,000 x scale room clients, all WebSocket; benchmarks/load/
      previous one reached all N clients: no coalescing possible;
   3. burst rounds: 100 messages to each server in turn, written as 100 pipelined HTTP requests in one
      write; deliveries per server CPU-second and latency distribution;
-  4. unicast (imgate, alone on the machine by then): pushes by mid at 5,000/s to the N users.
+  4. unicast (imgate and c1, the others stopped by then): pushes by mid at 5,000/s to the N users,
+     evenly spaced, in rounds the two servers take in turn.
 Interleaving the servers (as benchmarks/ratios.py does) gives each the same machine: this box is
 shared, and what else runs moves every figure.
 
@@ -26,7 +27,7 @@ Server CPU is taken from /proc/<pid>/task/*/schedstat (the utime+stime of /proc/
 over each server's own measured windows; the generators share the two cores, so wall time says little.
 RSS is VmRSS. Deliveries, bytes and latency (a CLOCK_MONOTONIC stamp in each message body) are counted
 by the generator processes (benchmarks/load/gen.py). Each phase also records the CPU of the load
-(generators and driver) and of every other process on the machine.
+(generators and driver), of every other process on the machine, and the hypervisor's steal.
 
 Writes benchmarks/results/load-<date>-<commit>[-s<scale>].json, PNG charts per scenario, and (full scale
 only, unless --no-md) the "Load benchmarks (make bench)" section of benchmarks/RESULTS.md.
@@ -1196,6 +1197,7 @@ def main(argv=None):
         "params": {"room_clients": bench.n_room, "idle_connections": bench.n_idle,
                    "fanout_messages": bench.fanout_msgs, "bursts": bench.bursts, "burst_size": BURST,
                    "unicast_rate": bench.unicast_rate, "unicast_seconds": bench.unicast_seconds,
+                   "unicast_rounds": args.unicast_rounds,
                    "generators": len(bench.gens), "pinned": bool(args.pin), "poll_ms": args.poll_ms, "body_bytes": len(make_body(0, 0))},
         "elapsed_s": elapsed,
         "servers": servers,
