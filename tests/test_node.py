@@ -146,9 +146,18 @@ def test_push_keys_mids_and_multi_device(node):
         status, reply = await loop.run_in_executor(None, node.http, "GET", "/session?uid=31")
         assert status == 200 and sorted(s["key"] for s in reply["data"]) == ["desk-31", "phone-31"]
         assert {s["server"] for s in reply["data"]} == {"test-node"}
-        for c in (phone, desk, other):
+        # one device leaves: a push by mid now reaches the other one only
+        await desk.close()
+        await asyncio.sleep(0.1)
+        status, reply = await loop.run_in_executor(None, node.http, "POST", "/goim/push/mids?operation=1000&mids=31,32", b"left")
+        assert status == 200 and reply["data"]["targets"] == 2, reply
+        assert (await phone.recv(timeout=5)).body == b"left"
+        assert (await other.recv(timeout=5)).body == b"left"
+        for c in (phone, other):
             await c.close()
         await asyncio.sleep(0.1)
+        status, reply = await loop.run_in_executor(None, node.http, "POST", "/goim/push/mids?operation=1000&mids=31", b"x")
+        assert status == 200 and reply["data"]["targets"] == 0, reply
         status, reply = await loop.run_in_executor(None, node.http, "GET", "/session?uid=31")
         assert reply["data"] == [], "offline users have no sessions"
 

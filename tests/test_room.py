@@ -228,6 +228,40 @@ def test_frames_are_encoded_once_per_kind_for_websocket_members():
         close_all(pairs)
 
 
+def test_users_index_and_send_users():
+    pairs = tcp_pairs(5)
+    t = RoomTable()
+    try:
+        for i, (s, _) in enumerate(pairs):
+            t.add(i, s)
+        # user 7 has conns 0, 1 and 2 (1 filters ops), user 8 has conn 3, conn 4 has no user
+        for conn, user in ((0, 7), (1, 7), (2, 7), (3, 8)):
+            t.set_user(conn, user)
+        t.set_accepts(1, [1001])
+        assert t.users() == 2 and sorted(t.user_conns(7)) == [0, 1, 2] and t.user_of(4) is None
+        assert t.send_users([7], b"a", op=1000) == 2            # 1 does not accept 1000
+        assert t.send_users([7, 8, 7, 99], b"b") == 4            # each conn once, unknown user skipped
+        t.flush()
+        t.set_user(2, 8)                                         # moves to another user
+        assert sorted(t.user_conns(7)) == [0, 1] and sorted(t.user_conns(8)) == [2, 3]
+        t.remove(0)                                              # leaves the index with the table
+        t.set_user(3, None)
+        assert t.user_conns(7) == [1] and t.user_conns(8) == [2] and t.users() == 2
+        assert t.send_users([7, 8], b"c") == 2
+        t.flush()
+        t.remove(1)
+        t.remove(2)
+        assert t.users() == 0 and t.send_users([7, 8], b"d") == 0
+        t.flush()
+        time.sleep(0.05)
+        got = [read_available(c) for _, c in pairs]
+        assert got[0] == b"ab" and got[1] == b"bc" and got[2] == b"abc" and got[3] == b"b" and got[4] == b""
+        with pytest.raises(KeyError):
+            t.set_user("ghost", 1)
+    finally:
+        close_all(pairs)
+
+
 def test_unicast_multicast_all_and_accepts_filter():
     pairs = tcp_pairs(4)
     t = RoomTable()

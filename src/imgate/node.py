@@ -96,6 +96,7 @@ class Node:
         )
         self.proxy = Proxy(cfg, self.logic, loop)
         self.push.add_proxy(self.proxy)
+        self.logic.local_proxy = self.proxy  # pushes by mid: straight to the proxy's user index
         self.metrics = Metrics()
         self.metrics.add_source(self.proxy.stats)
         routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None)

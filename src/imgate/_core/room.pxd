@@ -39,6 +39,8 @@ cdef class Conn:
     # accepted push operations (sorted); NULL = every operation
     cdef int* accepts
     cdef Py_ssize_t n_accepts
+    # the user this connection belongs to (RoomTable.set_user), None when not set
+    cdef object user
 
     cdef bint accepts_op(self, int op) noexcept
 
@@ -55,6 +57,7 @@ cdef class RoomTable:
     cdef object _loop
     cdef dict _conns
     cdef dict _rooms
+    cdef dict _users           # user -> list of its Conns (RoomTable.set_user / send_users)
     cdef Py_ssize_t _max_pending
     cdef Py_ssize_t _max_rooms_per_conn
     cdef double _merge_window
@@ -83,3 +86,4 @@ cdef class RoomTable:
     cdef int _drop_output(self, Conn c) except -1
     cdef int _drop_unsent(self, Conn c) except -1
     cdef int _unschedule(self, Conn c) except -1
+    cdef int _unset_user(self, Conn c) except -1

@@ -112,6 +112,7 @@ cdef class RoomTable:
         self._loop = loop
         self._conns = {}
         self._rooms = {}
+        self._users = {}
         self._max_pending = max_pending
         self._merge_window = merge_window
         self._max_rooms_per_conn = max_rooms_per_conn
@@ -193,10 +194,81 @@ cdef class RoomTable:
         cdef Conn conn = <Conn>c
         while conn.n_slots:
             self._unlink(conn, <Room>conn.slots[conn.n_slots - 1].room, conn.n_slots - 1)
+        self._unset_user(conn)
         self._drop_output(conn)
         conn.dead = True
         del self._conns[conn_id]
         return True
+
+    # ------------------------------------------------------------------ users
+
+    def set_user(self, conn_id, user):
+        """Name the user the connection belongs to (None: none), for :meth:`send_users`. A user may
+        have several connections; a connection has at most one user."""
+        cdef Conn c = self._get(conn_id)
+        self._unset_user(c)
+        if user is not None:
+            conns = self._users.get(user)
+            if conns is None:
+                self._users[user] = [c]
+            else:
+                (<list>conns).append(c)
+            c.user = user
+
+    cdef int _unset_user(self, Conn c) except -1:
+        if c.user is None:
+            return 0
+        conns = <list>self._users[c.user]
+        if len(conns) == 1:
+            del self._users[c.user]
+        else:
+            conns.remove(c)
+        c.user = None
+        return 0
+
+    def user_of(self, conn_id):
+        """The connection's user, None when not set."""
+        return self._get(conn_id).user
+
+    def user_conns(self, user):
+        """The ids of the user's connections."""
+        conns = self._users.get(user)
+        return [(<Conn>c).conn_id for c in conns] if conns is not None else []
+
+    def users(self):
+        """How many users have a connection here."""
+        return len(self._users)
+
+    def send_users(self, users, data, int op=-1, ws_data=None):
+        """Queue `data` for every connection of each of `users` (each connection once) whose accepted
+        operations include `op`, encoded once per transport kind. Returns how many connections."""
+        cdef bytes raw = _as_bytes(data)
+        cdef bytes ws = None
+        cdef Conn c
+        cdef Py_ssize_t count = 0
+        cdef set seen = None
+        if len(users) > 1:
+            seen = set()
+            users = [u for u in users if not (u in seen or seen.add(u))]
+        for user in users:
+            conns = self._users.get(user)
+            if conns is None:
+                continue
+            for co in <list>conns:
+                c = <Conn>co
+                if c.dead or not c.accepts_op(op):
+                    continue
+                if c.ws_framing:
+                    if ws is None:
+                        ws = _ws_wrap(raw if ws_data is None else _as_bytes(ws_data))
+                    self._queue(c, ws)
+                else:
+                    self._queue(c, raw)
+                count += 1
+        if count:
+            self._schedule()
+        self._report()
+        return count
 
     # ------------------------------------------------------------------ rooms
 

@@ -58,6 +58,10 @@ class Logic:
         self._sessions_by_keys_now = getattr(cache, "sessions_by_keys_nowait", None)
         self._publish_now = getattr(bus, "publish_nowait", None)
         self.pushes_wait = not (self._sessions_now and self._sessions_by_keys_now and self._publish_now)
+        # The node's only proxy, when logic shares the process with it (the embedded node): pushes by
+        # mid go straight to its user index, which holds exactly the connections the cache would name
+        # (a session and the proxy's entry for it come and go together).
+        self.local_proxy = None
 
     async def start(self) -> None:
         await self.absorb_online()
@@ -145,6 +149,9 @@ class Logic:
         """:meth:`push_mids` for a node whose cache and bus are in this process (``pushes_wait`` is
         False): the same lookup and jobs, handed over without a coroutine. Returns the connections
         it was queued for."""
+        if self.local_proxy is not None:
+            self.counters["pushes"] += 1
+            return self.local_proxy.push_mids(mids, op, body)
         n = 0
         for job in self._jobs(op, body, self._flat(self._sessions_now(mids))):
             self._publish_now(job)

@@ -375,6 +375,7 @@ class Proxy:
         ch.state = S_OPEN
         ch.last_seen = ch.renewed = time.monotonic()
         self._by_conn_id[c.conn_id] = ch
+        self.table.set_user(ch.lid, c.mid)
         ch.accepts = set(c.accepts) if c.accepts else None
         self.table.set_accepts(ch.lid, ch.accepts)
         if c.room_id:
@@ -493,6 +494,12 @@ class Proxy:
         n = self.table.send_many(lids, encode_frame(op, 0, body), op)
         self.stats_counters["drops"] += len(lids) - n
         return n
+
+    def push_mids(self, mids: list[int], op: int, body: bytes) -> int:
+        """Unicast/multicast by user id to this proxy's connections (the table's user index), filtered
+        by each one's accepted ops: the embedded node's logic resolves pushes by mid here."""
+        self.stats_counters["pushes"] += 1
+        return self.table.send_users(mids, encode_frame(op, 0, body), op)
 
     def push_room(self, room_id: str, op: int, body: bytes) -> int:
         """Room broadcast. Pushes to one room within an event-loop iteration (or the merge window)
