@@ -57,7 +57,7 @@ cdef class RoomTable:
     cdef object _loop
     cdef dict _conns
     cdef dict _rooms
-    cdef dict _users           # user -> list of its Conns (RoomTable.set_user / send_users)
+    cdef dict _users           # user -> its Conn, or a list of them (RoomTable.set_user / send_users)
     cdef Py_ssize_t _max_pending
     cdef Py_ssize_t _max_rooms_per_conn
     cdef double _merge_window

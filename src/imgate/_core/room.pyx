@@ -208,21 +208,27 @@ cdef class RoomTable:
         cdef Conn c = self._get(conn_id)
         self._unset_user(c)
         if user is not None:
-            conns = self._users.get(user)
-            if conns is None:
-                self._users[user] = [c]
+            # a user's one connection is stored as it is, several as a list: most users have one,
+            # and a list each would cost idle connections ~90 bytes
+            held = self._users.get(user)
+            if held is None:
+                self._users[user] = c
+            elif type(held) is Conn:
+                self._users[user] = [held, c]
             else:
-                (<list>conns).append(c)
+                (<list>held).append(c)
             c.user = user
 
     cdef int _unset_user(self, Conn c) except -1:
         if c.user is None:
             return 0
-        conns = <list>self._users[c.user]
-        if len(conns) == 1:
+        held = self._users[c.user]
+        if type(held) is Conn:
             del self._users[c.user]
         else:
-            conns.remove(c)
+            (<list>held).remove(c)
+            if len(<list>held) == 1:
+                self._users[c.user] = (<list>held)[0]
         c.user = None
         return 0
 
@@ -232,8 +238,12 @@ cdef class RoomTable:
 
     def user_conns(self, user):
         """The ids of the user's connections."""
-        conns = self._users.get(user)
-        return [(<Conn>c).conn_id for c in conns] if conns is not None else []
+        held = self._users.get(user)
+        if held is None:
+            return []
+        if type(held) is Conn:
+            return [(<Conn>held).conn_id]
+        return [(<Conn>c).conn_id for c in <list>held]
 
     def users(self):
         """How many users have a connection here."""
@@ -250,12 +260,20 @@ cdef class RoomTable:
         if len(users) > 1:
             seen = set()
             users = [u for u in users if not (u in seen or seen.add(u))]
+        cdef Py_ssize_t i, n
+        cdef list several
         for user in users:
-            conns = self._users.get(user)
-            if conns is None:
+            held = self._users.get(user)
+            if held is None:
                 continue
-            for co in <list>conns:
-                c = <Conn>co
+            if type(held) is Conn:
+                several = None
+                n = 1
+            else:
+                several = <list>held
+                n = len(several)
+            for i in range(n):
+                c = <Conn>(held if several is None else several[i])
                 if c.dead or not c.accepts_op(op):
                     continue
                 if c.ws_framing:
