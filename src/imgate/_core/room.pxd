@@ -78,6 +78,7 @@ cdef class RoomTable:
 
     cdef Conn _get(self, object conn_id)
     cdef int _queue(self, Conn c, bytes data) except -1
+    cdef bytes _queue_kind(self, Conn c, bytes raw, bytes ws, object ws_data)
     cdef int _flush_conn(self, Conn c) except -1
     cdef int _flush_transport(self, Conn c) except -1
     cdef int _schedule(self) except -1

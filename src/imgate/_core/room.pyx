@@ -276,12 +276,7 @@ cdef class RoomTable:
                 c = <Conn>(held if several is None else several[i])
                 if c.dead or not c.accepts_op(op):
                     continue
-                if c.ws_framing:
-                    if ws is None:
-                        ws = _ws_wrap(raw if ws_data is None else _as_bytes(ws_data))
-                    self._queue(c, ws)
-                else:
-                    self._queue(c, raw)
+                ws = self._queue_kind(c, raw, ws, ws_data)
                 count += 1
         if count:
             self._schedule()
@@ -472,6 +467,17 @@ cdef class RoomTable:
         self._report()
         return not c.dead
 
+    cdef bytes _queue_kind(self, Conn c, bytes raw, bytes ws, object ws_data):
+        """Queue ``raw`` for ``c``, or its WebSocket message for a WebSocket conn: ``ws``, built here on
+        first need from ``ws_data`` (or ``raw``) and returned for the next conn of the same send."""
+        if c.ws_framing:
+            if ws is None:
+                ws = _ws_wrap(raw if ws_data is None else _as_bytes(ws_data))
+            self._queue(c, ws)
+        else:
+            self._queue(c, raw)
+        return ws
+
     def send_many(self, conn_ids, data, int op=-1, ws_data=None):
         """Queue `data` for several connections, encoded once per transport kind; unknown ids are
         skipped. Returns how many connections it was queued for."""
@@ -486,12 +492,7 @@ cdef class RoomTable:
             c = <Conn>co
             if c.dead or not c.accepts_op(op):
                 continue
-            if c.ws_framing:
-                if ws is None:
-                    ws = _ws_wrap(raw if ws_data is None else _as_bytes(ws_data))
-                self._queue(c, ws)
-            else:
-                self._queue(c, raw)
+            ws = self._queue_kind(c, raw, ws, ws_data)
             count += 1
         if count:
             self._schedule()
@@ -532,12 +533,7 @@ cdef class RoomTable:
             c = <Conn>co
             if c.dead or not c.accepts_op(op):
                 continue
-            if c.ws_framing:
-                if ws is None:
-                    ws = _ws_wrap(raw if ws_data is None else _as_bytes(ws_data))
-                self._queue(c, ws)
-            else:
-                self._queue(c, raw)
+            ws = self._queue_kind(c, raw, ws, ws_data)
             count += 1
         if count:
             self._schedule()

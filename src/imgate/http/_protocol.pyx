@@ -725,35 +725,27 @@ cdef class HttpProtocol:
         self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     async def _work(self, Request first_req=None, first=None):
-        cdef Request req
+        """Answer, in order, the request whose handler had to wait (``first``, its ``_Resume``) and the
+        ones queued behind it."""
+        cdef Request req = first_req
+        result = first
         try:
-            if first is not None:
-                try:
-                    resp = await first
-                except _CancelledError:
-                    raise
-                except Exception as exc:
-                    resp = self._failed(first_req, exc)
-                else:
-                    resp = self._done(first_req, resp)
-                if self.closed or not self._reply(first_req, resp):
-                    return
-                if self.write_paused:
-                    self.drain_waiter = self.loop.create_future()
-                    await self.drain_waiter
-            while self.queue and not self.closed:
-                item = self.queue.popleft()
-                if self.pipeline_paused and len(self.queue) <= PIPELINE_LOW and not self.stopped:
-                    self.pipeline_paused = False
-                    self.transport.resume_reading()
-                if isinstance(item, _Failure):
-                    self._observe(UNMATCHED, (<_Failure>item).status)
-                    self.transport.write(encode_response(
-                        error((<_Failure>item).status, (<_Failure>item).message), False, False, False))
-                    self._linger_close()
-                    return
-                req = <Request>item
-                result = self._start(req)
+            while not self.closed:
+                if req is None:
+                    if not self.queue:
+                        break
+                    item = self.queue.popleft()
+                    if self.pipeline_paused and len(self.queue) <= PIPELINE_LOW and not self.stopped:
+                        self.pipeline_paused = False
+                        self.transport.resume_reading()
+                    if isinstance(item, _Failure):
+                        self._observe(UNMATCHED, (<_Failure>item).status)
+                        self.transport.write(encode_response(
+                            error((<_Failure>item).status, (<_Failure>item).message), False, False, False))
+                        self._linger_close()
+                        return
+                    req = <Request>item
+                    result = self._start(req)
                 if isinstance(result, _Resume):
                     try:
                         resp = await result
@@ -767,6 +759,7 @@ cdef class HttpProtocol:
                     resp = result
                 if self.closed or not self._reply(req, resp):
                     return
+                req = None
                 if self.write_paused:
                     self.drain_waiter = self.loop.create_future()
                     await self.drain_waiter
