@@ -64,4 +64,4 @@ run: build
 	$(VENV)/bin/imgate serve --demo --data-dir .data
 
 clean:
-	rm -rf build dist src/*.egg-info src/imgate/_core/*.c src/imgate/_core/*.so src/imgate/http/*.c src/imgate/http/*.so .pytest_cache
+	rm -rf build dist src/*.egg-info src/imgate/_core/*.c src/imgate/_core/*.so src/imgate/http/*.c src/imgate/http/*.so src/imgate/logic/*.c src/imgate/logic/*.so .pytest_cache

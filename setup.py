@@ -27,6 +27,8 @@ extensions = [
     Extension("imgate._core.room", ["src/imgate/_core/room.pyx"], **common),
     # the HTTP API's connection: parsing (httptools), dispatch and replies
     Extension("imgate.http._protocol", ["src/imgate/http/_protocol.pyx"], **common),
+    # the embedded node's push-by-mid route
+    Extension("imgate.logic._push_routes", ["src/imgate/logic/_push_routes.pyx"], **common),
 ]
 
 setup(

@@ -31,9 +31,10 @@ def test_wheel_contents(wheel):
         assert f"imgate/_core/{mod}.pxd" in names
     assert "imgate/py.typed" in names
     assert "imgate/_core/includes/system.pxd" in names
-    # the HTTP API's compiled connection
-    assert any(n.startswith("imgate/http/_protocol.") and n.endswith(".so") for n in names)
-    assert "imgate/http/_protocol.pyi" in names
+    # the HTTP API's compiled connection and push route
+    for mod in ("http/_protocol", "logic/_push_routes"):
+        assert any(n.startswith(f"imgate/{mod}.") and n.endswith(".so") for n in names), mod
+        assert f"imgate/{mod}.pyi" in names
 
 
 def test_wheel_imports_and_works(wheel, tmp_path):

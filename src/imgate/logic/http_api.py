@@ -24,6 +24,7 @@ from imgate.http.server import (
     ok,
     static_handler,
 )
+from imgate.logic._push_routes import PushMidsRoute
 from imgate.logic.openapi import openapi_document
 from imgate.metrics import Metrics
 from imgate.push.service import BusUnavailable
@@ -262,7 +263,11 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
 
     pushes_wait = getattr(logic, "pushes_wait", True)
     add("POST", "/goim/push/keys", push_keys if pushes_wait else push_keys_now)
-    add("POST", "/goim/push/mids", push_mids if pushes_wait else push_mids_now)
+    if pushes_wait:
+        add("POST", "/goim/push/mids", push_mids)
+    else:
+        # one user, plain numbers: compiled (imgate/logic/_push_routes.pyx); the rest: push_mids_now
+        add("POST", "/goim/push/mids", PushMidsRoute(logic.push_mids_nowait, push_mids_now, _http_error))
     add("POST", "/goim/push/room", push_room)
     add("POST", "/goim/push/all", push_all)
 

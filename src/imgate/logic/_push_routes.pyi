@@ -1,0 +1,14 @@
+from collections.abc import Callable
+from typing import Any
+
+from imgate.http.messages import HttpError, Response
+
+class PushMidsRoute:
+    general: Callable[[Any], Response]
+    def __init__(
+        self,
+        push: Callable[[int, list[int], bytes], int],
+        general: Callable[[Any], Response],
+        http_error: Callable[[Exception], HttpError | None],
+    ) -> None: ...
+    def __call__(self, req: Any) -> Response: ...

@@ -1,0 +1,77 @@
+"""The push-by-mid route, compiled, for a node whose pushes need not wait (the embedded node).
+
+``POST /goim/push/mids?operation=N&mids=M`` with a body is what a business server sends most: one user,
+two plain numbers. :class:`PushMidsRoute` answers exactly that request without interpreted code of its
+own: the query is read in C, logic's ``push_mids_nowait`` is called, the reply is the usual envelope.
+Every other request (several mids, escapes, a missing or odd parameter, an empty body) goes to the
+route's general handler, which does the full checks and owns every error message: the two can only
+differ in speed. An exception from logic is mapped the same way the general handler maps it.
+"""
+
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.string cimport memcmp
+
+from imgate.http.messages import Response
+
+cdef str _JSON = "application/json"
+
+
+cdef class PushMidsRoute:
+    """``route(req)``: the reply to a plain push by one mid, else whatever ``general(req)`` returns."""
+
+    cdef object push        # push_mids_nowait(op, [mid], body) -> connections reached
+    cdef readonly object general  # the interpreted handler: every other request, every error
+    cdef object http_error  # exception from logic -> HttpError to raise, or None (a bug: re-raised)
+
+    def __init__(self, push, general, http_error):
+        self.push = push
+        self.general = general
+        self.http_error = http_error
+
+    def __call__(self, req):
+        cdef object body = req.body
+        cdef long long op = -1, mid = -1
+        if body and _plain_query(req.query_string, &op, &mid):
+            try:
+                n = self.push(<int>op, [mid], body)
+            except Exception as exc:
+                err = self.http_error(exc)
+                if err is None:
+                    raise
+                raise err from None
+            return Response(200, b'{"code":0,"message":"","data":{"targets":%d}}' % n, _JSON)
+        return self.general(req)
+
+
+cdef bint _plain_query(str qs, long long* op, long long* mid) except -1:
+    """``operation=<1-9 digits>&mids=<1-18 digits>``, in either order and nothing else."""
+    cdef Py_ssize_t n, i = 0, start
+    cdef const char* p = PyUnicode_AsUTF8AndSize(qs, &n)
+    cdef long long* target
+    cdef long long value
+    cdef int fields = 0, limit
+    while i < n:
+        if n - i > 10 and memcmp(p + i, b"operation=", 10) == 0:
+            if op[0] >= 0:
+                return False
+            target, limit, i = op, 9, i + 10
+        elif n - i > 5 and memcmp(p + i, b"mids=", 5) == 0:
+            if mid[0] >= 0:
+                return False
+            target, limit, i = mid, 18, i + 5
+        else:
+            return False
+        start = i
+        value = 0
+        while i < n and b'0' <= p[i] <= b'9':
+            value = value * 10 + (p[i] - 48)   # ASCII digit
+            i += 1
+        if i == start or i - start > limit:
+            return False
+        target[0] = value
+        fields += 1
+        if i < n:
+            if p[i] != b'&' or i + 1 == n:
+                return False
+            i += 1
+    return fields == 2
