@@ -128,11 +128,6 @@ cdef str _reason(int status):
         return "Unknown"
 
 
-def reason(int status):
-    """The reason phrase of ``status`` ("Unknown" for a code HTTP does not define)."""
-    return _reason(status)
-
-
 cpdef bytes encode_response(object resp, bint keep_alive, bint head_only, bint http10):
     """``resp`` as bytes on the wire: status line, headers, body."""
     cdef int status = resp.status
@@ -306,11 +301,6 @@ cdef class HttpProtocol:
         self._head_bytes = 0
         self._head_chunk_bytes = 0
         self._keep_alive = True
-
-    @property
-    def pending(self):
-        """Whether a request is being answered or waits on this connection."""
-        return self.worker is not None or bool(self.queue)
 
     # -- asyncio.Protocol
 

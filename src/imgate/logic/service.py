@@ -137,6 +137,11 @@ class Logic:
             await self.bus.publish(job)
         return sum(len(job.conn_ids) for job in jobs)
 
+    def _publish_nowait(self, jobs: list[PushJob]) -> int:
+        for job in jobs:
+            self._publish_now(job)
+        return sum(len(job.conn_ids) for job in jobs)
+
     async def push_keys(self, op: int, keys: list[str], body: bytes) -> int:
         found = await self.cache.sessions_by_keys(keys)
         return await self._publish(self._jobs(op, body, list(found.values())))
@@ -152,19 +157,11 @@ class Logic:
         if self.local_proxy is not None:
             self.counters["pushes"] += 1
             return self.local_proxy.push_mids(mids, op, body)
-        n = 0
-        for job in self._jobs(op, body, self._flat(self._sessions_now(mids))):
-            self._publish_now(job)
-            n += len(job.conn_ids)
-        return n
+        return self._publish_nowait(self._jobs(op, body, self._flat(self._sessions_now(mids))))
 
     def push_keys_nowait(self, op: int, keys: list[str], body: bytes) -> int:
         """:meth:`push_keys` without a coroutine (see :meth:`push_mids_nowait`)."""
-        n = 0
-        for job in self._jobs(op, body, list(self._sessions_by_keys_now(keys).values())):
-            self._publish_now(job)
-            n += len(job.conn_ids)
-        return n
+        return self._publish_nowait(self._jobs(op, body, list(self._sessions_by_keys_now(keys).values())))
 
     async def push_room(self, op: int, room_id: str, body: bytes) -> None:
         self.counters["pushes"] += 1

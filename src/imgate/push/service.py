@@ -78,4 +78,4 @@ class MemoryBus(Bus):
         return self.push.handle(job)
 
     async def publish(self, job: PushJob) -> None:
-        self.push.handle(job)
+        self.publish_nowait(job)
