@@ -382,6 +382,24 @@ def test_405_wrong_method_with_allow(srv, observed):
     assert ("/echo", 405) in observed
 
 
+def test_dict_observer_is_counted_by_the_server(loop_kind):
+    # the node's way: the metrics' count dict as the observer, bumped without a call per request
+    r = make_router()
+    counts = {}
+    r.observer = counts
+    s = ServerThread(r, loop_kind, max_body=MAX_BODY, max_header_bytes=MAX_HEADER, idle_timeout=5).start()
+    try:
+        c = Conn(s.port)
+        for target in ("/echo", "/echo", "/x", "/teapot"):
+            c.send(get(target))
+            c.json()
+        c.send(b"PUT /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        c.json()
+        assert counts == {("/echo", 200): 2, ("unmatched", 404): 1, ("/teapot", 418): 1, ("/echo", 405): 1}
+    finally:
+        s.stop()
+
+
 def test_413_from_content_length_before_reading(srv):
     c = Conn(srv.port)
     # Only the head is sent: the server must answer from Content-Length alone.

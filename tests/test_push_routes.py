@@ -6,10 +6,13 @@ body, the HttpError raised) and make the same call to logic; it only takes the p
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imgate.core import RoomTable, encode_frame
 from imgate.http.messages import HttpError, Response
 from imgate.http.server import Request
 from imgate.logic import http_api
@@ -88,3 +91,105 @@ def test_plain_request_is_answered_by_the_route_itself():
     with pytest.raises(HttpError) as e:
         route(Request("POST", "/goim/push/mids", "mids=666&operation=1", {}, b"x"))
     assert e.value.status == 400 and "666" in e.value.message
+
+
+# -- the embedded node's route: the push made in C, straight to the proxy's user index
+
+
+class DirectLogic:
+    """Logic with a local proxy, as the embedded node has: ``push_mids_nowait`` is what the real one
+    comes down to (logic's and the proxy's push counters, ``RoomTable.send_users``), and
+    ``direct_push()`` hands the route the same table and counters."""
+
+    pushes_wait = False
+
+    def __init__(self):
+        self.table = RoomTable()  # no loop: the test flushes
+        self.counters = {"pushes": 0}
+        self.proxy_counters = {"pushes": 0}
+        self.socks = []
+        # user 1: one TCP conn; 2: two conns; 3: a conn accepting op 1000 only; 4: a WebSocket conn
+        for lid, (user, ws, accepts) in enumerate([(1, False, None), (2, False, None), (2, False, None),
+                                                   (3, False, [1000]), (4, True, None)]):
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            b.setblocking(False)
+            self.socks += [a, b]
+            self.table.add(lid, a, websocket=ws)
+            self.table.set_user(lid, user)
+            if accepts:
+                self.table.set_accepts(lid, accepts)
+
+    def push_mids_nowait(self, op, mids, body):
+        self.counters["pushes"] += 1
+        self.proxy_counters["pushes"] += 1
+        return self.table.send_users(mids, encode_frame(op, 0, body), op)
+
+    def direct_push(self):
+        return self.table, (self.counters, self.proxy_counters)
+
+    def push_keys_nowait(self, op, keys, body):
+        return 0
+
+    def received(self):
+        """What each connection's client got."""
+        self.table.flush()
+        out = []
+        for b in self.socks[1::2]:
+            try:
+                out.append(b.recv(1 << 16))
+            except BlockingIOError:
+                out.append(b"")
+        return out
+
+    def close(self):
+        for s in self.socks:
+            s.close()
+
+    def __getattr__(self, name):
+        return lambda *a: None
+
+
+def direct_route():
+    logic = DirectLogic()
+    route = http_api.build_routes(logic).resolve("POST", "/goim/push/mids")
+    assert isinstance(route, PushMidsRoute)
+    return logic, route
+
+
+USER_QUERIES = st.builds(
+    lambda op, mid, swap: f"mids={mid}&operation={op}" if swap else f"operation={op}&mids={mid}",
+    st.sampled_from(["1000", "1001", "7", "0", "", "x"]),
+    st.sampled_from(["1", "2", "3", "4", "5", "0", "2,2", "1,4", ""]),
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(USER_QUERIES, QUERIES), st.sampled_from([b"", b"x", b"hello" * 10]))
+def test_direct_route_pushes_as_logic_would(qs, body):
+    (la, route), (lb, other) = direct_route(), direct_route()
+    try:
+        req = Request("POST", "/goim/push/mids", qs, {}, body)
+        assert answer(route, req) == answer(other.general, req)
+        assert (la.counters, la.proxy_counters) == (lb.counters, lb.proxy_counters)
+        assert la.received() == lb.received()
+    finally:
+        la.close()
+        lb.close()
+
+
+def test_direct_route_reaches_every_device_of_the_user():
+    logic, route = direct_route()
+    try:
+        resp = route(Request("POST", "/goim/push/mids", "operation=1000&mids=2", {}, b"hi"))
+        assert resp.json() == {"code": 0, "message": "", "data": {"targets": 2}}
+        got = logic.received()
+        frame = encode_frame(1000, 0, b"hi")
+        assert got[1] == got[2] == frame and got[0] == got[3] == got[4] == b""
+        assert logic.counters["pushes"] == logic.proxy_counters["pushes"] == 1
+        # op 1001 is not among user 3's accepted ops: counted as a push, reaching nobody
+        resp = route(Request("POST", "/goim/push/mids", "operation=1001&mids=3", {}, b"hi"))
+        assert resp.json()["data"] == {"targets": 0} and logic.received() == [b""] * 5
+    finally:
+        logic.close()

@@ -868,6 +868,7 @@ class Bench:
         rtts = np.concatenate([p.pop("rtt_raw") for p in parts])
         if self.args.save_latencies:
             # in arrival order per generator and round: where the slow ones cluster (a pause) or spread
+            os.makedirs(self.args.save_latencies, exist_ok=True)
             path = os.path.join(self.args.save_latencies, f"unicast-latencies-{srv.name}.npy")
             np.save(path, raw)
             P.log(f"{srv.name:<10} unicast latencies (us) saved to {path}")

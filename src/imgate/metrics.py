@@ -25,8 +25,9 @@ protocol_errors           imgate_protocol_errors_total          counter
 pushes                    imgate_pushes_total                   counter
 ========================  ====================================  =======
 
-HTTP requests are counted the same way: :meth:`Metrics.observe_http` (the HTTP server's observer) adds
-one to a plain count per (route, status), exported at scrape time as
+HTTP requests are counted the same way: one plain count per (route, status) in ``Metrics.http_counts``,
+which the HTTP server bumps itself when given the dict as its observer (:meth:`Metrics.observe_http`
+does the same for callers that want a function), exported at scrape time as
 ``imgate_http_requests_total{route,status}``.
 """
 

@@ -76,9 +76,13 @@ cdef class RoomTable:
     cdef readonly unsigned long long overflows
     cdef readonly unsigned long long write_calls
 
+    # send_users([user], data, op) without a list or a Python call: for compiled callers
+    cdef Py_ssize_t send_user(self, object user, bytes data, int op) except -1
+
     cdef Conn _get(self, object conn_id)
     cdef int _queue(self, Conn c, bytes data) except -1
     cdef bytes _queue_kind(self, Conn c, bytes raw, bytes ws, object ws_data)
+    cdef bytes _queue_held(self, object held, bytes raw, bytes ws, object ws_data, int op, Py_ssize_t* count)
     cdef int _flush_conn(self, Conn c) except -1
     cdef int _flush_transport(self, Conn c) except -1
     cdef int _schedule(self) except -1

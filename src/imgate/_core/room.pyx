@@ -254,34 +254,48 @@ cdef class RoomTable:
         operations include `op`, encoded once per transport kind. Returns how many connections."""
         cdef bytes raw = _as_bytes(data)
         cdef bytes ws = None
-        cdef Conn c
         cdef Py_ssize_t count = 0
         cdef set seen = None
         if len(users) > 1:
             seen = set()
             users = [u for u in users if not (u in seen or seen.add(u))]
-        cdef Py_ssize_t i, n
-        cdef list several
         for user in users:
             held = self._users.get(user)
-            if held is None:
-                continue
-            if type(held) is Conn:
-                several = None
-                n = 1
-            else:
-                several = <list>held
-                n = len(several)
-            for i in range(n):
-                c = <Conn>(held if several is None else several[i])
-                if c.dead or not c.accepts_op(op):
-                    continue
-                ws = self._queue_kind(c, raw, ws, ws_data)
-                count += 1
+            if held is not None:
+                ws = self._queue_held(held, raw, ws, ws_data, op, &count)
         if count:
             self._schedule()
         self._report()
         return count
+
+    cdef Py_ssize_t send_user(self, object user, bytes data, int op) except -1:
+        """``send_users([user], data, op)`` for compiled callers: no list, no Python call."""
+        cdef Py_ssize_t count = 0
+        held = self._users.get(user)
+        if held is not None:
+            self._queue_held(held, data, None, None, op, &count)
+            if count:
+                self._schedule()
+        self._report()
+        return count
+
+    cdef bytes _queue_held(self, object held, bytes raw, bytes ws, object ws_data, int op,
+                           Py_ssize_t* count):
+        """Queue for a user's connections (``held``: a Conn or a list of them) that accept ``op``,
+        adding them to ``count``; returns the WebSocket message as :meth:`_queue_kind` does."""
+        cdef Conn c
+        cdef list several = None
+        cdef Py_ssize_t i, n = 1
+        if type(held) is not Conn:
+            several = <list>held
+            n = len(several)
+        for i in range(n):
+            c = <Conn>(held if several is None else several[i])
+            if c.dead or not c.accepts_op(op):
+                continue
+            ws = self._queue_kind(c, raw, ws, ws_data)
+            count[0] += 1
+        return ws
 
     # ------------------------------------------------------------------ rooms
 

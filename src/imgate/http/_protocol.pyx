@@ -234,7 +234,9 @@ cdef class HttpProtocol:
 
     cdef object server
     cdef object router
-    cdef object observer
+    cdef dict paths              # the router's path -> {method: handler}, resolved here without a call
+    cdef object observer         # fn(route, status), or None
+    cdef dict counts             # ... or the (route, status) -> count dict it is, bumped here
     cdef object loop
     cdef object transport
     cdef object parser
@@ -269,7 +271,11 @@ cdef class HttpProtocol:
     def __init__(self, server):
         self.server = server
         self.router = server.router
-        self.observer = server.observer
+        paths = getattr(self.router, "paths", None)
+        self.paths = paths if type(paths) is dict else None
+        observer = server.observer
+        self.observer = None if type(observer) is dict else observer
+        self.counts = observer if type(observer) is dict else None
         self.max_body = server.max_body
         self.max_header_bytes = server.max_header_bytes
         self.loop = asyncio.get_running_loop()
@@ -627,8 +633,7 @@ cdef class HttpProtocol:
     cdef object _start(self, Request req):
         """Run ``req``'s handler as far as it goes without waiting: its Response, or a ``_Resume`` to
         await when it waits."""
-        router = self.router
-        handler = router.resolve(req.method, req.path)
+        handler = self._resolve(req.method, req.path)
         if handler is None:
             return self._no_route(req)
         req.route = req.path
@@ -649,6 +654,18 @@ cdef class HttpProtocol:
         except Exception as exc:
             return self._failed(req, exc)
         return _Resume(result, waiting)
+
+    cdef object _resolve(self, str method, str path):
+        """``router.resolve(method, path)``: exact path, HEAD falling back to GET."""
+        if self.paths is None:
+            return self.router.resolve(method, path)
+        methods = self.paths.get(path)
+        if methods is None:
+            return None
+        handler = (<dict>methods).get(method)
+        if handler is None and method == "HEAD":
+            handler = (<dict>methods).get("GET")
+        return handler
 
     cdef object _no_route(self, Request req):
         allowed = self.router.allowed(req.path)
@@ -680,7 +697,10 @@ cdef class HttpProtocol:
         return resp
 
     cdef void _observe(self, object route, int status):
-        if self.observer is not None:
+        if self.counts is not None:
+            key = (route, status)
+            self.counts[key] = self.counts.get(key, 0) + 1
+        elif self.observer is not None:
             try:
                 self.observer(route, status)
             except Exception:  # metrics must never break serving

@@ -48,7 +48,8 @@ __all__ = [
 log = logging.getLogger("imgate.http")
 
 Handler = Callable[[Request], Union[Awaitable[Response], Response]]
-Observer = Callable[[str, int], None]
+# fn(route, status), or a dict of counts per (route, status) that the server keeps itself
+Observer = Callable[[str, int], None] | dict[tuple[str, int], int]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -103,12 +104,19 @@ class Router:
     """Exact-path routing: ``add(method, path, handler)``. HEAD falls back to the GET handler.
 
     ``observer`` (optional, ``fn(route, status)``) is told about every answered request; the server uses
-    the router's observer unless it was given its own.
+    the router's observer unless it was given its own. It may also be a dict: the server then adds one to
+    ``observer[(route, status)]`` itself, without a call per request.
     """
 
     def __init__(self) -> None:
         self._paths: dict[str, dict[str, Handler]] = {}
         self.observer: Observer | None = None
+
+    @property
+    def paths(self) -> Mapping[str, Mapping[str, Handler]]:
+        """path -> {method: handler}, live: the compiled connection protocol resolves from it as
+        :meth:`resolve` does, without a Python call per request."""
+        return self._paths
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         method = method.upper()
@@ -179,7 +187,7 @@ class HttpServer:
     """``HttpServer(routes)``; ``await start(host, port)`` (port 0 picks one: see ``.port``); ``await stop()``.
 
     ``observer(route, status)`` is called once per answered request (route = the matched path, or
-    ``"unmatched"``); by default the router's ``observer`` is used.
+    ``"unmatched"``); a dict is counted in instead; by default the router's ``observer`` is used.
     """
 
     def __init__(

@@ -217,7 +217,7 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
     if metrics is None:
         metrics = Metrics()
     router = Router()
-    router.observer = metrics.observe_http
+    router.observer = metrics.http_counts  # counted in by the HTTP server itself (Metrics.observe_http's job)
     add = router.add
 
     # -- goim push routes (message = raw body)
@@ -267,7 +267,8 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
         add("POST", "/goim/push/mids", push_mids)
     else:
         # one user, plain numbers: compiled (imgate/logic/_push_routes.pyx); the rest: push_mids_now
-        add("POST", "/goim/push/mids", PushMidsRoute(logic.push_mids_nowait, push_mids_now, _http_error))
+        direct = logic.direct_push() if hasattr(logic, "direct_push") else None
+        add("POST", "/goim/push/mids", PushMidsRoute(logic.push_mids_nowait, push_mids_now, _http_error, direct))
     add("POST", "/goim/push/room", push_room)
     add("POST", "/goim/push/all", push_all)
 

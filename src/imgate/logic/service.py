@@ -159,6 +159,14 @@ class Logic:
             return self.local_proxy.push_mids(mids, op, body)
         return self._publish_nowait(self._jobs(op, body, self._flat(self._sessions_now(mids))))
 
+    def direct_push(self):
+        """What a compiled push-by-mid route needs to do :meth:`push_mids_nowait`'s work itself: the
+        local proxy's ``RoomTable`` and the counters that call bumps (``"pushes"``), or None when there
+        is no local proxy. The table's ``send_user(mid, frame, op)`` is what ``Proxy.push_mids`` does."""
+        if self.local_proxy is None:
+            return None
+        return self.local_proxy.table, (self.counters, self.local_proxy.stats_counters)
+
     def push_keys_nowait(self, op: int, keys: list[str], body: bytes) -> int:
         """:meth:`push_keys` without a coroutine (see :meth:`push_mids_nowait`)."""
         return self._publish_nowait(self._jobs(op, body, list(self._sessions_by_keys_now(keys).values())))
