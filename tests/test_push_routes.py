@@ -6,13 +6,14 @@ body, the HttpError raised) and make the same call to logic; it only takes the p
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgate.core import RoomTable, encode_frame
+from imgate.core import FrameDecoder, RoomTable, encode_frame
 from imgate.http.messages import HttpError, Response
 from imgate.http.server import Request
 from imgate.logic import http_api
@@ -103,8 +104,8 @@ class DirectLogic:
 
     pushes_wait = False
 
-    def __init__(self):
-        self.table = RoomTable()  # no loop: the test flushes
+    def __init__(self, loop=None):
+        self.table = RoomTable(loop)  # without a loop the test flushes
         self.counters = {"pushes": 0}
         self.proxy_counters = {"pushes": 0}
         self.socks = []
@@ -193,3 +194,54 @@ def test_direct_route_reaches_every_device_of_the_user():
         assert resp.json()["data"] == {"targets": 0} and logic.received() == [b""] * 5
     finally:
         logic.close()
+
+
+def test_direct_route_writes_at_once_and_keeps_order():
+    loop = asyncio.new_event_loop()
+    logic = DirectLogic(loop)
+    route = http_api.build_routes(logic).resolve("POST", "/goim/push/mids")
+    client = logic.socks[1]  # user 1's only connection
+    dec = FrameDecoder()
+
+    def push(body):
+        return route(Request("POST", "/goim/push/mids", "operation=1000&mids=1", {}, body))
+
+    def drain():
+        loop.run_until_complete(asyncio.sleep(0.02))
+        out = []
+        while True:
+            try:
+                out += [(f.op, f.body) for f in dec.feed(client.recv(1 << 20))]
+            except BlockingIOError:
+                return out
+
+    try:
+        # nothing queued for the connection: the push is on its socket before the loop runs again
+        assert push(b"now").status == 200
+        assert [(f.op, f.body) for f in dec.feed(client.recv(1 << 16))] == [(1000, b"now")]
+        # a burst to one user in one go: written at once for the first, the rest in one flush
+        calls = logic.table.write_calls
+        for i in range(50):
+            push(b"%d" % i)
+        assert logic.table.write_calls - calls <= 5
+        assert drain() == [(1000, b"%d" % i) for i in range(50)]
+        # something queued ahead (not yet flushed): the push waits behind it
+        logic.table.send(0, encode_frame(5, 0, b"ahead"))
+        push(b"behind")
+        assert drain() == [(5, b"ahead"), (1000, b"behind")]
+        # a client that does not read: a short write arms the writer, the rest follows in order
+        logic.socks[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        logic.socks[1].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        big = b"y" * 5000  # 40 of them stay within the table's max_pending: no overflow
+        sent = [push(big + b"%d" % i) for i in range(40)]
+        assert all(r.status == 200 for r in sent) and logic.table.pending(0) > 0
+        got = []
+        for _ in range(200):
+            got += drain()
+            if len(got) == 40:
+                break
+        assert got == [(1000, big + b"%d" % i) for i in range(40)]
+        assert logic.table.pending(0) == 0
+    finally:
+        logic.close()
+        loop.close()

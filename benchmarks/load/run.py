@@ -411,17 +411,18 @@ class PyPeer(Server):
 
 
 class CPeer(Server):
-    def __init__(self, name, label, logdir, batch, idle_threads=0):
+    def __init__(self, name, label, logdir, batch, idle_threads=0, work_us=0):
         super().__init__(name, label, logdir)
         self.batch = batch
         self.idle_threads = idle_threads
+        self.work_us = work_us
         if batch == 1 and not idle_threads:
             # unicast by mid on the plain C server: the latency floor of this harness on this machine
             self.kinds = Server.kinds + ("unicast",)
 
     def argv(self):
         return [C_BINARY, "--ws", f"127.0.0.1:{self.ws_port}", "--control", f"127.0.0.1:{self.ctl_port}",
-                "--batch", str(self.batch), "--idle-threads", str(self.idle_threads)]
+                "--batch", str(self.batch), "--idle-threads", str(self.idle_threads), "--work-us", str(self.work_us)]
 
 
 def make_variant(name, src, logdir):
@@ -444,6 +445,12 @@ def make_servers(names, logdir, gc_trace=None, variants=None):
         # not in the default set: c1 with 4 idle threads, as many as the Python servers have
         "c1mt": lambda: CPeer("c1mt", "C, 1 send/recipient, +4 idle threads", logdir, 1, 4),
     }
+    for n in names:
+        # c1w<N>: c1 spending N CPU-us more per unicast push (a busy loop): is a tail the CPU's?
+        m = re.fullmatch(r"c1w(\d+)", n)
+        if m:
+            table[n] = (lambda n=n, us=int(m.group(1)):
+                        CPeer(n, f"C, 1 send/recipient, +{us} CPU-us per unicast push", logdir, 1, work_us=us))
     if gc_trace:
         Imgate.gc_trace = gc_trace
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -1130,7 +1137,7 @@ def main(argv=None):
                     help="fraction of the full load (connections, unicast time); env BENCH_SCALE")
     ap.add_argument("--servers", default=os.environ.get("BENCH_SERVERS", DEFAULT_SERVERS),
                     help="comma-separated, from imgate,websockets,picows,c1,c20 (and c1mt: c1 with 4 idle "
-                         "threads; --variant names)")
+                         "threads; c1w<N>: c1 spending N CPU-us more per unicast push; --variant names)")
     ap.add_argument("--generators", type=int, default=int(os.environ.get("BENCH_GENERATORS", 2)))
     ap.add_argument("--concurrency", type=int, default=200, help="connects in flight per generator")
     ap.add_argument("--fanout-messages", type=int, default=100, help="fan-out rounds (one message per server)")

@@ -15,12 +15,16 @@
  * A send() that does not take its whole buffer (a full socket buffer) closes that client: a benchmark
  * baseline, not a server; the count is printed on exit (SIGTERM/SIGINT).
  *
+ * --work-us N spends N microseconds of this thread's CPU time (a busy loop) on each unicast push before
+ * sending it: a control for the unicast scenario, the latency of a server that costs N us more per push
+ * than this one and is otherwise as lean.
+ *
  * --idle-threads N starts N threads that only sleep: a multi-threaded process pays more per send()
  * (the kernel's fdget() takes a reference on the file when the descriptor table is shared), which the
  * Python servers do (uvloop's getaddrinfo starts libuv's thread pool); this measures that difference.
  *
  *   cc -O2 -pthread -o c_broadcast c_broadcast.c
- *   c_broadcast --ws 127.0.0.1:PORT --control 127.0.0.1:PORT [--batch N] [--idle-threads N]
+ *   c_broadcast --ws 127.0.0.1:PORT --control 127.0.0.1:PORT [--batch N] [--idle-threads N] [--work-us N]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -37,6 +41,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SEND_FLAGS (MSG_DONTWAIT | MSG_NOSIGNAL)
@@ -132,6 +137,14 @@ static int max_fd;
 static int *members;
 static int n_members, cap_members;
 static int batch = 1;
+static long work_us = 0;    /* --work-us: CPU spent per unicast push before its send() */
+
+static long long thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 static int *mid_fd;      /* mid -> fd of its (last) connection, -1 if none */
 static long mid_cap;
 static volatile sig_atomic_t stopping;
@@ -425,6 +438,11 @@ static void on_ctl_readable(conn *c)
             /* unicast: straight to that client's socket */
             long mid = strtol(start + 15, NULL, 10);
             uint8_t m[10 + 16 + 4096];
+            if (work_us > 0) {
+                long long until = thread_cpu_ns() + work_us * 1000LL;
+                while (thread_cpu_ns() < until)
+                    ;
+            }
             if (body_len <= 4096 && mid >= 0 && mid < mid_cap && mid_fd[mid] >= 0) {
                 size_t h = ws_header(m, 16 + body_len);
                 goim_header(m + h, (uint32_t)body_len, OP_PUSH, 0);
@@ -519,9 +537,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--control")) ctl = argv[i + 1];
         else if (!strcmp(argv[i], "--batch")) batch = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--idle-threads")) idle_threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--work-us")) work_us = atol(argv[i + 1]);
     }
-    if (!ws || !ctl || batch < 1) {
-        fprintf(stderr, "usage: %s --ws HOST:PORT --control HOST:PORT [--batch N]\n", argv[0]);
+    if (!ws || !ctl || batch < 1 || work_us < 0) {
+        fprintf(stderr, "usage: %s --ws HOST:PORT --control HOST:PORT [--batch N] [--idle-threads N] [--work-us N]\n", argv[0]);
         return 2;
     }
     struct rlimit rl;

@@ -41,6 +41,8 @@ cdef class Conn:
     cdef Py_ssize_t n_accepts
     # the user this connection belongs to (RoomTable.set_user), None when not set
     cdef object user
+    # the coarse-clock millisecond of its last write made at once (RoomTable.send_user)
+    cdef unsigned int direct_ms
 
     cdef bint accepts_op(self, int op) noexcept
 
@@ -84,6 +86,7 @@ cdef class RoomTable:
     cdef bytes _queue_kind(self, Conn c, bytes raw, bytes ws, object ws_data)
     cdef bytes _queue_held(self, object held, bytes raw, bytes ws, object ws_data, int op, Py_ssize_t* count)
     cdef int _flush_conn(self, Conn c) except -1
+    cdef int _write_fresh(self, Py_ssize_t first) except -1
     cdef int _flush_transport(self, Conn c) except -1
     cdef int _schedule(self) except -1
     cdef int _report(self) except -1

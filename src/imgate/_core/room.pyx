@@ -17,6 +17,7 @@ from libc.string cimport memcpy, memmove
 
 from .includes.system cimport (
     iovec, msghdr, send, sendmsg, MSG_DONTWAIT, MSG_NOSIGNAL, errno, EAGAIN, EWOULDBLOCK, EINTR,
+    timespec, clock_gettime, CLOCK_MONOTONIC_COARSE,
 )
 from .includes.debug cimport IMGATE_DEBUG, IMGATE_ASSERT
 from .includes.system cimport IMGATE_PREFETCH
@@ -269,15 +270,52 @@ cdef class RoomTable:
         return count
 
     cdef Py_ssize_t send_user(self, object user, bytes data, int op) except -1:
-        """``send_users([user], data, op)`` for compiled callers: no list, no Python call."""
-        cdef Py_ssize_t count = 0
+        """``send_users([user], data, op)`` for compiled callers: no list, no Python call. What finds a
+        connection with nothing queued is written at once (see :meth:`_write_fresh`)."""
+        cdef Py_ssize_t count = 0, first = self._n_dirty
         held = self._users.get(user)
         if held is not None:
             self._queue_held(held, data, None, None, op, &count)
+            if self._n_dirty > first:
+                self._write_fresh(first)
             if count:
                 self._schedule()
         self._report()
         return count
+
+    cdef int _write_fresh(self, Py_ssize_t first) except -1:
+        """Write now the connections that joined the dirty list at ``first`` or later, and take them
+        off it: a unicast then costs no flush callback, and its latency no loop iteration. They had
+        nothing queued and no writer armed (else they would not have joined), so nothing queued
+        earlier is overtaken. A connection written at once in this millisecond of the coarse clock
+        stays queued instead: pushes to one user in one read still leave in one send() at the flush.
+        Not with a merge window (its point is to wait), nor without a loop (nothing would finish a
+        short write)."""
+        cdef timespec ts
+        cdef unsigned int now
+        cdef Py_ssize_t i = first, kept = first
+        cdef Conn c
+        if self._merge_window > 0 or self._loop is None:
+            return 0
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+        now = <unsigned int>(ts.tv_sec * 1000 + ts.tv_nsec // 1000000)
+        try:
+            while i < self._n_dirty:
+                c = <Conn>self._dirty[i]
+                i += 1
+                if c.direct_ms == now or c.kind == KIND_TRANSPORT:
+                    self._dirty[kept] = <void*>c     # kept < i: never over an entry not yet seen
+                    kept += 1
+                    continue
+                c.direct_ms = now
+                c.dirty = False
+                self._flush_conn(c)
+        finally:
+            # the entries kept, then any not reached (an exception): the list stays exact
+            if kept != i:
+                memmove(self._dirty + kept, self._dirty + i, (self._n_dirty - i) * sizeof(void*))
+                self._n_dirty -= i - kept
+        return 0
 
     cdef bytes _queue_held(self, object held, bytes raw, bytes ws, object ws_data, int op,
                            Py_ssize_t* count):

@@ -16,8 +16,8 @@ imgate/http/server.py, which owns the server object this protocol serves.
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.string cimport memcmp
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memcmp, memcpy
 
 import asyncio
 import logging
@@ -128,6 +128,28 @@ cdef str _reason(int status):
         return "Unknown"
 
 
+cdef bytes _join_reply(bytes prefix, bytes body):
+    """``prefix + b"%d\\r\\n\\r\\n" % len(body) + body`` in one allocation."""
+    cdef char digits[24]
+    cdef Py_ssize_t nb = PyBytes_GET_SIZE(body), np = PyBytes_GET_SIZE(prefix), nd = 0, v = nb, k
+    while True:
+        digits[nd] = <char>(48 + v % 10)   # ASCII digit, least significant first
+        nd += 1
+        v //= 10
+        if v == 0:
+            break
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, np + nd + 4 + nb)
+    cdef char* o = PyBytes_AS_STRING(out)
+    memcpy(o, PyBytes_AS_STRING(prefix), np)
+    o += np
+    for k in range(nd):
+        o[k] = digits[nd - 1 - k]
+    o += nd
+    memcpy(o, b"\r\n\r\n", 4)
+    memcpy(o + 4, PyBytes_AS_STRING(body), nb)
+    return out
+
+
 cpdef bytes encode_response(object resp, bint keep_alive, bint head_only, bint http10):
     """``resp`` as bytes on the wire: status line, headers, body."""
     cdef int status = resp.status
@@ -142,7 +164,7 @@ cpdef bytes encode_response(object resp, bint keep_alive, bint head_only, bint h
             prefix = (f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: "
                       f"{resp.content_type}\r\nContent-Length: ").encode("latin-1")
             _HEAD_CACHE[key] = prefix
-        return b"%s%d\r\n\r\n%s" % (prefix, len(body), body)
+        return _join_reply(prefix, body)
     lines = [f"HTTP/1.1 {status} {_reason(status)}"]
     no_body = status < 200 or status in (204, 304)
     if not no_body:
@@ -397,13 +419,21 @@ cdef class HttpProtocol:
         Upgrade, Connection only ``keep-alive``; the head within ``max_header_bytes``; the body all
         here. What a program sends, in short: every other request, and every error, is httptools'.
         """
-        cdef const unsigned char[:] view = data
+        cdef const unsigned char[:] view
         cdef const unsigned char* p
-        cdef Py_ssize_t n = view.shape[0]
+        cdef Py_ssize_t n
         cdef Py_ssize_t pos = 0, end
+        if type(data) is bytes:  # what the loop hands over: no buffer view needed
+            p = <const unsigned char*>PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
+        else:
+            view = data
+            n = view.shape[0]
+            if n == 0:
+                return 0
+            p = &view[0]
         if n == 0:
             return 0
-        p = &view[0]
         while pos < n and not self.stopped and not self.closed:
             end = self._plain_one(p, n, pos, data)
             if end < 0:

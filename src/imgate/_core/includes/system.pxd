@@ -25,6 +25,13 @@ cdef extern from "<errno.h>" nogil:
     const int EWOULDBLOCK
     const int EINTR
 
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec* ts)
+    const int CLOCK_MONOTONIC_COARSE
+
 # A cache hint: start loading memory that the walk will touch a few steps later.
 cdef extern from *:
     """
