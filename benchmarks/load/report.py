@@ -139,7 +139,9 @@ def markdown(result, json_name, charts) -> str:
             f"Unicast: one push by mid per HTTP request (imgate `POST /goim/push/mids`; the C server's "
             f"`POST /push?mid=N` as the floor of this harness on this machine), random mids over "
             f"{p['room_clients']:,} users, evenly spaced at {p.get('unicast_rate', 5000):,}/s, in "
-            f"{p.get('unicast_rounds', 1)} rounds the servers take in turn; steal = the hypervisor's "
+            f"{p.get('unicast_rounds', 1)} rounds the servers take in turn"
+            + (f", the driver and the server measured at nice {p['unicast_nice']}" if p.get("unicast_nice") else "")
+            + "; steal = the hypervisor's "
             f"(time this VM's CPUs ran someone else's work) during the server's rounds:",
             "",
             _md_table(head, body),

@@ -41,7 +41,7 @@ cdef class Conn:
     cdef Py_ssize_t n_accepts
     # the user this connection belongs to (RoomTable.set_user), None when not set
     cdef object user
-    # the coarse-clock millisecond of its last write made at once (RoomTable.send_user)
+    # the coarse clock (ms) at its last write made at once (RoomTable.send_user)
     cdef unsigned int direct_ms
 
     cdef bint accepts_op(self, int op) noexcept

@@ -276,10 +276,15 @@ cdef class RoomTable:
         held = self._users.get(user)
         if held is not None:
             self._queue_held(held, data, None, None, op, &count)
-            if self._n_dirty > first:
-                self._write_fresh(first)
-            if count:
-                self._schedule()
+            try:
+                if self._n_dirty > first:
+                    self._write_fresh(first)
+            finally:
+                # whatever _write_fresh left listed is flushed, and failures are reported, even if it raised
+                if count:
+                    self._schedule()
+                self._report()
+            return count
         self._report()
         return count
 
@@ -287,8 +292,9 @@ cdef class RoomTable:
         """Write now the connections that joined the dirty list at ``first`` or later, and take them
         off it: a unicast then costs no flush callback, and its latency no loop iteration. They had
         nothing queued and no writer armed (else they would not have joined), so nothing queued
-        earlier is overtaken. A connection written at once in this millisecond of the coarse clock
+        earlier is overtaken. A connection written at once in this tick of the coarse clock
         stays queued instead: pushes to one user in one read still leave in one send() at the flush.
+        (The coarse clock ticks every 1-4 ms, by the kernel's HZ: at most one write at once per tick.)
         Not with a merge window (its point is to wait), nor without a loop (nothing would finish a
         short write)."""
         cdef timespec ts

@@ -104,7 +104,7 @@ class Router:
     """Exact-path routing: ``add(method, path, handler)``. HEAD falls back to the GET handler.
 
     ``observer`` (optional, ``fn(route, status)``) is told about every answered request; the server uses
-    the router's observer unless it was given its own. It may also be a dict: the server then adds one to
+    the router's observer unless it was given its own. It may also be a plain dict: the server then adds one to
     ``observer[(route, status)]`` itself, without a call per request.
     """
 
