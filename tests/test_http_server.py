@@ -4,6 +4,7 @@ uvloop), clients are plain blocking sockets so that every byte on the wire is th
 from __future__ import annotations
 
 import asyncio
+import collections
 import http.client
 import json
 import socket
@@ -396,6 +397,28 @@ def test_dict_observer_is_counted_by_the_server(loop_kind):
         c.send(b"PUT /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
         c.json()
         assert counts == {("/echo", 200): 2, ("unmatched", 404): 1, ("/teapot", 418): 1, ("/echo", 405): 1}
+    finally:
+        s.stop()
+
+
+def test_counter_observer_and_router_with_its_own_resolve(loop_kind):
+    # a dict subclass is counted in too; a router overriding resolve() is asked, not bypassed
+    class Aliases(Router):
+        def resolve(self, method, path):
+            return super().resolve(method, "/echo" if path == "/alias" else path)
+
+    r = Aliases()
+    r.add("GET", "/echo", make_router().resolve("GET", "/echo"))
+    counts = collections.Counter()
+    r.observer = counts
+    assert r.paths is None and make_router().paths is not None
+    s = ServerThread(r, loop_kind, max_body=MAX_BODY, max_header_bytes=MAX_HEADER, idle_timeout=5).start()
+    try:
+        c = Conn(s.port)
+        for target in ("/alias", "/echo", "/nope"):
+            c.send(get(target))
+            c.json()
+        assert counts == {("/alias", 200): 1, ("/echo", 200): 1, ("unmatched", 404): 1}
     finally:
         s.stop()
 

@@ -258,7 +258,7 @@ cdef class HttpProtocol:
     cdef object router
     cdef dict paths              # the router's path -> {method: handler}, resolved here without a call
     cdef object observer         # fn(route, status), or None
-    cdef dict counts             # ... or the (route, status) -> count dict it is, bumped here
+    cdef object counts           # ... or the (route, status) -> count dict it is, bumped here
     cdef object loop
     cdef object transport
     cdef object parser
@@ -296,8 +296,8 @@ cdef class HttpProtocol:
         paths = getattr(self.router, "paths", None)
         self.paths = paths if type(paths) is dict else None
         observer = server.observer
-        self.observer = None if type(observer) is dict else observer
-        self.counts = observer if type(observer) is dict else None
+        self.observer = None if isinstance(observer, dict) else observer
+        self.counts = observer if isinstance(observer, dict) else None
         self.max_body = server.max_body
         self.max_header_bytes = server.max_header_bytes
         self.loop = asyncio.get_running_loop()
@@ -727,9 +727,14 @@ cdef class HttpProtocol:
         return resp
 
     cdef void _observe(self, object route, int status):
+        cdef dict counts
         if self.counts is not None:
             key = (route, status)
-            self.counts[key] = self.counts.get(key, 0) + 1
+            if type(self.counts) is dict:
+                counts = <dict>self.counts
+                counts[key] = counts.get(key, 0) + 1
+            else:  # a Counter, a defaultdict...: the mapping's own methods
+                self.counts[key] = self.counts.get(key, 0) + 1
         elif self.observer is not None:
             try:
                 self.observer(route, status)

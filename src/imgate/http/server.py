@@ -104,7 +104,7 @@ class Router:
     """Exact-path routing: ``add(method, path, handler)``. HEAD falls back to the GET handler.
 
     ``observer`` (optional, ``fn(route, status)``) is told about every answered request; the server uses
-    the router's observer unless it was given its own. It may also be a plain dict: the server then adds one to
+    the router's observer unless it was given its own. It may also be a dict: the server then adds one to
     ``observer[(route, status)]`` itself, without a call per request.
     """
 
@@ -113,10 +113,11 @@ class Router:
         self.observer: Observer | None = None
 
     @property
-    def paths(self) -> Mapping[str, Mapping[str, Handler]]:
+    def paths(self) -> Mapping[str, Mapping[str, Handler]] | None:
         """path -> {method: handler}, live: the compiled connection protocol resolves from it as
-        :meth:`resolve` does, without a Python call per request."""
-        return self._paths
+        :meth:`resolve` does, without a Python call per request. None in a subclass with its own
+        :meth:`resolve`, which the server then calls."""
+        return self._paths if type(self).resolve is Router.resolve else None
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         method = method.upper()
