@@ -423,6 +423,34 @@ def test_counter_observer_and_router_with_its_own_resolve(loop_kind):
         s.stop()
 
 
+def test_big_replies_to_a_slow_reader_arrive_whole_and_in_order(loop_kind):
+    # replies go straight to the socket while the transport holds nothing; once a send() falls short
+    # the transport takes the rest, and the order, until it has drained
+    big = b"z" * (1 << 20)
+
+    def sized(req: Request) -> Response:
+        return Response(200, req.query["i"].encode() + b":" + big)
+
+    r = Router()
+    r.add("GET", "/big", sized)
+    s = ServerThread(r, loop_kind, max_body=MAX_BODY, max_header_bytes=MAX_HEADER, idle_timeout=5).start()
+    try:
+        c = Conn(s.port)
+        # 24 MiB of replies, more than the kernel buffers on both ends hold, each request in a read of
+        # its own: while the client does not read, a send() falls short and later replies must queue
+        # behind the transport's rest
+        for i in range(24):
+            c.send(get(f"/big?i={i}"))
+            time.sleep(0.01)
+        for i in range(24):
+            status, _, body = c.response()
+            assert status == 200 and body == str(i).encode() + b":" + big
+        c.send(get("/big?i=99"))  # drained: straight to the socket again
+        assert c.response()[2] == b"99:" + big
+    finally:
+        s.stop()
+
+
 def test_413_from_content_length_before_reading(srv):
     c = Conn(srv.port)
     # Only the head is sent: the server must answer from Content-Length alone.

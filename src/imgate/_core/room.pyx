@@ -817,8 +817,8 @@ cdef class RoomTable:
         elif blocked and not c.writer_armed:
             if self._loop is None:
                 return 0
-            c.writer_armed = True
             self._loop.add_writer(c.fd, self._on_writable, c)
+            c.writer_armed = True   # only once armed: if add_writer raised, the conn stays unarmed
         return 0
 
     def _on_writable(self, Conn c):

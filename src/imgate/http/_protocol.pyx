@@ -19,6 +19,10 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcmp, memcpy
 
+from imgate._core.includes.system cimport (
+    send, MSG_DONTWAIT, MSG_NOSIGNAL, errno, EAGAIN, EWOULDBLOCK, EINTR,
+)
+
 import asyncio
 import logging
 from collections import deque
@@ -289,6 +293,8 @@ cdef class HttpProtocol:
     # replies made while a chunk of input is parsed, written together at its end
     cdef bint _feeding
     cdef list _out
+    cdef int fd                  # the plain TCP socket replies go straight to, or -1 (TLS, unknown)
+    cdef bint via_transport      # the transport held unsent bytes at the last write: go through it
 
     def __init__(self, server):
         self.server = server
@@ -315,6 +321,8 @@ cdef class HttpProtocol:
         self.idle_handle = None
         self._feeding = False
         self._out = []
+        self.fd = -1
+        self.via_transport = False
         self._reset_message()
         self._messages_begun = 0
         self._messages_done = 0
@@ -335,6 +343,12 @@ cdef class HttpProtocol:
     def connection_made(self, transport):
         self.transport = transport
         self.remote = transport.get_extra_info("peername")
+        if transport.get_extra_info("sslcontext") is None:
+            sock = transport.get_extra_info("socket")
+            try:
+                self.fd = sock.fileno() if sock is not None else -1
+            except Exception:
+                self.fd = -1
         self.server._conns.add(self)
         self._arm_idle(self.server.idle_timeout)
 
@@ -758,16 +772,49 @@ cdef class HttpProtocol:
         if self._feeding:
             self._out.append(data)
         elif self.transport is not None and not self.closed:
-            self.transport.write(data)
+            self._send(data)
 
     cdef void _flush_out(self):
-        out = self._out
+        cdef list out = self._out
         if not out:
             return
-        self._out = []
         if self.transport is None or self.closed:
+            self._out = []
             return
-        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if len(out) == 1:
+            data = out[0]
+            out.clear()
+        else:
+            data = b"".join(out)
+            self._out = []
+        self._send(data)
+
+    cdef void _send(self, bytes data):
+        """Write ``data``: straight to the socket when the transport holds nothing unsent (a reply is
+        one small write: uvloop's write path costs more than the send() itself), the rest through the
+        transport, which then owns the order until it has drained. Never once the transport is closing:
+        its descriptor may already be closed and its number handed to another connection."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), r
+        transport = self.transport
+        if self.fd < 0 or transport.is_closing() or (
+                self.via_transport and transport.get_write_buffer_size() != 0):
+            transport.write(data)
+            return
+        self.via_transport = False
+        while True:
+            r = send(self.fd, PyBytes_AS_STRING(data), n, MSG_DONTWAIT | MSG_NOSIGNAL)
+            if r >= 0 or errno != EINTR:
+                break
+        if r == n:
+            return
+        self.via_transport = True
+        if r < 0:
+            if errno != EAGAIN and errno != EWOULDBLOCK:
+                # a reset or closed peer: the transport meets the error itself and closes its way
+                transport.write(data)
+                return
+            r = 0
+        transport.write(data[r:])
 
     async def _work(self, Request first_req=None, first=None):
         """Answer, in order, the request whose handler had to wait (``first``, its ``_Resume``) and the
