@@ -637,22 +637,25 @@ class Bench:
 
     async def wait_quiet(self, srv=None):
         """Best effort against a shared machine: wait (at most --quiet-wait s) until processes other than
-        ours use less than --quiet-threshold of a core. The noise that remains is recorded per phase."""
+        ours use less than --quiet-threshold of a core and the hypervisor steals less than --quiet-steal
+        of it, over one second. The noise that remains is recorded per phase."""
         deadline = time.monotonic() + self.args.quiet_wait
         warned = False
         while True:
-            m0, s0, l0 = machine_busy(), proc_times(srv.pid)[0] if srv else 0.0, self.load_cpu()
+            m0, s0, l0, st0 = machine_busy(), proc_times(srv.pid)[0] if srv else 0.0, self.load_cpu(), machine_steal()
             await asyncio.sleep(1.0)
             others = (machine_busy() - m0) - ((proc_times(srv.pid)[0] if srv else 0.0) - s0) - (self.load_cpu() - l0)
-            if others < self.args.quiet_threshold or time.monotonic() > deadline:
+            steal = machine_steal() - st0
+            quiet = others < self.args.quiet_threshold and steal < self.args.quiet_steal
+            if quiet or time.monotonic() > deadline:
                 if warned:
-                    P.log(f"other processes use {others:.2f} cores now; going on")
+                    P.log(f"other processes use {others:.2f} cores, steal {steal:.2f}; going on")
                 return others
             if not warned:
-                P.log(f"other processes use {others:.2f} cores: waiting up to {self.args.quiet_wait:.0f} s "
-                      f"for a quieter machine")
+                P.log(f"other processes use {others:.2f} cores, steal {steal:.2f}: waiting up to "
+                      f"{self.args.quiet_wait:.0f} s for a quieter machine")
                 warned = True
-            P.update(f"waiting for a quieter machine: other processes use {others:.2f} cores")
+            P.update(f"waiting for a quieter machine: other processes use {others:.2f} cores, steal {steal:.2f}")
 
     # -- profiling (--profile)
 
@@ -1191,6 +1194,8 @@ def main(argv=None):
     ap.add_argument("--quiet-wait", type=float, default=float(os.environ.get("BENCH_QUIET_WAIT", 60)),
                     help="seconds to wait at most, before each scenario, for other processes to calm down")
     ap.add_argument("--quiet-threshold", type=float, default=0.3, help="cores used by other processes")
+    ap.add_argument("--quiet-steal", type=float, default=0.03,
+                    help="cores taken by the hypervisor (steal) under which the machine counts as quiet")
     ap.add_argument("--connect-timeout", type=float, default=120.0)
     ap.add_argument("--step-timeout", type=float, default=20.0)
     ap.add_argument("--burst-timeout", type=float, default=120.0)
