@@ -274,18 +274,16 @@ cdef class RoomTable:
         connection with nothing queued is written at once (see :meth:`_write_fresh`)."""
         cdef Py_ssize_t count = 0, first = self._n_dirty
         held = self._users.get(user)
-        if held is not None:
-            self._queue_held(held, data, None, None, op, &count)
-            try:
+        try:
+            if held is not None:
+                self._queue_held(held, data, None, None, op, &count)
                 if self._n_dirty > first:
                     self._write_fresh(first)
-            finally:
-                # whatever _write_fresh left listed is flushed, and failures are reported, even if it raised
-                if count:
-                    self._schedule()
-                self._report()
-            return count
-        self._report()
+        finally:
+            # whatever _write_fresh left listed is flushed, and failures are reported, even if it raised
+            if count:
+                self._schedule()
+            self._report()
         return count
 
     cdef int _write_fresh(self, Py_ssize_t first) except -1:

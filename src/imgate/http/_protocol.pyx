@@ -443,9 +443,7 @@ cdef class HttpProtocol:
         else:
             view = data
             n = view.shape[0]
-            if n == 0:
-                return 0
-            p = &view[0]
+            p = &view[0] if n else NULL
         if n == 0:
             return 0
         while pos < n and not self.stopped and not self.closed:
@@ -778,16 +776,10 @@ cdef class HttpProtocol:
         cdef list out = self._out
         if not out:
             return
-        if self.transport is None or self.closed:
-            self._out = []
-            return
-        if len(out) == 1:
-            data = out[0]
-            out.clear()
-        else:
-            data = b"".join(out)
-            self._out = []
-        self._send(data)
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.transport is not None and not self.closed:
+            self._send(data)
 
     cdef void _send(self, bytes data):
         """Write ``data``: straight to the socket when the transport holds nothing unsent (a reply is
