@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from imgate.push.cluster import ClusterPush
-from imgate.push.jobs import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
+from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
 
 
 class FakeProxy:

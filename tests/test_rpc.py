@@ -728,7 +728,7 @@ def test_pool_fill_balance_concentrates_then_spills():
 
 
 def test_generated_code_is_current(tmp_path):
-    """src/imgate/rpc/imgate_pb2.py is what `make proto` makes from proto/imgate.proto."""
+    """src/imgate/protocol/imgate_pb2.py is what `make proto` makes from proto/imgate.proto."""
     pytest.importorskip("grpc_tools")
     import subprocess
     import sys
@@ -738,7 +738,7 @@ def test_generated_code_is_current(tmp_path):
     res = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iproto", f"--python_out={tmp_path}",
                           "proto/imgate.proto"], cwd=root, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "imgate_pb2.py").read_text() == (root / "src/imgate/rpc/imgate_pb2.py").read_text(), \
+    assert (tmp_path / "imgate_pb2.py").read_text() == (root / "src/imgate/protocol/imgate_pb2.py").read_text(), \
         "imgate_pb2.py is stale: run make proto"
 
 

@@ -19,6 +19,7 @@ from imgate._core.frame cimport frame_pack
 from imgate._core.room cimport RoomTable
 
 from imgate.http.messages import Response
+from imgate.protocol.envelope import push_reply
 
 cdef str _JSON = "application/json"
 cdef Py_ssize_t _CACHED_REPLIES = 8   # replies for 0..7 targets are made once (a user has a few devices)
@@ -72,7 +73,7 @@ cdef class PushMidsRoute:
 
 
 cdef object _reply(Py_ssize_t n):
-    return Response(200, b'{"code":0,"message":"","data":{"targets":%d}}' % n, _JSON)
+    return Response(200, push_reply(n), _JSON)
 
 
 cdef bint _plain_query(str qs, long long* op, long long* mid) except -1:

@@ -27,6 +27,7 @@ from imgate.http.server import (
 from imgate.logic._push_routes import PushMidsRoute
 from imgate.logic.openapi import openapi_document
 from imgate.metrics import Metrics
+from imgate.protocol.envelope import envelope, push_reply
 from imgate.push.service import BusUnavailable
 
 try:  # the cluster's cache; absent in a minimal install
@@ -200,8 +201,7 @@ def _call_now(fn: Callable[..., Any], *args: Any) -> Any:
 def _push_reply(result: Any) -> Response:
     if isinstance(result, bool) or not isinstance(result, int):
         return ok(None)
-    # the envelope of ok({"targets": n}), without a JSON encoder per push
-    return Response(200, b'{"code":0,"message":"","data":{"targets":%d}}' % result, "application/json")
+    return Response(200, push_reply(result), "application/json")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
     async def healthz(req: Request) -> Response:
         health = await _call(logic.health)
         if isinstance(health, dict) and health.get("ok") is False:
-            return json_response({"code": -503, "message": "unhealthy", "data": health}, status=503)
+            return Response(503, envelope(health, -503, "unhealthy"), "application/json")
         return ok(health)
 
     add("GET", "/openapi.json", openapi_json)

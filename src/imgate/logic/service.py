@@ -12,26 +12,14 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 
 from imgate.auth import AuthError, Authenticator
 from imgate.cache import Cache, Session
-from imgate.push import Bus, PushJob
-from imgate.push.jobs import KIND_ALL, KIND_CONNS, KIND_ROOM
+from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
+from imgate.protocol.interfaces import Connected
+from imgate.push import Bus
 
 log = logging.getLogger("imgate.logic")
-
-
-@dataclass
-class Connected:
-    """Logic's answer to a successful auth."""
-
-    conn_id: int
-    mid: int
-    key: str
-    room_id: str
-    accepts: tuple
-    platform: str
 
 
 class Logic:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import socket
 
-from imgate.core import OP_DISCONNECT_REPLY, encode_frame, encode_ws_frame
+from imgate.core import encode_ws_frame
 
 WS_BINARY = 2
 
@@ -49,11 +48,6 @@ class Channel:
         self.accepts = None  # None: every push op; else a set
         self.backlog = None
         self.renewed = 0.0
-
-
-def notice(reason: str, reconnect: bool) -> bytes:
-    """The op-6 frame a client gets before the server closes its connection."""
-    return encode_frame(OP_DISCONNECT_REPLY, 0, json.dumps({"reason": reason, "reconnect": reconnect}).encode())
 
 
 def ws_binary(payload: bytes) -> bytes:

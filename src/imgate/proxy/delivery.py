@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from imgate.core import OP_RAW, encode_frame
+from imgate.core import encode_frame
+from imgate.protocol import room_batch
 from imgate.proxy.channel import S_OPEN
 
 
@@ -59,8 +60,8 @@ class Delivery:
         self._room_flush_scheduled = False
         batches, self._room_frames = self._room_frames, {}
         for room_id, frames in batches.items():
-            inner = b"".join(frames)
-            self.table.broadcast(room_id, inner, ws_data=encode_frame(OP_RAW, 0, inner))
+            inner, op9 = room_batch(frames)
+            self.table.broadcast(room_id, inner, ws_data=op9)
 
     def push_all(self, op: int, body: bytes, speed: int = 0) -> int:
         """Broadcast to every connection, filtered by accepted ops; `speed` caps connections per second."""

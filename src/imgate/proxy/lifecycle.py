@@ -8,7 +8,8 @@ import logging
 import socket
 import time
 
-from imgate.proxy.channel import S_AUTHING, S_CLOSING, S_HTTP, S_OPEN, Channel, notice, ws_binary
+from imgate.proxy.channel import S_AUTHING, S_CLOSING, S_HTTP, S_OPEN, Channel, ws_binary
+from imgate.protocol import notice
 from imgate.core import encode_ws_close
 
 log = logging.getLogger("imgate.proxy")

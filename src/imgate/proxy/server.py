@@ -11,6 +11,8 @@ per connection (auth, heartbeats, room changes) is plain Python on a small `Chan
 - ``operations.py``: the per-connection op state machine (auth, heartbeat, rooms, sub, upstream);
 - ``delivery.py``: what push calls (``ProxyAPI``): to connections, users, rooms, everyone;
 - ``lifecycle.py``: closing connections, the deadline sweep, online reports, shutdown.
+
+What it needs from logic is ``LogicAPI`` (``imgate/protocol/interfaces.py``).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import logging
 import socket
 
 from imgate.core import RoomTable
-from imgate.proxy.channel import Channel, notice, valid_room_id
+from imgate.protocol import notice
+from imgate.proxy.channel import Channel, valid_room_id
 from imgate.proxy.delivery import Delivery
 from imgate.proxy.lifecycle import Lifecycle
 from imgate.proxy.listener import Listener
-from imgate.proxy.logic_api import LogicAPI
+from imgate.protocol.interfaces import LogicAPI
 from imgate.proxy.operations import Operations
 from imgate.proxy.websocket import WebSocketSide
 

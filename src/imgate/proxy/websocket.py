@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from imgate.core import FrameDecoder, ProtocolError, WebSocketError, WebSocketParser, encode_ws_close
-from imgate.proxy.channel import S_AUTH, S_CLOSING, S_HTTP, WS_BINARY, Channel, notice, ws_binary
+from imgate.proxy.channel import S_AUTH, S_CLOSING, S_HTTP, WS_BINARY, Channel, ws_binary
+from imgate.protocol import notice
 
 
 class WebSocketSide:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 
 from imgate.core import encode_frame
-from imgate.push.jobs import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
+from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
 
 log = logging.getLogger("imgate.push")
 

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import Protocol
 
-from imgate.push.jobs import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
+from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
+from imgate.protocol.interfaces import ProxyAPI
 
 log = logging.getLogger("imgate.push")
-
-
-class ProxyAPI(Protocol):
-    """What push calls on a proxy: the proxy object itself in one process, an RPC client in a cluster."""
-
-    server_id: str
-
-    def push_conns(self, conn_ids: list[int], op: int, body: bytes) -> int: ...
-    def push_room(self, room_id: str, op: int, body: bytes) -> int: ...
-    def push_all(self, op: int, body: bytes, speed: int = 0) -> int: ...
 
 
 class Push:

@@ -40,7 +40,7 @@ from typing import Any, Awaitable, Callable
 from google.protobuf.message import DecodeError, Message
 
 from imgate.core import FrameDecoder, ProtocolError, encode_frame
-from imgate.rpc import imgate_pb2 as pb
+from imgate.protocol import pb
 
 log = logging.getLogger("imgate.rpc")
 

@@ -30,7 +30,7 @@ import asyncio
 import logging
 
 from imgate.auth import AuthError
-from imgate.logic.service import Connected
+from imgate.protocol.interfaces import Connected
 from imgate.rpc import LOGIC_SERVICE, pb
 from imgate.rpc.core import (
     DEFAULT_CONNECT_TIMEOUT,
