@@ -22,7 +22,7 @@ from imgate.rpc import (
     LOGIC_SERVICE, PROXY_SERVICE, RpcClient, RpcError, RpcPool, RpcRemoteError, RpcServer, RpcTimeout, RpcUnavailable,
     decode_job, encode_job, pb,
 )
-from imgate.rpc.core import ERROR_OP, REPLY_FLAG, SEQ_MAX
+from imgate.rpc.wire import ERROR_OP, REPLY_FLAG, SEQ_MAX
 from imgate.rpc.logic import LogicClient, LogicRpcService
 from imgate.rpc.proxy import ProxyClient, ProxyRpcService
 

@@ -3,8 +3,9 @@
 Protobuf messages (``proto/imgate.proto``, generated into :mod:`imgate.protocol.imgate_pb2`) carried in
 goim v2 frames over pooled, pipelined TCP connections.
 
-- :mod:`imgate.rpc.core`: the transport -- :class:`RpcServer`, :class:`RpcClient` (one connection),
-  :class:`RpcPool` (N connections to one peer, reconnecting), and the errors.
+- :mod:`imgate.rpc.wire`: what both ends share -- the method table, limits and errors;
+  :mod:`imgate.rpc.client`: :class:`RpcClient` (one connection); :mod:`imgate.rpc.pool`: :class:`RpcPool`
+  (N connections to one peer, reconnecting); :mod:`imgate.rpc.server`: :class:`RpcServer`.
 - :mod:`imgate.rpc.logic`: :class:`~imgate.rpc.logic.LogicRpcService` (serves a ``Logic``) and
   :class:`~imgate.rpc.logic.LogicClient` (the proxy's ``LogicAPI``, failing over between logic addresses).
 - :mod:`imgate.rpc.proxy`: :class:`~imgate.rpc.proxy.ProxyRpcService` (serves a ``Proxy``) and
@@ -15,15 +16,11 @@ goim v2 frames over pooled, pipelined TCP connections.
 from __future__ import annotations
 
 from imgate.protocol import decode_job, encode_job, pb
-from imgate.rpc.core import (
-    DEFAULT_MAX_BODY,
-    DEFAULT_TIMEOUT,
-    RpcClient,
-    RpcError,
-    RpcPool,
-    RpcRemoteError,
-    RpcServer,
-    RpcTimeout,
+from imgate.rpc.client import RpcClient
+from imgate.rpc.pool import RpcPool
+from imgate.rpc.server import RpcServer
+from imgate.rpc.wire import (
+    DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, LOGIC_SERVICE, PROXY_SERVICE, RpcError, RpcRemoteError, RpcTimeout,
     RpcUnavailable,
 )
 
@@ -32,7 +29,3 @@ __all__ = [
     "RpcClient", "RpcError", "RpcPool", "RpcRemoteError", "RpcServer", "RpcTimeout", "RpcUnavailable",
     "decode_job", "encode_job", "pb",
 ]
-
-#: service names exchanged in HELLO: a client dialling the wrong kind of port is refused
-LOGIC_SERVICE = "imgate.logic"
-PROXY_SERVICE = "imgate.proxy"

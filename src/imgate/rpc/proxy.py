@@ -7,7 +7,7 @@ they arrive and replies leave in one write per event-loop iteration.
 
 What is retried when a connection dies under a call: ``rooms()`` always (a query); the pushes only when
 the request was never written (a push written to a proxy that then died may have been delivered, and
-repeating it could deliver it twice), otherwise :class:`~imgate.rpc.core.RpcUnavailable` is raised.
+repeating it could deliver it twice), otherwise :class:`~imgate.rpc.wire.RpcUnavailable` is raised.
 
 ``ProxyClient`` sends its ``server_id`` in HELLO; a proxy whose own id differs refuses the connection, so
 push never delivers one proxy's conn ids to another that took over its address.
@@ -18,15 +18,10 @@ from __future__ import annotations
 import inspect
 import logging
 
-from imgate.rpc import PROXY_SERVICE, pb
-from imgate.rpc.core import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_BODY,
-    DEFAULT_TIMEOUT,
-    RpcPool,
-    RpcService,
-    RpcServer,
-)
+from imgate.protocol import pb
+from imgate.rpc.pool import RpcPool
+from imgate.rpc.server import RpcServer, RpcService
+from imgate.rpc.wire import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, PROXY_SERVICE
 
 log = logging.getLogger("imgate.rpc.proxy")
 
