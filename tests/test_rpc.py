@@ -17,7 +17,7 @@ from imgate.auth import AuthError, NoAuth
 from imgate.cache import MemoryCache
 from imgate.core import FrameDecoder, encode_frame
 from imgate.logic import Logic
-from imgate.push import MemoryBus, Push, PushJob
+from imgate.push import MemoryBus, PushJob, PushRouter
 from imgate.rpc import (
     LOGIC_SERVICE, PROXY_SERVICE, RpcClient, RpcError, RpcPool, RpcRemoteError, RpcServer, RpcTimeout, RpcUnavailable,
     decode_job, encode_job, pb,
@@ -40,7 +40,7 @@ def auth_body(mid, room=ROOM, key="", accepts=()):
 
 def make_logic() -> Logic:
     cache = MemoryCache()
-    return Logic(cache, MemoryBus(Push()), NoAuth(), session_ttl=60, online_interval=0.1)
+    return Logic(cache, MemoryBus(PushRouter()), NoAuth(), session_ttl=60, online_interval=0.1)
 
 
 async def logic_server(logic=None, port=0):

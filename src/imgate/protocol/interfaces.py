@@ -29,11 +29,48 @@ class LogicAPI(Protocol):
     async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> None: ...
 
 
-class ProxyAPI(Protocol):
-    """What push calls on a proxy: the proxy object itself in one process, an RPC client in a cluster."""
+class ProxyAPI:
+    """What push calls on a proxy: the proxy object itself in one process, an RPC client in a cluster.
+
+    Every implementation answers the awaitable methods. One in this process (``nowait`` True) also
+    delivers at once through the ``*_nowait`` methods, which the awaitable ones then call; the embedded
+    node's push uses those. Each returns how many connections the push was queued for.
+    """
 
     server_id: str
+    nowait = False
 
-    def push_conns(self, conn_ids: list[int], op: int, body: bytes) -> int: ...
-    def push_room(self, room_id: str, op: int, body: bytes) -> int: ...
-    def push_all(self, op: int, body: bytes, speed: int = 0) -> int: ...
+    async def push_conns(self, conn_ids: list[int], op: int, body: bytes) -> int:
+        """To connections of this proxy (``conn_ids``), filtered by each one's accepted operations."""
+        return self.push_conns_nowait(conn_ids, op, body)
+
+    async def push_room(self, room_id: str, op: int, body: bytes) -> int:
+        """To every member of a room here."""
+        return self.push_room_nowait(room_id, op, body)
+
+    async def push_room_batch(self, room_id: str, frames: bytes) -> int:
+        """To every member of a room here: goim frames already encoded, back to back."""
+        return self.push_room_batch_nowait(room_id, frames)
+
+    async def push_all(self, op: int, body: bytes, speed: int = 0) -> int:
+        """To every connection here; ``speed`` caps connections per second (0: at once)."""
+        return self.push_all_nowait(op, body, speed)
+
+    async def rooms(self) -> dict[str, int]:
+        """This proxy's rooms and their member counts."""
+        return self.rooms_nowait()
+
+    def push_conns_nowait(self, conn_ids: list[int], op: int, body: bytes) -> int:
+        raise NotImplementedError(f"{type(self).__name__} delivers only through the awaitable methods")
+
+    def push_room_nowait(self, room_id: str, op: int, body: bytes) -> int:
+        raise NotImplementedError(f"{type(self).__name__} delivers only through the awaitable methods")
+
+    def push_room_batch_nowait(self, room_id: str, frames: bytes) -> int:
+        raise NotImplementedError(f"{type(self).__name__} delivers only through the awaitable methods")
+
+    def push_all_nowait(self, op: int, body: bytes, speed: int = 0) -> int:
+        raise NotImplementedError(f"{type(self).__name__} delivers only through the awaitable methods")
+
+    def rooms_nowait(self) -> dict[str, int]:
+        raise NotImplementedError(f"{type(self).__name__} answers only through the awaitable methods")

@@ -1,18 +1,26 @@
-"""Delivery: what push calls on a proxy (the proxy's side of ``ProxyAPI``)."""
+"""Delivery: the proxy's side of ``ProxyAPI``, what push calls to reach this proxy's connections.
+
+All of it goes through the room table, which keeps one output queue per connection: a room push is
+added to the room's batch there (one op-9 batch per room per flush), and anything queued for a
+connection after it releases the batches first, so a connection gets its pushes in the order they
+were accepted, whatever the mix.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 from imgate.core import encode_frame
-from imgate.protocol import room_batch
+from imgate.protocol.interfaces import ProxyAPI
 from imgate.proxy.channel import S_OPEN
 
 
-class Delivery:
-    """Part of :class:`~imgate.proxy.server.Proxy`: pushes to connections, users, rooms and everyone."""
+class Delivery(ProxyAPI):
+    """Part of :class:`~imgate.proxy.server.Proxy`: pushes to connections, rooms and everyone."""
 
-    def push_conns(self, conn_ids: list[int], op: int, body: bytes) -> int:
+    nowait = True  # in this process: push calls the *_nowait methods
+
+    def push_conns_nowait(self, conn_ids: list[int], op: int, body: bytes) -> int:
         """Unicast/multicast to connections of this proxy, filtered by each one's accepted ops."""
         self.stats_counters["pushes"] += 1
         lids = []
@@ -26,44 +34,21 @@ class Delivery:
         self.stats_counters["drops"] += len(lids) - n
         return n
 
-    def push_mids(self, mids: list[int], op: int, body: bytes) -> int:
-        """Unicast/multicast by user id to this proxy's connections (the table's user index), filtered
-        by each one's accepted ops: the embedded node's logic resolves pushes by mid here."""
-        self.stats_counters["pushes"] += 1
-        return self.table.send_users(mids, encode_frame(op, 0, body), op)
-
-    def push_room(self, room_id: str, op: int, body: bytes) -> int:
+    def push_room_nowait(self, room_id: str, op: int, body: bytes) -> int:
         """Room broadcast. Pushes to one room within an event-loop iteration (or the merge window)
         travel together as one op-9 batch: inner frames over TCP, one op-9 frame over WebSocket."""
-        return self.push_room_batch(room_id, encode_frame(op, 0, body))
+        return self.push_room_batch_nowait(room_id, encode_frame(op, 0, body))
 
-    def push_room_batch(self, room_id: str, frames: bytes) -> int:
+    def push_room_batch_nowait(self, room_id: str, frames: bytes) -> int:
         """Room broadcast of frames already encoded and merged by push (inner frames back to back)."""
         self.stats_counters["pushes"] += 1
-        count = self.table.room_count(room_id)
-        if not count or not frames:
-            return 0
-        self._room_frames.setdefault(room_id, []).append(frames)
-        if not self._room_flush_scheduled:
-            self._room_flush_scheduled = True
-            if self.config.merge_window > 0:
-                self.loop.call_later(self.config.merge_window, self._flush_rooms)
-            else:
-                self.loop.call_soon(self._flush_rooms)
-        return count
+        return self.table.push_room(room_id, frames)
 
-    def rooms(self) -> dict:
-        """This proxy's rooms and their online counts (push absorbs these periodically)."""
+    def rooms_nowait(self) -> dict:
+        """This proxy's rooms and their online counts (logic absorbs these periodically)."""
         return self.table.rooms()
 
-    def _flush_rooms(self) -> None:
-        self._room_flush_scheduled = False
-        batches, self._room_frames = self._room_frames, {}
-        for room_id, frames in batches.items():
-            inner, op9 = room_batch(frames)
-            self.table.broadcast(room_id, inner, ws_data=op9)
-
-    def push_all(self, op: int, body: bytes, speed: int = 0) -> int:
+    def push_all_nowait(self, op: int, body: bytes, speed: int = 0) -> int:
         """Broadcast to every connection, filtered by accepted ops; `speed` caps connections per second."""
         self.stats_counters["pushes"] += 1
         frame = encode_frame(op, 0, body)

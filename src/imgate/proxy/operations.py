@@ -79,7 +79,6 @@ class Operations:
         ch.state = S_OPEN
         ch.last_seen = ch.renewed = time.monotonic()
         self._by_conn_id[c.conn_id] = ch
-        self.table.set_user(ch.lid, c.mid)
         ch.accepts = set(c.accepts) if c.accepts else None
         self.table.set_accepts(ch.lid, ch.accepts)
         if c.room_id:

@@ -57,8 +57,6 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle):
         self._next_lid = 1
         self._rbuf = bytearray(65536)
         self._rview = memoryview(self._rbuf)
-        self._room_frames: dict[str, list[bytes]] = {}
-        self._room_flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
         self._reporter: asyncio.Task | None = None
