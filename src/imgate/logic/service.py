@@ -119,9 +119,12 @@ class Logic:
         return sum(len(job.conn_ids) for job in jobs)
 
     def _publish_nowait(self, jobs: list[PushJob]) -> int:
+        publish = self.bus.publish_nowait
+        if len(jobs) == 1:  # the usual unicast
+            return publish(jobs[0])
         n = 0
         for job in jobs:
-            n += self.bus.publish_nowait(job)
+            n += publish(job)
         return n
 
     async def push_keys(self, op: int, keys: list[str], body: bytes) -> int:
