@@ -70,10 +70,6 @@ class FakeProxy:
         self.calls.append(("conns", conn_ids, op, body))
         return len(conn_ids)
 
-    def push_room(self, room_id, op, body):
-        self.calls.append(("room", room_id, op, body))
-        return 7
-
     def push_room_batch(self, room_id, frames):
         self.calls.append(("batch", room_id, frames))
         return len(FrameDecoder(max_body=1 << 20).feed(frames))
@@ -82,17 +78,11 @@ class FakeProxy:
         self.calls.append(("all", op, body, speed))
         return 42
 
-    def rooms(self):
-        return {ROOM: 3, "live://2": 1}
-
 
 class AsyncFakeProxy(FakeProxy):
-    async def push_room(self, room_id, op, body):
+    async def push_room_batch(self, room_id, frames):
         await asyncio.sleep(0)
-        return FakeProxy.push_room(self, room_id, op, body)
-
-    async def rooms(self):
-        return {"async://1": 9}
+        return FakeProxy.push_room_batch(self, room_id, frames)
 
 
 async def echo_server(handlers=None, **kw):
@@ -205,15 +195,13 @@ def test_proxy_round_trip_every_method(proxy_cls):
         client = ProxyClient("proxy-1", svc.addr, pool_size=2)
         try:
             assert await client.push_conns([1, 2, 3], 1000, b"m1") == 3
-            assert await client.push_room(ROOM, 1001, b"m2") == 7
+            assert await client.push_room(ROOM, 1001, b"m2") == 1  # a batch of one frame
             frames = encode_frame(1000, 0, b"a") + encode_frame(1000, 0, b"bb")
             assert await client.push_room_batch(ROOM, frames) == 2
             assert await client.push_all(1002, b"m3", 500) == 42
-            expected_rooms = {"async://1": 9} if proxy_cls is AsyncFakeProxy else {ROOM: 3, "live://2": 1}
-            assert await client.rooms() == expected_rooms
             assert proxy.calls == [
                 ("conns", [1, 2, 3], 1000, b"m1"),
-                ("room", ROOM, 1001, b"m2"),
+                ("batch", ROOM, encode_frame(1001, 0, b"m2")),
                 ("batch", ROOM, frames),
                 ("all", 1002, b"m3", 500),
             ]
@@ -579,7 +567,7 @@ def test_handler_exceptions_become_error_replies():
                 await pool.call_raw(4242, b"")
             assert e.value.kind == "unimplemented"
             with pytest.raises(RpcRemoteError) as e:  # undecodable request body
-                await pool.call_raw(pb.PUSH_ROOM, b"\xff\xff")
+                await pool.call_raw(pb.PUSH_ROOM_BATCH, b"\xff\xff")
             assert e.value.kind in ("unimplemented", "bad_request")
             assert await pool.call_raw(ECHO, b"ok") == b"ok"  # still serving, same connection
             assert srv.connections == 1 and srv.handler_errors == 2
@@ -597,9 +585,10 @@ def test_bad_request_body_is_bad_request():
         pool = RpcPool(svc.addr, PROXY_SERVICE, size=1)
         try:
             with pytest.raises(RpcRemoteError) as e:
-                await pool.call_raw(pb.PUSH_ROOM, b"\xff\xff\xff")
+                await pool.call_raw(pb.PUSH_ROOM_BATCH, b"\xff\xff\xff")
             assert e.value.kind == "bad_request"
-            assert await pool.call_raw(pb.ROOMS, b"") != b""
+            req = pb.PushConnsReq(conn_ids=[1], op=1000, body=b"x").SerializeToString()
+            assert pb.CountReply.FromString(await pool.call_raw(pb.PUSH_CONNS, req)).count == 1  # still serving
         finally:
             await pool.close()
             await svc.stop()
@@ -650,7 +639,8 @@ def test_raw_wire_format():
         try:
             s = socket.create_connection(("127.0.0.1", svc.port))
             s.sendall(_raw_hello(PROXY_SERVICE, seq=9)
-                      + encode_frame(pb.PUSH_ROOM, 77, pb.PushRoomReq(room_id=ROOM, op=1000, body=b"x").SerializeToString()))
+                      + encode_frame(pb.PUSH_ROOM_BATCH, 77, pb.PushRoomBatchReq(
+                          room_id=ROOM, frames=encode_frame(1000, 0, b"x")).SerializeToString()))
 
             def read_two():
                 dec, out = FrameDecoder(max_body=1 << 20), []
@@ -661,9 +651,9 @@ def test_raw_wire_format():
 
             frames = await loop.run_in_executor(None, read_two)
             s.close()
-            assert [(f.op, f.seq) for f in frames] == [(pb.HELLO | REPLY_FLAG, 9), (pb.PUSH_ROOM | REPLY_FLAG, 77)]
+            assert [(f.op, f.seq) for f in frames] == [(pb.HELLO | REPLY_FLAG, 9), (pb.PUSH_ROOM_BATCH | REPLY_FLAG, 77)]
             assert pb.HelloReply.FromString(frames[0].body).service == PROXY_SERVICE
-            assert pb.CountReply.FromString(frames[1].body).count == 7
+            assert pb.CountReply.FromString(frames[1].body).count == 1
         finally:
             await svc.stop()
 
@@ -779,7 +769,6 @@ def test_real_proxy_through_both_rpcs():
             assert (await next_frame(1000)).body == b"unicast"
             assert await pclient.push_room(ROOM, 1001, b"room") == 1
             assert (await next_frame(1001)).body == b"room"
-            assert await pclient.rooms() == {ROOM: 1}
             await until(lambda: logic.room_online(ROOM) == 1)  # renew_online over RPC, absorbed by logic
 
             # a refused auth reaches the client with logic's reason

@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -162,7 +161,3 @@ class Config:
             if f.type == "float":
                 setattr(cfg, f.name, float(v))
         return cfg.validate()
-
-    @property
-    def data_path(self) -> Path:
-        return Path(self.data_dir)

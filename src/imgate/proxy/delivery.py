@@ -44,10 +44,6 @@ class Delivery(ProxyAPI):
         self.stats_counters["pushes"] += 1
         return self.table.push_room(room_id, frames)
 
-    def rooms_nowait(self) -> dict:
-        """This proxy's rooms and their online counts (logic absorbs these periodically)."""
-        return self.table.rooms()
-
     def push_all_nowait(self, op: int, body: bytes, speed: int = 0) -> int:
         """Broadcast to every connection, filtered by accepted ops; `speed` caps connections per second."""
         self.stats_counters["pushes"] += 1
