@@ -41,7 +41,7 @@ cdef class Conn:
     cdef Py_ssize_t n_accepts
     # the user this connection belongs to (RoomTable.set_user), None when not set
     cdef object user
-    # the coarse clock (ms) at its last write made at once (RoomTable.send_user)
+    # the coarse clock (ms) at its last write made at once (RoomTable.send_many)
     cdef unsigned int direct_ms
 
     cdef bint accepts_op(self, int op) noexcept
@@ -78,9 +78,6 @@ cdef class RoomTable:
     cdef readonly unsigned long long bytes_out
     cdef readonly unsigned long long overflows
     cdef readonly unsigned long long write_calls
-
-    # send_users([user], data, op) without a list or a Python call: for compiled callers
-    cdef Py_ssize_t send_user(self, object user, bytes data, int op) except -1
 
     cdef Conn _get(self, object conn_id)
     cdef int _queue(self, Conn c, bytes data) except -1

@@ -276,26 +276,6 @@ cdef class RoomTable:
         self._report()
         return count
 
-    cdef Py_ssize_t send_user(self, object user, bytes data, int op) except -1:
-        """``send_users([user], data, op)`` for compiled callers: no list, no Python call. What finds a
-        connection with nothing queued is written at once (see :meth:`_write_fresh`)."""
-        cdef Py_ssize_t count = 0, first
-        if self._batches:
-            self._release_batches()
-        first = self._n_dirty
-        held = self._users.get(user)
-        try:
-            if held is not None:
-                self._queue_held(held, data, None, None, op, &count)
-                if self._n_dirty > first:
-                    self._write_fresh(first)
-        finally:
-            # whatever _write_fresh left listed is flushed, and failures are reported, even if it raised
-            if count:
-                self._schedule()
-            self._report()
-        return count
-
     cdef int _write_fresh(self, Py_ssize_t first) except -1:
         """Write now the connections that joined the dirty list at ``first`` or later, and take them
         off it: a unicast then costs no flush callback, and its latency no loop iteration. They had
@@ -550,8 +530,8 @@ cdef class RoomTable:
 
     def send_many(self, conn_ids, data, int op=-1, ws_data=None):
         """Queue `data` for several connections, encoded once per transport kind; unknown ids are
-        skipped. Returns how many connections it was queued for. Like :meth:`send_user`, what finds a
-        connection with nothing queued is written at once."""
+        skipped. Returns how many connections it was queued for. What finds a connection with nothing
+        queued is written at once (see :meth:`_write_fresh`)."""
         cdef bytes raw = _as_bytes(data)
         cdef bytes ws = None
         cdef Conn c
