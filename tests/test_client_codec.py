@@ -798,14 +798,15 @@ def test_ws_reader_any_chunking(step):
 
 
 @pytest.mark.parametrize("wire, message", [
-    (bytes([0x82, 0x81, 1, 2, 3, 4, 5]), "masked frame"),
-    (bytes([0xC2, 0x01, 0]), "reserved bits"),
-    (bytes([0x83, 0x00]), "unknown opcode 3"),
-    (bytes([0x8B, 0x00]), "unknown control opcode 11"),
-    (bytes([0x09, 0x00]), "control frame is fragmented"),
-    (bytes([0x80, 0x00]), "continuation frame with no message"),
-    (bytes([0x02, 0x01, 0]) + bytes([0x82, 0x01, 0]), "new message began"),
-    (bytes([0x82, 0x7F]) + struct.pack(">Q", 1 << 40), "exceeds the limit"),
+    # (the wording is the core codec's: the client parses with WebSocketParser(client=True))
+    (bytes([0x82, 0x81, 1, 2, 3, 4, 5]), "masked server frame"),
+    (bytes([0xC2, 0x01, 0]), "RSV1 set without a negotiated extension"),
+    (bytes([0x83, 0x00]), "reserved opcode 3"),
+    (bytes([0x8B, 0x00]), "reserved opcode 11"),
+    (bytes([0x09, 0x00]), "fragmented control frame"),
+    (bytes([0x80, 0x00]), "continuation frame without a message in progress"),
+    (bytes([0x02, 0x01, 0]) + bytes([0x82, 0x01, 0]), "new data frame while a fragmented message is in progress"),
+    (bytes([0x82, 0x7F]) + struct.pack(">Q", 1 << 40), "exceeds max_message"),
     (server_frame(b"short"), "protocol error"),
 ])
 def test_ws_reader_violations(wire, message):
