@@ -36,22 +36,22 @@ class Lifecycle:
                 task.cancel()
         bye = notice("shutdown", True)
         ws_bye = None
-        for ch in list(self._channels.values()):
+        for ch in list(self._channels):
             if ch.state in (S_HTTP, S_CLOSING):
                 continue
             if ch.ws:
                 if ws_bye is None:
                     ws_bye = ws_binary(bye) + encode_ws_close(1001, "shutdown")
-                self.table.send_raw(ch.lid, ws_bye)
+                self.table.send_raw(ch, ws_bye)
             else:
-                self.table.send(ch.lid, bye)
+                self.table.send(ch, bye)
         self.table.flush()
         deadline = self.loop.time() + grace
         while self.loop.time() < deadline and any(
-            self.table.pending(ch.lid) for ch in self._channels.values() if ch.lid in self.table
+            self.table.pending(ch) for ch in self._channels if ch in self.table
         ):
             await asyncio.sleep(0.01)
-        for ch in list(self._channels.values()):
+        for ch in list(self._channels):
             self._close_now(ch)  # _forget queues each session's disconnect in _final_disconnects
         disconnects, self._final_disconnects = self._final_disconnects, []
         if disconnects:
@@ -61,7 +61,7 @@ class Lifecycle:
 
     def close(self, ch: Channel, reason: str, reconnect: bool) -> None:
         """op 6 with the reason, then close (the server decided: protocol error, kicked, slow...)."""
-        if ch.lid not in self._channels or ch.state == S_CLOSING:
+        if ch not in self._channels or ch.state == S_CLOSING:
             return
         if ch.ws:
             if ch.state == S_HTTP:
@@ -70,9 +70,9 @@ class Lifecycle:
             short = reason.encode()[:120].decode("utf-8", "ignore")  # a close reason is at most 123 bytes
             self._close_ws(ch, reason, encode_ws_close(1008 if not reconnect else 1001, short), reconnect)
             return
-        log.debug("closing conn %s (%s): %s", ch.conn_id or ch.lid, ch.ip, reason)
-        if ch.lid in self.table:
-            self.table.send_final(ch.lid, notice(reason, reconnect))
+        log.debug("closing conn %s (%s): %s", ch.conn_id or ch.fd, ch.ip, reason)
+        if ch in self.table:
+            self.table.send_final(ch, notice(reason, reconnect))
         self._half_close(ch)
 
     def _half_close(self, ch: Channel) -> None:
@@ -96,8 +96,8 @@ class Lifecycle:
 
     def _forget(self, ch: Channel) -> None:
         """Unregister everywhere (table, session registry); the socket stays open."""
-        if ch.lid in self.table:
-            self.table.remove(ch.lid)
+        if ch in self.table:
+            self.table.remove(ch)
         if ch.conn_id and self._by_conn_id.get(ch.conn_id) is ch:
             del self._by_conn_id[ch.conn_id]
             if self._stopping:
@@ -107,8 +107,9 @@ class Lifecycle:
             ch.conn_id = 0
 
     def _close_now(self, ch: Channel) -> None:
-        if self._channels.pop(ch.lid, None) is None:
+        if ch not in self._channels:
             return
+        self._channels.discard(ch)
         self._forget(ch)
         n = self._ips.get(ch.ip, 0) - 1
         if n > 0:
@@ -120,15 +121,13 @@ class Lifecycle:
         ch.state = S_CLOSING
         ch.sock.close()
 
-    def _on_overflow(self, lid: int) -> None:
-        ch = self._channels.get(lid)
-        if ch is not None:
+    def _on_overflow(self, ch: Channel) -> None:
+        if ch in self._channels:
             self.stats_counters["slow_consumer_closes"] += 1
             self.close(ch, "slow consumer", reconnect=True)
 
-    def _on_write_error(self, lid: int, exc: OSError) -> None:
-        ch = self._channels.get(lid)
-        if ch is not None:
+    def _on_write_error(self, ch: Channel, exc: OSError) -> None:
+        if ch in self._channels:
             self._close_now(ch)
 
     # ------------------------------------------------------------------ housekeeping
@@ -139,7 +138,7 @@ class Lifecycle:
         while True:
             await asyncio.sleep(period)
             hb = self.config.heartbeat_timeout
-            channels = list(self._channels.values())
+            channels = list(self._channels)
             for i, ch in enumerate(channels):
                 if i % _SWEEP_SLICE == 0:
                     if i:
@@ -147,7 +146,7 @@ class Lifecycle:
                         # held every push behind it for a millisecond or two, once a second
                         await asyncio.sleep(0)
                     now = time.monotonic()
-                if ch.lid not in self._channels:
+                if ch not in self._channels:
                     continue  # gone while we yielded
                 st = ch.state
                 if st == S_OPEN:
