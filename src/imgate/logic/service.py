@@ -139,7 +139,11 @@ class Logic:
         """:meth:`push_mids` for a node whose cache and bus are in this process (``pushes_wait`` is
         False): the same lookup and jobs, handed over without a coroutine. Returns the connections
         it was queued for."""
-        return self._publish_nowait(self._jobs(op, body, self._flat(self.cache.sessions_nowait(mids))))
+        found = self.cache.sessions_nowait(mids)
+        jobs = self._jobs(op, body, next(iter(found.values())) if len(found) == 1 else self._flat(found))
+        if len(jobs) == 1:  # the usual unicast: one proxy
+            return self.bus.publish_nowait(jobs[0])
+        return self._publish_nowait(jobs)
 
     def push_keys_nowait(self, op: int, keys: list[str], body: bytes) -> int:
         """:meth:`push_keys` without a coroutine (see :meth:`push_mids_nowait`)."""

@@ -72,16 +72,20 @@ class PushRouter:
         """The proxy a conns job names; None (counted, logged) when it is unknown: it died."""
         proxy = self.proxies.get(job.server)
         if proxy is None:
-            self.skipped += 1
-            log.warning("push to unknown server %s dropped (%d conns)", job.server, len(job.conn_ids))
+            self._unknown(job)
         return proxy
+
+    def _unknown(self, job: PushJob) -> None:
+        self.skipped += 1
+        log.warning("push to unknown server %s dropped (%d conns)", job.server, len(job.conn_ids))
 
     def route_nowait(self, job: PushJob) -> int:
         """Deliver one job to proxies in this process; returns the connections it was queued for."""
         if job.kind == KIND_CONNS:  # the usual unicast: one call to one proxy, no plan to make
             self.jobs += 1
-            proxy = self._proxy_of(job)
+            proxy = self.proxies.get(job.server)
             if proxy is None:
+                self._unknown(job)
                 return 0
             self.delivered += 1
             return proxy.push_conns_nowait(job.conn_ids, job.op, job.body)
