@@ -85,6 +85,7 @@ cdef class RoomTable:
     cdef bytes _queue_held(self, object held, bytes raw, bytes ws, object ws_data, int op, Py_ssize_t* count)
     cdef int _flush_conn(self, Conn c) except -1
     cdef int _write_fresh(self, Py_ssize_t first) except -1
+    cdef int _finish_unicast(self, Py_ssize_t first, Py_ssize_t count) except -1
     cdef int _flush_transport(self, Conn c) except -1
     cdef int _schedule(self) except -1
     cdef int _release_batches(self) except -1

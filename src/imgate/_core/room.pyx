@@ -257,13 +257,15 @@ cdef class RoomTable:
 
     def send_users(self, users, data, int op=-1, ws_data=None):
         """Queue `data` for every connection of each of `users` (each connection once) whose accepted
-        operations include `op`, encoded once per transport kind. Returns how many connections."""
+        operations include `op`, encoded once per transport kind. Returns how many connections. Like
+        :meth:`send_many`, what finds a connection with nothing queued is written at once."""
         cdef bytes raw = _as_bytes(data)
         cdef bytes ws = None
-        cdef Py_ssize_t count = 0
+        cdef Py_ssize_t count = 0, first
         cdef set seen = None
         if self._batches:
             self._release_batches()
+        first = self._n_dirty
         if len(users) > 1:
             seen = set()
             users = [u for u in users if not (u in seen or seen.add(u))]
@@ -271,10 +273,20 @@ cdef class RoomTable:
             held = self._users.get(user)
             if held is not None:
                 ws = self._queue_held(held, raw, ws, ws_data, op, &count)
-        if count:
-            self._schedule()
-        self._report()
+        self._finish_unicast(first, count)
         return count
+
+    cdef int _finish_unicast(self, Py_ssize_t first, Py_ssize_t count) except -1:
+        """After a unicast or multicast was queued: write at once the connections that were idle
+        (:meth:`_write_fresh`), then schedule the flush and report, even if that write raised."""
+        try:
+            if self._n_dirty > first:
+                self._write_fresh(first)
+        finally:
+            if count:
+                self._schedule()
+            self._report()
+        return 0
 
     cdef int _write_fresh(self, Py_ssize_t first) except -1:
         """Write now the connections that joined the dirty list at ``first`` or later, and take them
@@ -539,22 +551,16 @@ cdef class RoomTable:
         if self._batches:
             self._release_batches()
         first = self._n_dirty
-        try:
-            for conn_id in conn_ids:
-                co = self._conns.get(conn_id)
-                if co is None:
-                    continue
-                c = <Conn>co
-                if c.dead or not c.accepts_op(op):
-                    continue
-                ws = self._queue_kind(c, raw, ws, ws_data)
-                count += 1
-            if self._n_dirty > first:
-                self._write_fresh(first)
-        finally:
-            if count:
-                self._schedule()
-            self._report()
+        for conn_id in conn_ids:
+            co = self._conns.get(conn_id)
+            if co is None:
+                continue
+            c = <Conn>co
+            if c.dead or not c.accepts_op(op):
+                continue
+            ws = self._queue_kind(c, raw, ws, ws_data)
+            count += 1
+        self._finish_unicast(first, count)
         return count
 
     def broadcast(self, room_id, data, int op=-1, ws_data=None):
