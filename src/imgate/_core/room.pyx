@@ -61,6 +61,17 @@ cdef inline bytes _as_bytes(object data):
     return bytes(data)
 
 
+cdef int _grow(void*** array, Py_ssize_t* cap, Py_ssize_t first) except -1:
+    """Double a pointer array's capacity (``first`` entries when it has none)."""
+    cdef Py_ssize_t new_cap = cap[0] * 2 if cap[0] else first
+    cdef void** grown = <void**>PyMem_Realloc(array[0], new_cap * sizeof(void*))
+    if grown is NULL:
+        raise MemoryError()
+    array[0] = grown
+    cap[0] = new_cap
+    return 0
+
+
 cdef inline void _release_queue(Conn c) noexcept:
     """Drop the queued payloads' references and free the queue."""
     cdef Py_ssize_t i
@@ -348,7 +359,6 @@ cdef class RoomTable:
         cdef Conn c = self._get(conn_id)
         cdef Room r
         cdef Py_ssize_t i
-        cdef void** members
         cdef RoomSlot* slots
         ro = self._rooms.get(room_id)
         if ro is not None:
@@ -364,11 +374,7 @@ cdef class RoomTable:
             r.room_id = room_id
             self._rooms[room_id] = r
         if r.n == r.cap:
-            members = <void**>PyMem_Realloc(r.members, (r.cap * 2 if r.cap else 8) * sizeof(void*))
-            if members is NULL:
-                raise MemoryError()
-            r.members = members
-            r.cap = r.cap * 2 if r.cap else 8
+            _grow(&r.members, &r.cap, 8)
         if c.n_slots == c.slots_cap:
             slots = <RoomSlot*>PyMem_Realloc(c.slots, (c.slots_cap * 2 if c.slots_cap else 1) * sizeof(RoomSlot))
             if slots is NULL:
@@ -683,11 +689,7 @@ cdef class RoomTable:
         c.pending += n
         if not c.dirty and not c.writer_armed:
             if self._n_dirty == self._dirty_cap:
-                out = <void**>PyMem_Realloc(self._dirty, (self._dirty_cap * 2 if self._dirty_cap else 64) * sizeof(void*))
-                if out is NULL:
-                    raise MemoryError()
-                self._dirty = out
-                self._dirty_cap = self._dirty_cap * 2 if self._dirty_cap else 64
+                _grow(&self._dirty, &self._dirty_cap, 64)
             # the table's strong ref to c (in _conns) outlives the dirty entry: remove() clears dirty
             self._dirty[self._n_dirty] = <void*>c
             self._n_dirty += 1
