@@ -24,6 +24,7 @@ extensions = [
         ["src/imgate/_core/websocket.pyx", "csrc/imgate_ws.c"],
         **common,
     ),
+    Extension("imgate._core.output", ["src/imgate/_core/output.pyx"], **common),
     Extension("imgate._core.room", ["src/imgate/_core/room.pyx"], **common),
     # the HTTP API's connection: parsing (httptools), dispatch and replies
     Extension("imgate.http._protocol", ["src/imgate/http/_protocol.pyx"], **common),
