@@ -2,7 +2,7 @@
 
 Proxies call connect/disconnect/heartbeat/receive/renew_online; the HTTP API calls the push and
 query methods. State lives in the cache service and the push bus, so any number of logic instances
-can serve; the online counters are absorbed periodically from the cache (seed 5.3), never computed
+can serve; the online counters are absorbed periodically from the cache, never computed
 per request.
 """
 

@@ -159,7 +159,7 @@ class Lifecycle:
                     self.close(ch, "auth timeout: the first frame must be auth (op 7)", reconnect=False)
 
     async def _report_loop(self) -> None:
-        """Report room counts to logic periodically (seed 5.3: counters are absorbed, not queried)."""
+        """Report room counts to logic periodically (counters are absorbed, not queried)."""
         while True:
             try:
                 rooms = self.table.rooms()
