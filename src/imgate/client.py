@@ -47,12 +47,12 @@ from imgate.core import (
     WS_OP_BINARY, WS_OP_CLOSE, WS_OP_TEXT, Frame, FrameDecoder, ProtocolError, WebSocketError, WebSocketParser,
     encode_frame, encode_ws_frame, ws_accept_key,
 )
-from imgate.core import (  # noqa: F401  (goim operations, re-exported for callers of the client)
+from imgate.protocol.ops import (  # noqa: F401  (goim operations, re-exported for callers of the client)
     OP_AUTH, OP_AUTH_REPLY, OP_CHANGE_ROOM, OP_CHANGE_ROOM_REPLY, OP_HEARTBEAT, OP_HEARTBEAT_REPLY,
     OP_JOIN_ROOM, OP_JOIN_ROOM_REPLY, OP_LEAVE_ROOM, OP_LEAVE_ROOM_REPLY, OP_RAW, OP_SEND_MSG,
     OP_SEND_MSG_REPLY, OP_SUB, OP_SUB_REPLY, OP_UNSUB, OP_UNSUB_REPLY,
 )
-from imgate.core import OP_DISCONNECT_REPLY as OP_DISCONNECT
+from imgate.protocol.ops import OP_DISCONNECT_REPLY as OP_DISCONNECT
 
 __all__ = [
     "AuthRejected",

@@ -9,7 +9,8 @@ import struct
 import time
 
 from imgate.auth import AuthError
-from imgate.core import (
+from imgate.core import encode_frame
+from imgate.protocol.ops import (
     OP_AUTH,
     OP_AUTH_REPLY,
     OP_CHANGE_ROOM,
@@ -24,7 +25,6 @@ from imgate.core import (
     OP_SEND_MSG_REPLY,
     OP_SUB,
     OP_UNSUB,
-    encode_frame,
 )
 from imgate.proxy.channel import S_AUTH, S_AUTHING, S_OPEN, Channel, valid_room_id
 
