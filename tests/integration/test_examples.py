@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nodeutil import NodeThread
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_readme_client_example(tmp_path):

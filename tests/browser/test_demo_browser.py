@@ -22,13 +22,6 @@ from pathlib import Path
 
 import pytest
 
-try:
-    import imgate.node  # noqa: F401
-except ModuleNotFoundError as e:  # pragma: no cover - only while the node is being written
-    if e.name != "imgate.node":
-        raise
-    pytest.skip("imgate.node does not exist yet: the demo page is tested against a real node", allow_module_level=True)
-
 import uvloop
 
 from nodeutil import NodeThread
@@ -40,7 +33,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from imgate.config import Config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM_ARGS = [

@@ -734,7 +734,7 @@ def test_generated_code_is_current(tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     res = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iproto", f"--python_out={tmp_path}",
                           "proto/imgate.proto"], cwd=root, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
