@@ -518,8 +518,8 @@ def _raw_hello(service="test.echo", seq=1) -> bytes:
     return encode_frame(pb.HELLO, seq, pb.Hello(service=service, client_id="raw", version=1).SerializeToString())
 
 
-def _read_all(sock, timeout=3.0) -> bytes:
-    return read_until_closed(sock, timeout)
+def _read_all(sock) -> bytes:
+    return read_until_closed(sock)
 
 
 def test_malformed_frames_close_only_that_connection():

@@ -16,6 +16,7 @@ from imgate.client import (
     ClientError,
     ClientTimeout,
     ConnectionClosed,
+    Refused,
     _Protocol,
     _ws_client_frame,
     connect,
@@ -144,7 +145,12 @@ class FakeConn(asyncio.Protocol):
             else:
                 self.send(encode_frame(5, f.seq, b"re:" + f.body))
         elif f.op in (12, 14, 16, 18, 20):
-            self.send(encode_frame(f.op + 1, f.seq if server.echo_seq else 0))
+            refusal = server.refuse.get(f.body)
+            if refusal is not None:  # what imgate answers when it refuses
+                body = json.dumps({"ok": False, "error": refusal}).encode()
+            else:
+                body = server.room_reply
+            self.send(encode_frame(f.op + 1, f.seq if server.echo_seq else 0, body))
         elif f.op == 50:  # an IM-style request with a non-standard reply op
             self.send(encode_frame(1000, 0, b"push-before-reply"))
             self.send(encode_frame(51, f.seq, f.body[::-1]))
@@ -179,6 +185,8 @@ class FakeServer:
         self.auth_reply = b""
         self.echo_seq = True
         self.bad_accept = False
+        self.refuse: dict[bytes, str] = {}    # request body of ops 12-20 -> error of an "ok": false reply
+        self.room_reply = b""                 # reply body when not refused (goim: empty)
 
     def on_auth(self, body):
         mid = body.get("mid")
@@ -517,6 +525,35 @@ def test_room_and_sub_requests(kind):
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)   # auto-increasing
         with pytest.raises(ClientTimeout):  # no reply leaked into the push queue
             await client.recv(timeout=0.05)
+        await client.close()
+    run(with_server(body, kind))
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_refused_room_and_sub_operations_raise_refused(kind):
+    async def body(server, url):
+        server.room_reply = b'{"ok": true, "room_id": "x"}'
+        server.refuse = {b"bad": "room id must look like type://id, got 'bad'",
+                         b"full://1": "connection is already in 2 rooms (the limit)",
+                         b"1,x": "body must be comma-separated int32 operation numbers"}
+        client = await connect(url, mid=1, room_id="live://1", heartbeat=None)
+        for call, arg, op in [(client.join_room, "full://1", 18), (client.join_room, "bad", 18),
+                              (client.leave_room, "bad", 20), (client.change_room, "bad", 12)]:
+            with pytest.raises(Refused) as e:
+                await call(arg)
+            assert e.value.op == op and e.value.error == server.refuse[arg.encode()]
+            assert e.value.reply == {"ok": False, "error": server.refuse[arg.encode()]}
+            assert server.refuse[arg.encode()] in str(e.value)
+        assert client.room_id == "live://1", "a refused change_room does not move the client's record"
+        # Refused is a ClientError, and the connection is still usable afterwards
+        assert issubclass(Refused, ClientError)
+        server.refuse[b"7"] = "nope"
+        for call in (client.sub, client.unsub):
+            with pytest.raises(Refused, match="nope"):
+                await call([7])
+        await client.change_room("live://2")  # "ok": true passes
+        assert client.room_id == "live://2"
+        assert await client.heartbeat() == 1
         await client.close()
     run(with_server(body, kind))
 
