@@ -27,7 +27,7 @@ class FakeProxy:
         return 1 if room_id in self.room_set else 0
 
     async def push_all(self, op, body, speed=0):
-        self.calls.append(("all", op, body))
+        self.calls.append(("all", op, body, speed))
         return 1
 
 
@@ -60,10 +60,12 @@ def test_conns_job_goes_to_its_proxy_only_and_all_to_every_proxy():
             PushJob(KIND_CONNS, 1000, b"one", server="b", conn_ids=[7, 8]),
             PushJob(KIND_CONNS, 1000, b"lost", server="gone", conn_ids=[9]),
             PushJob(KIND_ALL, 1000, b"everyone"),
+            PushJob(KIND_ALL, 1001, b"paced", speed=250),
         ])
         return push
 
     push = run(go())
-    assert b.calls == [("conns", [7, 8], 1000, b"one"), ("all", 1000, b"everyone")]
-    assert a.calls == [("all", 1000, b"everyone")]
+    # push/all?speed= reaches every proxy with its speed: each proxy paces its own connections
+    assert b.calls == [("conns", [7, 8], 1000, b"one"), ("all", 1000, b"everyone", 0), ("all", 1001, b"paced", 250)]
+    assert a.calls == [("all", 1000, b"everyone", 0), ("all", 1001, b"paced", 250)]
     assert push.skipped == 1
