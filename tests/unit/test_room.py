@@ -543,32 +543,53 @@ def test_ws_data_gives_websocket_members_their_own_encoding():
 
 
 def test_overflow_keeps_the_half_written_frame_for_the_last_words(loop):
-    """A slow consumer cut off mid-frame: whatever it receives is a prefix of whole frames then op 6."""
+    """A slow consumer cut off mid-frame: the rest of that frame, then op 6. What its full socket does
+    not take, send_final hands back for the owner to write once the socket drains."""
     a, b = socket.socketpair()
     a.setblocking(False)
     b.setblocking(False)
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
     notice = encode_frame(6, 0, b'{"reason":"slow consumer","reconnect":true}')
-    t = RoomTable(loop, max_pending=200_000, on_overflow=lambda cid: t.send_final(cid, notice))
+    rests = []
+    t = RoomTable(loop, max_pending=200_000, on_overflow=lambda cid: rests.append(t.send_final(cid, notice)))
     t.add(1, a)
     big = encode_frame(1000, 0, b"x" * 60000)
     t.send(1, big)
     t.flush()
     assert t.pending(1) > 0, "half written"
-    sent_before = len(big) - t.pending(1)
-    got = bytearray(read_available(b))
     for _ in range(10):  # a burst in one iteration: overflow
         if 1 not in t:
             break
         t.send(1, big)
     assert 1 not in t
+    [rest] = rests
+    assert rest, "the socket was full: the last words come back to the caller"
+    assert rest == (big + notice)[-len(rest):], "what is owed is the end of the half-written frame and op 6"
+    # the owner's part: write the rest as the peer reads, then FIN
+    got = bytearray()
+    while rest:
+        got += read_available(b)
+        try:
+            rest = rest[a.send(rest):]
+        except BlockingIOError:
+            pass
     a.shutdown(socket.SHUT_WR)
-    got += read_exact(b, 1 << 21, timeout=2)
-    assert len(got) > sent_before
-    assert bytes(got) == (big + notice)[: len(got)], "the stream is never cut into"
+    got += read_exact(b, 1 << 21)
+    assert bytes(got) == big + notice, "the whole half-written frame, then the notice; the queued rest dropped"
     a.close()
     b.close()
+
+
+def test_send_final_returns_nothing_when_everything_went_out():
+    (s, c), = tcp_pairs(1)
+    t = RoomTable()
+    t.add(1, s)
+    bye = encode_frame(6, 0, b'{"reason":"kicked","reconnect":false}')
+    assert t.send_final(1, bye) == b""
+    assert read_exact(c, len(bye)) == bye
+    s.close()
+    c.close()
 
 
 def test_flush_survives_a_failing_transport(loop):
