@@ -22,6 +22,7 @@ from imgate.client import (
     connect,
 )
 from imgate.client import Client as ClientClass
+from polling import wait_until_async
 from imgate.core import (
     WS_OP_BINARY,
     Frame,
@@ -225,11 +226,8 @@ async def with_server(body, kind, **server_opts):
         await server.stop()
 
 
-async def until(predicate, timeout=2.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
+async def until(predicate):
+    await wait_until_async(predicate, interval=0.005, what="the fake server or the client to get there")
 
 
 # -- auth handshake -----------------------------------------------------------------------------
@@ -451,7 +449,9 @@ def test_server_close_wakes_a_waiting_recv(kind):
     async def body(server, url):
         client = await connect(url, mid=1, heartbeat=None)
         waiting = asyncio.ensure_future(client.recv())
-        await asyncio.sleep(0.05)
+        for _ in range(3):  # a few loop turns: the recv is now waiting
+            await asyncio.sleep(0)
+        assert not waiting.done()
         server.conn_of(1).transport.close()
         with pytest.raises(ConnectionClosed) as info:
             await waiting
