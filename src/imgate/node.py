@@ -20,8 +20,8 @@ from imgate.http.server import HttpServer
 from imgate.logic import Logic
 from imgate.logic.http_api import build_routes
 from imgate.metrics import Metrics
-from imgate.proxy.server import Proxy
-from imgate.push import MemoryBus, Push
+from imgate.proxy import Proxy
+from imgate.push import MemoryBus, PushRouter
 
 log = logging.getLogger("imgate.node")
 
@@ -88,7 +88,7 @@ class Node:
             cfg.jwt_secret = load_or_create_secret(cfg)
         loop = asyncio.get_running_loop()
         self.cache = MemoryCache()
-        self.push = Push()
+        self.push = PushRouter()
         self.bus = MemoryBus(self.push)
         self.logic = Logic(
             self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret),
@@ -96,7 +96,6 @@ class Node:
         )
         self.proxy = Proxy(cfg, self.logic, loop)
         self.push.add_proxy(self.proxy)
-        self.logic.local_proxy = self.proxy  # pushes by mid: straight to the proxy's user index
         self.metrics = Metrics()
         self.metrics.add_source(self.proxy.stats)
         routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None)
