@@ -369,7 +369,7 @@ def test_websocket_upgrade_errors(node):
     assert_still_serving(node)
 
 
-def test_websocket_text_and_bad_frames(node):
+def test_websocket_binary_message_with_a_bad_goim_header(node):
     async def go():
         c = await imclient.connect(node.ws_url, mid=55, heartbeat=None)
         c.send_raw(b"\x00\x00\x00\x05garbage-not-a-frame")  # inside a binary message: bad goim header
