@@ -10,7 +10,6 @@ import asyncio
 import time
 import uuid
 
-import pytest
 import uvloop
 
 from imgate.cache import MemoryCache, Session

@@ -4,7 +4,6 @@ the contract cannot see: the keys left behind, Sentinel addresses, a real Sentin
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
