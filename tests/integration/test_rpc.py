@@ -468,7 +468,7 @@ def test_connect_written_then_logic_dies_is_not_repeated():
         orig = logic1.cache.alloc_conn_id
 
         async def hang():
-            await asyncio.sleep(10)
+            await asyncio.Event().wait()  # never answers: logic 1 dies with the connect in progress
             return await orig()
 
         logic1.cache.alloc_conn_id = hang
@@ -477,7 +477,7 @@ def test_connect_written_then_logic_dies_is_not_repeated():
             await client.start()
             await until(lambda: all(p.healthy for p in client.pools))
             call = asyncio.ensure_future(client.connect("p", auth_body(1)))
-            await asyncio.wait_for(entered.wait(), 5)
+            await asyncio.wait_for(entered.wait(), DEADLINE)
             await svc1.stop()
             with pytest.raises(RpcUnavailable) as e:
                 await call
