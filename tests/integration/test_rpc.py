@@ -778,7 +778,7 @@ def test_real_proxy_through_both_rpcs():
 
             async def next_frame(op):
                 while True:
-                    for f in dec.feed(await asyncio.wait_for(reader.read(65536), 5)):
+                    for f in dec.feed(await asyncio.wait_for(reader.read(65536), DEADLINE)):
                         if f.op == op:
                             return f
 
@@ -796,7 +796,7 @@ def test_real_proxy_through_both_rpcs():
             # a refused auth reaches the client with logic's reason
             r2, w2 = await asyncio.open_connection("127.0.0.1", proxy.tcp_port)
             w2.write(encode_frame(7, 1, b"{bad json"))
-            data = await asyncio.wait_for(r2.read(65536), 5)
+            data = await asyncio.wait_for(r2.read(65536), DEADLINE)
             notice = json.loads([f for f in FrameDecoder(max_body=1 << 20).feed(data) if f.op == 6][0].body)
             with pytest.raises(AuthError) as direct:
                 await logic.connect("x", b"{bad json")

@@ -54,8 +54,8 @@ def loop_kind(request):
 
 def run(coro):
     if LOOP == "uvloop":
-        return uvloop.run(asyncio.wait_for(coro, 10))
-    return asyncio.run(asyncio.wait_for(coro, 10))
+        return uvloop.run(asyncio.wait_for(coro, 60))
+    return asyncio.run(asyncio.wait_for(coro, 60))
 
 
 # -- the fake server ----------------------------------------------------------------------------
@@ -701,7 +701,7 @@ def test_ws_client_close_handshake():
         conn = server.conn_of(1)
         server_conn_closed = conn.closed
         await client.close()
-        await asyncio.wait_for(server_conn_closed, 1)
+        await asyncio.wait_for(server_conn_closed, 30)
         assert conn.parser.closed and conn.parser.close_code == 1000
         with pytest.raises(ConnectionClosed, match="closed by the client"):
             await client.recv()
