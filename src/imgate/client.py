@@ -27,8 +27,9 @@ answers pings and echoes a close with masked frames, and :func:`imgate.core.enco
 mask); only the upgrade request and its check are written here. Works on uvloop.
 
 Errors: :class:`ClientError` and its subclasses :class:`AuthRejected` (op 6 or a close instead of the
-auth reply), :class:`ConnectionClosed` (the connection is gone; carries the op-6 notice if any) and
-:class:`ClientTimeout` (also a :class:`TimeoutError`). Connecting to a closed port raises the
+auth reply), :class:`ConnectionClosed` (the connection is gone; carries the op-6 notice if any),
+:class:`Refused` (the server answered a room or sub operation with ``"ok": false``; the connection
+stays open) and :class:`ClientTimeout` (also a :class:`TimeoutError`). Connecting to a closed port raises the
 :class:`OSError` of the socket.
 """
 
@@ -60,6 +61,7 @@ __all__ = [
     "ClientError",
     "ClientTimeout",
     "ConnectionClosed",
+    "Refused",
     "connect",
 ]
 
@@ -94,6 +96,18 @@ class ConnectionClosed(ClientError):
         self.reason = reason
         self.notice = notice
         self.ws_code = ws_code
+
+
+class Refused(ClientError):
+    """The server refused an operation (its reply says ``"ok": false``): an invalid room id, the
+    connection's room limit, bad sub/unsub ops. The connection stays open; ``error`` is the server's
+    reason, ``reply`` the reply's JSON body."""
+
+    def __init__(self, op: int, error: str, reply: dict):
+        super().__init__(f"op {op} refused: {error}")
+        self.op = op
+        self.error = error
+        self.reply = reply
 
 
 class ClientTimeout(ClientError, TimeoutError):
@@ -497,26 +511,39 @@ class Client:
         body = reply.body
         return int.from_bytes(body[:4], "big", signed=True) if len(body) >= 4 else 0
 
+    async def _checked(self, op: int, body: bytes, reply_op: int, timeout: float | None) -> None:
+        """A request whose JSON reply carries ``ok``; ``"ok": false`` raises :class:`Refused`."""
+        reply = await self.request(op, body, reply_op, timeout)
+        try:
+            fields = json.loads(reply.body) if reply.body else {}
+        except (ValueError, UnicodeDecodeError):
+            fields = None
+        if not isinstance(fields, dict):  # a goim server answers with an empty or non-JSON body
+            return
+        if fields.get("ok") is False:
+            raise Refused(op, str(fields.get("error") or "refused by the server"), fields)
+
     async def change_room(self, room_id: str, timeout: float | None = None) -> None:
-        """Op 12 -> 13: move the connection to ``room_id`` (``""`` leaves every room)."""
-        await self.request(OP_CHANGE_ROOM, room_id.encode(), OP_CHANGE_ROOM_REPLY, timeout)
+        """Op 12 -> 13: move the connection to ``room_id`` (``""`` leaves every room).
+        Raises :class:`Refused` if the server refuses (the connection stays where it was)."""
+        await self._checked(OP_CHANGE_ROOM, room_id.encode(), OP_CHANGE_ROOM_REPLY, timeout)
         self.room_id = room_id
 
     async def join_room(self, room_id: str, timeout: float | None = None) -> None:
-        """Op 18 -> 19: join one more room."""
-        await self.request(OP_JOIN_ROOM, room_id.encode(), OP_JOIN_ROOM_REPLY, timeout)
+        """Op 18 -> 19: join one more room. Raises :class:`Refused` if the server refuses."""
+        await self._checked(OP_JOIN_ROOM, room_id.encode(), OP_JOIN_ROOM_REPLY, timeout)
 
     async def leave_room(self, room_id: str, timeout: float | None = None) -> None:
-        """Op 20 -> 21: leave one room."""
-        await self.request(OP_LEAVE_ROOM, room_id.encode(), OP_LEAVE_ROOM_REPLY, timeout)
+        """Op 20 -> 21: leave one room. Raises :class:`Refused` if the server refuses."""
+        await self._checked(OP_LEAVE_ROOM, room_id.encode(), OP_LEAVE_ROOM_REPLY, timeout)
 
     async def sub(self, ops: Iterable[int], timeout: float | None = None) -> None:
-        """Op 14 -> 15: also accept these push operations."""
-        await self.request(OP_SUB, _ops_body(ops), OP_SUB_REPLY, timeout)
+        """Op 14 -> 15: also accept these push operations. Raises :class:`Refused` if refused."""
+        await self._checked(OP_SUB, _ops_body(ops), OP_SUB_REPLY, timeout)
 
     async def unsub(self, ops: Iterable[int], timeout: float | None = None) -> None:
-        """Op 16 -> 17: stop accepting these push operations."""
-        await self.request(OP_UNSUB, _ops_body(ops), OP_UNSUB_REPLY, timeout)
+        """Op 16 -> 17: stop accepting these push operations. Raises :class:`Refused` if refused."""
+        await self._checked(OP_UNSUB, _ops_body(ops), OP_UNSUB_REPLY, timeout)
 
     async def send(self, body: bytes | str, op: int = OP_SEND_MSG,
                    timeout: float | None = None) -> bytes:

@@ -502,8 +502,10 @@ cdef class OutputTable:
         return 0
 
     def send_final(self, conn_id, data=b"", *, bint raw=False):
-        """Best-effort last words, then unregister: drop what is queued, write `data` (e.g. an op-6
-        frame) once without blocking, and remove the connection. The caller closes the socket.
+        """Last words, then unregister: drop what is queued, write `data` (e.g. an op-6 frame) once
+        without blocking, and remove the connection. Returns the bytes the socket did not take (b""
+        when all went out, or the connection is broken): a slow consumer's kernel buffer is full, so
+        the caller writes them when the socket is writable, then closes it.
 
         If a frame was half written, its rest goes first so the client can still parse `data`.
         With `raw=True` the bytes go out as given (a WebSocket caller adds its own close frame).
@@ -518,15 +520,16 @@ cdef class OutputTable:
         payload = tail + (ws_wrap(raw_data) if c.ws_framing and raw_data and not raw else raw_data)
         self.remove(conn_id)
         if not payload:
-            return
+            return b""
         if c.kind == KIND_TRANSPORT:
             if not c.transport.is_closing():
-                c.transport.write(payload)
-            return
+                c.transport.write(payload)  # the transport buffers what the socket does not take
+            return b""
         try:
-            _send_nowait(c.fd, payload)
+            sent = _send_nowait(c.fd, payload)
         except OSError:
-            pass
+            return b""
+        return payload[sent:]
 
     def stats(self):
         """Counters for metrics."""
@@ -539,12 +542,15 @@ cdef class OutputTable:
         }
 
 
-cdef int _send_nowait(int fd, bytes payload) except -1:
+cdef Py_ssize_t _send_nowait(int fd, bytes payload) except -1:
+    """Bytes written (0 when the socket buffer is full); OSError when the connection is broken."""
     cdef ssize_t r
     cdef const char* buf = PyBytes_AS_STRING(payload)
     cdef size_t n = PyBytes_GET_SIZE(payload)
     with nogil:
         r = send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL)
-    if r < 0 and errno != EAGAIN and errno != EWOULDBLOCK:
-        raise OSError(errno, os.strerror(errno))
-    return 0
+    if r < 0:
+        if errno != EAGAIN and errno != EWOULDBLOCK:
+            raise OSError(errno, os.strerror(errno))
+        return 0
+    return r

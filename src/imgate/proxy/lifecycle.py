@@ -71,24 +71,44 @@ class Lifecycle:
             self._close_ws(ch, reason, encode_ws_close(1008 if not reconnect else 1001, short), reconnect)
             return
         log.debug("closing conn %s (%s): %s", ch.conn_id or ch.fd, ch.ip, reason)
+        rest = b""
         if ch in self.table:
-            self.table.send_final(ch, notice(reason, reconnect))
-        self._half_close(ch)
+            rest = self.table.send_final(ch, notice(reason, reconnect))
+        self._half_close(ch, rest)
 
-    def _half_close(self, ch: Channel) -> None:
-        # FIN now, then drain the peer briefly: closing with unread input would reset the
-        # connection and could destroy the op-6 notice before the client reads it.
+    def _half_close(self, ch: Channel, rest: bytes = b"") -> None:
+        # FIN once the last words are out, then drain the peer briefly: closing with unread input
+        # would reset the connection and could destroy the op-6 notice before the client reads it.
         self._forget(ch)
         was_authing = ch.state == S_AUTHING
         ch.state = S_CLOSING
         ch.deadline = time.monotonic() + 2.0
+        if was_authing:  # reading was paused for auth; drain again so the peer's close is seen
+            self.loop.add_reader(ch.fd, self._on_readable, ch)
+        if rest:  # the socket buffer is full (a slow consumer): finish when it drains, or at the deadline
+            self.loop.add_writer(ch.fd, self._write_last_words, ch, rest)
+            return
         try:
             ch.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._close_now(ch)
+
+    def _write_last_words(self, ch: Channel, rest: bytes) -> None:
+        try:
+            n = ch.sock.send(rest)
+        except (BlockingIOError, InterruptedError):
             return
-        if was_authing:  # reading was paused for auth; drain again so the peer's close is seen
-            self.loop.add_reader(ch.fd, self._on_readable, ch)
+        except OSError:
+            self._close_now(ch)
+            return
+        if n < len(rest):
+            self.loop.add_writer(ch.fd, self._write_last_words, ch, rest[n:])
+            return
+        self.loop.remove_writer(ch.fd)
+        try:
+            ch.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close_now(ch)
 
     def _lost(self, ch: Channel) -> None:
         """The peer closed or reset the connection."""
@@ -118,6 +138,7 @@ class Lifecycle:
             self._ips.pop(ch.ip, None)
         if ch.state != S_AUTHING:
             self.loop.remove_reader(ch.fd)
+        self.loop.remove_writer(ch.fd)  # last words still owed to a slow consumer, if any
         ch.state = S_CLOSING
         ch.sock.close()
 

@@ -69,9 +69,10 @@ class WebSocketSide:
             self._lost(ch)
 
     def _close_ws(self, ch: Channel, reason: str, close_frame: bytes, reconnect: bool = False) -> None:
+        rest = b""
         if ch in self.table:
-            self.table.send_final(ch, ws_binary(notice(reason, reconnect)) + close_frame, raw=True)
-        self._half_close(ch)
+            rest = self.table.send_final(ch, ws_binary(notice(reason, reconnect)) + close_frame, raw=True)
+        self._half_close(ch, rest)
 
     def _send_direct(self, ch: Channel, data: bytes) -> None:
         try:

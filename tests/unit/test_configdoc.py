@@ -8,7 +8,7 @@ from pathlib import Path
 from imgate import configdoc
 from imgate.config import Config
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_every_key_has_a_meaning_in_config():

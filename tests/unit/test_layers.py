@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "imgate"
+SRC = Path(__file__).resolve().parents[2] / "src" / "imgate"
 
 # bottom up; a module may import its own layer and the ones below
 LAYERS = [
