@@ -57,6 +57,7 @@ __all__ = [
     "ClientError",
     "ClientTimeout",
     "ConnectionClosed",
+    "ImRejected",
     "connect",
 ]
 
@@ -93,6 +94,23 @@ class ConnectionClosed(ClientError):
         self.reason = reason
         self.notice = notice
         self.ws_code = ws_code
+
+
+class ImRejected(ClientError):
+    """The server answered an IM request with an error (``code``, ``error``); the connection stays."""
+
+    def __init__(self, code: int, error: str, reply: dict):
+        super().__init__(f"{code}: {error}")
+        self.code = code
+        self.error = error
+        self.reply = reply
+
+
+def _im_reply(body: bytes) -> dict:
+    reply = json.loads(body)
+    if reply.get("code"):
+        raise ImRejected(reply["code"], reply.get("error", ""), reply)
+    return reply
 
 
 class ClientTimeout(ClientError, TimeoutError):
@@ -602,6 +620,46 @@ class Client:
         """Send a message (op 4 by default) and return the body of its reply (op + 1, same seq)."""
         reply = await self.request(op, body, op + 1, timeout)
         return reply.body
+
+    # IM (BRIEF "IM protocol") ------------------------------------------------------------------
+    @property
+    def inbox_seq(self) -> int:
+        """The newest seq of the user's inbox when the connection authenticated (op 8)."""
+        try:
+            return int(json.loads(self.auth_reply).get("inbox_seq", 0))
+        except (ValueError, AttributeError):
+            return 0
+
+    async def send_message(self, to: int, content: Any, *, type: str = "text", cmid: str | None = None,
+                           timeout: float | None = None) -> dict:
+        """Op 22 -> 23: store a message for user ``to``; the reply ``{"cmid", "msg_id", "seq", "ts"}``
+        once it is durable. Resending with the same ``cmid`` after a lost reply stores nothing new.
+        Raises :class:`ImRejected` for an error reply."""
+        req = {"cmid": cmid or os.urandom(12).hex(), "to": to, "type": type, "content": content}
+        reply = await self.request(22, json.dumps(req), 23, timeout)
+        return _im_reply(reply.body)
+
+    async def sync(self, after: int = 0, limit: int = 100, timeout: float | None = None) -> dict:
+        """Op 26 -> 27: inbox entries after seq ``after`` (``msgs`` are dicts)."""
+        reply = await self.request(26, json.dumps({"after": after, "limit": limit}), 27, timeout)
+        return _im_reply(reply.body)
+
+    def ack(self, seq: int) -> None:
+        """Op 25: every inbox entry up to ``seq`` has reached this connection (no reply)."""
+        self.send_frame(25, json.dumps({"seq": seq}))
+
+    async def read(self, conv: str, seq: int, timeout: float | None = None) -> dict:
+        """Op 32 -> 33: the read position in ``conv`` moves up to ``seq`` (the peer is told)."""
+        reply = await self.request(32, json.dumps({"conv": conv, "seq": seq}), 33, timeout)
+        return _im_reply(reply.body)
+
+    def messages(self, after: int | None = None):
+        """An async iterator of the inbox's messages (dicts) from seq ``after + 1`` (default: what
+        arrives after the auth), in order, each once; it fills gaps with SYNC and acks. It takes the
+        connection's pushes for itself (other operations go to its ``others``)."""
+        from imgate.im.stream import MessageStream
+
+        return MessageStream(self, self.inbox_seq if after is None else after)
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""

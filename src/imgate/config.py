@@ -79,6 +79,20 @@ class Config:
     online_interval: float = 1.0
     # demo page helpers (token minting for the page); off unless asked for
     demo: bool = False
+    # ---- IM (imgate.im, docs/im.md); the embedded store is <data_dir>/im.db
+    im_sync: str = "full"                # SQLite synchronous: "full" fsyncs every commit, "normal" survives
+                                         # a process kill but not a power loss
+    im_busy_timeout: float = 5.0         # seconds a write waits for a locked database before it is refused
+    im_batch_max: int = 512              # writes committed together at most
+    im_max_queue: int = 20000            # writes waiting for the writer; more are refused (503)
+    im_retention_days: float = 0.0       # inbox entries older than this are removed; 0 keeps them
+    im_retention_entries: int = 0        # entries kept per inbox; 0 keeps all
+    im_prune_interval: float = 3600.0    # seconds between retention sweeps by age
+    max_message_bytes: int = 16384       # a message's content, as JSON
+    ack_timeout: float = 5.0             # seconds before an unacked op-24 entry is pushed again
+    ack_retries: int = 3                 # pushes again at most, per entry and connection
+    im_max_unacked: int = 1000           # entries tracked per connection (the oldest is dropped)
+    im_sync_max_limit: int = 1000        # largest SYNC page
     # ---- cluster roles (imgate proxy | logic | push); see docs/cluster.md
     rpc: str = "0.0.0.0:3109"            # proxy: internal RPC (push -> proxy); logic: its own (3119)
     logic_rpc: str = "0.0.0.0:3119"      # logic: internal RPC listener (proxy -> logic)
@@ -116,6 +130,17 @@ class Config:
         for key in ("max_frame_body", "max_pending", "max_http_body", "max_rooms_per_conn"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.im_sync not in ("full", "normal"):
+            raise ConfigError(f"im_sync: expected 'full' or 'normal', got {self.im_sync!r}")
+        for key in ("im_busy_timeout", "ack_timeout", "im_prune_interval"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        for key in ("im_batch_max", "im_max_queue", "max_message_bytes", "im_max_unacked", "im_sync_max_limit"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        for key in ("im_retention_days", "im_retention_entries", "ack_retries"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         if not self.server_id:
             self.server_id = f"{os.uname().nodename}:{parse_hostport(self.tcp, 'tcp')[1]}"
         if self.auth == "jwt" and not self.jwt_secret:

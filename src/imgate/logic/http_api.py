@@ -316,6 +316,12 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
     add("GET", "/room", room)
     add("GET", "/list", list_sessions)
 
+    # -- IM for backends (imgate/im/http.py)
+
+    from imgate.im.http import add_im_routes
+
+    add_im_routes(add, logic)
+
     # -- service routes
 
     doc = openapi_document(demo=demo is not None)
