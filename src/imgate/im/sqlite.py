@@ -86,7 +86,8 @@ def migrate(conn: sqlite3.Connection) -> int:
 class SqliteStore(MessageStore):
     def __init__(self, path: str | os.PathLike, *, synchronous: str = "full", busy_timeout: float = 5.0,
                  batch_max: int = 512, max_queue: int = 20000, retention_days: float = 0,
-                 retention_entries: int = 0, prune_interval: float = 3600.0, readers: int = 2):
+                 retention_entries: int = 0, prune_interval: float = 3600.0, readers: int = 2,
+                 seen_max: int = 200_000):
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
         self.path = Path(path)
@@ -105,6 +106,12 @@ class SqliteStore(MessageStore):
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._last_ts = 0
+        # uid -> newest committed seq, for users this process has seen (it is the database's only
+        # writer): a returning user's auth needs no database round trip. Written by the writer thread
+        # after each COMMIT, read by the loop; a stale value is only older, never newer.
+        self._seen: dict[int, int] = {}
+        self._batch_seqs: dict[int, int] = {}
+        self.seen_max = seen_max
         self.counters = {"commits": 0, "writes": 0, "failed_batches": 0}
         self.on_write_conn = None             # tests: called with the writer's connection once open
 
@@ -182,6 +189,7 @@ class SqliteStore(MessageStore):
     def _commit(self, conn: sqlite3.Connection, batch: list) -> list:
         """Run a batch in one transaction; per item (ok, value). A refused item wrote nothing."""
         results = []
+        self._batch_seqs = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -202,6 +210,9 @@ class SqliteStore(MessageStore):
             return [(False, err)] * len(batch)
         self.counters["commits"] += 1
         self.counters["writes"] += len(batch)
+        if len(self._seen) + len(self._batch_seqs) > self.seen_max:
+            self._seen = {}  # bounded: start over rather than track every user ever seen
+        self._seen.update(self._batch_seqs)
         return results
 
     def _answer(self, batch: list, results: list) -> None:
@@ -273,11 +284,14 @@ class SqliteStore(MessageStore):
             new_min = seq - keep + 1
             conn.execute("DELETE FROM inbox WHERE owner = ? AND seq < ?", (owner, new_min))
             conn.execute("UPDATE users SET min_seq = ? WHERE uid = ?", (new_min, owner))
+        self._batch_seqs[owner] = seq
         return seq
 
     def _open_inbox(self, conn: sqlite3.Connection, uid: int) -> int:
         conn.execute("INSERT OR IGNORE INTO users (uid, created) VALUES (?, ?)", (uid, int(time.time() * 1000)))
-        return conn.execute("SELECT max_seq FROM users WHERE uid = ?", (uid,)).fetchone()[0]
+        seq = conn.execute("SELECT max_seq FROM users WHERE uid = ?", (uid,)).fetchone()[0]
+        self._batch_seqs.setdefault(uid, seq)
+        return seq
 
     def _mark_read(self, conn: sqlite3.Connection, uid: int, conv: str, seq: int) -> ReadResult:
         members = conv_members(conv)
@@ -373,13 +387,13 @@ class SqliteStore(MessageStore):
     # ------------------------------------------------------------------ the interface
 
     async def open_inbox(self, uid: int) -> int:
-        seq = await self._read(self._max_seq_now, uid)
+        seq = self._seen.get(uid)
         if seq is not None:
             return seq
-        return await self._write(self._open_inbox, uid)
+        return await self._write(self._open_inbox, uid)  # one write: a storm of new users shares commits
 
     async def has_inbox(self, uid: int) -> bool:
-        return await self._read(self._max_seq_now, uid) is not None
+        return uid in self._seen or await self._read(self._max_seq_now, uid) is not None
 
     async def max_seq(self, uid: int) -> int:
         return await self._read(self._max_seq_now, uid) or 0
