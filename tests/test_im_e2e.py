@@ -163,6 +163,28 @@ def test_message_stream_fills_a_gap_with_sync(node, transport):
     run(go())
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_message_stream_catches_up_after_being_offline_then_goes_live(node, transport):
+    a, b = users(2)
+
+    async def go():
+        await (await connect(node, transport, b)).close()
+        ac = await connect(node, transport, a)
+        for i in range(7):
+            await ac.send_message(b, i)
+        bc = await connect(node, transport, b)
+        stream = bc.messages(after=2)  # the last seq this device saw before it went offline
+        got = [await asyncio.wait_for(stream.__anext__(), 10) for _ in range(5)]
+        assert [(m["seq"], m["content"]) for m in got] == [(s, s - 1) for s in range(3, 8)]
+        await ac.send_message(b, "live")
+        m = await asyncio.wait_for(stream.__anext__(), 10)
+        assert (m["seq"], m["content"]) == (8, "live")
+        await ac.close()
+        await bc.close()
+
+    run(go())
+
+
 def bc_conn(c):
     return json.loads(c.auth_reply)["conn_id"]
 
