@@ -227,6 +227,27 @@ _PATHS: dict[str, dict] = {
             "responses": {"200": {"description": "JavaScript.", "content": {"text/javascript": {"schema": {"type": "string"}}}}},
         }
     },
+    "/chat": {
+        "get": {
+            "tags": ["demo"],
+            "summary": "The chat demo page (single chat over the IM protocol)",
+            "responses": {"200": {"description": "A static HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/chat.js": {
+        "get": {
+            "tags": ["demo"],
+            "summary": "The chat demo page's script",
+            "responses": {"200": {"description": "JavaScript (an ES module).", "content": {"text/javascript": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/imgate-im.js": {
+        "get": {
+            "tags": ["demo"],
+            "summary": "The IM client for web apps (an ES module: ImClient, pack, unpack)",
+            "responses": {"200": {"description": "JavaScript (an ES module).", "content": {"text/javascript": {"schema": {"type": "string"}}}}},
+        }
+    },
     "/demo/config": {
         "get": {
             "tags": ["demo"],
