@@ -22,8 +22,8 @@ from imgate.im.sqlite import SqliteStore
 from imgate.logic import Logic
 from imgate.logic.http_api import build_routes
 from imgate.metrics import Metrics
-from imgate.proxy.server import Proxy
-from imgate.push import MemoryBus, Push
+from imgate.proxy import Proxy
+from imgate.push import MemoryBus, PushRouter
 
 log = logging.getLogger("imgate.node")
 
@@ -91,7 +91,7 @@ class Node:
             cfg.jwt_secret = load_or_create_secret(cfg)
         loop = asyncio.get_running_loop()
         self.cache = MemoryCache()
-        self.push = Push()
+        self.push = PushRouter()
         self.bus = MemoryBus(self.push)
         self.logic = Logic(
             self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret),
@@ -107,7 +107,6 @@ class Node:
         self.logic.im = self.im
         self.proxy = Proxy(cfg, self.logic, loop)
         self.push.add_proxy(self.proxy)
-        self.logic.local_proxy = self.proxy  # pushes by mid: straight to the proxy's user index
         self.metrics = Metrics()
         self.metrics.add_source(self.proxy.stats)
         routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None)

@@ -1,0 +1,55 @@
+"""One client connection as the proxy sees it: its state, identity and what it accepts."""
+
+from __future__ import annotations
+
+import socket
+
+from imgate.core import encode_ws_frame
+
+WS_BINARY = 2
+
+# channel states
+S_HTTP = 0      # WebSocket: waiting for the upgrade request
+S_AUTH = 1      # waiting for the first frame, which must be auth
+S_AUTHING = 2   # auth sent to logic, reading paused
+S_OPEN = 3
+S_CLOSING = 4   # op 6 sent and FIN sent; draining input until the peer closes or the deadline passes
+
+
+def valid_room_id(room_id: str) -> bool:
+    kind, sep, rid = room_id.partition("://")
+    return bool(sep and kind and rid)
+
+
+class Channel:
+    """One client connection. Kept small: tens of thousands live in one process."""
+
+    __slots__ = (
+        "lid", "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
+        "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed",
+    )
+
+    def __init__(self, lid: int, sock: socket.socket, ws: bool, ip: str, deadline: float):
+        self.lid = lid
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.ws = ws
+        self.state = S_HTTP if ws else S_AUTH
+        self.decoder = None
+        self.parser = None
+        self.hs = None
+        self.ip = ip
+        self.deadline = deadline
+        self.last_seen = 0.0
+        self.conn_id = 0
+        self.mid = 0
+        self.key = ""
+        self.room_id = ""
+        self.accepts = None  # None: every push op; else a set
+        self.backlog = None
+        self.renewed = 0.0
+
+
+def ws_binary(payload: bytes) -> bytes:
+    """``payload`` as one binary WebSocket message (server to client: unmasked)."""
+    return encode_ws_frame(payload, WS_BINARY)
