@@ -8,27 +8,10 @@ from __future__ import annotations
 
 import json
 
-OP_MSG_SEND = 22
-OP_MSG_SEND_REPLY = 23
-OP_MSG_PUSH = 24
-OP_MSG_ACK = 25
-OP_SYNC = 26
-OP_SYNC_REPLY = 27
-OP_GROUP_PULL = 28
-OP_GROUP_PULL_REPLY = 29
-OP_GROUP_ACK = 30
-OP_READ = 32
-OP_READ_REPLY = 33
-
-# request op -> the op of its reply. A good MSG_ACK gets no reply; a bad one gets a SYNC_REPLY
-# carrying the error (the only answer an ack can have, see docs/im.md).
-REPLY_OP = {
-    OP_MSG_SEND: OP_MSG_SEND_REPLY,
-    OP_MSG_ACK: OP_SYNC_REPLY,
-    OP_SYNC: OP_SYNC_REPLY,
-    OP_READ: OP_READ_REPLY,
-}
-IM_OPS = frozenset(REPLY_OP)
+from imgate.protocol.ops import (  # noqa: F401  (the numbers live with the other wire contracts)
+    IM_OPS, IM_REPLY_OP as REPLY_OP, OP_GROUP_ACK, OP_GROUP_PULL, OP_GROUP_PULL_REPLY, OP_MSG_ACK, OP_MSG_PUSH,
+    OP_MSG_SEND, OP_MSG_SEND_REPLY, OP_READ, OP_READ_REPLY, OP_SYNC, OP_SYNC_REPLY,
+)
 
 # error codes (HTTP-like, so the HTTP API answers with the same number as its status)
 E_BAD_REQUEST = 400        # not JSON, a field missing or of the wrong type

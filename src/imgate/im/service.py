@@ -21,7 +21,7 @@ from imgate.im.protocol import (
     OP_READ, OP_SYNC, ImError, error_body, get_int, parse_body, single_conv,
 )
 from imgate.im.store import INTERNAL_CMID_PREFIX, MessageStore, NewMessage, Stored, digest_of
-from imgate.push.jobs import KIND_CONNS, PushJob
+from imgate.protocol import KIND_CONNS, PushJob
 
 log = logging.getLogger("imgate.im")
 
@@ -54,8 +54,9 @@ class ImService:
         self.sync_max_limit = sync_max_limit
         self._unacked: dict[tuple, _Unacked] = {}   # (server, conn_id) -> what it has not acked
         self._seq_hint: dict[int, int] = {}         # mid -> a seq known to exist in its inbox
-        self._publish_now = getattr(bus, "publish_nowait", None)
-        self._sessions_now = getattr(cache, "sessions_nowait", None)
+        # cache and bus in this process (the embedded node): delivery needs no coroutine
+        self._publish_now = bus.publish_nowait if getattr(bus, "nowait", False) else None
+        self._sessions_now = cache.sessions_nowait if getattr(cache, "nowait", False) else None
         self._resender: asyncio.Task | None = None
         self.counters = {"sent": 0, "duplicates": 0, "delivered": 0, "resent": 0, "gave_up": 0, "errors": 0}
 

@@ -26,6 +26,7 @@ from imgate.core import (
     OP_UNSUB,
     encode_frame,
 )
+from imgate.protocol.ops import IM_OPS, IM_REPLY_OP
 from imgate.proxy.channel import S_AUTH, S_AUTHING, S_OPEN, Channel, valid_room_id
 
 log = logging.getLogger("imgate.proxy")
@@ -84,8 +85,11 @@ class Operations:
         if c.room_id:
             ch.room_id = c.room_id
             self.table.join(ch.lid, c.room_id)
-        reply = json.dumps({"conn_id": c.conn_id, "key": c.key, "mid": c.mid, "room_id": c.room_id,
-                            "heartbeat": self.config.heartbeat_timeout / 3}).encode()
+        reply = {"conn_id": c.conn_id, "key": c.key, "mid": c.mid, "room_id": c.room_id,
+                 "heartbeat": self.config.heartbeat_timeout / 3}
+        if getattr(c, "inbox_seq", None) is not None:
+            reply["inbox_seq"] = c.inbox_seq
+        reply = json.dumps(reply).encode()
         self.table.send(ch.lid, encode_frame(OP_AUTH_REPLY, f.seq, reply))
         self.loop.add_reader(ch.fd, self._on_readable, ch)
         backlog, ch.backlog = ch.backlog, None
@@ -147,6 +151,8 @@ class Operations:
                 ch.accepts = ch.accepts | ops if op == OP_SUB else ch.accepts - ops
             self.table.set_accepts(ch.lid, ch.accepts)
             self._reply(ch, op + 1, f.seq, ok=True, accepts=sorted(ch.accepts) if ch.accepts is not None else None)
+        elif op in IM_OPS:
+            self._spawn(self._im(ch, f))
         elif op == OP_AUTH:
             pass  # already authenticated: a repeated auth is ignored
         else:
@@ -176,6 +182,16 @@ class Operations:
             body = json.dumps({"ok": False, "error": "upstream unavailable"}).encode()
         if ch.lid in self.table:
             self.table.send(ch.lid, encode_frame(OP_SEND_MSG_REPLY, f.seq, body or b""))
+
+    async def _im(self, ch: Channel, f) -> None:
+        """An IM operation (22-32): logic's IM service answers; the reply op follows the request's."""
+        try:
+            body = await self.logic.receive(self.server_id, ch.conn_id, ch.mid, f.op, f.seq, f.body)
+        except Exception as e:
+            log.warning("IM op %d from conn %s failed: %s", f.op, ch.conn_id, e)
+            body = b'{"code": 503, "error": "IM service unavailable, nothing stored"}'
+        if body and ch.lid in self.table:
+            self.table.send(ch.lid, encode_frame(IM_REPLY_OP[f.op], f.seq, body))
 
     def _spawn(self, coro) -> None:
         task = self.loop.create_task(coro)
