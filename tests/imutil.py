@@ -17,15 +17,17 @@ API_HEADERS: dict[str, str] = {}
 
 
 def api(base: str, method: str, path: str, body=None, timeout: float = 15.0):
-    """(status, parsed JSON) of one request to the HTTP API at ``base`` (``http://host:port``)."""
+    """(status, parsed JSON, or the raw bytes of another type) of one request to the HTTP API at
+    ``base`` (``http://host:port``)."""
     if isinstance(body, (dict, list)):
         body = json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=body, method=method, headers=dict(API_HEADERS))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
+            status, raw, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        status, raw, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
+    return status, (json.loads(raw) if "json" in ctype else raw)
 
 
 async def until(pred, what: str, timeout: float = 20.0, every: float = 0.02):

@@ -353,6 +353,11 @@ def test_http_send_sync_and_conversations(node):
             assert 400 <= status < 500 and reply["code"] != 0 and reply["message"], (path, reply)
         status, doc = await call(node, "GET", "/openapi.json")
         assert {"/im/send", "/im/sync", "/im/conversations"} <= set(doc["paths"])
+        status, text = await call(node, "GET", "/metrics")
+        counts = {line.split()[0]: float(line.split()[1]) for line in text.decode().splitlines()
+                  if line.startswith("imgate_im_")}
+        assert counts["imgate_im_messages_total"] >= 1 and counts["imgate_im_errors_total"] >= 3
+        assert 1 <= counts["imgate_im_commits_total"] <= counts["imgate_im_store_writes_total"]
         await bc.close()
 
     run(go())

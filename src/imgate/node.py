@@ -109,6 +109,7 @@ class Node:
         self.push.add_proxy(self.proxy)
         self.metrics = Metrics()
         self.metrics.add_source(self.proxy.stats)
+        self.metrics.add_source(self.im.stats)
         routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None)
         self.http = HttpServer(routes, max_body=cfg.max_http_body)
         await self.logic.start()

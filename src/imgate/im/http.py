@@ -29,10 +29,11 @@ def add_im_routes(add, logic) -> None:
             raise HttpError(503, "the IM service is not enabled on this node")
         return im
 
-    async def guarded(coro):
+    async def guarded(im, coro):
         try:
             return await coro
         except ImError as e:
+            im.counters["errors"] += 1
             raise HttpError(e.code if 400 <= e.code < 500 else 503, e.message) from None
 
     async def send(req: Request) -> Response:
@@ -44,21 +45,21 @@ def add_im_routes(add, logic) -> None:
             body = parse_body(req.body)
         except ImError as e:
             raise HttpError(400, e.message) from None
-        return ok(await guarded(im.send(uid, body)))
+        return ok(await guarded(im, im.send(uid, body)))
 
     async def sync(req: Request) -> Response:
         im = service()
         uid = param_int(req, "uid", lo=1)
         after = param_int(req, "after", required=False, default=0, lo=0)
         limit = param_int(req, "limit", required=False, default=100, lo=1, hi=im.sync_max_limit, range_name=None)
-        return _raw_ok(await guarded(im.sync(uid, {"after": after, "limit": limit})))
+        return _raw_ok(await guarded(im, im.sync(uid, {"after": after, "limit": limit})))
 
     async def conversations(req: Request) -> Response:
         im = service()
         uid = param_int(req, "uid", lo=1)
         limit = param_int(req, "limit", required=False, default=DEFAULT_CONVERSATIONS, lo=1, hi=MAX_CONVERSATIONS,
                           range_name=None)
-        return _raw_ok((await guarded(im.conversations(uid, limit))).encode())
+        return _raw_ok((await guarded(im, im.conversations(uid, limit))).encode())
 
     add("POST", "/im/send", send)
     add("GET", "/im/sync", sync)

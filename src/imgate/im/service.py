@@ -268,6 +268,15 @@ class ImService:
                 self.counters["resent"] += len(again)
                 await self._push(key[0], [key[1]], ('{"msgs":[' + ",".join(again) + "]}").encode())
 
+    def stats(self) -> dict:
+        """The numbers ``/metrics`` exports (imgate.metrics)."""
+        c = self.counters
+        store = getattr(self.store, "counters", {})
+        return {"im_unacked": sum(len(p.entries) for p in self._unacked.values()), "im_messages": c["sent"],
+                "im_duplicates": c["duplicates"], "im_resent": c["resent"], "im_gave_up": c["gave_up"],
+                "im_errors": c["errors"], "im_commits": store.get("commits", 0),
+                "im_store_writes": store.get("writes", 0), "im_failed_batches": store.get("failed_batches", 0)}
+
     def unacked(self, server: str, conn_id: int) -> list[int]:
         """Seqs pushed to a connection and not acked (tests, debugging)."""
         pending = self._unacked.get((server, conn_id))
