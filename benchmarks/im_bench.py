@@ -58,6 +58,19 @@ def start_server(workdir: Path, im_sync: str) -> tuple[subprocess.Popen, dict]:
     return proc, urls
 
 
+def store_counts(http: str) -> dict:
+    """The message store's commit and write counters from /metrics."""
+    import urllib.request
+    with urllib.request.urlopen(http + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        for key in ("imgate_im_commits_total", "imgate_im_store_writes_total"):
+            if line.startswith(key + " "):
+                out[key] = float(line.split()[1])
+    return out
+
+
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))] if values else float("nan")
@@ -79,7 +92,7 @@ def on_pushes(c, sink):
     return got
 
 
-async def throughput(url, pid, args):
+async def throughput(url, http, pid, args):
     senders, receivers = await pairs_up(url, args.pairs, 1_000_000)
     delivered = [0]
     for r in receivers:
@@ -96,13 +109,18 @@ async def throughput(url, pid, args):
             await asyncio.gather(*(s.send_message(to, n + k, cmid=f"t{i}-{n + k}") for k in range(args.window)))
             n += args.window
             sent[0] += args.window
+    before = store_counts(http)
     cpu0, t0 = server_cpu(pid), time.monotonic()
     await asyncio.gather(*(pump(i, s) for i, s in enumerate(senders)))
     cpu, wall = server_cpu(pid) - cpu0, time.monotonic() - t0
+    after = store_counts(http)
+    commits = after["imgate_im_commits_total"] - before["imgate_im_commits_total"]
+    writes = after["imgate_im_store_writes_total"] - before["imgate_im_store_writes_total"]
     for c in senders + receivers:
         c.abort()
     return {"messages": sent[0], "seconds": round(wall, 2), "messages_per_s": round(sent[0] / wall),
-            "server_cpu_s": round(cpu, 2), "messages_per_cpu_s": round(sent[0] / cpu), "delivered": delivered[0]}
+            "server_cpu_s": round(cpu, 2), "messages_per_cpu_s": round(sent[0] / cpu), "delivered": delivered[0],
+            "commits": int(commits), "writes_per_commit": round(writes / max(commits, 1), 1)}
 
 
 async def latency(url, args):
@@ -160,7 +178,7 @@ async def main(args):
         try:
             url = urls["ws"] + "/sub"
             out = {"im_sync": args.im_sync, "pairs": args.pairs}
-            out["throughput"] = await throughput(url, proc.pid, args)
+            out["throughput"] = await throughput(url, urls["http"], proc.pid, args)
             out["latency"] = await latency(url, args)
             out["sync"] = await sync_offline(url, args)
         finally:
