@@ -324,6 +324,32 @@ def test_bad_input_gets_an_error_and_the_connection_stays(node, transport):
     run(go())
 
 
+def test_requests_in_flight_per_connection_are_bounded():
+    n = NodeThread(im_max_inflight=1).start()
+    try:
+        async def go():
+            b = await imclient.connect(n.tcp_url, mid=2, heartbeat=None)
+            a = await imclient.connect(n.tcp_url, mid=1, heartbeat=None)
+            frames = b"".join(encode_frame(22, 100 + i, json.dumps({"cmid": f"f{i}", "to": 2, "content": i}))
+                              for i in range(5))
+            a.send_raw(frames)  # one write: the proxy reads the five frames together
+            replies = {}
+            while len(replies) < 5:
+                f = await a.recv(timeout=10)
+                assert f.op == 23
+                replies[f.seq] = json.loads(f.body)
+            assert replies[100]["seq"] == 1
+            assert [replies[s]["code"] for s in range(101, 105)] == [429] * 4
+            assert (await a.send_message(2, "after", cmid="later"))["seq"] == 2, "the connection serves on"
+            assert [m["cmid"] for m in (await b.sync(0, 10))["msgs"]] == ["f0", "later"]
+            await a.close()
+            await b.close()
+
+        run(go())
+    finally:
+        n.stop()
+
+
 # ---------------------------------------------------------------- HTTP API for backends
 
 
@@ -396,3 +422,14 @@ def test_ten_thousand_messages_among_a_hundred_users_keep_every_inbox_gapless(no
             await c.close()
 
     run(go(), timeout=300)
+
+
+def test_a_logic_without_im_service_answers_ims_ops_with_an_error():
+    from imgate.auth import make_authenticator
+    from imgate.cache import MemoryCache
+    from imgate.logic import Logic
+    from imgate.push import MemoryBus, PushRouter
+
+    logic = Logic(MemoryCache(), MemoryBus(PushRouter()), make_authenticator("none", ""))
+    body = asyncio.run(logic.receive("p", 1, 1, 22, 1, b'{"cmid": "x", "to": 2, "content": 1}'))
+    assert json.loads(body)["code"] == 503

@@ -284,3 +284,23 @@ def test_overload_is_refused_not_queued_forever(tmp_path):
         await store.close()
 
     run(go())
+
+
+def test_retention_by_age_sweeps_old_entries_and_says_so(tmp_path):
+    async def go():
+        store = await opened(tmp_path / "im.db", retention_days=0.5 / 86400, prune_interval=0.05)  # half a second
+        await store.open_inbox(2)
+        for i in range(3):
+            await store.send(new_message(1, 2, f"old{i}", i))
+        deadline = asyncio.get_running_loop().time() + 30
+        while (page := await store.sync(2, 0, 100)).msgs:
+            assert asyncio.get_running_loop().time() < deadline, "the sweep never removed the old entries"
+            await asyncio.sleep(0.05)
+        assert page.min_seq == 4 and page.max_seq == 3 and page.truncated(0)
+        await store.send(new_message(1, 2, "new", "fresh"))
+        page = await store.sync(2, 0, 100)
+        assert [json.loads(m)["seq"] for m in page.msgs] in ([4], [])  # the new one, unless it aged already
+        assert (await store.send(new_message(1, 2, "old0", 0))).duplicate, "the cmid outlives the content"
+        await store.close()
+
+    run(go())

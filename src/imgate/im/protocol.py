@@ -19,6 +19,7 @@ E_UNKNOWN_RECEIVER = 404   # the receiver has no inbox
 E_CMID_CONFLICT = 409      # the cmid was used before with a different body
 E_TOO_LARGE = 413          # content over max_message_bytes
 E_OUT_OF_RANGE = 416       # sync/ack/read beyond the inbox, or a negative or huge range
+E_BUSY = 429              # the connection has im_max_inflight requests unanswered (the proxy answers)
 E_UNAVAILABLE = 503        # the store refused the write (locked, disk full, overloaded): nothing stored
 
 INT64_MAX = (1 << 63) - 1

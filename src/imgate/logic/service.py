@@ -91,7 +91,9 @@ class Logic:
     async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes) -> bytes:
         """An upstream message: IM operations go to the IM service; op 4 to ``upstream_handler``
         (without one the reply is empty)."""
-        if self.im is not None and op in IM_OPS:
+        if op in IM_OPS:
+            if self.im is None:
+                return b'{"code": 503, "error": "this logic has no IM service, nothing stored"}'
             return await self.im.receive(server, conn_id, mid, op, seq, body)
         if self.upstream_handler is None:
             return b""

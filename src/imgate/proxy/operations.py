@@ -152,6 +152,11 @@ class Operations:
             self.table.set_accepts(ch.lid, ch.accepts)
             self._reply(ch, op + 1, f.seq, ok=True, accepts=sorted(ch.accepts) if ch.accepts is not None else None)
         elif op in IM_OPS:
+            if ch.im_inflight >= self.config.im_max_inflight:  # bounded: one client cannot fill the store's queue
+                self.table.send(ch.lid, encode_frame(IM_REPLY_OP[op], f.seq, b'{"code": 429, "error": "too many IM '
+                                                     b'requests in flight on this connection, nothing stored"}'))
+                return
+            ch.im_inflight += 1
             self._spawn(self._im(ch, f))
         elif op == OP_AUTH:
             pass  # already authenticated: a repeated auth is ignored
@@ -190,6 +195,8 @@ class Operations:
         except Exception as e:
             log.warning("IM op %d from conn %s failed: %s", f.op, ch.conn_id, e)
             body = b'{"code": 503, "error": "IM service unavailable, nothing stored"}'
+        finally:
+            ch.im_inflight -= 1
         if body and ch.lid in self.table:
             self.table.send(ch.lid, encode_frame(IM_REPLY_OP[f.op], f.seq, body))
 
