@@ -93,6 +93,7 @@ class Config:
     ack_retries: int = 3                 # pushes again at most, per entry and connection
     im_max_unacked: int = 1000           # entries tracked per connection (the oldest is dropped)
     im_sync_max_limit: int = 1000        # largest SYNC page
+    im_max_bytes: int = 0                # the database file's size cap (0: none); a full store refuses sends
     im_max_inflight: int = 256           # proxy: IM requests of one connection waiting for an answer
     # ---- cluster roles (imgate proxy | logic | push); see docs/cluster.md
     rpc: str = "0.0.0.0:3109"            # proxy: internal RPC (push -> proxy); logic: its own (3119)
@@ -140,7 +141,7 @@ class Config:
                     "im_max_inflight"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
-        for key in ("im_retention_days", "im_retention_entries", "ack_retries"):
+        for key in ("im_retention_days", "im_retention_entries", "ack_retries", "im_max_bytes"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         if not self.server_id:

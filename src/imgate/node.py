@@ -100,7 +100,8 @@ class Node:
         self.im_store = SqliteStore(
             cfg.data_path / "im.db", synchronous=cfg.im_sync, busy_timeout=cfg.im_busy_timeout,
             batch_max=cfg.im_batch_max, max_queue=cfg.im_max_queue, retention_days=cfg.im_retention_days,
-            retention_entries=cfg.im_retention_entries, prune_interval=cfg.im_prune_interval)
+            retention_entries=cfg.im_retention_entries, prune_interval=cfg.im_prune_interval,
+            max_bytes=cfg.im_max_bytes)
         self.im = ImService(self.im_store, self.cache, self.bus, max_message_bytes=cfg.max_message_bytes,
                             ack_timeout=cfg.ack_timeout, ack_retries=cfg.ack_retries,
                             max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit)

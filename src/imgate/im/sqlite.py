@@ -87,7 +87,7 @@ class SqliteStore(MessageStore):
     def __init__(self, path: str | os.PathLike, *, synchronous: str = "full", busy_timeout: float = 5.0,
                  batch_max: int = 512, max_queue: int = 20000, retention_days: float = 0,
                  retention_entries: int = 0, prune_interval: float = 3600.0, readers: int = 2,
-                 seen_max: int = 200_000):
+                 seen_max: int = 200_000, max_bytes: int = 0):
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
         self.path = Path(path)
@@ -112,6 +112,7 @@ class SqliteStore(MessageStore):
         self._seen: dict[int, int] = {}
         self._batch_seqs: dict[int, int] = {}
         self.seen_max = seen_max
+        self.max_bytes = max_bytes  # 0: as large as the disk allows
         self.counters = {"commits": 0, "writes": 0, "failed_batches": 0}
         self.on_write_conn = None             # tests: called with the writer's connection once open
 
@@ -151,6 +152,9 @@ class SqliteStore(MessageStore):
         try:
             conn = self._connect()
             migrate(conn)
+            if self.max_bytes:  # a write that would grow the file past it fails like a full disk
+                page = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page)}")
             if self.on_write_conn is not None:
                 self.on_write_conn(conn)
         except BaseException as e:
