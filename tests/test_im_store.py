@@ -304,3 +304,21 @@ def test_retention_by_age_sweeps_old_entries_and_says_so(tmp_path):
         await store.close()
 
     run(go())
+
+
+def test_a_failing_write_refuses_its_batch_and_the_writer_carries_on(tmp_path):
+    async def go():
+        store = await opened(tmp_path / "im.db")
+        await store.open_inbox(2)
+
+        def broken(conn, *args):
+            raise TypeError("a bug in a write")
+
+        with pytest.raises(ImError) as e:
+            await store._write(broken)
+        assert e.value.code == E_UNAVAILABLE
+        assert not (await store.send(new_message(1, 2, "after", 1))).duplicate
+        assert [m["cmid"] for m in await all_msgs(store, 2)] == ["after"]
+        await store.close()
+
+    run(go())

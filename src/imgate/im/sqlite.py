@@ -207,9 +207,12 @@ class SqliteStore(MessageStore):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as e:
+        except Exception as e:  # the writer must outlive any failure, or every later send would hang
             self.counters["failed_batches"] += 1
-            log.warning("message store: a batch of %d writes failed and was refused: %s", len(batch), e)
+            if isinstance(e, sqlite3.Error):
+                log.warning("message store: a batch of %d writes failed and was refused: %s", len(batch), e)
+            else:
+                log.exception("message store: a batch of %d writes failed and was refused", len(batch))
             err = ImError(E_UNAVAILABLE, f"message store unavailable, nothing stored: {e}")
             return [(False, err)] * len(batch)
         self.counters["commits"] += 1
