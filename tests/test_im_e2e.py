@@ -282,6 +282,8 @@ BAD_SENDS = [
     (json.dumps({"cmid": "k3", "to": "B", "content": "x" * 2000}).encode(), 413, "k3"),
     (json.dumps({"cmid": "k4", "to": "B", "content": "x", "type": "read"}).encode(), 400, "k4"),
     (json.dumps({"cmid": "k5", "to": -3, "content": "x"}).encode(), 416, "k5"),
+    (b'{"cmid": "k6", "to": "B", "content": NaN}', 400, "k6"),
+    (b"[" * 30000 + b"]" * 30000, 400, None),
 ]
 
 

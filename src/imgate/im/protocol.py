@@ -60,6 +60,8 @@ def parse_body(body: bytes) -> dict:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise ImError(E_BAD_REQUEST, f"body is not UTF-8 JSON: {e}") from None
+    except RecursionError:
+        raise ImError(E_BAD_REQUEST, "body is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ImError(E_BAD_REQUEST, f"body must be a JSON object, got {type(obj).__name__}")
     return obj

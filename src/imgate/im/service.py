@@ -137,7 +137,11 @@ class ImService:
             raise ImError(E_BAD_REQUEST, f"'type' must be a string of 1-{MAX_TYPE} characters other than 'read'")
         if req.get("content") is None:
             raise ImError(E_BAD_REQUEST, "missing field 'content'")
-        content = json.dumps(req["content"], separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        try:  # canonical, so that a resend's digest matches; NaN and Infinity are not JSON
+            content = json.dumps(req["content"], separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+                                 allow_nan=False)
+        except ValueError as e:
+            raise ImError(E_BAD_REQUEST, f"content is not plain JSON: {e}") from None
         if len(content.encode()) > self.max_message_bytes:
             raise ImError(E_TOO_LARGE, f"content is {len(content.encode())} bytes, over max_message_bytes "
                                        f"({self.max_message_bytes})")
