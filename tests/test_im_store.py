@@ -43,6 +43,7 @@ class Model:
         self.inbox: dict[int, list[dict]] = {}
         self.cmids: dict[tuple, tuple] = {}  # (sender, cmid) -> (body, msg_id, sender seq)
         self.next_id = 0
+        self.read_seq: dict[tuple, int] = {}  # (owner, conv) -> read position; present once the conv exists
 
     def open(self, uid):
         self.inbox.setdefault(uid, [])
@@ -59,12 +60,38 @@ class Model:
             return ("error", E_UNKNOWN_RECEIVER)
         self.open(sender)
         self.next_id += 1
-        for owner in (sender, to):
-            self.inbox[owner].append({"from": sender, "to": to, "cmid": cmid, "content": content,
-                                      "conv": single_conv(sender, to), "seq": len(self.inbox[owner]) + 1})
+        self._append(sender, to, cmid, content, "text")
         seq = len(self.inbox[sender])
         self.cmids[(sender, cmid)] = (body, self.next_id, seq)
         return ("new", self.next_id, seq)
+
+    def _append(self, sender, to, cmid, content, type_):
+        conv = single_conv(sender, to)
+        for owner in (sender, to):
+            self.inbox[owner].append({"from": sender, "to": to, "cmid": cmid, "content": content, "conv": conv,
+                                      "type": type_, "seq": len(self.inbox[owner]) + 1})
+            if type_ != "read":
+                self.read_seq.setdefault((owner, conv), 0)
+
+    def read(self, uid, peer, seq):
+        """(read position, whether a notice was stored) or ("error", code)."""
+        conv = single_conv(uid, peer)
+        if seq > len(self.inbox.get(uid, [])):
+            return ("error", E_OUT_OF_RANGE)
+        if (uid, conv) not in self.read_seq:
+            return ("error", 400)
+        if seq <= self.read_seq[(uid, conv)]:
+            return (self.read_seq[(uid, conv)], False)
+        self.read_seq[(uid, conv)] = seq
+        self.next_id += 1
+        self._append(uid, peer, f"~read:{conv}:{seq}", None, "read")
+        return (seq, True)
+
+    def unread(self, uid):
+        """conv -> unread count, for the conversations of ``uid``."""
+        return {conv: sum(1 for e in self.inbox[uid] if e["conv"] == conv and e["from"] != uid
+                          and e["type"] != "read" and e["seq"] > pos)
+                for (owner, conv), pos in self.read_seq.items() if owner == uid}
 
 
 ops = st.lists(
@@ -72,12 +99,14 @@ ops = st.lists(
         st.tuples(st.just("open"), st.integers(1, 4)),
         st.tuples(st.just("send"), st.integers(1, 4), st.integers(1, 4), st.sampled_from(["a", "b", "c", "d"]),
                   st.sampled_from(["hi", "yo", {"k": 1}])),
+        # a read at a given seq, or (-1) at the reader's newest entry, which is what apps do
+        st.tuples(st.just("read"), st.integers(1, 4), st.integers(1, 4), st.one_of(st.integers(0, 12), st.just(-1))),
     ),
     max_size=40,
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=ops)
 def test_store_matches_the_model(tmp_path_factory, ops):
     path = tmp_path_factory.mktemp("db") / "im.db"
@@ -87,9 +116,23 @@ def test_store_matches_the_model(tmp_path_factory, ops):
         model = Model()
         msg_ids = {}  # model id -> store id
         try:
-            for op in ops:
+            for op in [("open", 1), ("open", 2), ("open", 3)] + ops:  # user 4 has no inbox until it opens one
                 if op[0] == "open":
                     assert await store.open_inbox(op[1]) == model.open(op[1])
+                    continue
+                if op[0] == "read":
+                    _, uid, peer, seq = op
+                    if uid == peer:
+                        continue
+                    if seq == -1:
+                        seq = len(model.inbox.get(uid, []))
+                    want = model.read(uid, peer, seq)
+                    try:
+                        got = await store.mark_read(uid, single_conv(uid, peer), seq)
+                    except ImError as e:
+                        assert want == ("error", e.code)
+                        continue
+                    assert want == (got.read_seq, got.notice is not None)
                     continue
                 _, sender, to, cmid, content = op
                 if sender == to:
@@ -109,8 +152,12 @@ def test_store_matches_the_model(tmp_path_factory, ops):
             for uid, entries in model.inbox.items():
                 msgs = await all_msgs(store, uid)
                 assert [m["seq"] for m in msgs] == list(range(1, len(entries) + 1))
-                assert [(m["from"], m["to"], m["cmid"], m["content"], m["conv"]) for m in msgs] == \
-                       [(e["from"], e["to"], e["cmid"], e["content"], e["conv"]) for e in entries]
+                assert [(m["from"], m["to"], m["cmid"], m["type"], m["conv"]) for m in msgs] == \
+                       [(e["from"], e["to"], e["cmid"], e["type"], e["conv"]) for e in entries]
+                assert [m["content"] for m in msgs if m["type"] != "read"] == \
+                       [e["content"] for e in entries if e["type"] != "read"]
+                convs = json.loads(await store.conversations(uid, 100))
+                assert {c["conv"]: c["unread"] for c in convs} == model.unread(uid)
                 assert await store.max_seq(uid) == len(entries)
         finally:
             await store.close()
