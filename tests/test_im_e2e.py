@@ -185,6 +185,25 @@ def test_message_stream_catches_up_after_being_offline_then_goes_live(node, tran
     run(go())
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_message_stream_gets_its_own_sends_without_a_sync(node, transport):
+    a, b = users(2)
+
+    async def go():
+        ac = await connect(node, transport, a)
+        bc = await connect(node, transport, b)
+        stream = bc.messages()
+        await ac.send_message(b, "question")
+        await bc.send_message(a, "answer")
+        got = [await asyncio.wait_for(stream.__anext__(), 10) for _ in range(2)]
+        assert [(m["seq"], m["from"], m["content"]) for m in got] == [(1, a, "question"), (2, b, "answer")]
+        assert stream.syncs == 0
+        await ac.close()
+        await bc.close()
+
+    run(go())
+
+
 def bc_conn(c):
     return json.loads(c.auth_reply)["conn_id"]
 

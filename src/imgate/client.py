@@ -407,6 +407,7 @@ class Client:
         self._drain_waiters: list[asyncio.Future] = []
         self._ws_close_sent = False
         self.on_push = None
+        self._own_entries = False  # messages() is in use: this connection's own sends are fed to it
         #: the op-6 notice (dict with "reason", "reconnect") if the server sent one
         self.closed_reason: dict | None = None
         #: the body of the op-8 auth reply
@@ -636,8 +637,14 @@ class Client:
         once it is durable. Resending with the same ``cmid`` after a lost reply stores nothing new.
         Raises :class:`ImRejected` for an error reply."""
         req = {"cmid": cmid or os.urandom(12).hex(), "to": to, "type": type, "content": content}
-        reply = await self.request(22, json.dumps(req), 23, timeout)
-        return _im_reply(reply.body)
+        reply = _im_reply((await self.request(22, json.dumps(req), 23, timeout)).body)
+        if self._own_entries:
+            # the sending connection gets no op 24 for its own entry: hand it to messages() as if pushed
+            lo, hi = sorted((self.mid, to))
+            msg = dict(reply, conv=f"u:{lo}:{hi}", to=to, type=type, content=content)
+            msg["from"] = self.mid
+            self._dispatch([Frame(24, 0, json.dumps({"msgs": [msg]}).encode())])
+        return reply
 
     async def sync(self, after: int = 0, limit: int = 100, timeout: float | None = None) -> dict:
         """Op 26 -> 27: inbox entries after seq ``after`` (``msgs`` are dicts)."""
@@ -659,6 +666,7 @@ class Client:
         connection's pushes for itself (other operations go to its ``others``)."""
         from imgate.im.stream import MessageStream
 
+        self._own_entries = True
         return MessageStream(self, self.inbox_seq if after is None else after)
 
     async def drain(self) -> None:
