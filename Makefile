@@ -45,11 +45,12 @@ $(BENCH_STAMP): benchmarks/requirements.txt $(STAMP)
 
 bench: build $(BENCH_STAMP)
 	PYTHONPATH=src $(PY) benchmarks/load/run.py $(if $(SCALE),--scale $(SCALE)) $(BENCH_ARGS)
+	PYTHONPATH=src $(PY) benchmarks/im_bench.py $(if $(SCALE),--scale $(SCALE)) --json benchmarks/results/im-latest.json
 
 # IM single chat against a real imgate serve (benchmarks/im_bench.py): throughput, latency at a fixed rate,
 # sync of offline messages; about a minute. BENCH_IM_ARGS passes options (--pairs, --im-sync normal, ...).
 bench-im: build
-	PYTHONPATH=src $(PY) benchmarks/im_bench.py $(BENCH_IM_ARGS)
+	PYTHONPATH=src $(PY) benchmarks/im_bench.py $(if $(SCALE),--scale $(SCALE)) $(BENCH_IM_ARGS)
 
 bench-micro: build
 	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-only -p no:cacheprovider

@@ -1,6 +1,8 @@
 """Single-chat IM benchmark against a real `imgate serve` (issue 11's figures), small and local.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/im_bench.py [--pairs 1000] [--im-sync full|normal]
+    PYTHONPATH=src .venv/bin/python benchmarks/im_bench.py [--pairs 5000] [--im-sync full|normal] [--json FILE]
+
+`make bench` runs it after the load benchmarks (pairs = 5,000 x SCALE); `make bench-im` runs it alone.
 
 Three phases, each client a WebSocket connection of imgate.client in this one driver process:
 1. throughput: every sender keeps ``--window`` sends in flight for ``--seconds``; receivers ack each
@@ -172,6 +174,13 @@ async def sync_offline(url, args):
             "max_ms": round(max(times), 2)}
 
 
+TARGETS = {  # issue 11's figures for one embedded node on this 2-core machine
+    "messages_per_s >= 5000": lambda r: r["throughput"]["messages_per_s"] >= 5000,
+    "p99 send-to-delivery <= 25 ms at 2,000/s": lambda r: r["latency"]["p99_ms"] <= 25,
+    "sync of 1,000 messages <= 50 ms": lambda r: r["sync"]["median_ms"] <= 50,
+}
+
+
 async def main(args):
     with tempfile.TemporaryDirectory(prefix="im-bench-") as tmp:
         proc, urls = start_server(Path(tmp), args.im_sync)
@@ -184,18 +193,26 @@ async def main(args):
         finally:
             proc.kill()
             proc.wait()
+    out["targets"] = {name: ok(out) for name, ok in TARGETS.items()}
     print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(dict(out, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())),
+                                              indent=1))
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", type=int, default=1000)
+    p.add_argument("--pairs", type=int, default=0, help="sender/receiver pairs (default 5,000 x --scale)")
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--json", default="", help="also write the figures to this file")
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--window", type=int, default=4, help="sends in flight per sender (throughput)")
     p.add_argument("--rate", type=float, default=2000.0, help="messages per second (latency)")
     p.add_argument("--sync-msgs", type=int, default=1000)
     p.add_argument("--im-sync", choices=["full", "normal"], default="full")
     args = p.parse_args()
+    args.pairs = args.pairs or max(10, int(5000 * args.scale))
     try:
         import uvloop
         uvloop.run(main(args))
