@@ -136,11 +136,11 @@ class SqliteStore(MessageStore):
         await ready  # the schema is migrated before anything reads
 
     async def close(self) -> None:
-        if self._writer is None:
+        writer, self._writer = self._writer, None  # from now on writes are refused, not queued behind the end
+        if writer is None:
             return
         self._queue.put(None)  # after everything already queued
-        await self._loop.run_in_executor(None, self._writer.join)
-        self._writer = None
+        await self._loop.run_in_executor(None, writer.join)
         self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
             conn.close()
