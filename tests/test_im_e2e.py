@@ -9,7 +9,7 @@ import pytest
 import uvloop
 
 from imgate import client as imclient
-from imgate.core import FrameDecoder, encode_frame
+from imgate.core import encode_frame
 
 from imutil import api, until
 from nodeutil import NodeThread

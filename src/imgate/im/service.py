@@ -17,7 +17,7 @@ import logging
 import time
 
 from imgate.im.protocol import (
-    E_BAD_REQUEST, E_OUT_OF_RANGE, E_TOO_LARGE, E_UNAVAILABLE, INT64_MAX, OP_MSG_ACK, OP_MSG_PUSH, OP_MSG_SEND,
+    E_BAD_REQUEST, E_OUT_OF_RANGE, E_TOO_LARGE, E_UNAVAILABLE, OP_MSG_ACK, OP_MSG_PUSH, OP_MSG_SEND,
     OP_READ, OP_SYNC, ImError, error_body, get_int, parse_body, single_conv,
 )
 from imgate.im.store import INTERNAL_CMID_PREFIX, MessageStore, NewMessage, Stored, digest_of
@@ -287,4 +287,4 @@ class ImService:
         return sorted(pending.entries) if pending else []
 
 
-__all__ = ["ImService", "INT64_MAX"]
+__all__ = ["ImService"]
