@@ -45,6 +45,7 @@ async def _serve(cfg: Config) -> int:
     print(f"  goim TCP     tcp://{host}:{p.tcp_port}", flush=True)
     print(f"  WebSocket    ws://{host}:{p.ws_port}/sub", flush=True)
     print(f"  HTTP API     http://{host}:{node.http_port}/  (demo page; /openapi.json, /metrics)", flush=True)
+    print(f"  IM store     {cfg.data_path / 'im.db'} (synchronous {cfg.im_sync}; chat demo at /chat)", flush=True)
     if cfg.auth == "jwt":
         print(f"  tokens       imgate token --user ID --data-dir {cfg.data_dir}", flush=True)
     await stop.wait()
