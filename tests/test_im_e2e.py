@@ -244,6 +244,9 @@ def test_server_resends_unacked_push_until_acked(quick_node, transport):
         bc.ack(first[0]["seq"])
         conn_id = bc_conn(bc)
         await until(lambda: node.node.im.unacked("test-node", conn_id) == [], "the ack to clear the entry")
+        await bc.heartbeat()  # a resend that crossed the ack is queued by now: nothing else may be
+        while bc.queued:
+            assert json.loads(bc.recv_nowait().body)["msgs"] == first
         # bounded: an entry never acked is pushed ack_retries (2) more times, then given up
         await ac.send_message(b, "never acked")
         seen = [await pushed(bc) for _ in range(3)]
