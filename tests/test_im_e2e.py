@@ -373,6 +373,28 @@ def test_requests_in_flight_per_connection_are_bounded():
         n.stop()
 
 
+def test_sync_below_the_retained_range_says_so():
+    n = NodeThread(im_retention_entries=5).start()
+    try:
+        async def go():
+            await (await imclient.connect(n.ws_url, mid=2, heartbeat=None)).close()
+            a = await imclient.connect(n.ws_url, mid=1, heartbeat=None)
+            for i in range(8):
+                await a.send_message(2, i)
+            b = await imclient.connect(n.ws_url, mid=2, heartbeat=None)
+            page = await b.sync(0, 100)
+            assert (page["truncated"], page["min_seq"], page["max_seq"]) == (True, 4, 8)
+            assert [m["content"] for m in page["msgs"]] == [3, 4, 5, 6, 7]
+            page = await b.sync(3, 100)
+            assert page["truncated"] is False and len(page["msgs"]) == 5
+            await a.close()
+            await b.close()
+
+        run(go())
+    finally:
+        n.stop()
+
+
 # ---------------------------------------------------------------- HTTP API for backends
 
 
