@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+from hypothesis import given, settings, strategies as st
+
 from imgate.core import Frame
 from imgate.im.stream import MessageStream
 
@@ -63,3 +65,15 @@ def test_catch_up_from_an_older_seq_before_live_pushes():
     c.inbox.append(5)
     assert asyncio.run(collect(MessageStream(c, 1))) == [2, 3, 4, 5]
     assert c.syncs[0] == (1, 100)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 30), data=st.data())
+def test_any_pushes_yield_the_inbox_once_in_order(n, data):
+    """Pushes lost, repeated or out of order: the stream still hands out 1..n once each, in order,
+    provided the last entry is pushed at some point (a client learns of news only by a push)."""
+    seqs = data.draw(st.lists(st.integers(1, n), max_size=3 * n))
+    pushes = [[s] for s in seqs] + [[n]]
+    c = ScriptedClient(inbox=list(range(1, n + 1)), pushes=pushes)
+    assert asyncio.run(collect(MessageStream(c, 0, page=data.draw(st.integers(1, 10))))) == list(range(1, n + 1))
+    assert c.acks == sorted(set(c.acks)) and c.acks[-1] == n, "acks only move forward, up to the newest"
