@@ -456,13 +456,18 @@ def test_ten_thousand_messages_among_a_hundred_users_keep_every_inbox_gapless(no
 
         await asyncio.gather(*(sender(i, c) for i, c in enumerate(conns)))
         store = node.node.im_store
-        total = 0
+        want = {mid: set() for mid in ids}  # inbox -> (from, cmid) of every entry it must hold
+        for i, me in enumerate(ids):
+            for k in range(100):
+                to = ids[(i + 1 + k % 99) % 100]
+                want[me].add((me, f"{me}-{k}"))
+                want[to].add((me, f"{me}-{k}"))
         for mid in ids:
             page = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(store.sync(mid, 0, 100000), node.loop))
-            seqs = [json.loads(m)["seq"] for m in page.msgs]
-            assert seqs == list(range(1, len(seqs) + 1)) and page.max_seq == len(seqs), mid
-            total += len(seqs)
-        assert total == 2 * 10000  # one entry for the sender, one for the receiver
+            msgs = [json.loads(m) for m in page.msgs]
+            assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1)) and page.max_seq == len(msgs), mid
+            assert len(msgs) == len(want[mid]) and {(m["from"], m["cmid"]) for m in msgs} == want[mid], mid
+        assert sum(len(w) for w in want.values()) == 2 * 10000
         for c in conns:
             await c.close()
 
