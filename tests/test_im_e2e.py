@@ -483,3 +483,22 @@ def test_a_logic_without_im_service_answers_ims_ops_with_an_error():
     logic = Logic(MemoryCache(), MemoryBus(PushRouter()), make_authenticator("none", ""))
     body = asyncio.run(logic.receive("p", 1, 1, 22, 1, b'{"cmid": "x", "to": 2, "content": 1}'))
     assert json.loads(body)["code"] == 503
+
+
+def test_a_node_without_im_answers_im_ops_and_routes_with_503():
+    n = NodeThread(im=False).start()
+    try:
+        async def go():
+            c = await imclient.connect(n.tcp_url, mid=1, heartbeat=None)
+            assert "inbox_seq" not in json.loads(c.auth_reply)
+            with pytest.raises(imclient.ImRejected) as e:
+                await c.send_message(2, "x")
+            assert e.value.code == 503
+            status, reply = await asyncio.get_running_loop().run_in_executor(
+                None, api, n.http_base, "GET", "/im/sync?uid=1")
+            assert status == 503 and reply["code"] != 0
+            await c.close()
+
+        run(go())
+    finally:
+        n.stop()

@@ -80,6 +80,7 @@ class Config:
     # demo page helpers (token minting for the page); off unless asked for
     demo: bool = False
     # ---- IM (imgate.im, docs/im.md); the embedded store is <data_dir>/im.db
+    im: bool = True                      # false: no IM service (IM ops and /im/* answer 503), no store
     im_sync: str = "full"                # SQLite synchronous: "full" fsyncs every commit, "normal" survives
                                          # a process kill but not a power loss
     im_busy_timeout: float = 5.0         # seconds a write waits for a locked database before it is refused

@@ -97,6 +97,28 @@ class Node:
             self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret),
             session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval,
         )
+        self.im_store = None
+        if cfg.im:
+            self._make_im()
+        self.proxy = Proxy(cfg, self.logic, loop)
+        self.push.add_proxy(self.proxy)
+        self.metrics = Metrics()
+        self.metrics.add_source(self.proxy.stats)
+        if self.im is not None:
+            self.metrics.add_source(self.im.stats)
+        routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None)
+        self.http = HttpServer(routes, max_body=cfg.max_http_body)
+        await self.logic.start()
+        if self.im is not None:
+            await self.im_store.start()
+            await self.im.start()
+        await self.proxy.start()
+        host, port = cfg.addr("http")
+        await self.http.start(host, port)
+
+    def _make_im(self) -> None:
+        """The IM service and its embedded store (<data_dir>/im.db), plugged into logic."""
+        cfg = self.config
         self.im_store = SqliteStore(
             cfg.data_path / "im.db", synchronous=cfg.im_sync, busy_timeout=cfg.im_busy_timeout,
             batch_max=cfg.im_batch_max, max_queue=cfg.im_max_queue, retention_days=cfg.im_retention_days,
@@ -106,19 +128,6 @@ class Node:
                             ack_timeout=cfg.ack_timeout, ack_retries=cfg.ack_retries,
                             max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit)
         self.logic.im = self.im
-        self.proxy = Proxy(cfg, self.logic, loop)
-        self.push.add_proxy(self.proxy)
-        self.metrics = Metrics()
-        self.metrics.add_source(self.proxy.stats)
-        self.metrics.add_source(self.im.stats)
-        routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None)
-        self.http = HttpServer(routes, max_body=cfg.max_http_body)
-        await self.logic.start()
-        await self.im_store.start()
-        await self.im.start()
-        await self.proxy.start()
-        host, port = cfg.addr("http")
-        await self.http.start(host, port)
 
     @property
     def http_port(self) -> int:
