@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NODE = shutil.which("node")
 
 
 @pytest.mark.skipif(NODE is None, reason="Node.js is not installed")
 def test_web_module_orders_fills_gaps_and_acks():
-    out = subprocess.run([NODE, str(ROOT / "tests" / "js" / "im_module_check.mjs"),
+    out = subprocess.run([NODE, str(ROOT / "tests" / "unit" / "js" / "im_module_check.mjs"),
                           str(ROOT / "src" / "imgate" / "static" / "imgate-im.js")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
