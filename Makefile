@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build services proto test cluster bench bench-im bench-micro ratios wheel clean run
+.PHONY: all build services browser proto test check cluster bench bench-im bench-micro ratios wheel clean run
 
 all: build
 
@@ -27,8 +27,17 @@ build: $(STAMP)
 services:
 	bash scripts/services.sh install
 
-test: build services
-	$(PY) -m pytest -q
+# headless Chromium + chromedriver for tests/browser (Debian packages, installed once when missing)
+browser:
+	bash scripts/install-browser.sh
+
+# every test: tests/unit, tests/integration (nodes, cluster, Redis/Kafka) and tests/browser; CI runs this
+test: build services browser
+	$(PY) -m pytest -q tests
+
+# the edit-compile-test loop: tests/unit only (in process, no services), well under a minute
+check: build
+	$(PY) -m pytest -q tests/unit
 
 # a whole cluster on loopback in the foreground (Redis, Kafka, 2 proxies, 2 logic, 1 push); Ctrl-C stops it
 cluster: build services

@@ -1,4 +1,4 @@
-"""Configuration of a node: defaults, TOML file, command-line overrides (BRIEF: ports and flags)."""
+"""Configuration of a node: defaults, TOML file, command-line overrides (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,60 +54,58 @@ def parse_hostport(value: str, key: str) -> tuple[str, int]:
 
 @dataclass
 class Config:
-    # listeners (goim's ports)
-    tcp: str = "0.0.0.0:3101"
-    ws: str = "0.0.0.0:3102"
-    http: str = "0.0.0.0:3111"
-    # identity of this proxy process in the session registry
-    server_id: str = ""
-    # auth: "jwt" (HS256, user id in `sub`) or "none" (goim's auth body as it is)
-    auth: str = "jwt"
-    jwt_secret: str = ""
-    data_dir: str = "./data"
-    # connection handling
-    handshake_timeout: float = 5.0
+    # Listeners (goim's ports)
+    tcp: str = "0.0.0.0:3101"  # goim over TCP, HOST:PORT
+    ws: str = "0.0.0.0:3102"  # goim over WebSocket (path /sub), HOST:PORT
+    http: str = "0.0.0.0:3111"  # the HTTP API, HOST:PORT
+    # Identity and auth
+    server_id: str = ""  # this proxy in the session registry; default host:tcp-port
+    auth: str = "jwt"  # "jwt" (HS256, user id in `sub`) or "none" (goim's auth body as it is)
+    jwt_secret: str = ""  # the HS256 secret; see above for where it comes from when empty
+    data_dir: str = "./data"  # where state lives (the generated JWT secret, the IM store im.db)
+    # Connections
+    handshake_timeout: float = 5.0  # seconds for the WebSocket upgrade and the auth frame
     heartbeat_timeout: float = 90.0  # goim clients beat every 30 s; three missed beats close
-    max_frame_body: int = 65536
-    max_pending: int = 1 << 20       # bytes queued per connection before it is a slow consumer
-    merge_window: float = 0.0        # seconds; 0 = coalesce within one event-loop iteration
-    max_rooms_per_conn: int = 64
-    shutdown_grace: float = 5.0
+    max_frame_body: int = 65536  # bytes of one frame's body a client may send
+    max_pending: int = 1 << 20  # bytes queued per connection before it is a slow consumer
+    merge_window: float = 0.0  # seconds; 0 = coalesce within one event-loop iteration
+    max_rooms_per_conn: int = 64  # rooms one connection may join
+    shutdown_grace: float = 5.0  # seconds to flush the op-6 notices at shutdown
     # HTTP API
-    max_http_body: int = 1 << 20
-    # how often proxies report room counts and logic absorbs them (seed 5.3)
-    online_interval: float = 1.0
-    # demo page helpers (token minting for the page); off unless asked for
-    demo: bool = False
-    # ---- IM (imgate.im, docs/im.md); the embedded store is <data_dir>/im.db
-    im: bool = True                      # false: no IM service (IM ops and /im/* answer 503), no store
-    im_sync: str = "full"                # SQLite synchronous: "full" fsyncs every commit, "normal" survives
-                                         # a process kill but not a power loss
-    im_busy_timeout: float = 5.0         # seconds a write waits for a locked database before it is refused
-    im_batch_max: int = 512              # writes committed together at most
-    im_max_queue: int = 20000            # writes waiting for the writer; more are refused (503)
-    im_retention_days: float = 0.0       # inbox entries older than this are removed; 0 keeps them
-    im_retention_entries: int = 0        # entries kept per inbox; 0 keeps all
-    im_prune_interval: float = 3600.0    # seconds between retention sweeps by age
-    max_message_bytes: int = 16384       # a message's content, as JSON
-    ack_timeout: float = 5.0             # seconds before an unacked op-24 entry is pushed again
-    ack_retries: int = 3                 # pushes again at most, per entry and connection
-    im_max_unacked: int = 1000           # entries tracked per connection (the oldest is dropped)
-    im_sync_max_limit: int = 1000        # largest SYNC page
-    im_max_bytes: int = 0                # the database file's size cap (0: none); a full store refuses sends
-    im_max_inflight: int = 256           # proxy: IM requests of one connection waiting for an answer
-    # ---- cluster roles (imgate proxy | logic | push); see docs/cluster.md
-    rpc: str = "0.0.0.0:3109"            # proxy: internal RPC (push -> proxy); logic: its own (3119)
-    logic_rpc: str = "0.0.0.0:3119"      # logic: internal RPC listener (proxy -> logic)
+    max_http_body: int = 1 << 20  # bytes of one request's body
+    # Online counts
+    online_interval: float = 1.0  # seconds between a proxy's room-count reports and logic's absorbing them
+    # Demo
+    demo: bool = False  # the demo page at / may mint tokens for any user (never in production)
+    # IM (docs/im.md)
+    im: bool = True  # false: no IM service (IM ops and /im/* answer 503), no store
+    im_sync: str = "full"  # SQLite synchronous: "full" fsyncs every commit; "normal" survives a kill, not a power loss
+    im_busy_timeout: float = 5.0  # seconds a write waits for a locked database before it is refused
+    im_batch_max: int = 512  # writes committed together at most
+    im_max_queue: int = 20000  # writes waiting for the writer; more are refused (503)
+    im_retention_days: float = 0.0  # inbox entries older than this are removed; 0 keeps them
+    im_retention_entries: int = 0  # entries kept per inbox; 0 keeps all
+    im_prune_interval: float = 3600.0  # seconds between retention sweeps by age
+    im_max_bytes: int = 0  # the database file's size cap (0: none); a full store refuses sends
+    max_message_bytes: int = 16384  # a message's content, as JSON
+    ack_timeout: float = 5.0  # seconds before an unacked op-24 entry is pushed again
+    ack_retries: int = 3  # pushes again at most, per entry and connection
+    im_max_unacked: int = 1000  # entries tracked per connection (the oldest is dropped)
+    im_sync_max_limit: int = 1000  # largest SYNC page
+    im_max_inflight: int = 256  # proxy: IM requests of one connection waiting for an answer
+    # Cluster roles (imgate proxy | logic | push); see docs/cluster.md
+    rpc: str = "0.0.0.0:3109"  # proxy: internal RPC listener (push -> proxy)
+    logic_rpc: str = "0.0.0.0:3119"  # logic: internal RPC listener (proxy -> logic)
     logic_addrs: list = field(default_factory=lambda: ["127.0.0.1:3119"])  # proxy: logic instances, in order
     proxies: dict = field(default_factory=dict)  # push: {server_id: "host:rpc_port"} of every proxy
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # the cache service
     redis_sentinels: list = field(default_factory=list)  # ["host:port", ...]; then redis_master names the set
-    redis_master: str = "mymaster"
-    kafka: str = "127.0.0.1:9092"        # bootstrap servers
-    kafka_topic: str = "imgate-push"
-    kafka_timeout: float = 5.0           # seconds a push may wait for Kafka before the API answers 503
-    room_merge_window: float = 0.0       # push: merge pushes to one room over this window into one op-9 batch
-    rpc_pool: int = 4                    # connections per RPC peer
+    redis_master: str = "mymaster"  # the Sentinel master set's name
+    kafka: str = "127.0.0.1:9092"  # bootstrap servers
+    kafka_topic: str = "imgate-push"  # the push jobs' topic
+    kafka_timeout: float = 5.0  # seconds a push may wait for Kafka before the API answers 503
+    room_merge_window: float = 0.0  # push: merge pushes to one room over this window into one op-9 batch
+    rpc_pool: int = 4  # connections per RPC peer
 
     def validate(self) -> "Config":
         for key in ("tcp", "ws", "http"):
@@ -191,7 +188,3 @@ class Config:
             if f.type == "float":
                 setattr(cfg, f.name, float(v))
         return cfg.validate()
-
-    @property
-    def data_path(self) -> Path:
-        return Path(self.data_dir)

@@ -1,4 +1,4 @@
-"""The logic HTTP API (BRIEF "HTTP API"): goim's push and online routes, the seed's online queries,
+"""The logic HTTP API: goim's push and online routes, the online queries,
 ``/openapi.json``, ``/metrics``, ``/healthz``, the demo page and its helpers.
 
 ``build_routes(logic, metrics=..., demo=...)`` returns a :class:`~imgate.http.server.Router` to hand to
@@ -202,7 +202,7 @@ def _push_reply(result: Any) -> Response:
 
 
 def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None) -> Router:
-    """Every route of the BRIEF's HTTP API, bound to ``logic``.
+    """Every route of the HTTP API, bound to ``logic``.
 
     ``metrics``: the node's :class:`~imgate.metrics.Metrics` (a private one is made when None); the
     router's observer counts requests in it. ``demo``: an object with ``config() -> dict`` and
@@ -280,7 +280,7 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
     add("GET", "/goim/online/room", online_room)
     add("GET", "/goim/online/total", online_total)
 
-    # -- the seed's online queries
+    # -- the online queries
 
     async def session(req: Request) -> Response:
         uid = param_int(req, "uid")

@@ -22,15 +22,15 @@ def valid_room_id(room_id: str) -> bool:
 
 
 class Channel:
-    """One client connection. Kept small: tens of thousands live in one process."""
+    """One client connection. Kept small: tens of thousands live in one process. The channel itself is
+    its key in the proxy's room table (logic's ``conn_id`` names it only once it is authenticated)."""
 
     __slots__ = (
-        "lid", "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
+        "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
         "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed", "im_inflight",
     )
 
-    def __init__(self, lid: int, sock: socket.socket, ws: bool, ip: str, deadline: float):
-        self.lid = lid
+    def __init__(self, sock: socket.socket, ws: bool, ip: str, deadline: float):
         self.sock = sock
         self.fd = sock.fileno()
         self.ws = ws

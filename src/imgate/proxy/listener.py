@@ -42,17 +42,15 @@ class Listener:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            lid = self._next_lid
-            self._next_lid += 1
             ip = addr[0] if isinstance(addr, tuple) else ""
-            ch = Channel(lid, sock, ws, ip, now + self.config.handshake_timeout)
+            ch = Channel(sock, ws, ip, now + self.config.handshake_timeout)
             if ws:
                 ch.hs = WebSocketHandshake()
             else:
                 ch.decoder = FrameDecoder(self.config.max_frame_body)
-                self.table.add(lid, sock)
-                self.table.set_accepts(lid, ())  # no pushes before auth; replies (op -1) still pass
-            self._channels[lid] = ch
+                self.table.add(ch, sock)
+                self.table.set_accepts(ch, ())  # no pushes before auth; replies (op -1) still pass
+            self._channels.add(ch)
             self._ips[ip] = self._ips.get(ip, 0) + 1
             self.stats_counters["accepted"] += 1
             self.loop.add_reader(ch.fd, self._on_readable, ch)

@@ -50,11 +50,10 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle):
             on_overflow=self._on_overflow,
             on_error=self._on_write_error,
         )
-        self._channels: dict[int, Channel] = {}
+        self._channels: set[Channel] = set()
         self._by_conn_id: dict[int, Channel] = {}
         self._ips: dict[str, int] = {}
         self._listeners: list[socket.socket] = []
-        self._next_lid = 1
         self._rbuf = bytearray(65536)
         self._rview = memoryview(self._rbuf)
         self._tasks: set[asyncio.Task] = set()

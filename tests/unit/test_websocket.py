@@ -738,3 +738,51 @@ def test_utf8_validator_exhaustive_short_sequences():
                 for tail in (b"\x80", b"\xbf", b"\x80\x80", b"\xbf\xbf", b"\x7f", b"\xc0"):
                     seq = pair + tail
                     assert _utf8_valid(seq) == _py_valid(seq), seq
+
+
+# -- the client side of the codec (what imgate.client uses)
+
+RFC_MASK = bytes.fromhex("37fa213d")  # RFC 6455 5.7's example mask
+
+
+def unmask_by_hand(frame: bytes) -> tuple[int, bytes]:
+    """(first byte, payload) of a masked frame of < 126 payload bytes, undone byte by byte."""
+    assert frame[1] & 0x80, "a client frame is masked"
+    n, mask = frame[1] & 0x7F, frame[2:6]
+    return frame[0], bytes(b ^ mask[i % 4] for i, b in enumerate(frame[6 : 6 + n]))
+
+
+def test_client_frames_are_masked_as_the_rfc_shows():
+    # RFC 6455 5.7: a single-frame masked text message "Hello"
+    assert encode_ws_frame(b"Hello", WS_OP_TEXT, True, RFC_MASK) == bytes.fromhex("818537fa213d7f9f4d5158")
+    assert encode_ws_close(1000, mask=RFC_MASK) == bytes([0x88, 0x82]) + RFC_MASK + bytes([0x03 ^ 0x37, 0xE8 ^ 0xFA])
+    assert encode_ws_close(None, mask=RFC_MASK) == bytes([0x88, 0x80]) + RFC_MASK
+    big = encode_ws_frame(b"x" * 300, mask=RFC_MASK)
+    assert big[:4] == bytes([0x82, 0xFE, 0x01, 0x2C]) and big[4:8] == RFC_MASK and len(big) == 8 + 300
+    with pytest.raises(ValueError, match="mask must be 4 bytes"):
+        encode_ws_frame(b"x", mask=b"abc")
+
+
+def test_client_parser_reads_server_frames_and_refuses_masked_ones():
+    p = WebSocketParser(client=True)
+    assert p.client and not WebSocketParser().client
+    # RFC 6455 5.7: a single-frame unmasked text message, then a fragmented one
+    assert p.feed(bytes.fromhex("810548656c6c6f")) == [(WS_OP_TEXT, b"Hello")]
+    assert p.feed(bytes.fromhex("010348656c") + bytes.fromhex("80026c6f")) == [(WS_OP_TEXT, b"Hello")]
+    with pytest.raises(WebSocketError, match="masked server frame"):
+        WebSocketParser(client=True).feed(bytes.fromhex("818537fa213d7f9f4d5158"))
+
+
+def test_client_parser_answers_with_masked_frames():
+    p = WebSocketParser(client=True)
+    assert p.feed(bytes.fromhex("890548656c6c6f")) == []  # RFC 6455 5.7: an unmasked ping
+    assert unmask_by_hand(p.take_output()) == (0x8A, b"Hello")  # the pong, masked
+    p.feed(bytes([0x88, 0x05, 0x03, 0xE9]) + b"bye")
+    assert (p.closed, p.close_code, p.close_reason) == (True, 1001, "bye")
+    assert unmask_by_hand(p.take_output()) == (0x88, b"\x03\xe9")  # the code, echoed, masked
+    # and what it answers, a server's parser reads
+    server = WebSocketParser()
+    server.feed(encode_ws_frame(b"", 9, True, RFC_MASK))
+    client = WebSocketParser(client=True)
+    client.feed(server.take_output())
+    assert client.last_pong == b"" and client.pongs_received == 1

@@ -4,7 +4,6 @@ import asyncio
 import gc
 import socket
 import struct
-import time
 import tracemalloc
 
 import pytest
@@ -13,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgate.core import FrameDecoder, RoomTable, encode_frame
+from polling import wait_until_async
 
 
 def tcp_pairs(n):
@@ -30,6 +30,25 @@ def tcp_pairs(n):
     finally:
         lsock.close()
     return pairs
+
+
+def rest_of_stream(s, c):
+    """Close the server side's writing half and read what the client still gets up to that end:
+    whatever the table had sent (or still sends) shows up here, with no waiting on a clock."""
+    s.shutdown(socket.SHUT_WR)
+    return read_exact(c, 1 << 22, timeout=30)
+
+
+class ManualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock moves only when the test says so: timers (call_later) are due
+    exactly when the test has advanced past them."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = 1000.0
+
+    def time(self):
+        return self.now
 
 
 def close_all(pairs):
@@ -196,12 +215,9 @@ def test_broadcast_reaches_each_member_once_in_order():
             assert t.broadcast("room", f) == 40
         t.flush()
         assert t.stats()["write_calls"] == 40, "20 frames went out in one write per member"
-        for i, (_, c) in enumerate(pairs):
-            if i % 5:
-                assert read_exact(c, sum(map(len, frames))) == b"".join(frames)
-        time.sleep(0.05)
-        for i, (_, c) in enumerate(pairs):
-            assert read_available(c) == b"", "nothing more for members, nothing at all for others"
+        for i, (s, c) in enumerate(pairs):
+            expected = b"".join(frames) if i % 5 else b""
+            assert rest_of_stream(s, c) == expected, "each frame once for members, nothing for others"
     finally:
         close_all(pairs)
 
@@ -253,8 +269,7 @@ def test_users_index_and_send_users():
         t.remove(2)
         assert t.users() == 0 and t.send_users([7, 8], b"d") == 0
         t.flush()
-        time.sleep(0.05)
-        got = [read_available(c) for _, c in pairs]
+        got = [rest_of_stream(s, c) for s, c in pairs]
         assert got[0] == b"ab" and got[1] == b"bc" and got[2] == b"abc" and got[3] == b"b" and got[4] == b""
         with pytest.raises(KeyError):
             t.set_user("ghost", 1)
@@ -278,14 +293,13 @@ def test_unicast_multicast_all_and_accepts_filter():
         assert t.broadcast("r", b"room7", op=7) == 3
         assert t.broadcast_all(b"all") == 4
         t.flush()
-        got = [read_available(c) for _, c in pairs]
-        time.sleep(0.05)
-        got = [g + read_available(c) for g, (_, c) in zip(got, pairs)]
-        assert got[0] == b"uni" + b"room1001" + b"room7" + b"all"
-        assert got[1] == b"room1001" + b"all"
-        assert got[2] == got[3] == b"multi" + b"room1001" + b"room7" + b"all"
         t.set_accepts(1, None)
         assert t.send(1, b"x", op=5000)
+        t.flush()
+        got = [rest_of_stream(s, c) for s, c in pairs]
+        assert got[0] == b"uni" + b"room1001" + b"room7" + b"all"
+        assert got[1] == b"room1001" + b"all" + b"x"
+        assert got[2] == got[3] == b"multi" + b"room1001" + b"room7" + b"all"
     finally:
         close_all(pairs)
 
@@ -312,24 +326,35 @@ def test_coalescing_within_one_loop_iteration(loop):
     close_all(pairs)
 
 
-def test_merge_window_delays_and_merges(loop):
+def test_merge_window_delays_and_merges():
+    """The window, not the loop iteration, decides when output leaves: on a clock the test moves."""
+    loop = ManualClockLoop()
     pairs = tcp_pairs(2)
     t = RoomTable(loop, merge_window=0.05)
+
+    async def turns(n=5):
+        for _ in range(n):
+            await asyncio.sleep(0)
 
     async def scenario():
         for i, (s, _) in enumerate(pairs):
             t.add(i, s)
             t.join(i, "r")
         t.broadcast("r", b"a")
-        await asyncio.sleep(0.01)
+        await turns()
+        loop.now += 0.03
         t.broadcast("r", b"b")
-        await asyncio.sleep(0.01)
-        assert t.stats()["write_calls"] == 0
-        await asyncio.sleep(0.1)
-        assert t.stats()["write_calls"] == 2
+        await turns()
+        assert t.stats()["write_calls"] == 0, "0.03 s into a 0.05 s window: nothing written yet"
+        loop.now += 0.021
+        await turns()
+        assert t.stats()["write_calls"] == 2, "the window has passed: one write per connection"
 
-    loop.run_until_complete(scenario())
-    assert [read_exact(c, 2) for _, c in pairs] == [b"ab", b"ab"]
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert [rest_of_stream(s, c) for s, c in pairs] == [b"ab", b"ab"]
     close_all(pairs)
 
 
@@ -347,12 +372,15 @@ def test_big_payloads_survive_partial_writes(loop):
             t.send("big", p)
         await asyncio.sleep(0)
         assert t.pending("big") > 0, "the kernel could not take it all at once"
-        while len(received) < sum(map(len, payloads)):
-            await asyncio.sleep(0.001)
+
+        def read_more():
             received.extend(read_available(c))
+            return len(received) >= sum(map(len, payloads))
+
+        await wait_until_async(read_more, what="every payload to arrive")
         assert t.pending("big") == 0
 
-    loop.run_until_complete(asyncio.wait_for(scenario(), 10))
+    loop.run_until_complete(scenario())
     assert bytes(received) == b"".join(payloads)
     s.close()
     c.close()
@@ -397,14 +425,14 @@ def test_slow_consumer_is_reported_and_memory_stays_flat(loop):
         # the owner now says goodbye and unregisters it
         t.send_final(0, encode_frame(6, 0, b'{"reason":"slow consumer","reconnect":true}'))
         assert 0 not in t and t.room_count("r") == 2
-        for _ in range(100):
-            await asyncio.sleep(0.002)
+        def readers_caught_up():
             for j, (_, c) in enumerate(pairs[1:]):
                 readers_got[j] += len(read_available(c))
-            if readers_got == [250 * 20 * len(frame)] * 2:
-                break
+            return readers_got == [250 * 20 * len(frame)] * 2
 
-    loop.run_until_complete(asyncio.wait_for(scenario(), 20))
+        await wait_until_async(readers_caught_up, what="the readers to get every frame")
+
+    loop.run_until_complete(scenario())
     assert readers_got == [250 * 20 * len(frame)] * 2, "readers got every frame"
     close_all(pairs)
 
@@ -453,11 +481,11 @@ def test_write_error_is_reported(loop):
     c.close()
 
     async def scenario():
-        for _ in range(50):
+        def send_until_the_reset_is_seen():
             t.send("gone", b"x" * 1000)
-            await asyncio.sleep(0.005)
-            if errors:
-                break
+            return errors
+
+        await wait_until_async(send_until_the_reset_is_seen, what="the write error to be reported", interval=0.005)
 
     loop.run_until_complete(scenario())
     assert errors and errors[0][0] == "gone" and issubclass(errors[0][1], OSError)
@@ -484,17 +512,13 @@ def test_transport_connections(loop):
         srv = await loop.create_server(Server, "127.0.0.1", 0)
         port = srv.sockets[0].getsockname()[1]
         ct, _ = await loop.create_connection(Client, "127.0.0.1", port)
-        while not server_transports:
-            await asyncio.sleep(0.001)
+        await wait_until_async(lambda: server_transports, what="the server side of the connection")
         t = RoomTable(loop)
         t.add_transport("tls", server_transports[0], websocket=True)
         t.join("tls", "r")
         t.broadcast("r", b"one")
         t.broadcast("r", b"two")
-        for _ in range(100):
-            await asyncio.sleep(0.002)
-            if sum(map(len, received)) >= 10:
-                break
+        await wait_until_async(lambda: sum(map(len, received)) >= 10, what="both messages to arrive")
         assert t.stats()["write_calls"] == 1
         ct.close()
         srv.close()
@@ -543,32 +567,53 @@ def test_ws_data_gives_websocket_members_their_own_encoding():
 
 
 def test_overflow_keeps_the_half_written_frame_for_the_last_words(loop):
-    """A slow consumer cut off mid-frame: whatever it receives is a prefix of whole frames then op 6."""
+    """A slow consumer cut off mid-frame: the rest of that frame, then op 6. What its full socket does
+    not take, send_final hands back for the owner to write once the socket drains."""
     a, b = socket.socketpair()
     a.setblocking(False)
     b.setblocking(False)
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
     notice = encode_frame(6, 0, b'{"reason":"slow consumer","reconnect":true}')
-    t = RoomTable(loop, max_pending=200_000, on_overflow=lambda cid: t.send_final(cid, notice))
+    rests = []
+    t = RoomTable(loop, max_pending=200_000, on_overflow=lambda cid: rests.append(t.send_final(cid, notice)))
     t.add(1, a)
     big = encode_frame(1000, 0, b"x" * 60000)
     t.send(1, big)
     t.flush()
     assert t.pending(1) > 0, "half written"
-    sent_before = len(big) - t.pending(1)
-    got = bytearray(read_available(b))
     for _ in range(10):  # a burst in one iteration: overflow
         if 1 not in t:
             break
         t.send(1, big)
     assert 1 not in t
+    [rest] = rests
+    assert rest, "the socket was full: the last words come back to the caller"
+    assert rest == (big + notice)[-len(rest):], "what is owed is the end of the half-written frame and op 6"
+    # the owner's part: write the rest as the peer reads, then FIN
+    got = bytearray()
+    while rest:
+        got += read_available(b)
+        try:
+            rest = rest[a.send(rest):]
+        except BlockingIOError:
+            pass
     a.shutdown(socket.SHUT_WR)
-    got += read_exact(b, 1 << 21, timeout=2)
-    assert len(got) > sent_before
-    assert bytes(got) == (big + notice)[: len(got)], "the stream is never cut into"
+    got += read_exact(b, 1 << 21)
+    assert bytes(got) == big + notice, "the whole half-written frame, then the notice; the queued rest dropped"
     a.close()
     b.close()
+
+
+def test_send_final_returns_nothing_when_everything_went_out():
+    (s, c), = tcp_pairs(1)
+    t = RoomTable()
+    t.add(1, s)
+    bye = encode_frame(6, 0, b'{"reason":"kicked","reconnect":false}')
+    assert t.send_final(1, bye) == b""
+    assert read_exact(c, len(bye)) == bye
+    s.close()
+    c.close()
 
 
 def test_flush_survives_a_failing_transport(loop):

@@ -31,7 +31,7 @@ class LocalProxy(ProxyAPI):
         return 1 if room_id in self.room_set else 0
 
     def push_all_nowait(self, op, body, speed=0):
-        self.calls.append(("all", op, body))
+        self.calls.append(("all", op, body, speed))  # speed too: each proxy paces its own connections
         return 1
 
 
@@ -77,9 +77,11 @@ class RouterCases:
             PushJob(KIND_CONNS, 1000, b"one", server="b", conn_ids=[7, 8]),
             PushJob(KIND_CONNS, 1000, b"lost", server="gone", conn_ids=[9]),
             PushJob(KIND_ALL, 1000, b"everyone"),
+            PushJob(KIND_ALL, 1001, b"paced", speed=250),
         ])
-        assert b.calls == [("conns", [7, 8], 1000, b"one"), ("all", 1000, b"everyone")]
-        assert a.calls == [("all", 1000, b"everyone")]
+        # push/all?speed= reaches every proxy with its speed
+        assert b.calls == [("conns", [7, 8], 1000, b"one"), ("all", 1000, b"everyone", 0), ("all", 1001, b"paced", 250)]
+        assert a.calls == [("all", 1000, b"everyone", 0), ("all", 1001, b"paced", 250)]
         assert router.skipped == 1
 
     def test_a_proxys_calls_keep_the_jobs_order(self):
@@ -90,7 +92,7 @@ class RouterCases:
             PushJob(KIND_ROOM, 1000, b"r2", room_id="r://1"),
             PushJob(KIND_ALL, 1002, b"all"),
         ])
-        assert [c[0] for c in a.calls][0] == "conns" and a.calls[-1] == ("all", 1002, b"all")
+        assert [c[0] for c in a.calls][0] == "conns" and a.calls[-1] == ("all", 1002, b"all", 0)
         assert room_frames(a.calls, "r://1") == [(1000, b"r1"), (1000, b"r2")]
 
 

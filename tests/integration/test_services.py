@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from polling import wait_until
 from services import (KafkaProcess, ServiceError, kafka_down, port_open, redis_down, run_script,
                       start_kafka, stop_kafka)
 
@@ -66,13 +67,12 @@ def create_topic(bootstrap: str, partitions: int = 1) -> str:
                                   operation_timeout=15, request_timeout=15)
     futures[topic].result(timeout=30)
     # the new topic is in the metadata with a leader for every partition
-    deadline = time.monotonic() + 15
-    while True:
+    def led():
         md = admin.list_topics(topic, timeout=10).topics[topic]
-        if md.error is None and len(md.partitions) == partitions and all(p.leader >= 0 for p in md.partitions.values()):
-            return topic
-        assert time.monotonic() < deadline, f"topic {topic} has no leader: {md.error}"
-        time.sleep(0.1)
+        return md.error is None and len(md.partitions) == partitions and all(p.leader >= 0 for p in md.partitions.values())
+
+    wait_until(led, what=f"topic {topic} to have a leader for each partition", interval=0.1)
+    return topic
 
 
 def producer(bootstrap: str, **conf) -> Producer:

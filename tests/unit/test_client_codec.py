@@ -16,11 +16,13 @@ from imgate.client import (
     ClientError,
     ClientTimeout,
     ConnectionClosed,
+    Refused,
     _Protocol,
     _ws_client_frame,
     connect,
 )
 from imgate.client import Client as ClientClass
+from polling import wait_until_async
 from imgate.core import (
     WS_OP_BINARY,
     Frame,
@@ -52,8 +54,8 @@ def loop_kind(request):
 
 def run(coro):
     if LOOP == "uvloop":
-        return uvloop.run(asyncio.wait_for(coro, 10))
-    return asyncio.run(asyncio.wait_for(coro, 10))
+        return uvloop.run(asyncio.wait_for(coro, 60))
+    return asyncio.run(asyncio.wait_for(coro, 60))
 
 
 # -- the fake server ----------------------------------------------------------------------------
@@ -144,7 +146,12 @@ class FakeConn(asyncio.Protocol):
             else:
                 self.send(encode_frame(5, f.seq, b"re:" + f.body))
         elif f.op in (12, 14, 16, 18, 20):
-            self.send(encode_frame(f.op + 1, f.seq if server.echo_seq else 0))
+            refusal = server.refuse.get(f.body)
+            if refusal is not None:  # what imgate answers when it refuses
+                body = json.dumps({"ok": False, "error": refusal}).encode()
+            else:
+                body = server.room_reply
+            self.send(encode_frame(f.op + 1, f.seq if server.echo_seq else 0, body))
         elif f.op == 50:  # an IM-style request with a non-standard reply op
             self.send(encode_frame(1000, 0, b"push-before-reply"))
             self.send(encode_frame(51, f.seq, f.body[::-1]))
@@ -179,6 +186,8 @@ class FakeServer:
         self.auth_reply = b""
         self.echo_seq = True
         self.bad_accept = False
+        self.refuse: dict[bytes, str] = {}    # request body of ops 12-20 -> error of an "ok": false reply
+        self.room_reply = b""                 # reply body when not refused (goim: empty)
 
     def on_auth(self, body):
         mid = body.get("mid")
@@ -217,11 +226,8 @@ async def with_server(body, kind, **server_opts):
         await server.stop()
 
 
-async def until(predicate, timeout=2.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
+async def until(predicate):
+    await wait_until_async(predicate, interval=0.005, what="the fake server or the client to get there")
 
 
 # -- auth handshake -----------------------------------------------------------------------------
@@ -443,7 +449,9 @@ def test_server_close_wakes_a_waiting_recv(kind):
     async def body(server, url):
         client = await connect(url, mid=1, heartbeat=None)
         waiting = asyncio.ensure_future(client.recv())
-        await asyncio.sleep(0.05)
+        for _ in range(3):  # a few loop turns: the recv is now waiting
+            await asyncio.sleep(0)
+        assert not waiting.done()
         server.conn_of(1).transport.close()
         with pytest.raises(ConnectionClosed) as info:
             await waiting
@@ -517,6 +525,35 @@ def test_room_and_sub_requests(kind):
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)   # auto-increasing
         with pytest.raises(ClientTimeout):  # no reply leaked into the push queue
             await client.recv(timeout=0.05)
+        await client.close()
+    run(with_server(body, kind))
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_refused_room_and_sub_operations_raise_refused(kind):
+    async def body(server, url):
+        server.room_reply = b'{"ok": true, "room_id": "x"}'
+        server.refuse = {b"bad": "room id must look like type://id, got 'bad'",
+                         b"full://1": "connection is already in 2 rooms (the limit)",
+                         b"1,x": "body must be comma-separated int32 operation numbers"}
+        client = await connect(url, mid=1, room_id="live://1", heartbeat=None)
+        for call, arg, op in [(client.join_room, "full://1", 18), (client.join_room, "bad", 18),
+                              (client.leave_room, "bad", 20), (client.change_room, "bad", 12)]:
+            with pytest.raises(Refused) as e:
+                await call(arg)
+            assert e.value.op == op and e.value.error == server.refuse[arg.encode()]
+            assert e.value.reply == {"ok": False, "error": server.refuse[arg.encode()]}
+            assert server.refuse[arg.encode()] in str(e.value)
+        assert client.room_id == "live://1", "a refused change_room does not move the client's record"
+        # Refused is a ClientError, and the connection is still usable afterwards
+        assert issubclass(Refused, ClientError)
+        server.refuse[b"7"] = "nope"
+        for call in (client.sub, client.unsub):
+            with pytest.raises(Refused, match="nope"):
+                await call([7])
+        await client.change_room("live://2")  # "ok": true passes
+        assert client.room_id == "live://2"
+        assert await client.heartbeat() == 1
         await client.close()
     run(with_server(body, kind))
 
@@ -664,7 +701,7 @@ def test_ws_client_close_handshake():
         conn = server.conn_of(1)
         server_conn_closed = conn.closed
         await client.close()
-        await asyncio.wait_for(server_conn_closed, 1)
+        await asyncio.wait_for(server_conn_closed, 30)
         assert conn.parser.closed and conn.parser.close_code == 1000
         with pytest.raises(ConnectionClosed, match="closed by the client"):
             await client.recv()
@@ -798,14 +835,15 @@ def test_ws_reader_any_chunking(step):
 
 
 @pytest.mark.parametrize("wire, message", [
-    (bytes([0x82, 0x81, 1, 2, 3, 4, 5]), "masked frame"),
-    (bytes([0xC2, 0x01, 0]), "reserved bits"),
-    (bytes([0x83, 0x00]), "unknown opcode 3"),
-    (bytes([0x8B, 0x00]), "unknown control opcode 11"),
-    (bytes([0x09, 0x00]), "control frame is fragmented"),
-    (bytes([0x80, 0x00]), "continuation frame with no message"),
-    (bytes([0x02, 0x01, 0]) + bytes([0x82, 0x01, 0]), "new message began"),
-    (bytes([0x82, 0x7F]) + struct.pack(">Q", 1 << 40), "exceeds the limit"),
+    # (the wording is the core codec's: the client parses with WebSocketParser(client=True))
+    (bytes([0x82, 0x81, 1, 2, 3, 4, 5]), "masked server frame"),
+    (bytes([0xC2, 0x01, 0]), "RSV1 set without a negotiated extension"),
+    (bytes([0x83, 0x00]), "reserved opcode 3"),
+    (bytes([0x8B, 0x00]), "reserved opcode 11"),
+    (bytes([0x09, 0x00]), "fragmented control frame"),
+    (bytes([0x80, 0x00]), "continuation frame without a message in progress"),
+    (bytes([0x02, 0x01, 0]) + bytes([0x82, 0x01, 0]), "new data frame while a fragmented message is in progress"),
+    (bytes([0x82, 0x7F]) + struct.pack(">Q", 1 << 40), "exceeds max_message"),
     (server_frame(b"short"), "protocol error"),
 ])
 def test_ws_reader_violations(wire, message):

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgate.core import FrameDecoder, RoomTable, encode_frame
+from polling import wait_until
 from imgate.http.messages import HttpError, Response
 from imgate.http.server import Request
 from imgate.logic import http_api
@@ -206,13 +207,24 @@ def test_direct_route_writes_at_once_and_keeps_order():
         return route(Request("POST", "/goim/push/mids", "operation=1000&mids=1", {}, body))
 
     def drain():
-        loop.run_until_complete(asyncio.sleep(0.02))
+        loop.run_until_complete(asyncio.sleep(0.001))  # let the loop flush and serve its writers
         out = []
         while True:
             try:
                 out += [(f.op, f.body) for f in dec.feed(client.recv(1 << 20))]
             except BlockingIOError:
                 return out
+
+    def collect(n):
+        """The next n frames the client gets (and, read at the same time, anything extra)."""
+        got = []
+
+        def enough():
+            got.extend(drain())
+            return len(got) >= n
+
+        wait_until(enough, what=f"{n} frames to reach the client", interval=0)
+        return got
 
     try:
         # nothing queued for the connection: the push is on its socket before the loop runs again
@@ -223,23 +235,18 @@ def test_direct_route_writes_at_once_and_keeps_order():
         for i in range(50):
             push(b"%d" % i)
         assert logic.table.write_calls - calls <= 5
-        assert drain() == [(1000, b"%d" % i) for i in range(50)]
+        assert collect(50) == [(1000, b"%d" % i) for i in range(50)]
         # something queued ahead (not yet flushed): the push waits behind it
         logic.table.send(0, encode_frame(5, 0, b"ahead"))
         push(b"behind")
-        assert drain() == [(5, b"ahead"), (1000, b"behind")]
+        assert collect(2) == [(5, b"ahead"), (1000, b"behind")]
         # a client that does not read: a short write arms the writer, the rest follows in order
         logic.socks[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         logic.socks[1].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         big = b"y" * 5000  # 40 of them stay within the table's max_pending: no overflow
         sent = [push(big + b"%d" % i) for i in range(40)]
         assert all(r.status == 200 for r in sent) and logic.table.pending(0) > 0
-        got = []
-        for _ in range(200):
-            got += drain()
-            if len(got) == 40:
-                break
-        assert got == [(1000, big + b"%d" % i) for i in range(40)]
+        assert collect(40) == [(1000, big + b"%d" % i) for i in range(40)]
         assert logic.table.pending(0) == 0
     finally:
         logic.close()

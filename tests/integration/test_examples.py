@@ -1,14 +1,29 @@
 """The README's walk-through works: a token from `imgate token`, the example client, a push by HTTP."""
 
+import asyncio
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from nodeutil import NodeThread
+import pytest
+import uvloop
 
-ROOT = Path(__file__).resolve().parent.parent
+from imgate import client as imclient
+from imgate.core import FrameDecoder, encode_frame
+from nodeutil import NodeThread, read_until_closed
+from polling import wait_until_async
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_readme_client_example(tmp_path):
@@ -51,15 +66,9 @@ def test_serve_rejects_bad_flags():
     assert res.returncode == 2 and "tcp: port 99999 is out of range" in res.stderr
 
 
-def test_serve_starts_and_stops_on_sigterm(tmp_path):
-    import signal
-    import socket
-
-    def free_port():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
+def test_serve_stops_on_sigterm_telling_every_client_with_op6(tmp_path):
+    """`imgate serve` on SIGTERM: every connected client gets op 6 {"reason": "shutdown", "reconnect":
+    true} and then the end of its stream; the process exits 0."""
     ports = [free_port() for _ in range(3)]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.Popen(
@@ -70,9 +79,27 @@ def test_serve_starts_and_stops_on_sigterm(tmp_path):
     try:
         line = proc.stdout.readline()
         assert "is up" in line, proc.stderr.read()
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        raw = socket.create_connection(("127.0.0.1", ports[0]), timeout=30)
+        raw.sendall(encode_frame(7, 1, json.dumps({"mid": 1, "key": "", "room_id": "live://1", "platform": "t",
+                                                   "accepts": []}).encode()))
+
+        async def go():
+            ws = await imclient.connect(f"ws://127.0.0.1:{ports[1]}/sub", mid=2, room_id="live://1", heartbeat=None)
+            # both are in the room once the ws client's heartbeat counts 2: the raw one is authenticated
+            await wait_until_async(ws.heartbeat, equals=2, what="both clients to be in the room")
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(imclient.ConnectionClosed):
+                while True:
+                    await ws.recv(timeout=30)
+            assert ws.closed_reason == {"reason": "shutdown", "reconnect": True}
+
+        uvloop.run(asyncio.wait_for(go(), 60))
+        frames = FrameDecoder().feed(read_until_closed(raw))
+        raw.close()
+        assert [f.op for f in frames] == [8, 6], [f.op for f in frames]
+        assert json.loads(frames[1].body) == {"reason": "shutdown", "reconnect": True}
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(10)

@@ -10,37 +10,21 @@ Selenium is pointed at them explicitly so that Selenium Manager never tries to d
 
 from __future__ import annotations
 
-import asyncio
-import json
 import socket
 import subprocess
-import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-try:
-    import imgate.node  # noqa: F401
-except ModuleNotFoundError as e:  # pragma: no cover - only while the node is being written
-    if e.name != "imgate.node":
-        raise
-    pytest.skip("imgate.node does not exist yet: the demo page is tested against a real node", allow_module_level=True)
-
-import uvloop
-
 from nodeutil import NodeThread
+from polling import wait_until
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from imgate.config import Config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM_ARGS = [
@@ -55,7 +39,6 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
     "--window-size=1280,900",
 ]
-WAIT = 20  # seconds for anything the page should show
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -129,24 +112,26 @@ def text(d, element_id: str) -> str:
     return d.find_element(By.ID, element_id).text
 
 
-def wait_for(d, what: str, cond, timeout: float = WAIT, every=None):
-    """Wait until cond(d) is truthy; `every(d)` runs between polls (e.g. clicking a button)."""
-    deadline = time.monotonic() + timeout
-    last_every = 0.0
-    while True:
+def wait_for(d, what: str, cond, every=None):
+    """Wait (the polling helper, its generous deadline) until cond(d) is truthy; `every(d)` runs every
+    few polls (e.g. clicking a button). A timeout shows the page's status and protocol log."""
+    polls = [0]
+
+    def check():
+        polls[0] += 1
         try:
             value = cond(d)
         except Exception:  # element not there yet, stale, ...
             value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            log = "\n".join(li.text for li in d.find_elements(By.CSS_SELECTOR, "#log li")[:20])
-            raise TimeoutException(f"timed out waiting for {what}; #status={text(d, 'status')!r}\nprotocol log:\n{log}")
-        if every is not None and time.monotonic() - last_every > 0.3:
+        if not value and every is not None and polls[0] % 6 == 1:
             every(d)
-            last_every = time.monotonic()
-        time.sleep(0.05)
+        return value
+
+    try:
+        return wait_until(check, what=what, interval=0.05)
+    except AssertionError as e:
+        log = "\n".join(li.text for li in d.find_elements(By.CSS_SELECTOR, "#log li")[:20])
+        raise AssertionError(f"{e}; #status={text(d, 'status')!r}\nprotocol log:\n{log}") from None
 
 
 def messages(d) -> list[tuple[str, str]]:
@@ -159,7 +144,8 @@ def messages(d) -> list[tuple[str, str]]:
 
 def open_page(d, node: NodeRunner) -> None:
     d.get(node.http_base + "/")
-    WebDriverWait(d, WAIT).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    wait_until(lambda: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1",
+               what="the page to be ready", ignore=(Exception,))
 
 
 def connect_and_authenticate(d) -> None:

@@ -1,106 +1,24 @@
-"""The `Cache` contract, run against both MemoryCache and RedisCache so the two stay interchangeable.
-
-MemoryCache runs on a fake clock; RedisCache runs against a real redis-server with real short TTLs
-(expiry is Redis's own). The Redis-only part checks what the contract cannot see: the keys left
-behind, Sentinel addresses, a real Sentinel, and a real Sentinel failover.
+"""The `Cache` contract: one suite that every cache backend must pass, so MemoryCache and RedisCache
+stay interchangeable. A backend's test module imports the tests (``from cache_contract import *``) and
+defines a ``backend`` fixture; tests/unit/test_cache_memory.py and tests/integration/test_cache_redis.py
+do that.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 import uuid
 
-import pytest
 import uvloop
 
 from imgate.cache import MemoryCache, Session
 
-redis = pytest.importorskip("redis")
-from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
-
-from imgate.cache.redis import RedisCache, parse_sentinels  # noqa: E402
-
-
-REDIS_SERVER = shutil.which("redis-server")
 TTL = 1.0  # seconds; real for Redis, fake for memory
 
 
 def run(coro, timeout=60):
     return uvloop.run(asyncio.wait_for(coro, timeout))
-
-
-# ---------------------------------------------------------------------- real redis-server processes
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisProc:
-    """A private redis-server (or sentinel) on a free loopback port, nothing saved to disk: the failover
-    test kills its master, so it cannot use the session's shared Redis."""
-
-    def __init__(self, workdir: str, *extra: str, sentinel_conf: str | None = None):
-        self.workdir = workdir
-        for _ in range(5):
-            self.port = free_port()
-            if sentinel_conf is not None:
-                conf = os.path.join(workdir, f"sentinel-{self.port}.conf")
-                with open(conf, "w") as f:
-                    f.write(f"port {self.port}\nbind 127.0.0.1\n{sentinel_conf}")
-                args = [REDIS_SERVER, conf, "--sentinel"]
-            else:
-                args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--daemonize", "no", "--dir", workdir, *extra]
-            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if self._wait_ready():
-                return
-            self.stop()
-        raise RuntimeError(f"redis-server did not start: {args}")
-
-    def _wait_ready(self, timeout=10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return True
-            except OSError:
-                pass
-            time.sleep(0.02)
-        return False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(5)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@pytest.fixture(scope="session")
-def redis_workdir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache-redis"))
 
 
 # ---------------------------------------------------------------------- the two backends
@@ -146,25 +64,69 @@ class MemoryBackend(Backend):
         self.clock.now += seconds
 
 
+# Moves a prefix's clock forward by ARGV[2] ms: every key's expiry comes that much closer (a key whose
+# time is up is expired now, PEXPIRE 0) and the users zset's expiry scores (Redis server ms) go down
+# by as much. What the cache reads afterwards is what it would read that much later.
+_AGE = """
+local ms = tonumber(ARGV[2])
+for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
+  local t = redis.call('PTTL', k)
+  if t > 0 then redis.call('PEXPIRE', k, math.max(0, t - ms)) end
+end
+local users = ARGV[1] .. 'users'
+local z = redis.call('ZRANGE', users, 0, -1, 'WITHSCORES')
+for i = 1, #z, 2 do
+  redis.call('ZADD', users, string.format('%.0f', tonumber(z[i + 1]) - ms), z[i])
+end
+return 1
+"""
+
+
+class _ScaledTTL:
+    """A RedisCache whose TTLs are `scale` times what the contract asks: with TTL = 1 s becoming a
+    minute, the real time a test takes on a busy machine is noise beside the simulated time."""
+
+    def __init__(self, cache, scale: float):
+        self._cache, self._scale = cache, scale
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+    async def add_session(self, session, ttl):
+        return await self._cache.add_session(session, ttl * self._scale)
+
+    async def renew_session(self, mid, conn_id, ttl):
+        return await self._cache.renew_session(mid, conn_id, ttl * self._scale)
+
+    async def set_server_online(self, server, rooms, conns, ips, ttl):
+        return await self._cache.set_server_online(server, rooms, conns, ips, ttl * self._scale)
+
+
 class RedisBackend(Backend):
+    """RedisCache on a real redis-server. Time is simulated: TTLs are scaled up (``scale``) and
+    ``advance`` ages every key of the test's prefix by the scaled amount, so expiry is Redis's own
+    but no test waits on, or races, the wall clock."""
+
     name = "redis"
+    scale = 60.0
 
     def __init__(self, url):
         self.url = url
         self.prefix = f"t{uuid.uuid4().hex[:12]}:"  # each test gets its own key space
+        self._last = None
 
-    def cache(self):
+    def raw_cache(self):
+        from imgate.cache.redis import RedisCache  # the memory suite runs without the redis client
+
         return RedisCache(self.url, prefix=self.prefix)
 
+    def cache(self):
+        self._last = self.raw_cache()
+        return _ScaledTTL(self._last, self.scale)
+
     async def advance(self, seconds):
-        await asyncio.sleep(seconds)
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request):
-    if request.param == "memory":
-        return MemoryBackend()
-    return RedisBackend(request.getfixturevalue("redis_url"))
+        ms = int(round(seconds * self.scale * 1000))
+        await self._last.redis.eval(_AGE, 0, self.prefix, ms)
 
 
 async def connect(c, mid, server="p1", key=None, room="live://1", ttl=TTL, platform="web") -> Session:
@@ -432,224 +394,3 @@ def test_large_batches(backend):
     backend.run(body)
 
 
-# ---------------------------------------------------------------------- Redis only
-
-@pytest.fixture
-def rb(redis_url):
-    return RedisBackend(redis_url)
-
-
-def test_redis_keys_left_behind(rb):
-    """Keys that exist while sessions live, and what remains once a dead proxy's TTLs pass."""
-    async def body(c):
-        r, p = c.redis, rb.prefix
-        a = await connect(c, 1, key="ka")
-        b = await connect(c, 1, key="kb")
-        await connect(c, 2, key="kc")
-        await c.set_server_online("p1", {"live://1": 3}, 3, 1, TTL)
-        keys = set(await r.keys(p + "*"))
-        assert keys == {p + "conn_id", p + "users", p + "servers", p + "srv:p1", p + "u:1", p + "u:2",
-                        p + "k:ka", p + "k:kb", p + "k:kc", *(p + f"s:{i}" for i in (1, 2, 3))}
-        assert await r.type(p + "s:1") == "string" and await r.type(p + "u:1") == "set"
-        assert await r.type(p + "users") == "zset" and await r.type(p + "srv:p1") == "string"
-        assert set(await r.smembers(p + "u:1")) == {str(a.conn_id), str(b.conn_id)}
-        assert await r.get(p + "k:ka") == str(a.conn_id)
-        for k in (p + "s:1", p + "u:1", p + "k:ka", p + "srv:p1"):
-            assert 0 < await r.pttl(k) <= TTL * 1000
-        assert await r.ttl(p + "conn_id") == -1
-        # renewing with a longer TTL pushes every key of the session forward, not its siblings'
-        assert await c.renew_session(1, a.conn_id, 5.0)
-        for k in (p + f"s:{a.conn_id}", p + "u:1", p + "k:ka"):
-            assert 4000 < await r.pttl(k) <= 5000
-        assert 0 < await r.pttl(p + f"s:{b.conn_id}") <= TTL * 1000
-        assert 4000 < await r.zscore(p + "users", "1") - await r.zscore(p + "users", "2") <= 5000
-        assert await c.del_session(1, a.conn_id)
-        assert await c.del_session(1, b.conn_id)  # the user's last session: u:1 and its zset entry go
-        assert not await r.exists(p + "u:1") and await r.zscore(p + "users", "1") is None
-        assert await c.user_count() == 1
-        # nobody renews anything any more, nobody reads: Redis alone forgets them
-        await asyncio.sleep(TTL + 0.3)
-        assert set(await r.keys(p + "*")) == {p + "conn_id", p + "users", p + "servers"}
-        # the next periodic reads trim the indexes too
-        assert await c.user_count() == 0
-        assert await c.servers_online() == {}
-        assert set(await r.keys(p + "*")) == {p + "conn_id"}
-    rb.run(body)
-
-
-def test_redis_lazy_cleanup_of_user_set(rb):
-    async def body(c):
-        r, p = c.redis, rb.prefix
-        short = await connect(c, 1, ttl=TTL)
-        long = await connect(c, 1, ttl=TTL * 4)
-        assert await r.pttl(p + "u:1") > TTL * 3000  # the set lives as long as its longest member
-        await asyncio.sleep(TTL + 0.2)
-        assert set(await r.smembers(p + "u:1")) == {str(short.conn_id), str(long.conn_id)}
-        assert ids((await c.sessions([1]))[1]) == [long.conn_id]
-        assert set(await r.smembers(p + "u:1")) == {str(long.conn_id)}
-        assert await c.user_count() == 1
-        # a user whose last session expired is not counted once a read has noticed it, even if an
-        # earlier, longer-lived sibling (deleted since) had pushed the user's expiry further
-        await c.del_session(1, long.conn_id)
-        a = await connect(c, 2, ttl=TTL * 5)
-        b = await connect(c, 2, ttl=TTL)
-        assert await c.del_session(2, a.conn_id)
-        await asyncio.sleep(TTL + 0.2)
-        assert await c.user_count() == 1  # b's expiry is not known without a read: bounded over-count
-        assert await c.sessions([2]) == {}
-        assert not await r.exists(p + "u:2")
-        assert await c.user_count() == 0
-        assert b.conn_id
-    rb.run(body)
-
-
-def test_redis_prefixes_are_isolated(redis_url):
-    async def go():
-        a = RedisCache(redis_url, prefix=f"a{uuid.uuid4().hex[:8]}:")
-        b = RedisCache(redis_url, prefix=f"b{uuid.uuid4().hex[:8]}:")
-        try:
-            s = await connect(a, 1, key="same")
-            assert await b.sessions([1]) == {} and await b.sessions_by_keys(["same"]) == {}
-            assert await b.alloc_conn_id() == 1 and s.conn_id == 1
-            assert await b.user_count() == 0
-        finally:
-            await a.close()
-            await b.close()
-    run(go())
-
-
-def test_redis_unreachable_raises_connection_error():
-    port = free_port()  # nothing listens there
-
-    async def go():
-        c = RedisCache(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5, retries=1)
-        try:
-            t0 = time.monotonic()
-            with pytest.raises(RedisConnectionError):
-                await c.alloc_conn_id()
-            with pytest.raises(RedisConnectionError):
-                await c.sessions([1])
-            with pytest.raises(RedisConnectionError):
-                await c.set_server_online("p", {}, 0, 0, 1.0)
-            assert time.monotonic() - t0 < 10
-        finally:
-            await c.close()
-    run(go())
-
-
-def test_parse_sentinels():
-    assert parse_sentinels(["10.0.0.1:26379", "s2:26380", "s3", "[::1]:5000", "::1"]) == [
-        ("10.0.0.1", 26379), ("s2", 26380), ("s3", 26379), ("::1", 5000), ("::1", 26379)]
-    for bad in ["", "h:x", "h:0", "h:70000", ":1"]:
-        with pytest.raises(ValueError):
-            parse_sentinels([bad])
-
-
-def test_sentinel_config_object():
-    c = RedisCache(sentinels=["10.0.0.1:26379", "10.0.0.2:26380"], master="imgate-master", prefix="x:",
-                   db=3, password="pw", sentinel_password="spw", socket_timeout=1.5)
-    try:
-        assert c.sentinel is not None
-        addrs = [(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
-                 for s in c.sentinel.sentinels]
-        assert addrs == [("10.0.0.1", 26379), ("10.0.0.2", 26380)]
-        assert all(s.connection_pool.connection_kwargs.get("password") == "spw" for s in c.sentinel.sentinels)
-        pool = c.redis.connection_pool
-        assert pool.service_name == "imgate-master" and pool.is_master
-        kw = pool.connection_kwargs
-        assert (kw["db"], kw["password"], kw["socket_timeout"], kw["decode_responses"]) == (3, "pw", 1.5, True)
-        assert c.prefix == "x:"
-    finally:
-        run(c.close())
-    with pytest.raises(ValueError):
-        RedisCache()
-    with pytest.raises(ValueError):
-        RedisCache("redis://127.0.0.1:6379/0", sentinels=["h:1"])
-
-
-def _sentinel_conf(master_port: int) -> str:
-    return (f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
-            "sentinel down-after-milliseconds mymaster 500\n"
-            "sentinel failover-timeout mymaster 3000\n"
-            "sentinel parallel-syncs mymaster 1\n")
-
-
-async def _wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            if await pred():
-                return
-        except Exception as e:  # noqa: BLE001 - retried until the deadline
-            last = e
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
-
-
-@pytest.fixture
-def sentinel_trio(redis_workdir):
-    """A master, a replica and one sentinel watching them, all private to the test."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server not installed")
-    procs = []
-    try:
-        master = RedisProc(redis_workdir)
-        procs.append(master)
-        replica = RedisProc(redis_workdir, "--replicaof", "127.0.0.1", str(master.port))
-        procs.append(replica)
-        sentinel = RedisProc(redis_workdir, sentinel_conf=_sentinel_conf(master.port))
-        procs.append(sentinel)
-    except RuntimeError as e:
-        for p in procs:
-            p.stop()
-        pytest.skip(f"cannot start a sentinel setup here: {e}")
-    yield master, replica, sentinel
-    for p in procs:
-        p.stop()
-
-
-def test_real_sentinel_and_failover(sentinel_trio):
-    master, replica, sentinel = sentinel_trio
-
-    async def go():
-        raw = redis.asyncio.Redis(port=sentinel.port, decode_responses=True)
-        try:
-            async def replica_known():
-                return len(await raw.execute_command("SENTINEL", "REPLICAS", "mymaster")) >= 1
-            await _wait_for(replica_known, 15, "the sentinel to discover the replica")
-        finally:
-            await raw.aclose()
-
-        c = RedisCache(sentinels=[f"127.0.0.1:{sentinel.port}"], master="mymaster", prefix="sent:",
-                       socket_timeout=1.0)
-        try:
-            addr = await c.sentinel.discover_master("mymaster")
-            assert addr == ("127.0.0.1", master.port)
-            before = [await connect(c, 1, ttl=60), await connect(c, 2, ttl=60)]
-            await c.set_server_online("p1", {"live://1": 2}, 2, 1, 60)
-            assert await c.user_count() == 2
-
-            async def replicated():  # the replica has it all
-                return await c.redis.execute_command("WAIT", 1, 500) == 1
-            await _wait_for(replicated, 20, "the replica to acknowledge the writes")
-
-            master.kill()
-
-            async def promoted():
-                return await c.sentinel.discover_master("mymaster") == ("127.0.0.1", replica.port)
-            await _wait_for(promoted, 30, "the sentinel to promote the replica")
-
-            async def usable():
-                return await c.renew_session(1, before[0].conn_id, 60)
-            await _wait_for(usable, 15, "the cache to reach the new master")
-
-            found = await c.sessions([1, 2])
-            assert {m: ids(v) for m, v in found.items()} == {1: [before[0].conn_id], 2: [before[1].conn_id]}
-            after = await connect(c, 3, ttl=60)
-            assert after.conn_id > max(s.conn_id for s in before)
-            assert set(await c.servers_online()) == {"p1"}
-            assert await c.user_count() == 3
-        finally:
-            await c.close()
-    run(go(), timeout=90)
