@@ -79,8 +79,11 @@ def pct(values, p):
 
 
 async def pairs_up(url: str, pairs: int, first_uid: int):
-    receivers = [await imclient.connect(url, mid=first_uid + 2 * i + 1, heartbeat=None, timeout=30) for i in range(pairs)]
-    senders = [await imclient.connect(url, mid=first_uid + 2 * i, heartbeat=None, timeout=30) for i in range(pairs)]
+    async def one(mid):
+        return await imclient.connect(url, mid=mid, heartbeat=None, timeout=30)
+
+    receivers = [await one(first_uid + 2 * i + 1) for i in range(pairs)]
+    senders = [await one(first_uid + 2 * i) for i in range(pairs)]
     return senders, receivers
 
 

@@ -1,10 +1,8 @@
-"""Helpers of the IM tests: the one HTTP call helper, a polling helper, a real `imgate serve` process."""
+"""Helpers of the IM tests: the one HTTP call helper and a real `imgate serve` process."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,20 +26,6 @@ def api(base: str, method: str, path: str, body=None, timeout: float = 15.0):
     except urllib.error.HTTPError as e:
         status, raw, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
     return status, (json.loads(raw) if "json" in ctype else raw)
-
-
-async def until(pred, what: str, timeout: float = 20.0, every: float = 0.02):
-    """Poll ``pred`` (sync or async) until it is truthy; its value. Fails naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(every)
 
 
 class ServeProcess(RoleProcess):

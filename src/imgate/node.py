@@ -120,7 +120,7 @@ class Node:
         """The IM service and its embedded store (<data_dir>/im.db), plugged into logic."""
         cfg = self.config
         self.im_store = SqliteStore(
-            cfg.data_path / "im.db", synchronous=cfg.im_sync, busy_timeout=cfg.im_busy_timeout,
+            Path(cfg.data_dir) / "im.db", synchronous=cfg.im_sync, busy_timeout=cfg.im_busy_timeout,
             batch_max=cfg.im_batch_max, max_queue=cfg.im_max_queue, retention_days=cfg.im_retention_days,
             retention_entries=cfg.im_retention_entries, prune_interval=cfg.im_prune_interval,
             max_bytes=cfg.im_max_bytes)

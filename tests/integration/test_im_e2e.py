@@ -11,7 +11,8 @@ import uvloop
 from imgate import client as imclient
 from imgate.core import encode_frame
 
-from imutil import api, until
+from imutil import api
+from polling import wait_until_async
 from nodeutil import NodeThread
 
 TRANSPORTS = ["tcp", "ws"]
@@ -156,7 +157,8 @@ def test_message_stream_fills_a_gap_with_sync(node, transport):
         assert (third["seq"], third["content"]) == (3, "three")
         # the stream acked what it handed out: the server stops resending it
         svc = node.node.im
-        await until(lambda: not {1, 2} & set(svc.unacked("test-node", bc_conn(bc))), "acks of seqs 1-2")
+        await wait_until_async(lambda: not {1, 2} & set(svc.unacked("test-node", bc_conn(bc))),
+                               what="acks of seqs 1-2")
         await ac.close()
         await bc.close()
 
@@ -243,7 +245,8 @@ def test_server_resends_unacked_push_until_acked(quick_node, transport):
         assert again == first
         bc.ack(first[0]["seq"])
         conn_id = bc_conn(bc)
-        await until(lambda: node.node.im.unacked("test-node", conn_id) == [], "the ack to clear the entry")
+        await wait_until_async(lambda: node.node.im.unacked("test-node", conn_id), equals=[],
+                               what="the ack to clear the entry")
         await bc.heartbeat()  # a resend that crossed the ack is queued by now: nothing else may be
         while bc.queued:
             assert json.loads(bc.recv_nowait().body)["msgs"] == first
@@ -251,11 +254,13 @@ def test_server_resends_unacked_push_until_acked(quick_node, transport):
         await ac.send_message(b, "never acked")
         seen = [await pushed(bc) for _ in range(3)]
         assert all(s == seen[0] for s in seen)
-        await until(lambda: node.node.im.unacked("test-node", conn_id) == [], "giving up after the retries")
+        await wait_until_async(lambda: node.node.im.unacked("test-node", conn_id), equals=[],
+                               what="giving up after the retries")
         await nothing_pushed(bc)  # every resend was written before the entry was given up
         await ac.close()
         await bc.close()
-        await until(lambda: ("test-node", conn_id) not in node.node.im._unacked, "nothing kept once closed")
+        await wait_until_async(lambda: ("test-node", conn_id) not in node.node.im._unacked,
+                               what="nothing kept once closed")
 
     run(go())
 
@@ -330,7 +335,7 @@ def test_bad_input_gets_an_error_and_the_connection_stays(node, transport):
             reply = json.loads((await ac.request(26, json.dumps(req), 27)).body)
             assert reply["code"] == code and reply["error"], (req, reply)
         ack = ac.send_frame(25, json.dumps({"seq": 500}))  # beyond the inbox (max_seq 1)
-        await until(lambda: ac.queued, "the error reply to the ack")
+        await wait_until_async(lambda: ac.queued, what="the error reply to the ack")
         err = ac.recv_nowait()
         assert (err.op, err.seq, json.loads(err.body)["code"]) == (27, ack, 416)
         for req, code in (({"conv": "u:1:2", "seq": 1}, 400), ({"conv": f"u:{a}:{b}", "seq": 99}, 416),
@@ -403,7 +408,8 @@ def test_http_send_sync_and_conversations(node):
 
     async def go():
         bc = await connect(node, "tcp", b)
-        status, reply = await call(node, "POST", f"/im/send?uid={a}", {"cmid": "h1", "to": b, "content": "from a backend"})
+        status, reply = await call(node, "POST", f"/im/send?uid={a}",
+                                   {"cmid": "h1", "to": b, "content": "from a backend"})
         assert status == 200 and reply["code"] == 0, reply
         assert reply["data"]["seq"] == 1 and reply["data"]["cmid"] == "h1"
         [m] = await pushed(bc)

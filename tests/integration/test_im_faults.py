@@ -11,7 +11,8 @@ import uvloop
 
 from imgate import client as imclient
 
-from imutil import ServeProcess, api, until
+from imutil import ServeProcess, api
+from polling import wait_until_async
 
 
 def run(coro, timeout=120):
@@ -62,7 +63,7 @@ def test_kill_between_send_and_reply_then_resend_stores_one(serve, mode):
         a.send_frame(22, json.dumps({"cmid": "k", "to": 2, "content": "survives"}))
         await a.heartbeat()  # the proxy has read the 22 (it answers frames in order)
         if mode == "committed":
-            await until(lambda: inbox(proc, 2), "the message to be stored")
+            await wait_until_async(lambda: inbox(proc, 2), what="the message to be stored")
         for c in (a, b):
             c.abort()
         return lock

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from imgate.im.protocol import E_CMID_CONFLICT, E_OUT_OF_RANGE, E_UNAVAILABLE, E_UNKNOWN_RECEIVER, ImError, single_conv
 from imgate.im.sqlite import SqliteStore, migrate
 from imgate.im.store import NewMessage, digest_of
+from polling import wait_until_async
 
 
 def new_message(sender, to, cmid, content, type_="text"):
@@ -339,10 +340,11 @@ def test_retention_by_age_sweeps_old_entries_and_says_so(tmp_path):
         await store.open_inbox(2)
         for i in range(3):
             await store.send(new_message(1, 2, f"old{i}", i))
-        deadline = asyncio.get_running_loop().time() + 30
-        while (page := await store.sync(2, 0, 100)).msgs:
-            assert asyncio.get_running_loop().time() < deadline, "the sweep never removed the old entries"
-            await asyncio.sleep(0.05)
+        async def swept():
+            page = await store.sync(2, 0, 100)
+            return page if not page.msgs else None
+
+        page = await wait_until_async(swept, what="the sweep to remove the old entries")
         assert page.min_seq == 4 and page.max_seq == 3 and page.truncated(0)
         await store.send(new_message(1, 2, "new", "fresh"))
         page = await store.sync(2, 0, 100)
