@@ -30,6 +30,13 @@ MAX_TYPE = 32
 _HINTS_MAX = 100_000  # users whose newest seq is remembered (an ack at or below it needs no read)
 
 
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise ImError(E_BAD_REQUEST, f"{what} is not valid UTF-8 text (it holds a lone surrogate)") from None
+
+
 class _Unacked:
     """Entries pushed to one connection and not acked yet: seq -> [msg JSON, due, tries]."""
 
@@ -142,8 +149,13 @@ class ImService:
                                  allow_nan=False)
         except ValueError as e:
             raise ImError(E_BAD_REQUEST, f"content is not plain JSON: {e}") from None
-        if len(content.encode()) > self.max_message_bytes:
-            raise ImError(E_TOO_LARGE, f"content is {len(content.encode())} bytes, over max_message_bytes "
+        # a JSON escape of a lone surrogate ("\ud800") parses, but has no UTF-8: refused here, before the
+        # store, whose batch it would fail for every other send committed with it
+        size = len(_utf8(content, "content"))
+        _utf8(cmid, "cmid")
+        _utf8(type_, "type")
+        if size > self.max_message_bytes:
+            raise ImError(E_TOO_LARGE, f"content is {size} bytes, over max_message_bytes "
                                        f"({self.max_message_bytes})")
         return NewMessage(sender, cmid, single_conv(sender, to), to, None, type_, content,
                           digest_of(to, None, type_, content), (sender, to))

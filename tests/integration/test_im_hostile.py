@@ -1,0 +1,138 @@
+"""IM single chat against hostile clients and careless backends: a real node over real sockets.
+
+Each test is the regression test of one finding of the hostile-input pass (docs/im.md "Errors"):
+bad input gets a clear 4xx-like error, the connection (and everyone else) keeps being served, and
+nobody reads or writes someone else's inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from imgate import client as imclient
+
+from imutil import api
+from nodeutil import NodeThread
+from polling import wait_until, wait_until_async
+
+TRANSPORTS = ["tcp", "ws"]
+
+
+@pytest.fixture(scope="module")
+def node():
+    n = NodeThread(heartbeat_timeout=30.0, ack_timeout=60.0, im_busy_timeout=30.0).start()
+    yield n
+    n.stop()
+
+
+def run(coro, timeout=120):
+    return uvloop.run(asyncio.wait_for(coro, timeout))
+
+
+_next_user = [5000]
+
+
+def users(n):
+    """Fresh user ids, so that tests sharing the node never share an inbox."""
+    first = _next_user[0]
+    _next_user[0] += n
+    return list(range(first, first + n))
+
+
+def url(node, transport):
+    return node.tcp_url if transport == "tcp" else node.ws_url
+
+
+async def connect(node, transport, mid, **kw):
+    return await imclient.connect(url(node, transport), mid=mid, heartbeat=None, **kw)
+
+
+async def call(node, method, path, body=None):
+    return await asyncio.get_running_loop().run_in_executor(None, api, node.http_base, method, path, body)
+
+
+async def inbox(node, uid):
+    """The (cmid, content) of every entry of ``uid``'s inbox, read over HTTP."""
+    status, reply = await call(node, "GET", f"/im/sync?uid={uid}&after=0&limit=1000")
+    assert status == 200, reply
+    return [(m["cmid"], m["content"]) for m in reply["data"]["msgs"]]
+
+
+async def reply_of(c, op, body, reply_op):
+    if isinstance(body, str):
+        body = body.encode()
+    return json.loads((await c.request(op, body, reply_op)).body)
+
+
+# ---------------------------------------------------------------- strings that are not UTF-8
+
+
+# JSON escapes of lone UTF-16 surrogates: valid JSON text, but no UTF-8 encoding exists for them
+SURROGATE_SENDS = [
+    ('{"cmid": "s-content", "to": B, "content": "\\ud800"}', "s-content"),
+    ('{"cmid": "s-key", "to": B, "content": {"\\udfff": 1}}', "s-key"),
+    ('{"cmid": "\\udc00", "to": B, "content": "x"}', "\udc00"),
+    ('{"cmid": "s-type", "to": B, "content": "x", "type": "\\ud83d"}', "s-type"),
+]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_lone_surrogates_are_refused_with_400(node, transport):
+    a, b = users(2)
+
+    async def go():
+        bc = await connect(node, transport, b)
+        ac = await connect(node, transport, a)
+        for body, cmid in SURROGATE_SENDS:
+            reply = await reply_of(ac, 22, body.replace("B", str(b)), 23)
+            assert reply["code"] == 400 and "UTF-8" in reply["error"], (body, reply)
+            assert reply["cmid"] == cmid
+            status, http = await call(node, "POST", f"/im/send?uid={a}", body.replace("B", str(b)).encode())
+            assert status == 400 and http["code"] == -400 and "UTF-8" in http["message"], (body, status, http)
+        assert (await ac.send_message(b, "fine", cmid="ok"))["seq"] == 1, "the connection serves on"
+        assert await inbox(node, b) == [("ok", "fine")]
+        await ac.close()
+        await bc.close()
+
+    run(go())
+
+
+def test_a_bad_string_does_not_fail_other_users_sends_committed_with_it(node):
+    """The store commits queued sends together: one hostile send must not make the batch fail."""
+    a, b, h = users(3)
+    store = node.node.im_store
+
+    async def go():
+        bc = await connect(node, "tcp", b)
+        ac = await connect(node, "tcp", a)
+        hc = await connect(node, "ws", h)
+        lock = sqlite3.connect(Path(node.config.data_dir) / "im.db", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # the writer waits: what is sent meanwhile queues up together
+        try:
+            first = asyncio.ensure_future(ac.send_message(b, "first", cmid="first"))
+            await wait_until_async(lambda: store._queued, equals=1, what="the first send to be queued")
+            hostile = [asyncio.ensure_future(reply_of(hc, 22, body.replace("B", str(b)), 23))
+                       for body, _ in SURROGATE_SENDS]
+            good = asyncio.ensure_future(ac.send_message(b, "second", cmid="second"))
+            # every hostile send is answered or waits for the writer, and so does the good one
+            await wait_until_async(lambda: store._queued + sum(f.done() for f in hostile) == len(hostile) + 2,
+                                   what="the sends to be queued behind the locked database")
+            assert not first.done() and not good.done()
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert (await first)["seq"] == 1
+        assert (await good)["seq"] == 2, "a hostile send queued with it made it fail"
+        for reply in await asyncio.gather(*hostile):
+            assert reply["code"] == 400, reply
+        assert await inbox(node, b) == [("first", "first"), ("second", "second")]
+        for c in (ac, bc, hc):
+            await c.close()
+
+    run(go())
