@@ -136,3 +136,40 @@ def test_a_bad_string_does_not_fail_other_users_sends_committed_with_it(node):
             await c.close()
 
     run(go())
+
+
+# ---------------------------------------------------------------- deeply nested content
+
+
+def nested(depth):
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_deep_content_is_refused_and_never_poisons_the_receivers_inbox(node, transport):
+    """Content nested near the parser's recursion limit used to be stored (then no Python client of the
+    receiver could decode a sync page holding it) or to fail with a 5xx while being re-encoded."""
+    a, b = users(2)
+
+    async def go():
+        bc = await connect(node, transport, b)
+        ac = await connect(node, transport, a)
+        accepted = []
+        for depth in [2, 100, 101, 500] + list(range(950, 1000)):
+            body = f'{{"cmid": "w{depth}", "to": {b}, "content": {nested(depth)}}}'
+            reply = await reply_of(ac, 22, body, 23)
+            status, http = await call(node, "POST", f"/im/send?uid={a}", body.replace('"w', '"h').encode())
+            if "seq" in reply:
+                accepted.append(depth)
+                assert status == 200, (depth, http)
+            else:
+                assert reply["code"] == 400 and "nested" in reply["error"], (depth, reply)
+                assert status == 400 and "nested" in http["message"], (depth, status, http)
+        assert accepted == [2, 100], "content nested up to 100 levels is stored, deeper is refused"
+        page = await bc.sync(0, 100)  # the receiver's client decodes what was stored
+        assert [(m["cmid"], m["content"]) for m in page["msgs"]] == \
+               [(f"{p}{d}", json.loads(nested(d))) for d in (2, 100) for p in "wh"]
+        await ac.close()
+        await bc.close()
+
+    run(go())

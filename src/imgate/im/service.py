@@ -27,7 +27,21 @@ log = logging.getLogger("imgate.im")
 
 MAX_CMID = 128
 MAX_TYPE = 32
+MAX_DEPTH = 100  # nesting of a message's content (objects and arrays)
 _HINTS_MAX = 100_000  # users whose newest seq is remembered (an ack at or below it needs no read)
+
+
+def _depth_within(value, limit: int) -> bool:
+    """True when ``value`` (parsed JSON) nests objects and arrays at most ``limit`` levels deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        for child in (item.values() if isinstance(item, dict) else item):
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return True
 
 
 def _utf8(text: str, what: str) -> bytes:
@@ -144,6 +158,9 @@ class ImService:
             raise ImError(E_BAD_REQUEST, f"'type' must be a string of 1-{MAX_TYPE} characters other than 'read'")
         if req.get("content") is None:
             raise ImError(E_BAD_REQUEST, "missing field 'content'")
+        if isinstance(req["content"], (dict, list)) and not _depth_within(req["content"], MAX_DEPTH):
+            # bounded: every client must be able to decode what lands in its inbox
+            raise ImError(E_BAD_REQUEST, f"content is nested more than {MAX_DEPTH} levels deep")
         try:  # canonical, so that a resend's digest matches; NaN and Infinity are not JSON
             content = json.dumps(req["content"], separators=(",", ":"), sort_keys=True, ensure_ascii=False,
                                  allow_nan=False)
