@@ -173,3 +173,39 @@ def test_deep_content_is_refused_and_never_poisons_the_receivers_inbox(node, tra
         await bc.close()
 
     run(go())
+
+
+# ---------------------------------------------------------------- pages larger than a connection's queue
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_sync_page_of_large_messages_fits_the_connection(node, transport):
+    """100 messages of 15 KB (each under max_message_bytes) make a 1.5 MB page: more than the proxy
+    queues for one connection (max_pending, 1 MiB), which closed the receiver as a slow consumer at
+    every attempt. The page is cut by size instead (has_more), and the client catches up."""
+    a, b = users(2)
+    big = "x" * 15000
+
+    async def go():
+        await (await connect(node, transport, b)).close()
+        for i in range(100):
+            status, reply = await call(node, "POST", f"/im/send?uid={a}", {"cmid": f"b{i}", "to": b, "content": big})
+            assert status == 200, reply
+        bc = await connect(node, transport, b)
+        assert bc.inbox_seq == 100
+        got, after = [], 0
+        while True:
+            page = await bc.sync(after, 100)
+            assert page["msgs"], page
+            got += [m["seq"] for m in page["msgs"]]
+            after = got[-1]
+            if not page["has_more"]:
+                break
+        assert got == list(range(1, 101)) and not bc.closed
+        stream = bc.messages(after=0)
+        seen = [(await asyncio.wait_for(stream.__anext__(), 30))["seq"] for _ in range(100)]
+        assert seen == list(range(1, 101))
+        assert await bc.heartbeat() >= 0, "the connection is still open"
+        await bc.close()
+
+    run(go())

@@ -44,6 +44,20 @@ def _depth_within(value, limit: int) -> bool:
     return True
 
 
+def _within(msgs: list, budget: int) -> list:
+    """The first msgs (JSON texts) whose UTF-8 encoding fits ``budget`` bytes; at least one."""
+    size = 0
+    for i, m in enumerate(msgs):
+        size += _nbytes(m) + 1
+        if size > budget and i:
+            return msgs[:i]
+    return msgs
+
+
+def _nbytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def _utf8(text: str, what: str) -> bytes:
     try:
         return text.encode()
@@ -64,7 +78,7 @@ class _Unacked:
 class ImService:
     def __init__(self, store: MessageStore, cache, bus, *, max_message_bytes: int = 16384,
                  ack_timeout: float = 5.0, ack_retries: int = 3, max_unacked: int = 1000,
-                 sync_max_limit: int = 1000):
+                 sync_max_limit: int = 1000, max_page_bytes: int = 512 * 1024):
         self.store = store
         self.cache = cache
         self.bus = bus
@@ -73,6 +87,9 @@ class ImService:
         self.ack_retries = ack_retries
         self.max_unacked = max_unacked
         self.sync_max_limit = sync_max_limit
+        # a SYNC page or a resend frame holds at most this many bytes of msgs (and at least one msg):
+        # it must fit what the proxy queues for one connection (max_pending) and the client's max body
+        self.max_page_bytes = max_page_bytes
         self._unacked: dict[tuple, _Unacked] = {}   # (server, conn_id) -> what it has not acked
         self._seq_hint: dict[int, int] = {}         # mid -> a seq known to exist in its inbox
         # cache and bus in this process (the embedded node): delivery needs no coroutine
@@ -183,10 +200,14 @@ class ImService:
         limit = get_int(req, "limit", lo=1, hi=self.sync_max_limit, default=100)
         page = await self.store.sync(uid, after, limit)
         self._hint(uid, page.max_seq)
-        head = (f'{{"has_more":{"true" if page.has_more else "false"},"max_seq":{page.max_seq},'
+        msgs, has_more = page.msgs, page.has_more
+        if 4 * sum(map(len, msgs)) > self.max_page_bytes:  # may be over (a character is 1-4 bytes)
+            msgs = _within(msgs, self.max_page_bytes)
+            has_more = has_more or len(msgs) < len(page.msgs)
+        head = (f'{{"has_more":{"true" if has_more else "false"},"max_seq":{page.max_seq},'
                 f'"min_seq":{page.min_seq},"truncated":{"true" if page.truncated(after) else "false"},'
                 f'"groups":[],"msgs":[')
-        return (head + ",".join(page.msgs) + "]}").encode()
+        return (head + ",".join(msgs) + "]}").encode()
 
     async def ack(self, server: str, conn_id: int, mid: int, req: dict) -> None:
         seq = get_int(req, "seq", lo=0)
@@ -282,9 +303,11 @@ class ImService:
                 log.exception("IM resend pass failed")
 
     async def resend_due(self, now: float) -> None:
-        """Push again what is due; give up on entries pushed ``ack_retries`` times."""
+        """Push again what is due; give up on entries pushed ``ack_retries`` times. At most
+        ``max_page_bytes`` per connection and pass: the rest stays due for the next pass."""
         for key, pending in list(self._unacked.items()):
             again = []
+            size = 0
             for seq, item in list(pending.entries.items()):
                 if item[1] > now:
                     continue
@@ -292,9 +315,13 @@ class ImService:
                     del pending.entries[seq]
                     self.counters["gave_up"] += 1
                     continue
+                n = _nbytes(item[0]) + 1
+                if again and size + n > self.max_page_bytes:
+                    break
                 item[1] = now + self.ack_timeout
                 item[2] += 1
                 again.append(item[0])
+                size += n
             if not pending.entries:
                 self._unacked.pop(key, None)
             if again:
