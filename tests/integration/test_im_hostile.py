@@ -209,3 +209,35 @@ def test_a_sync_page_of_large_messages_fits_the_connection(node, transport):
         await bc.close()
 
     run(go())
+
+
+# ---------------------------------------------------------------- whose inbox
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_anonymous_connections_share_no_inbox(node, transport):
+    """Every connection that authenticates without a user id is mid 0 (goim's anonymous user): they
+    are different people, so none of them may own, read or write an inbox."""
+    [b] = users(1)
+
+    async def go():
+        bc = await connect(node, transport, b)
+        alice = await imclient.connect(url(node, transport), heartbeat=None)  # anonymous
+        mallory = await imclient.connect(url(node, "ws" if transport == "tcp" else "tcp"), heartbeat=None)
+        assert json.loads(alice.auth_reply)["mid"] == 0
+        assert "inbox_seq" not in json.loads(mallory.auth_reply), "mid 0 has no inbox"
+        with pytest.raises(imclient.ImRejected) as e:
+            await alice.send_message(b, "from alice", cmid="anon")
+        assert e.value.code == 403 and "user id" in e.value.error
+        for c in (alice, mallory):
+            for op, body, reply_op in ((26, {"after": 0, "limit": 10}, 27), (32, {"conv": f"u:0:{b}", "seq": 1}, 33)):
+                reply = await reply_of(c, op, json.dumps(body), reply_op)
+                assert reply["code"] == 403 and "user id" in reply["error"], (op, reply)
+        assert await inbox(node, b) == [], "nothing reached b from an anonymous connection"
+        status, reply = await call(node, "GET", "/im/sync?uid=0")
+        assert status == 400, reply
+        assert await alice.heartbeat() >= 0 and await mallory.heartbeat() >= 0, "they stay connected"
+        for c in (alice, mallory, bc):
+            await c.close()
+
+    run(go())

@@ -15,6 +15,7 @@ from imgate.protocol.ops import (  # noqa: F401  (the numbers live with the othe
 
 # error codes (HTTP-like, so the HTTP API answers with the same number as its status)
 E_BAD_REQUEST = 400        # not JSON, a field missing or of the wrong type
+E_FORBIDDEN = 403          # the connection has no user id (mid 0, anonymous): it has no inbox
 E_UNKNOWN_RECEIVER = 404   # the receiver has no inbox
 E_CMID_CONFLICT = 409      # the cmid was used before with a different body
 E_TOO_LARGE = 413          # content over max_message_bytes

@@ -17,7 +17,7 @@ import logging
 import time
 
 from imgate.im.protocol import (
-    E_BAD_REQUEST, E_OUT_OF_RANGE, E_TOO_LARGE, E_UNAVAILABLE, OP_MSG_ACK, OP_MSG_PUSH, OP_MSG_SEND,
+    E_BAD_REQUEST, E_FORBIDDEN, E_OUT_OF_RANGE, E_TOO_LARGE, E_UNAVAILABLE, OP_MSG_ACK, OP_MSG_PUSH, OP_MSG_SEND,
     OP_READ, OP_SYNC, ImError, error_body, get_int, parse_body, single_conv,
 )
 from imgate.im.store import INTERNAL_CMID_PREFIX, MessageStore, NewMessage, Stored, digest_of
@@ -108,8 +108,11 @@ class ImService:
 
     # ------------------------------------------------------------------ connections
 
-    async def on_connect(self, mid: int) -> int:
-        """A user authenticated: make sure it has an inbox; its newest seq (op 8's ``inbox_seq``)."""
+    async def on_connect(self, mid: int) -> int | None:
+        """A user authenticated: make sure it has an inbox; its newest seq (op 8's ``inbox_seq``).
+        None for mid 0: every anonymous connection has it, so it is nobody's inbox."""
+        if mid < 1:
+            return None
         seq = await self.store.open_inbox(mid)
         self._hint(mid, seq)
         return seq
@@ -124,6 +127,10 @@ class ImService:
         cmid = None
         try:
             req = parse_body(body)
+            if mid < 1:
+                if op == OP_MSG_SEND and isinstance(req.get("cmid"), str):
+                    cmid = req["cmid"]
+                raise ImError(E_FORBIDDEN, "IM needs a user id: this connection authenticated without one (mid 0)")
             if op == OP_MSG_SEND:
                 cmid = req.get("cmid") if isinstance(req.get("cmid"), str) else None
                 return json.dumps(await self.send(mid, req, origin=(server, conn_id))).encode()
