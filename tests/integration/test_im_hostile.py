@@ -241,3 +241,28 @@ def test_anonymous_connections_share_no_inbox(node, transport):
             await c.close()
 
     run(go())
+
+
+# ---------------------------------------------------------------- configuration edges
+
+
+def test_a_sync_without_limit_works_when_the_largest_page_is_below_the_default():
+    n = NodeThread(im_sync_max_limit=5).start()
+    try:
+        async def go():
+            await (await imclient.connect(n.tcp_url, mid=2, heartbeat=None)).close()
+            a = await imclient.connect(n.tcp_url, mid=1, heartbeat=None)
+            for i in range(7):
+                await a.send_message(2, i)
+            b = await imclient.connect(n.ws_url, mid=2, heartbeat=None)
+            reply = await reply_of(b, 26, '{"after": 0}', 27)
+            assert [m["content"] for m in reply["msgs"]] == [0, 1, 2, 3, 4] and reply["has_more"], reply
+            status, reply = await asyncio.get_running_loop().run_in_executor(
+                None, api, n.http_base, "GET", "/im/sync?uid=2&after=0")
+            assert status == 200 and [m["content"] for m in reply["data"]["msgs"]] == [0, 1, 2, 3, 4], reply
+            await a.close()
+            await b.close()
+
+        run(go())
+    finally:
+        n.stop()

@@ -51,7 +51,8 @@ def add_im_routes(add, logic) -> None:
         im = service()
         uid = param_int(req, "uid", lo=1)
         after = param_int(req, "after", required=False, default=0, lo=0)
-        limit = param_int(req, "limit", required=False, default=100, lo=1, hi=im.sync_max_limit, range_name=None)
+        limit = param_int(req, "limit", required=False, default=min(100, im.sync_max_limit), lo=1, hi=im.sync_max_limit,
+                          range_name=None)
         return _raw_ok(await guarded(im, im.sync(uid, {"after": after, "limit": limit})))
 
     async def conversations(req: Request) -> Response:

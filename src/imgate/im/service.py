@@ -204,7 +204,7 @@ class ImService:
     async def sync(self, uid: int, req: dict) -> bytes:
         """SYNC: the SYNC_REPLY body (JSON text)."""
         after = get_int(req, "after", lo=0)
-        limit = get_int(req, "limit", lo=1, hi=self.sync_max_limit, default=100)
+        limit = get_int(req, "limit", lo=1, hi=self.sync_max_limit, default=min(100, self.sync_max_limit))
         page = await self.store.sync(uid, after, limit)
         self._hint(uid, page.max_seq)
         msgs, has_more = page.msgs, page.has_more
