@@ -266,3 +266,31 @@ def test_a_sync_without_limit_works_when_the_largest_page_is_below_the_default()
         run(go())
     finally:
         n.stop()
+
+
+# ---------------------------------------------------------------- bodies in other encodings
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_bodies_that_are_not_utf8_are_refused(node, transport):
+    """json.loads(bytes) guesses UTF-16 and UTF-32 from the NUL bytes: such a body was stored."""
+    a, b = users(2)
+
+    async def go():
+        bc = await connect(node, transport, b)
+        ac = await connect(node, transport, a)
+        for codec in ("utf-16-le", "utf-16-be", "utf-16", "utf-32"):
+            body = json.dumps({"cmid": codec, "to": b, "content": "x"}).encode(codec)
+            reply = await reply_of(ac, 22, body, 23)
+            assert reply["code"] == 400 and "UTF-8" in reply["error"], (codec, reply)
+            status, http = await call(node, "POST", f"/im/send?uid={a}", body)
+            assert status == 400 and "UTF-8" in http["message"], (codec, status, http)
+        reply = await reply_of(ac, 26, json.dumps({"after": 0}).encode("utf-16"), 27)
+        assert reply["code"] == 400, reply
+        assert await inbox(node, b) == []
+        assert (await ac.send_message(b, "ü", cmid="utf8"))["seq"] == 1, "UTF-8 (non-ASCII too) is fine"
+        assert await inbox(node, b) == [("utf8", "ü")]
+        await ac.close()
+        await bc.close()
+
+    run(go())

@@ -58,7 +58,7 @@ def conv_members(conv: str) -> tuple[int, int] | None:
 def parse_body(body: bytes) -> dict:
     """A request body: a JSON object, or ImError(400)."""
     try:
-        obj = json.loads(body)
+        obj = json.loads(str(body, "utf-8"))  # not json.loads(bytes): it would take UTF-16 and UTF-32 too
     except (ValueError, UnicodeDecodeError) as e:
         raise ImError(E_BAD_REQUEST, f"body is not UTF-8 JSON: {e}") from None
     except RecursionError:
