@@ -294,3 +294,26 @@ def test_bodies_that_are_not_utf8_are_refused(node, transport):
         await bc.close()
 
     run(go())
+
+
+# ---------------------------------------------------------------- operations of the next issue
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_group_operations_get_a_clear_error_until_groups_exist(node, transport):
+    """GROUP_PULL (28) is a request of the BRIEF: it was dropped without an answer (the client waited
+    for its 29 forever) and GROUP_ACK (30) vanished silently."""
+    [a] = users(1)
+
+    async def go():
+        ac = await connect(node, transport, a)
+        reply = await reply_of(ac, 28, json.dumps({"group": 1, "after": 0, "limit": 10}), 29)
+        assert reply["code"] == 400 and "group" in reply["error"], reply
+        ack = ac.send_frame(30, json.dumps({"group": 1, "gseq": 1}))
+        await wait_until_async(lambda: ac.queued, what="the error reply to the group ack")
+        err = ac.recv_nowait()
+        assert (err.op, err.seq, json.loads(err.body)["code"]) == (29, ack, 400)
+        assert await ac.heartbeat() >= 0, "the connection stays open"
+        await ac.close()
+
+    run(go())

@@ -17,8 +17,8 @@ import logging
 import time
 
 from imgate.im.protocol import (
-    E_BAD_REQUEST, E_FORBIDDEN, E_OUT_OF_RANGE, E_TOO_LARGE, E_UNAVAILABLE, OP_MSG_ACK, OP_MSG_PUSH, OP_MSG_SEND,
-    OP_READ, OP_SYNC, ImError, error_body, get_int, parse_body, single_conv,
+    E_BAD_REQUEST, E_FORBIDDEN, E_OUT_OF_RANGE, E_TOO_LARGE, E_UNAVAILABLE, OP_GROUP_ACK, OP_GROUP_PULL, OP_MSG_ACK,
+    OP_MSG_PUSH, OP_MSG_SEND, OP_READ, OP_SYNC, ImError, error_body, get_int, parse_body, single_conv,
 )
 from imgate.im.store import INTERNAL_CMID_PREFIX, MessageStore, NewMessage, Stored, digest_of
 from imgate.protocol import KIND_CONNS, PushJob
@@ -141,6 +141,8 @@ class ImService:
                 return b""
             if op == OP_READ:
                 return json.dumps(await self.read(mid, req, origin=(server, conn_id))).encode()
+            if op in (OP_GROUP_PULL, OP_GROUP_ACK):
+                raise ImError(E_BAD_REQUEST, "group operations are not supported by this server yet")
             raise ImError(E_BAD_REQUEST, f"op {op} is not an IM operation")
         except ImError as e:
             self.counters["errors"] += 1
