@@ -11,6 +11,7 @@ import asyncio
 import json
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote as urlquote
 
 import pytest
 import uvloop
@@ -315,5 +316,34 @@ def test_group_operations_get_a_clear_error_until_groups_exist(node, transport):
         assert (err.op, err.seq, json.loads(err.body)["code"]) == (29, ack, 400)
         assert await ac.heartbeat() >= 0, "the connection stays open"
         await ac.close()
+
+    run(go())
+
+
+# ---------------------------------------------------------------- HTTP query parameters
+
+
+def test_http_integers_are_ascii_digits_only(node):
+    """int() also reads "１" (a fullwidth digit) and "1_0": uid=１ read user 1's inbox."""
+    a, b = users(2)
+
+    async def go():
+        await (await connect(node, "tcp", b)).close()  # b has an inbox
+        status, reply = await call(node, "POST", f"/im/send?uid={a}", {"cmid": "p", "to": b, "content": 1})
+        assert status == 200, reply
+        fullwidth = "".join(chr(0xFF10 + int(d)) for d in str(b))
+        underscored = str(b)[0] + "_" + str(b)[1:]
+        for path in (f"/im/sync?uid={urlquote(fullwidth)}", f"/im/sync?uid={underscored}",
+                     f"/im/sync?uid={b}&after=0_0", f"/im/conversations?uid={urlquote(fullwidth)}",
+                     f"/im/sync?uid={b}&limit=%D9%A1"):  # an Arabic-Indic one
+            status, reply = await call(node, "GET", path)
+            assert status == 400 and "integer" in reply["message"], (path, status, reply)
+        status, reply = await call(node, "POST", f"/im/send?uid={urlquote(fullwidth)}", {"cmid": "q", "to": a, "content": 1})
+        assert status == 400, reply
+        status, reply = await call(node, "GET", f"/im/sync?uid=+{b}&after=%200%20")  # Go's ParseInt takes a sign
+        assert status == 200 and len(reply["data"]["msgs"]) == 1, reply
+        for mids in (urlquote(fullwidth), f"{a},{urlquote(fullwidth)}", underscored):  # the push API's lists too
+            status, reply = await call(node, "POST", f"/goim/push/mids?operation=1000&mids={mids}", b"x")
+            assert status == 400 and "integer" in reply["message"], (mids, status, reply)
 
     run(go())

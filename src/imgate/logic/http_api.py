@@ -79,6 +79,8 @@ def param_str(req: Request, name: str, *, required: bool = True, default: str | 
 def _to_int(name: str, text: str, lo: int, hi: int, range_name: str | None) -> int:
     t = text.strip()
     try:
+        if not t.isascii() or "_" in t:  # int() also reads "１" and "1_0"; Go's ParseInt (goim) does not
+            raise ValueError
         value = int(t, 10)
     except ValueError:
         raise _bad(f"parameter '{name}' must be an integer, got {text!r}") from None
@@ -117,12 +119,14 @@ def param_list(req: Request, name: str) -> list[str]:
 
 def param_int_list(req: Request, name: str) -> list[int]:
     value = _raw(req, name, True)
-    if value.isdigit() and len(value) < 19:  # one plain id (a unicast): no list to split or dedupe
+    if value.isascii() and value.isdigit() and len(value) < 19:  # one plain id (a unicast): nothing to split
         return [int(value)]
     items = param_list(req, name)
     out: list[int] = []
     for item in items:
         try:
+            if not item.isascii() or "_" in item:  # as in _to_int
+                raise ValueError
             v = int(item, 10)
         except ValueError:
             raise _bad(f"parameter '{name}' must be comma-separated integers, got {item!r}") from None
