@@ -347,3 +347,34 @@ def test_http_integers_are_ascii_digits_only(node):
             assert status == 400 and "integer" in reply["message"], (mids, status, reply)
 
     run(go())
+
+
+# ---------------------------------------------------------------- a careless backend
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_push_api_cannot_forge_inbox_entries(node, transport):
+    """A backend's goim push with operation 24 reached the client as an inbox entry: one with a high
+    seq made the client's stream drop every real message after it. IM ops are not the push API's."""
+    a, b = users(2)
+    forged = json.dumps({"msgs": [{"seq": 10**6, "msg_id": "1", "conv": f"u:{a}:{b}", "from": a, "to": b,
+                                   "type": "text", "content": "forged", "ts": 0, "cmid": "f"}]}).encode()
+
+    async def go():
+        bc = await connect(node, transport, b)
+        ac = await connect(node, transport, a)
+        stream = bc.messages()
+        for path in (f"/goim/push/mids?operation=24&mids={b}", f"/goim/push/mids?mids={b},{a}&operation=24",
+                     "/goim/push/keys?operation=24&keys=k", "/goim/push/room?operation=27&type=live&room=1",
+                     "/goim/push/all?operation=33"):
+            status, reply = await call(node, "POST", path, forged)
+            assert status == 400 and "reserved" in reply["message"], (path, status, reply)
+        await ac.send_message(b, "real")
+        m = await asyncio.wait_for(stream.__anext__(), 10)
+        assert (m["seq"], m["content"]) == (1, "real")
+        status, reply = await call(node, "POST", f"/goim/push/mids?operation=1000&mids={b}", b"business")
+        assert status == 200 and reply["data"]["targets"] == 1, "other operations are pushed as before"
+        await ac.close()
+        await bc.close()
+
+    run(go())

@@ -28,6 +28,7 @@ from imgate.logic._push_routes import PushMidsRoute
 from imgate.logic.openapi import openapi_document
 from imgate.metrics import Metrics
 from imgate.protocol.envelope import envelope, push_reply
+from imgate.protocol.ops import OP_MSG_SEND, OP_READ_REPLY
 from imgate.push.service import BusUnavailable
 
 try:  # the cluster's cache; absent in a minimal install
@@ -139,6 +140,9 @@ def param_int_list(req: Request, name: str) -> list[int]:
 def _operation(req: Request) -> int:
     value = param_int(req, "operation", lo=INT32_MIN, hi=INT32_MAX, range_name="int32")
     assert value is not None
+    if OP_MSG_SEND <= value <= OP_READ_REPLY:  # a client takes an op 24 for an inbox entry
+        raise _bad(f"operation {value} is reserved for IM ({OP_MSG_SEND}-{OP_READ_REPLY}): send messages with "
+                   f"POST /im/send")
     return value
 
 
