@@ -378,3 +378,21 @@ def test_the_push_api_cannot_forge_inbox_entries(node, transport):
         await bc.close()
 
     run(go())
+
+
+def test_http_sync_ranges_answer_the_same_code_as_the_wire(node):
+    """docs/im.md: the HTTP API answers the code of the wire protocol as its status."""
+    [b] = users(1)
+
+    async def go():
+        bc = await connect(node, "tcp", b)
+        for query, body in (("after=-1", {"after": -1}), ("after=5", {"after": 5}),
+                            ("after=0&limit=0", {"after": 0, "limit": 0}),
+                            ("after=0&limit=-3", {"after": 0, "limit": -3}),
+                            ("after=0&limit=1001", {"after": 0, "limit": 1001})):
+            wire = await reply_of(bc, 26, json.dumps(body), 27)
+            status, http = await call(node, "GET", f"/im/sync?uid={b}&{query}")
+            assert wire["code"] == 416 and (status, http["code"]) == (416, -416), (query, wire, status, http)
+        await bc.close()
+
+    run(go())
