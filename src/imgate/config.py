@@ -93,6 +93,9 @@ class Config:
     im_max_unacked: int = 1000  # entries tracked per connection (the oldest is dropped)
     im_sync_max_limit: int = 1000  # largest SYNC page
     im_max_inflight: int = 256  # proxy: IM requests of one connection waiting for an answer
+    group_max_members: int = 100_000  # members of one group at most
+    group_write_limit: int = 200  # a group with more members is in read fan-out mode (one timeline)
+    group_hysteresis: int = 20  # a read-mode group goes back to write mode at group_write_limit minus this
     # Cluster roles (imgate proxy | logic | push); see docs/cluster.md
     rpc: str = "0.0.0.0:3109"  # proxy: internal RPC listener (push -> proxy)
     logic_rpc: str = "0.0.0.0:3119"  # logic: internal RPC listener (proxy -> logic)
@@ -136,9 +139,11 @@ class Config:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
         for key in ("im_batch_max", "im_max_queue", "max_message_bytes", "im_max_unacked", "im_sync_max_limit",
-                    "im_max_inflight"):
+                    "im_max_inflight", "group_max_members", "group_write_limit"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if not 0 <= self.group_hysteresis < self.group_write_limit:
+            raise ConfigError(f"group_hysteresis: must be >= 0 and below group_write_limit, got {self.group_hysteresis}")
         for key in ("im_retention_days", "im_retention_entries", "ack_retries", "im_max_bytes"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")

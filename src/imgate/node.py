@@ -19,6 +19,7 @@ from imgate.config import Config, ConfigError
 from imgate.http.server import HttpServer
 from imgate.im.service import ImService
 from imgate.im.sqlite import SqliteStore
+from imgate.im.store import GroupLimits
 from imgate.logic import Logic
 from imgate.logic.http_api import build_routes
 from imgate.metrics import Metrics
@@ -127,7 +128,8 @@ class Node:
         self.im = ImService(self.im_store, self.cache, self.bus, max_message_bytes=cfg.max_message_bytes,
                             ack_timeout=cfg.ack_timeout, ack_retries=cfg.ack_retries,
                             max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit,
-                            max_page_bytes=min(cfg.max_pending // 2, 1 << 20))
+                            max_page_bytes=min(cfg.max_pending // 2, 1 << 20),
+                            groups=GroupLimits(cfg.group_max_members, cfg.group_write_limit, cfg.group_hysteresis))
         self.logic.im = self.im
 
     @property

@@ -257,7 +257,7 @@ def test_restart_keeps_everything_and_migrations_are_idempotent(tmp_path):
         assert len(await all_msgs(store, 2)) == 1
         await store.close()
         conn = sqlite3.connect(tmp_path / "im.db")
-        assert migrate(conn) == 1
+        assert migrate(conn) == 2  # the newest schema (0002: groups)
         conn.close()
 
     run(go())

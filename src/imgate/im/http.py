@@ -1,4 +1,4 @@
-"""The IM routes of the HTTP API for backends (BRIEF: /im/send, /im/sync, /im/conversations).
+"""The IM routes of the HTTP API for backends (BRIEF: /im/send, /im/sync, /im/conversations, /im/groups*).
 
 Same envelope and 4xx rules as the rest of the API (imgate.logic.http_api); an ImError's code is the
 HTTP status (400, 404, 409, 413, 416), a store that cannot write answers 503.
@@ -62,6 +62,35 @@ def add_im_routes(add, logic) -> None:
                           range_name=None)
         return _raw_ok((await guarded(im, im.conversations(uid, limit))).encode())
 
+    def json_body(req: Request, what: str) -> dict:
+        if not req.body:
+            raise HttpError(400, f"empty body: expected {what}")
+        try:
+            return parse_body(req.body)
+        except ImError as e:
+            raise HttpError(400, e.message) from None
+
+    async def create_group(req: Request) -> Response:
+        im = service()
+        uid = param_int(req, "uid", lo=1)
+        body = json_body(req, 'a JSON object {"name": str, "members": [int]}')
+        return ok(await guarded(im, im.create_group(uid, body)))
+
+    async def group_members(req: Request) -> Response:
+        im = service()
+        group = param_int(req, "group", lo=1)
+        actor = param_int(req, "uid", lo=1, required=False, default=None)
+        body = json_body(req, 'a JSON object {"add": [int], "remove": [int]}')
+        return ok(await guarded(im, im.change_members(group, actor, body)))
+
+    async def group_info(req: Request) -> Response:
+        im = service()
+        group = param_int(req, "group", lo=1)
+        return ok(await guarded(im, im.group_info(group)))
+
+    add("POST", "/im/groups", create_group)
+    add("POST", "/im/groups/members", group_members)
+    add("GET", "/im/groups", group_info)
     add("POST", "/im/send", send)
     add("GET", "/im/sync", sync)
     add("GET", "/im/conversations", conversations)

@@ -18,6 +18,7 @@ E_BAD_REQUEST = 400        # not JSON, a field missing or of the wrong type
 E_FORBIDDEN = 403          # the connection has no user id (mid 0, anonymous): it has no inbox
 E_UNKNOWN_RECEIVER = 404   # the receiver has no inbox
 E_CMID_CONFLICT = 409      # the cmid was used before with a different body
+E_CONFLICT = 409           # beyond a group's member cap (group_max_members)
 E_TOO_LARGE = 413          # content over max_message_bytes
 E_OUT_OF_RANGE = 416       # sync/ack/read beyond the inbox, or a negative or huge range
 E_BUSY = 429              # the connection has im_max_inflight requests unanswered (the proxy answers)

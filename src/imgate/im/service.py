@@ -20,13 +20,15 @@ from imgate.im.protocol import (
     E_BAD_REQUEST, E_FORBIDDEN, E_OUT_OF_RANGE, E_TOO_LARGE, E_UNAVAILABLE, OP_GROUP_ACK, OP_GROUP_PULL, OP_MSG_ACK,
     OP_MSG_PUSH, OP_MSG_SEND, OP_READ, OP_SYNC, ImError, error_body, get_int, parse_body, single_conv,
 )
-from imgate.im.store import INTERNAL_CMID_PREFIX, MessageStore, NewMessage, Stored, digest_of
+from imgate.im.groups import GroupsMixin
+from imgate.im.store import INTERNAL_CMID_PREFIX, GroupLimits, MessageStore, NewMessage, Stored, digest_of
 from imgate.protocol import KIND_CONNS, PushJob
 
 log = logging.getLogger("imgate.im")
 
 MAX_CMID = 128
 MAX_TYPE = 32
+RESERVED_TYPES = frozenset({"read", "member", "mode"})  # made by the server only
 MAX_DEPTH = 100  # nesting of a message's content (objects and arrays)
 _HINTS_MAX = 100_000  # users whose newest seq is remembered (an ack at or below it needs no read)
 
@@ -75,10 +77,10 @@ class _Unacked:
         self.entries: dict[int, list] = {}
 
 
-class ImService:
+class ImService(GroupsMixin):
     def __init__(self, store: MessageStore, cache, bus, *, max_message_bytes: int = 16384,
                  ack_timeout: float = 5.0, ack_retries: int = 3, max_unacked: int = 1000,
-                 sync_max_limit: int = 1000, max_page_bytes: int = 512 * 1024):
+                 sync_max_limit: int = 1000, max_page_bytes: int = 512 * 1024, groups: GroupLimits | None = None):
         self.store = store
         self.cache = cache
         self.bus = bus
@@ -97,14 +99,17 @@ class ImService:
         self._sessions_now = cache.sessions_nowait if getattr(cache, "nowait", False) else None
         self._resender: asyncio.Task | None = None
         self.counters = {"sent": 0, "duplicates": 0, "delivered": 0, "resent": 0, "gave_up": 0, "errors": 0}
+        self._groups_init(groups)
 
     async def start(self) -> None:
         self._resender = asyncio.get_running_loop().create_task(self._resend_loop())
+        self._start_consumer()
 
     async def stop(self) -> None:
         if self._resender is not None:
             self._resender.cancel()
             self._resender = None
+        self._stop_consumer()
 
     # ------------------------------------------------------------------ connections
 
@@ -141,8 +146,11 @@ class ImService:
                 return b""
             if op == OP_READ:
                 return json.dumps(await self.read(mid, req, origin=(server, conn_id))).encode()
-            if op in (OP_GROUP_PULL, OP_GROUP_ACK):
-                raise ImError(E_BAD_REQUEST, "group operations are not supported by this server yet")
+            if op == OP_GROUP_PULL:
+                return await self.group_pull(mid, req)
+            if op == OP_GROUP_ACK:
+                await self.group_ack(mid, req)
+                return b""
             raise ImError(E_BAD_REQUEST, f"op {op} is not an IM operation")
         except ImError as e:
             self.counters["errors"] += 1
@@ -164,8 +172,15 @@ class ImService:
             self.counters["duplicates"] += 1
         else:
             self.counters["sent"] += 1
-            await self._deliver(stored, origin)
-        return {"cmid": msg.cmid, "msg_id": str(stored.msg_id), "seq": stored.seqs[sender], "ts": stored.ts}
+            if msg.group is not None:
+                await self._after_group_store(stored, origin)
+            else:
+                await self._deliver(stored, origin)
+        reply = {"cmid": msg.cmid, "msg_id": str(stored.msg_id), "seq": stored.seqs[sender], "ts": stored.ts}
+        if msg.group is not None:
+            reply["group"] = msg.group
+            reply["gseq"] = stored.gseq
+        return reply
 
     def _new_message(self, sender: int, req: dict) -> NewMessage:
         cmid = req.get("cmid")
@@ -175,13 +190,17 @@ class ImService:
             raise ImError(E_BAD_REQUEST, f"cmid must be at most {MAX_CMID} characters and not start with "
                                          f"{INTERNAL_CMID_PREFIX!r}")
         if "group" in req:
-            raise ImError(E_BAD_REQUEST, "group messages are not supported by this server yet")
-        to = get_int(req, "to", lo=1)
-        if to == sender:
-            raise ImError(E_BAD_REQUEST, "'to' is the sender itself")
+            if "to" in req:
+                raise ImError(E_BAD_REQUEST, "a message has either 'to' or 'group', not both")
+            group, to = get_int(req, "group", lo=1), None
+        else:
+            group, to = None, get_int(req, "to", lo=1)
+            if to == sender:
+                raise ImError(E_BAD_REQUEST, "'to' is the sender itself")
         type_ = req.get("type", "text")
-        if not isinstance(type_, str) or not 0 < len(type_) <= MAX_TYPE or type_ == "read":
-            raise ImError(E_BAD_REQUEST, f"'type' must be a string of 1-{MAX_TYPE} characters other than 'read'")
+        if not isinstance(type_, str) or not 0 < len(type_) <= MAX_TYPE or type_ in RESERVED_TYPES:
+            raise ImError(E_BAD_REQUEST, f"'type' must be a string of 1-{MAX_TYPE} characters other than "
+                                         f"{', '.join(sorted(RESERVED_TYPES))}")
         if req.get("content") is None:
             raise ImError(E_BAD_REQUEST, "missing field 'content'")
         if isinstance(req["content"], (dict, list)) and not _depth_within(req["content"], MAX_DEPTH):
@@ -200,6 +219,9 @@ class ImService:
         if size > self.max_message_bytes:
             raise ImError(E_TOO_LARGE, f"content is {size} bytes, over max_message_bytes "
                                        f"({self.max_message_bytes})")
+        if group is not None:
+            return NewMessage(sender, cmid, f"g:{group}", None, group, type_, content,
+                              digest_of(None, group, type_, content), (sender,))
         return NewMessage(sender, cmid, single_conv(sender, to), to, None, type_, content,
                           digest_of(to, None, type_, content), (sender, to))
 
@@ -215,7 +237,7 @@ class ImService:
             has_more = has_more or len(msgs) < len(page.msgs)
         head = (f'{{"has_more":{"true" if has_more else "false"},"max_seq":{page.max_seq},'
                 f'"min_seq":{page.min_seq},"truncated":{"true" if page.truncated(after) else "false"},'
-                f'"groups":[],"msgs":[')
+                f'"groups":{await self.sync_groups(uid)},"msgs":[')
         return (head + ",".join(msgs) + "]}").encode()
 
     async def ack(self, server: str, conn_id: int, mid: int, req: dict) -> None:

@@ -30,13 +30,14 @@ from imgate.im.protocol import (
     E_CMID_CONFLICT, E_OUT_OF_RANGE, E_UNAVAILABLE, E_UNKNOWN_RECEIVER, E_BAD_REQUEST, ImError,
     conv_members,
 )
+from imgate.im.sqlite_groups import GroupsMixin
 from imgate.im.store import (
     INTERNAL_CMID_PREFIX, MessageStore, NewMessage, ReadResult, Stored, SyncPage, digest_of, msg_json,
 )
 
 log = logging.getLogger("imgate.im.sqlite")
 
-_MSG_COLUMNS = "i.seq, m.id, m.conv, m.sender, m.receiver, m.grp, m.type, m.content, m.ts, m.cmid"
+_MSG_COLUMNS = "i.seq, m.id, m.conv, m.sender, m.receiver, m.grp, m.type, m.content, m.ts, m.cmid, m.gseq"
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -83,7 +84,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     return version
 
 
-class SqliteStore(MessageStore):
+class SqliteStore(GroupsMixin, MessageStore):
     def __init__(self, path: str | os.PathLike, *, synchronous: str = "full", busy_timeout: float = 5.0,
                  batch_max: int = 512, max_queue: int = 20000, retention_days: float = 0,
                  retention_entries: int = 0, prune_interval: float = 3600.0, readers: int = 2,
@@ -247,12 +248,15 @@ class SqliteStore(MessageStore):
     # ------------------------------------------------------------------ writes (writer thread)
 
     def _store(self, conn: sqlite3.Connection, m: NewMessage) -> Stored:
-        row = conn.execute("SELECT id, digest, sender_seq, ts FROM messages WHERE sender=? AND cmid=?",
+        row = conn.execute("SELECT id, digest, sender_seq, ts, gseq FROM messages WHERE sender=? AND cmid=?",
                            (m.sender, m.cmid)).fetchone()
         if row is not None:
             if row[1] != m.digest:
                 raise ImError(E_CMID_CONFLICT, f"cmid {m.cmid!r} was used before for a different message")
-            return Stored(msg_id=row[0], ts=row[3], seqs={m.sender: row[2]}, duplicate=True)
+            return Stored(msg_id=row[0], ts=row[3], seqs={m.sender: row[2]}, duplicate=True, gseq=row[4],
+                          group=m.group)
+        if m.group is not None:
+            return self._store_group(conn, m)
         for owner in m.owners:
             if owner != m.sender and conn.execute("SELECT 1 FROM users WHERE uid=?", (owner,)).fetchone() is None:
                 raise ImError(E_UNKNOWN_RECEIVER, f"user {owner} has no inbox (unknown receiver)")
@@ -266,22 +270,29 @@ class SqliteStore(MessageStore):
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (m.sender, m.cmid, m.conv, m.to, m.group, m.type, m.content, m.digest, seqs[m.sender], ts))
         msg_id = cur.lastrowid
-        counts = m.type != "read"  # read notices are neither unread nor a conversation's last message
+        entries = self._add_entries(conn, seqs, msg_id, m.sender, m.conv, m.to, None, m.type, m.content, ts,
+                                    m.cmid, None)
+        return Stored(msg_id=msg_id, ts=ts, seqs=seqs, entries=entries)
+
+    def _add_entries(self, conn, seqs: dict, msg_id: int, sender: int, conv: str, to, group, type_: str,
+                     content, ts: int, cmid: str, gseq) -> dict:
+        """One inbox entry per owner (with the seq given) and its conversation row; owner -> msg JSON."""
+        counts = type_ != "read"  # read notices are neither unread nor a conversation's last message
         entries = {}
         for owner, seq in seqs.items():
-            unread = 1 if counts and owner != m.sender else 0
+            unread = 1 if counts and owner != sender else 0
             conn.execute("INSERT INTO inbox (owner, seq, msg_id, conv, unread, ts) VALUES (?, ?, ?, ?, ?, ?)",
-                         (owner, seq, msg_id, m.conv, unread, ts))
+                         (owner, seq, msg_id, conv, unread, ts))
             if counts:
-                peer = m.group if m.group is not None else (m.to if owner == m.sender else m.sender)
+                peer = group if group is not None else (to if owner == sender else sender)
                 conn.execute(
                     "INSERT INTO conversations (owner, conv, peer, last_seq, last_msg_id, unread)"
                     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (owner, conv) DO UPDATE SET"
                     " last_seq = excluded.last_seq, last_msg_id = excluded.last_msg_id,"
                     " unread = unread + excluded.unread",
-                    (owner, m.conv, peer, seq, msg_id, unread))
-            entries[owner] = msg_json(seq, msg_id, m.conv, m.sender, m.to, m.group, m.type, m.content, ts, m.cmid)
-        return Stored(msg_id=msg_id, ts=ts, seqs=seqs, entries=entries)
+                    (owner, conv, peer, seq, msg_id, unread))
+            entries[owner] = msg_json(seq, msg_id, conv, sender, to, group, type_, content, ts, cmid, gseq)
+        return entries
 
     def _next_seq(self, conn: sqlite3.Connection, owner: int) -> int:
         seq, min_seq = conn.execute(
@@ -385,7 +396,7 @@ class SqliteStore(MessageStore):
     def _conversations_now(self, uid: int, limit: int) -> str:
         rows = self._reader().execute(
             "SELECT c.conv, c.peer, c.unread, c.read_seq, c.last_seq, m.id, m.conv, m.sender, m.receiver, m.grp,"
-            " m.type, m.content, m.ts, m.cmid FROM conversations c JOIN messages m ON m.id = c.last_msg_id"
+            " m.type, m.content, m.ts, m.cmid, m.gseq FROM conversations c JOIN messages m ON m.id = c.last_msg_id"
             " WHERE c.owner = ? ORDER BY c.last_seq DESC LIMIT ?", (uid, limit)).fetchall()
         items = [f'{{"conv":{json.dumps(r[0])},"peer":{r[1]},"unread":{r[2]},"read_seq":{r[3]},'
                  f'"last":{msg_json(*r[4:])}}}' for r in rows]

@@ -14,8 +14,8 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-__all__ = ["MessageStore", "NewMessage", "Stored", "SyncPage", "ReadResult", "msg_json", "digest_of",
-           "INTERNAL_CMID_PREFIX"]
+__all__ = ["MessageStore", "NewMessage", "Stored", "SyncPage", "ReadResult", "GroupLimits", "msg_json",
+           "digest_of", "INTERNAL_CMID_PREFIX"]
 
 # cmids the service makes itself (read notices) start with this; clients may not use it
 INTERNAL_CMID_PREFIX = "~"
@@ -47,6 +47,10 @@ class Stored:
     seqs: dict
     duplicate: bool = False
     entries: dict = field(default_factory=dict)
+    gseq: int | None = None     # a group message's place in the group's timeline
+    job: int | None = None      # a write-mode group message: its fan-out job (fan_out does it)
+    group: int | None = None
+    msg: str | None = None      # a read-mode group message: its msg JSON (seq 0), pushed to online members
 
 
 @dataclass
@@ -68,15 +72,32 @@ class ReadResult:
     peer: int = 0
 
 
+@dataclass(frozen=True)
+class GroupLimits:
+    """The group rules the service configures: the member cap; a group with more than ``write_limit``
+    members is in read mode, and goes back to write mode at ``write_limit - hysteresis`` members."""
+
+    max_members: int = 100_000
+    write_limit: int = 200
+    hysteresis: int = 20
+
+    def mode(self, current: str, members: int) -> str:
+        if current == "write" and members > self.write_limit:
+            return "read"
+        if current == "read" and members <= self.write_limit - self.hysteresis:
+            return "write"
+        return current
+
+
 def digest_of(to, group, type_: str, content: str) -> bytes:
     """The identity of a send request's body (what a resend must repeat)."""
     return hashlib.sha256(json.dumps([to, group, type_, content]).encode()).digest()[:16]
 
 
 def msg_json(seq: int, msg_id: int, conv: str, sender: int, to, group, type_: str, content, ts: int,
-             cmid: str) -> str:
+             cmid: str, gseq=None) -> str:
     """One msg of the BRIEF as JSON text; ``content`` is already JSON text (None: dropped by retention)."""
-    target = f'"to":{to}' if group is None else f'"group":{group}'
+    target = f'"to":{to}' if group is None else f'"group":{group},"gseq":{gseq}'
     return (f'{{"seq":{seq},"msg_id":"{msg_id}","conv":{json.dumps(conv)},"from":{sender},{target},'
             f'"type":{json.dumps(type_)},"content":{content if content is not None else "null"},'
             f'"ts":{ts},"cmid":{json.dumps(cmid)}}}')
@@ -118,3 +139,52 @@ class MessageStore(ABC):
     @abstractmethod
     async def conversations(self, uid: int, limit: int) -> str:
         """JSON text: a list of ``{"conv", "peer", "unread", "read_seq", "last": msg}``, newest first."""
+
+    # ------------------------------------------------------------------ groups (docs/im.md "Groups")
+    # Every group message gets the group's next gseq (gapless) in the transaction that stores it. In
+    # write mode that transaction also stores a fan-out job (the outbox) naming the members, the
+    # sender too (its ``seqs`` is {sender: 0}: no entry yet); ``fan_out`` later writes their entries and deletes the job in one
+    # transaction, so a job is done exactly once whatever crashes. Membership changes are messages
+    # of type "member" (and a mode switch one of type "mode"), stored the same way.
+
+    @abstractmethod
+    async def create_group(self, owner: int, name: str, members: list, limits: GroupLimits) -> tuple:
+        """(group id, Stored of its "member" message). Members get an inbox if they had none."""
+
+    @abstractmethod
+    async def change_members(self, group: int, actor: int | None, add: list, remove: list, admins: list,
+                             limits: GroupLimits) -> tuple:
+        """(member count, mode, [Stored messages]) after adding, removing, and making admins. ``actor``
+        (None: the backend, acting as the owner) must be the owner or an admin. Refused (ImError):
+        an unknown group (404), a non-admin actor (403), removing the owner (400), more than
+        ``limits.max_members`` (409). May switch the mode (a "mode" message)."""
+
+    @abstractmethod
+    async def group_info(self, group: int) -> dict | None:
+        """``{"group", "name", "owner", "admins", "members", "mode", "max_gseq"}``, None if unknown."""
+
+    @abstractmethod
+    async def group_members(self, group: int) -> list:
+        """The member uids of a group (empty if it does not exist)."""
+
+    @abstractmethod
+    async def fanout_jobs(self, limit: int) -> list:
+        """Ids of the fan-out jobs not done yet, oldest first (the consumer's queue after a restart)."""
+
+    @abstractmethod
+    async def fan_out(self, job: int) -> Stored | None:
+        """Write the job's inbox entries (each owner's next seq) and delete it, in one transaction;
+        None when it was done already. ``entries``/``seqs`` hold the owners written."""
+
+    @abstractmethod
+    async def group_pull(self, uid: int, group: int, after: int, limit: int) -> tuple:
+        """(msg JSON texts with gseq > max(after, the member's join), has_more, max_gseq): the
+        group's timeline, for a member only (403 otherwise). ``seq`` is 0 in these msgs."""
+
+    @abstractmethod
+    async def group_ack(self, uid: int, group: int, gseq: int) -> int:
+        """Move the member's read position up to ``gseq`` (never back); the position after."""
+
+    @abstractmethod
+    async def read_groups(self, uid: int) -> list:
+        """``[{"group", "max_gseq", "cursor"}]``: the member's read-mode groups (cursor: read position)."""

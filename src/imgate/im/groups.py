@@ -1,0 +1,156 @@
+"""Groups in imService (docs/im.md "Groups"): membership, the write fan-out consumer, read-mode pulls.
+
+A mixin of :class:`imgate.im.service.ImService`. A group message is stored with its gseq; in write mode
+(at most ``group_write_limit`` members) the store also queued a fan-out job in the same transaction
+(the outbox), and the sender's 23 goes out then, with ``seq`` 0 and the message's ``gseq``: the sender's
+own entry is written by the fan-out like every member's, so that each inbox follows gseq order. The **consumer** (seed: consumerService) takes the
+jobs from the store, oldest first, and has the store write each member's entry (one transaction per
+job, which deletes it), then pushes the entries through the ordinary delivery path. Embedded, it runs
+in the node's process; after a kill -9 it resumes from the outbox at start. In read mode the message
+is stored once; online members get it pushed (``seq`` 0, the msg's ``gseq`` says where it is), the
+others learn from SYNC's ``groups`` and pull with op 28.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from imgate.im.protocol import E_BAD_REQUEST, E_CONFLICT, E_UNKNOWN_RECEIVER, ImError, get_int
+from imgate.im.store import GroupLimits, Stored
+
+log = logging.getLogger("imgate.im.groups")
+
+MAX_NAME = 128
+FANOUT_BATCH = 64  # jobs taken from the store per round (their writes share the store's commits)
+
+
+def _uids(body: dict, name: str, limit: int) -> list:
+    v = body.get(name, [])
+    if not isinstance(v, list):
+        raise ImError(E_BAD_REQUEST, f"'{name}' must be a list of user ids")
+    if len(v) > limit:
+        raise ImError(E_CONFLICT, f"'{name}' holds {len(v)} users, beyond group_max_members ({limit})")
+    for u in v:
+        if isinstance(u, bool) or not isinstance(u, int) or not 0 < u < 1 << 63:
+            raise ImError(E_BAD_REQUEST, f"'{name}' holds {json.dumps(u)[:40]}, not a user id (an integer > 0)")
+    return v
+
+
+class GroupsMixin:
+    groups: GroupLimits
+
+    def _groups_init(self, groups: GroupLimits | None) -> None:
+        self.groups = groups or GroupLimits()
+        self._fanout_wake = asyncio.Event()
+        self._consumer: asyncio.Task | None = None
+        self.counters.update({"fanout_jobs": 0, "fanout_entries": 0})
+
+    def _start_consumer(self) -> None:
+        self._consumer = asyncio.get_running_loop().create_task(self._consume())
+
+    def _stop_consumer(self) -> None:
+        if self._consumer is not None:
+            self._consumer.cancel()
+            self._consumer = None
+
+    # ------------------------------------------------------------------ the consumer role
+
+    async def _consume(self) -> None:
+        """Fan out every job in the outbox, those left by a crash first; then wait for new ones."""
+        while True:
+            self._fanout_wake.clear()  # before reading: a job queued meanwhile wakes the next round
+            try:
+                jobs = await self.store.fanout_jobs(FANOUT_BATCH)
+                if jobs:
+                    await asyncio.gather(*(self._fan_out(j) for j in jobs))
+                    continue
+            except Exception as e:  # the store is away: the jobs stay in the outbox, retried
+                log.warning("group fan-out round failed (retried): %s", e)
+                await asyncio.sleep(1.0)
+                continue
+            await self._fanout_wake.wait()
+
+    async def _fan_out(self, job: int) -> None:
+        stored = await self.store.fan_out(job)
+        if stored is None:
+            return
+        self.counters["fanout_jobs"] += 1
+        self.counters["fanout_entries"] += len(stored.entries)
+        await self._deliver(stored, None)
+
+    async def _after_group_store(self, stored: Stored, origin: tuple | None) -> None:
+        """What follows a new group message's commit: the fan-out, or the online members of a
+        read-mode group."""
+        if stored.job is not None:
+            self._fanout_wake.set()
+        elif stored.msg is not None:
+            await self._deliver_read_mode(stored, origin)
+
+    async def _deliver_read_mode(self, stored: Stored, origin: tuple | None) -> None:
+        """Op 24 to every online member of a read-mode group (one body per proxy)."""
+        members = await self.store.group_members(stored.group)
+        if self._sessions_now is not None:
+            found = self._sessions_now(members)
+        else:
+            try:
+                found = await self.cache.sessions(members)
+            except Exception as e:  # stored: members learn from SYNC's groups
+                log.warning("push of group msg %d skipped, sessions unavailable: %s", stored.msg_id, e)
+                return
+        by_server: dict[str, list[int]] = {}
+        for sessions in found.values():
+            for s in sessions:
+                if (s.server, s.conn_id) != origin:
+                    by_server.setdefault(s.server, []).append(s.conn_id)
+        body = ('{"msgs":[' + stored.msg + "]}").encode()
+        for server, conn_ids in by_server.items():
+            await self._push(server, conn_ids, body)
+
+    # ------------------------------------------------------------------ operations
+
+    async def create_group(self, owner: int, body: dict) -> dict:
+        name = body.get("name", "")
+        if not isinstance(name, str) or len(name) > MAX_NAME:
+            raise ImError(E_BAD_REQUEST, f"'name' must be a string of at most {MAX_NAME} characters")
+        members = _uids(body, "members", self.groups.max_members)
+        gid, stored = await self.store.create_group(owner, name, members, self.groups)
+        await self._after_group_store(stored, None)
+        return {"group": gid}
+
+    async def change_members(self, group: int, actor: int | None, body: dict) -> dict:
+        add = _uids(body, "add", self.groups.max_members)
+        remove = _uids(body, "remove", self.groups.max_members)
+        admins = _uids(body, "admins", self.groups.max_members)
+        count, mode, stored = await self.store.change_members(group, actor, add, remove, admins, self.groups)
+        for s in stored:
+            await self._after_group_store(s, None)
+        return {"members": count, "mode": mode}
+
+    async def group_info(self, group: int) -> dict:
+        info = await self.store.group_info(group)
+        if info is None:
+            raise ImError(E_UNKNOWN_RECEIVER, f"group {group} does not exist")
+        return info
+
+    async def group_pull(self, uid: int, req: dict) -> bytes:
+        group = get_int(req, "group", lo=1)
+        after = get_int(req, "after", lo=0, default=0)
+        limit = get_int(req, "limit", lo=1, hi=self.sync_max_limit, default=min(100, self.sync_max_limit))
+        msgs, has_more, max_gseq = await self.store.group_pull(uid, group, after, limit)
+        return (f'{{"group":{group},"has_more":{"true" if has_more else "false"},"max_gseq":{max_gseq},'
+                f'"msgs":[' + ",".join(msgs) + "]}").encode()
+
+    async def group_ack(self, uid: int, req: dict) -> None:
+        group = get_int(req, "group", lo=1)
+        gseq = get_int(req, "gseq", lo=0)
+        await self.store.group_ack(uid, group, gseq)
+
+    async def sync_groups(self, uid: int) -> str:
+        """SYNC's ``groups``: the member's read-mode groups with news (max_gseq beyond the cursor)."""
+        groups = await self.store.read_groups(uid)
+        return json.dumps([g for g in groups if g["max_gseq"] > g["cursor"]], separators=(",", ":"))
+
+
+__all__ = ["GroupsMixin"]

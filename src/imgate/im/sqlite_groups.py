@@ -1,0 +1,237 @@
+"""Groups in the SQLite store (the contract is in imgate.im.store, the design in docs/im.md "Groups").
+
+A mixin of :class:`imgate.im.sqlite.SqliteStore`: writes run on its writer thread (``self._write``),
+reads on its reader threads (``self._read``). Every group message takes the group's next gseq; in
+write mode its transaction also stores the sender's inbox entry and an outbox row (the fan-out job)
+naming the members at that moment (the sender too), and ``fan_out`` writes their entries and deletes the row
+in one transaction: a job is done exactly once, even across a kill -9.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+from imgate.im.protocol import E_BAD_REQUEST, E_CONFLICT, E_FORBIDDEN, E_OUT_OF_RANGE, E_UNKNOWN_RECEIVER, ImError
+from imgate.im.store import INTERNAL_CMID_PREFIX, GroupLimits, NewMessage, Stored, digest_of, msg_json
+
+
+def group_conv(group: int) -> str:
+    return f"g:{group}"
+
+
+class GroupsMixin:
+    # ------------------------------------------------------------------ writes (writer thread)
+
+    def _group_row(self, conn: sqlite3.Connection, group: int) -> tuple:
+        row = conn.execute("SELECT owner, members, mode, max_gseq FROM groups WHERE id = ?", (group,)).fetchone()
+        if row is None:
+            raise ImError(E_UNKNOWN_RECEIVER, f"group {group} does not exist")
+        return row
+
+    def _member_role(self, conn: sqlite3.Connection, group: int, uid: int) -> str | None:
+        row = conn.execute("SELECT role FROM group_members WHERE grp = ? AND uid = ?", (group, uid)).fetchone()
+        return row[0] if row else None
+
+    def _store_group(self, conn: sqlite3.Connection, m: NewMessage) -> Stored:
+        """A group message (the cmid is new): its gseq, and in write mode its fan-out job."""
+        _, _, mode, _ = self._group_row(conn, m.group)
+        if self._member_role(conn, m.group, m.sender) is None and not m.cmid.startswith(INTERNAL_CMID_PREFIX):
+            raise ImError(E_FORBIDDEN, f"user {m.sender} is not a member of group {m.group}")
+        owners = [u for (u,) in conn.execute("SELECT uid FROM group_members WHERE grp = ?", (m.group,))]
+        return self._group_message(conn, m, mode, owners)
+
+    def _group_message(self, conn: sqlite3.Connection, m: NewMessage, mode: str, owners: list) -> Stored:
+        """Store ``m`` in the group's timeline; in write mode queue the fan-out to ``owners``, the sender
+        included: every member's entries then follow gseq order (jobs are done in id order)."""
+        ts = self._now_ms()
+        gseq = conn.execute("UPDATE groups SET max_gseq = max_gseq + 1 WHERE id = ? RETURNING max_gseq",
+                            (m.group,)).fetchone()[0]
+        cur = conn.execute(
+            "INSERT INTO messages (sender, cmid, conv, receiver, grp, type, content, digest, sender_seq, ts, gseq)"
+            " VALUES (?, ?, ?, NULL, ?, ?, ?, ?, 0, ?, ?)",
+            (m.sender, m.cmid, m.conv, m.group, m.type, m.content, m.digest, ts, gseq))
+        msg_id = cur.lastrowid
+        stored = Stored(msg_id=msg_id, ts=ts, seqs={m.sender: 0}, gseq=gseq, group=m.group)
+        if mode == "write":
+            if owners:
+                stored.job = conn.execute("INSERT INTO group_outbox (msg_id, owners) VALUES (?, ?)",
+                                          (msg_id, json.dumps(sorted(owners)))).lastrowid
+        else:
+            stored.msg = msg_json(0, msg_id, m.conv, m.sender, None, m.group, m.type, m.content, ts, m.cmid, gseq)
+        return stored
+
+    def _system_message(self, conn, group: int, sender: int, type_: str, body: dict, mode: str,
+                        owners: list) -> Stored:
+        content = json.dumps(body, separators=(",", ":"), sort_keys=True)
+        gseq_next = conn.execute("SELECT max_gseq + 1 FROM groups WHERE id = ?", (group,)).fetchone()[0]
+        cmid = f"{INTERNAL_CMID_PREFIX}{type_}:{group}:{gseq_next}"
+        m = NewMessage(sender, cmid, group_conv(group), None, group, type_, content,
+                       digest_of(None, group, type_, content), (sender,))
+        return self._group_message(conn, m, mode, owners)
+
+    def _create_group(self, conn: sqlite3.Connection, owner: int, name: str, members: list,
+                      limits: GroupLimits) -> tuple:
+        members = sorted(set(members) | {owner})
+        if len(members) > limits.max_members:
+            raise ImError(E_CONFLICT, f"{len(members)} members is beyond group_max_members ({limits.max_members})")
+        ts = int(time.time() * 1000)
+        mode = limits.mode("write", len(members))
+        gid = conn.execute("INSERT INTO groups (name, owner, members, mode, created) VALUES (?, ?, ?, ?, ?)",
+                           (name, owner, len(members), mode, ts)).lastrowid
+        conn.executemany("INSERT OR IGNORE INTO users (uid, created) VALUES (?, ?)", [(u, ts) for u in members])
+        conn.executemany("INSERT INTO group_members (grp, uid, role, joined_gseq) VALUES (?, ?, ?, 0)",
+                         [(gid, u, "owner" if u == owner else "member") for u in members])
+        stored = self._system_message(conn, gid, owner, "member", {"add": members, "remove": [], "by": owner,
+                                                                    "name": name, "mode": mode}, mode, members)
+        return gid, stored
+
+    def _change_members(self, conn: sqlite3.Connection, group: int, actor: int | None, add: list, remove: list,
+                        admins: list, limits: GroupLimits) -> tuple:
+        owner, count, mode, max_gseq = self._group_row(conn, group)
+        by = owner if actor is None else actor
+        if actor is not None and self._member_role(conn, group, actor) not in ("owner", "admin"):
+            raise ImError(E_FORBIDDEN, f"user {actor} is not the owner or an admin of group {group}")
+        if owner in remove:
+            raise ImError(E_BAD_REQUEST, f"user {owner} is the owner of group {group} and cannot be removed")
+        old = {u for (u,) in conn.execute("SELECT uid FROM group_members WHERE grp = ?", (group,))}
+        added = sorted(set(add) - old)
+        removed = sorted((set(remove) & old) - set(add))
+        new_count = count + len(added) - len(removed)
+        if new_count > limits.max_members:
+            raise ImError(E_CONFLICT, f"{new_count} members is beyond group_max_members ({limits.max_members})")
+        unknown = sorted(set(admins) - (old | set(added)) | (set(admins) & set(removed)))
+        if unknown:
+            raise ImError(E_BAD_REQUEST, f"admins must be members of group {group}: {unknown} are not")
+        ts = int(time.time() * 1000)
+        # joined after the message that announces the join: a member sees nothing from before it
+        conn.executemany("INSERT OR IGNORE INTO users (uid, created) VALUES (?, ?)", [(u, ts) for u in added])
+        conn.executemany("INSERT INTO group_members (grp, uid, role, joined_gseq) VALUES (?, ?, 'member', ?)",
+                         [(group, u, max_gseq) for u in added])
+        conn.executemany("DELETE FROM group_members WHERE grp = ? AND uid = ?", [(group, u) for u in removed])
+        conn.executemany("UPDATE group_members SET role = 'admin' WHERE grp = ? AND uid = ? AND role = 'member'",
+                         [(group, u) for u in admins])
+        conn.execute("UPDATE groups SET members = ? WHERE id = ?", (new_count, group))
+        out = []
+        if added or removed:
+            # the removed learn of their removal; the added see it as their first message
+            owners = sorted((old | set(added)))
+            out.append(self._system_message(conn, group, by, "member",
+                                            {"add": added, "remove": removed, "by": by}, mode, owners))
+        new_mode = limits.mode(mode, new_count)
+        if new_mode != mode:
+            conn.execute("UPDATE groups SET mode = ? WHERE id = ?", (new_mode, group))
+            members = sorted(old | set(added) - set(removed))
+            # announced in both modes' terms: the old mode's members get it as their last fan-out
+            # fanned out either way: every member learns of the switch in its inbox
+            switch = self._system_message(conn, group, by, "mode", {"mode": new_mode, "members": new_count},
+                                          "write", members)
+            if new_mode == "read":  # SYNC's cursors start here: what came before is in the inboxes
+                conn.execute("UPDATE groups SET read_from = ? WHERE id = ?", (switch.gseq, group))
+            else:  # what came before is in the timeline only: SYNC lists it until pulled
+                conn.execute("UPDATE groups SET read_until = ? WHERE id = ?", (switch.gseq - 1, group))
+            out.append(switch)
+            mode = new_mode
+        return new_count, mode, out
+
+    def _fan_out(self, conn: sqlite3.Connection, job: int) -> Stored | None:
+        row = conn.execute("SELECT o.owners, m.id, m.sender, m.conv, m.grp, m.type, m.content, m.ts, m.cmid, m.gseq"
+                           " FROM group_outbox o JOIN messages m ON m.id = o.msg_id WHERE o.id = ?", (job,)).fetchone()
+        if row is None:
+            return None  # done before (a second consumer, or a resumed job)
+        owners, msg_id, sender, conv, group, type_, content, ts, cmid, gseq = row
+        seqs = {}
+        for u in json.loads(owners):
+            seqs[u] = self._next_seq(conn, u)
+        entries = self._add_entries(conn, seqs, msg_id, sender, conv, None, group, type_, content, ts, cmid, gseq)
+        conn.execute("DELETE FROM group_outbox WHERE id = ?", (job,))
+        return Stored(msg_id=msg_id, ts=ts, seqs=seqs, entries=entries, gseq=gseq, group=group, job=job)
+
+    def _group_ack(self, conn: sqlite3.Connection, uid: int, group: int, gseq: int) -> int:
+        _, _, _, max_gseq = self._group_row(conn, group)
+        if gseq > max_gseq:
+            raise ImError(E_OUT_OF_RANGE, f"gseq {gseq} is beyond group {group}'s timeline (max_gseq {max_gseq})")
+        row = conn.execute("UPDATE group_members SET read_gseq = MAX(read_gseq, ?) WHERE grp = ? AND uid = ?"
+                           " RETURNING read_gseq", (gseq, group, uid)).fetchone()
+        if row is None:
+            raise ImError(E_FORBIDDEN, f"user {uid} is not a member of group {group}")
+        return row[0]
+
+    # ------------------------------------------------------------------ reads (reader threads)
+
+    def _group_info_now(self, group: int) -> dict | None:
+        conn = self._reader()
+        row = conn.execute("SELECT name, owner, members, mode, max_gseq FROM groups WHERE id = ?", (group,)).fetchone()
+        if row is None:
+            return None
+        admins = [u for (u,) in conn.execute("SELECT uid FROM group_members WHERE grp = ? AND role = 'admin'"
+                                             " ORDER BY uid", (group,))]
+        return {"group": group, "name": row[0], "owner": row[1], "admins": admins, "members": row[2],
+                "mode": row[3], "max_gseq": row[4]}
+
+    def _group_members_now(self, group: int) -> list:
+        return [u for (u,) in self._reader().execute("SELECT uid FROM group_members WHERE grp = ?", (group,))]
+
+    def _fanout_jobs_now(self, limit: int) -> list:
+        return [j for (j,) in self._reader().execute("SELECT id FROM group_outbox ORDER BY id LIMIT ?", (limit,))]
+
+    def _group_pull_now(self, uid: int, group: int, after: int, limit: int) -> tuple:
+        conn = self._reader()
+        conn.execute("BEGIN")  # one snapshot for membership and the page
+        try:
+            row = conn.execute("SELECT g.max_gseq, gm.joined_gseq FROM groups g LEFT JOIN group_members gm"
+                               " ON gm.grp = g.id AND gm.uid = ? WHERE g.id = ?", (uid, group)).fetchone()
+            if row is None:
+                raise ImError(E_UNKNOWN_RECEIVER, f"group {group} does not exist")
+            max_gseq, joined = row
+            if joined is None:
+                raise ImError(E_FORBIDDEN, f"user {uid} is not a member of group {group}")
+            if after > max_gseq:
+                raise ImError(E_OUT_OF_RANGE, f"after {after} is beyond group {group}'s timeline (max_gseq {max_gseq})")
+            rows = conn.execute(
+                "SELECT 0, id, conv, sender, receiver, grp, type, content, ts, cmid, gseq FROM messages"
+                " WHERE grp = ? AND gseq > ? ORDER BY gseq LIMIT ?", (group, max(after, joined), limit + 1)).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        return [msg_json(*r) for r in rows[:limit]], len(rows) > limit, max_gseq
+
+    def _read_groups_now(self, uid: int) -> list:
+        """Groups with messages in their timeline only: read mode, or back in write mode with the read
+        mode's messages not pulled yet; ``max_gseq`` is the last of those."""
+        rows = self._reader().execute(
+            "SELECT g.id, CASE g.mode WHEN 'read' THEN g.max_gseq ELSE g.read_until END,"
+            " MAX(gm.read_gseq, gm.joined_gseq, g.read_from) FROM group_members gm"
+            " JOIN groups g ON g.id = gm.grp WHERE gm.uid = ? AND (g.mode = 'read' OR g.read_until > 0)"
+            " ORDER BY g.id", (uid,)).fetchall()
+        return [{"group": g, "max_gseq": m, "cursor": c} for g, m, c in rows]
+
+    # ------------------------------------------------------------------ the interface
+
+    async def create_group(self, owner: int, name: str, members: list, limits: GroupLimits) -> tuple:
+        return await self._write(self._create_group, owner, name, members, limits)
+
+    async def change_members(self, group: int, actor: int | None, add: list, remove: list, admins: list,
+                             limits: GroupLimits) -> tuple:
+        return await self._write(self._change_members, group, actor, add, remove, admins, limits)
+
+    async def group_info(self, group: int) -> dict | None:
+        return await self._read(self._group_info_now, group)
+
+    async def group_members(self, group: int) -> list:
+        return await self._read(self._group_members_now, group)
+
+    async def fanout_jobs(self, limit: int) -> list:
+        return await self._read(self._fanout_jobs_now, limit)
+
+    async def fan_out(self, job: int) -> Stored | None:
+        return await self._write(self._fan_out, job)
+
+    async def group_pull(self, uid: int, group: int, after: int, limit: int) -> tuple:
+        return await self._read(self._group_pull_now, uid, group, after, limit)
+
+    async def group_ack(self, uid: int, group: int, gseq: int) -> int:
+        return await self._write(self._group_ack, uid, group, gseq)
+
+    async def read_groups(self, uid: int) -> list:
+        return await self._read(self._read_groups_now, uid)

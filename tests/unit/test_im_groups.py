@@ -1,0 +1,178 @@
+"""Groups in ImService with the real SQLite store, checked against a reference model of membership.
+
+The model: a group's timeline is every message in gseq order; a member sees exactly the messages
+stored while it was a member, the messages announcing its join and its removal included. In write mode each of those is an inbox entry with the member's next seq; in read mode it
+is in the timeline only (op 28).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from imgate.im.protocol import ImError
+from imgate.im.service import ImService
+from imgate.im.sqlite import SqliteStore
+from imgate.im.store import GroupLimits
+
+from test_im_service import Jobs, Sessions
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+class Model:
+    """Who is in the group after each gseq, from the operations the test did."""
+
+    def __init__(self):
+        self.members: set = set()
+        self.visible: dict = {}  # uid -> gseqs it must see
+
+    def message(self, gseq: int, changed=()) -> None:
+        """A message; ``changed``: the users a membership message adds or removes see it too."""
+        for u in self.members | set(changed):
+            self.visible.setdefault(u, []).append(gseq)
+
+
+async def inbox_group_gseqs(svc, uid, group):
+    page = json.loads(await svc.sync(uid, {"after": 0, "limit": 1000}))
+    seqs = [m["seq"] for m in page["msgs"]]
+    assert seqs == list(range(1, len(seqs) + 1)), f"inbox of {uid} is not gapless: {seqs}"
+    return [m["gseq"] for m in page["msgs"] if m.get("group") == group]
+
+
+async def drained(svc):
+    for _ in range(500):
+        if not await svc.store.fanout_jobs(1):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("fan-out jobs left in the outbox")
+
+
+async def started(tmp_path, limits=GroupLimits(max_members=10, write_limit=4, hysteresis=1), conns=None):
+    store = SqliteStore(tmp_path / "im.db")
+    await store.start()
+    bus = Jobs()
+    svc = ImService(store, Sessions(conns or {}), bus, groups=limits)
+    await svc.start()
+    return svc, bus
+
+
+def test_write_mode_membership_and_switch_both_ways(tmp_path):
+    async def go():
+        svc, _ = await started(tmp_path)
+        model = Model()
+        g = (await svc.create_group(1, {"name": "g", "members": [2, 3]}))["group"]
+        model.members = {1, 2, 3}
+        model.message(1)
+        gseq = 1
+        for i, sender in enumerate([1, 2, 3, 2]):
+            reply = await svc.send(sender, {"cmid": f"a{i}", "group": g, "content": i})
+            gseq += 1
+            assert reply["gseq"] == gseq and reply["seq"] == 0  # the entry comes with the fan-out
+            model.message(gseq)
+        r = await svc.change_members(g, None, {"add": [4], "remove": [3]})
+        assert r == {"members": 3, "mode": "write"}
+        gseq += 1
+        model.message(gseq, changed=[3, 4])
+        model.members = {1, 2, 4}
+        await svc.send(4, {"cmid": "b", "group": g, "content": "hi"})
+        gseq += 1
+        model.message(gseq)
+        with pytest.raises(ImError) as e:
+            await svc.send(3, {"cmid": "c", "group": g, "content": "gone"})
+        assert e.value.code == 403
+        # 5 members > write_limit 4: read mode, announced (the announcement still fanned out)
+        r = await svc.change_members(g, 1, {"add": [5, 6]})
+        assert r == {"members": 5, "mode": "read"}
+        model.message(gseq + 1, changed=[5, 6])
+        model.members |= {5, 6}
+        model.message(gseq + 2)
+        gseq += 2
+        reply = await svc.send(5, {"cmid": "d", "group": g, "content": "read mode"})
+        assert reply["seq"] == 0 and reply["gseq"] == gseq + 1
+        gseq += 1
+        model.message(gseq)
+        read_only = [gseq]  # in the timeline, not in inboxes
+        await drained(svc)
+        for u in (1, 2, 3, 4, 5, 6):
+            want = [s for s in model.visible.get(u, []) if s not in read_only]
+            assert await inbox_group_gseqs(svc, u, g) == want, u
+        page = json.loads(await svc.sync(6, {"after": 0}))
+        assert page["groups"] == [{"group": g, "max_gseq": gseq, "cursor": gseq - 1}]
+        pulled = json.loads(await svc.group_pull(6, {"group": g, "after": 0}))
+        assert [m["gseq"] for m in pulled["msgs"]] == model.visible[6] and not pulled["has_more"]
+        await svc.group_ack(6, {"group": g, "gseq": gseq})
+        assert json.loads(await svc.sync(6, {"after": 0}))["groups"] == []
+        with pytest.raises(ImError) as e:
+            await svc.group_pull(3, {"group": g, "after": 0})
+        assert e.value.code == 403
+        # back under write_limit - hysteresis (3 members): write mode again, history still pullable
+        r = await svc.change_members(g, None, {"remove": [5, 6]})
+        assert r == {"members": 3, "mode": "write"}
+        await svc.send(2, {"cmid": "e", "group": g, "content": "write again"})
+        await drained(svc)
+        gs = await inbox_group_gseqs(svc, 4, g)
+        assert gs[-2:] == [gseq + 2, gseq + 3], gs  # the mode msg, the message (the member msg: read mode)
+        news = json.loads(await svc.sync(4, {"after": 0}))["groups"]
+        assert news == [{"group": g, "max_gseq": gseq + 1, "cursor": gseq - 1}]  # 10 and 11 to pull
+        await svc.group_ack(4, {"group": g, "gseq": gseq + 1})
+        assert json.loads(await svc.sync(4, {"after": 0}))["groups"] == []
+        pulled = json.loads(await svc.group_pull(1, {"group": g, "after": 0, "limit": 100}))
+        assert [m["gseq"] for m in pulled["msgs"]] == list(range(1, gseq + 4))
+        await svc.stop()
+        await svc.store.close()
+
+    run(go())
+
+
+def test_membership_rules(tmp_path):
+    async def go():
+        svc, _ = await started(tmp_path)
+        g = (await svc.create_group(1, {"name": "g", "members": [2]}))["group"]
+        cases = [
+            (svc.change_members(g, None, {"remove": [1]}), 400),                # the owner
+            (svc.change_members(g, 2, {"add": [3]}), 403),                      # not an admin
+            (svc.change_members(g, None, {"add": list(range(10, 20))}), 409),   # beyond the cap
+            (svc.change_members(99, None, {"add": [3]}), 404),
+            (svc.send(7, {"cmid": "x", "group": g, "content": 1}), 403),
+            (svc.send(1, {"cmid": "x", "group": g, "type": "member", "content": 1}), 400),
+            (svc.create_group(1, {"members": list(range(2, 13))}), 409),
+            (svc.create_group(1, {"members": ["a"]}), 400),
+        ]
+        for coro, code in cases:
+            with pytest.raises(ImError) as e:
+                await coro
+            assert e.value.code == code, e.value.message
+        assert (await svc.change_members(g, None, {"admins": [2]}))["members"] == 2
+        assert (await svc.change_members(g, 2, {"add": [3]}))["members"] == 3
+        assert (await svc.group_info(g))["admins"] == [2]
+        await svc.stop()
+        await svc.store.close()
+
+    run(go())
+
+
+def test_an_unfinished_fan_out_is_resumed_once(tmp_path):
+    async def go():
+        store = SqliteStore(tmp_path / "im.db")
+        await store.start()
+        svc = ImService(store, Sessions({}), Jobs(), groups=GroupLimits(write_limit=50))
+        # not started: no consumer, the jobs stay in the outbox as after a kill -9
+        g = (await svc.create_group(1, {"members": list(range(2, 30))}))["group"]
+        for i in range(20):
+            await svc.send(1 + i % 5, {"cmid": f"m{i}", "group": g, "content": i})
+        assert len(await store.fanout_jobs(100)) == 21
+        await store.close()
+        svc, _ = await started(tmp_path, GroupLimits(write_limit=50), {3: [1]})
+        await drained(svc)
+        for u in range(1, 30):
+            assert await inbox_group_gseqs(svc, u, g) == list(range(1, 22)), u
+        assert await svc.store.fan_out(1) is None  # done once
+        await svc.stop()
+        await svc.store.close()
+
+    run(go())
