@@ -55,7 +55,8 @@ from imgate.protocol.ops import (  # noqa: F401  (goim operations, re-exported f
 )
 from imgate.protocol.ops import OP_DISCONNECT_REPLY as OP_DISCONNECT
 from imgate.protocol.ops import (
-    OP_MSG_ACK, OP_MSG_PUSH, OP_MSG_SEND, OP_MSG_SEND_REPLY, OP_READ, OP_READ_REPLY, OP_SYNC, OP_SYNC_REPLY,
+    OP_GROUP_ACK, OP_GROUP_PULL, OP_GROUP_PULL_REPLY, OP_MSG_ACK, OP_MSG_PUSH, OP_MSG_SEND, OP_MSG_SEND_REPLY,
+    OP_READ, OP_READ_REPLY, OP_SYNC, OP_SYNC_REPLY,
 )
 
 __all__ = [
@@ -596,6 +597,23 @@ class Client:
             msg["from"] = self.mid
             self._dispatch([Frame(OP_MSG_PUSH, 0, json.dumps({"msgs": [msg]}).encode())])
         return reply
+
+    async def send_group(self, group: int, content: Any, *, type: str = "text", cmid: str | None = None,
+                         timeout: float | None = None) -> dict:
+        """Op 22 -> 23 to a group: the reply ``{"cmid", "msg_id", "seq": 0, "group", "gseq", "ts"}`` once the
+        message (and in write mode its fan-out job) is durable. The sender's own inbox entry, in write
+        mode, comes by op 24 like every member's. Raises :class:`ImRejected` for an error reply."""
+        req = {"cmid": cmid or os.urandom(12).hex(), "group": group, "type": type, "content": content}
+        return _im_reply((await self.request(OP_MSG_SEND, json.dumps(req), OP_MSG_SEND_REPLY, timeout)).body)
+
+    async def group_pull(self, group: int, after: int = 0, limit: int = 100, timeout: float | None = None) -> dict:
+        """Op 28 -> 29: a group's timeline after ``after`` (gseq), from the member's join on."""
+        body = json.dumps({"group": group, "after": after, "limit": limit})
+        return _im_reply((await self.request(OP_GROUP_PULL, body, OP_GROUP_PULL_REPLY, timeout)).body)
+
+    def group_ack(self, group: int, gseq: int) -> None:
+        """Op 30: the read position in a read-mode group moves up to ``gseq`` (no reply)."""
+        self.send_frame(OP_GROUP_ACK, json.dumps({"group": group, "gseq": gseq}))
 
     async def sync(self, after: int = 0, limit: int = 100, timeout: float | None = None) -> dict:
         """Op 26 -> 27: inbox entries after seq ``after`` (``msgs`` are dicts)."""

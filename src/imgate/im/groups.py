@@ -85,8 +85,8 @@ class GroupsMixin:
         read-mode group."""
         if stored.job is not None:
             self._fanout_wake.set()
-        elif stored.msg is not None:
-            await self._deliver_read_mode(stored, origin)
+        elif stored.msg is not None:  # the sending connection too, as in write mode: one way for clients
+            await self._deliver_read_mode(stored, None)
 
     async def _deliver_read_mode(self, stored: Stored, origin: tuple | None) -> None:
         """Op 24 to every online member of a read-mode group (one body per proxy)."""

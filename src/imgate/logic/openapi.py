@@ -339,6 +339,52 @@ _IM_PATHS = {
             "conv": {"type": "string", "example": "u:1:2"}, "peer": {"type": "integer"},
             "unread": {"type": "integer"}, "read_seq": {"type": "integer"}, "last": _MSG}}}), **_IM_ERRORS},
     }},
+    "/im/groups": {
+        "post": {
+            "tags": ["im"], "summary": "Create a group",
+            "description": "The user `uid` is its owner and a member. Members get an inbox if they had none. The "
+                           "group's first message (type `member`) lists them. A group with more than "
+                           "group_write_limit members starts in read fan-out mode.",
+            "parameters": [_UID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "name": {"type": "string", "maxLength": 128},
+                "members": {"type": "array", "items": {"type": "integer", "format": "int64", "minimum": 1}}}}}}},
+            "responses": {"200": _reply("Created.", {"type": "object", "properties": {"group": {"type": "integer"}}}),
+                          **_IM_ERRORS, "409": _error_response("More members than group_max_members.")},
+        },
+        "get": {
+            "tags": ["im"], "summary": "A group's name, owner, admins, member count and mode",
+            "parameters": [_query("group", "The group id.", {"type": "integer", "minimum": 1})],
+            "responses": {"200": _reply("The group.", {"type": "object", "properties": {
+                "group": {"type": "integer"}, "name": {"type": "string"}, "owner": {"type": "integer"},
+                "admins": {"type": "array", "items": {"type": "integer"}}, "members": {"type": "integer"},
+                "mode": {"type": "string", "enum": ["write", "read"]},
+                "max_gseq": {"type": "integer", "description": "The newest message's place in the timeline."}}}),
+                "404": _error_response("No such group.")},
+        },
+    },
+    "/im/groups/members": {"post": {
+        "tags": ["im"], "summary": "Add and remove members, make admins",
+        "description": "A membership change is a message of type `member` in the group (`{\"add\", \"remove\", \"by\"}`): "
+                       "the added and the removed see it too, and nobody gets a message from before their join or "
+                       "after their removal. Crossing group_write_limit switches the mode, announced by a message "
+                       "of type `mode`.",
+        "parameters": [_query("group", "The group id.", {"type": "integer", "minimum": 1}),
+                       _query("uid", "The acting user: the owner or an admin (default: the backend, as the owner).",
+                              {"type": "integer", "minimum": 1}, required=False)],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {
+            "add": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+            "remove": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+            "admins": {"type": "array", "items": {"type": "integer", "minimum": 1},
+                       "description": "Members made admins."}}}}}},
+        "responses": {"200": _reply("The group after the change.", {"type": "object", "properties": {
+            "members": {"type": "integer"}, "mode": {"type": "string", "enum": ["write", "read"]}}}),
+            "400": _error_response("Removing the owner, an admin who is not a member, a malformed list."),
+            "403": _error_response("`uid` is not the owner or an admin."),
+            "404": _error_response("No such group."),
+            "409": _error_response("More members than group_max_members."),
+            "503": _IM_ERRORS["503"]},
+    }},
 }
 _PATHS.update(_IM_PATHS)
 
