@@ -52,6 +52,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GAUGES: dict[str, str] = {
     "connections": "Client connections currently open on this node.",
     "rooms": "Rooms with at least one member on this node.",
+    "upstream_in_flight": "Client messages waiting for the upstream service.",
+    "webhook_queue": "Connection events waiting to be sent to the webhook.",
 }
 COUNTERS: dict[str, str] = {
     "frames_in": "goim frames received from clients.",
@@ -63,6 +65,16 @@ COUNTERS: dict[str, str] = {
     "auth_failures": "Auth frames (op 7) refused.",
     "protocol_errors": "Connections closed for a protocol error.",
     "pushes": "Push requests handled (keys, mids, room, all).",
+    "upstream_requests": "Client messages sent to the upstream service.",
+    "upstream_errors": "Client messages answered with an error body (timeout, unavailable, status, too large).",
+    "upstream_busy": "Client messages refused at once because a concurrency bound was reached.",
+    "auth_requests": "Requests to the auth service (auth = http).",
+    "auth_cache_hits": "Auths answered from the per-token cache (auth = http).",
+    "auth_unavailable": "Auths that found the auth service unavailable (auth = http).",
+    "webhook_events": "Connection events queued for the webhook.",
+    "webhook_dropped": "Connection events dropped because the webhook queue was full.",
+    "webhook_posts": "Webhook POSTs made, retries included.",
+    "webhook_retries": "Webhook POSTs that failed and were retried.",
 }
 
 

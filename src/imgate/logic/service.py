@@ -9,6 +9,7 @@ per request.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -40,6 +41,9 @@ class Logic:
         self._absorbed_at = 0.0
         self._absorber: asyncio.Task | None = None
         self.upstream_handler = None  # async (server, conn_id, mid, op, seq, body) -> bytes
+        self.upstream = None  # imgate.logic.upstream.Upstream when upstream_url/upstream_routes are set
+        self.webhooks = None  # imgate.logic.webhooks.Webhooks when webhook_url is set
+        self._auth_async = inspect.iscoroutinefunction(authenticator.authenticate)
         self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0}
         # cache and bus in this process (the embedded node): pushes by mid/key need not wait
         self.pushes_wait = not (cache.nowait and bus.nowait)
@@ -58,6 +62,8 @@ class Logic:
     async def connect(self, server: str, body: bytes) -> Connected:
         try:
             ident = self.auth.authenticate(body)
+            if self._auth_async:  # an auth service over the network (imgate.auth.http)
+                ident = await ident
         except AuthError:
             self.counters["auth_failures"] += 1
             raise
@@ -69,17 +75,33 @@ class Logic:
             self.session_ttl,
         )
         self.counters["connects"] += 1
+        if self.webhooks is not None:
+            self.webhooks.emit("connect", mid=ident.mid, conn_id=conn_id, key=key, server=server,
+                               room_id=ident.room_id, platform=ident.platform)
         return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform)
 
     async def disconnect(self, server: str, conn_id: int, mid: int) -> None:
         self.counters["disconnects"] += 1
         await self.cache.del_session(mid, conn_id)
+        if self.webhooks is not None:
+            self.webhooks.emit("disconnect", mid=mid, conn_id=conn_id, server=server)
+
+    async def room_event(self, server: str, conn_id: int, mid: int, action: str, room_id: str) -> None:
+        """A connection changed, joined or left a room (proxies report it only when webhooks are on)."""
+        if self.webhooks is not None:
+            self.webhooks.emit("room", action=action, mid=mid, conn_id=conn_id, server=server, room_id=room_id)
 
     async def heartbeat(self, server: str, conn_id: int, mid: int) -> bool:
         return await self.cache.renew_session(mid, conn_id, self.session_ttl)
 
-    async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes) -> bytes:
-        """An upstream message (op 4). The IM service plugs in here; without it the reply is empty."""
+    async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes, *,
+                      key: str = "", room_id: str = "", platform: str = "") -> bytes:
+        """An upstream message (op 4, or a business op 100-999): to the business's HTTP service when
+        one is configured (``self.upstream``), else to ``upstream_handler``; without either the reply is
+        empty."""
+        if self.upstream is not None:
+            return await self.upstream.call(server, conn_id, mid, op, seq, body,
+                                            key=key, room_id=room_id, platform=platform)
         if self.upstream_handler is None:
             return b""
         return await self.upstream_handler(server, conn_id, mid, op, seq, body)

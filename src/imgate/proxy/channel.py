@@ -27,7 +27,7 @@ class Channel:
 
     __slots__ = (
         "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
-        "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed",
+        "conn_id", "mid", "key", "platform", "room_id", "accepts", "backlog", "renewed",
     )
 
     def __init__(self, sock: socket.socket, ws: bool, ip: str, deadline: float):
@@ -44,6 +44,7 @@ class Channel:
         self.conn_id = 0
         self.mid = 0
         self.key = ""
+        self.platform = ""
         self.room_id = ""
         self.accepts = None  # None: every push op; else a set
         self.backlog = None
