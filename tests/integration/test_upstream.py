@@ -17,7 +17,7 @@ import pytest
 from imgate.core import FrameDecoder, encode_frame
 
 from nodeutil import NodeThread, read_until_closed
-from polling import wait_until
+from polling import wait_until, wait_until_async
 
 BACKEND = Path(__file__).resolve().parents[2] / "examples" / "upstream_backend.py"
 
@@ -304,3 +304,44 @@ def test_webhook_queue_bound_counts_what_it_drops():
         assert b"imgate_webhook_dropped_total 7.0" in text
     finally:
         node.stop()
+
+
+def test_through_logic_rpc(backend):
+    """In a cluster the proxy reaches the upstream routes and the webhooks through logic's RPC."""
+    import asyncio
+
+    import uvloop
+
+    from imgate.auth import NoAuth
+    from imgate.cache import MemoryCache
+    from imgate.config import Config
+    from imgate.logic import Logic, backends
+    from imgate.push import MemoryBus, PushRouter
+    from imgate.rpc.logic import LogicClient, serve_logic
+
+    async def main():
+        logic = Logic(MemoryCache(), MemoryBus(PushRouter()), NoAuth(), session_ttl=60)
+        cfg = Config(upstream_url=backend.url("/upstream"), webhook_url=backend.url("/events")).validate()
+        attached = backends.attach(logic, cfg)
+        svc = await serve_logic(logic, "127.0.0.1", 0)
+        client = LogicClient([svc.addr], pool_size=1)
+        try:
+            c = await client.connect("proxy-9", json.dumps({"mid": 31, "key": "k31", "platform": "pc"}).encode())
+            raw = await client.receive("proxy-9", c.conn_id, 31, 4, 5, b"over rpc", key="k31",
+                                       room_id="live://4", platform="pc")
+            assert json.loads(raw) == {"user": 31, "key": "k31", "conn_id": c.conn_id, "platform": "pc",
+                                       "room": "live://4", "op": 4, "seq": 5, "echo": "over rpc"}
+            await client.room_event("proxy-9", c.conn_id, 31, "join", "live://4")
+
+            def mine():
+                return [(e["event"], e.get("action")) for e in backend.get("/events")["events"]
+                        if e.get("conn_id") == c.conn_id and e.get("server") == "proxy-9"]
+            loop = asyncio.get_running_loop()  # the backend is read off the loop, which sends the events
+            await wait_until_async(lambda: loop.run_in_executor(None, mine), equals=[("connect", None), ("room", "join")],
+                                   what="the connect and room events through logic's webhooks")
+        finally:
+            await client.close()
+            await svc.stop()
+            await attached.close()
+
+    uvloop.run(asyncio.wait_for(main(), 120))
