@@ -148,13 +148,17 @@ def test_backend_errors_give_clear_op5_bodies_and_the_connection_stays(backend):
         node.stop()
 
 
-def test_no_route_without_upstream_url(backend):
-    node = node_for(backend, upstream_url="")
+@pytest.mark.parametrize("routes", [{"101": "http://127.0.0.1:1/x"}, {}], ids=["other-routes", "no-upstream"])
+def test_no_route(backend, routes):
+    node = node_for(backend, upstream_url="", upstream_routes=routes)
     try:
         c = Client(node)
         c.auth(mid=7)
         c.send(150, 1, b"x")
         assert reply_of(c, 151, 1) == {"ok": False, "code": "no_route", "error": "no upstream service for op 150"}
+        if not routes:  # without any upstream, op 4 keeps its embedded answer: an empty op 5
+            c.send(4, 2, b"x")
+            assert c.read(5, 2).body == b""
         c.close()
     finally:
         node.stop()

@@ -16,6 +16,7 @@ import uuid
 
 from imgate.auth import AuthError, Authenticator
 from imgate.cache import Cache, Session
+from imgate.logic.upstream import error_body
 from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
 from imgate.protocol.interfaces import Connected
 from imgate.push import Bus
@@ -103,7 +104,7 @@ class Logic:
             return await self.upstream.call(server, conn_id, mid, op, seq, body,
                                             key=key, room_id=room_id, platform=platform)
         if self.upstream_handler is None:
-            return b""
+            return b"" if op == 4 else error_body("no_route", f"no upstream service for op {op}")
         return await self.upstream_handler(server, conn_id, mid, op, seq, body)
 
     async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> dict[str, int]:
