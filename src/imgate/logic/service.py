@@ -19,6 +19,7 @@ from imgate.cache import Cache, Session
 from imgate.logic.upstream import error_body
 from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
 from imgate.protocol.interfaces import Connected
+from imgate.protocol.ops import IM_OPS
 from imgate.push import Bus
 
 log = logging.getLogger("imgate.logic")
@@ -45,6 +46,7 @@ class Logic:
         self.upstream = None  # imgate.logic.upstream.Upstream when upstream_url/upstream_routes are set
         self.webhooks = None  # imgate.logic.webhooks.Webhooks when webhook_url is set
         self._auth_async = inspect.iscoroutinefunction(authenticator.authenticate)
+        self.im = None  # imgate.im.service.ImService: IM ops (22-32) and inbox_seq at auth
         self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0}
         # cache and bus in this process (the embedded node): pushes by mid/key need not wait
         self.pushes_wait = not (cache.nowait and bus.nowait)
@@ -79,10 +81,18 @@ class Logic:
         if self.webhooks is not None:
             self.webhooks.emit("connect", mid=ident.mid, conn_id=conn_id, key=key, server=server,
                                room_id=ident.room_id, platform=ident.platform)
-        return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform)
+        inbox_seq = None
+        if self.im is not None:
+            try:
+                inbox_seq = await self.im.on_connect(ident.mid)
+            except Exception as e:  # the store is away: the client connects and syncs later
+                log.warning("inbox of user %d unavailable at auth: %s", ident.mid, e)
+        return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform, inbox_seq)
 
     async def disconnect(self, server: str, conn_id: int, mid: int) -> None:
         self.counters["disconnects"] += 1
+        if self.im is not None:
+            self.im.on_disconnect(server, conn_id)
         await self.cache.del_session(mid, conn_id)
         if self.webhooks is not None:
             self.webhooks.emit("disconnect", mid=mid, conn_id=conn_id, server=server)
@@ -97,9 +107,13 @@ class Logic:
 
     async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes, *,
                       key: str = "", room_id: str = "", platform: str = "") -> bytes:
-        """An upstream message (op 4, or a business op 100-999): to the business's HTTP service when
-        one is configured (``self.upstream``), else to ``upstream_handler``; without either the reply is
-        empty."""
+        """An upstream message: IM operations go to the IM service; op 4 (or a business op 100-999) to
+        the business's HTTP service when one is configured (``self.upstream``), else to
+        ``upstream_handler``; without either op 4's reply is empty."""
+        if op in IM_OPS:
+            if self.im is None:
+                return b'{"code": 503, "error": "this logic has no IM service, nothing stored"}'
+            return await self.im.receive(server, conn_id, mid, op, seq, body)
         if self.upstream is not None:
             return await self.upstream.call(server, conn_id, mid, op, seq, body,
                                             key=key, room_id=room_id, platform=platform)
