@@ -13,8 +13,8 @@ What it serves:
 
 - ``POST /upstream``: answers each client message (op 4) with JSON naming who sent what:
   ``{"user", "key", "conn_id", "platform", "room", "op", "seq", "echo"}`` (``echo`` is the body as text).
-- ``POST /auth``: the token decides. ``"user:42"`` is user 42; ``"user:42:live://7"`` is user 42 in room
-  live://7; anything else is refused with a reason.
+- ``POST /auth``: the token decides. ``"user:42"`` is user 42; ``"user:42:live://7,team://3"`` is user
+  42 in room live://7 (its main room) and team://3; anything else is refused with a reason.
 - ``POST /events``: keeps the webhook events; ``GET /events`` lists them.
 - For trying out the gateway's error handling: ``POST /status/503`` answers that status,
   ``POST /hold`` answers only once ``POST /release`` is called (or after ``--hold-max`` seconds).
@@ -43,8 +43,9 @@ def authorize(body: dict) -> dict:
     parts = str(body.get("token") or "").split(":", 2)
     if len(parts) >= 2 and parts[0] == "user" and parts[1].isdigit():
         answer = {"accept": True, "mid": int(parts[1])}
-        if len(parts) == 3:
-            answer["room_id"] = parts[2]
+        if len(parts) == 3:  # "user:42:live://7,team://3": the first room is the main one, all are joined
+            rooms = parts[2].split(",")
+            answer["room_id"], answer["rooms"] = rooms[0], rooms[1:]
         return answer
     return {"accept": False, "reason": "unknown token"}
 

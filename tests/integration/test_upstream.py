@@ -208,10 +208,14 @@ def test_http_auth_accepts_refuses_maps_and_survives_the_service_going_down():
     node.start()
     try:
         c = Client(node)
-        ok = c.auth(mid=0, token="user:42:live://7", room_id="live://1")
-        assert (ok["mid"], ok["room_id"]) == (42, "live://7")  # the service's user and room win
+        ok = c.auth(mid=0, token="user:42:live://7,team://3,team://4", room_id="live://1")
+        assert (ok["mid"], ok["room_id"]) == (42, "live://7")  # the service's user and rooms win
+        assert sorted(ok["rooms"]) == ["live://7", "team://3", "team://4"]
         c.send(2, 2)
         assert c.read(3, 2).body == (1).to_bytes(4, "big")       # and it is really in live://7
+        status, _ = node.http("POST", "/goim/push/room?operation=1000&type=team&room=4", b"to team 4")
+        assert status == 200
+        assert c.read(1000).body == b"to team 4"                 # and in team://4
         status, sessions = node.http("GET", "/session?uid=42")
         assert [s["conn_id"] for s in sessions["data"]] == [ok["conn_id"]]
 
@@ -221,7 +225,7 @@ def test_http_auth_accepts_refuses_maps_and_survives_the_service_going_down():
 
         calls = auth.get("/events")["auth_calls"]
         again = Client(node)                                      # the same token: answered from the cache
-        assert again.auth(token="user:42:live://7")["mid"] == 42
+        assert again.auth(token="user:42:live://7,team://3,team://4")["mid"] == 42
         assert auth.get("/events")["auth_calls"] == calls
 
         auth.stop()
@@ -231,7 +235,7 @@ def test_http_auth_accepts_refuses_maps_and_survives_the_service_going_down():
         c.send(2, 3)                                              # open connections are left alone
         c.read(3, 3)
         cached = Client(node)                                     # a cached token still gets in
-        assert cached.auth(token="user:42:live://7")["mid"] == 42
+        assert cached.auth(token="user:42:live://7,team://3,team://4")["mid"] == 42
 
         auth.start()                                              # back on the same port
         back = Client(node)

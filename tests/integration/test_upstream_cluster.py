@@ -44,8 +44,8 @@ def setup(tmp_path_factory, redis_url, kafka_bootstrap):
 def test_upstream_auth_and_webhooks_through_logic(setup):
     cluster, backend = setup
     c = Client(_Node(cluster.ports["A"]["tcp"]))
-    ok = c.auth(token="user:6001:live://60", platform="android")
-    assert (ok["mid"], ok["room_id"]) == (6001, "live://60")
+    ok = c.auth(token="user:6001:live://60,team://62", platform="android")
+    assert (ok["mid"], ok["room_id"], sorted(ok["rooms"])) == (6001, "live://60", ["live://60", "team://62"])
     c.send(4, 41, b"from proxy A")
     assert json.loads(c.read(5, 41).body) == {
         "user": 6001, "key": ok["key"], "conn_id": ok["conn_id"], "platform": "android", "room": "live://60",

@@ -4,9 +4,9 @@ Each op-7 body (checked by :func:`imgate.auth.parse_auth_body` first) is POSTed 
 ``auth_url`` (``Content-Type: application/json``, ``X-Imgate-Server``: the proxy). The service answers
 JSON:
 
-- ``{"accept": true, "mid": 42, "room_id": "live://1", "accepts": [1000], "key": "..."}``: accepted as
-  user 42 (``mid`` is required); ``room_id``, ``accepts`` and ``key`` are optional and default to the
-  body's own.
+- ``{"accept": true, "mid": 42, "room_id": "live://1", "rooms": ["team://7"], "accepts": [1000],
+  "key": "..."}``: accepted as user 42 (``mid`` is required); ``room_id``, ``accepts``, ``key`` and
+  ``platform`` are optional and default to the body's own; ``rooms`` are joined too.
 - ``{"accept": false, "reason": "banned"}``, or HTTP 401/403 with such a body: refused; the client gets
   op 6 ``{"reason": "auth failed: banned", "reconnect": false}``.
 
@@ -26,16 +26,26 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
-from imgate.auth import AuthError, Authenticator, Identity, parse_auth_body
+from imgate.auth import MAX_ROOM_ID_LEN, AuthError, Authenticator, Identity, parse_auth_body
 
 log = logging.getLogger("imgate.auth.http")
 
 __all__ = ["AuthUnavailable", "HttpAuth"]
 
 
+#: rooms an answer may name besides room_id
+MAX_ROOMS = 64
+
+
 class AuthUnavailable(Exception):
     """The auth service could not answer; the client is told to reconnect later."""
+
+
+@dataclass(frozen=True)
+class HttpIdentity(Identity):
+    rooms: tuple[str, ...] = ()  # more rooms the connection joins at once
 
 
 class HttpAuth(Authenticator):
@@ -157,8 +167,19 @@ class HttpAuth(Authenticator):
             raise AuthUnavailable(f"auth service answer is wrong: {e}") from None
         if answer.get("mid") is None:
             raise AuthUnavailable("auth service accepted without a mid")
-        return Identity(mid=checked["mid"], key=checked["key"], room_id=checked["room_id"],
-                        platform=checked["platform"], accepts=checked["accepts"])
+        rooms = answer.get("rooms") or []
+        if not isinstance(rooms, list) or len(rooms) > MAX_ROOMS or not all(
+                isinstance(r, str) and len(r) <= MAX_ROOM_ID_LEN and _room_ok(r) for r in rooms):
+            raise AuthUnavailable(f"auth service answer is wrong: rooms must be a list of at most {MAX_ROOMS} "
+                                  f"room ids (type://id)")
+        return HttpIdentity(mid=checked["mid"], key=checked["key"], room_id=checked["room_id"],
+                            platform=checked["platform"], accepts=checked["accepts"],
+                            rooms=tuple(dict.fromkeys(rooms)))
 
     def stats(self) -> dict:
         return dict(self.counters)
+
+
+def _room_ok(room_id: str) -> bool:
+    kind, sep, rid = room_id.partition("://")
+    return bool(sep and kind and rid)

@@ -80,14 +80,16 @@ class Logic:
         self.counters["connects"] += 1
         if self.webhooks is not None:
             self.webhooks.emit("connect", mid=ident.mid, conn_id=conn_id, key=key, server=server,
-                               room_id=ident.room_id, platform=ident.platform)
+                               room_id=ident.room_id, platform=ident.platform,
+                               rooms=list(getattr(ident, "rooms", ())))
         inbox_seq = None
         if self.im is not None:
             try:
                 inbox_seq = await self.im.on_connect(ident.mid)
             except Exception as e:  # the store is away: the client connects and syncs later
                 log.warning("inbox of user %d unavailable at auth: %s", ident.mid, e)
-        return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform, inbox_seq)
+        return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform, inbox_seq,
+                         rooms=getattr(ident, "rooms", ()))
 
     async def disconnect(self, server: str, conn_id: int, mid: int) -> None:
         self.counters["disconnects"] += 1

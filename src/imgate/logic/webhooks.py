@@ -3,7 +3,7 @@
 Events are JSON objects::
 
     {"event": "connect", "mid": 42, "conn_id": 7, "key": "...", "server": "node-1", "room_id": "live://1",
-     "platform": "web", "ts": 1700000000123}
+     "rooms": [], "platform": "web", "ts": 1700000000123}
     {"event": "disconnect", "mid": 42, "conn_id": 7, "server": "node-1", "ts": ...}
     {"event": "room", "action": "change" | "join" | "leave", "mid": 42, "conn_id": 7, "server": "node-1",
      "room_id": "live://2", "ts": ...}

@@ -18,6 +18,7 @@ class Connected:
     accepts: tuple
     platform: str
     inbox_seq: int | None = None  # the user's newest inbox seq, when logic has an IM service
+    rooms: tuple = ()  # more rooms to join besides room_id (an auth service may name them)
 
 
 class LogicAPI(Protocol):

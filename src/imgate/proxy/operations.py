@@ -87,6 +87,13 @@ class Operations:
             self.table.join(ch, c.room_id)
         reply = {"conn_id": c.conn_id, "key": c.key, "mid": c.mid, "room_id": c.room_id,
                  "heartbeat": self.config.heartbeat_timeout / 3}
+        if c.rooms:  # named by an auth service; bounded by max_rooms_per_conn like op 18
+            try:
+                for room in c.rooms:
+                    self.table.join(ch, room)
+            except ValueError as e:
+                log.warning("conn %s: auth rooms cut short: %s", c.conn_id, e)
+            reply["rooms"] = list(self.table.rooms_of(ch))
         if getattr(c, "inbox_seq", None) is not None:
             reply["inbox_seq"] = c.inbox_seq
         reply = json.dumps(reply).encode()
