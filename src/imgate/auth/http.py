@@ -112,6 +112,7 @@ class HttpAuth(Authenticator):
             import aiohttp
 
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                                  cookie_jar=aiohttp.DummyCookieJar(),
                                                   skip_auto_headers=("User-Agent",))
         return self._session
 

@@ -64,7 +64,9 @@ class Upstream:
             # the pool's size bounds sockets; our own counters bound requests (no queue behind the pool
             # grows past ``total``)
             connector = aiohttp.TCPConnector(limit=self.pool, limit_per_host=0, enable_cleanup_closed=True)
+            # no cookies: each request stands alone (and the jar's work per request is saved)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                  cookie_jar=aiohttp.DummyCookieJar(),
                                                   timeout=aiohttp.ClientTimeout(total=self.timeout),
                                                   skip_auto_headers=("User-Agent",))
         return self._session
