@@ -142,7 +142,7 @@ class Node:
             await self.proxy.stop(grace)
         if self.logic is not None:
             await self.logic.stop()
-            await self.backends.close()
+            await self.backends.close(self.config.shutdown_grace if grace is None else grace)
         if self.im is not None:
             await self.im.stop()
             await self.im_store.close()  # commits what is queued first

@@ -121,7 +121,7 @@ class LogicRole:
         await self.http.stop()
         await self.rpc.stop()
         await self.logic.stop()
-        await self.backends.close()
+        await self.backends.close(self.cfg.shutdown_grace)
         await self.bus.close()
         await self.cache.close()
 

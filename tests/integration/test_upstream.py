@@ -311,7 +311,7 @@ def test_webhook_queue_bound_counts_what_it_drops():
         status, text = node.http("GET", "/metrics")
         assert b"imgate_webhook_dropped_total 7.0" in text
     finally:
-        node.stop()
+        node.stop(grace=0.1)  # nobody will take the queued events
 
 
 def test_through_logic_rpc(backend):
@@ -353,3 +353,20 @@ def test_through_logic_rpc(backend):
             await attached.close()
 
     uvloop.run(asyncio.wait_for(main(), 120))
+
+
+def test_webhooks_queued_at_shutdown_are_delivered_within_the_grace(backend):
+    import asyncio
+
+    import uvloop
+
+    from imgate.logic.webhooks import Webhooks
+
+    async def main():
+        hooks = Webhooks(backend.url("/events"))
+        hooks.start()
+        hooks.emit("disconnect", mid=880088, conn_id=1, server="s")
+        await hooks.stop(grace=30.0)  # at once: the sender has not even run yet
+
+    uvloop.run(asyncio.wait_for(main(), 60))
+    assert [e["event"] for e in backend.get("/events")["events"] if e.get("mid") == 880088] == ["disconnect"]

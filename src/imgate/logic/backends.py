@@ -30,10 +30,11 @@ class Backends:
                 out.update(part.stats())
         return out
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop; the webhooks get up to ``grace`` seconds to deliver what is queued."""
         logic = self.logic
         if logic.webhooks is not None:
-            await logic.webhooks.stop()
+            await logic.webhooks.stop(grace)
         if logic.upstream is not None:
             await logic.upstream.close()
         if hasattr(logic.auth, "close"):

@@ -13,7 +13,8 @@ with ``{"events": [...]}``. A batch is sent again, after 0.1 s, 0.2 s, 0.4 s ...
 ``max_backoff``), until the service answers 2xx; only then is the next batch sent (at-least-once: a
 batch whose 2xx was lost is sent again, so the service should de-duplicate on ``(conn_id, event, ts)``
 if it cares). The queue holds at most ``queue`` events; an event past that is dropped and counted
-(``imgate_webhook_dropped_total``), never queued without bound.
+(``imgate_webhook_dropped_total``), never queued without bound. At shutdown the queue has
+``shutdown_grace`` seconds to empty; what is left then is lost with the process (and logged).
 """
 
 from __future__ import annotations
@@ -66,7 +67,15 @@ class Webhooks:
             self._wake.set()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop sending; first wait up to ``grace`` seconds for the queue to empty (the disconnects of
+        a node shutting down)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace
+        while self._queue and self._task is not None and loop.time() < end:
+            await asyncio.sleep(0.05)
+        if self._queue:
+            log.warning("webhook: %d events not delivered at shutdown", len(self._queue))
         if self._task is not None:
             self._task.cancel()
             try:
