@@ -110,7 +110,7 @@ class Config:
     upstream_url: str = ""  # the business's HTTP service for op 4 (and business ops 100-999 without a route)
     upstream_routes: dict = field(default_factory=dict)  # {"op": "url"}: op 4 or 100-999 to its own service
     upstream_timeout: float = 3.0  # seconds for the whole upstream request; past it the client gets a timeout error
-    upstream_conn_limit: int = 8  # upstream requests one connection may have in flight
+    upstream_conn_limit: int = 8  # upstream messages one connection may have in flight (the proxy checks it)
     upstream_limit: int = 1024  # upstream requests one logic may have in flight
     upstream_pool: int = 100  # keep-alive sockets to the upstream services
     auth_url: str = ""  # auth = "http": the service that answers each op-7 body

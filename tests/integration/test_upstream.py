@@ -183,6 +183,8 @@ def test_concurrency_bounds_answer_busy_at_once(backend):
         b.send(101, 2, b"b2")       # over upstream_limit for the whole logic
         assert reply_of(b, 102, 2) == {"ok": False, "code": "busy",
                                        "error": "the gateway has too many upstream requests in flight (limit 3)"}
+        status, text = node.http("GET", "/metrics")
+        assert b"imgate_upstream_busy_total 2.0" in text   # one refused by the proxy, one by logic
         backend.post("/release")
         assert reply_of(a, 102, 1) == {"held": "a1"}
         assert reply_of(a, 102, 2) == {"held": "a2"}

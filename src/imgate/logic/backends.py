@@ -47,7 +47,7 @@ def attach(logic, cfg: Config) -> Backends:
         from imgate.logic.upstream import Upstream
 
         logic.upstream = Upstream(cfg.upstream_url, cfg.upstream_routes, timeout=cfg.upstream_timeout,
-                                  per_conn=cfg.upstream_conn_limit, total=cfg.upstream_limit,
+                                  total=cfg.upstream_limit,
                                   max_body=cfg.max_frame_body, pool=cfg.upstream_pool)
     if cfg.webhook_url:
         from imgate.logic.webhooks import Webhooks

@@ -14,8 +14,8 @@ connection stays open (:func:`error_body`)::
 
     {"ok": false, "code": "timeout", "error": "upstream did not answer within 3.0 s"}
 
-Bounds: at most ``per_conn`` requests of one connection and ``total`` requests of this logic in flight;
-a request past either is answered ``busy`` at once rather than queued.
+Bounds: at most ``total`` requests of this logic in flight; a request past it is answered ``busy`` at
+once rather than queued. (The proxy bounds each connection's: ``upstream_conn_limit``.)
 """
 
 from __future__ import annotations
@@ -41,16 +41,14 @@ class Upstream:
     """The HTTP client pool to the business's services (one aiohttp session, keep-alive)."""
 
     def __init__(self, url: str = "", routes: dict | None = None, *, timeout: float = 3.0,
-                 per_conn: int = 8, total: int = 1024, max_body: int = 65536, pool: int = 100):
+                 total: int = 1024, max_body: int = 65536, pool: int = 100):
         self.default_url = url
         self.routes = {int(op): u for op, u in (routes or {}).items()}
         self.timeout = timeout
-        self.per_conn = per_conn
         self.total = total
         self.max_body = max_body
         self.pool = pool
         self._in_flight = 0
-        self._per_conn: dict[tuple[str, int], int] = {}  # (server, conn_id) -> requests in flight
         self._session = None
         self.counters = {"upstream_requests": 0, "upstream_errors": 0, "upstream_busy": 0}
 
@@ -81,26 +79,15 @@ class Upstream:
         url = self.url_for(op)
         if not url:
             return error_body("no_route", f"no upstream service for op {op}")
-        who = (server, conn_id)
-        mine = self._per_conn.get(who, 0)
-        if mine >= self.per_conn:
-            self.counters["upstream_busy"] += 1
-            return error_body("busy", f"too many requests in flight on this connection (limit {self.per_conn})")
         if self._in_flight >= self.total:
             self.counters["upstream_busy"] += 1
             return error_body("busy", f"the gateway has too many upstream requests in flight (limit {self.total})")
-        self._per_conn[who] = mine + 1
         self._in_flight += 1
         self.counters["upstream_requests"] += 1
         try:
             reply = await self._post(url, server, conn_id, mid, op, seq, body, key, room_id, platform)
         finally:
             self._in_flight -= 1
-            left = self._per_conn[who] - 1
-            if left:
-                self._per_conn[who] = left
-            else:
-                del self._per_conn[who]
         return reply
 
     async def _post(self, url, server, conn_id, mid, op, seq, body, key, room_id, platform) -> bytes:

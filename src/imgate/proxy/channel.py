@@ -28,6 +28,7 @@ class Channel:
     __slots__ = (
         "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
         "conn_id", "mid", "key", "platform", "room_id", "accepts", "backlog", "renewed", "im_inflight",
+        "up_inflight",
     )
 
     def __init__(self, sock: socket.socket, ws: bool, ip: str, deadline: float):
@@ -50,6 +51,7 @@ class Channel:
         self.backlog = None
         self.renewed = 0.0
         self.im_inflight = 0  # IM requests sent to logic and not answered yet
+        self.up_inflight = 0  # upstream messages (op 4, 100-999) sent to logic and not answered yet
 
 
 def ws_binary(payload: bytes) -> bytes:

@@ -116,7 +116,7 @@ class Operations:
                 ch.renewed = now
                 self._spawn(self._renew(ch))
         elif op == OP_SEND_MSG:
-            self._spawn(self._upstream(ch, f))
+            self._send_upstream(ch, f)
         elif op == OP_CHANGE_ROOM:
             room = f.body.decode("utf-8", "replace")
             if room and not valid_room_id(room):
@@ -170,7 +170,7 @@ class Operations:
         elif op == OP_AUTH:
             pass  # already authenticated: a repeated auth is ignored
         elif 100 <= op < 1000:  # business upstream ops: routed by logic like op 4 (docs/upstream.md)
-            self._spawn(self._upstream(ch, f))
+            self._send_upstream(ch, f)
         else:
             self.stats_counters["protocol_errors"] += 1
             log.debug("conn %s sent unsupported op %d", ch.conn_id, op)
@@ -201,6 +201,19 @@ class Operations:
     def _reply(self, ch: Channel, op: int, seq: int, **fields) -> None:
         self.table.send(ch, encode_frame(op, seq, json.dumps(fields).encode()))
 
+    def _send_upstream(self, ch: Channel, f) -> None:
+        """To logic, at most ``upstream_conn_limit`` at a time per connection (logic bounds them too, but
+        a logic that is slow to answer must not grow a queue here)."""
+        limit = self.config.upstream_conn_limit
+        if ch.up_inflight >= limit:
+            self.stats_counters["upstream_busy"] += 1
+            self.table.send(ch, encode_frame(f.op + 1, f.seq, json.dumps({
+                "ok": False, "code": "busy",
+                "error": f"too many requests in flight on this connection (limit {limit})"}).encode()))
+            return
+        ch.up_inflight += 1
+        self._spawn(self._upstream(ch, f))
+
     async def _upstream(self, ch: Channel, f) -> None:
         try:
             body = await self.logic.receive(self.server_id, ch.conn_id, ch.mid, f.op, f.seq, f.body,
@@ -208,6 +221,8 @@ class Operations:
         except Exception as e:
             log.warning("upstream message from conn %s failed: %s", ch.conn_id, e)
             body = json.dumps({"ok": False, "code": "unavailable", "error": "logic unavailable"}).encode()
+        finally:
+            ch.up_inflight -= 1
         if ch in self.table:  # the reply op is the request's + 1 (op 4 -> 5)
             self.table.send(ch, encode_frame(f.op + 1, f.seq, body or b""))
 
