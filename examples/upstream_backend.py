@@ -17,7 +17,8 @@ What it serves:
   42 in room live://7 (its main room) and team://3; anything else is refused with a reason.
 - ``POST /events``: keeps the webhook events; ``GET /events`` lists them.
 - For trying out the gateway's error handling: ``POST /status/503`` answers that status,
-  ``POST /hold`` answers only once ``POST /release`` is called (or after ``--hold-max`` seconds).
+  ``POST /hold`` answers only once ``POST /release`` is called (or after ``--hold-max`` seconds); a
+  release lets go of the requests held then, not of later ones.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class Backend:
         self.auth_calls = 0
         self.hold_max = hold_max
         self.lock = threading.Lock()
-        self.released = threading.Event()
+        self.release = threading.Condition(self.lock)
+        self.generation = 0  # bumped by /release: every request held before it goes
 
 
 def authorize(body: dict) -> dict:
@@ -95,10 +97,14 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path.startswith("/status/"):
             self._send(int(self.path.rsplit("/", 1)[1]), {"error": "as asked"})
         elif self.path == "/hold":
-            b.released.wait(b.hold_max)
+            with b.lock:
+                mine = b.generation
+                b.release.wait_for(lambda: b.generation != mine, b.hold_max)
             self._send(200, {"held": body.decode("utf-8", "replace")})
         elif self.path == "/release":
-            b.released.set()
+            with b.lock:
+                b.generation += 1
+                b.release.notify_all()
             self._send(200, {"ok": True})
         else:
             self._send(404, {"error": "not found"})
