@@ -28,6 +28,7 @@ import json
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 
 class Backend:
@@ -78,9 +79,9 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         b, h = self.backend, self.headers
         if self.path == "/upstream":
-            self._send(200, {"user": int(h["X-Imgate-User"]), "key": h["X-Imgate-Key"],
-                             "conn_id": int(h["X-Imgate-Conn-Id"]), "platform": h["X-Imgate-Platform"],
-                             "room": h["X-Imgate-Room"], "op": int(h["X-Imgate-Op"]),
+            self._send(200, {"user": int(h["X-Imgate-User"]), "key": unquote(h["X-Imgate-Key"]),
+                             "conn_id": int(h["X-Imgate-Conn-Id"]), "platform": unquote(h["X-Imgate-Platform"]),
+                             "room": unquote(h["X-Imgate-Room"]), "op": int(h["X-Imgate-Op"]),
                              "seq": int(h["X-Imgate-Seq"]), "echo": body.decode("utf-8", "replace")})
         elif self.path == "/auth":
             with b.lock:

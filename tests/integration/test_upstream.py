@@ -116,11 +116,11 @@ def test_op4_reaches_the_backend_and_its_answer_comes_back(backend):
         r = reply_of(c, 5, 77)
         assert r == {"user": 42, "key": "k42", "conn_id": ok["conn_id"], "platform": "ios", "room": "live://9",
                      "op": 4, "seq": 77, "echo": "héllo"}
-        # a room change is what the next message carries
-        c.send(12, 78, b"live://10")
+        # a room change is what the next message carries, whatever its characters
+        c.send(12, 78, "live://10 café%\r\n".encode())
         c.read(13, 78)
         c.send(4, 79, b"again")
-        assert reply_of(c, 5, 79)["room"] == "live://10"
+        assert reply_of(c, 5, 79)["room"] == "live://10 café%\r\n"
         c.close()
     finally:
         node.stop()

@@ -23,10 +23,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from urllib.parse import quote
 
 log = logging.getLogger("imgate.logic.upstream")
 
 __all__ = ["Upstream", "error_body", "ERROR_CODES"]
+
+# header values stay printable ASCII: anything else (and "%") is percent-encoded as UTF-8
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 #: every ``code`` an error body may carry
 ERROR_CODES = ("busy", "timeout", "unavailable", "status", "too_large", "no_route")
@@ -95,12 +99,15 @@ class Upstream:
 
         headers = {
             "Content-Type": "application/octet-stream",
-            "X-Imgate-User": str(mid), "X-Imgate-Conn-Id": str(conn_id), "X-Imgate-Key": key,
-            "X-Imgate-Platform": platform, "X-Imgate-Room": room_id, "X-Imgate-Server": server,
+            "X-Imgate-User": str(mid), "X-Imgate-Conn-Id": str(conn_id), "X-Imgate-Key": quote(key, _HEADER_SAFE),
+            "X-Imgate-Platform": quote(platform, _HEADER_SAFE), "X-Imgate-Room": quote(room_id, _HEADER_SAFE),
+            "X-Imgate-Server": quote(server, _HEADER_SAFE),
             "X-Imgate-Op": str(op), "X-Imgate-Seq": str(seq),
         }
         try:
             async with self._client().post(url, data=bytes(body), headers=headers) as resp:
+                if not 200 <= resp.status < 300:
+                    return self._error("status", f"upstream answered HTTP {resp.status}", status=resp.status)
                 if resp.content_length is not None and resp.content_length > self.max_body:
                     return self._error("too_large", f"upstream answer is {resp.content_length} bytes, "
                                                     f"the limit is {self.max_body}")
@@ -110,12 +117,10 @@ class Upstream:
                     data = await _read_bounded(resp.content, self.max_body)
                     if data is None:
                         return self._error("too_large", f"upstream answer is over {self.max_body} bytes")
-                if not 200 <= resp.status < 300:
-                    return self._error("status", f"upstream answered HTTP {resp.status}", status=resp.status)
                 return data
         except asyncio.TimeoutError:  # the session's total timeout, connect to last byte
             return self._error("timeout", f"upstream did not answer within {self.timeout:g} s")
-        except (aiohttp.ClientError, OSError) as e:
+        except (aiohttp.ClientError, OSError, ValueError) as e:  # ValueError: a URL aiohttp refuses
             log.warning("upstream %s: %s", url, e)
             return self._error("unavailable", "upstream service unavailable")
 
