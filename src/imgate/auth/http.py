@@ -72,7 +72,13 @@ class HttpAuth(Authenticator):
         answer = self._cached(token) if token else None
         if answer is None:
             if token and token in self._asking:  # the same token is being asked right now
-                answer = await asyncio.shield(self._asking[token])
+                shared = self._asking[token]
+                try:
+                    answer = await asyncio.shield(shared)
+                except asyncio.CancelledError:
+                    if shared.cancelled():  # the asker went away, not this auth
+                        raise AuthUnavailable("auth service request abandoned") from None
+                    raise
             else:
                 answer = await self._ask_once(token, bytes(body))
         return self._identity(answer, fields)
@@ -94,6 +100,9 @@ class HttpAuth(Authenticator):
         self._asking[token] = fut
         try:
             answer = await self._ask(body)
+        except asyncio.CancelledError:
+            fut.cancel()  # the others waiting on this token see a cancelled ask and are refused
+            raise
         except BaseException as e:
             fut.set_exception(e)
             fut.exception()  # retrieved: nobody else may be waiting
