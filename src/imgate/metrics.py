@@ -32,6 +32,18 @@ im_errors                 imgate_im_errors_total                counter
 im_commits                imgate_im_commits_total               counter
 im_store_writes           imgate_im_store_writes_total          counter
 im_failed_batches         imgate_im_failed_batches_total        counter
+upstream_in_flight        imgate_upstream_in_flight             gauge
+upstream_requests         imgate_upstream_requests_total        counter
+upstream_errors           imgate_upstream_errors_total          counter
+upstream_busy             imgate_upstream_busy_total            counter
+auth_requests             imgate_auth_requests_total            counter
+auth_cache_hits           imgate_auth_cache_hits_total          counter
+auth_unavailable          imgate_auth_unavailable_total         counter
+webhook_queue             imgate_webhook_queue                  gauge
+webhook_events            imgate_webhook_events_total           counter
+webhook_dropped           imgate_webhook_dropped_total          counter
+webhook_posts             imgate_webhook_posts_total            counter
+webhook_retries           imgate_webhook_retries_total          counter
 ========================  ====================================  =======
 
 HTTP requests are counted the same way: one plain count per (route, status) in ``Metrics.http_counts``,
