@@ -283,6 +283,7 @@ def test_webhooks_delivered_after_the_backend_comes_back_none_lost():
                     for e in hooks.get("/events")["events"]]
         wait_until(lambda: sorted(got(), key=str) == sorted(want, key=str), what="every queued event, once back")
         events = hooks.get("/events")["events"]
+        assert len({e["id"] for e in events}) == len(events) == len(want)
         assert {e["conn_id"] for e in events if e["event"] == "connect"} == set(others)
         assert {e["conn_id"] for e in events if e["event"] == "disconnect"} == set(others)
         assert all(e["conn_id"] == first["conn_id"] and e["mid"] == 5 for e in events if e["event"] == "room")

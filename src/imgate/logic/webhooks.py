@@ -2,17 +2,17 @@
 
 Events are JSON objects::
 
-    {"event": "connect", "mid": 42, "conn_id": 7, "key": "...", "server": "node-1", "room_id": "live://1",
-     "rooms": [], "platform": "web", "ts": 1700000000123}
-    {"event": "disconnect", "mid": 42, "conn_id": 7, "server": "node-1", "ts": ...}
-    {"event": "room", "action": "change" | "join" | "leave", "mid": 42, "conn_id": 7, "server": "node-1",
-     "room_id": "live://2", "ts": ...}
+    {"id": "9f2c41d07a3e-1", "event": "connect", "mid": 42, "conn_id": 7, "key": "...", "server": "node-1",
+     "room_id": "live://1", "rooms": [], "platform": "web", "ts": 1700000000123}
+    {"id": ..., "event": "disconnect", "mid": 42, "conn_id": 7, "server": "node-1", "ts": ...}
+    {"id": ..., "event": "room", "action": "change" | "join" | "leave", "mid": 42, "conn_id": 7,
+     "server": "node-1", "room_id": "live://2", "ts": ...}
 
 They are queued in this logic and sent in order, in batches of at most ``batch`` events: one ``POST``
 with ``{"events": [...]}``. A batch is sent again, after 0.1 s, 0.2 s, 0.4 s ... (at most
 ``max_backoff``), until the service answers 2xx; only then is the next batch sent (at-least-once: a
-batch whose 2xx was lost is sent again, so the service should de-duplicate on ``(conn_id, event, ts)``
-if it cares). The queue holds at most ``queue`` events; an event past that is dropped and counted
+batch whose 2xx was lost is sent again, so the service should de-duplicate on the event's ``id``,
+unique across logic instances and restarts, if it cares). The queue holds at most ``queue`` events; an event past that is dropped and counted
 (``imgate_webhook_dropped_total``), never queued without bound. At shutdown the queue has
 ``shutdown_grace`` seconds to empty; what is left then is lost with the process (and logged).
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections import deque
 
@@ -44,6 +45,9 @@ class Webhooks:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._session = None
+        # event ids: this sender's random prefix and a count, unique without any coordination
+        self._prefix = os.urandom(6).hex()
+        self._count = 0
         self.counters = {"webhook_events": 0, "webhook_dropped": 0, "webhook_posts": 0, "webhook_retries": 0}
 
     def emit(self, event: str, **fields) -> None:
@@ -54,6 +58,8 @@ class Webhooks:
                 log.warning("webhook queue full (%d events): %d events dropped so far",
                             self.limit, self.counters["webhook_dropped"])
             return
+        self._count += 1
+        fields["id"] = f"{self._prefix}-{self._count}"
         fields["event"] = event
         fields["ts"] = int(time.time() * 1000)
         self._queue.append(fields)
