@@ -148,6 +148,31 @@ def test_backend_errors_give_clear_op5_bodies_and_the_connection_stays(backend):
         node.stop()
 
 
+@pytest.mark.parametrize("path, error", [
+    ("/status/500", {"ok": False, "code": "status", "error": "upstream answered HTTP 500", "status": 500}),
+    ("/hold", {"ok": False, "code": "timeout", "error": "upstream did not answer within 0.5 s"}),
+    (None, {"ok": False, "code": "unavailable", "error": "upstream service unavailable"}),
+], ids=["5xx", "slow", "down"])
+def test_op4_gets_an_op5_error_and_the_node_keeps_serving(backend, path, error):
+    url = backend.url(path) if path else f"http://127.0.0.1:{free_port()}/down"
+    node = node_for(backend, upstream_url=url, upstream_routes={"101": backend.url("/upstream")},
+                    upstream_timeout=0.5)
+    try:
+        c = Client(node)
+        c.auth(mid=8)
+        for seq in (1, 2):  # twice on one connection: it stays open
+            c.send(4, seq, b"x")
+            assert reply_of(c, 5, seq) == error
+        other = Client(node)  # and the node serves others, through another route
+        other.auth(mid=9)
+        other.send(101, 3, b"fine")
+        assert reply_of(other, 102, 3)["echo"] == "fine"
+        c.close()
+        other.close()
+    finally:
+        node.stop()
+
+
 @pytest.mark.parametrize("routes", [{"101": "http://127.0.0.1:1/x"}, {}], ids=["other-routes", "no-upstream"])
 def test_no_route(backend, routes):
     node = node_for(backend, upstream_url="", upstream_routes=routes)
