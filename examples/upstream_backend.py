@@ -17,6 +17,7 @@ What it serves:
   42 in room live://7 (its main room) and team://3; anything else is refused with a reason.
 - ``POST /events``: keeps the webhook events; ``GET /events`` lists them.
 - For trying out the gateway's error handling: ``POST /status/503`` answers that status,
+  ``POST /big/N`` answers N bytes (``/big/N/chunked``: in chunks),
   ``POST /hold`` answers only once ``POST /release`` is called (or after ``--hold-max`` seconds); a
   release lets go of the requests held then, not of later ones.
 """
@@ -95,6 +96,20 @@ class Handler(BaseHTTPRequestHandler):
             with b.lock:
                 b.events.extend(json.loads(body)["events"])
             self._send(200, {"ok": True})
+        elif self.path.startswith("/big/"):  # /big/N: N bytes; /big/N/chunked: the same, chunked
+            n = int(self.path.split("/")[2])
+            self.send_response(200)
+            if self.path.endswith("/chunked"):
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, n, 1000):
+                    part = b"x" * min(1000, n - i)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self.send_header("Content-Length", str(n))
+                self.end_headers()
+                self.wfile.write(b"x" * n)
         elif self.path.startswith("/status/"):
             self._send(int(self.path.rsplit("/", 1)[1]), {"error": "as asked"})
         elif self.path == "/hold":

@@ -173,6 +173,26 @@ def test_op4_gets_an_op5_error_and_the_node_keeps_serving(backend, path, error):
         node.stop()
 
 
+def test_answers_over_max_frame_body_are_refused(backend):
+    routes = {str(100 + i): backend.url(path) for i, path in
+              enumerate(["/big/4000", "/big/4001", "/big/4000/chunked", "/big/4001/chunked"])}
+    node = node_for(backend, upstream_routes=routes, max_frame_body=4000)
+    try:
+        c = Client(node)
+        c.auth(mid=3)
+        for op in (100, 101, 102, 103):
+            c.send(op, op, b"")
+        assert c.read(101, 100).body == b"x" * 4000
+        assert reply_of(c, 102, 101) == {"ok": False, "code": "too_large",
+                                         "error": "upstream answer is 4001 bytes, the limit is 4000"}
+        assert c.read(103, 102).body == b"x" * 4000
+        assert reply_of(c, 104, 103) == {"ok": False, "code": "too_large",
+                                         "error": "upstream answer is over 4000 bytes"}
+        c.close()
+    finally:
+        node.stop()
+
+
 @pytest.mark.parametrize("routes", [{"101": "http://127.0.0.1:1/x"}, {}], ids=["other-routes", "no-upstream"])
 def test_no_route(backend, routes):
     node = node_for(backend, upstream_url="", upstream_routes=routes)
