@@ -418,3 +418,20 @@ def test_webhooks_queued_at_shutdown_are_delivered_within_the_grace(backend):
 
     uvloop.run(asyncio.wait_for(main(), 60))
     assert [e["event"] for e in backend.get("/events")["events"] if e.get("mid") == 880088] == ["disconnect"]
+
+
+@pytest.mark.parametrize("path, reason, reconnect", [
+    ("/status/401", "auth failed: refused by the auth service", False),
+    ("/status/403", "auth failed: refused by the auth service", False),
+    ("/status/500", "auth unavailable", True),
+    ("/big/10", "auth unavailable", True),   # 200 but not JSON with an accept field
+])
+def test_http_auth_statuses(backend, path, reason, reconnect):
+    node = NodeThread(handshake_timeout=30.0, auth="http", auth_url=backend.url(path))
+    node.start()
+    try:
+        c = Client(node)
+        c.send(7, 1, json.dumps({"token": "user:1"}).encode())
+        assert notice(c) == {"reason": reason, "reconnect": reconnect}
+    finally:
+        node.stop()
