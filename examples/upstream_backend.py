@@ -15,7 +15,8 @@ What it serves:
   ``{"user", "key", "conn_id", "platform", "room", "op", "seq", "echo"}`` (``echo`` is the body as text).
 - ``POST /auth``: the token decides. ``"user:42"`` is user 42; ``"user:42:live://7,team://3"`` is user
   42 in room live://7 (its main room) and team://3; anything else is refused with a reason.
-- ``POST /events``: keeps the webhook events; ``GET /events`` lists them.
+- ``POST /events``: keeps the webhook events; ``GET /events`` lists them (and how many requests are
+  held, below).
 - For trying out the gateway's error handling: ``POST /status/503`` answers that status,
   ``POST /big/N`` answers N bytes (``/big/N/chunked``: in chunks),
   ``POST /hold`` answers only once ``POST /release`` is called (or after ``--hold-max`` seconds); a
@@ -40,6 +41,7 @@ class Backend:
         self.lock = threading.Lock()
         self.release = threading.Condition(self.lock)
         self.generation = 0  # bumped by /release: every request held before it goes
+        self.held = 0  # requests waiting in /hold now
 
 
 def authorize(body: dict) -> dict:
@@ -72,7 +74,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/events":
             with self.backend.lock:
-                self._send(200, {"events": list(self.backend.events), "auth_calls": self.backend.auth_calls})
+                self._send(200, {"events": list(self.backend.events), "auth_calls": self.backend.auth_calls,
+                                 "held": self.backend.held})
         else:
             self._send(404, {"error": "not found"})
 
@@ -115,7 +118,9 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/hold":
             with b.lock:
                 mine = b.generation
+                b.held += 1
                 b.release.wait_for(lambda: b.generation != mine, b.hold_max)
+                b.held -= 1
             self._send(200, {"held": body.decode("utf-8", "replace")})
         elif self.path == "/release":
             with b.lock:

@@ -209,7 +209,8 @@ def test_no_route(backend, routes):
         node.stop()
 
 
-def test_concurrency_bounds_answer_busy_at_once(backend):
+def test_concurrency_bounds_answer_busy_at_once():
+    backend = Backend().start()  # its own: no request held by another test
     node = node_for(backend, upstream_timeout=120.0, upstream_conn_limit=2, upstream_limit=3)
     try:
         a, b = Client(node), Client(node)
@@ -230,6 +231,8 @@ def test_concurrency_bounds_answer_busy_at_once(backend):
                                        "error": "the gateway has too many upstream requests in flight (limit 3)"}
         status, text = node.http("GET", "/metrics")
         assert b"imgate_upstream_busy_total 2.0" in text   # one refused by the proxy, one by logic
+        # released only once all three wait in the backend (a release lets go of those held then)
+        wait_until(lambda: backend.get("/events")["held"], equals=3, what="three requests held by the backend")
         backend.post("/release")
         assert reply_of(a, 102, 1) == {"held": "a1"}
         assert reply_of(a, 102, 2) == {"held": "a2"}
@@ -242,6 +245,7 @@ def test_concurrency_bounds_answer_busy_at_once(backend):
         b.close()
     finally:
         node.stop()
+        backend.stop()
 
 
 def notice(client) -> dict:
