@@ -308,6 +308,7 @@ def test_webhooks_delivered_after_the_backend_comes_back_none_lost():
         first = c.auth(mid=5, room_id="live://1")
         wait_until(lambda: [e["event"] for e in hooks.get("/events")["events"]], equals=["connect"],
                    what="the connect event")
+        wait_until(lambda: node.node.backends.stats()["webhook_queue"], equals=0, what="its 2xx read")
         hooks.stop()
         # while the service is down: room changes, 12 connects and their disconnects, all queued
         c.send(18, 2, b"live://2")
