@@ -133,6 +133,11 @@ class Config:
         for op in self.upstream_routes:
             if not str(op).isdigit() or not (int(op) == 4 or 100 <= int(op) < 1000):
                 raise ConfigError(f"upstream_routes: op {op!r} is not 4 or 100-999")
+        urls = {"upstream_url": self.upstream_url, "auth_url": self.auth_url, "webhook_url": self.webhook_url}
+        urls.update({f"upstream_routes.{op}": url for op, url in self.upstream_routes.items()})
+        for key, url in urls.items():
+            if url and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+                raise ConfigError(f"{key}: expected an http:// or https:// URL, got {url!r}")
         for key in ("upstream_timeout", "auth_timeout", "webhook_timeout", "webhook_max_backoff"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")

@@ -106,6 +106,10 @@ def test_config_checks():
         Config(auth="http").validate()
     with pytest.raises(ConfigError, match="upstream_routes: op '5'"):
         Config(upstream_routes={"5": "http://x"}).validate()
+    with pytest.raises(ConfigError, match="upstream_routes.101: expected an http:// or https:// URL"):
+        Config(upstream_routes={"101": "ftp://x"}).validate()
+    with pytest.raises(ConfigError, match="webhook_url: expected an http"):
+        Config(webhook_url="localhost:8080").validate()
     with pytest.raises(ConfigError, match="upstream_conn_limit"):
         Config(upstream_conn_limit=0).validate()
     Config(auth="http", auth_url="http://x", upstream_routes={"4": "http://a", "999": "http://b"}).validate()

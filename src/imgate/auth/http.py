@@ -142,7 +142,7 @@ class HttpAuth(Authenticator):
                 raw = await resp.read() if (resp.content_length or 0) <= 65536 else b""
         except asyncio.TimeoutError:
             return self._unavailable(f"no answer within {self.timeout:g} s")
-        except (aiohttp.ClientError, OSError) as e:
+        except (aiohttp.ClientError, OSError, ValueError) as e:  # ValueError: a URL aiohttp refuses
             return self._unavailable(str(e) or type(e).__name__)
         try:
             answer = json.loads(raw) if raw else {}

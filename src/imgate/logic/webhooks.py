@@ -129,7 +129,7 @@ class Webhooks:
                     why = f"HTTP {resp.status}"
             except asyncio.TimeoutError:
                 why = f"no answer within {self.timeout:g} s"
-            except (aiohttp.ClientError, OSError) as e:
+            except (aiohttp.ClientError, OSError, ValueError) as e:  # ValueError: a URL aiohttp refuses
                 why = str(e) or type(e).__name__
             self.counters["webhook_retries"] += 1
             if self.counters["webhook_retries"] % 100 == 1:
