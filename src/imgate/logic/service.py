@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-import uuid
 from dataclasses import dataclass
 
 from imgate.auth import AuthError, Authenticator
@@ -52,7 +52,7 @@ class Logic:
         self._absorbed_at = 0.0
         self._absorber: asyncio.Task | None = None
         self.upstream_handler = None  # async (server, conn_id, mid, op, seq, body) -> bytes
-        self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0}
+        self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0, "key_conflicts": 0}
         # cache and bus in this process (the embedded node): pushes by mid/key need not wait
         self._sessions_now = getattr(cache, "sessions_nowait", None)
         self._sessions_by_keys_now = getattr(cache, "sessions_by_keys_nowait", None)
@@ -81,12 +81,17 @@ class Logic:
             self.counters["auth_failures"] += 1
             raise
         conn_id = await self.cache.alloc_conn_id()
-        key = ident.key or uuid.uuid4().hex
-        await self.cache.add_session(
+        # a generated key is unguessable (128 random bits): pushes by key reach whoever holds it
+        key = ident.key or secrets.token_urlsafe(16)
+        added = await self.cache.add_session(
             Session(conn_id=conn_id, mid=ident.mid, key=key, server=server, room_id=ident.room_id,
                     platform=ident.platform, connected_at=time.time()),
             self.session_ttl,
         )
+        if added is False:  # the key is held by another user: refused, never re-bound
+            self.counters["auth_failures"] += 1
+            self.counters["key_conflicts"] += 1
+            raise AuthError("key is in use by another user")
         self.counters["connects"] += 1
         return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform)
 
