@@ -59,7 +59,8 @@ wheel: $(STAMP)
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=src/imgate/rpc proto/imgate.proto
 
-# the all-in-one node with embedded defaults; the demo page may mint tokens (--demo)
+# the all-in-one node on 127.0.0.1 with embedded defaults; prints the API key it creates on the first
+# run and the demo page's key; the demo page may mint tokens (--demo, loopback only)
 run: build
 	$(VENV)/bin/imgate serve --demo --data-dir .data
 

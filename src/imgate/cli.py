@@ -1,4 +1,4 @@
-"""`imgate` command line: serve (all roles in one process) and token."""
+"""`imgate` command line: serve (all roles in one process), the cluster roles, token, apikey."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from imgate.config import Config, ConfigError
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (keys as in docs/configuration.md)")
-    p.add_argument("--tcp", help="TCP listener HOST:PORT (default 0.0.0.0:3101)")
-    p.add_argument("--ws", help="WebSocket listener HOST:PORT, path /sub (default 0.0.0.0:3102)")
-    p.add_argument("--http", help="HTTP API HOST:PORT (default 0.0.0.0:3111)")
+    p.add_argument("--tcp", help="TCP listener HOST:PORT (default 127.0.0.1:3101)")
+    p.add_argument("--ws", help="WebSocket listener HOST:PORT, path /sub (default 127.0.0.1:3102)")
+    p.add_argument("--http", help="HTTP API HOST:PORT (default 127.0.0.1:3111)")
     p.add_argument("--auth", choices=["jwt", "none"], help="jwt (default) or none (goim's auth body as it is)")
     p.add_argument("--data-dir", dest="data_dir", help="where state lives (default ./data)")
+    p.add_argument("--api-auth", dest="api_auth", choices=["key", "none"],
+                   help="key (default: the HTTP API needs an API key or token) or none (open API)")
     p.add_argument("--demo", action="store_true", default=None,
                    help="let the demo page at / mint tokens for any user (never in production)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
@@ -25,13 +27,25 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args) -> Config:
     return Config.load(args.config, tcp=args.tcp, ws=args.ws, http=args.http, auth=args.auth,
-                       data_dir=args.data_dir, demo=args.demo)
+                       data_dir=args.data_dir, demo=args.demo, api_auth=args.api_auth)
+
+
+def _first_key(cfg: Config) -> str:
+    """An admin API key when the data dir has none yet (printed once: only its hash is kept)."""
+    from imgate.auth.apikeys import KeyStore
+
+    store = KeyStore(cfg.data_dir)
+    if cfg.api_auth != "key" or store.load():
+        return ""
+    _, token = store.create("initial", ["admin"])
+    return token
 
 
 async def _serve(cfg: Config) -> int:
     from imgate.gctune import settle as settle_gc
     from imgate.node import Node
 
+    first_key = _first_key(cfg)
     node = Node(cfg)
     await node.start()
     settle_gc()
@@ -47,6 +61,15 @@ async def _serve(cfg: Config) -> int:
     print(f"  HTTP API     http://{host}:{node.http_port}/  (demo page; /openapi.json, /metrics)", flush=True)
     if cfg.auth == "jwt":
         print(f"  tokens       imgate token --user ID --data-dir {cfg.data_dir}", flush=True)
+    if first_key:
+        print(f"  API key      {first_key}  (admin; created now, shown once: keep it)", flush=True)
+        print(f"               curl -H 'Authorization: Bearer {first_key}' http://{host}:{node.http_port}/goim/online/total", flush=True)
+    elif cfg.api_auth == "key":
+        print(f"  API keys     imgate apikey create --scope push --data-dir {cfg.data_dir}", flush=True)
+    else:
+        print("  API          OPEN to anyone who reaches it (api_auth = \"none\")", flush=True)
+    if node.demo_api_key:
+        print(f"  demo key     {node.demo_api_key}  (push; in memory until the node stops)", flush=True)
     await stop.wait()
     print("shutting down: clients get op 6 (reconnect)", flush=True)
     await node.stop()
@@ -71,6 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--secret", help="HS256 secret (default: config, IMGATE_JWT_SECRET, or <data-dir>/jwt.secret)")
     tok.add_argument("--config", help="TOML config file")
     tok.add_argument("--data-dir", dest="data_dir", help="data dir of the node (default ./data)")
+    ak = sub.add_parser("apikey", help="manage the HTTP API's keys (create, list, revoke)")
+    ak_sub = ak.add_subparsers(dest="apikey_command", required=True)
+    for name, text in (("create", "make a key (printed once; only its hash is stored)"),
+                       ("list", "show the keys (never the secrets)"), ("revoke", "delete a key by id")):
+        p = ak_sub.add_parser(name, help=text)
+        p.add_argument("--config", help="TOML config file")
+        p.add_argument("--data-dir", dest="data_dir", help="data dir of the node (default ./data)")
+        if name == "create":
+            p.add_argument("--scope", action="append", required=True,
+                           help="push, im, query, metrics or admin (repeat for several)")
+            p.add_argument("--name", default="", help="a label to recognise the key by")
+        if name == "revoke":
+            p.add_argument("id", help="the key's id (the part after imk_, as `list` shows)")
     args = parser.parse_args(argv)
 
     try:
@@ -99,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = Config.load(args.config, data_dir=args.data_dir, jwt_secret=args.secret)
             print(mint_token(load_or_create_secret(cfg, create=False), args.user, ttl=args.ttl))
             return 0
+        if args.command == "apikey":
+            return _apikey(args)
     except ConfigError as e:
         print(f"imgate: {e}", file=sys.stderr)
         return 2
@@ -106,6 +144,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imgate: {e}", file=sys.stderr)
         return 1
     return 2
+
+
+def _apikey(args) -> int:
+    import time
+
+    from imgate.auth.apikeys import KeyStore
+
+    cfg = Config.load(args.config, data_dir=args.data_dir)
+    store = KeyStore(cfg.data_dir)
+    if args.apikey_command == "create":
+        try:
+            rec, token = store.create(args.name, args.scope)
+        except ValueError as e:
+            print(f"imgate: {e}", file=sys.stderr)
+            return 2
+        print(token)
+        print(f"id {rec.id}, scopes {' '.join(rec.scopes)}: shown once, only its hash is stored in {store.path}",
+              file=sys.stderr)
+        return 0
+    if args.apikey_command == "list":
+        for rec in store.load():
+            made = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(rec.created))
+            print(f"{rec.id}\t{' '.join(rec.scopes)}\t{made}Z\t{rec.name}")
+        return 0
+    if store.revoke(args.id):
+        print(f"revoked {args.id}")
+        return 0
+    print(f"imgate: no API key with id {args.id!r} in {store.path}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

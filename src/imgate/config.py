@@ -55,10 +55,10 @@ def parse_hostport(value: str, key: str) -> tuple[str, int]:
 
 @dataclass
 class Config:
-    # listeners (goim's ports)
-    tcp: str = "0.0.0.0:3101"
-    ws: str = "0.0.0.0:3102"
-    http: str = "0.0.0.0:3111"
+    # listeners (goim's ports); loopback unless told otherwise ("0.0.0.0:3101" for every interface)
+    tcp: str = "127.0.0.1:3101"
+    ws: str = "127.0.0.1:3102"
+    http: str = "127.0.0.1:3111"
     # identity of this proxy process in the session registry
     server_id: str = ""
     # auth: "jwt" (HS256, user id in `sub`) or "none" (goim's auth body as it is)
@@ -75,13 +75,17 @@ class Config:
     shutdown_grace: float = 5.0
     # HTTP API
     max_http_body: int = 1 << 20
+    # API credentials: "key" (API keys / JWTs with scopes, see docs/security.md) or "none" (open)
+    api_auth: str = "key"
+    metrics_auth: bool = True         # /metrics needs the "metrics" scope; false: open to anyone
+    api_jwt_max_ttl: float = 86400.0  # a JWT credential for the API may live this long at most
     # how often proxies report room counts and logic absorbs them (seed 5.3)
     online_interval: float = 1.0
     # demo page helpers (token minting for the page); off unless asked for
     demo: bool = False
     # ---- cluster roles (imgate proxy | logic | push); see docs/cluster.md
-    rpc: str = "0.0.0.0:3109"            # proxy: internal RPC (push -> proxy); logic: its own (3119)
-    logic_rpc: str = "0.0.0.0:3119"      # logic: internal RPC listener (proxy -> logic)
+    rpc: str = "127.0.0.1:3109"          # proxy: internal RPC (push -> proxy); logic: its own (3119)
+    logic_rpc: str = "127.0.0.1:3119"    # logic: internal RPC listener (proxy -> logic)
     logic_addrs: list = field(default_factory=lambda: ["127.0.0.1:3119"])  # proxy: logic instances, in order
     proxies: dict = field(default_factory=dict)  # push: {server_id: "host:rpc_port"} of every proxy
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -98,6 +102,8 @@ class Config:
             parse_hostport(getattr(self, key), key)
         if self.auth not in ("jwt", "none"):
             raise ConfigError(f"auth: expected 'jwt' or 'none', got {self.auth!r}")
+        if self.api_auth not in ("key", "none"):
+            raise ConfigError(f"api_auth: expected 'key' or 'none', got {self.api_auth!r}")
         for key in ("rpc", "logic_rpc"):
             parse_hostport(getattr(self, key), key)
         for i, addr in enumerate(self.logic_addrs):
@@ -108,7 +114,8 @@ class Config:
             raise ConfigError(f"room_merge_window: must be >= 0, got {self.room_merge_window}")
         if self.rpc_pool <= 0:
             raise ConfigError(f"rpc_pool: must be > 0, got {self.rpc_pool}")
-        for key in ("handshake_timeout", "heartbeat_timeout", "shutdown_grace", "online_interval", "kafka_timeout"):
+        for key in ("handshake_timeout", "heartbeat_timeout", "shutdown_grace", "online_interval", "kafka_timeout",
+                    "api_jwt_max_ttl"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
         if self.merge_window < 0:

@@ -23,6 +23,9 @@ slow_consumer_closes      imgate_slow_consumer_closes_total     counter
 auth_failures             imgate_auth_failures_total            counter
 protocol_errors           imgate_protocol_errors_total          counter
 pushes                    imgate_pushes_total                   counter
+api_auth_failures         imgate_api_auth_failures_total        counter
+api_scope_denials         imgate_api_scope_denials_total        counter
+key_conflicts             imgate_key_conflicts_total            counter
 ========================  ====================================  =======
 
 HTTP requests are counted the same way: one plain count per (route, status) in ``Metrics.http_counts``,
@@ -63,6 +66,9 @@ COUNTERS: dict[str, str] = {
     "auth_failures": "Auth frames (op 7) refused.",
     "protocol_errors": "Connections closed for a protocol error.",
     "pushes": "Push requests handled (keys, mids, room, all).",
+    "api_auth_failures": "HTTP API requests refused 401 (no credential, or an unknown, revoked or expired one).",
+    "api_scope_denials": "HTTP API requests refused 403 (the credential lacks the route's scope).",
+    "key_conflicts": "Auth frames refused because another user's live connection holds the key.",
 }
 
 

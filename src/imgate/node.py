@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from imgate.auth import make_authenticator, mint_token
+from imgate.auth.apikeys import api_auth_from_config
 from imgate.cache import MemoryCache
 from imgate.config import Config, ConfigError
-from imgate.http.server import HttpServer
+from imgate.http.server import PUBLIC, HttpServer
 from imgate.logic import Logic
 from imgate.logic.http_api import build_routes
 from imgate.metrics import Metrics
@@ -67,6 +68,9 @@ class Demo:
             "auth": self.node.config.auth,
             "room_id": "live://1000",
             "mid": secrets.randbelow(1_000_000) + 1,
+            # the page pushes to its room with this in-memory key (scope push); /demo/config answers
+            # loopback peers only
+            "api_key": self.node.demo_api_key,
         }
 
     def token(self, mid: int) -> str:
@@ -81,6 +85,7 @@ class Node:
         self.proxy: Proxy | None = None
         self.http: HttpServer | None = None
         self.logic: Logic | None = None
+        self.demo_api_key = ""
 
     async def start(self) -> None:
         cfg = self.config
@@ -99,7 +104,13 @@ class Node:
         self.logic.local_proxy = self.proxy  # pushes by mid: straight to the proxy's user index
         self.metrics = Metrics()
         self.metrics.add_source(self.proxy.stats)
-        routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None)
+        self.api_auth = api_auth_from_config(cfg)
+        self.metrics.add_source(lambda: dict(self.api_auth.counters, key_conflicts=self.logic.counters["key_conflicts"]))
+        if cfg.demo and not self.api_auth.open:
+            self.demo_api_key = "imk_demo_" + secrets.token_urlsafe(24)
+            self.api_auth.add_key(self.demo_api_key, ["push"])
+        routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None,
+                              api_auth=self.api_auth, metrics_scope="metrics" if cfg.metrics_auth else PUBLIC)
         self.http = HttpServer(routes, max_body=cfg.max_http_body)
         await self.logic.start()
         await self.proxy.start()

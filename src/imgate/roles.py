@@ -66,7 +66,8 @@ class LogicRole:
 
     async def start(self) -> None:
         from imgate.auth import make_authenticator
-        from imgate.http.server import HttpServer
+        from imgate.auth.apikeys import api_auth_from_config
+        from imgate.http.server import PUBLIC, HttpServer
         from imgate.logic import Logic
         from imgate.logic.http_api import build_routes
         from imgate.metrics import Metrics
@@ -86,7 +87,11 @@ class LogicRole:
         await self.logic.start()
         self.metrics = Metrics()
         self.metrics.add_source(lambda: dict(self.logic.counters))
-        self.http = HttpServer(build_routes(self.logic, metrics=self.metrics), max_body=cfg.max_http_body)
+        self.api_auth = api_auth_from_config(cfg)
+        self.metrics.add_source(lambda: dict(self.api_auth.counters))
+        routes = build_routes(self.logic, metrics=self.metrics, api_auth=self.api_auth,
+                              metrics_scope="metrics" if cfg.metrics_auth else PUBLIC)
+        self.http = HttpServer(routes, max_body=cfg.max_http_body)
         host, port = cfg.addr("http")
         await self.http.start(host, port)
         host, port = cfg.addr("logic_rpc")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from imgate.http.server import (
+    PUBLIC,
     HttpError,
     Request,
     Response,
@@ -207,16 +208,25 @@ def _push_reply(result: Any) -> Response:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None) -> Router:
+def _loopback(req: Request) -> bool:
+    remote = req.remote
+    host = remote[0] if isinstance(remote, tuple) and remote else ""
+    return host == "::1" or host.startswith("127.") or host.startswith("::ffff:127.")
+
+
+def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None,
+                 api_auth: Any = None, metrics_scope: str = "metrics") -> Router:
     """Every route of the BRIEF's HTTP API, bound to ``logic``.
 
     ``metrics``: the node's :class:`~imgate.metrics.Metrics` (a private one is made when None); the
     router's observer counts requests in it. ``demo``: an object with ``config() -> dict`` and
-    ``token(mid) -> str`` enabling ``GET /demo/config`` and ``POST /demo/token``.
+    ``token(mid) -> str`` enabling ``GET /demo/config`` and ``POST /demo/token`` (answered to loopback
+    peers only). ``api_auth``: the router's guard (:class:`~imgate.auth.apikeys.ApiAuth`); each route
+    below declares its scope. ``metrics_scope``: what ``/metrics`` needs (``PUBLIC`` to open it).
     """
     if metrics is None:
         metrics = Metrics()
-    router = Router()
+    router = Router(api_auth)
     router.observer = metrics.http_counts  # counted in by the HTTP server itself (Metrics.observe_http's job)
     add = router.add
 
@@ -262,15 +272,16 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
         return _push_reply(_call_now(logic.push_mids_nowait, op, mids, body))
 
     pushes_wait = getattr(logic, "pushes_wait", True)
-    add("POST", "/goim/push/keys", push_keys if pushes_wait else push_keys_now)
+    add("POST", "/goim/push/keys", push_keys if pushes_wait else push_keys_now, "push")
     if pushes_wait:
-        add("POST", "/goim/push/mids", push_mids)
+        add("POST", "/goim/push/mids", push_mids, "push")
     else:
         # one user, plain numbers: compiled (imgate/logic/_push_routes.pyx); the rest: push_mids_now
         direct = logic.direct_push() if hasattr(logic, "direct_push") else None
-        add("POST", "/goim/push/mids", PushMidsRoute(logic.push_mids_nowait, push_mids_now, _http_error, direct))
-    add("POST", "/goim/push/room", push_room)
-    add("POST", "/goim/push/all", push_all)
+        add("POST", "/goim/push/mids", PushMidsRoute(logic.push_mids_nowait, push_mids_now, _http_error, direct),
+            "push")
+    add("POST", "/goim/push/room", push_room, "push")
+    add("POST", "/goim/push/all", push_all, "push")
 
     # -- goim online routes
 
@@ -287,9 +298,9 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
     async def online_total(req: Request) -> Response:
         return ok(await _call(logic.online_total))
 
-    add("GET", "/goim/online/top", online_top)
-    add("GET", "/goim/online/room", online_room)
-    add("GET", "/goim/online/total", online_total)
+    add("GET", "/goim/online/top", online_top, "query")
+    add("GET", "/goim/online/room", online_room, "query")
+    add("GET", "/goim/online/total", online_total, "query")
 
     # -- the seed's online queries
 
@@ -311,10 +322,10 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
         limit = _limit(req, DEFAULT_LIST_LIMIT)
         return ok(await _call(logic.list_sessions, limit))
 
-    add("GET", "/session", session)
-    add("GET", "/count", count)
-    add("GET", "/room", room)
-    add("GET", "/list", list_sessions)
+    add("GET", "/session", session, "query")
+    add("GET", "/count", count, "query")
+    add("GET", "/room", room, "query")
+    add("GET", "/list", list_sessions, "admin")  # every key of every session: admin only
 
     # -- service routes
 
@@ -333,27 +344,34 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
             return json_response({"code": -503, "message": "unhealthy", "data": health}, status=503)
         return ok(health)
 
-    add("GET", "/openapi.json", openapi_json)
-    add("GET", "/metrics", metrics_route)
-    add("GET", "/healthz", healthz)
+    add("GET", "/openapi.json", openapi_json, PUBLIC)
+    add("GET", "/metrics", metrics_route, metrics_scope)
+    add("GET", "/healthz", healthz, PUBLIC)
 
     # -- the demo page (static; it works without the demo helpers: the user types URL, token, mid)
 
-    add("GET", "/", static_handler("index.html"))
-    add("GET", "/demo.js", static_handler("demo.js"))
+    add("GET", "/", static_handler("index.html"), PUBLIC)
+    add("GET", "/demo.js", static_handler("demo.js"), PUBLIC)
 
     if demo is not None:
 
+        # the demo hands out tokens for any user and an API key: only to a browser on this machine
+        def loopback_only(req: Request) -> None:
+            if not _loopback(req):
+                raise HttpError(403, "the demo helpers answer only on loopback (127.0.0.1, ::1)")
+
         async def demo_config(req: Request) -> Response:
+            loopback_only(req)
             return ok(await _call(demo.config))
 
         async def demo_token(req: Request) -> Response:
+            loopback_only(req)
             mid = param_int(req, "mid")
             token = await _call(demo.token, mid)
             return ok({"mid": mid, "token": token})
 
-        add("GET", "/demo/config", demo_config)
-        add("POST", "/demo/token", demo_token)
+        add("GET", "/demo/config", demo_config, PUBLIC)
+        add("POST", "/demo/token", demo_token, PUBLIC)
 
     return router
 
