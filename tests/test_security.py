@@ -298,3 +298,32 @@ def test_serve_prints_the_key_it_creates_and_the_demo_gets_it_from_loopback(tmp_
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
+
+
+# ---------------------------------------------------------------- 3. room ids are bounded in every op
+
+
+def test_long_room_ids_are_refused_in_change_join_and_leave(node):
+    from imgate.auth import MAX_ROOM_ID_LEN
+
+    async def go():
+        c = await imclient.connect(node.ws_url, mid=541, room_id="live://short", heartbeat=None)
+        rooms_before = node.stats()["rooms"]
+        huge = "big://" + "r" * 60_000
+        for op in (12, 18, 20):
+            reply = await c.request(op, huge.encode())
+            assert reply.op == op + 1
+            answer = json.loads(reply.body)
+            assert answer["ok"] is False and "limit" in answer["error"], answer
+            assert len(reply.body) < 200, "the error does not echo the room id"
+        just_over = "big://" + "r" * (MAX_ROOM_ID_LEN - 5)
+        answer = json.loads((await c.request(18, just_over.encode())).body)
+        assert answer["ok"] is False and f"the limit is {MAX_ROOM_ID_LEN}" in answer["error"]
+        at_limit = "big://" + "r" * (MAX_ROOM_ID_LEN - 6)
+        assert json.loads((await c.request(18, at_limit.encode())).body)["ok"] is True
+        assert node.stats()["rooms"] == rooms_before + 1, "only the room within the limit was made"
+        # the connection keeps serving
+        assert await c.heartbeat() == 1
+        await c.close()
+
+    run(go())

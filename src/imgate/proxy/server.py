@@ -15,7 +15,7 @@ import struct
 import time
 from typing import Protocol
 
-from imgate.auth import AuthError
+from imgate.auth import MAX_ROOM_ID_LEN, AuthError
 from imgate.core import (
     FrameDecoder,
     ProtocolError,
@@ -75,7 +75,21 @@ class LogicAPI(Protocol):
 
 def valid_room_id(room_id: str) -> bool:
     kind, sep, rid = room_id.partition("://")
-    return bool(sep and kind and rid)
+    return bool(sep and kind and rid) and len(room_id) <= MAX_ROOM_ID_LEN
+
+
+def room_of(body: bytes) -> tuple[str, str]:
+    """(room id, "") from an op 12/18/20 body, or ("", what is wrong). Bounded as in auth: a long body
+    is refused before it is decoded, and the error never echoes more than a few characters."""
+    if len(body) > 4 * MAX_ROOM_ID_LEN:
+        return "", f"room id is {len(body)} bytes long, the limit is {MAX_ROOM_ID_LEN} characters"
+    room = body.decode("utf-8", "replace")
+    if len(room) > MAX_ROOM_ID_LEN:
+        return "", f"room id is {len(room)} characters long, the limit is {MAX_ROOM_ID_LEN}"
+    if room and not valid_room_id(room):
+        shown = room if len(room) <= 40 else room[:37] + "..."
+        return "", f"room id must look like type://id, got {shown!r}"
+    return room, ""
 
 
 class Channel:
@@ -404,18 +418,18 @@ class Proxy:
         elif op == OP_SEND_MSG:
             self._spawn(self._upstream(ch, f))
         elif op == OP_CHANGE_ROOM:
-            room = f.body.decode("utf-8", "replace")
-            if room and not valid_room_id(room):
-                self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=False, error=f"room id must look like type://id, got {room!r}")
+            room, problem = room_of(f.body)
+            if problem:
+                self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=False, error=problem)
                 return
             self.table.move(ch.lid, ch.room_id or None, room or None)
             ch.room_id = room
             self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=True, room_id=room)
         elif op == OP_JOIN_ROOM or op == OP_LEAVE_ROOM:
-            room = f.body.decode("utf-8", "replace")
+            room, problem = room_of(f.body)
             reply_op = OP_JOIN_ROOM_REPLY if op == OP_JOIN_ROOM else OP_LEAVE_ROOM_REPLY
-            if not valid_room_id(room):
-                self._reply(ch, reply_op, f.seq, ok=False, error=f"room id must look like type://id, got {room!r}")
+            if problem or not room:
+                self._reply(ch, reply_op, f.seq, ok=False, error=problem or "room id must look like type://id, got ''")
                 return
             try:
                 if op == OP_JOIN_ROOM:
