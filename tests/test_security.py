@@ -327,3 +327,73 @@ def test_long_room_ids_are_refused_in_change_join_and_leave(node):
         await c.close()
 
     run(go())
+
+
+# ---------------------------------------------------------------- 4. trickling clients get a deadline
+
+
+def trickle(port, data: bytes, every: float, limit: float, first: bytes = b""):
+    """Send ``first`` at once, then ``data`` a byte at a time, one every ``every`` s, until the server
+    closes or ``limit`` s pass. Returns (seconds until closed or None, what the server sent)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(first)
+    s.setblocking(False)
+    start = time.monotonic()
+    got = b""
+    try:
+        i = 0
+        while time.monotonic() - start < limit:
+            try:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return time.monotonic() - start, got
+                got += chunk
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                return time.monotonic() - start, got
+            try:
+                s.send(data[i % len(data):i % len(data) + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                return time.monotonic() - start, got
+            i += 1
+            time.sleep(every)
+        return None, got
+    finally:
+        s.close()
+
+
+def test_a_trickled_http_request_is_cut_off_at_its_deadline():
+    # idle timeout far away: only the request deadline can end this
+    n = NodeThread(http_request_timeout=1.0).start()
+    try:
+        n.node.http.idle_timeout = 60
+        head = (b"POST /goim/push/mids?operation=1000&mids=1 HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 100000\r\n" + b"X-Pad: " + b"a" * 1000)
+        closed_after, got = trickle(n.node.http_port, head, every=0.05, limit=15)
+        assert closed_after is not None, "a trickling client held the connection"
+        assert b" 408 " in got.split(b"\r\n", 1)[0], got[:200]
+        assert n.node.http.request_timeouts == 1
+        status, text = n.http("GET", "/metrics")
+        assert b"imgate_http_request_timeouts_total 1.0" in text
+        # a slow body counts too: the head whole, then the body byte by byte
+        body_head = b"POST /goim/push/mids?operation=1000&mids=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
+        closed_after, got = trickle(n.node.http_port, b"b" * 5000, every=0.05, limit=15, first=body_head)
+        assert closed_after is not None and b" 408 " in got
+        assert n.node.http.request_timeouts == 2
+        # normal requests are untouched
+        assert n.http("GET", "/healthz")[0] == 200
+    finally:
+        n.stop()
+
+
+def test_a_trickled_websocket_upgrade_is_cut_off_at_the_handshake_deadline():
+    n = NodeThread(handshake_timeout=1.0).start()
+    try:
+        upgrade = (b"GET /sub HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + b"X-Pad: " + b"a" * 1000)
+        closed_after, _ = trickle(n.node.proxy.ws_port, upgrade, every=0.05, limit=15)
+        assert closed_after is not None, "a trickling upgrade held the connection"
+        wait_until(lambda: n.stats()["handshake_timeouts"] >= 1, what="the timeout counted")
+    finally:
+        n.stop()

@@ -79,6 +79,7 @@ class Config:
     api_auth: str = "key"
     metrics_auth: bool = True         # /metrics needs the "metrics" scope; false: open to anyone
     api_jwt_max_ttl: float = 86400.0  # a JWT credential for the API may live this long at most
+    http_request_timeout: float = 30.0  # seconds from a request's first byte to its last (head and body)
     # how often proxies report room counts and logic absorbs them (seed 5.3)
     online_interval: float = 1.0
     # demo page helpers (token minting for the page); off unless asked for
@@ -115,7 +116,7 @@ class Config:
         if self.rpc_pool <= 0:
             raise ConfigError(f"rpc_pool: must be > 0, got {self.rpc_pool}")
         for key in ("handshake_timeout", "heartbeat_timeout", "shutdown_grace", "online_interval", "kafka_timeout",
-                    "api_jwt_max_ttl"):
+                    "api_jwt_max_ttl", "http_request_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
         if self.merge_window < 0:

@@ -26,6 +26,8 @@ pushes                    imgate_pushes_total                   counter
 api_auth_failures         imgate_api_auth_failures_total        counter
 api_scope_denials         imgate_api_scope_denials_total        counter
 key_conflicts             imgate_key_conflicts_total            counter
+http_request_timeouts     imgate_http_request_timeouts_total    counter
+handshake_timeouts        imgate_handshake_timeouts_total       counter
 ========================  ====================================  =======
 
 HTTP requests are counted the same way: one plain count per (route, status) in ``Metrics.http_counts``,
@@ -69,6 +71,8 @@ COUNTERS: dict[str, str] = {
     "api_auth_failures": "HTTP API requests refused 401 (no credential, or an unknown, revoked or expired one).",
     "api_scope_denials": "HTTP API requests refused 403 (the credential lacks the route's scope).",
     "key_conflicts": "Auth frames refused because another user's live connection holds the key.",
+    "http_request_timeouts": "HTTP requests answered 408: head and body not received within http_request_timeout.",
+    "handshake_timeouts": "Connections closed because the WebSocket upgrade and auth did not finish within handshake_timeout.",
 }
 
 

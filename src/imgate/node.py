@@ -105,17 +105,23 @@ class Node:
         self.metrics = Metrics()
         self.metrics.add_source(self.proxy.stats)
         self.api_auth = api_auth_from_config(cfg)
-        self.metrics.add_source(lambda: dict(self.api_auth.counters, key_conflicts=self.logic.counters["key_conflicts"]))
+        self.metrics.add_source(self._refusals)
         if cfg.demo and not self.api_auth.open:
             self.demo_api_key = "imk_demo_" + secrets.token_urlsafe(24)
             self.api_auth.add_key(self.demo_api_key, ["push"])
         routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None,
                               api_auth=self.api_auth, metrics_scope="metrics" if cfg.metrics_auth else PUBLIC)
-        self.http = HttpServer(routes, max_body=cfg.max_http_body)
+        self.http = HttpServer(routes, max_body=cfg.max_http_body,
+                               request_timeout=cfg.http_request_timeout)
         await self.logic.start()
         await self.proxy.start()
         host, port = cfg.addr("http")
         await self.http.start(host, port)
+
+    def _refusals(self) -> dict:
+        """What the API's guard, the HTTP server and logic refused (for /metrics)."""
+        return dict(self.api_auth.counters, http_request_timeouts=self.http.request_timeouts,
+                    key_conflicts=self.logic.counters["key_conflicts"])
 
     @property
     def http_port(self) -> int:

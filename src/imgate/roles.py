@@ -88,10 +88,11 @@ class LogicRole:
         self.metrics = Metrics()
         self.metrics.add_source(lambda: dict(self.logic.counters))
         self.api_auth = api_auth_from_config(cfg)
-        self.metrics.add_source(lambda: dict(self.api_auth.counters))
+        self.metrics.add_source(lambda: dict(self.api_auth.counters, http_request_timeouts=self.http.request_timeouts))
         routes = build_routes(self.logic, metrics=self.metrics, api_auth=self.api_auth,
                               metrics_scope="metrics" if cfg.metrics_auth else PUBLIC)
-        self.http = HttpServer(routes, max_body=cfg.max_http_body)
+        self.http = HttpServer(routes, max_body=cfg.max_http_body,
+                               request_timeout=cfg.http_request_timeout)
         host, port = cfg.addr("http")
         await self.http.start(host, port)
         host, port = cfg.addr("logic_rpc")

@@ -15,6 +15,8 @@ does on purpose:
   unknown path, 405 (with ``Allow``) for a known path and another method, 413 for a big body, 431 for a
   big header section, 400 for bytes that are not HTTP, 500 for a handler that raised (the exception is
   logged and the connection goes on serving);
+- a request whose head and body have not all arrived ``request_timeout`` seconds after its first byte
+  is answered 408 and the connection closed (a client trickling bytes holds nothing for long);
 - idle connections are closed after ``idle_timeout`` seconds; reading pauses while too many pipelined
   requests wait and while the peer does not read its responses.
 """
@@ -233,6 +235,7 @@ class HttpServer:
         max_body: int = 1 << 20,
         max_header_bytes: int = 16384,
         idle_timeout: float = 60,
+        request_timeout: float = 30,
         observer: Observer | None = None,
         fast_path: bool = True,
     ) -> None:
@@ -242,6 +245,10 @@ class HttpServer:
         self.max_body = int(max_body)
         self.max_header_bytes = int(max_header_bytes)
         self.idle_timeout = idle_timeout
+        # a request's head and body must arrive within this many seconds of its first byte, however
+        # they trickle (the idle timeout alone lets one byte every few seconds hold a connection)
+        self.request_timeout = float(request_timeout)
+        self.request_timeouts = 0   # requests answered 408 for it
         self.observer = observer if observer is not None else self.router.observer
         self.host: str | None = None
         self.port: int | None = None

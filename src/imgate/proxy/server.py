@@ -156,7 +156,7 @@ class Proxy:
         self._final_disconnects: list = []  # sessions closed during stop(), told to logic at its end
         self._remote_online: dict[str, int] = {}  # room -> members on other proxies (from logic)
         self.stats_counters = dict(
-            frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0,
+            frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0, handshake_timeouts=0,
             pushes=0, accepted=0,
         )
         self.tcp_port = 0
@@ -673,6 +673,7 @@ class Proxy:
                     if now > ch.deadline:
                         self._close_now(ch)
                 elif st != S_AUTHING and now > ch.deadline:
+                    self.stats_counters["handshake_timeouts"] += 1
                     self.close(ch, "auth timeout: the first frame must be auth (op 7)", reconnect=False)
 
     async def _report_loop(self) -> None:
