@@ -397,3 +397,87 @@ def test_a_trickled_websocket_upgrade_is_cut_off_at_the_handshake_deadline():
         wait_until(lambda: n.stats()["handshake_timeouts"] >= 1, what="the timeout counted")
     finally:
         n.stop()
+
+
+# ---------------------------------------------------------------- 5. what one client may cost
+
+
+def notice_in(data: bytes) -> dict | None:
+    from imgate.core import FrameDecoder
+
+    sixes = [f for f in FrameDecoder(max_body=1 << 20).feed(data) if f.op == 6]
+    return json.loads(sixes[-1].body) if sixes else None
+
+
+def authed_socket(node, mid):
+    from imgate.core import encode_frame
+
+    s = socket.create_connection(("127.0.0.1", node.node.proxy.tcp_port), timeout=5)
+    s.sendall(encode_frame(7, 1, json.dumps({"mid": mid, "room_id": "live://flood"}).encode()))
+    return s
+
+
+def test_a_connection_flooding_ops_is_told_and_closed_while_a_normal_one_is_not():
+    from imgate.core import encode_frame
+
+    from nodeutil import read_until_closed
+
+    n = NodeThread(client_op_rate=20, client_op_burst=40).start()
+    try:
+        async def normal():
+            c = await imclient.connect(n.tcp_url, mid=551, heartbeat=None)
+            for _ in range(30):   # 30 beats at 10 a second: within the rate
+                await c.heartbeat()
+                await asyncio.sleep(0.1)
+            await c.close()
+
+        flood = authed_socket(n, 552)
+        flood.sendall(b"".join(encode_frame(4, i, b"spam") for i in range(500)))
+        got = read_until_closed(flood, timeout=10)
+        flood.close()
+        assert notice_in(got) == {"reason": "rate limited", "reconnect": False}
+        run(normal())
+        assert n.stats()["rate_limited"] == 1
+        assert b"imgate_rate_limited_total 1.0" in n.http("GET", "/metrics")[1]
+    finally:
+        n.stop()
+
+
+def test_connections_per_address_are_bounded():
+    from nodeutil import read_until_closed
+
+    n = NodeThread(max_conns_per_ip=3, conn_limit_exempt=[]).start()
+    try:
+        held = [authed_socket(n, 560 + i) for i in range(3)]
+        wait_until(lambda: n.stats()["connections"] == 3, what="three connections")
+        extra = socket.create_connection(("127.0.0.1", n.node.proxy.tcp_port), timeout=5)
+        assert notice_in(read_until_closed(extra, timeout=10)) == {
+            "reason": "too many connections from this address", "reconnect": False}
+        extra.close()
+        ws = socket.create_connection(("127.0.0.1", n.node.proxy.ws_port), timeout=5)
+        assert read_until_closed(ws, timeout=10).startswith(b"HTTP/1.1 429 ")
+        ws.close()
+        assert n.stats()["ip_limit_refusals"] == 2
+        held.pop().close()
+        wait_until(lambda: n.stats()["sockets"] == 2, what="a slot freed")
+        async def again():
+            c = await imclient.connect(n.tcp_url, mid=569, heartbeat=None)
+            await c.close()
+        run(again())
+        for s in held:
+            s.close()
+    finally:
+        n.stop()
+
+
+def test_loopback_is_exempt_from_the_address_limit_by_default():
+    n = NodeThread(max_conns_per_ip=2).start()
+    try:
+        async def go():
+            cs = [await imclient.connect(n.tcp_url, mid=570 + i, heartbeat=None) for i in range(4)]
+            for c in cs:
+                await c.close()
+        run(go())
+        assert n.stats()["ip_limit_refusals"] == 0
+    finally:
+        n.stop()

@@ -73,6 +73,13 @@ class Config:
     merge_window: float = 0.0        # seconds; 0 = coalesce within one event-loop iteration
     max_rooms_per_conn: int = 64
     shutdown_grace: float = 5.0
+    # what one client may cost (imgate.proxy.limits): frames per second per connection after auth,
+    # in bursts of client_op_burst (past it: op 6 "rate limited" and close; 0 = no limit), and open
+    # connections per client address (0 = no limit) except from the exempt networks
+    client_op_rate: float = 100.0
+    client_op_burst: float = 200.0
+    max_conns_per_ip: int = 5000
+    conn_limit_exempt: list = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     # HTTP API
     max_http_body: int = 1 << 20
     # API credentials: "key" (API keys / JWTs with scopes, see docs/security.md) or "none" (open)
@@ -119,6 +126,18 @@ class Config:
                     "api_jwt_max_ttl", "http_request_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        for key in ("client_op_rate", "client_op_burst", "max_conns_per_ip"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be >= 0 (0 = no limit), got {getattr(self, key)}")
+        if self.client_op_rate and self.client_op_burst < 1:
+            raise ConfigError(f"client_op_burst: must be >= 1 with a rate limit, got {self.client_op_burst}")
+        import ipaddress
+
+        for i, net in enumerate(self.conn_limit_exempt):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ConfigError(f"conn_limit_exempt[{i}]: {e}") from None
         if self.merge_window < 0:
             raise ConfigError(f"merge_window: must be >= 0, got {self.merge_window}")
         for key in ("max_frame_body", "max_pending", "max_http_body", "max_rooms_per_conn"):

@@ -28,6 +28,8 @@ api_scope_denials         imgate_api_scope_denials_total        counter
 key_conflicts             imgate_key_conflicts_total            counter
 http_request_timeouts     imgate_http_request_timeouts_total    counter
 handshake_timeouts        imgate_handshake_timeouts_total       counter
+rate_limited              imgate_rate_limited_total             counter
+ip_limit_refusals         imgate_ip_limit_refusals_total        counter
 ========================  ====================================  =======
 
 HTTP requests are counted the same way: one plain count per (route, status) in ``Metrics.http_counts``,
@@ -72,6 +74,8 @@ COUNTERS: dict[str, str] = {
     "api_scope_denials": "HTTP API requests refused 403 (the credential lacks the route's scope).",
     "key_conflicts": "Auth frames refused because another user's live connection holds the key.",
     "http_request_timeouts": "HTTP requests answered 408: head and body not received within http_request_timeout.",
+    "rate_limited": "Connections closed for sending frames faster than client_op_rate (past client_op_burst).",
+    "ip_limit_refusals": "Connections refused: their address already had max_conns_per_ip open.",
     "handshake_timeouts": "Connections closed because the WebSocket upgrade and auth did not finish within handshake_timeout.",
 }
 

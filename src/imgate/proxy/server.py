@@ -16,6 +16,7 @@ import time
 from typing import Protocol
 
 from imgate.auth import MAX_ROOM_ID_LEN, AuthError
+from imgate.proxy.limits import RATE_LIMITED, TOO_MANY_CONNECTIONS, Limits
 from imgate.core import (
     FrameDecoder,
     ProtocolError,
@@ -97,7 +98,7 @@ class Channel:
 
     __slots__ = (
         "lid", "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
-        "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed",
+        "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed", "tokens", "refilled",
     )
 
     def __init__(self, lid: int, sock: socket.socket, ws: bool, ip: str, deadline: float):
@@ -119,6 +120,8 @@ class Channel:
         self.accepts = None  # None: every push op; else a set
         self.backlog = None
         self.renewed = 0.0
+        self.tokens = 0.0    # the op-rate bucket (imgate.proxy.limits); the first frames fill it
+        self.refilled = 0.0
 
 
 def notice(reason: str, reconnect: bool) -> bytes:
@@ -157,8 +160,9 @@ class Proxy:
         self._remote_online: dict[str, int] = {}  # room -> members on other proxies (from logic)
         self.stats_counters = dict(
             frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0, handshake_timeouts=0,
-            pushes=0, accepted=0,
+            pushes=0, accepted=0, rate_limited=0, ip_limit_refusals=0,
         )
+        self.limits = Limits.from_config(config)
         self.tcp_port = 0
         self.ws_port = 0
 
@@ -239,6 +243,9 @@ class Proxy:
             lid = self._next_lid
             self._next_lid += 1
             ip = addr[0] if isinstance(addr, tuple) else ""
+            if not self.limits.admit(ip, self._ips.get(ip, 0)):
+                self._refuse(sock, ws)
+                continue
             ch = Channel(lid, sock, ws, ip, now + self.config.handshake_timeout)
             if ws:
                 ch.hs = WebSocketHandshake()
@@ -250,6 +257,22 @@ class Proxy:
             self._ips[ip] = self._ips.get(ip, 0) + 1
             self.stats_counters["accepted"] += 1
             self.loop.add_reader(ch.fd, self._on_readable, ch)
+
+    def _refuse(self, sock: socket.socket, ws: bool) -> None:
+        """A connection over the per-address limit: a notice into the fresh (empty) socket buffer,
+        then close; it never becomes a channel."""
+        self.stats_counters["ip_limit_refusals"] += 1
+        body = json.dumps({"reason": TOO_MANY_CONNECTIONS, "reconnect": False}).encode()
+        if ws:
+            data = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        else:
+            data = encode_frame(OP_DISCONNECT_REPLY, 0, body)
+        try:
+            sock.send(data)
+        except OSError:
+            pass
+        sock.close()
 
     def _resume_accept(self, lsock: socket.socket, ws: bool) -> None:
         if not self._stopping and lsock.fileno() >= 0:
@@ -348,6 +371,10 @@ class Proxy:
 
     def _on_frames(self, ch: Channel, frames: list) -> None:
         self.stats_counters["frames_in"] += len(frames)
+        if ch.state == S_OPEN and not self.limits.take(ch, len(frames), ch.last_seen):
+            self.stats_counters["rate_limited"] += 1
+            self.close(ch, RATE_LIMITED, reconnect=False)
+            return
         for i, f in enumerate(frames):
             if ch.state == S_OPEN:
                 self._on_frame(ch, f)
