@@ -82,7 +82,7 @@ class Logic:
             raise
         conn_id = await self.cache.alloc_conn_id()
         # a generated key is unguessable (128 random bits): pushes by key reach whoever holds it
-        key = ident.key or secrets.token_urlsafe(16)
+        key = ident.key or secrets.token_hex(16)
         added = await self.cache.add_session(
             Session(conn_id=conn_id, mid=ident.mid, key=key, server=server, room_id=ident.room_id,
                     platform=ident.platform, connected_at=time.time()),
