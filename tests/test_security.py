@@ -481,3 +481,40 @@ def test_loopback_is_exempt_from_the_address_limit_by_default():
         assert n.stats()["ip_limit_refusals"] == 0
     finally:
         n.stop()
+
+
+# ---------------------------------------------------------------- 6. client tokens expire
+
+
+def test_a_client_jwt_must_carry_a_bounded_exp():
+    import jwt
+
+    from imgate.auth import AuthError, JwtAuth, mint_token
+
+    secret = "client-secret-for-tests-0123456789abcdef"
+    now = int(time.time())
+    body = lambda token: json.dumps({"mid": 0, "token": token}).encode()  # noqa: E731
+    auth = JwtAuth(secret, max_ttl=3600)
+    assert auth.authenticate(body(mint_token(secret, 7, ttl=60))).mid == 7
+    with pytest.raises(AuthError, match="no exp claim"):
+        auth.authenticate(body(jwt.encode({"sub": "7"}, secret, algorithm="HS256")))
+    with pytest.raises(AuthError, match="lives too long"):
+        auth.authenticate(body(jwt.encode({"sub": "7", "exp": now + 7200}, secret, algorithm="HS256")))
+    # configured otherwise: no exp is accepted, and no maximum
+    lax = JwtAuth(secret, require_exp=False, max_ttl=None)
+    assert lax.authenticate(body(jwt.encode({"sub": "7"}, secret, algorithm="HS256"))).mid == 7
+    assert lax.authenticate(body(jwt.encode({"sub": "7", "exp": now + 10**8}, secret, algorithm="HS256"))).mid == 7
+
+    n = NodeThread(auth="jwt", jwt_secret=secret).start()
+    try:
+        async def go():
+            with pytest.raises(imclient.AuthRejected) as refused:
+                await imclient.connect(n.tcp_url, token=jwt.encode({"sub": "8"}, secret, algorithm="HS256"),
+                                       heartbeat=None)
+            assert "exp" in refused.value.reason
+            c = await imclient.connect(n.tcp_url, token=mint_token(secret, 8, ttl=600), heartbeat=None)
+            await c.close()
+        run(go())
+    finally:
+        n.stop()
+    assert imgate_cli("token", "--user", "1", "--ttl", str(30 * 86400), "--secret", secret).returncode == 2

@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             from imgate.node import load_or_create_secret
 
             cfg = Config.load(args.config, data_dir=args.data_dir, jwt_secret=args.secret)
+            if cfg.jwt_max_ttl and args.ttl > cfg.jwt_max_ttl:
+                print(f"imgate: --ttl {args.ttl:g} is over jwt_max_ttl ({cfg.jwt_max_ttl:g} s): the node would "
+                      f"refuse the token", file=sys.stderr)
+                return 2
             print(mint_token(load_or_create_secret(cfg, create=False), args.user, ttl=args.ttl))
             return 0
         if args.command == "apikey":

@@ -64,6 +64,8 @@ class Config:
     # auth: "jwt" (HS256, user id in `sub`) or "none" (goim's auth body as it is)
     auth: str = "jwt"
     jwt_secret: str = ""
+    jwt_require_exp: bool = True      # a client token without exp is refused (it would never expire)
+    jwt_max_ttl: float = 604800.0     # ... and one whose exp is further ahead than this (0 = no maximum)
     data_dir: str = "./data"
     # connection handling
     handshake_timeout: float = 5.0
@@ -126,7 +128,7 @@ class Config:
                     "api_jwt_max_ttl", "http_request_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
-        for key in ("client_op_rate", "client_op_burst", "max_conns_per_ip"):
+        for key in ("client_op_rate", "client_op_burst", "max_conns_per_ip", "jwt_max_ttl"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0 (0 = no limit), got {getattr(self, key)}")
         if self.client_op_rate and self.client_op_burst < 1:

@@ -96,7 +96,8 @@ class Node:
         self.push = Push()
         self.bus = MemoryBus(self.push)
         self.logic = Logic(
-            self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret),
+            self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret, require_exp=cfg.jwt_require_exp,
+                               max_ttl=cfg.jwt_max_ttl or None),
             session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval,
         )
         self.proxy = Proxy(cfg, self.logic, loop)

@@ -82,7 +82,8 @@ class LogicRole:
         await loop.run_in_executor(None, ensure_topic, cfg.kafka, cfg.kafka_topic)
         self.cache = make_cache(cfg)
         self.bus = KafkaBus(cfg.kafka, cfg.kafka_topic, timeout=cfg.kafka_timeout, client_id=f"imgate-logic-{cfg.server_id}")
-        self.logic = Logic(self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret),
+        self.logic = Logic(self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret, require_exp=cfg.jwt_require_exp,
+                               max_ttl=cfg.jwt_max_ttl or None),
                            session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval)
         await self.logic.start()
         self.metrics = Metrics()
