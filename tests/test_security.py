@@ -518,3 +518,56 @@ def test_a_client_jwt_must_carry_a_bounded_exp():
     finally:
         n.stop()
     assert imgate_cli("token", "--user", "1", "--ttl", str(30 * 86400), "--secret", secret).returncode == 2
+
+
+# ---------------------------------------------------------------- 7. slow consumers
+
+
+def non_reader(node, mid, room):
+    """An authenticated TCP client with a tiny receive window that reads nothing until told."""
+    from imgate.core import encode_frame
+
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", node.node.proxy.tcp_port))
+    s.sendall(encode_frame(7, 1, json.dumps({"mid": mid, "room_id": room}).encode()))
+    return s
+
+
+def flood_room(node, room, until, body=b"z" * 32768, most=2000):
+    t, r = room.split("://")
+    for _ in range(most):
+        if until():
+            return
+        assert node.http("POST", f"/goim/push/room?operation=1000&type={t}&room={r}", body)[0] == 200
+    raise AssertionError("the slow consumer was never closed")
+
+
+def test_a_slow_consumer_that_reads_again_gets_its_close_notice():
+    from nodeutil import read_until_closed
+
+    n = NodeThread(max_pending=65536).start()
+    try:
+        s = non_reader(n, 581, "slow://1")
+        wait_until(lambda: n.stats()["connections"] == 1, what="auth")
+        flood_room(n, "slow://1", lambda: n.stats()["slow_consumer_closes"] >= 1)
+        got = read_until_closed(s, timeout=10)   # the client reads again, within the close deadline
+        s.close()
+        assert notice_in(got) == {"reason": "slow consumer", "reconnect": True}
+        assert got.endswith(b'{"reason": "slow consumer", "reconnect": true}'), "the notice is the last frame, whole"
+        assert n.stats()["close_notices_dropped"] == 0
+    finally:
+        n.stop()
+
+
+def test_a_notice_that_never_finds_room_is_counted_as_dropped():
+    n = NodeThread(max_pending=65536).start()
+    try:
+        s = non_reader(n, 582, "slow://2")
+        wait_until(lambda: n.stats()["connections"] == 1, what="auth")
+        flood_room(n, "slow://2", lambda: n.stats()["slow_consumer_closes"] >= 1)
+        wait_until(lambda: n.stats()["close_notices_dropped"] == 1, timeout=15, what="the dropped notice counted")
+        assert b"imgate_close_notices_dropped_total 1.0" in n.http("GET", "/metrics")[1]
+        s.close()
+    finally:
+        n.stop()

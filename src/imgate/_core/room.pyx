@@ -887,8 +887,10 @@ cdef class RoomTable:
         return 0
 
     def send_final(self, conn_id, data=b"", *, bint raw=False):
-        """Best-effort last words, then unregister: drop what is queued, write `data` (e.g. an op-6
-        frame) once without blocking, and remove the connection. The caller closes the socket.
+        """Last words, then unregister: drop what is queued, write `data` (e.g. an op-6 frame) once
+        without blocking, and remove the connection. Returns what the socket did not take (b"" when
+        all of it went, or when a transport took it): the caller may write that rest when the socket
+        drains (a peer that stopped reading has a full kernel buffer), then closes the socket.
 
         If a frame was half written, its rest goes first so the client can still parse `data`.
         With `raw=True` the bytes go out as given (a WebSocket caller adds its own close frame).
@@ -903,15 +905,16 @@ cdef class RoomTable:
         payload = tail + (_ws_wrap(raw_data) if c.ws_framing and raw_data and not raw else raw_data)
         self.remove(conn_id)
         if not payload:
-            return
+            return b""
         if c.kind == KIND_TRANSPORT:
             if not c.transport.is_closing():
                 c.transport.write(payload)
-            return
+            return b""
         try:
-            _send_nowait(c.fd, payload)
+            sent = _send_nowait(c.fd, payload)
         except OSError:
-            pass
+            return b""   # the connection is broken: nothing more can reach it
+        return payload[sent:] if sent < PyBytes_GET_SIZE(payload) else b""
 
     def stats(self):
         """Counters for metrics."""
@@ -925,12 +928,15 @@ cdef class RoomTable:
         }
 
 
-cdef int _send_nowait(int fd, bytes payload) except -1:
+cdef Py_ssize_t _send_nowait(int fd, bytes payload) except -1:
+    """Bytes of ``payload`` the socket took now (0 when its buffer is full)."""
     cdef ssize_t r
     cdef const char* buf = PyBytes_AS_STRING(payload)
     cdef size_t n = PyBytes_GET_SIZE(payload)
     with nogil:
         r = send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL)
-    if r < 0 and errno != EAGAIN and errno != EWOULDBLOCK:
-        raise OSError(errno, os.strerror(errno))
-    return 0
+    if r < 0:
+        if errno != EAGAIN and errno != EWOULDBLOCK:
+            raise OSError(errno, os.strerror(errno))
+        return 0
+    return r

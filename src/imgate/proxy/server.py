@@ -49,6 +49,8 @@ from imgate.core import (
 
 log = logging.getLogger("imgate.proxy")
 
+# Slow consumers closed per event-loop iteration (the rest wait for the next one).
+_CLOSE_SLICE = 64
 # Channels checked per event-loop iteration by the deadline sweep.
 _SWEEP_SLICE = 1000
 
@@ -99,6 +101,7 @@ class Channel:
     __slots__ = (
         "lid", "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
         "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed", "tokens", "refilled",
+        "unsent",
     )
 
     def __init__(self, lid: int, sock: socket.socket, ws: bool, ip: str, deadline: float):
@@ -122,6 +125,7 @@ class Channel:
         self.renewed = 0.0
         self.tokens = 0.0    # the op-rate bucket (imgate.proxy.limits); the first frames fill it
         self.refilled = 0.0
+        self.unsent = None   # closing: the rest of the op-6 notice the full socket did not take yet
 
 
 def notice(reason: str, reconnect: bool) -> bytes:
@@ -161,7 +165,9 @@ class Proxy:
         self.stats_counters = dict(
             frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0, handshake_timeouts=0,
             pushes=0, accepted=0, rate_limited=0, ip_limit_refusals=0,
+            close_notices_late=0, close_notices_dropped=0,
         )
+        self._overflowed: list[int] = []   # slow consumers waiting to be closed (see _on_overflow)
         self.limits = Limits.from_config(config)
         self.tcp_port = 0
         self.ws_port = 0
@@ -603,29 +609,52 @@ class Proxy:
             self._close_ws(ch, reason, encode_ws_close(1008 if not reconnect else 1001, short), reconnect)
             return
         log.debug("closing conn %s (%s): %s", ch.conn_id or ch.lid, ch.ip, reason)
-        if ch.lid in self.table:
-            self.table.send_final(ch.lid, notice(reason, reconnect))
-        self._half_close(ch)
+        rest = self.table.send_final(ch.lid, notice(reason, reconnect)) if ch.lid in self.table else b""
+        self._half_close(ch, rest)
 
     def _close_ws(self, ch: Channel, reason: str, close_frame: bytes, reconnect: bool = False) -> None:
+        rest = b""
         if ch.lid in self.table:
-            self.table.send_final(ch.lid, _ws_binary(notice(reason, reconnect)) + close_frame, raw=True)
-        self._half_close(ch)
+            rest = self.table.send_final(ch.lid, _ws_binary(notice(reason, reconnect)) + close_frame, raw=True)
+        self._half_close(ch, rest)
 
-    def _half_close(self, ch: Channel) -> None:
+    def _half_close(self, ch: Channel, rest: bytes = b"") -> None:
         # FIN now, then drain the peer briefly: closing with unread input would reset the
         # connection and could destroy the op-6 notice before the client reads it.
         self._forget(ch)
         was_authing = ch.state == S_AUTHING
         ch.state = S_CLOSING
         ch.deadline = time.monotonic() + 2.0
+        if was_authing:  # reading was paused for auth; drain again so the peer's close is seen
+            self.loop.add_reader(ch.fd, self._on_readable, ch)
+        if rest:
+            # the socket's buffer is full (a peer that stopped reading): the notice waits for room
+            # until the deadline; FIN follows it
+            ch.unsent = rest
+            self.loop.add_writer(ch.fd, self._write_unsent, ch)
+            return
+        self._shutdown_write(ch)
+
+    def _shutdown_write(self, ch: Channel) -> None:
         try:
             ch.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._close_now(ch)
+
+    def _write_unsent(self, ch: Channel) -> None:
+        try:
+            n = ch.sock.send(ch.unsent)
+        except (BlockingIOError, InterruptedError):
             return
-        if was_authing:  # reading was paused for auth; drain again so the peer's close is seen
-            self.loop.add_reader(ch.fd, self._on_readable, ch)
+        except OSError:
+            self._close_now(ch)
+            return
+        ch.unsent = ch.unsent[n:]
+        if not ch.unsent:
+            ch.unsent = None
+            self.loop.remove_writer(ch.fd)
+            self.stats_counters["close_notices_late"] += 1
+            self._shutdown_write(ch)
 
     def _lost(self, ch: Channel) -> None:
         """The peer closed or reset the connection."""
@@ -654,6 +683,10 @@ class Proxy:
             self._ips.pop(ch.ip, None)
         if ch.state != S_AUTHING:
             self.loop.remove_reader(ch.fd)
+        if ch.unsent is not None:  # the peer never made room for its op-6 notice
+            self.loop.remove_writer(ch.fd)
+            ch.unsent = None
+            self.stats_counters["close_notices_dropped"] += 1
         ch.state = S_CLOSING
         ch.sock.close()
 
@@ -664,10 +697,23 @@ class Proxy:
             pass
 
     def _on_overflow(self, lid: int) -> None:
-        ch = self._channels.get(lid)
-        if ch is not None:
-            self.stats_counters["slow_consumer_closes"] += 1
-            self.close(ch, "slow consumer", reconnect=True)
+        # The table already stopped delivering to it; the close (notice, FIN, logic's disconnect)
+        # waits for the next loop iterations, _CLOSE_SLICE at a time, so that a thousand slow
+        # consumers overflowing in one broadcast do not hold every healthy client's push behind them.
+        self._overflowed.append(lid)
+        if len(self._overflowed) == 1:
+            self.loop.call_soon(self._close_overflowed)
+
+    def _close_overflowed(self) -> None:
+        batch = self._overflowed[:_CLOSE_SLICE]
+        del self._overflowed[:_CLOSE_SLICE]
+        if self._overflowed:
+            self.loop.call_soon(self._close_overflowed)
+        for lid in batch:
+            ch = self._channels.get(lid)
+            if ch is not None:
+                self.stats_counters["slow_consumer_closes"] += 1
+                self.close(ch, "slow consumer", reconnect=True)
 
     def _on_write_error(self, lid: int, exc: OSError) -> None:
         ch = self._channels.get(lid)
