@@ -55,9 +55,9 @@ ratios: build
 wheel: $(STAMP)
 	$(PIP) wheel --quiet --no-deps --no-build-isolation -w dist .
 
-# regenerate the internal RPC messages (src/imgate/rpc/imgate_pb2.py) from proto/imgate.proto
+# regenerate the internal RPC messages (src/imgate/protocol/imgate_pb2.py) from proto/imgate.proto
 proto: $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=src/imgate/rpc proto/imgate.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=src/imgate/protocol proto/imgate.proto
 
 # the all-in-one node on 127.0.0.1 with embedded defaults; prints the API key it creates on the first
 # run and the demo page's key; the demo page may mint tokens (--demo, loopback only)

@@ -42,7 +42,7 @@ except ImportError:
 import uvloop  # noqa: E402
 
 from imgate.core import encode_frame  # noqa: E402
-from imgate.rpc.core import DEFAULT_WRITE_BATCH  # noqa: E402
+from imgate.rpc.wire import DEFAULT_WRITE_BATCH  # noqa: E402
 from imgate.rpc.proxy import ProxyClient, ProxyRpcService  # noqa: E402
 
 ROOM = "live://1000"

@@ -1,69 +1,121 @@
-"""ClusterPush (the push role's router) with in-memory proxy clients: which proxy gets which call."""
+"""The push router, one suite for both deployments: in-process proxies handed each job at once (the
+embedded node's MemoryBus) and proxies behind awaitable clients handed a batch (the push role's Kafka
+consumer). Which proxy gets which call, in which order."""
 
 from __future__ import annotations
 
 import asyncio
 
-from imgate.push.cluster import ClusterPush
-from imgate.push.jobs import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
+from imgate.core import FrameDecoder, encode_frame
+from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
+from imgate.protocol.interfaces import ProxyAPI
+from imgate.push import MemoryBus, PushRouter
 
 
-class FakeProxy:
-    """Stands for a ProxyClient: records the calls, holds some rooms."""
+class LocalProxy(ProxyAPI):
+    """Stands for a Proxy in this process: records the calls, holds some rooms."""
 
-    def __init__(self, rooms=()):
+    nowait = True
+
+    def __init__(self, server_id, rooms=()):
+        self.server_id = server_id
         self.room_set = set(rooms)
         self.calls = []
 
-    async def rooms(self):
-        return sorted(self.room_set)
-
-    async def push_conns(self, conn_ids, op, body):
+    def push_conns_nowait(self, conn_ids, op, body):
         self.calls.append(("conns", list(conn_ids), op, body))
         return len(conn_ids)
 
-    async def push_room_batch(self, room_id, frames):
+    def push_room_batch_nowait(self, room_id, frames):
         self.calls.append(("room", room_id, frames))
         return 1 if room_id in self.room_set else 0
 
-    async def push_all(self, op, body, speed=0):
+    def push_all_nowait(self, op, body, speed=0):
         self.calls.append(("all", op, body))
         return 1
 
 
-def run(coro):
-    return asyncio.run(coro)
+class RemoteProxy(LocalProxy):
+    """Stands for a ProxyClient: the same, awaitable only."""
+
+    nowait = False
+
+    async def push_conns(self, conn_ids, op, body):
+        await asyncio.sleep(0)
+        return LocalProxy.push_conns_nowait(self, conn_ids, op, body)
+
+    async def push_room_batch(self, room_id, frames):
+        await asyncio.sleep(0)
+        return LocalProxy.push_room_batch_nowait(self, room_id, frames)
+
+    async def push_all(self, op, body, speed=0):
+        await asyncio.sleep(0)
+        return LocalProxy.push_all_nowait(self, op, body, speed)
+
+    push_conns_nowait = push_room_batch_nowait = push_all_nowait = ProxyAPI.push_conns_nowait
 
 
-def test_room_job_reaches_a_proxy_whose_room_is_new():
-    # the member joined proxy b a moment ago: no report of b's rooms says so yet
-    a, b = FakeProxy(rooms=["live://1"]), FakeProxy()
+def room_frames(calls, room_id):
+    """The frames a proxy got for a room, in order, however they were batched."""
+    data = b"".join(c[2] for c in calls if c[:2] == ("room", room_id))
+    return [(f.op, f.body) for f in FrameDecoder().feed(data)]
 
-    async def go():
-        push = ClusterPush({"a": a, "b": b})
-        await push.start()
+
+class RouterCases:
+    """Cases every deployment passes; a subclass says how proxies are made and jobs delivered."""
+
+    def test_room_job_reaches_a_proxy_whose_room_is_new(self):
+        # the member joined proxy b a moment ago: no report of b's rooms says so yet
+        a, b = self.proxy("a", rooms=["live://1"]), self.proxy("b")
         b.room_set.add("new://1")
-        await push.deliver([PushJob(KIND_ROOM, 1000, b"hi", room_id="new://1")])
-        await push.stop()
+        self.deliver([a, b], [PushJob(KIND_ROOM, 1000, b"hi", room_id="new://1")])
+        assert b.calls == a.calls == [("room", "new://1", encode_frame(1000, 0, b"hi"))]
 
-    run(go())
-    assert [c[:2] for c in b.calls] == [("room", "new://1")]
-    assert [c[:2] for c in a.calls] == [("room", "new://1")]  # answers 0: not a member there
-
-
-def test_conns_job_goes_to_its_proxy_only_and_all_to_every_proxy():
-    a, b = FakeProxy(), FakeProxy()
-
-    async def go():
-        push = ClusterPush({"a": a, "b": b})
-        await push.deliver([
+    def test_conns_job_goes_to_its_proxy_only_and_all_to_every_proxy(self):
+        a, b = self.proxy("a"), self.proxy("b")
+        router = self.deliver([a, b], [
             PushJob(KIND_CONNS, 1000, b"one", server="b", conn_ids=[7, 8]),
             PushJob(KIND_CONNS, 1000, b"lost", server="gone", conn_ids=[9]),
             PushJob(KIND_ALL, 1000, b"everyone"),
         ])
-        return push
+        assert b.calls == [("conns", [7, 8], 1000, b"one"), ("all", 1000, b"everyone")]
+        assert a.calls == [("all", 1000, b"everyone")]
+        assert router.skipped == 1
 
-    push = run(go())
-    assert b.calls == [("conns", [7, 8], 1000, b"one"), ("all", 1000, b"everyone")]
-    assert a.calls == [("all", 1000, b"everyone")]
-    assert push.skipped == 1
+    def test_a_proxys_calls_keep_the_jobs_order(self):
+        a = self.proxy("a", rooms=["r://1"])
+        self.deliver([a], [
+            PushJob(KIND_CONNS, 1001, b"first", server="a", conn_ids=[1]),
+            PushJob(KIND_ROOM, 1000, b"r1", room_id="r://1"),
+            PushJob(KIND_ROOM, 1000, b"r2", room_id="r://1"),
+            PushJob(KIND_ALL, 1002, b"all"),
+        ])
+        assert [c[0] for c in a.calls][0] == "conns" and a.calls[-1] == ("all", 1002, b"all")
+        assert room_frames(a.calls, "r://1") == [(1000, b"r1"), (1000, b"r2")]
+
+
+class TestEmbedded(RouterCases):
+    def proxy(self, server_id, rooms=()):
+        return LocalProxy(server_id, rooms)
+
+    def deliver(self, proxies, jobs):
+        router = PushRouter({p.server_id: p for p in proxies})
+        bus = MemoryBus(router)
+        for job in jobs:
+            bus.publish_nowait(job)
+        return router
+
+
+class TestCluster(RouterCases):
+    def proxy(self, server_id, rooms=()):
+        return RemoteProxy(server_id, rooms)
+
+    def deliver(self, proxies, jobs):
+        router = PushRouter({p.server_id: p for p in proxies})
+        asyncio.run(router.route(jobs))
+        return router
+
+    def test_room_jobs_of_one_batch_travel_as_one_call(self):
+        a = self.proxy("a", rooms=["r://1"])
+        self.deliver([a], [PushJob(KIND_ROOM, 1000, b"x%d" % i, room_id="r://1") for i in range(3)])
+        assert a.calls == [("room", "r://1", b"".join(encode_frame(1000, 0, b"x%d" % i) for i in range(3)))]

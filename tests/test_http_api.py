@@ -22,6 +22,8 @@ from imgate.metrics import Metrics
 class FakeLogic:
     """Records every call; returns canned data. A room id or type of 'bad' raises ValueError."""
 
+    pushes_wait = True
+
     def __init__(self):
         self.calls: list[tuple] = []
         self.healthy = True

@@ -164,6 +164,33 @@ def test_push_keys_mids_and_multi_device(node):
     run(go())
 
 
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+def test_room_pushes_and_unicasts_leave_in_the_order_accepted(node, transport):
+    """Within one event-loop iteration, a unicast accepted after a room push must not overtake it
+    (nor the room push the unicast before it), whatever path each push takes through logic."""
+    room = "order://" + transport
+    mid = 41 if transport == "tcp" else 42
+
+    async def burst():  # runs on the node's loop and never suspends: one loop iteration
+        logic = node.node.logic
+        for i in range(3):
+            await logic.push_room(1000, room, b"room %d" % i)
+            logic.push_mids_nowait(1001, [mid], b"unicast %d" % i)
+            await logic.push_mids(1002, [mid], b"awaited %d" % i)
+
+    async def go():
+        url = node.tcp_url if transport == "tcp" else node.ws_url
+        c = await imclient.connect(url, mid=mid, room_id=room, heartbeat=None)
+        await asyncio.get_running_loop().run_in_executor(None, node.call, burst())
+        got = [await c.recv(timeout=5) for _ in range(9)]
+        expected = [p for i in range(3) for p in ((1000, b"room %d" % i), (1001, b"unicast %d" % i),
+                                                   (1002, b"awaited %d" % i))]
+        assert [(m.op, m.body) for m in got] == expected
+        await c.close()
+
+    run(go())
+
+
 def test_online_queries(node):
     async def go():
         cs = [await imclient.connect(node.tcp_url, mid=40 + i, room_id="quiz://q1" if i < 3 else "quiz://q2",

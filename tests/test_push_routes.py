@@ -94,13 +94,13 @@ def test_plain_request_is_answered_by_the_route_itself():
     assert e.value.status == 400 and "666" in e.value.message
 
 
-# -- the embedded node's route: the push made in C, straight to the proxy's user index
+# -- the embedded node's route: the push through logic to the proxy's table
 
 
 class DirectLogic:
     """Logic with a local proxy, as the embedded node has: ``push_mids_nowait`` is what the real one
-    comes down to (logic's and the proxy's push counters, ``RoomTable.send_users``), and
-    ``direct_push()`` hands the route the same table and counters."""
+    comes down to (logic's and the proxy's push counters, the sessions' connections,
+    ``RoomTable.send_many``)."""
 
     pushes_wait = False
 
@@ -109,6 +109,7 @@ class DirectLogic:
         self.counters = {"pushes": 0}
         self.proxy_counters = {"pushes": 0}
         self.socks = []
+        self.conns = {}  # user -> its connections
         # user 1: one TCP conn; 2: two conns; 3: a conn accepting op 1000 only; 4: a WebSocket conn
         for lid, (user, ws, accepts) in enumerate([(1, False, None), (2, False, None), (2, False, None),
                                                    (3, False, [1000]), (4, True, None)]):
@@ -117,17 +118,15 @@ class DirectLogic:
             b.setblocking(False)
             self.socks += [a, b]
             self.table.add(lid, a, websocket=ws)
-            self.table.set_user(lid, user)
+            self.conns.setdefault(user, []).append(lid)
             if accepts:
                 self.table.set_accepts(lid, accepts)
 
     def push_mids_nowait(self, op, mids, body):
         self.counters["pushes"] += 1
         self.proxy_counters["pushes"] += 1
-        return self.table.send_users(mids, encode_frame(op, 0, body), op)
-
-    def direct_push(self):
-        return self.table, (self.counters, self.proxy_counters)
+        lids = [lid for mid in dict.fromkeys(mids) for lid in self.conns.get(mid, ())]
+        return self.table.send_many(lids, encode_frame(op, 0, body), op) if lids else 0
 
     def push_keys_nowait(self, op, keys, body):
         return 0

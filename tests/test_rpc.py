@@ -17,12 +17,12 @@ from imgate.auth import AuthError, NoAuth
 from imgate.cache import MemoryCache
 from imgate.core import FrameDecoder, encode_frame
 from imgate.logic import Logic
-from imgate.push import MemoryBus, Push, PushJob
+from imgate.push import MemoryBus, PushJob, PushRouter
 from imgate.rpc import (
     LOGIC_SERVICE, PROXY_SERVICE, RpcClient, RpcError, RpcPool, RpcRemoteError, RpcServer, RpcTimeout, RpcUnavailable,
     decode_job, encode_job, pb,
 )
-from imgate.rpc.core import ERROR_OP, REPLY_FLAG, SEQ_MAX
+from imgate.rpc.wire import ERROR_OP, REPLY_FLAG, SEQ_MAX
 from imgate.rpc.logic import LogicClient, LogicRpcService
 from imgate.rpc.proxy import ProxyClient, ProxyRpcService
 
@@ -40,7 +40,7 @@ def auth_body(mid, room=ROOM, key="", accepts=()):
 
 def make_logic() -> Logic:
     cache = MemoryCache()
-    return Logic(cache, MemoryBus(Push()), NoAuth(), session_ttl=60, online_interval=0.1)
+    return Logic(cache, MemoryBus(PushRouter()), NoAuth(), session_ttl=60, online_interval=0.1)
 
 
 async def logic_server(logic=None, port=0):
@@ -728,7 +728,7 @@ def test_pool_fill_balance_concentrates_then_spills():
 
 
 def test_generated_code_is_current(tmp_path):
-    """src/imgate/rpc/imgate_pb2.py is what `make proto` makes from proto/imgate.proto."""
+    """src/imgate/protocol/imgate_pb2.py is what `make proto` makes from proto/imgate.proto."""
     pytest.importorskip("grpc_tools")
     import subprocess
     import sys
@@ -738,7 +738,7 @@ def test_generated_code_is_current(tmp_path):
     res = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iproto", f"--python_out={tmp_path}",
                           "proto/imgate.proto"], cwd=root, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "imgate_pb2.py").read_text() == (root / "src/imgate/rpc/imgate_pb2.py").read_text(), \
+    assert (tmp_path / "imgate_pb2.py").read_text() == (root / "src/imgate/protocol/imgate_pb2.py").read_text(), \
         "imgate_pb2.py is stale: run make proto"
 
 

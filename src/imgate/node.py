@@ -21,8 +21,8 @@ from imgate.http.server import PUBLIC, HttpServer
 from imgate.logic import Logic
 from imgate.logic.http_api import build_routes
 from imgate.metrics import Metrics
-from imgate.proxy.server import Proxy
-from imgate.push import MemoryBus, Push
+from imgate.proxy import Proxy
+from imgate.push import MemoryBus, PushRouter
 
 log = logging.getLogger("imgate.node")
 
@@ -93,7 +93,7 @@ class Node:
             cfg.jwt_secret = load_or_create_secret(cfg)
         loop = asyncio.get_running_loop()
         self.cache = MemoryCache()
-        self.push = Push()
+        self.push = PushRouter()
         self.bus = MemoryBus(self.push)
         self.logic = Logic(
             self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret, require_exp=cfg.jwt_require_exp,
@@ -102,7 +102,6 @@ class Node:
         )
         self.proxy = Proxy(cfg, self.logic, loop)
         self.push.add_proxy(self.proxy)
-        self.logic.local_proxy = self.proxy  # pushes by mid: straight to the proxy's user index
         self.metrics = Metrics()
         self.metrics.add_source(self.proxy.stats)
         self.api_auth = api_auth_from_config(cfg)

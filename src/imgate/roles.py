@@ -41,7 +41,7 @@ class ProxyRole:
         self.cfg = cfg
 
     async def start(self) -> None:
-        from imgate.proxy.server import Proxy
+        from imgate.proxy import Proxy
         from imgate.rpc.logic import LogicClient
         from imgate.rpc.proxy import serve_proxy
 
@@ -114,7 +114,7 @@ class PushRole:
         self.cfg = cfg
 
     async def start(self) -> None:
-        from imgate.push.cluster import ClusterPush
+        from imgate.push.router import PushRouter
         from imgate.push.kafka import PushConsumer, ensure_topic
         from imgate.rpc.proxy import ProxyClient
 
@@ -122,9 +122,8 @@ class PushRole:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, ensure_topic, cfg.kafka, cfg.kafka_topic)
         self.clients = {sid: ProxyClient(sid, addr, pool_size=cfg.rpc_pool) for sid, addr in cfg.proxies.items()}
-        self.push = ClusterPush(self.clients)
-        await self.push.start()
-        self.consumer = PushConsumer(cfg.kafka, cfg.kafka_topic, self.push.deliver, group=f"{cfg.kafka_topic}.push",
+        self.push = PushRouter(self.clients)
+        self.consumer = PushConsumer(cfg.kafka, cfg.kafka_topic, self.push.route, group=f"{cfg.kafka_topic}.push",
                                      merge_window=cfg.room_merge_window)
         self.consumer.start(loop)
         print(f"imgate push {cfg.server_id} is up: kafka {cfg.kafka} topic {cfg.kafka_topic}, "
@@ -132,7 +131,6 @@ class PushRole:
 
     async def stop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.consumer.stop)
-        await self.push.stop()
         for c in self.clients.values():
             await c.close()
 

@@ -60,6 +60,7 @@ cdef class RoomTable:
     cdef dict _conns
     cdef dict _rooms
     cdef dict _users           # user -> its Conn, or a list of them (RoomTable.set_user / send_users)
+    cdef dict _batches         # room id -> frames pushed to it since the last release (push_room)
     cdef Py_ssize_t _max_pending
     cdef Py_ssize_t _max_rooms_per_conn
     cdef double _merge_window
@@ -89,6 +90,8 @@ cdef class RoomTable:
     cdef int _write_fresh(self, Py_ssize_t first) except -1
     cdef int _flush_transport(self, Conn c) except -1
     cdef int _schedule(self) except -1
+    cdef int _release_batches(self) except -1
+    cdef Py_ssize_t _broadcast_room(self, Room r, bytes raw, object ws_data, int op) except -1
     cdef int _report(self) except -1
     cdef int _unlink(self, Conn c, Room r, Py_ssize_t slot_i) except -1
     cdef int _drop_output(self, Conn c) except -1

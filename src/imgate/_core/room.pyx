@@ -2,7 +2,9 @@
 
 Connections are registered with an id and the socket the table may write to. Rooms map to C arrays of
 members, so a broadcast walks its room in C: per member it only takes a reference to the frame that was
-encoded once for its transport kind and appends it to the member's queue. Queues are written out once
+encoded once for its transport kind and appends it to the member's queue. Room pushes (`push_room`)
+gather per room into one op-9 batch until the flush, or until anything else is queued for a connection,
+whichever comes first: so every connection gets what was pushed to it in the order it was pushed. Queues are written out once
 per event-loop iteration (or merge window): one send()/sendmsg() per connection for everything queued,
 straight to the socket, and `loop.add_writer` only for the few whose kernel buffer is full. Each queue
 is bounded by `max_pending` bytes; a connection past it is dropped from delivery and reported through
@@ -21,6 +23,7 @@ from .includes.system cimport (
 )
 from .includes.debug cimport IMGATE_DEBUG, IMGATE_ASSERT
 from .includes.system cimport IMGATE_PREFETCH
+from .frame cimport frame_pack
 from .websocket cimport ws_header_size, ws_write_header
 
 import logging
@@ -36,6 +39,7 @@ cdef enum:
     OUT_KEEP_CAP = 32       # queues larger than this are freed once drained: idle conns stay small
     SCRATCH_SIZE = 65536    # small multi-piece queues are copied here and sent with one send()
     WS_OPCODE_BINARY = 2
+    OP_BATCH = 9            # goim's raw op: a body of whole frames
 
 
 cdef bytes _ws_wrap(bytes raw):
@@ -114,6 +118,7 @@ cdef class RoomTable:
         self._conns = {}
         self._rooms = {}
         self._users = {}
+        self._batches = {}
         self._max_pending = max_pending
         self._merge_window = merge_window
         self._max_rooms_per_conn = max_rooms_per_conn
@@ -257,6 +262,8 @@ cdef class RoomTable:
         cdef bytes ws = None
         cdef Py_ssize_t count = 0
         cdef set seen = None
+        if self._batches:
+            self._release_batches()
         if len(users) > 1:
             seen = set()
             users = [u for u in users if not (u in seen or seen.add(u))]
@@ -272,7 +279,10 @@ cdef class RoomTable:
     cdef Py_ssize_t send_user(self, object user, bytes data, int op) except -1:
         """``send_users([user], data, op)`` for compiled callers: no list, no Python call. What finds a
         connection with nothing queued is written at once (see :meth:`_write_fresh`)."""
-        cdef Py_ssize_t count = 0, first = self._n_dirty
+        cdef Py_ssize_t count = 0, first
+        if self._batches:
+            self._release_batches()
+        first = self._n_dirty
         held = self._users.get(user)
         try:
             if held is not None:
@@ -506,6 +516,8 @@ cdef class RoomTable:
         """
         cdef Conn c = self._get(conn_id)
         cdef bytes raw = _as_bytes(data)
+        if self._batches:
+            self._release_batches()
         if c.dead or not c.accepts_op(op):
             return False
         self._queue(c, _ws_wrap(raw if ws_data is None else _as_bytes(ws_data)) if c.ws_framing else raw)
@@ -516,6 +528,8 @@ cdef class RoomTable:
     def send_raw(self, conn_id, data):
         """Queue bytes exactly as given, even for a WebSocket connection (its own control frames)."""
         cdef Conn c = self._get(conn_id)
+        if self._batches:
+            self._release_batches()
         if c.dead:
             return False
         self._queue(c, _as_bytes(data))
@@ -536,23 +550,31 @@ cdef class RoomTable:
 
     def send_many(self, conn_ids, data, int op=-1, ws_data=None):
         """Queue `data` for several connections, encoded once per transport kind; unknown ids are
-        skipped. Returns how many connections it was queued for."""
+        skipped. Returns how many connections it was queued for. Like :meth:`send_user`, what finds a
+        connection with nothing queued is written at once."""
         cdef bytes raw = _as_bytes(data)
         cdef bytes ws = None
         cdef Conn c
-        cdef Py_ssize_t count = 0
-        for conn_id in conn_ids:
-            co = self._conns.get(conn_id)
-            if co is None:
-                continue
-            c = <Conn>co
-            if c.dead or not c.accepts_op(op):
-                continue
-            ws = self._queue_kind(c, raw, ws, ws_data)
-            count += 1
-        if count:
-            self._schedule()
-        self._report()
+        cdef Py_ssize_t count = 0, first
+        if self._batches:
+            self._release_batches()
+        first = self._n_dirty
+        try:
+            for conn_id in conn_ids:
+                co = self._conns.get(conn_id)
+                if co is None:
+                    continue
+                c = <Conn>co
+                if c.dead or not c.accepts_op(op):
+                    continue
+                ws = self._queue_kind(c, raw, ws, ws_data)
+                count += 1
+            if self._n_dirty > first:
+                self._write_fresh(first)
+        finally:
+            if count:
+                self._schedule()
+            self._report()
         return count
 
     def broadcast(self, room_id, data, int op=-1, ws_data=None):
@@ -560,11 +582,20 @@ cdef class RoomTable:
 
         The walk over members is a C loop. Returns how many connections it was queued for.
         """
+        cdef Py_ssize_t count
+        if self._batches:
+            self._release_batches()
         ro = self._rooms.get(room_id)
         if ro is None:
             return 0
-        cdef Room r = <Room>ro
-        cdef bytes raw = _as_bytes(data)
+        count = self._broadcast_room(<Room>ro, _as_bytes(data), ws_data, op)
+        if count:
+            self._schedule()
+        self._report()
+        return count
+
+    cdef Py_ssize_t _broadcast_room(self, Room r, bytes raw, object ws_data, int op) except -1:
+        """Queue ``raw`` (its WebSocket message: ``ws_data`` or ``raw``, wrapped once) for the members."""
         cdef bytes ws = _ws_wrap(raw if ws_data is None else _as_bytes(ws_data)) if r.n_ws else None
         cdef Py_ssize_t i, count = 0
         cdef Conn c
@@ -574,10 +605,43 @@ cdef class RoomTable:
                 continue
             self._queue(c, ws if c.ws_framing else raw)
             count += 1
-        if count:
-            self._schedule()
-        self._report()
         return count
+
+    def push_room(self, room_id, frames):
+        """Add goim frames (encoded, back to back) to the room's batch. The batch is released at the
+        flush (end of the loop iteration or merge window), or as soon as anything else is queued for a
+        connection, whichever comes first: every member gets it as one piece, the inner frames over
+        TCP and one op-9 frame over WebSocket (goim's raw batch). Returns the room's member count; 0
+        (nothing kept) for a room without members here."""
+        ro = self._rooms.get(room_id)
+        cdef bytes raw = _as_bytes(frames)
+        if ro is None or not raw:
+            return 0
+        parts = self._batches.get(room_id)
+        if parts is None:
+            self._batches[room_id] = [raw]
+        else:
+            (<list>parts).append(raw)
+        self._schedule()
+        return (<Room>ro).n
+
+    cdef int _release_batches(self) except -1:
+        """Queue every room's batch for its members, in one piece each; the caller reports."""
+        cdef dict batches = self._batches
+        cdef list parts
+        cdef bytes inner
+        cdef Room r
+        self._batches = {}
+        for room_id, po in batches.items():
+            ro = self._rooms.get(room_id)
+            if ro is None:
+                continue  # emptied since
+            r = <Room>ro
+            parts = <list>po
+            inner = <bytes>parts[0] if len(parts) == 1 else b"".join(parts)
+            self._broadcast_room(r, inner, frame_pack(OP_BATCH, 0, PyBytes_AS_STRING(inner),
+                                                      PyBytes_GET_SIZE(inner), 1) if r.n_ws else None, -1)
+        return 0
 
     def broadcast_all(self, data, int op=-1, ws_data=None):
         """Queue `data` for every registered connection. Returns how many it was queued for."""
@@ -585,6 +649,8 @@ cdef class RoomTable:
         cdef bytes ws = None
         cdef Conn c
         cdef Py_ssize_t count = 0
+        if self._batches:
+            self._release_batches()
         for co in self._conns.values():
             c = <Conn>co
             if c.dead or not c.accepts_op(op):
@@ -676,7 +742,7 @@ cdef class RoomTable:
         return self._unschedule(c)
 
     cdef int _schedule(self) except -1:
-        if self._flush_scheduled or self._loop is None or self._n_dirty == 0:
+        if self._flush_scheduled or self._loop is None or (self._n_dirty == 0 and not self._batches):
             return 0
         self._flush_scheduled = True
         if self._merge_window > 0:
@@ -695,6 +761,8 @@ cdef class RoomTable:
         cdef Py_ssize_t i = 0
         cdef Conn c, ahead
         cdef void* p
+        if self._batches:
+            self._release_batches()
         # entries are cleared before their conn is flushed, so whatever happens the list never keeps
         # a pointer to a conn that believes it is not listed (and may be removed and freed)
         try:

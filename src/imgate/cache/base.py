@@ -29,7 +29,18 @@ class Cache(abc.ABC):
     """`user_id -> conn_id -> server_id`, conn_id allocation, key -> connection, room counts per server.
 
     Sessions expire unless renewed (heartbeats renew them), so a proxy that dies leaves no ghosts.
+    A cache in this process (``nowait`` True) also answers the session lookups of a push at once.
     """
+
+    nowait = False
+
+    def sessions_nowait(self, mids: list[int]) -> dict[int, list[Session]]:
+        """:meth:`sessions` without the await (only when ``nowait``)."""
+        raise NotImplementedError(f"{type(self).__name__} answers only through sessions()")
+
+    def sessions_by_keys_nowait(self, keys: list[str]) -> dict[str, Session]:
+        """:meth:`sessions_by_keys` without the await (only when ``nowait``)."""
+        raise NotImplementedError(f"{type(self).__name__} answers only through sessions_by_keys()")
 
     @abc.abstractmethod
     async def alloc_conn_id(self) -> int:

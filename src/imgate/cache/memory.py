@@ -9,6 +9,8 @@ from imgate.cache.base import Cache, Session
 
 
 class MemoryCache(Cache):
+    nowait = True
+
     def __init__(self, clock=time.monotonic):
         self._clock = clock
         self._ids = itertools.count(1)

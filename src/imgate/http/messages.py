@@ -10,6 +10,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from imgate.protocol.envelope import envelope
+
 __all__ = ["HttpError", "Response", "error", "json_response", "ok"]
 
 
@@ -66,11 +68,11 @@ def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | Non
 
 def ok(data: Any = None) -> Response:
     """200 with the envelope ``{"code": 0, "message": "", "data": data}``."""
-    return Response(200, _dumps({"code": 0, "message": "", "data": data}), "application/json")
+    return Response(200, envelope(data), "application/json")
 
 
 def error(status: int, message: str, code: int | None = None) -> Response:
     """``status`` with ``{"code": code or -status, "message": message, "data": null}``."""
     if not code:
         code = -int(status)
-    return Response(status, _dumps({"code": code, "message": message, "data": None}), "application/json")
+    return Response(status, envelope(None, code, message), "application/json")

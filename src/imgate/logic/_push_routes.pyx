@@ -2,23 +2,18 @@
 
 ``POST /goim/push/mids?operation=N&mids=M`` with a body is what a business server sends most: one user,
 two plain numbers. :class:`PushMidsRoute` answers exactly that request without interpreted code of its
-own: the query is read in C, the push is made, the reply is the usual envelope. Every other request
-(several mids, escapes, a missing or odd parameter, an empty body) goes to the route's general handler,
-which does the full checks and owns every error message: the two can only differ in speed. An
-exception from the push is mapped the same way the general handler maps it.
-
-The push itself is logic's ``push_mids_nowait``, or, when logic shares the process with its only proxy
-(``Logic.direct_push()``), what that call comes down to, made here in C: the frame encoded once, the
-proxy's user index walked (``RoomTable.send_user``), one push counted in logic's and the proxy's counters.
+own: the query is read in C, the push is logic's ``push_mids_nowait``, the reply is the usual envelope
+(made once per target count). Every other request (several mids, escapes, a missing or odd parameter,
+an empty body) goes to the route's general handler, which does the full checks and owns every error
+message: the two can only differ in speed. An exception from the push is mapped the same way the
+general handler maps it.
 """
 
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcmp
 
-from imgate._core.frame cimport frame_pack
-from imgate._core.room cimport RoomTable
-
 from imgate.http.messages import Response
+from imgate.protocol.envelope import push_reply
 
 cdef str _JSON = "application/json"
 cdef Py_ssize_t _CACHED_REPLIES = 8   # replies for 0..7 targets are made once (a user has a few devices)
@@ -30,18 +25,12 @@ cdef class PushMidsRoute:
     cdef object push        # push_mids_nowait(op, [mid], body) -> connections reached
     cdef readonly object general  # the interpreted handler: every other request, every error
     cdef object http_error  # exception from logic -> HttpError to raise, or None (a bug: re-raised)
-    cdef RoomTable table    # the local proxy's table, or None: push through ``push``
-    cdef tuple counters     # dicts whose "pushes" a push by mid bumps (logic's, the proxy's)
     cdef list replies       # the reply for n targets, n < _CACHED_REPLIES (never mutated)
 
-    def __init__(self, push, general, http_error, direct=None):
+    def __init__(self, push, general, http_error):
         self.push = push
         self.general = general
         self.http_error = http_error
-        self.table = None
-        self.counters = ()
-        if direct is not None:
-            self.table, self.counters = direct
         self.replies = [_reply(n) for n in range(_CACHED_REPLIES)]
 
     def __call__(self, req):
@@ -50,10 +39,7 @@ cdef class PushMidsRoute:
         cdef Py_ssize_t n
         if type(body) is bytes and body and _plain_query(req.query_string, &op, &mid):
             try:
-                if self.table is not None:
-                    n = self._push_local(<int>op, mid, <bytes>body)
-                else:
-                    n = self.push(<int>op, [mid], body)
+                n = self.push(<int>op, [mid], body)
             except Exception as exc:
                 err = self.http_error(exc)
                 if err is None:
@@ -62,17 +48,9 @@ cdef class PushMidsRoute:
             return self.replies[n] if 0 <= n < _CACHED_REPLIES else _reply(n)
         return self.general(req)
 
-    cdef Py_ssize_t _push_local(self, int op, long long mid, bytes body) except -1:
-        """Logic.push_mids_nowait(op, [mid], body) -> Proxy.push_mids, without the two Python calls."""
-        cdef dict counts
-        for counts in self.counters:
-            counts["pushes"] += 1
-        frame = frame_pack(op, 0, body, len(body), 1)
-        return self.table.send_user(mid, frame, op)
-
 
 cdef object _reply(Py_ssize_t n):
-    return Response(200, b'{"code":0,"message":"","data":{"targets":%d}}' % n, _JSON)
+    return Response(200, push_reply(n), _JSON)
 
 
 cdef bint _plain_query(str qs, long long* op, long long* mid) except -1:

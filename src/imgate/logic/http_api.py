@@ -28,6 +28,7 @@ from imgate.http.server import (
 from imgate.logic._push_routes import PushMidsRoute
 from imgate.logic.openapi import openapi_document
 from imgate.metrics import Metrics
+from imgate.protocol.envelope import envelope, push_reply
 from imgate.push.service import BusUnavailable
 
 try:  # the cluster's cache; absent in a minimal install
@@ -153,10 +154,6 @@ def _message(req: Request) -> bytes:
 _Coroutine = types.CoroutineType
 
 
-class ServiceUnavailable(Exception):
-    """A backing service (cache, bus) is unreachable; answered with 503."""
-
-
 def _http_error(e: Exception) -> HttpError | None:
     """The HTTP answer to an exception raised by logic, None for a bug (answered 500)."""
     if isinstance(e, HttpError):
@@ -166,8 +163,6 @@ def _http_error(e: Exception) -> HttpError | None:
     if isinstance(e, BusUnavailable):
         # Kafka (or another bus) did not take the job: not accepted, the caller retries
         return HttpError(503, f"push not accepted: {e}")
-    if isinstance(e, ServiceUnavailable):
-        return HttpError(503, str(e))
     if isinstance(e, _BACKEND_DOWN):
         return HttpError(503, f"a backing service is unreachable: {e}")
     return None
@@ -201,8 +196,7 @@ def _call_now(fn: Callable[..., Any], *args: Any) -> Any:
 def _push_reply(result: Any) -> Response:
     if isinstance(result, bool) or not isinstance(result, int):
         return ok(None)
-    # the envelope of ok({"targets": n}), without a JSON encoder per push
-    return Response(200, b'{"code":0,"message":"","data":{"targets":%d}}' % result, "application/json")
+    return Response(200, push_reply(result), "application/json")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -232,17 +226,34 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
 
     # -- goim push routes (message = raw body)
 
-    async def push_keys(req: Request) -> Response:
-        op = _operation(req)
-        keys = param_list(req, "keys")
-        body = _message(req)
-        return _push_reply(await _call(logic.push_keys, op, keys, body))
+    def keys_args(req: Request) -> tuple:
+        return _operation(req), param_list(req, "keys"), _message(req)
 
-    async def push_mids(req: Request) -> Response:
-        op = _operation(req)
-        mids = param_int_list(req, "mids")
-        body = _message(req)
-        return _push_reply(await _call(logic.push_mids, op, mids, body))
+    def mids_args(req: Request) -> tuple:
+        return _operation(req), param_int_list(req, "mids"), _message(req)
+
+    # A node whose cache and bus are in this process (the embedded node, ``pushes_wait`` False)
+    # answers pushes by key and by mid without a coroutine: same checks and errors, logic's *_nowait
+    # methods instead of an await.
+    def push_route(args: Callable[[Request], tuple], method: str) -> Callable:
+        if logic.pushes_wait:
+            waiting = getattr(logic, method)
+
+            async def push(req: Request) -> Response:
+                return _push_reply(await _call(waiting, *args(req)))
+        else:
+            at_once = getattr(logic, method + "_nowait")
+
+            def push(req: Request) -> Response:
+                return _push_reply(_call_now(at_once, *args(req)))
+        return push
+
+    add("POST", "/goim/push/keys", push_route(keys_args, "push_keys"), "push")
+    push_mids = push_route(mids_args, "push_mids")
+    if not logic.pushes_wait:
+        # one user, plain numbers: compiled (imgate/logic/_push_routes.pyx); the rest: push_mids
+        push_mids = PushMidsRoute(logic.push_mids_nowait, push_mids, _http_error)
+    add("POST", "/goim/push/mids", push_mids, "push")
 
     async def push_room(req: Request) -> Response:
         op = _operation(req)
@@ -257,29 +268,6 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
         body = _message(req)
         return _push_reply(await _call(logic.push_all, op, speed, body))
 
-    # A node whose cache and bus are in this process (the embedded node) answers pushes by key and by
-    # mid without a coroutine: same checks and errors, logic's *_nowait methods instead of an await.
-    def push_keys_now(req: Request) -> Response:
-        op = _operation(req)
-        keys = param_list(req, "keys")
-        body = _message(req)
-        return _push_reply(_call_now(logic.push_keys_nowait, op, keys, body))
-
-    def push_mids_now(req: Request) -> Response:
-        op = _operation(req)
-        mids = param_int_list(req, "mids")
-        body = _message(req)
-        return _push_reply(_call_now(logic.push_mids_nowait, op, mids, body))
-
-    pushes_wait = getattr(logic, "pushes_wait", True)
-    add("POST", "/goim/push/keys", push_keys if pushes_wait else push_keys_now, "push")
-    if pushes_wait:
-        add("POST", "/goim/push/mids", push_mids, "push")
-    else:
-        # one user, plain numbers: compiled (imgate/logic/_push_routes.pyx); the rest: push_mids_now
-        direct = logic.direct_push() if hasattr(logic, "direct_push") else None
-        add("POST", "/goim/push/mids", PushMidsRoute(logic.push_mids_nowait, push_mids_now, _http_error, direct),
-            "push")
     add("POST", "/goim/push/room", push_room, "push")
     add("POST", "/goim/push/all", push_all, "push")
 
@@ -341,7 +329,7 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
     async def healthz(req: Request) -> Response:
         health = await _call(logic.health)
         if isinstance(health, dict) and health.get("ok") is False:
-            return json_response({"code": -503, "message": "unhealthy", "data": health}, status=503)
+            return Response(503, envelope(health, -503, "unhealthy"), "application/json")
         return ok(health)
 
     add("GET", "/openapi.json", openapi_json, PUBLIC)

@@ -12,26 +12,14 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass
 
 from imgate.auth import AuthError, Authenticator
 from imgate.cache import Cache, Session
-from imgate.push import Bus, PushJob
-from imgate.push.jobs import KIND_ALL, KIND_CONNS, KIND_ROOM
+from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
+from imgate.protocol.interfaces import Connected
+from imgate.push import Bus
 
 log = logging.getLogger("imgate.logic")
-
-
-@dataclass
-class Connected:
-    """Logic's answer to a successful auth."""
-
-    conn_id: int
-    mid: int
-    key: str
-    room_id: str
-    accepts: tuple
-    platform: str
 
 
 class Logic:
@@ -54,14 +42,7 @@ class Logic:
         self.upstream_handler = None  # async (server, conn_id, mid, op, seq, body) -> bytes
         self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0, "key_conflicts": 0}
         # cache and bus in this process (the embedded node): pushes by mid/key need not wait
-        self._sessions_now = getattr(cache, "sessions_nowait", None)
-        self._sessions_by_keys_now = getattr(cache, "sessions_by_keys_nowait", None)
-        self._publish_now = getattr(bus, "publish_nowait", None)
-        self.pushes_wait = not (self._sessions_now and self._sessions_by_keys_now and self._publish_now)
-        # The node's only proxy, when logic shares the process with it (the embedded node): pushes by
-        # mid go straight to its user index, which holds exactly the connections the cache would name
-        # (a session and the proxy's entry for it come and go together).
-        self.local_proxy = None
+        self.pushes_wait = not (cache.nowait and bus.nowait)
 
     async def start(self) -> None:
         await self.absorb_online()
@@ -143,9 +124,10 @@ class Logic:
         return sum(len(job.conn_ids) for job in jobs)
 
     def _publish_nowait(self, jobs: list[PushJob]) -> int:
+        n = 0
         for job in jobs:
-            self._publish_now(job)
-        return sum(len(job.conn_ids) for job in jobs)
+            n += self.bus.publish_nowait(job)
+        return n
 
     async def push_keys(self, op: int, keys: list[str], body: bytes) -> int:
         found = await self.cache.sessions_by_keys(keys)
@@ -159,22 +141,11 @@ class Logic:
         """:meth:`push_mids` for a node whose cache and bus are in this process (``pushes_wait`` is
         False): the same lookup and jobs, handed over without a coroutine. Returns the connections
         it was queued for."""
-        if self.local_proxy is not None:
-            self.counters["pushes"] += 1
-            return self.local_proxy.push_mids(mids, op, body)
-        return self._publish_nowait(self._jobs(op, body, self._flat(self._sessions_now(mids))))
-
-    def direct_push(self):
-        """What a compiled push-by-mid route needs to do :meth:`push_mids_nowait`'s work itself: the
-        local proxy's ``RoomTable`` and the counters that call bumps (``"pushes"``), or None when there
-        is no local proxy. The table's ``send_user(mid, frame, op)`` is what ``Proxy.push_mids`` does."""
-        if self.local_proxy is None:
-            return None
-        return self.local_proxy.table, (self.counters, self.local_proxy.stats_counters)
+        return self._publish_nowait(self._jobs(op, body, self._flat(self.cache.sessions_nowait(mids))))
 
     def push_keys_nowait(self, op: int, keys: list[str], body: bytes) -> int:
         """:meth:`push_keys` without a coroutine (see :meth:`push_mids_nowait`)."""
-        return self._publish_nowait(self._jobs(op, body, list(self._sessions_by_keys_now(keys).values())))
+        return self._publish_nowait(self._jobs(op, body, list(self.cache.sessions_by_keys_nowait(keys).values())))
 
     async def push_room(self, op: int, room_id: str, body: bytes) -> None:
         self.counters["pushes"] += 1

@@ -1,6 +1,8 @@
 """The push service: delivers push jobs to the proxies that hold their targets (seed: pushService / job)."""
 
-from imgate.push.jobs import PushJob
-from imgate.push.service import Bus, BusUnavailable, MemoryBus, ProxyAPI, Push
+from imgate.protocol import PushJob
+from imgate.protocol.interfaces import ProxyAPI
+from imgate.push.router import PushRouter
+from imgate.push.service import Bus, BusUnavailable, MemoryBus
 
-__all__ = ["PushJob", "Bus", "BusUnavailable", "MemoryBus", "ProxyAPI", "Push"]
+__all__ = ["PushJob", "Bus", "BusUnavailable", "MemoryBus", "ProxyAPI", "PushRouter"]

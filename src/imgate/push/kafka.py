@@ -19,7 +19,7 @@ import time
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from imgate.push.jobs import PushJob
+from imgate.protocol import PushJob, decode_job, encode_job
 from imgate.push.service import Bus, BusUnavailable
 
 log = logging.getLogger("imgate.kafka")
@@ -43,9 +43,6 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 8, timeout: float
 
 class KafkaBus(Bus):
     def __init__(self, bootstrap: str, topic: str = "imgate-push", *, timeout: float = 5.0, client_id: str = "imgate-logic"):
-        from imgate.rpc import encode_job
-
-        self._encode = encode_job
         self.topic = topic
         self.timeout = timeout
         self._producer = Producer({
@@ -77,7 +74,7 @@ class KafkaBus(Bus):
             loop.call_soon_threadsafe(_settle, fut, err)
 
         try:
-            self._producer.produce(self.topic, value=self._encode(job), key=job.ordering_key().encode(),
+            self._producer.produce(self.topic, value=encode_job(job), key=job.ordering_key().encode(),
                                    on_delivery=delivered)
         except BufferError:
             raise BusUnavailable("push queue to Kafka is full; retry later") from None
@@ -107,9 +104,6 @@ class PushConsumer:
 
     def __init__(self, bootstrap: str, topic: str, handler, *, group: str = "imgate-push", batch: int = 500,
                  merge_window: float = 0.0):
-        from imgate.rpc import decode_job
-
-        self._decode = decode_job
         self.topic = topic
         self.handler = handler
         self.batch = batch
@@ -152,7 +146,7 @@ class PushConsumer:
                         log.warning("kafka message error: %s", m.error())
                     continue
                 try:
-                    jobs.append(self._decode(m.value()))
+                    jobs.append(decode_job(m.value()))
                 except Exception as e:  # a corrupt job must not stop the partition
                     self.failed += 1
                     log.error("dropping undecodable push job at %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), e)

@@ -1,54 +1,11 @@
-"""Push: routes jobs to proxies. Only the proxies that hold a target get a job."""
+"""The bus between logic and push: logic publishes jobs, push's router takes them to the proxies."""
 
 from __future__ import annotations
 
 import abc
-import logging
-from typing import Protocol
 
-from imgate.push.jobs import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
-
-log = logging.getLogger("imgate.push")
-
-
-class ProxyAPI(Protocol):
-    """What push calls on a proxy: the proxy object itself in one process, an RPC client in a cluster."""
-
-    server_id: str
-
-    def push_conns(self, conn_ids: list[int], op: int, body: bytes) -> int: ...
-    def push_room(self, room_id: str, op: int, body: bytes) -> int: ...
-    def push_all(self, op: int, body: bytes, speed: int = 0) -> int: ...
-
-
-class Push:
-    def __init__(self):
-        self._proxies: dict[str, ProxyAPI] = {}
-        self.jobs = 0
-        self.undeliverable = 0
-
-    def add_proxy(self, proxy: ProxyAPI) -> None:
-        self._proxies[proxy.server_id] = proxy
-
-    def remove_proxy(self, server_id: str) -> None:
-        self._proxies.pop(server_id, None)
-
-    def handle(self, job: PushJob) -> int:
-        """Deliver one job; returns how many connections it was queued for."""
-        self.jobs += 1
-        if job.kind == KIND_CONNS:
-            proxy = self._proxies.get(job.server)
-            if proxy is None:
-                # the session registry points at a proxy we do not know (it died): nothing to do
-                self.undeliverable += 1
-                log.warning("push to unknown server %s dropped (%d conns)", job.server, len(job.conn_ids))
-                return 0
-            return proxy.push_conns(job.conn_ids, job.op, job.body)
-        if job.kind == KIND_ROOM:
-            return sum(p.push_room(job.room_id, job.op, job.body) for p in self._proxies.values())
-        if job.kind == KIND_ALL:
-            return sum(p.push_all(job.op, job.body, job.speed) for p in self._proxies.values())
-        raise ValueError(f"unknown push job kind {job.kind!r}")
+from imgate.protocol import PushJob
+from imgate.push.router import PushRouter
 
 
 class BusUnavailable(Exception):
@@ -56,26 +13,34 @@ class BusUnavailable(Exception):
 
 
 class Bus(abc.ABC):
-    """Carries push jobs from logic to push. `publish` returns once the job is accepted."""
+    """Carries push jobs from logic to push. ``publish`` returns once the job is accepted.
+
+    A bus in this process (``nowait`` True) also hands a job over at once with ``publish_nowait``,
+    which returns the connections it was queued for; logic then answers pushes without a coroutine.
+    """
+
+    nowait = False
 
     @abc.abstractmethod
     async def publish(self, job: PushJob) -> None: ...
+
+    def publish_nowait(self, job: PushJob) -> int:
+        raise NotImplementedError(f"{type(self).__name__} publishes only through publish()")
 
     async def close(self) -> None:
         return None
 
 
 class MemoryBus(Bus):
-    """In-process bus of the embedded node: the job is handed to push at once, in order.
+    """In-process bus of the embedded node: the job is handed to the router at once, in order."""
 
-    ``publish_nowait`` is the same without the coroutine: logic uses it when the bus has it (a bus to
-    another process, Kafka, does not)."""
+    nowait = True
 
-    def __init__(self, push: Push):
-        self.push = push
+    def __init__(self, router: PushRouter):
+        self.router = router
 
     def publish_nowait(self, job: PushJob) -> int:
-        return self.push.handle(job)
+        return self.router.route_nowait(job)
 
     async def publish(self, job: PushJob) -> None:
-        self.publish_nowait(job)
+        self.router.route_nowait(job)

@@ -30,17 +30,12 @@ import asyncio
 import logging
 
 from imgate.auth import AuthError
-from imgate.logic.service import Connected
-from imgate.rpc import LOGIC_SERVICE, pb
-from imgate.rpc.core import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_BODY,
-    DEFAULT_TIMEOUT,
-    RpcPool,
-    RpcService,
-    RpcRemoteError,
-    RpcServer,
-    RpcUnavailable,
+from imgate.protocol.interfaces import Connected
+from imgate.protocol import pb
+from imgate.rpc.pool import RpcPool
+from imgate.rpc.server import RpcServer, RpcService
+from imgate.rpc.wire import (
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, LOGIC_SERVICE, RpcRemoteError, RpcUnavailable,
 )
 
 log = logging.getLogger("imgate.rpc.logic")

@@ -1,13 +1,13 @@
 """push -> proxy over RPC: :class:`ProxyRpcService` serves a ``Proxy``; :class:`ProxyClient` is push's
-handle on one proxy in a cluster (the async form of ``imgate.push.service.ProxyAPI``).
+handle on one proxy in a cluster (the RPC implementation of ``imgate.protocol.interfaces.ProxyAPI``).
 
-The proxy's push methods are synchronous and quick (they queue frames for the room table), so the
-service answers them inline, without a task per request: a connection's pushes are handled in the order
+The proxy's push methods deliver at once (its ``*_nowait`` methods queue frames for the room table), so
+the service answers them inline, without a task per request: a connection's pushes are handled in the order
 they arrive and replies leave in one write per event-loop iteration.
 
 What is retried when a connection dies under a call: ``rooms()`` always (a query); the pushes only when
 the request was never written (a push written to a proxy that then died may have been delivered, and
-repeating it could deliver it twice), otherwise :class:`~imgate.rpc.core.RpcUnavailable` is raised.
+repeating it could deliver it twice), otherwise :class:`~imgate.rpc.wire.RpcUnavailable` is raised.
 
 ``ProxyClient`` sends its ``server_id`` in HELLO; a proxy whose own id differs refuses the connection, so
 push never delivers one proxy's conn ids to another that took over its address.
@@ -18,15 +18,11 @@ from __future__ import annotations
 import inspect
 import logging
 
-from imgate.rpc import PROXY_SERVICE, pb
-from imgate.rpc.core import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_BODY,
-    DEFAULT_TIMEOUT,
-    RpcPool,
-    RpcService,
-    RpcServer,
-)
+from imgate.protocol import pb
+from imgate.protocol.interfaces import ProxyAPI
+from imgate.rpc.pool import RpcPool
+from imgate.rpc.server import RpcServer, RpcService
+from imgate.rpc.wire import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, PROXY_SERVICE
 
 log = logging.getLogger("imgate.rpc.proxy")
 
@@ -48,12 +44,19 @@ def _count(n):
 
 class ProxyRpcService(RpcService):
     """Exposes a proxy's push_conns / push_room / push_room_batch / push_all / rooms over RPC
-    (service ``imgate.proxy``). Works with any object that has those methods (sync or async)."""
+    (service ``imgate.proxy``): a ``ProxyAPI`` in this process through its ``*_nowait`` methods, any
+    other object through methods of those names (sync or async)."""
 
     SERVICE = PROXY_SERVICE
 
     def __init__(self, proxy, *, server_id: str | None = None, **server_kw):
         self.proxy = proxy
+        at_once = isinstance(proxy, ProxyAPI) and proxy.nowait
+        self._conns = proxy.push_conns_nowait if at_once else proxy.push_conns
+        self._room = proxy.push_room_nowait if at_once else proxy.push_room
+        self._room_batch = proxy.push_room_batch_nowait if at_once else proxy.push_room_batch
+        self._all = proxy.push_all_nowait if at_once else proxy.push_all
+        self._rooms_of = proxy.rooms_nowait if at_once else proxy.rooms
         if server_id is None:
             server_id = getattr(proxy, "server_id", "") or ""
         self.server = RpcServer(self.SERVICE, self.handlers(), server_id=server_id, **server_kw)
@@ -68,20 +71,19 @@ class ProxyRpcService(RpcService):
         }
 
     def _push_conns(self, req: pb.PushConnsReq):
-        return _count(self.proxy.push_conns(list(req.conn_ids), req.op, req.body))
+        return _count(self._conns(list(req.conn_ids), req.op, req.body))
 
     def _push_room(self, req: pb.PushRoomReq):
-        return _count(self.proxy.push_room(req.room_id, req.op, req.body))
+        return _count(self._room(req.room_id, req.op, req.body))
 
     def _push_room_batch(self, req: pb.PushRoomBatchReq):
-        return _count(self.proxy.push_room_batch(req.room_id, req.frames))
+        return _count(self._room_batch(req.room_id, req.frames))
 
     def _push_all(self, req: pb.PushAllReq):
-        return _count(self.proxy.push_all(req.op, req.body, req.speed))
+        return _count(self._all(req.op, req.body, req.speed))
 
     def _rooms(self, req: pb.Empty):
-        proxy = self.proxy
-        rooms = proxy.rooms() if hasattr(proxy, "rooms") else proxy.table.rooms()
+        rooms = self._rooms_of()
         if inspect.isawaitable(rooms):
             async def wait():
                 return pb.RoomsReply(rooms=dict(await rooms))
@@ -97,7 +99,7 @@ async def serve_proxy(proxy, host: str = "127.0.0.1", port: int = 0, **server_kw
     return svc
 
 
-class ProxyClient:
+class ProxyClient(ProxyAPI):
     """Push's client of one proxy: ``await push_conns/push_room/push_room_batch/push_all/rooms``.
     Every method returns what the proxy returned (connections queued for; rooms -> counts)."""
 

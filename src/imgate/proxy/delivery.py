@@ -1,0 +1,65 @@
+"""Delivery: the proxy's side of ``ProxyAPI``, what push calls to reach this proxy's connections.
+
+All of it goes through the room table, which keeps one output queue per connection: a room push is
+added to the room's batch there (one op-9 batch per room per flush), and anything queued for a
+connection after it releases the batches first, so a connection gets its pushes in the order they
+were accepted, whatever the mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from imgate.core import encode_frame
+from imgate.protocol.interfaces import ProxyAPI
+from imgate.proxy.channel import S_OPEN
+
+
+class Delivery(ProxyAPI):
+    """Part of :class:`~imgate.proxy.server.Proxy`: pushes to connections, rooms and everyone."""
+
+    nowait = True  # in this process: push calls the *_nowait methods
+
+    def push_conns_nowait(self, conn_ids: list[int], op: int, body: bytes) -> int:
+        """Unicast/multicast to connections of this proxy, filtered by each one's accepted ops."""
+        self.stats_counters["pushes"] += 1
+        lids = []
+        for cid in conn_ids:
+            ch = self._by_conn_id.get(cid)
+            if ch is not None:
+                lids.append(ch.lid)
+        if not lids:
+            return 0
+        n = self.table.send_many(lids, encode_frame(op, 0, body), op)
+        self.stats_counters["drops"] += len(lids) - n
+        return n
+
+    def push_room_nowait(self, room_id: str, op: int, body: bytes) -> int:
+        """Room broadcast. Pushes to one room within an event-loop iteration (or the merge window)
+        travel together as one op-9 batch: inner frames over TCP, one op-9 frame over WebSocket."""
+        return self.push_room_batch_nowait(room_id, encode_frame(op, 0, body))
+
+    def push_room_batch_nowait(self, room_id: str, frames: bytes) -> int:
+        """Room broadcast of frames already encoded and merged by push (inner frames back to back)."""
+        self.stats_counters["pushes"] += 1
+        return self.table.push_room(room_id, frames)
+
+    def rooms_nowait(self) -> dict:
+        """This proxy's rooms and their online counts (logic absorbs these periodically)."""
+        return self.table.rooms()
+
+    def push_all_nowait(self, op: int, body: bytes, speed: int = 0) -> int:
+        """Broadcast to every connection, filtered by accepted ops; `speed` caps connections per second."""
+        self.stats_counters["pushes"] += 1
+        frame = encode_frame(op, 0, body)
+        if speed <= 0:
+            return self.table.broadcast_all(frame, op)
+        lids = [ch.lid for ch in self._channels.values() if ch.state == S_OPEN]
+        self._spawn(self._paced(lids, frame, op, speed))
+        return len(lids)
+
+    async def _paced(self, lids: list[int], frame: bytes, op: int, speed: int) -> None:
+        step = max(1, speed // 10)  # ten slices per second
+        for i in range(0, len(lids), step):
+            self.table.send_many([lid for lid in lids[i : i + step] if lid in self.table], frame, op)
+            await asyncio.sleep(0.1)

@@ -1,0 +1,214 @@
+"""A connection's end and the proxy's housekeeping: closing with a notice, deadlines, online reports,
+and the proxy's own shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+from imgate.proxy.channel import S_AUTHING, S_CLOSING, S_HTTP, S_OPEN, Channel, ws_binary
+from imgate.protocol import notice
+from imgate.core import encode_ws_close
+
+log = logging.getLogger("imgate.proxy")
+
+# Slow consumers closed per event-loop iteration (the rest wait for the next one).
+_CLOSE_SLICE = 64
+# Channels checked per event-loop iteration by the deadline sweep.
+_SWEEP_SLICE = 1000
+
+
+class Lifecycle:
+    """Part of :class:`~imgate.proxy.server.Proxy`: closing connections and periodic work."""
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, tell every client (op 6 shutdown, reconnect), flush, close within `grace`."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.config.shutdown_grace if grace is None else grace
+        for sock in self._listeners:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners.clear()
+        for task in (self._sweeper, self._reporter):
+            if task is not None:
+                task.cancel()
+        bye = notice("shutdown", True)
+        ws_bye = None
+        for ch in list(self._channels.values()):
+            if ch.state in (S_HTTP, S_CLOSING):
+                continue
+            if ch.ws:
+                if ws_bye is None:
+                    ws_bye = ws_binary(bye) + encode_ws_close(1001, "shutdown")
+                self.table.send_raw(ch.lid, ws_bye)
+            else:
+                self.table.send(ch.lid, bye)
+        self.table.flush()
+        deadline = self.loop.time() + grace
+        while self.loop.time() < deadline and any(
+            self.table.pending(ch.lid) for ch in self._channels.values() if ch.lid in self.table
+        ):
+            await asyncio.sleep(0.01)
+        for ch in list(self._channels.values()):
+            self._close_now(ch)  # _forget queues each session's disconnect in _final_disconnects
+        disconnects, self._final_disconnects = self._final_disconnects, []
+        if disconnects:
+            await asyncio.gather(*disconnects, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+
+    def close(self, ch: Channel, reason: str, reconnect: bool) -> None:
+        """op 6 with the reason, then close (the server decided: protocol error, kicked, slow...)."""
+        if ch.lid not in self._channels or ch.state == S_CLOSING:
+            return
+        if ch.ws:
+            if ch.state == S_HTTP:
+                self._close_now(ch)
+                return
+            short = reason.encode()[:120].decode("utf-8", "ignore")  # a close reason is at most 123 bytes
+            self._close_ws(ch, reason, encode_ws_close(1008 if not reconnect else 1001, short), reconnect)
+            return
+        log.debug("closing conn %s (%s): %s", ch.conn_id or ch.lid, ch.ip, reason)
+        rest = self.table.send_final(ch.lid, notice(reason, reconnect)) if ch.lid in self.table else b""
+        self._half_close(ch, rest)
+
+    def _half_close(self, ch: Channel, rest: bytes = b"") -> None:
+        # FIN now, then drain the peer briefly: closing with unread input would reset the
+        # connection and could destroy the op-6 notice before the client reads it.
+        self._forget(ch)
+        was_authing = ch.state == S_AUTHING
+        ch.state = S_CLOSING
+        ch.deadline = time.monotonic() + 2.0
+        if was_authing:  # reading was paused for auth; drain again so the peer's close is seen
+            self.loop.add_reader(ch.fd, self._on_readable, ch)
+        if rest:
+            # the socket's buffer is full (a peer that stopped reading): the notice waits for room
+            # until the deadline; FIN follows it
+            ch.unsent = rest
+            self.loop.add_writer(ch.fd, self._write_unsent, ch)
+            return
+        self._shutdown_write(ch)
+
+    def _shutdown_write(self, ch: Channel) -> None:
+        try:
+            ch.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close_now(ch)
+
+    def _write_unsent(self, ch: Channel) -> None:
+        try:
+            n = ch.sock.send(ch.unsent)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close_now(ch)
+            return
+        ch.unsent = ch.unsent[n:]
+        if not ch.unsent:
+            ch.unsent = None
+            self.loop.remove_writer(ch.fd)
+            self.stats_counters["close_notices_late"] += 1
+            self._shutdown_write(ch)
+
+    def _lost(self, ch: Channel) -> None:
+        """The peer closed or reset the connection."""
+        self._close_now(ch)
+
+    def _forget(self, ch: Channel) -> None:
+        """Unregister everywhere (table, session registry); the socket stays open."""
+        if ch.lid in self.table:
+            self.table.remove(ch.lid)
+        if ch.conn_id and self._by_conn_id.get(ch.conn_id) is ch:
+            del self._by_conn_id[ch.conn_id]
+            if self._stopping:
+                self._final_disconnects.append(self.logic.disconnect(self.server_id, ch.conn_id, ch.mid))
+            else:
+                self._spawn(self.logic.disconnect(self.server_id, ch.conn_id, ch.mid))
+            ch.conn_id = 0
+
+    def _close_now(self, ch: Channel) -> None:
+        if self._channels.pop(ch.lid, None) is None:
+            return
+        self._forget(ch)
+        n = self._ips.get(ch.ip, 0) - 1
+        if n > 0:
+            self._ips[ch.ip] = n
+        else:
+            self._ips.pop(ch.ip, None)
+        if ch.state != S_AUTHING:
+            self.loop.remove_reader(ch.fd)
+        if ch.unsent is not None:  # the peer never made room for its op-6 notice
+            self.loop.remove_writer(ch.fd)
+            ch.unsent = None
+            self.stats_counters["close_notices_dropped"] += 1
+        ch.state = S_CLOSING
+        ch.sock.close()
+
+    def _on_overflow(self, lid: int) -> None:
+        # The table already stopped delivering to it; the close (notice, FIN, logic's disconnect)
+        # waits for the next loop iterations, _CLOSE_SLICE at a time, so that a thousand slow
+        # consumers overflowing in one broadcast do not hold every healthy client's push behind them.
+        self._overflowed.append(lid)
+        if len(self._overflowed) == 1:
+            self.loop.call_soon(self._close_overflowed)
+
+    def _close_overflowed(self) -> None:
+        batch = self._overflowed[:_CLOSE_SLICE]
+        del self._overflowed[:_CLOSE_SLICE]
+        if self._overflowed:
+            self.loop.call_soon(self._close_overflowed)
+        for lid in batch:
+            ch = self._channels.get(lid)
+            if ch is not None:
+                self.stats_counters["slow_consumer_closes"] += 1
+                self.close(ch, "slow consumer", reconnect=True)
+
+    def _on_write_error(self, lid: int, exc: OSError) -> None:
+        ch = self._channels.get(lid)
+        if ch is not None:
+            self._close_now(ch)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    async def _sweep_loop(self) -> None:
+        """Handshake and heartbeat deadlines, checked in one pass instead of a timer per connection."""
+        period = min(1.0, self.config.handshake_timeout / 2, self.config.heartbeat_timeout / 2)
+        while True:
+            await asyncio.sleep(period)
+            hb = self.config.heartbeat_timeout
+            channels = list(self._channels.values())
+            for i, ch in enumerate(channels):
+                if i % _SWEEP_SLICE == 0:
+                    if i:
+                        # let the loop serve between slices: a pass over 10,000 channels in one go
+                        # held every push behind it for a millisecond or two, once a second
+                        await asyncio.sleep(0)
+                    now = time.monotonic()
+                if ch.lid not in self._channels:
+                    continue  # gone while we yielded
+                st = ch.state
+                if st == S_OPEN:
+                    if now - ch.last_seen > hb:
+                        self.close(ch, "heartbeat timeout", reconnect=True)
+                elif st == S_CLOSING:
+                    if now > ch.deadline:
+                        self._close_now(ch)
+                elif st != S_AUTHING and now > ch.deadline:
+                    self.stats_counters["handshake_timeouts"] += 1
+                    self.close(ch, "auth timeout: the first frame must be auth (op 7)", reconnect=False)
+
+    async def _report_loop(self) -> None:
+        """Report room counts to logic periodically (seed 5.3: counters are absorbed, not queried)."""
+        while True:
+            try:
+                rooms = self.table.rooms()
+                counts = await self.logic.renew_online(self.server_id, rooms, len(self._by_conn_id), len(self._ips))
+                # what the other proxies hold; heartbeats add this proxy's live count to it
+                self._remote_online = {r: max(0, counts.get(r, n) - n) for r, n in rooms.items()} if counts else {}
+            except Exception as e:
+                log.warning("renew online failed: %s", e)
+            await asyncio.sleep(self.config.online_interval)

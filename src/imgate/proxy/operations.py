@@ -1,0 +1,188 @@
+"""The operations a client sends once connected: auth first, then heartbeats, rooms, subscriptions and
+upstream messages (goim's ops 2-20); each is answered on the same connection with the request's seq."""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import time
+
+from imgate.auth import AuthError
+from imgate.core import (
+    OP_AUTH,
+    OP_AUTH_REPLY,
+    OP_CHANGE_ROOM,
+    OP_CHANGE_ROOM_REPLY,
+    OP_HEARTBEAT,
+    OP_HEARTBEAT_REPLY,
+    OP_JOIN_ROOM,
+    OP_JOIN_ROOM_REPLY,
+    OP_LEAVE_ROOM,
+    OP_LEAVE_ROOM_REPLY,
+    OP_SEND_MSG,
+    OP_SEND_MSG_REPLY,
+    OP_SUB,
+    OP_UNSUB,
+    encode_frame,
+)
+from imgate.proxy.channel import S_AUTH, S_AUTHING, S_OPEN, Channel, room_of
+from imgate.proxy.limits import RATE_LIMITED
+
+log = logging.getLogger("imgate.proxy")
+
+_INT32 = struct.Struct(">i")
+
+
+class Operations:
+    """Part of :class:`~imgate.proxy.server.Proxy`: the per-connection state machine."""
+
+    def _on_frames(self, ch: Channel, frames: list) -> None:
+        self.stats_counters["frames_in"] += len(frames)
+        if ch.state == S_OPEN and not self.limits.take(ch, len(frames), ch.last_seen):
+            self.stats_counters["rate_limited"] += 1
+            self.close(ch, RATE_LIMITED, reconnect=False)
+            return
+        for i, f in enumerate(frames):
+            if ch.state == S_OPEN:
+                self._on_frame(ch, f)
+            elif ch.state == S_AUTH:
+                if self._stopping:
+                    self.close(ch, "shutdown", reconnect=True)
+                    return
+                if f.op != OP_AUTH:
+                    self.stats_counters["protocol_errors"] += 1
+                    self.close(ch, f"the first frame must be auth (op 7), got op {f.op}", reconnect=False)
+                    return
+                ch.state = S_AUTHING
+                self.loop.remove_reader(ch.fd)  # nothing else is read until logic answers
+                ch.backlog = frames[i + 1 :] or None
+                self._spawn(self._auth(ch, f))
+                return
+            else:
+                return
+
+    async def _auth(self, ch: Channel, f) -> None:
+        try:
+            c = await self.logic.connect(self.server_id, f.body)
+        except AuthError as e:
+            self.stats_counters["auth_failures"] += 1
+            self.close(ch, f"auth failed: {e}", reconnect=False)
+            return
+        except Exception as e:  # logic unreachable: the client should retry elsewhere
+            log.warning("auth call failed: %s", e)
+            self.close(ch, "auth unavailable", reconnect=True)
+            return
+        if ch.lid not in self._channels or ch.state != S_AUTHING:
+            # the client vanished while logic was answering
+            try:
+                await self.logic.disconnect(self.server_id, c.conn_id, c.mid)
+            except Exception as e:
+                log.warning("disconnect of vanished conn %s failed: %s", c.conn_id, e)
+            return
+        ch.conn_id, ch.mid, ch.key = c.conn_id, c.mid, c.key
+        ch.state = S_OPEN
+        ch.last_seen = ch.renewed = time.monotonic()
+        self._by_conn_id[c.conn_id] = ch
+        ch.accepts = set(c.accepts) if c.accepts else None
+        self.table.set_accepts(ch.lid, ch.accepts)
+        if c.room_id:
+            ch.room_id = c.room_id
+            self.table.join(ch.lid, c.room_id)
+        reply = json.dumps({"conn_id": c.conn_id, "key": c.key, "mid": c.mid, "room_id": c.room_id,
+                            "heartbeat": self.config.heartbeat_timeout / 3}).encode()
+        self.table.send(ch.lid, encode_frame(OP_AUTH_REPLY, f.seq, reply))
+        self.loop.add_reader(ch.fd, self._on_readable, ch)
+        backlog, ch.backlog = ch.backlog, None
+        if backlog:
+            self._on_frames(ch, backlog)
+
+    def _on_frame(self, ch: Channel, f) -> None:
+        op = f.op
+        if op == OP_HEARTBEAT:
+            room = ch.room_id
+            count = 0
+            if room:
+                count = self.table.room_count(room) + self._remote_online.get(room, 0)
+            self.table.send(ch.lid, encode_frame(OP_HEARTBEAT_REPLY, f.seq, _INT32.pack(count)))
+            now = ch.last_seen
+            if now - ch.renewed > self.config.heartbeat_timeout / 3:
+                ch.renewed = now
+                self._spawn(self._renew(ch))
+        elif op == OP_SEND_MSG:
+            self._spawn(self._upstream(ch, f))
+        elif op == OP_CHANGE_ROOM:
+            room, problem = room_of(f.body)
+            if problem:
+                self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=False, error=problem)
+                return
+            self.table.move(ch.lid, ch.room_id or None, room or None)
+            ch.room_id = room
+            self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=True, room_id=room)
+        elif op == OP_JOIN_ROOM or op == OP_LEAVE_ROOM:
+            room, problem = room_of(f.body)
+            reply_op = OP_JOIN_ROOM_REPLY if op == OP_JOIN_ROOM else OP_LEAVE_ROOM_REPLY
+            if problem or not room:
+                self._reply(ch, reply_op, f.seq, ok=False, error=problem or "room id must look like type://id, got ''")
+                return
+            try:
+                if op == OP_JOIN_ROOM:
+                    self.table.join(ch.lid, room)
+                    if not ch.room_id:
+                        ch.room_id = room
+                else:
+                    self.table.leave(ch.lid, room)
+                    if ch.room_id == room:
+                        ch.room_id = ""
+            except ValueError as e:
+                self._reply(ch, reply_op, f.seq, ok=False, error=str(e))
+                return
+            self._reply(ch, reply_op, f.seq, ok=True, room_id=room)
+        elif op == OP_SUB or op == OP_UNSUB:
+            try:
+                ops = {int(x) for x in f.body.decode().split(",") if x.strip()}
+                if any(not -(2**31) <= x < 2**31 for x in ops):
+                    raise ValueError
+            except (ValueError, UnicodeDecodeError):
+                self._reply(ch, op + 1, f.seq, ok=False, error="body must be comma-separated int32 operation numbers")
+                return
+            # a connection that authenticated with no accepts gets every op (goim would get none);
+            # sub/unsub then change nothing: to filter, authenticate with an accepts list
+            if ch.accepts is not None:
+                ch.accepts = ch.accepts | ops if op == OP_SUB else ch.accepts - ops
+            self.table.set_accepts(ch.lid, ch.accepts)
+            self._reply(ch, op + 1, f.seq, ok=True, accepts=sorted(ch.accepts) if ch.accepts is not None else None)
+        elif op == OP_AUTH:
+            pass  # already authenticated: a repeated auth is ignored
+        else:
+            self.stats_counters["protocol_errors"] += 1
+            log.debug("conn %s sent unsupported op %d", ch.conn_id, op)
+
+    async def _renew(self, ch: Channel) -> None:
+        """Push the session's expiry forward; a session the registry lost (expired during an outage,
+        a cache fail-over) leaves the client unreachable, so it is told to reconnect."""
+        conn_id = ch.conn_id
+        try:
+            alive = await self.logic.heartbeat(self.server_id, conn_id, ch.mid)
+        except Exception as e:
+            log.warning("session renewal of conn %s failed: %s", conn_id, e)
+            return
+        if not alive and ch.conn_id == conn_id and ch.state == S_OPEN:
+            self.close(ch, "session expired", reconnect=True)
+
+    def _reply(self, ch: Channel, op: int, seq: int, **fields) -> None:
+        self.table.send(ch.lid, encode_frame(op, seq, json.dumps(fields).encode()))
+
+    async def _upstream(self, ch: Channel, f) -> None:
+        try:
+            body = await self.logic.receive(self.server_id, ch.conn_id, ch.mid, f.op, f.seq, f.body)
+        except Exception as e:
+            log.warning("upstream message from conn %s failed: %s", ch.conn_id, e)
+            body = json.dumps({"ok": False, "error": "upstream unavailable"}).encode()
+        if ch.lid in self.table:
+            self.table.send(ch.lid, encode_frame(OP_SEND_MSG_REPLY, f.seq, body or b""))
+
+    def _spawn(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

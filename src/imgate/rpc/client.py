@@ -1,0 +1,283 @@
+"""One RPC client connection: pipelined requests matched by seq, writes coalesced per loop iteration.
+
+Why one connection is not a bottleneck:
+
+- **Pipelining.** Many requests are in flight per connection; replies are matched by seq and may come
+  back in any order, because the server runs each request as its own task (synchronous handlers are
+  answered inline). A slow request never holds up the others.
+- **Batching.** Frames written within one event-loop iteration go out as one ``transport.write`` (on
+  both sides), so N concurrent calls cost one syscall, not N.
+- **Bounded.** At most ``max_in_flight`` requests per connection (callers wait past that); a server
+  stops reading a connection whose handlers pile up or whose replies the client does not read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from imgate.core import FrameDecoder, ProtocolError, encode_frame
+from imgate.protocol import pb
+from imgate.rpc.wire import (
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, DEFAULT_WRITE_BATCH,
+    ERROR_OP, PROTOCOL_VERSION, REPLY_FLAG, SEQ_MAX, SWEEP_INTERVAL, RpcError, RpcTimeout,
+    RpcUnavailable, method_name, remote_error, tune,
+)
+
+log = logging.getLogger("imgate.rpc")
+
+
+class RpcClient(asyncio.Protocol):
+    """One client connection: pipelined requests, replies matched by seq, writes coalesced per
+    event-loop iteration, at most ``max_in_flight`` requests outstanding.
+
+    Open with ``await RpcClient.connect(host, port, service)``; it returns after the HELLO exchange.
+    """
+
+    def __init__(self, service: str, *, client_id: str = "", server_id: str = "",
+                 max_body: int = DEFAULT_MAX_BODY, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 write_batch: int = DEFAULT_WRITE_BATCH, on_lost: Callable[["RpcClient"], None] | None = None):
+        self.service = service
+        self.client_id = client_id
+        self.expect_server_id = server_id
+        self.max_in_flight = max_in_flight
+        self.write_batch = max(1, write_batch)
+        self.on_lost = on_lost
+        self.peer = ""
+        self.remote: pb.HelloReply | None = None
+        self.close_reason = ""
+        self._loop = asyncio.get_running_loop()
+        self._decoder = FrameDecoder(max_body=max_body)
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[int, tuple] = {}  # seq -> (future, deadline, write generation, method)
+        self._seq = 0
+        self._wbuf: list[bytes] = []
+        self._gen = 0  # incremented at every flush: a request whose generation is older was written
+        self._flush_scheduled = False
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._waiters: list[asyncio.Future] = []
+        self._paused = False
+        self._closed = False
+        self.requests = 0  # requests sent on this connection (stats)
+        self.max_request_body = DEFAULT_MAX_BODY  # the server's limit, learnt from HELLO
+        self.closed: asyncio.Future = self._loop.create_future()
+
+    @classmethod
+    async def connect(cls, host: str, port: int, service: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                      **kw) -> "RpcClient":
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + connect_timeout
+        try:
+            _, proto = await asyncio.wait_for(loop.create_connection(lambda: cls(service, **kw), host, port),
+                                              connect_timeout)
+        except asyncio.TimeoutError:
+            raise RpcUnavailable(f"connecting to {host}:{port} timed out after {connect_timeout}s") from None
+        except OSError as e:
+            raise RpcUnavailable(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+        try:
+            body = await proto.request(pb.HELLO, pb.Hello(service=service, client_id=proto.client_id,
+                                                          server_id=proto.expect_server_id,
+                                                          version=PROTOCOL_VERSION).SerializeToString(),
+                                       deadline)
+            proto.remote = pb.HelloReply.FromString(body)
+            if proto.remote.max_body:
+                proto.max_request_body = proto.remote.max_body
+        except BaseException as e:
+            proto.abort(f"hello failed: {e}")
+            if isinstance(e, RpcTimeout):
+                raise RpcUnavailable(f"{host}:{port} did not answer HELLO within {connect_timeout}s") from None
+            raise
+        return proto
+
+    # -------------------------------------------------------------- state
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    @property
+    def full(self) -> bool:
+        return self._paused or len(self._pending) >= self.max_in_flight
+
+    # -------------------------------------------------------------- requests
+
+    def request(self, method: int, body: bytes, deadline: float) -> asyncio.Future:
+        """Queue a request; the future resolves to the reply body (bytes) or an RpcError."""
+        if self._closed:
+            raise RpcUnavailable(f"connection to {self.peer} is closed ({self.close_reason})", sent=False)
+        if len(body) > self.max_request_body:
+            # refused here: the server would drop the whole connection, and every request on it
+            raise RpcError(f"{method_name(method)} request of {len(body)} bytes exceeds the server's limit of "
+                           f"{self.max_request_body}", kind="bad_request")
+        pending = self._pending
+        seq = self._seq + 1
+        if seq > SEQ_MAX:
+            seq = 1
+        while seq in pending:  # after a wrap, skip ids still in flight
+            seq = seq + 1 if seq < SEQ_MAX else 1
+        self._seq = seq
+        self.requests += 1
+        fut = self._loop.create_future()
+        pending[seq] = (fut, deadline, self._gen, method)
+        wbuf = self._wbuf
+        wbuf.append(encode_frame(method, seq, body))
+        if len(wbuf) >= self.write_batch:
+            self._write_now()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+        return fut
+
+    async def call(self, method: int, body: bytes, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+        deadline = self._loop.time() + timeout
+        if self.full:
+            await self.wait_slot(deadline)
+        return await self.request(method, body, deadline)
+
+    async def wait_slot(self, deadline: float) -> None:
+        """Backpressure: wait while the connection has max_in_flight requests out (or the kernel
+        buffer is full)."""
+        while self.full and not self._closed:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise RpcTimeout(f"connection to {self.peer} stayed saturated until the deadline")
+            fut = self._loop.create_future()
+            self._waiters.append(fut)
+            try:
+                await asyncio.wait((fut,), timeout=remaining)
+            finally:
+                if not fut.done():
+                    fut.cancel()
+                    try:
+                        self._waiters.remove(fut)
+                    except ValueError:
+                        pass
+
+    def _wake(self, all_: bool = False) -> None:
+        waiters = self._waiters
+        if all_ or self._closed:
+            self._waiters = []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            return
+        free = 0 if self._paused else self.max_in_flight - len(self._pending)
+        while waiters and free > 0:
+            fut = waiters.pop(0)
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._wbuf:
+            self._write_now()
+
+    def _write_now(self) -> None:
+        buf = self._wbuf
+        self._wbuf = []
+        self._gen += 1
+        if self._transport is not None and not self._closed:
+            self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        pending = self._pending
+        if self._closed or not pending:
+            return
+        now = self._loop.time()
+        dead = [seq for seq, e in pending.items() if e[1] <= now or e[0].done()]
+        for seq in dead:
+            fut, _, _, method = pending.pop(seq)
+            if not fut.done():
+                fut.set_exception(RpcTimeout(f"{method_name(method)} to {self.peer} timed out"))
+        if dead and self._waiters:
+            self._wake()
+        if pending:
+            self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    # -------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+        self.peer = tune(transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError as e:
+            self.abort(f"protocol error from {self.peer}: {e}")
+            return
+        pending = self._pending
+        for f in frames:
+            op = f.op
+            entry = pending.pop(f.seq, None)
+            if op & REPLY_FLAG:
+                if entry is not None and not entry[0].done():
+                    entry[0].set_result(f.body)
+            elif op == ERROR_OP:
+                if entry is not None and not entry[0].done():
+                    entry[0].set_exception(remote_error(f.body))
+            else:
+                if entry is not None:
+                    pending[f.seq] = entry
+                self.abort(f"unexpected frame op {op} from {self.peer} (not an imgate RPC server?)")
+                return
+        if self._waiters:
+            self._wake()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake(all_=True)
+
+    def connection_lost(self, exc) -> None:
+        self._lost(self.close_reason or (f"connection lost: {exc}" if exc else "closed by the peer"))
+
+    def _lost(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.close_reason = reason
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        pending, self._pending = self._pending, {}
+        self._wbuf = []
+        gen = self._gen
+        for fut, _, g, method in pending.values():
+            if not fut.done():
+                sent = g < gen
+                fut.set_exception(RpcUnavailable(
+                    f"{method_name(method)} to {self.peer}: {reason}" + ("" if sent else " (not sent)"), sent=sent))
+        self._wake(all_=True)
+        if not self.closed.done():
+            self.closed.set_result(reason)
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    # -------------------------------------------------------------- closing
+
+    def close(self, reason: str = "closed") -> None:
+        """Flush what is queued and close."""
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+        self._lost(reason)
+
+    def abort(self, reason: str) -> None:
+        if not self._closed:
+            log.debug("rpc connection to %s: %s", self.peer, reason)
+        self.close_reason = self.close_reason or reason
+        if self._transport is not None:
+            self._transport.abort()
+        self._lost(reason)
