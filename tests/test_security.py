@@ -571,3 +571,17 @@ def test_a_notice_that_never_finds_room_is_counted_as_dropped():
         s.close()
     finally:
         n.stop()
+
+
+def test_the_openapi_document_says_which_scope_each_route_needs(node):
+    status, doc = node.http("GET", "/openapi.json", api_key=None)
+    assert status == 200 and doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    router = node.node.http.router
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            scope = router.scope(method.upper(), path)
+            if scope == "public":
+                assert op["security"] == [], path
+            else:
+                assert op["security"] == [{"bearer": [scope]}] and "401" in op["responses"], (method, path)
+    assert doc["paths"]["/list"]["get"]["security"] == [{"bearer": ["admin"]}]

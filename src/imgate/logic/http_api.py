@@ -317,10 +317,13 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
 
     # -- service routes
 
-    doc = openapi_document(demo=demo is not None)
+    docs: list = []   # made on first request, once every route (and its scope) is in the router
 
     async def openapi_json(req: Request) -> Response:
-        return json_response(doc)
+        if not docs:
+            docs.append(openapi_document(demo=demo is not None,
+                                         scopes=router.scope if router.guard is not None else None))
+        return json_response(docs[0])
 
     async def metrics_route(req: Request) -> Response:
         body, ctype = metrics.render()
