@@ -124,6 +124,7 @@ class ApiAuth:
         self._verified: dict[str, frozenset] = {}
         self._stamp = None
         self._next_check = 0.0
+        self._next_forced = 0.0
         self.counters = {"api_auth_failures": 0, "api_scope_denials": 0}
         self._reload()
 
@@ -154,7 +155,15 @@ class ApiAuth:
         self._fresh()
         found = self.extra.get(token)
         if found is None and token.startswith(PREFIX):
-            found = self._hashes.get(_digest(token))
+            digest = _digest(token)
+            found = self._hashes.get(digest)
+            now = self._clock()
+            if found is None and now >= self._next_forced:
+                # perhaps a key made a moment ago: look at the file now (at most ten times a second,
+                # however many unknown keys arrive)
+                self._next_forced = now + 0.1
+                self._reload()
+                found = self._hashes.get(digest)
         elif found is None and self.jwt_secret and token.count(".") == 2:
             found = self._jwt_scopes(token)   # never cached: it expires
         return found
