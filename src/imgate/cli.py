@@ -18,6 +18,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http", help="HTTP API HOST:PORT (default 127.0.0.1:3111)")
     p.add_argument("--auth", choices=["jwt", "none"], help="jwt (default) or none (goim's auth body as it is)")
     p.add_argument("--data-dir", dest="data_dir", help="where state lives (default ./data)")
+    p.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate: wss on --wss (3103), HTTPS with --http-tls")
+    p.add_argument("--tls-key", dest="tls_key", help="PEM key of --tls-cert")
+    p.add_argument("--http-tls", dest="http_tls", action="store_true", default=None, help="serve the HTTP API over TLS")
     p.add_argument("--api-auth", dest="api_auth", choices=["key", "none"],
                    help="key (default: the HTTP API needs an API key or token) or none (open API)")
     p.add_argument("--demo", action="store_true", default=None,
@@ -27,7 +30,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args) -> Config:
     return Config.load(args.config, tcp=args.tcp, ws=args.ws, http=args.http, auth=args.auth,
-                       data_dir=args.data_dir, demo=args.demo, api_auth=args.api_auth)
+                       data_dir=args.data_dir, demo=args.demo, api_auth=args.api_auth,
+                       tls_cert=args.tls_cert, tls_key=args.tls_key, http_tls=args.http_tls)
 
 
 def _first_key(cfg: Config) -> str:
@@ -53,17 +57,23 @@ async def _serve(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, node.reload_tls)   # new certificate, connections kept
     p = node.proxy
     host = "127.0.0.1" if cfg.addr("http")[0] in ("0.0.0.0", "::") else cfg.addr("http")[0]
     print(f"imgate node {cfg.server_id} is up (auth: {cfg.auth})", flush=True)
     print(f"  goim TCP     tcp://{host}:{p.tcp_port}", flush=True)
     print(f"  WebSocket    ws://{host}:{p.ws_port}/sub", flush=True)
-    print(f"  HTTP API     http://{host}:{node.http_port}/  (demo page; /openapi.json, /metrics)", flush=True)
+    if p.tls is not None:
+        print(f"  WebSocket    wss://{host}:{p.wss_port}/sub  (TLS; SIGHUP reloads {cfg.tls_cert})", flush=True)
+        if p.tls_tcp_port:
+            print(f"  goim TLS     tls://{host}:{p.tls_tcp_port}", flush=True)
+    scheme = "https" if cfg.http_tls else "http"
+    print(f"  HTTP API     {scheme}://{host}:{node.http_port}/  (demo page; /openapi.json, /metrics)", flush=True)
     if cfg.auth == "jwt":
         print(f"  tokens       imgate token --user ID --data-dir {cfg.data_dir}", flush=True)
     if first_key:
         print(f"  API key      {first_key}  (admin; created now, shown once: keep it)", flush=True)
-        print(f"               curl -H 'Authorization: Bearer {first_key}' http://{host}:{node.http_port}/goim/online/total", flush=True)
+        print(f"               curl -H 'Authorization: Bearer {first_key}' {scheme}://{host}:{node.http_port}/goim/online/total", flush=True)
     elif cfg.api_auth == "key":
         print(f"  API keys     imgate apikey create --scope push --data-dir {cfg.data_dir}", flush=True)
     else:
@@ -107,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--name", default="", help="a label to recognise the key by")
         if name == "revoke":
             p.add_argument("id", help="the key's id (the part after imk_, as `list` shows)")
+    cert = sub.add_parser("cert", help="certificates for trying TLS")
+    cert_sub = cert.add_subparsers(dest="cert_command", required=True)
+    dev = cert_sub.add_parser("dev", help="a local CA and a server certificate signed by it (openssl)")
+    dev.add_argument("--out", default="./data/tls", help="directory for ca.crt, server.crt, server.key (default ./data/tls)")
+    dev.add_argument("--name", action="append", help="host names and addresses (default localhost, 127.0.0.1, ::1)")
     args = parser.parse_args(argv)
 
     try:
@@ -141,6 +156,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "apikey":
             return _apikey(args)
+        if args.command == "cert":
+            from imgate.certs import make_dev_certs
+
+            try:
+                paths = make_dev_certs(args.out, tuple(args.name) if args.name else ("localhost", "127.0.0.1", "::1"))
+            except RuntimeError as e:
+                print(f"imgate: {e}", file=sys.stderr)
+                return 1
+            print(f"tls_cert = \"{paths['cert']}\"\ntls_key = \"{paths['key']}\"")
+            print(f"clients trust {paths['ca_cert']} (curl --cacert {paths['ca_cert']})", file=sys.stderr)
+            return 0
     except ConfigError as e:
         print(f"imgate: {e}", file=sys.stderr)
         return 2

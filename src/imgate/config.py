@@ -59,6 +59,14 @@ class Config:
     tcp: str = "127.0.0.1:3101"
     ws: str = "127.0.0.1:3102"
     http: str = "127.0.0.1:3111"
+    # TLS (docs/security.md): certificate and key files (PEM; reloaded on SIGHUP). With them the proxy
+    # also listens for wss:// on `wss`, for goim TCP over TLS on `tls_tcp` when set, and the HTTP API
+    # speaks HTTPS when http_tls is true
+    tls_cert: str = ""
+    tls_key: str = ""
+    wss: str = "127.0.0.1:3103"
+    tls_tcp: str = ""
+    http_tls: bool = False
     # identity of this proxy process in the session registry
     server_id: str = ""
     # auth: "jwt" (HS256, user id in `sub`) or "none" (goim's auth body as it is)
@@ -108,8 +116,17 @@ class Config:
     rpc_pool: int = 4                    # connections per RPC peer
 
     def validate(self) -> "Config":
-        for key in ("tcp", "ws", "http"):
+        for key in ("tcp", "ws", "http", "wss"):
             parse_hostport(getattr(self, key), key)
+        if self.tls_tcp:
+            parse_hostport(self.tls_tcp, "tls_tcp")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key: give both (PEM files) or neither")
+        for key in ("tls_cert", "tls_key"):
+            if getattr(self, key) and not os.path.isfile(getattr(self, key)):
+                raise ConfigError(f"{key}: no such file {getattr(self, key)!r}")
+        if (self.http_tls or self.tls_tcp) and not self.tls_cert:
+            raise ConfigError("http_tls and tls_tcp need tls_cert and tls_key")
         if self.auth not in ("jwt", "none"):
             raise ConfigError(f"auth: expected 'jwt' or 'none', got {self.auth!r}")
         if self.api_auth not in ("key", "none"):

@@ -116,12 +116,19 @@ class Node:
         await self.logic.start()
         await self.proxy.start()
         host, port = cfg.addr("http")
-        await self.http.start(host, port)
+        # HTTPS with the proxy's certificate (one context: a SIGHUP reload serves both)
+        tls = self.proxy.tls.context if cfg.http_tls else None
+        await self.http.start(host, port, ssl=tls)
 
     def _refusals(self) -> dict:
         """What the API's guard, the HTTP server and logic refused (for /metrics)."""
         return dict(self.api_auth.counters, http_request_timeouts=self.http.request_timeouts,
                     key_conflicts=self.logic.counters["key_conflicts"])
+
+    def reload_tls(self) -> bool:
+        """Re-read the certificate and key (SIGHUP): new TLS handshakes use them, open connections
+        keep theirs. False when there is no TLS or the files could not be loaded."""
+        return self.proxy is not None and self.proxy.tls is not None and self.proxy.tls.reload()
 
     @property
     def http_port(self) -> int:

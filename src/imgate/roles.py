@@ -20,11 +20,13 @@ from imgate.gctune import settle as settle_gc
 log = logging.getLogger("imgate.roles")
 
 
-async def _until_signal() -> None:
+async def _until_signal(role=None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if role is not None and getattr(role, "reload_tls", None):
+        loop.add_signal_handler(signal.SIGHUP, role.reload_tls)   # new certificate, connections kept
     await stop.wait()
 
 
@@ -53,6 +55,10 @@ class ProxyRole:
         self.rpc = await serve_proxy(self.proxy, host, port)
         print(f"imgate proxy {cfg.server_id} is up: tcp :{self.proxy.tcp_port}, ws :{self.proxy.ws_port}/sub, "
               f"rpc :{self.rpc.port}, logic {', '.join(cfg.logic_addrs)}", flush=True)
+
+    def reload_tls(self) -> None:
+        if self.proxy.tls is not None:
+            self.proxy.tls.reload()
 
     async def stop(self) -> None:
         await self.rpc.stop()
@@ -95,7 +101,12 @@ class LogicRole:
         self.http = HttpServer(routes, max_body=cfg.max_http_body,
                                request_timeout=cfg.http_request_timeout)
         host, port = cfg.addr("http")
-        await self.http.start(host, port)
+        from imgate.proxy.tls import ServerTls
+
+        self.tls = ServerTls.from_config(cfg) if cfg.http_tls else None
+        await self.http.start(host, port, ssl=self.tls.context if self.tls else None)
+        if self.tls is not None:
+            self.reload_tls = self.tls.reload
         host, port = cfg.addr("logic_rpc")
         self.rpc = await serve_logic(self.logic, host, port)
         print(f"imgate logic {cfg.server_id} is up: http :{self.http.port}, rpc :{self.rpc.port}, "
@@ -142,7 +153,7 @@ async def run_role(name: str, cfg: Config) -> int:
     role = ROLES[name](cfg)
     await role.start()
     settle_gc()
-    await _until_signal()
+    await _until_signal(role)
     print(f"imgate {name} {cfg.server_id}: shutting down", flush=True)
     await role.stop()
     return 0

@@ -33,6 +33,9 @@ class Lifecycle:
             self.loop.remove_reader(sock.fileno())
             sock.close()
         self._listeners.clear()
+        for server in self._tls_servers:
+            server.close()   # no new TLS connections; the open ones close with their channels
+        self._tls_servers.clear()
         for task in (self._sweeper, self._reporter):
             if task is not None:
                 task.cancel()

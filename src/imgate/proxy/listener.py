@@ -44,36 +44,44 @@ class Listener:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            lid = self._next_lid
-            self._next_lid += 1
             ip = addr[0] if isinstance(addr, tuple) else ""
             if not self.limits.admit(ip, self._ips.get(ip, 0)):
                 self._refuse(sock, ws)
                 continue
-            ch = Channel(lid, sock, ws, ip, now + self.config.handshake_timeout)
-            if ws:
-                ch.hs = WebSocketHandshake()
-            else:
-                ch.decoder = FrameDecoder(self.config.max_frame_body)
-                self.table.add(lid, sock)
-                self.table.set_accepts(lid, ())  # no pushes before auth; replies (op -1) still pass
-            self._channels[lid] = ch
-            self._ips[ip] = self._ips.get(ip, 0) + 1
-            self.stats_counters["accepted"] += 1
-            self.loop.add_reader(ch.fd, self._on_readable, ch)
+            self._adopt(sock, ws, ip, now)
 
-    def _refuse(self, sock: socket.socket, ws: bool) -> None:
-        """A connection over the per-address limit: a notice into the fresh (empty) socket buffer,
-        then close; it never becomes a channel."""
-        self.stats_counters["ip_limit_refusals"] += 1
+    def _adopt(self, sock: socket.socket, ws: bool, ip: str, now: float) -> None:
+        """Serve an accepted, non-blocking socket (or the plaintext end of a TLS connection, see
+        ``imgate.proxy.tls``) as a client connection from ``ip``."""
+        lid = self._next_lid
+        self._next_lid += 1
+        ch = Channel(lid, sock, ws, ip, now + self.config.handshake_timeout)
+        if ws:
+            ch.hs = WebSocketHandshake()
+        else:
+            ch.decoder = FrameDecoder(self.config.max_frame_body)
+            self.table.add(lid, sock)
+            self.table.set_accepts(lid, ())  # no pushes before auth; replies (op -1) still pass
+        self._channels[lid] = ch
+        self._ips[ip] = self._ips.get(ip, 0) + 1
+        self.stats_counters["accepted"] += 1
+        self.loop.add_reader(ch.fd, self._on_readable, ch)
+
+    @staticmethod
+    def _refusal(ws: bool) -> bytes:
+        """What a connection over the per-address limit is told: op 6, or HTTP 429 for WebSocket."""
         body = json.dumps({"reason": TOO_MANY_CONNECTIONS, "reconnect": False}).encode()
         if ws:
-            data = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+            return (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
-        else:
-            data = encode_frame(OP_DISCONNECT_REPLY, 0, body)
+        return encode_frame(OP_DISCONNECT_REPLY, 0, body)
+
+    def _refuse(self, sock: socket.socket, ws: bool) -> None:
+        """A connection over the per-address limit: the refusal into the fresh (empty) socket buffer,
+        then close; it never becomes a channel."""
+        self.stats_counters["ip_limit_refusals"] += 1
         try:
-            sock.send(data)
+            sock.send(self._refusal(ws))
         except OSError:
             pass
         sock.close()
