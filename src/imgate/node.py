@@ -64,6 +64,8 @@ class Demo:
         host = "localhost" if host in ("0.0.0.0", "::") else host
         return {
             "ws_url": f"ws://{host}:{self.node.proxy.ws_port}/sub",
+            # with TLS on: the page, when served over HTTPS, connects with wss (a https page may not use ws)
+            "wss_url": f"wss://{host}:{self.node.proxy.wss_port}/sub" if self.node.proxy.wss_port else "",
             "ws_port": self.node.proxy.ws_port,
             "auth": self.node.config.auth,
             "room_id": "live://1000",

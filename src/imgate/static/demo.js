@@ -220,7 +220,8 @@
       const reply = await r.json();
       const c = reply.data || {};
       demoAvailable = true;
-      if (c.ws_url) $("ws-url").value = reachable(c.ws_url);
+      const wsUrl = location.protocol === "https:" && c.wss_url ? c.wss_url : c.ws_url;
+      if (wsUrl) $("ws-url").value = reachable(wsUrl);
       if (c.mid !== undefined && c.mid !== null) $("mid").value = String(c.mid);
       if (c.token) $("token").value = c.token;
       if (c.api_key) apiKey = c.api_key;
