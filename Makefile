@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build services proto test cluster bench bench-micro ratios wheel clean run
+.PHONY: all build services proto test cluster bench bench-micro ratios wheel clean run fuzz
 
 all: build
 
@@ -29,6 +29,16 @@ services:
 
 test: build services
 	$(PY) -m pytest -q
+
+# Long fuzzing under atheris (installed on first use): every harness of fuzz/harnesses.py for FUZZ_RUNS
+# inputs, memory bounded by libFuzzer's -rss_limit_mb. `make test` runs them briefly (test_fuzz_smoke).
+FUZZ_RUNS ?= 1000000
+FUZZ_HARNESSES := goim_frames websocket handshake auth_body http
+fuzz: build
+	$(PY) -c 'import atheris' 2>/dev/null || $(PIP) install --quiet atheris
+	for h in $(FUZZ_HARNESSES); do \
+		$(PY) fuzz/run.py $$h -runs=$(FUZZ_RUNS) -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
+	done
 
 # a whole cluster on loopback in the foreground (Redis, Kafka, 2 proxies, 2 logic, 1 push); Ctrl-C stops it
 cluster: build services

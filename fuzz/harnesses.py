@@ -1,0 +1,196 @@
+"""Fuzz harnesses: each ``one_*(data)`` feeds arbitrary bytes to one parser of untrusted input and
+fails (raises AssertionError, or lets an unexpected exception out) when the parser does something other
+than accept the input or refuse it with its documented error.
+
+Run long with atheris (``make fuzz``: ``fuzz/run.py``); ``tests/test_fuzz_smoke.py`` runs every
+harness over a bounded number of seeded inputs in ``make test``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from imgate.auth import AuthError, parse_auth_body
+from imgate.core import (
+    FrameDecoder,
+    ProtocolError,
+    WebSocketError,
+    WebSocketHandshake,
+    WebSocketParser,
+    encode_frame,
+)
+
+MAX_BODY = 4096
+
+
+def _split(data: bytes) -> list[bytes]:
+    """Cut the input into chunks at points the input itself chooses (its first byte): the parsers
+    must give the same answer however the stream is cut."""
+    if not data:
+        return [b""]
+    step = data[0] % 17 + 1
+    rest = data[1:]
+    return [rest[i:i + step] for i in range(0, len(rest), step)] or [b""]
+
+
+def one_goim_frames(data: bytes) -> None:
+    """The goim decoder: whole input at once and chunk by chunk give the same frames or the same error;
+    every frame re-encodes to the bytes it came from."""
+    def decode(chunks):
+        dec = FrameDecoder(max_body=MAX_BODY)
+        frames = []
+        try:
+            for c in chunks:
+                frames.extend(dec.feed(c))
+        except ProtocolError:
+            return frames, True
+        return frames, False
+
+    whole, failed = decode([data[1:]] if data else [b""])
+    parts, failed2 = decode(_split(data))
+    assert failed == failed2, "an error depends on how the stream is cut"
+    if not failed:
+        assert [(f.op, f.seq, f.body) for f in whole] == [(f.op, f.seq, f.body) for f in parts]
+        encoded = b"".join(encode_frame(f.op, f.seq, f.body, f.ver) for f in whole)
+        assert data[1:].startswith(encoded)
+    for f in whole:
+        assert len(f.body) <= MAX_BODY
+
+
+def one_websocket(data: bytes) -> None:
+    """The WebSocket parser (client-to-server frames): messages or WebSocketError, bounded sizes."""
+    p = WebSocketParser(max_message=MAX_BODY)
+    try:
+        for c in _split(data):
+            for opcode, payload in p.feed(c):
+                assert opcode in (1, 2) and len(payload) <= MAX_BODY
+            p.take_output()
+    except WebSocketError as e:
+        assert 1000 <= e.code < 5000
+        e.close_frame()
+
+
+def one_handshake(data: bytes) -> None:
+    """The upgrade request: complete with ok and a 101, or a refusal with a 4xx answer, never a crash."""
+    hs = WebSocketHandshake(max_header_bytes=2048)
+    done = False
+    for c in _split(data):
+        if hs.feed(c):
+            done = True
+            break
+    if done:
+        assert hs.complete
+        head = hs.response.split(b"\r\n", 1)[0]
+        if hs.ok:
+            assert head.startswith(b"HTTP/1.1 101"), head
+        else:
+            assert head[9:10] in (b"4", b"5"), head
+
+
+def one_auth_body(data: bytes) -> None:
+    """goim's auth body: normalised fields or AuthError."""
+    try:
+        fields = parse_auth_body(data)
+    except AuthError as e:
+        assert str(e)
+        return
+    assert isinstance(fields["mid"], int) and 0 <= fields["mid"] < 1 << 63
+    assert len(fields["key"]) <= 128 and "," not in fields["key"]
+    assert len(fields["room_id"]) <= 256
+    json.dumps(fields)
+
+
+class _Transport:
+    """Keeps what the HTTP connection writes; enough of an asyncio transport for it."""
+
+    def __init__(self):
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data):
+        self.out += data
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def is_closing(self):
+        return self.closed
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def close(self):
+        self.closed = True
+
+    def abort(self):
+        self.closed = True
+
+    def can_write_eof(self):
+        return False
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+_HTTP = {}
+
+
+def _http_server(fast: bool):
+    from imgate.http.server import HttpServer, Response, Router
+
+    if fast not in _HTTP:
+        router = Router()
+        router.add("POST", "/p", lambda req: Response(200, req.body, "text/plain"), "public")
+        router.add("GET", "/g", lambda req: Response(200, repr(req.query).encode(), "text/plain"), "public")
+        _HTTP[fast] = HttpServer(router, max_body=MAX_BODY, max_header_bytes=2048, fast_path=fast, idle_timeout=0)
+    return _HTTP[fast]
+
+
+def one_http(data: bytes, loop=None) -> None:
+    """The HTTP request parser, compiled fast path and httptools alike: every reply is a well-formed
+    status line, and a handler never sees a body over the limit. Needs a running event loop's
+    thread (``loop``); ``run.py`` and the smoke test make one."""
+    from imgate.http._protocol import HttpProtocol
+
+    for fast in (True, False):
+        proto = HttpProtocol(_http_server(fast))
+        t = _Transport()
+        proto.connection_made(t)
+        for c in _split(data):
+            if t.closed:
+                break
+            proto.data_received(c)
+        proto.connection_lost(None)
+        _http_server(fast)._conns.discard(proto)
+        out = bytes(t.out)
+        while out:
+            assert out.startswith(b"HTTP/1.1 "), out[:40]
+            head, sep, rest = out.partition(b"\r\n\r\n")
+            assert sep, "a reply without the end of its head"
+            n = [int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")]
+            out = rest[n[0]:] if n else b""
+            if head.startswith(b"HTTP/1.1 100 "):
+                continue
+
+
+HARNESSES = {
+    "goim_frames": one_goim_frames,
+    "websocket": one_websocket,
+    "handshake": one_handshake,
+    "auth_body": one_auth_body,
+    "http": one_http,
+}
+
+#: a few valid inputs each to start from
+SEEDS = {
+    "goim_frames": [b"\x05" + encode_frame(7, 1, b'{"mid":1}') + encode_frame(2, 2, b"")],
+    "websocket": [b"\x03\x82\x85\x01\x02\x03\x04" + bytes(b ^ m for b, m in zip(b"hello", b"\x01\x02\x03\x04\x01"))],
+    "handshake": [b"\x07GET /sub HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"],
+    "auth_body": [b'{"mid": 1, "key": "k", "room_id": "live://1", "platform": "web", "accepts": [1000], "token": ""}'],
+    "http": [b"\x09POST /p?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /g?x=%41 HTTP/1.1\r\n\r\n",
+             b"\x04POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
+}
