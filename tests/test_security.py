@@ -585,3 +585,22 @@ def test_the_openapi_document_says_which_scope_each_route_needs(node):
             else:
                 assert op["security"] == [{"bearer": [scope]}] and "401" in op["responses"], (method, path)
     assert doc["paths"]["/list"]["get"]["security"] == [{"bearer": ["admin"]}]
+
+
+def test_bad_security_settings_are_refused_with_the_key_named(tmp_path):
+    from imgate.config import Config, ConfigError
+
+    for values, key in [
+        (dict(api_auth="maybe"), "api_auth"),
+        (dict(client_op_rate=-1.0), "client_op_rate"),
+        (dict(client_op_burst=0.5), "client_op_burst"),
+        (dict(max_conns_per_ip=-3), "max_conns_per_ip"),
+        (dict(conn_limit_exempt=["not-a-network"]), "conn_limit_exempt[0]"),
+        (dict(tls_cert=str(tmp_path / "c.pem")), "tls_cert and tls_key"),
+        (dict(tls_cert=str(tmp_path / "c.pem"), tls_key=str(tmp_path / "k.pem")), "tls_cert: no such file"),
+        (dict(http_tls=True), "http_tls and tls_tcp need tls_cert"),
+        (dict(http_request_timeout=0.0), "http_request_timeout"),
+        (dict(jwt_max_ttl=-1.0), "jwt_max_ttl"),
+    ]:
+        with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+            Config.load(None, **values)

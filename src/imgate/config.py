@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sys
@@ -150,8 +151,6 @@ class Config:
                 raise ConfigError(f"{key}: must be >= 0 (0 = no limit), got {getattr(self, key)}")
         if self.client_op_rate and self.client_op_burst < 1:
             raise ConfigError(f"client_op_burst: must be >= 1 with a rate limit, got {self.client_op_burst}")
-        import ipaddress
-
         for i, net in enumerate(self.conn_limit_exempt):
             try:
                 ipaddress.ip_network(net, strict=False)
