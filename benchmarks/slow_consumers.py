@@ -6,8 +6,8 @@
 Starts ``imgate serve`` (loopback, ``max_pending`` 64 KiB so a slow consumer overflows quickly) with
 ``--slow`` TCP clients that never read (4 KiB receive window) and ``--healthy`` clients that read, all
 in one room. Pushes to the room at ``--rate`` per second, each carrying its send time; the healthy
-clients' latency is reported in two windows: before the slow ones overflow, and from the first
-overflow until every slow one is closed (plus a second). Also: how many slow ones were closed, and how
+clients' latency is reported by send time: in the second before the slow ones overflow, around the
+closes (from a quarter second before the first to a quarter second after the last), and after. Also: how many slow ones were closed, and how
 many close notices went out late or were dropped (from /metrics).
 """
 
@@ -126,11 +126,11 @@ async def main(args) -> int:
         m = await http("GET", "/metrics")
         for t in readers:
             t.cancel()
-        # by send time: before the slow ones overflow (filling their buffers), around the closes
-        # (a quarter second either side, the metrics being polled every 20 pushes), and after
+        # by send time: the second before the slow ones overflow (their buffers filling), around the
+        # closes (a quarter second either side: the metrics are polled every 20 pushes), and after
         lo = (first_close or time.time()) - 0.25
         hi = (last_close or time.time()) + 0.25
-        before = [x for t, x in lat if t < lo]
+        before = [x for t, x in lat if lo - 1.0 <= t < lo]
         during = [x for t, x in lat if lo <= t <= hi]
         after = [x for t, x in lat if t > hi]
         print(f"slow consumers closed: {metric(m, 'imgate_slow_consumer_closes_total'):.0f} of {args.slow}; "

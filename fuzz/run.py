@@ -10,7 +10,6 @@ current directory.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 
@@ -34,11 +33,7 @@ def main() -> int:
         with open(os.path.join(corpus, f"seed-{i}"), "wb") as f:
             f.write(seed)
     atheris.Setup([sys.argv[0], *sys.argv[2:], corpus], harnesses.HARNESSES[name])
-
-    async def fuzz():   # the HTTP connection wants a running event loop in its thread
-        atheris.Fuzz()
-
-    asyncio.run(fuzz())
+    atheris.Fuzz()
     return 0
 
 
