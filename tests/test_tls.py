@@ -162,3 +162,34 @@ def test_sighup_reloads_the_certificate_of_a_running_serve(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
+
+
+def test_internal_rpc_over_tls_pinned_to_the_cluster_ca(certs, tmp_path):
+    from types import SimpleNamespace
+
+    from imgate.certs import make_dev_certs
+    from imgate.rpc import RpcClient, RpcServer
+    from imgate.rpc import tls as rpc_tls
+    from imgate.rpc.wire import RpcUnavailable
+
+    cfg = SimpleNamespace(rpc_tls=True, tls_cert=certs["cert"], tls_key=certs["key"], rpc_tls_ca=certs["ca_cert"])
+    other_ca = make_dev_certs(tmp_path / "other")   # another authority: its certificates are not the cluster's
+    stranger = SimpleNamespace(rpc_tls=True, tls_cert=other_ca["cert"], tls_key=other_ca["key"],
+                               rpc_tls_ca=other_ca["ca_cert"])
+
+    async def go():
+        srv = RpcServer("test.echo", {1000: lambda body: body})
+        await srv.start("127.0.0.1", 0, ssl=rpc_tls.server_context(cfg))
+        try:
+            c = await RpcClient.connect("127.0.0.1", srv.port, "test.echo", ssl=rpc_tls.client_context(cfg))
+            assert await c.call(1000, b"over tls") == b"over tls"
+            c.close()
+            with pytest.raises(RpcUnavailable):   # pinned to another CA: the server's certificate is refused
+                await RpcClient.connect("127.0.0.1", srv.port, "test.echo", ssl=rpc_tls.client_context(stranger),
+                                        connect_timeout=5)
+            with pytest.raises(RpcUnavailable):   # plain TCP to a TLS listener
+                await RpcClient.connect("127.0.0.1", srv.port, "test.echo", connect_timeout=2)
+        finally:
+            await srv.stop()
+
+    run(go())

@@ -115,6 +115,8 @@ class Config:
     kafka_timeout: float = 5.0           # seconds a push may wait for Kafka before the API answers 503
     room_merge_window: float = 0.0       # push: merge pushes to one room over this window into one op-9 batch
     rpc_pool: int = 4                    # connections per RPC peer
+    rpc_tls: bool = False                # RPC over TLS: listeners use tls_cert/tls_key, callers trust rpc_tls_ca only
+    rpc_tls_ca: str = ""                 # the CA (PEM) the cluster's RPC certificates are pinned to
 
     def validate(self) -> "Config":
         for key in ("tcp", "ws", "http", "wss"):
@@ -128,6 +130,10 @@ class Config:
                 raise ConfigError(f"{key}: no such file {getattr(self, key)!r}")
         if (self.http_tls or self.tls_tcp) and not self.tls_cert:
             raise ConfigError("http_tls and tls_tcp need tls_cert and tls_key")
+        if self.rpc_tls and not (self.tls_cert and self.rpc_tls_ca):
+            raise ConfigError("rpc_tls needs tls_cert, tls_key and rpc_tls_ca")
+        if self.rpc_tls_ca and not os.path.isfile(self.rpc_tls_ca):
+            raise ConfigError(f"rpc_tls_ca: no such file {self.rpc_tls_ca!r}")
         if self.auth not in ("jwt", "none"):
             raise ConfigError(f"auth: expected 'jwt' or 'none', got {self.auth!r}")
         if self.api_auth not in ("key", "none"):

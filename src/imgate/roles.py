@@ -15,6 +15,7 @@ import logging
 import signal
 
 from imgate.config import Config
+from imgate.rpc import tls as rpc_tls
 from imgate.gctune import settle as settle_gc
 
 log = logging.getLogger("imgate.roles")
@@ -48,11 +49,12 @@ class ProxyRole:
         from imgate.rpc.proxy import serve_proxy
 
         cfg = self.cfg
-        self.logic = LogicClient(cfg.logic_addrs, pool_size=cfg.rpc_pool, client_id=cfg.server_id)
+        self.logic = LogicClient(cfg.logic_addrs, pool_size=cfg.rpc_pool, client_id=cfg.server_id,
+                                 ssl=rpc_tls.client_context(cfg))
         self.proxy = Proxy(cfg, self.logic, asyncio.get_running_loop())
         await self.proxy.start()
         host, port = cfg.addr("rpc")
-        self.rpc = await serve_proxy(self.proxy, host, port)
+        self.rpc = await serve_proxy(self.proxy, host, port, ssl=rpc_tls.server_context(cfg))
         print(f"imgate proxy {cfg.server_id} is up: tcp :{self.proxy.tcp_port}, ws :{self.proxy.ws_port}/sub, "
               f"rpc :{self.rpc.port}, logic {', '.join(cfg.logic_addrs)}", flush=True)
 
@@ -108,7 +110,7 @@ class LogicRole:
         if self.tls is not None:
             self.reload_tls = self.tls.reload
         host, port = cfg.addr("logic_rpc")
-        self.rpc = await serve_logic(self.logic, host, port)
+        self.rpc = await serve_logic(self.logic, host, port, ssl=rpc_tls.server_context(cfg))
         print(f"imgate logic {cfg.server_id} is up: http :{self.http.port}, rpc :{self.rpc.port}, "
               f"redis {cfg.redis_url}, kafka {cfg.kafka}", flush=True)
 
@@ -132,7 +134,8 @@ class PushRole:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, ensure_topic, cfg.kafka, cfg.kafka_topic)
-        self.clients = {sid: ProxyClient(sid, addr, pool_size=cfg.rpc_pool) for sid, addr in cfg.proxies.items()}
+        ctx = rpc_tls.client_context(cfg)
+        self.clients = {sid: ProxyClient(sid, addr, pool_size=cfg.rpc_pool, ssl=ctx) for sid, addr in cfg.proxies.items()}
         self.push = PushRouter(self.clients)
         self.consumer = PushConsumer(cfg.kafka, cfg.kafka_topic, self.push.route, group=f"{cfg.kafka_topic}.push",
                                      merge_window=cfg.room_merge_window)
