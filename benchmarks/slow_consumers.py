@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """What closing many slow consumers at once costs the healthy clients (issue 14, finding 7).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/slow_consumers.py [--slow 1000] [--healthy 20] [--rate 200]
+    PYTHONPATH=src .venv/bin/python benchmarks/slow_consumers.py [--slow 1000] [--healthy 20] [--rate 50] [--size 16384]
 
-Starts ``imgate serve`` (loopback, ``max_pending`` 64 KiB so a slow consumer overflows quickly) with
+Starts ``imgate serve`` (loopback, ``--max-pending`` as given, default the node's 1 MiB) with
 ``--slow`` TCP clients that never read (4 KiB receive window) and ``--healthy`` clients that read, all
 in one room. Pushes to the room at ``--rate`` per second, each carrying its send time; the healthy
 clients' latency is reported by send time: in the second before the slow ones overflow, around the
@@ -51,7 +51,7 @@ async def main(args) -> int:
     ports = [free_port() for _ in range(3)]
     conf = os.path.join(data, "imgate.toml")
     with open(conf, "w") as f:
-        f.write("max_pending = 65536\nheartbeat_timeout = 900.0\n")
+        f.write(f"max_pending = {args.max_pending}\nheartbeat_timeout = 900.0\n")
     env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH") or os.path.join(ROOT, "src"))
     # an API key (a node without API credentials, for a before/after comparison, refuses the command)
     key = subprocess.run([sys.executable, "-m", "imgate", "apikey", "create", "--scope", "admin", "--data-dir", data],
@@ -156,7 +156,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slow", type=int, default=1000)
     ap.add_argument("--healthy", type=int, default=20)
-    ap.add_argument("--rate", type=float, default=200)
-    ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--rate", type=float, default=50)
+    ap.add_argument("--size", type=int, default=16384)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--max-pending", dest="max_pending", type=int, default=1 << 20,
+                    help="the node's max_pending (default its default, 1 MiB)")
     sys.exit(asyncio.run(main(ap.parse_args())))
