@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build services proto test cluster bench bench-micro ratios wheel clean run fuzz test-asan
+.PHONY: all build services browser proto test check cluster bench bench-micro ratios wheel clean run fuzz test-asan
 
 all: build
 
@@ -27,8 +27,17 @@ build: $(STAMP)
 services:
 	bash scripts/services.sh install
 
-test: build services
-	$(PY) -m pytest -q
+# headless Chromium + chromedriver for tests/browser (Debian packages, installed once when missing)
+browser:
+	bash scripts/install-browser.sh
+
+# every test: tests/unit, tests/integration (nodes, cluster, Redis/Kafka) and tests/browser; CI runs this
+test: build services browser
+	$(PY) -m pytest -q tests
+
+# the edit-compile-test loop: tests/unit only (in process, no services), well under a minute
+check: build
+	$(PY) -m pytest -q tests/unit
 
 # Long fuzzing under atheris (installed on first use): every harness of fuzz/harnesses.py for FUZZ_RUNS
 # inputs, memory bounded by libFuzzer's -rss_limit_mb. `make test` runs them briefly (test_fuzz_smoke).
@@ -44,7 +53,7 @@ fuzz: build
 # copy of the tree under build/asan (the normal build stays as it is); the sanitizer runtimes are
 # preloaded into the venv's python. Leak checking is off: the interpreter itself never frees everything.
 ASAN_DIR := build/asan
-ASAN_TESTS ?= $(if $(wildcard tests/unit),tests/unit,tests/test_frame.py tests/test_websocket.py tests/test_room.py tests/test_http_server.py tests/test_http_fastpath.py tests/test_push_routes.py tests/test_fuzz_smoke.py)
+ASAN_TESTS ?= tests/unit
 test-asan: $(STAMP)
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
 	cp -r setup.py pyproject.toml README.md csrc src tests fuzz $(ASAN_DIR)/

@@ -1,6 +1,6 @@
 """Build the Cython/C extensions of imgate.
 
-Release builds by default; IMGATE_DEBUG=1 compiles the debug checks in (see csrc/imgate_debug.h).
+Release builds by default; IMGATE_DEBUG=1 compiles the debug checks in (see src/imgate/_core/includes/imgate_debug.h).
 """
 import os
 
@@ -18,7 +18,7 @@ sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-san
 if SANITIZE:
     cflags = ["-O1", "-g"] + sanitize
 common = dict(
-    include_dirs=["csrc"],
+    include_dirs=["src/imgate/_core/includes"],  # the headers ship beside the .pxd that extern them
     define_macros=macros,
     extra_compile_args=cflags + ["-std=c11", "-Wno-unused-function"],
     extra_link_args=sanitize if SANITIZE else [],
@@ -31,6 +31,7 @@ extensions = [
         ["src/imgate/_core/websocket.pyx", "csrc/imgate_ws.c"],
         **common,
     ),
+    Extension("imgate._core.output", ["src/imgate/_core/output.pyx"], **common),
     Extension("imgate._core.room", ["src/imgate/_core/room.pyx"], **common),
     # the HTTP API's connection: parsing (httptools), dispatch and replies
     Extension("imgate.http._protocol", ["src/imgate/http/_protocol.pyx"], **common),

@@ -14,7 +14,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from imgate.auth.apikeys import KeyStore
+from imgate.http.apikeys import KeyStore
 from imgate.config import dump_toml
 
 ROOT = Path(__file__).resolve().parent.parent

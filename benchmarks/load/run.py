@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import glob
 import json
 import os
 import platform
@@ -1251,6 +1252,11 @@ def main(argv=None):
     path = os.path.join(RESULTS_DIR, stem + ".json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
+    if not suffix:
+        # the tree keeps the latest full run only: the one RESULTS.md cites
+        for old in glob.glob(os.path.join(RESULTS_DIR, "load-*.json")):
+            if old != path and re.fullmatch(r"load-\d{8}-\d{6}-[0-9a-f]+\.json", os.path.basename(old)):
+                os.remove(old)
     import report
 
     print(report.text_table(result))

@@ -36,7 +36,7 @@ def _load(args) -> Config:
 
 def _first_key(cfg: Config) -> str:
     """An admin API key when the data dir has none yet (printed once: only its hash is kept)."""
-    from imgate.auth.apikeys import KeyStore
+    from imgate.http.apikeys import KeyStore
 
     store = KeyStore(cfg.data_dir)
     if cfg.api_auth != "key" or store.load():
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 def _apikey(args) -> int:
     import time
 
-    from imgate.auth.apikeys import KeyStore
+    from imgate.http.apikeys import KeyStore
 
     cfg = Config.load(args.config, data_dir=args.data_dir)
     store = KeyStore(cfg.data_dir)

@@ -24,12 +24,14 @@ whole frames back to back; its inner frames are dispatched in order. Everything 
 for :meth:`Client.recv` (or handed to :attr:`Client.on_push` if set).
 
 The receive path is an :class:`asyncio.Protocol` feeding the compiled :class:`imgate.core.FrameDecoder`;
-the WebSocket client side (upgrade, masking with :func:`imgate.core.ws_unmask`, an incremental parser
-of the server's unmasked frames, ping -> pong, close) is written here. Works on uvloop.
+WebSocket frames are the core codec's too (:class:`imgate.core.WebSocketParser` in client mode, which
+answers pings and echoes a close with masked frames, and :func:`imgate.core.encode_ws_frame` with a
+mask); only the upgrade request and its check are written here. Works on uvloop.
 
 Errors: :class:`ClientError` and its subclasses :class:`AuthRejected` (op 6 or a close instead of the
-auth reply), :class:`ConnectionClosed` (the connection is gone; carries the op-6 notice if any) and
-:class:`ClientTimeout` (also a :class:`TimeoutError`). Connecting to a closed port raises the
+auth reply), :class:`ConnectionClosed` (the connection is gone; carries the op-6 notice if any),
+:class:`Refused` (the server answered a room or sub operation with ``"ok": false``; the connection
+stays open) and :class:`ClientTimeout` (also a :class:`TimeoutError`). Connecting to a closed port raises the
 :class:`OSError` of the socket.
 """
 
@@ -40,18 +42,20 @@ import base64
 import json
 import os
 import ssl as _ssl
-import struct
 from collections import deque
 from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
-from imgate.core import Frame, FrameDecoder, ProtocolError, encode_frame, ws_accept_key, ws_unmask
-from imgate.core import (  # noqa: F401  (goim operations, re-exported for callers of the client)
+from imgate.core import (
+    WS_OP_BINARY, WS_OP_CLOSE, WS_OP_TEXT, Frame, FrameDecoder, ProtocolError, WebSocketError, WebSocketParser,
+    encode_frame, encode_ws_frame, ws_accept_key,
+)
+from imgate.protocol.ops import (  # noqa: F401  (goim operations, re-exported for callers of the client)
     OP_AUTH, OP_AUTH_REPLY, OP_CHANGE_ROOM, OP_CHANGE_ROOM_REPLY, OP_HEARTBEAT, OP_HEARTBEAT_REPLY,
     OP_JOIN_ROOM, OP_JOIN_ROOM_REPLY, OP_LEAVE_ROOM, OP_LEAVE_ROOM_REPLY, OP_RAW, OP_SEND_MSG,
     OP_SEND_MSG_REPLY, OP_SUB, OP_SUB_REPLY, OP_UNSUB, OP_UNSUB_REPLY,
 )
-from imgate.core import OP_DISCONNECT_REPLY as OP_DISCONNECT
+from imgate.protocol.ops import OP_DISCONNECT_REPLY as OP_DISCONNECT
 
 __all__ = [
     "AuthRejected",
@@ -59,6 +63,7 @@ __all__ = [
     "ClientError",
     "ClientTimeout",
     "ConnectionClosed",
+    "Refused",
     "connect",
 ]
 
@@ -70,8 +75,6 @@ _CONTROL_OPS = _REPLY_OPS | {OP_DISCONNECT}
 
 _DEFAULT_PORTS = {"tcp": 3101, "ws": 3102, "wss": 3103, "tls": 3104}  # tls: goim TCP over TLS
 _MAX_RESPONSE_HEAD = 16384
-
-_WS_CONT, _WS_TEXT, _WS_BINARY, _WS_CLOSE, _WS_PING, _WS_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 class ClientError(Exception):
@@ -97,6 +100,18 @@ class ConnectionClosed(ClientError):
         self.ws_code = ws_code
 
 
+class Refused(ClientError):
+    """The server refused an operation (its reply says ``"ok": false``): an invalid room id, the
+    connection's room limit, bad sub/unsub ops. The connection stays open; ``error`` is the server's
+    reason, ``reply`` the reply's JSON body."""
+
+    def __init__(self, op: int, error: str, reply: dict):
+        super().__init__(f"op {op} refused: {error}")
+        self.op = op
+        self.error = error
+        self.reply = reply
+
+
 class ClientTimeout(ClientError, TimeoutError):
     """No answer within the timeout."""
 
@@ -106,17 +121,9 @@ def _expire(fut: asyncio.Future, what: str, timeout: float) -> None:
         fut.set_exception(ClientTimeout(f"no {what} within {timeout:g} s"))
 
 
-def _ws_client_frame(payload: bytes | bytearray | memoryview, opcode: int = _WS_BINARY) -> bytes:
+def _ws_client_frame(payload: bytes | bytearray | memoryview, opcode: int = WS_OP_BINARY) -> bytes:
     """One final client frame, masked with a fresh random mask (RFC 6455 5.3)."""
-    n = len(payload)
-    mask = os.urandom(4)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0xFE, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0xFF, n)
-    return head + mask + ws_unmask(payload, mask)
+    return encode_ws_frame(payload, opcode, True, os.urandom(4))
 
 
 def _parse_notice(body: bytes) -> dict:
@@ -142,9 +149,7 @@ class _Protocol(asyncio.Protocol):
         self.ws = ws_key is not None
         self.ws_expected_accept = ws_key and ws_accept_key(ws_key)
         self.ws_head: bytearray | None = bytearray() if self.ws else None
-        self.ws_buf = bytearray()
-        self.ws_frag: bytearray | None = None
-        self.ws_max = max_body + 16
+        self.ws_parser = WebSocketParser(max_body + 16, client=True) if self.ws else None
         self.ws_closed = False
         # resolved once the 101 is checked (made here: the response may come with connection_made)
         self.handshake: asyncio.Future | None = client._loop.create_future() if self.ws else None
@@ -248,88 +253,24 @@ class _Protocol(asyncio.Protocol):
         return None
 
     def _ws_feed(self, data) -> None:
-        """Parse the server's frames (unmasked); data messages go to the frame decoder."""
-        buf = self.ws_buf
-        if buf:
-            buf += data
-            src = buf
-        else:
-            src = data
-        n = len(src)
-        pos = 0
-        mv = memoryview(src)
+        """The server's frames, parsed by the core codec; data messages go to the frame decoder."""
+        parser = self.ws_parser
         try:
-            while n - pos >= 2:
-                b0 = src[pos]
-                b1 = src[pos + 1]
-                if b1 & 0x80:
-                    return self.fail("websocket: the server sent a masked frame")
-                if b0 & 0x70:
-                    return self.fail("websocket: reserved bits set in a server frame")
-                length = b1 & 0x7F
-                if length < 126:
-                    hl = 2
-                elif length == 126:
-                    if n - pos < 4:
-                        break
-                    length = (src[pos + 2] << 8) | src[pos + 3]
-                    hl = 4
-                else:
-                    if n - pos < 10:
-                        break
-                    length = int.from_bytes(mv[pos + 2:pos + 10], "big")
-                    hl = 10
-                if length > self.ws_max:
-                    return self.fail(f"websocket: a frame of {length} bytes exceeds the limit of "
-                                     f"{self.ws_max}")
-                end = pos + hl + length
-                if end > n:
-                    break
-                start = pos + hl
-                pos = end
-                opcode = b0 & 0x0F
-                fin = b0 & 0x80
-                if opcode == _WS_BINARY or opcode == _WS_TEXT:
-                    if self.ws_frag is not None:
-                        return self.fail("websocket: a new message began inside a fragmented one")
-                    if fin:
-                        with mv[start:end] as payload:
-                            self._on_message(payload)
-                    else:
-                        self.ws_frag = bytearray(mv[start:end])
-                elif opcode == _WS_CONT:
-                    frag = self.ws_frag
-                    if frag is None:
-                        return self.fail("websocket: a continuation frame with no message")
-                    frag += mv[start:end]
-                    if len(frag) > self.ws_max:
-                        return self.fail(f"websocket: a message exceeds the limit of {self.ws_max}")
-                    if fin:
-                        self.ws_frag = None
-                        self._on_message(frag)
-                elif opcode >= 8:
-                    if not fin or length > 125:
-                        return self.fail("websocket: a control frame is fragmented or over 125 bytes")
-                    payload = bytes(mv[start:end])
-                    if opcode == _WS_PING:
-                        self.transport.write(_ws_client_frame(payload, _WS_PONG))
-                    elif opcode == _WS_CLOSE:
-                        self._on_close(payload)
-                        break
-                    elif opcode != _WS_PONG:
-                        return self.fail(f"websocket: unknown control opcode {opcode}")
-                else:
-                    return self.fail(f"websocket: unknown opcode {opcode}")
+            messages = parser.feed(data)
+        except WebSocketError as e:
+            self.fail(f"websocket: {e}")
+            return
+        for opcode, payload in messages:
+            if opcode == WS_OP_BINARY or opcode == WS_OP_TEXT:
+                self._on_message(payload)
                 if self.failed:
                     return
-        finally:
-            mv.release()
-        if self.ws_closed or self.failed:
-            buf.clear()
-        elif src is buf:
-            del buf[:pos]
-        elif pos < n:
-            buf += src[pos:]
+        replies = parser.take_output()  # pongs, and the echo of a close
+        if replies and not self.client._ws_close_sent:
+            self.client._ws_close_sent = parser.closed
+            self.transport.write(replies)
+        if parser.closed:
+            self._on_close()
 
     def _on_message(self, payload) -> None:
         """One WebSocket message: exactly one goim frame."""
@@ -344,18 +285,12 @@ class _Protocol(asyncio.Protocol):
             return
         self.client._dispatch(frames)
 
-    def _on_close(self, payload: bytes) -> None:
+    def _on_close(self) -> None:
         self.ws_closed = True
         client = self.client
-        if len(payload) >= 2:
-            client.ws_close_code = int.from_bytes(payload[:2], "big")
-            client.ws_close_reason = payload[2:].decode("utf-8", "replace")
-        else:
-            client.ws_close_code = 1005
-        if not client._ws_close_sent:
-            client._ws_close_sent = True
-            echo = payload[:2] if len(payload) >= 2 else b""
-            self.transport.write(_ws_client_frame(echo, _WS_CLOSE))
+        parser = self.ws_parser
+        client.ws_close_code = parser.close_code if parser.close_code is not None else 1005
+        client.ws_close_reason = parser.close_reason
         # the server closes the TCP connection first (RFC 6455 7.1.1); don't wait for it
         self.transport.close()
 
@@ -578,26 +513,39 @@ class Client:
         body = reply.body
         return int.from_bytes(body[:4], "big", signed=True) if len(body) >= 4 else 0
 
+    async def _checked(self, op: int, body: bytes, reply_op: int, timeout: float | None) -> None:
+        """A request whose JSON reply carries ``ok``; ``"ok": false`` raises :class:`Refused`."""
+        reply = await self.request(op, body, reply_op, timeout)
+        try:
+            fields = json.loads(reply.body) if reply.body else {}
+        except (ValueError, UnicodeDecodeError):
+            fields = None
+        if not isinstance(fields, dict):  # a goim server answers with an empty or non-JSON body
+            return
+        if fields.get("ok") is False:
+            raise Refused(op, str(fields.get("error") or "refused by the server"), fields)
+
     async def change_room(self, room_id: str, timeout: float | None = None) -> None:
-        """Op 12 -> 13: move the connection to ``room_id`` (``""`` leaves every room)."""
-        await self.request(OP_CHANGE_ROOM, room_id.encode(), OP_CHANGE_ROOM_REPLY, timeout)
+        """Op 12 -> 13: move the connection to ``room_id`` (``""`` leaves every room).
+        Raises :class:`Refused` if the server refuses (the connection stays where it was)."""
+        await self._checked(OP_CHANGE_ROOM, room_id.encode(), OP_CHANGE_ROOM_REPLY, timeout)
         self.room_id = room_id
 
     async def join_room(self, room_id: str, timeout: float | None = None) -> None:
-        """Op 18 -> 19: join one more room."""
-        await self.request(OP_JOIN_ROOM, room_id.encode(), OP_JOIN_ROOM_REPLY, timeout)
+        """Op 18 -> 19: join one more room. Raises :class:`Refused` if the server refuses."""
+        await self._checked(OP_JOIN_ROOM, room_id.encode(), OP_JOIN_ROOM_REPLY, timeout)
 
     async def leave_room(self, room_id: str, timeout: float | None = None) -> None:
-        """Op 20 -> 21: leave one room."""
-        await self.request(OP_LEAVE_ROOM, room_id.encode(), OP_LEAVE_ROOM_REPLY, timeout)
+        """Op 20 -> 21: leave one room. Raises :class:`Refused` if the server refuses."""
+        await self._checked(OP_LEAVE_ROOM, room_id.encode(), OP_LEAVE_ROOM_REPLY, timeout)
 
     async def sub(self, ops: Iterable[int], timeout: float | None = None) -> None:
-        """Op 14 -> 15: also accept these push operations."""
-        await self.request(OP_SUB, _ops_body(ops), OP_SUB_REPLY, timeout)
+        """Op 14 -> 15: also accept these push operations. Raises :class:`Refused` if refused."""
+        await self._checked(OP_SUB, _ops_body(ops), OP_SUB_REPLY, timeout)
 
     async def unsub(self, ops: Iterable[int], timeout: float | None = None) -> None:
-        """Op 16 -> 17: stop accepting these push operations."""
-        await self.request(OP_UNSUB, _ops_body(ops), OP_UNSUB_REPLY, timeout)
+        """Op 16 -> 17: stop accepting these push operations. Raises :class:`Refused` if refused."""
+        await self._checked(OP_UNSUB, _ops_body(ops), OP_UNSUB_REPLY, timeout)
 
     async def send(self, body: bytes | str, op: int = OP_SEND_MSG,
                    timeout: float | None = None) -> bytes:
@@ -714,7 +662,7 @@ class Client:
             return
         if self.websocket and not self._ws_close_sent and not transport.is_closing():
             self._ws_close_sent = True
-            transport.write(_ws_client_frame(b"\x03\xe8", _WS_CLOSE))
+            transport.write(_ws_client_frame(b"\x03\xe8", WS_OP_CLOSE))
             try:
                 await asyncio.wait_for(asyncio.shield(self._lost), timeout)
             except asyncio.TimeoutError:

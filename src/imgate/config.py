@@ -1,4 +1,4 @@
-"""Configuration of a node: defaults, TOML file, command-line overrides (BRIEF: ports and flags)."""
+"""Configuration of a node: defaults, TOML file, command-line overrides (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,67 +55,61 @@ def parse_hostport(value: str, key: str) -> tuple[str, int]:
 
 @dataclass
 class Config:
-    # listeners (goim's ports); loopback unless told otherwise ("0.0.0.0:3101" for every interface)
-    tcp: str = "127.0.0.1:3101"
-    ws: str = "127.0.0.1:3102"
-    http: str = "127.0.0.1:3111"
-    # TLS (docs/security.md): certificate and key files (PEM; reloaded on SIGHUP). With them the proxy
-    # also listens for wss:// on `wss`, for goim TCP over TLS on `tls_tcp` when set, and the HTTP API
-    # speaks HTTPS when http_tls is true
-    tls_cert: str = ""
-    tls_key: str = ""
-    wss: str = "127.0.0.1:3103"
-    tls_tcp: str = ""
-    http_tls: bool = False
-    # identity of this proxy process in the session registry
-    server_id: str = ""
-    # auth: "jwt" (HS256, user id in `sub`) or "none" (goim's auth body as it is)
-    auth: str = "jwt"
-    jwt_secret: str = ""
-    jwt_require_exp: bool = True      # a client token without exp is refused (it would never expire)
-    jwt_max_ttl: float = 604800.0     # ... and one whose exp is further ahead than this (0 = no maximum)
-    data_dir: str = "./data"
-    # connection handling
-    handshake_timeout: float = 5.0
+    # Listeners (goim's ports); loopback unless told otherwise ("0.0.0.0:3101" serves every interface)
+    tcp: str = "127.0.0.1:3101"  # goim over TCP, HOST:PORT
+    ws: str = "127.0.0.1:3102"  # goim over WebSocket (path /sub), HOST:PORT
+    http: str = "127.0.0.1:3111"  # the HTTP API, HOST:PORT
+    # TLS (docs/security.md)
+    tls_cert: str = ""  # PEM certificate file; with it the proxy also serves wss on `wss`; reloaded on SIGHUP
+    tls_key: str = ""  # PEM key file of tls_cert
+    wss: str = "127.0.0.1:3103"  # goim over WebSocket over TLS (path /sub), HOST:PORT; only with tls_cert
+    tls_tcp: str = ""  # goim over TCP over TLS, HOST:PORT (e.g. 127.0.0.1:3104); empty: off
+    http_tls: bool = False  # the HTTP API speaks HTTPS with tls_cert
+    # Identity and auth
+    server_id: str = ""  # this proxy in the session registry; default host:tcp-port
+    auth: str = "jwt"  # "jwt" (HS256, user id in `sub`) or "none" (goim's auth body as it is)
+    jwt_secret: str = ""  # the HS256 secret; see above for where it comes from when empty
+    jwt_require_exp: bool = True  # a client token without `exp` is refused (it would never expire)
+    jwt_max_ttl: float = 604800.0  # seconds: a client token whose `exp` is further ahead is refused; 0 = no maximum
+    data_dir: str = "./data"  # where state lives (the generated JWT secret, the API keys)
+    # Connections
+    handshake_timeout: float = 5.0  # seconds for the WebSocket upgrade and the auth frame (counted: handshake_timeouts)
     heartbeat_timeout: float = 90.0  # goim clients beat every 30 s; three missed beats close
-    max_frame_body: int = 65536
-    max_pending: int = 1 << 20       # bytes queued per connection before it is a slow consumer
-    merge_window: float = 0.0        # seconds; 0 = coalesce within one event-loop iteration
-    max_rooms_per_conn: int = 64
-    shutdown_grace: float = 5.0
-    # what one client may cost (imgate.proxy.limits): frames per second per connection after auth,
-    # in bursts of client_op_burst (past it: op 6 "rate limited" and close; 0 = no limit), and open
-    # connections per client address (0 = no limit) except from the exempt networks
-    client_op_rate: float = 100.0
-    client_op_burst: float = 200.0
-    max_conns_per_ip: int = 5000
-    conn_limit_exempt: list = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    max_frame_body: int = 65536  # bytes of one frame's body a client may send
+    max_pending: int = 1 << 20  # bytes queued per connection before it is a slow consumer
+    merge_window: float = 0.0  # seconds; 0 = coalesce within one event-loop iteration
+    max_rooms_per_conn: int = 64  # rooms one connection may join
+    shutdown_grace: float = 5.0  # seconds to flush the op-6 notices at shutdown
+    # What one client may cost (imgate.proxy.limits; each refusal counted in /metrics)
+    client_op_rate: float = 100.0  # frames per second a connection may send after auth (token bucket); 0 = no limit
+    client_op_burst: float = 200.0  # the bucket's size: past it, op 6 "rate limited" and close (rate_limited)
+    max_conns_per_ip: int = 5000  # open connections per client address; the next gets op 6 or 429 (ip_limit_refusals); 0 = no limit
+    conn_limit_exempt: list = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])  # networks max_conns_per_ip does not apply to
     # HTTP API
-    max_http_body: int = 1 << 20
-    # API credentials: "key" (API keys / JWTs with scopes, see docs/security.md) or "none" (open)
-    api_auth: str = "key"
-    metrics_auth: bool = True         # /metrics needs the "metrics" scope; false: open to anyone
-    api_jwt_max_ttl: float = 86400.0  # a JWT credential for the API may live this long at most
-    http_request_timeout: float = 30.0  # seconds from a request's first byte to its last (head and body)
-    # how often proxies report room counts and logic absorbs them (seed 5.3)
-    online_interval: float = 1.0
-    # demo page helpers (token minting for the page); off unless asked for
-    demo: bool = False
-    # ---- cluster roles (imgate proxy | logic | push); see docs/cluster.md
-    rpc: str = "127.0.0.1:3109"          # proxy: internal RPC (push -> proxy); logic: its own (3119)
-    logic_rpc: str = "127.0.0.1:3119"    # logic: internal RPC listener (proxy -> logic)
+    max_http_body: int = 1 << 20  # bytes of one request's body
+    http_request_timeout: float = 30.0  # seconds from a request's first byte to its last, head and body: then 408 (http_request_timeouts)
+    api_auth: str = "key"  # "key": routes need Authorization: Bearer with their scope (docs/security.md); "none": open, warned at start
+    metrics_auth: bool = True  # /metrics needs the "metrics" scope; false opens it
+    api_jwt_max_ttl: float = 86400.0  # seconds: an API JWT whose `exp` is further ahead is refused
+    # Online counts
+    online_interval: float = 1.0  # seconds between a proxy's room-count reports and logic's absorbing them
+    # Demo
+    demo: bool = False  # the demo page at / may mint tokens for any user and gets a push key (loopback only; never in production)
+    # Cluster roles (imgate proxy | logic | push); see docs/cluster.md
+    rpc: str = "127.0.0.1:3109"  # proxy: internal RPC listener (push -> proxy)
+    logic_rpc: str = "127.0.0.1:3119"  # logic: internal RPC listener (proxy -> logic)
     logic_addrs: list = field(default_factory=lambda: ["127.0.0.1:3119"])  # proxy: logic instances, in order
     proxies: dict = field(default_factory=dict)  # push: {server_id: "host:rpc_port"} of every proxy
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # the cache service
     redis_sentinels: list = field(default_factory=list)  # ["host:port", ...]; then redis_master names the set
-    redis_master: str = "mymaster"
-    kafka: str = "127.0.0.1:9092"        # bootstrap servers
-    kafka_topic: str = "imgate-push"
-    kafka_timeout: float = 5.0           # seconds a push may wait for Kafka before the API answers 503
-    room_merge_window: float = 0.0       # push: merge pushes to one room over this window into one op-9 batch
-    rpc_pool: int = 4                    # connections per RPC peer
-    rpc_tls: bool = False                # RPC over TLS: listeners use tls_cert/tls_key, callers trust rpc_tls_ca only
-    rpc_tls_ca: str = ""                 # the CA (PEM) the cluster's RPC certificates are pinned to
+    redis_master: str = "mymaster"  # the Sentinel master set's name
+    kafka: str = "127.0.0.1:9092"  # bootstrap servers
+    kafka_topic: str = "imgate-push"  # the push jobs' topic
+    kafka_timeout: float = 5.0  # seconds a push may wait for Kafka before the API answers 503
+    room_merge_window: float = 0.0  # push: merge pushes to one room over this window into one op-9 batch
+    rpc_pool: int = 4  # connections per RPC peer
+    rpc_tls: bool = False  # RPC over TLS: listeners present tls_cert/tls_key, callers trust rpc_tls_ca alone
+    rpc_tls_ca: str = ""  # the CA (PEM) the cluster's RPC certificates are pinned to
 
     def validate(self) -> "Config":
         for key in ("tcp", "ws", "http", "wss"):
@@ -213,7 +206,3 @@ class Config:
             if f.type == "float":
                 setattr(cfg, f.name, float(v))
         return cfg.validate()
-
-    @property
-    def data_path(self) -> Path:
-        return Path(self.data_dir)

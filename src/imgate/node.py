@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from imgate.auth import make_authenticator, mint_token
-from imgate.auth.apikeys import api_auth_from_config
+from imgate.http.apikeys import api_auth_from_config
 from imgate.cache import MemoryCache
 from imgate.config import Config, ConfigError
 from imgate.http.server import PUBLIC, HttpServer

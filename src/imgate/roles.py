@@ -1,24 +1,42 @@
-"""Each role of the seed as its own process (cluster mode): `imgate proxy | logic | push`.
+"""Each role as its own process (cluster mode): `imgate proxy | logic | push`.
 
 - proxy: client listeners + the RoomTable; talks to logic over RPC (pool, fail-over across
   `logic_addrs`) and serves push's deliveries on its RPC port (`rpc`, default :3109).
 - logic: the HTTP API and the proxies' RPC (`logic_rpc`, default :3119); state in Redis; push jobs to
   Kafka.
 - push: consumes Kafka, delivers to the proxies named in `proxies` over RPC.
-Every role stops on SIGTERM/SIGINT within its grace period.
+Every role stops on SIGTERM/SIGINT within its grace period. The clients of Redis and Kafka come with
+``pip install 'imgate[cluster]'``; a role that needs one that is missing says so before it starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import signal
 
-from imgate.config import Config
-from imgate.rpc import tls as rpc_tls
+from imgate.config import Config, ConfigError
 from imgate.gctune import settle as settle_gc
 
 log = logging.getLogger("imgate.roles")
+
+
+#: the client libraries each role needs beyond the embedded node's: (module, package to install)
+NEEDS = {
+    "proxy": (),
+    "logic": (("redis", "redis"), ("confluent_kafka", "confluent-kafka")),
+    "push": (("confluent_kafka", "confluent-kafka"),),
+}
+
+
+def check_packages(role: str, find=importlib.util.find_spec) -> None:
+    """ConfigError naming every package ``role`` needs and this Python lacks."""
+    missing = [package for module, package in NEEDS[role] if find(module) is None]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise ConfigError(f"imgate {role} needs {' and '.join(missing)}, which {verb} not installed: "
+                          f"pip install 'imgate[cluster]'")
 
 
 async def _until_signal(role=None) -> None:
@@ -47,6 +65,7 @@ class ProxyRole:
         from imgate.proxy import Proxy
         from imgate.rpc.logic import LogicClient
         from imgate.rpc.proxy import serve_proxy
+        from imgate.rpc import tls as rpc_tls
 
         cfg = self.cfg
         self.logic = LogicClient(cfg.logic_addrs, pool_size=cfg.rpc_pool, client_id=cfg.server_id,
@@ -74,13 +93,14 @@ class LogicRole:
 
     async def start(self) -> None:
         from imgate.auth import make_authenticator
-        from imgate.auth.apikeys import api_auth_from_config
+        from imgate.http.apikeys import api_auth_from_config
         from imgate.http.server import PUBLIC, HttpServer
         from imgate.logic import Logic
         from imgate.logic.http_api import build_routes
         from imgate.metrics import Metrics
         from imgate.node import load_or_create_secret
         from imgate.push.kafka import KafkaBus, ensure_topic
+        from imgate.rpc import tls as rpc_tls
         from imgate.rpc.logic import serve_logic
 
         cfg = self.cfg
@@ -129,6 +149,7 @@ class PushRole:
     async def start(self) -> None:
         from imgate.push.router import PushRouter
         from imgate.push.kafka import PushConsumer, ensure_topic
+        from imgate.rpc import tls as rpc_tls
         from imgate.rpc.proxy import ProxyClient
 
         cfg = self.cfg
@@ -153,6 +174,7 @@ ROLES = {"proxy": ProxyRole, "logic": LogicRole, "push": PushRole}
 
 
 async def run_role(name: str, cfg: Config) -> int:
+    check_packages(name)
     role = ROLES[name](cfg)
     await role.start()
     settle_gc()

@@ -7,7 +7,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from libc.string cimport memcpy
 from libc.stdint cimport int32_t, uint32_t, uint16_t, int16_t
 
-# goim's operations (BRIEF: 0-17 keep goim's meaning; imgate extensions take 18-99).
+# goim's operations (0-17 keep goim's meaning; imgate's extensions take 18-99).
 OP_HANDSHAKE = 0
 OP_HANDSHAKE_REPLY = 1
 OP_HEARTBEAT = 2

@@ -21,9 +21,13 @@ cdef Py_ssize_t ws_write_header(char* out, Py_ssize_t payload_len, int opcode, b
 # One server frame around n bytes at payload, in a single allocation. No validation.
 cdef bytes ws_encode(const char* payload, Py_ssize_t n, int opcode, bint fin)
 
+# One client frame: the same, masked with the 4 bytes at mask.
+cdef bytes ws_encode_masked(const char* payload, Py_ssize_t n, int opcode, bint fin, const uint8_t* mask)
+
 
 @cython.final
 cdef class WebSocketParser:
+    cdef readonly bint client             # parses a server's frames (unmasked); masks its replies
     cdef readonly Py_ssize_t max_message
     cdef readonly bint closed
     cdef readonly object close_code      # int, or None when the peer's close had no payload
@@ -56,6 +60,7 @@ cdef class WebSocketParser:
 
     # C-level feed: same as feed() but on a raw buffer.
     cdef list feed_ptr(self, const uint8_t* data, Py_ssize_t n)
+    cdef bytes _control(self, const char* payload, Py_ssize_t n, int opcode)
     cpdef bytes take_output(self)
 
     cdef int _check_first(self, uint8_t b0, uint8_t b1) except -1

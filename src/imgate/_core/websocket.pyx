@@ -41,6 +41,7 @@ from imgate._core.includes.ws cimport (
 )
 
 import base64
+import os
 import binascii
 import hashlib
 
@@ -98,7 +99,7 @@ cdef inline bint _close_code_ok(long code) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------
-# Encoding (server frames are never masked)
+# Encoding (server frames are never masked; a client's always are)
 
 cdef Py_ssize_t ws_header_size(Py_ssize_t payload_len) noexcept nogil:
     return <Py_ssize_t>imgate_ws_header_size(<uint64_t>payload_len)
@@ -118,8 +119,22 @@ cdef bytes ws_encode(const char* payload, Py_ssize_t n, int opcode, bint fin):
     return frame
 
 
-def encode_ws_frame(payload, int opcode=IMGATE_WS_OP_BINARY, bint fin=True):
-    """One server frame (unmasked). payload: bytes-like, or str (sent as UTF-8).
+cdef bytes ws_encode_masked(const char* payload, Py_ssize_t n, int opcode, bint fin, const uint8_t* mask):
+    """A client frame: the server's header with the mask bit and the 4-byte mask, the payload masked."""
+    cdef Py_ssize_t hs = ws_header_size(n)
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, hs + 4 + n)
+    cdef char* buf = PyBytes_AS_STRING(frame)
+    ws_write_header(buf, n, opcode, fin)
+    buf[1] = <char>(<uint8_t>buf[1] | 0x80)
+    memcpy(buf + hs, mask, 4)
+    if n:
+        imgate_ws_unmask(<uint8_t*>(buf + hs + 4), <const uint8_t*>payload, <size_t>n, mask, 0)
+    return frame
+
+
+def encode_ws_frame(payload, int opcode=IMGATE_WS_OP_BINARY, bint fin=True, mask=None):
+    """One frame. payload: bytes-like, or str (sent as UTF-8). Without ``mask`` a server frame
+    (unmasked); with a 4-byte ``mask`` a client frame masked with it (RFC 6455 5.3).
 
     Text payloads given as bytes are not re-validated. Control frames (close, ping, pong) must have
     fin=True and at most 125 bytes of payload.
@@ -129,26 +144,31 @@ def encode_ws_frame(payload, int opcode=IMGATE_WS_OP_BINARY, bint fin=True):
         payload = (<str>payload).encode("utf-8")
     if not (0 <= opcode <= 2 or 8 <= opcode <= 10):
         raise ValueError(f"invalid opcode {opcode}")
+    if mask is not None and (type(mask) is not bytes or len(mask) != 4):
+        raise ValueError(f"mask must be 4 bytes, not {mask!r}")
     if PyBytes_CheckExact(payload):
-        return _encode_checked(PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), opcode, fin)
+        return _encode_checked(PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), opcode, fin, mask)
     PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
     try:
-        return _encode_checked(<const char*>view.buf, view.len, opcode, fin)
+        return _encode_checked(<const char*>view.buf, view.len, opcode, fin, mask)
     finally:
         PyBuffer_Release(&view)
 
 
-cdef bytes _encode_checked(const char* payload, Py_ssize_t n, int opcode, bint fin):
+cdef bytes _encode_checked(const char* payload, Py_ssize_t n, int opcode, bint fin, object mask):
     if opcode >= 8:
         if not fin:
             raise ValueError("control frames cannot be fragmented")
         if n > 125:
             raise ValueError(f"control frame payload {n} > 125")
-    return ws_encode(payload, n, opcode, fin)
+    if mask is None:
+        return ws_encode(payload, n, opcode, fin)
+    return ws_encode_masked(payload, n, opcode, fin, <const uint8_t*>PyBytes_AS_STRING(mask))
 
 
-def encode_ws_close(code=1000, reason=""):
-    """A server close frame. code=None gives the empty close (then reason must be empty)."""
+def encode_ws_close(code=1000, reason="", mask=None):
+    """A server close frame (a client's, masked, with a 4-byte ``mask``). code=None gives the empty
+    close (then reason must be empty)."""
     cdef long c
     cdef bytes r
     cdef bytes frame
@@ -156,7 +176,7 @@ def encode_ws_close(code=1000, reason=""):
     if code is None:
         if reason:
             raise ValueError("a close reason needs a close code")
-        return b"\x88\x00"
+        return b"\x88\x00" if mask is None else encode_ws_frame(b"", IMGATE_WS_OP_CLOSE, True, mask)
     c = code
     if not _close_code_ok(c):
         raise ValueError(f"close code {c} may not be sent")
@@ -171,6 +191,8 @@ def encode_ws_close(code=1000, reason=""):
     buf[3] = <char>(c & 0xFF)
     if len(r):
         memcpy(buf + 4, PyBytes_AS_STRING(r), len(r))
+    if mask is not None:
+        return encode_ws_frame(frame[2:], IMGATE_WS_OP_CLOSE, True, mask)
     return frame
 
 
@@ -249,16 +271,19 @@ class WebSocketError(ValueError):
 
 @cython.final
 cdef class WebSocketParser:
-    """Incremental parser of the masked frames a client sends.
+    """Incremental parser of the masked frames a client sends (``client=True``: of the unmasked frames
+    a server sends, for a client).
 
     feed() returns the complete data messages as (opcode, payload) tuples; pings are answered with
-    pongs and a close is echoed, both queued for take_output(). A protocol violation raises
-    WebSocketError, after which the parser stays failed. After a close, input is ignored.
+    pongs and a close is echoed, both queued for take_output() (masked when ``client``). A protocol
+    violation raises WebSocketError, after which the parser stays failed. After a close, input is
+    ignored.
     """
 
-    def __cinit__(self, Py_ssize_t max_message=1 << 20):
+    def __cinit__(self, Py_ssize_t max_message=1 << 20, bint client=False):
         if max_message < 0:
             raise ValueError("max_message must be >= 0")
+        self.client = client
         self.max_message = max_message
         self.closed = False
         self.close_code = None
@@ -336,7 +361,10 @@ cdef class WebSocketParser:
                        f"{' and '.join(names)} set without a negotiated extension")
         if (3 <= op <= 7) or op >= 11:
             self._fail(CLOSE_PROTOCOL_ERROR, f"reserved opcode {op}")
-        if not (b1 & 0x80):
+        if self.client:
+            if b1 & 0x80:
+                self._fail(CLOSE_PROTOCOL_ERROR, "masked server frame")
+        elif not (b1 & 0x80):
             self._fail(CLOSE_PROTOCOL_ERROR, "unmasked client frame")
         if op >= 8 and not (b0 & 0x80):
             self._fail(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
@@ -514,7 +542,7 @@ cdef class WebSocketParser:
         cdef int code
         cdef str reason
         if self._opcode == IMGATE_WS_OP_PING:
-            self._queue(ws_encode(payload, n, IMGATE_WS_OP_PONG, True))
+            self._queue(self._control(payload, n, IMGATE_WS_OP_PONG))
         elif self._opcode == IMGATE_WS_OP_PONG:
             self.last_pong = PyBytes_FromStringAndSize(payload, n)
             self.pongs_received += 1
@@ -524,7 +552,7 @@ cdef class WebSocketParser:
             if n == 0:
                 self.close_code = None
                 self.close_reason = ""
-                self._queue(encode_ws_close(None))
+                self._queue(self._control(payload, 0, IMGATE_WS_OP_CLOSE))
             else:
                 code = (self._ctrl[0] << 8) | self._ctrl[1]
                 if not _close_code_ok(code):
@@ -535,11 +563,19 @@ cdef class WebSocketParser:
                 reason = PyUnicode_DecodeUTF8(payload + 2, n - 2, NULL)
                 self.close_code = code
                 self.close_reason = reason
-                self._queue(encode_ws_close(code))
+                self._queue(self._control(payload, 2, IMGATE_WS_OP_CLOSE))  # the code, echoed
             self.closed = True
             self._state = ST_CLOSED
             self._drop_message()
         return 0
+
+    cdef bytes _control(self, const char* payload, Py_ssize_t n, int opcode):
+        """A control reply: a server's frame, or a client's masked with a fresh mask."""
+        cdef bytes mask
+        if not self.client:
+            return ws_encode(payload, n, opcode, True)
+        mask = os.urandom(4)
+        return ws_encode_masked(payload, n, opcode, True, <const uint8_t*>PyBytes_AS_STRING(mask))
 
     cdef int _fail(self, int code, str message) except -1:
         self._state = ST_FAILED

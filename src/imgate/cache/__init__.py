@@ -1,4 +1,4 @@
-"""The cache service: the global online map `user_id -> conn_id -> server_id` (seed section 2).
+"""The cache service: the global online map `user_id -> conn_id -> server_id`.
 
 `MemoryCache` backs the embedded node; the cluster backs the same interface with Redis.
 """

@@ -472,15 +472,6 @@ cdef class HttpProtocol:
             pos = end
         return pos
 
-    def _take_plain_for_tests(self, data):
-        """:meth:`_take_plain` from Python (the tests check which requests take the plain path)."""
-        self._feeding = True
-        try:
-            return self._take_plain(data)
-        finally:
-            self._feeding = False
-            self._flush_out()
-
     cdef Py_ssize_t _plain_one(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t start,
                                object data) except -2:
         """One plain request at ``p[start:]``: dispatched, and its end returned; -1 when it is not

@@ -125,7 +125,7 @@ class Router:
     @property
     def guard(self) -> Any:
         """What checks credentials: an object with ``guard(handler, scope) -> handler`` (e.g.
-        :class:`imgate.auth.apikeys.ApiAuth`), or None: no route is checked. Setting it re-wraps every
+        :class:`imgate.http.apikeys.ApiAuth`), or None: no route is checked. Setting it re-wraps every
         route already added, in place (connections resolve from the live table)."""
         return self._guard
 

@@ -1,4 +1,4 @@
-"""The logic HTTP API (BRIEF "HTTP API"): goim's push and online routes, the seed's online queries,
+"""The logic HTTP API: goim's push and online routes, the online queries,
 ``/openapi.json``, ``/metrics``, ``/healthz``, the demo page and its helpers.
 
 ``build_routes(logic, metrics=..., demo=...)`` returns a :class:`~imgate.http.server.Router` to hand to
@@ -210,12 +210,12 @@ def _loopback(req: Request) -> bool:
 
 def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None,
                  api_auth: Any = None, metrics_scope: str = "metrics") -> Router:
-    """Every route of the BRIEF's HTTP API, bound to ``logic``.
+    """Every route of the HTTP API, bound to ``logic``.
 
     ``metrics``: the node's :class:`~imgate.metrics.Metrics` (a private one is made when None); the
     router's observer counts requests in it. ``demo``: an object with ``config() -> dict`` and
     ``token(mid) -> str`` enabling ``GET /demo/config`` and ``POST /demo/token`` (answered to loopback
-    peers only). ``api_auth``: the router's guard (:class:`~imgate.auth.apikeys.ApiAuth`); each route
+    peers only). ``api_auth``: the router's guard (:class:`~imgate.http.apikeys.ApiAuth`); each route
     below declares its scope. ``metrics_scope``: what ``/metrics`` needs (``PUBLIC`` to open it).
     """
     if metrics is None:
@@ -290,7 +290,7 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
     add("GET", "/goim/online/room", online_room, "query")
     add("GET", "/goim/online/total", online_total, "query")
 
-    # -- the seed's online queries
+    # -- the online queries
 
     async def session(req: Request) -> Response:
         uid = param_int(req, "uid")

@@ -2,7 +2,7 @@
 
 Proxies call connect/disconnect/heartbeat/receive/renew_online; the HTTP API calls the push and
 query methods. State lives in the cache service and the push bus, so any number of logic instances
-can serve; the online counters are absorbed periodically from the cache (seed 5.3), never computed
+can serve; the online counters are absorbed periodically from the cache, never computed
 per request.
 """
 
@@ -124,9 +124,12 @@ class Logic:
         return sum(len(job.conn_ids) for job in jobs)
 
     def _publish_nowait(self, jobs: list[PushJob]) -> int:
+        publish = self.bus.publish_nowait
+        if len(jobs) == 1:  # the usual unicast
+            return publish(jobs[0])
         n = 0
         for job in jobs:
-            n += self.bus.publish_nowait(job)
+            n += publish(job)
         return n
 
     async def push_keys(self, op: int, keys: list[str], body: bytes) -> int:
@@ -141,7 +144,11 @@ class Logic:
         """:meth:`push_mids` for a node whose cache and bus are in this process (``pushes_wait`` is
         False): the same lookup and jobs, handed over without a coroutine. Returns the connections
         it was queued for."""
-        return self._publish_nowait(self._jobs(op, body, self._flat(self.cache.sessions_nowait(mids))))
+        found = self.cache.sessions_nowait(mids)
+        jobs = self._jobs(op, body, next(iter(found.values())) if len(found) == 1 else self._flat(found))
+        if len(jobs) == 1:  # the usual unicast: one proxy
+            return self.bus.publish_nowait(jobs[0])
+        return self._publish_nowait(jobs)
 
     def push_keys_nowait(self, op: int, keys: list[str], body: bytes) -> int:
         """:meth:`push_keys` without a coroutine (see :meth:`push_mids_nowait`)."""

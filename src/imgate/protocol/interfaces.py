@@ -56,10 +56,6 @@ class ProxyAPI:
         """To every connection here; ``speed`` caps connections per second (0: at once)."""
         return self.push_all_nowait(op, body, speed)
 
-    async def rooms(self) -> dict[str, int]:
-        """This proxy's rooms and their member counts."""
-        return self.rooms_nowait()
-
     def push_conns_nowait(self, conn_ids: list[int], op: int, body: bytes) -> int:
         raise NotImplementedError(f"{type(self).__name__} delivers only through the awaitable methods")
 
@@ -71,6 +67,3 @@ class ProxyAPI:
 
     def push_all_nowait(self, op: int, body: bytes, speed: int = 0) -> int:
         raise NotImplementedError(f"{type(self).__name__} delivers only through the awaitable methods")
-
-    def rooms_nowait(self) -> dict[str, int]:
-        raise NotImplementedError(f"{type(self).__name__} answers only through the awaitable methods")

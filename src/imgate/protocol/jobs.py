@@ -14,7 +14,7 @@ KIND_ROOM = "room"    # to every member of a room, on every proxy that has it
 KIND_ALL = "all"      # to every connection
 
 
-@dataclass
+@dataclass(slots=True)
 class PushJob:
     kind: str
     op: int

@@ -37,16 +37,15 @@ def room_of(body: bytes) -> tuple[str, str]:
 
 
 class Channel:
-    """One client connection. Kept small: tens of thousands live in one process."""
+    """One client connection. Kept small: tens of thousands live in one process. The channel itself is
+    its key in the proxy's room table (logic's ``conn_id`` names it only once it is authenticated)."""
 
     __slots__ = (
-        "lid", "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
-        "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed", "tokens", "refilled",
-        "unsent",
+        "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
+        "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed", "tokens", "refilled", "owed",
     )
 
-    def __init__(self, lid: int, sock: socket.socket, ws: bool, ip: str, deadline: float):
-        self.lid = lid
+    def __init__(self, sock: socket.socket, ws: bool, ip: str, deadline: float):
         self.sock = sock
         self.fd = sock.fileno()
         self.ws = ws
@@ -66,7 +65,7 @@ class Channel:
         self.renewed = 0.0
         self.tokens = 0.0    # the op-rate bucket (imgate.proxy.limits); the first frames fill it
         self.refilled = 0.0
-        self.unsent = None   # closing: the rest of the op-6 notice the full socket did not take yet
+        self.owed = False    # closing: the op-6 notice waits for room in a full socket
 
 
 def ws_binary(payload: bytes) -> bytes:

@@ -23,15 +23,15 @@ class Delivery(ProxyAPI):
     def push_conns_nowait(self, conn_ids: list[int], op: int, body: bytes) -> int:
         """Unicast/multicast to connections of this proxy, filtered by each one's accepted ops."""
         self.stats_counters["pushes"] += 1
-        lids = []
+        chs = []
         for cid in conn_ids:
             ch = self._by_conn_id.get(cid)
             if ch is not None:
-                lids.append(ch.lid)
-        if not lids:
+                chs.append(ch)
+        if not chs:
             return 0
-        n = self.table.send_many(lids, encode_frame(op, 0, body), op)
-        self.stats_counters["drops"] += len(lids) - n
+        n = self.table.send_many(chs, encode_frame(op, 0, body), op)
+        self.stats_counters["drops"] += len(chs) - n
         return n
 
     def push_room_nowait(self, room_id: str, op: int, body: bytes) -> int:
@@ -44,22 +44,18 @@ class Delivery(ProxyAPI):
         self.stats_counters["pushes"] += 1
         return self.table.push_room(room_id, frames)
 
-    def rooms_nowait(self) -> dict:
-        """This proxy's rooms and their online counts (logic absorbs these periodically)."""
-        return self.table.rooms()
-
     def push_all_nowait(self, op: int, body: bytes, speed: int = 0) -> int:
         """Broadcast to every connection, filtered by accepted ops; `speed` caps connections per second."""
         self.stats_counters["pushes"] += 1
         frame = encode_frame(op, 0, body)
         if speed <= 0:
             return self.table.broadcast_all(frame, op)
-        lids = [ch.lid for ch in self._channels.values() if ch.state == S_OPEN]
-        self._spawn(self._paced(lids, frame, op, speed))
-        return len(lids)
+        chs = [ch for ch in self._channels if ch.state == S_OPEN]
+        self._spawn(self._paced(chs, frame, op, speed))
+        return len(chs)
 
-    async def _paced(self, lids: list[int], frame: bytes, op: int, speed: int) -> None:
+    async def _paced(self, chs: list, frame: bytes, op: int, speed: int) -> None:
         step = max(1, speed // 10)  # ten slices per second
-        for i in range(0, len(lids), step):
-            self.table.send_many([lid for lid in lids[i : i + step] if lid in self.table], frame, op)
+        for i in range(0, len(chs), step):
+            self.table.send_many([ch for ch in chs[i : i + step] if ch in self.table], frame, op)
             await asyncio.sleep(0.1)

@@ -41,22 +41,22 @@ class Lifecycle:
                 task.cancel()
         bye = notice("shutdown", True)
         ws_bye = None
-        for ch in list(self._channels.values()):
+        for ch in list(self._channels):
             if ch.state in (S_HTTP, S_CLOSING):
                 continue
             if ch.ws:
                 if ws_bye is None:
                     ws_bye = ws_binary(bye) + encode_ws_close(1001, "shutdown")
-                self.table.send_raw(ch.lid, ws_bye)
+                self.table.send_raw(ch, ws_bye)
             else:
-                self.table.send(ch.lid, bye)
+                self.table.send(ch, bye)
         self.table.flush()
         deadline = self.loop.time() + grace
         while self.loop.time() < deadline and any(
-            self.table.pending(ch.lid) for ch in self._channels.values() if ch.lid in self.table
+            self.table.pending(ch) for ch in self._channels if ch in self.table
         ):
             await asyncio.sleep(0.01)
-        for ch in list(self._channels.values()):
+        for ch in list(self._channels):
             self._close_now(ch)  # _forget queues each session's disconnect in _final_disconnects
         disconnects, self._final_disconnects = self._final_disconnects, []
         if disconnects:
@@ -66,7 +66,7 @@ class Lifecycle:
 
     def close(self, ch: Channel, reason: str, reconnect: bool) -> None:
         """op 6 with the reason, then close (the server decided: protocol error, kicked, slow...)."""
-        if ch.lid not in self._channels or ch.state == S_CLOSING:
+        if ch not in self._channels or ch.state == S_CLOSING:
             return
         if ch.ws:
             if ch.state == S_HTTP:
@@ -75,47 +75,48 @@ class Lifecycle:
             short = reason.encode()[:120].decode("utf-8", "ignore")  # a close reason is at most 123 bytes
             self._close_ws(ch, reason, encode_ws_close(1008 if not reconnect else 1001, short), reconnect)
             return
-        log.debug("closing conn %s (%s): %s", ch.conn_id or ch.lid, ch.ip, reason)
-        rest = self.table.send_final(ch.lid, notice(reason, reconnect)) if ch.lid in self.table else b""
+        log.debug("closing conn %s (%s): %s", ch.conn_id or ch.fd, ch.ip, reason)
+        rest = b""
+        if ch in self.table:
+            rest = self.table.send_final(ch, notice(reason, reconnect))
         self._half_close(ch, rest)
 
     def _half_close(self, ch: Channel, rest: bytes = b"") -> None:
-        # FIN now, then drain the peer briefly: closing with unread input would reset the
-        # connection and could destroy the op-6 notice before the client reads it.
+        # FIN once the last words are out, then drain the peer briefly: closing with unread input
+        # would reset the connection and could destroy the op-6 notice before the client reads it.
         self._forget(ch)
         was_authing = ch.state == S_AUTHING
         ch.state = S_CLOSING
         ch.deadline = time.monotonic() + 2.0
         if was_authing:  # reading was paused for auth; drain again so the peer's close is seen
             self.loop.add_reader(ch.fd, self._on_readable, ch)
-        if rest:
-            # the socket's buffer is full (a peer that stopped reading): the notice waits for room
-            # until the deadline; FIN follows it
-            ch.unsent = rest
-            self.loop.add_writer(ch.fd, self._write_unsent, ch)
+        if rest:  # the socket buffer is full (a slow consumer): finish when it drains, or at the deadline
+            ch.owed = True
+            self.loop.add_writer(ch.fd, self._write_last_words, ch, rest)
             return
-        self._shutdown_write(ch)
-
-    def _shutdown_write(self, ch: Channel) -> None:
         try:
             ch.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._close_now(ch)
 
-    def _write_unsent(self, ch: Channel) -> None:
+    def _write_last_words(self, ch: Channel, rest: bytes) -> None:
         try:
-            n = ch.sock.send(ch.unsent)
+            n = ch.sock.send(rest)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._close_now(ch)
             return
-        ch.unsent = ch.unsent[n:]
-        if not ch.unsent:
-            ch.unsent = None
-            self.loop.remove_writer(ch.fd)
-            self.stats_counters["close_notices_late"] += 1
-            self._shutdown_write(ch)
+        if n < len(rest):
+            self.loop.add_writer(ch.fd, self._write_last_words, ch, rest[n:])
+            return
+        self.loop.remove_writer(ch.fd)
+        ch.owed = False
+        self.stats_counters["close_notices_late"] += 1
+        try:
+            ch.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close_now(ch)
 
     def _lost(self, ch: Channel) -> None:
         """The peer closed or reset the connection."""
@@ -123,8 +124,8 @@ class Lifecycle:
 
     def _forget(self, ch: Channel) -> None:
         """Unregister everywhere (table, session registry); the socket stays open."""
-        if ch.lid in self.table:
-            self.table.remove(ch.lid)
+        if ch in self.table:
+            self.table.remove(ch)
         if ch.conn_id and self._by_conn_id.get(ch.conn_id) is ch:
             del self._by_conn_id[ch.conn_id]
             if self._stopping:
@@ -134,8 +135,9 @@ class Lifecycle:
             ch.conn_id = 0
 
     def _close_now(self, ch: Channel) -> None:
-        if self._channels.pop(ch.lid, None) is None:
+        if ch not in self._channels:
             return
+        self._channels.discard(ch)
         self._forget(ch)
         n = self._ips.get(ch.ip, 0) - 1
         if n > 0:
@@ -144,18 +146,18 @@ class Lifecycle:
             self._ips.pop(ch.ip, None)
         if ch.state != S_AUTHING:
             self.loop.remove_reader(ch.fd)
-        if ch.unsent is not None:  # the peer never made room for its op-6 notice
-            self.loop.remove_writer(ch.fd)
-            ch.unsent = None
+        self.loop.remove_writer(ch.fd)  # last words still owed to a slow consumer, if any
+        if ch.owed:   # the peer never made room for its op-6 notice
+            ch.owed = False
             self.stats_counters["close_notices_dropped"] += 1
         ch.state = S_CLOSING
         ch.sock.close()
 
-    def _on_overflow(self, lid: int) -> None:
+    def _on_overflow(self, ch: Channel) -> None:
         # The table already stopped delivering to it; the close (notice, FIN, logic's disconnect)
         # waits for the next loop iterations, _CLOSE_SLICE at a time, so that a thousand slow
         # consumers overflowing in one broadcast do not hold every healthy client's push behind them.
-        self._overflowed.append(lid)
+        self._overflowed.append(ch)
         if len(self._overflowed) == 1:
             self.loop.call_soon(self._close_overflowed)
 
@@ -164,15 +166,13 @@ class Lifecycle:
         del self._overflowed[:_CLOSE_SLICE]
         if self._overflowed:
             self.loop.call_soon(self._close_overflowed)
-        for lid in batch:
-            ch = self._channels.get(lid)
-            if ch is not None:
+        for ch in batch:
+            if ch in self._channels:
                 self.stats_counters["slow_consumer_closes"] += 1
                 self.close(ch, "slow consumer", reconnect=True)
 
-    def _on_write_error(self, lid: int, exc: OSError) -> None:
-        ch = self._channels.get(lid)
-        if ch is not None:
+    def _on_write_error(self, ch: Channel, exc: OSError) -> None:
+        if ch in self._channels:
             self._close_now(ch)
 
     # ------------------------------------------------------------------ housekeeping
@@ -183,7 +183,7 @@ class Lifecycle:
         while True:
             await asyncio.sleep(period)
             hb = self.config.heartbeat_timeout
-            channels = list(self._channels.values())
+            channels = list(self._channels)
             for i, ch in enumerate(channels):
                 if i % _SWEEP_SLICE == 0:
                     if i:
@@ -191,7 +191,7 @@ class Lifecycle:
                         # held every push behind it for a millisecond or two, once a second
                         await asyncio.sleep(0)
                     now = time.monotonic()
-                if ch.lid not in self._channels:
+                if ch not in self._channels:
                     continue  # gone while we yielded
                 st = ch.state
                 if st == S_OPEN:
@@ -205,7 +205,7 @@ class Lifecycle:
                     self.close(ch, "auth timeout: the first frame must be auth (op 7)", reconnect=False)
 
     async def _report_loop(self) -> None:
-        """Report room counts to logic periodically (seed 5.3: counters are absorbed, not queried)."""
+        """Report room counts to logic periodically (counters are absorbed, not queried)."""
         while True:
             try:
                 rooms = self.table.rooms()

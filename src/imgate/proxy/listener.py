@@ -11,7 +11,8 @@ import logging
 import socket
 import time
 
-from imgate.core import OP_DISCONNECT_REPLY, FrameDecoder, ProtocolError, WebSocketHandshake, encode_frame
+from imgate.core import FrameDecoder, ProtocolError, WebSocketHandshake, encode_frame
+from imgate.protocol.ops import OP_DISCONNECT_REPLY
 from imgate.proxy.channel import S_CLOSING, S_OPEN, Channel
 from imgate.proxy.limits import TOO_MANY_CONNECTIONS
 
@@ -53,16 +54,14 @@ class Listener:
     def _adopt(self, sock: socket.socket, ws: bool, ip: str, now: float) -> None:
         """Serve an accepted, non-blocking socket (or the plaintext end of a TLS connection, see
         ``imgate.proxy.tls``) as a client connection from ``ip``."""
-        lid = self._next_lid
-        self._next_lid += 1
-        ch = Channel(lid, sock, ws, ip, now + self.config.handshake_timeout)
+        ch = Channel(sock, ws, ip, now + self.config.handshake_timeout)
         if ws:
             ch.hs = WebSocketHandshake()
         else:
             ch.decoder = FrameDecoder(self.config.max_frame_body)
-            self.table.add(lid, sock)
-            self.table.set_accepts(lid, ())  # no pushes before auth; replies (op -1) still pass
-        self._channels[lid] = ch
+            self.table.add(ch, sock)
+            self.table.set_accepts(ch, ())  # no pushes before auth; replies (op -1) still pass
+        self._channels.add(ch)
         self._ips[ip] = self._ips.get(ip, 0) + 1
         self.stats_counters["accepted"] += 1
         self.loop.add_reader(ch.fd, self._on_readable, ch)

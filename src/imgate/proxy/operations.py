@@ -9,7 +9,8 @@ import struct
 import time
 
 from imgate.auth import AuthError
-from imgate.core import (
+from imgate.core import encode_frame
+from imgate.protocol.ops import (
     OP_AUTH,
     OP_AUTH_REPLY,
     OP_CHANGE_ROOM,
@@ -24,7 +25,6 @@ from imgate.core import (
     OP_SEND_MSG_REPLY,
     OP_SUB,
     OP_UNSUB,
-    encode_frame,
 )
 from imgate.proxy.channel import S_AUTH, S_AUTHING, S_OPEN, Channel, room_of
 from imgate.proxy.limits import RATE_LIMITED
@@ -73,7 +73,7 @@ class Operations:
             log.warning("auth call failed: %s", e)
             self.close(ch, "auth unavailable", reconnect=True)
             return
-        if ch.lid not in self._channels or ch.state != S_AUTHING:
+        if ch not in self._channels or ch.state != S_AUTHING:
             # the client vanished while logic was answering
             try:
                 await self.logic.disconnect(self.server_id, c.conn_id, c.mid)
@@ -85,13 +85,13 @@ class Operations:
         ch.last_seen = ch.renewed = time.monotonic()
         self._by_conn_id[c.conn_id] = ch
         ch.accepts = set(c.accepts) if c.accepts else None
-        self.table.set_accepts(ch.lid, ch.accepts)
+        self.table.set_accepts(ch, ch.accepts)
         if c.room_id:
             ch.room_id = c.room_id
-            self.table.join(ch.lid, c.room_id)
+            self.table.join(ch, c.room_id)
         reply = json.dumps({"conn_id": c.conn_id, "key": c.key, "mid": c.mid, "room_id": c.room_id,
                             "heartbeat": self.config.heartbeat_timeout / 3}).encode()
-        self.table.send(ch.lid, encode_frame(OP_AUTH_REPLY, f.seq, reply))
+        self.table.send(ch, encode_frame(OP_AUTH_REPLY, f.seq, reply))
         self.loop.add_reader(ch.fd, self._on_readable, ch)
         backlog, ch.backlog = ch.backlog, None
         if backlog:
@@ -104,7 +104,7 @@ class Operations:
             count = 0
             if room:
                 count = self.table.room_count(room) + self._remote_online.get(room, 0)
-            self.table.send(ch.lid, encode_frame(OP_HEARTBEAT_REPLY, f.seq, _INT32.pack(count)))
+            self.table.send(ch, encode_frame(OP_HEARTBEAT_REPLY, f.seq, _INT32.pack(count)))
             now = ch.last_seen
             if now - ch.renewed > self.config.heartbeat_timeout / 3:
                 ch.renewed = now
@@ -116,7 +116,7 @@ class Operations:
             if problem:
                 self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=False, error=problem)
                 return
-            self.table.move(ch.lid, ch.room_id or None, room or None)
+            self.table.move(ch, ch.room_id or None, room or None)
             ch.room_id = room
             self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=True, room_id=room)
         elif op == OP_JOIN_ROOM or op == OP_LEAVE_ROOM:
@@ -127,11 +127,11 @@ class Operations:
                 return
             try:
                 if op == OP_JOIN_ROOM:
-                    self.table.join(ch.lid, room)
+                    self.table.join(ch, room)
                     if not ch.room_id:
                         ch.room_id = room
                 else:
-                    self.table.leave(ch.lid, room)
+                    self.table.leave(ch, room)
                     if ch.room_id == room:
                         ch.room_id = ""
             except ValueError as e:
@@ -150,7 +150,7 @@ class Operations:
             # sub/unsub then change nothing: to filter, authenticate with an accepts list
             if ch.accepts is not None:
                 ch.accepts = ch.accepts | ops if op == OP_SUB else ch.accepts - ops
-            self.table.set_accepts(ch.lid, ch.accepts)
+            self.table.set_accepts(ch, ch.accepts)
             self._reply(ch, op + 1, f.seq, ok=True, accepts=sorted(ch.accepts) if ch.accepts is not None else None)
         elif op == OP_AUTH:
             pass  # already authenticated: a repeated auth is ignored
@@ -171,7 +171,7 @@ class Operations:
             self.close(ch, "session expired", reconnect=True)
 
     def _reply(self, ch: Channel, op: int, seq: int, **fields) -> None:
-        self.table.send(ch.lid, encode_frame(op, seq, json.dumps(fields).encode()))
+        self.table.send(ch, encode_frame(op, seq, json.dumps(fields).encode()))
 
     async def _upstream(self, ch: Channel, f) -> None:
         try:
@@ -179,8 +179,8 @@ class Operations:
         except Exception as e:
             log.warning("upstream message from conn %s failed: %s", ch.conn_id, e)
             body = json.dumps({"ok": False, "error": "upstream unavailable"}).encode()
-        if ch.lid in self.table:
-            self.table.send(ch.lid, encode_frame(OP_SEND_MSG_REPLY, f.seq, body or b""))
+        if ch in self.table:
+            self.table.send(ch, encode_frame(OP_SEND_MSG_REPLY, f.seq, body or b""))
 
     def _spawn(self, coro) -> None:
         task = self.loop.create_task(coro)

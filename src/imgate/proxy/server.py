@@ -53,11 +53,10 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle):
             on_overflow=self._on_overflow,
             on_error=self._on_write_error,
         )
-        self._channels: dict[int, Channel] = {}
+        self._channels: set[Channel] = set()
         self._by_conn_id: dict[int, Channel] = {}
         self._ips: dict[str, int] = {}
         self._listeners: list[socket.socket] = []
-        self._next_lid = 1
         self._rbuf = bytearray(65536)
         self._rview = memoryview(self._rbuf)
         self._tasks: set[asyncio.Task] = set()
@@ -72,7 +71,7 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle):
             close_notices_late=0, close_notices_dropped=0,
         )
         self.limits = Limits.from_config(config)
-        self._overflowed: list[int] = []   # slow consumers waiting to be closed (Lifecycle._on_overflow)
+        self._overflowed: list[Channel] = []   # slow consumers waiting to be closed (Lifecycle._on_overflow)
         self.tcp_port = 0
         self.ws_port = 0
         # TLS listeners (wss, goim TCP over TLS) when the config names a certificate

@@ -29,8 +29,8 @@ class WebSocketSide:
             ch.state = S_AUTH
             ch.decoder = FrameDecoder(self.config.max_frame_body)
             ch.parser = WebSocketParser(self.config.max_frame_body + 16)
-            self.table.add(ch.lid, ch.sock, websocket=True)
-            self.table.set_accepts(ch.lid, ())  # no pushes before auth
+            self.table.add(ch, ch.sock, websocket=True)
+            self.table.set_accepts(ch, ())  # no pushes before auth
             if not hs.leftover:
                 return
             data = hs.leftover
@@ -42,7 +42,7 @@ class WebSocketSide:
             return
         out = ch.parser.take_output()
         if out:
-            self.table.send_raw(ch.lid, out)
+            self.table.send_raw(ch, out)
         frames = []
         for opcode, payload in messages:
             if opcode != WS_BINARY:
@@ -70,8 +70,8 @@ class WebSocketSide:
 
     def _close_ws(self, ch: Channel, reason: str, close_frame: bytes, reconnect: bool = False) -> None:
         rest = b""
-        if ch.lid in self.table:
-            rest = self.table.send_final(ch.lid, ws_binary(notice(reason, reconnect)) + close_frame, raw=True)
+        if ch in self.table:
+            rest = self.table.send_final(ch, ws_binary(notice(reason, reconnect)) + close_frame, raw=True)
         self._half_close(ch, rest)
 
     def _send_direct(self, ch: Channel, data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""The push service: delivers push jobs to the proxies that hold their targets (seed: pushService / job)."""
+"""The push service: delivers push jobs to the proxies that hold their targets (goim's job)."""
 
 from imgate.protocol import PushJob
 from imgate.protocol.interfaces import ProxyAPI

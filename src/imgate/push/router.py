@@ -50,11 +50,8 @@ class PushRouter:
         for job in jobs:
             kind = job.kind
             if kind == KIND_CONNS:
-                if job.server in self.proxies:
+                if self._proxy_of(job) is not None:
                     calls.setdefault(job.server, []).append((CONNS, (job.conn_ids, job.op, job.body)))
-                else:
-                    self.skipped += 1
-                    log.warning("push to unknown server %s dropped (%d conns)", job.server, len(job.conn_ids))
             elif kind == KIND_ROOM:
                 args = rooms.get(job.room_id)
                 if args is None:
@@ -71,8 +68,27 @@ class PushRouter:
             args[1] = b"".join(args[1])  # the batch's frames, once for every proxy
         return calls
 
+    def _proxy_of(self, job: PushJob) -> ProxyAPI | None:
+        """The proxy a conns job names; None (counted, logged) when it is unknown: it died."""
+        proxy = self.proxies.get(job.server)
+        if proxy is None:
+            self._unknown(job)
+        return proxy
+
+    def _unknown(self, job: PushJob) -> None:
+        self.skipped += 1
+        log.warning("push to unknown server %s dropped (%d conns)", job.server, len(job.conn_ids))
+
     def route_nowait(self, job: PushJob) -> int:
         """Deliver one job to proxies in this process; returns the connections it was queued for."""
+        if job.kind == KIND_CONNS:  # the usual unicast: one call to one proxy, no plan to make
+            self.jobs += 1
+            proxy = self.proxies.get(job.server)
+            if proxy is None:
+                self._unknown(job)
+                return 0
+            self.delivered += 1
+            return proxy.push_conns_nowait(job.conn_ids, job.op, job.body)
         n = 0
         for sid, calls in self.plan([job]).items():
             proxy = self.proxies[sid]

@@ -1,4 +1,4 @@
-"""imgate's internal RPC: proxy <-> logic and push -> proxy (issue "Cluster mode").
+"""imgate's internal RPC: proxy <-> logic and push -> proxy.
 
 Protobuf messages (``proto/imgate.proto``, generated into :mod:`imgate.protocol.imgate_pb2`) carried in
 goim v2 frames over pooled, pipelined TCP connections.

@@ -1,13 +1,13 @@
 """push -> proxy over RPC: :class:`ProxyRpcService` serves a ``Proxy``; :class:`ProxyClient` is push's
 handle on one proxy in a cluster (the RPC implementation of ``imgate.protocol.interfaces.ProxyAPI``).
 
-The proxy's push methods deliver at once (its ``*_nowait`` methods queue frames for the room table), so
-the service answers them inline, without a task per request: a connection's pushes are handled in the order
-they arrive and replies leave in one write per event-loop iteration.
+The proxy's push methods deliver at once (its ``*_nowait`` methods queue frames for the room table),
+so the service answers them inline, without a task per request: a connection's pushes are handled in
+the order they arrive and replies leave in one write per event-loop iteration.
 
-What is retried when a connection dies under a call: ``rooms()`` always (a query); the pushes only when
-the request was never written (a push written to a proxy that then died may have been delivered, and
-repeating it could deliver it twice), otherwise :class:`~imgate.rpc.wire.RpcUnavailable` is raised.
+A push is retried on another connection only when its request was never written (one written to a
+proxy that then died may have been delivered, and repeating it could deliver it twice); otherwise
+:class:`~imgate.rpc.wire.RpcUnavailable` is raised.
 
 ``ProxyClient`` sends its ``server_id`` in HELLO; a proxy whose own id differs refuses the connection, so
 push never delivers one proxy's conn ids to another that took over its address.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 
+from imgate.core import encode_frame
 from imgate.protocol import pb
 from imgate.protocol.interfaces import ProxyAPI
 from imgate.rpc.pool import RpcPool
@@ -28,7 +29,7 @@ log = logging.getLogger("imgate.rpc.proxy")
 
 __all__ = ["ProxyClient", "ProxyRpcService", "serve_proxy"]
 
-_PushConnsReq, _PushRoomReq, _PushRoomBatchReq, _PushAllReq = pb.PushConnsReq, pb.PushRoomReq, pb.PushRoomBatchReq, pb.PushAllReq
+_PushConnsReq, _PushRoomBatchReq, _PushAllReq = pb.PushConnsReq, pb.PushRoomBatchReq, pb.PushAllReq
 _count_of = pb.CountReply.FromString
 
 
@@ -43,7 +44,7 @@ def _count(n):
 
 
 class ProxyRpcService(RpcService):
-    """Exposes a proxy's push_conns / push_room / push_room_batch / push_all / rooms over RPC
+    """Exposes a proxy's push_conns / push_room_batch / push_all over RPC
     (service ``imgate.proxy``): a ``ProxyAPI`` in this process through its ``*_nowait`` methods, any
     other object through methods of those names (sync or async)."""
 
@@ -53,10 +54,8 @@ class ProxyRpcService(RpcService):
         self.proxy = proxy
         at_once = isinstance(proxy, ProxyAPI) and proxy.nowait
         self._conns = proxy.push_conns_nowait if at_once else proxy.push_conns
-        self._room = proxy.push_room_nowait if at_once else proxy.push_room
         self._room_batch = proxy.push_room_batch_nowait if at_once else proxy.push_room_batch
         self._all = proxy.push_all_nowait if at_once else proxy.push_all
-        self._rooms_of = proxy.rooms_nowait if at_once else proxy.rooms
         if server_id is None:
             server_id = getattr(proxy, "server_id", "") or ""
         self.server = RpcServer(self.SERVICE, self.handlers(), server_id=server_id, **server_kw)
@@ -64,31 +63,18 @@ class ProxyRpcService(RpcService):
     def handlers(self) -> dict:
         return {
             pb.PUSH_CONNS: self._push_conns,
-            pb.PUSH_ROOM: self._push_room,
             pb.PUSH_ROOM_BATCH: self._push_room_batch,
             pb.PUSH_ALL: self._push_all,
-            pb.ROOMS: self._rooms,
         }
 
     def _push_conns(self, req: pb.PushConnsReq):
         return _count(self._conns(list(req.conn_ids), req.op, req.body))
-
-    def _push_room(self, req: pb.PushRoomReq):
-        return _count(self._room(req.room_id, req.op, req.body))
 
     def _push_room_batch(self, req: pb.PushRoomBatchReq):
         return _count(self._room_batch(req.room_id, req.frames))
 
     def _push_all(self, req: pb.PushAllReq):
         return _count(self._all(req.op, req.body, req.speed))
-
-    def _rooms(self, req: pb.Empty):
-        rooms = self._rooms_of()
-        if inspect.isawaitable(rooms):
-            async def wait():
-                return pb.RoomsReply(rooms=dict(await rooms))
-            return wait()
-        return pb.RoomsReply(rooms=dict(rooms))
 
 
 async def serve_proxy(proxy, host: str = "127.0.0.1", port: int = 0, *, ssl=None, **server_kw) -> ProxyRpcService:
@@ -100,8 +86,8 @@ async def serve_proxy(proxy, host: str = "127.0.0.1", port: int = 0, *, ssl=None
 
 
 class ProxyClient(ProxyAPI):
-    """Push's client of one proxy: ``await push_conns/push_room/push_room_batch/push_all/rooms``.
-    Every method returns what the proxy returned (connections queued for; rooms -> counts)."""
+    """Push's client of one proxy: ``await push_conns/push_room/push_room_batch/push_all``.
+    Every method returns what the proxy returned (the connections the push was queued for)."""
 
     def __init__(self, server_id: str, addr: str, pool_size: int = 4, *, client_id: str = "",
                  timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
@@ -133,9 +119,7 @@ class ProxyClient(ProxyAPI):
         return _count_of(raw).count
 
     async def push_room(self, room_id: str, op: int, body: bytes) -> int:
-        raw = await self.pool.call_raw(pb.PUSH_ROOM, _PushRoomReq(
-            room_id=room_id, op=op, body=bytes(body)).SerializeToString())
-        return _count_of(raw).count
+        return await self.push_room_batch(room_id, encode_frame(op, 0, body))
 
     async def push_room_batch(self, room_id: str, frames: bytes) -> int:
         raw = await self.pool.call_raw(pb.PUSH_ROOM_BATCH, _PushRoomBatchReq(
@@ -145,7 +129,3 @@ class ProxyClient(ProxyAPI):
     async def push_all(self, op: int, body: bytes, speed: int = 0) -> int:
         raw = await self.pool.call_raw(pb.PUSH_ALL, _PushAllReq(op=op, body=bytes(body), speed=speed).SerializeToString())
         return _count_of(raw).count
-
-    async def rooms(self) -> dict[str, int]:
-        raw = await self.pool.call_raw(pb.ROOMS, b"", idempotent=True)
-        return dict(pb.RoomsReply.FromString(raw).rooms)

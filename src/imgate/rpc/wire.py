@@ -49,10 +49,8 @@ REQUEST_TYPES: dict[int, type[Message]] = {
     pb.RECEIVE: pb.ReceiveReq,
     pb.RENEW_ONLINE: pb.RenewOnlineReq,
     pb.PUSH_CONNS: pb.PushConnsReq,
-    pb.PUSH_ROOM: pb.PushRoomReq,
     pb.PUSH_ROOM_BATCH: pb.PushRoomBatchReq,
     pb.PUSH_ALL: pb.PushAllReq,
-    pb.ROOMS: pb.Empty,
     pb.PING: pb.Empty,
     pb.HELLO: pb.Hello,
 }
@@ -63,10 +61,8 @@ REPLY_TYPES: dict[int, type[Message]] = {
     pb.RECEIVE: pb.ReceiveReply,
     pb.RENEW_ONLINE: pb.RoomsReply,  # the cluster-wide counts of the reported rooms
     pb.PUSH_CONNS: pb.CountReply,
-    pb.PUSH_ROOM: pb.CountReply,
     pb.PUSH_ROOM_BATCH: pb.CountReply,
     pb.PUSH_ALL: pb.CountReply,
-    pb.ROOMS: pb.RoomsReply,
     pb.PING: pb.Empty,
     pb.HELLO: pb.HelloReply,
 }

@@ -1,4 +1,4 @@
-# C helpers of the WebSocket codec (csrc/imgate_ws.h); declarations only.
+# C helpers of the WebSocket codec (imgate_ws.h, beside this file; its code is csrc/imgate_ws.c); declarations only.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 

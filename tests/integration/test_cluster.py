@@ -1,0 +1,219 @@
+"""Cluster mode end to end: every role its own process, real Redis and Kafka (seed 5.2, 5.3, 6, 7)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import uvloop
+
+from imgate import client as imclient
+
+from clusterutil import Cluster
+from polling import wait_until_async
+from services import redis_down
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, redis_url, kafka_bootstrap):
+    c = Cluster(tmp_path_factory.mktemp("cluster"), redis_url, kafka_bootstrap)
+    try:
+        c.start()
+    except Exception:
+        c.stop()
+        raise
+    yield c
+    c.stop()
+
+
+def run(coro, timeout=90):
+    return uvloop.run(asyncio.wait_for(coro, timeout))
+
+
+async def ahttp(cluster, logic, method, path, body=None):
+    return await asyncio.get_running_loop().run_in_executor(None, cluster.http, logic, method, path, body)
+
+
+async def until(cluster, pred, what, **kw):
+    """The polling helper, with the roles' logs in the failure."""
+    try:
+        return await wait_until_async(pred, what=what, interval=0.05, **kw)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{cluster.logs()}") from None
+
+
+def test_unicast_through_logic_a_reaches_a_user_on_proxy_b(cluster):
+    async def go():
+        c = await imclient.connect(cluster.ws_url("B"), mid=5001, heartbeat=None)
+        status, reply = await ahttp(cluster, "L1", "POST", "/goim/push/mids?operation=1000&mids=5001", b"via L1")
+        assert status == 200 and reply["data"]["targets"] == 1, reply
+        m = await c.recv(timeout=30)
+        assert (m.op, m.body) == (1000, b"via L1")
+        # /session on either logic shows the user on proxy B
+        for logic in ("L1", "L2"):
+            status, reply = await ahttp(cluster, logic, "GET", "/session?uid=5001")
+            assert [s["server"] for s in reply["data"]] == ["B"], reply
+        await c.close()
+
+    run(go())
+
+
+def test_room_spanning_both_proxies_gets_each_message_once_per_member(cluster):
+    async def go():
+        members = []
+        for i in range(6):
+            proxy = "A" if i % 2 else "B"
+            url = cluster.tcp_url(proxy) if i % 3 else cluster.ws_url(proxy)
+            members.append(await imclient.connect(url, mid=5100 + i, room_id="span://1", heartbeat=None))
+        # push absorbs the proxies' room lists periodically; wait until both report the room
+        async def both_report():
+            _, r = await ahttp(cluster, "L2", "GET", "/room?rid=span://1")
+            return r["data"]["servers"] == {"A": 3, "B": 3}
+
+        await until(cluster, both_report, "both proxies to report span://1")
+
+        async def cluster_wide_heartbeat():  # op 3 counts the room across both proxies
+            return all([await m.heartbeat() == 6 for m in (members[0], members[1])])
+
+        await until(cluster, cluster_wide_heartbeat, "op 3 to count the room across both proxies")
+        for k in range(10):
+            status, reply = await ahttp(cluster, "L1" if k % 2 else "L2", "POST",
+                                        "/goim/push/room?operation=1000&type=span&room=1", b"m%d" % k)
+            assert status == 200, reply
+        # then a last one: whatever a member gets before it is what it got twice, if anything
+        await ahttp(cluster, "L1", "POST", "/goim/push/room?operation=1000&type=span&room=1", b"end")
+        for c in members:
+            got = [(await c.recv(timeout=30)).body for _ in range(11)]
+            assert got == [b"m%d" % k for k in range(10)] + [b"end"]
+        _, r = await ahttp(cluster, "L1", "GET", "/goim/online/top?type=span&limit=5")
+        assert r["data"] == [{"room_id": "span://1", "count": 6}]
+        for c in members:
+            await c.close()
+
+    run(go())
+
+
+def test_logic_killed_new_clients_authenticate_through_the_other(cluster):
+    l1 = cluster.procs["L1"]
+
+    async def go():
+        l1.kill()
+        for i in range(5):
+            c = await imclient.connect(cluster.tcp_url("A"), mid=5200 + i, heartbeat=None, timeout=10)
+            assert await c.heartbeat() == 0
+            await c.close()
+        status, reply = await ahttp(cluster, "L2", "POST", "/goim/push/mids?operation=1000&mids=5300", b"x")
+        assert status == 200
+
+    try:
+        run(go())
+    finally:
+        l1.start()
+
+
+def test_proxy_b_killed_clients_reconnect_to_a_and_get_pushes(cluster):
+    b = cluster.procs["B"]
+
+    async def go():
+        c = await imclient.connect(cluster.tcp_url("B"), mid=5400, room_id="fail://1", heartbeat=None)
+        b.kill()
+        with pytest.raises(imclient.ConnectionClosed):
+            while True:
+                await c.recv(timeout=30)
+        c = await imclient.connect(cluster.tcp_url("A"), mid=5400, room_id="fail://1", heartbeat=None)
+
+        async def only_a():
+            _, r = await ahttp(cluster, "L1", "GET", "/session?uid=5400")
+            return "A" in [s["server"] for s in r["data"]]
+
+        await until(cluster, only_a, "user 5400's session on A")
+        status, reply = await ahttp(cluster, "L1", "POST", "/goim/push/mids?operation=1000&mids=5400", b"after")
+        assert status == 200
+        assert (await c.recv(timeout=30)).body == b"after"
+
+        async def room_on_a():
+            _, r = await ahttp(cluster, "L1", "GET", "/room?rid=fail://1")
+            return r["data"]["servers"].get("A") == 1
+
+        await until(cluster, room_on_a, "A to report fail://1")
+        await ahttp(cluster, "L1", "POST", "/goim/push/room?operation=1000&type=fail&room=1", b"room")
+        assert (await c.recv(timeout=30)).body == b"room"
+        await c.close()
+
+    try:
+        run(go())
+    finally:
+        b.start()
+
+
+def test_kafka_stopped_push_api_says_503_and_accepted_pushes_survive(cluster, kafka_process):
+    push = cluster.procs["P"]
+
+    async def go():
+        c = await imclient.connect(cluster.tcp_url("A"), mid=5500, heartbeat=None)
+        loop = asyncio.get_running_loop()
+        # accepted by Kafka while push is down: they wait in the topic
+        await loop.run_in_executor(None, push.kill)
+        for k in range(3):
+            status, reply = await ahttp(cluster, "L1", "POST", "/goim/push/mids?operation=1000&mids=5500", b"queued-%d" % k)
+            assert status == 200, reply
+        await loop.run_in_executor(None, kafka_process.stop)
+        try:
+            status, reply = await ahttp(cluster, "L1", "POST", "/goim/push/mids?operation=1000&mids=5500", b"refused")
+            assert status == 503, reply
+            assert reply["code"] != 0 and "kafka" in reply["message"].lower(), reply
+        finally:
+            await loop.run_in_executor(None, kafka_process.start)
+            await loop.run_in_executor(None, push.start)
+        got = [(await c.recv(timeout=60)).body for _ in range(3)]
+        assert got == [b"queued-0", b"queued-1", b"queued-2"], "every accepted push arrives, in order"
+        # and the API accepts again
+        async def accepted():
+            s, _ = await ahttp(cluster, "L2", "POST", "/goim/push/mids?operation=1000&mids=5500", b"again")
+            return s == 200
+
+        await until(cluster, accepted, "the push API to accept again")
+        status, _ = await ahttp(cluster, "L2", "POST", "/goim/push/mids?operation=1000&mids=5500", b"end")
+        assert status == 200
+        rest = []
+        while not rest or rest[-1] != b"end":
+            rest.append((await c.recv(timeout=60)).body)
+        assert b"refused" not in rest and b"again" in rest, rest
+        await c.close()
+
+    try:
+        run(go(), timeout=240)
+    finally:
+        if not push.alive:
+            push.start()
+
+
+def test_redis_stopped_auth_is_unavailable_and_push_api_says_503(cluster, redis_process):
+    """With the session registry down, a new client is told "auth unavailable" (reconnect: true) and a
+    push that needs the registry gets 503; once Redis is back both work again."""
+    async def go():
+        with redis_down():
+            for url in (cluster.tcp_url("A"), cluster.ws_url("B")):
+                with pytest.raises(imclient.AuthRejected) as e:
+                    await imclient.connect(url, mid=5600, heartbeat=None, timeout=30)
+                assert e.value.notice == {"reason": "auth unavailable", "reconnect": True}, e.value.notice
+            for logic in ("L1", "L2"):
+                status, reply = await ahttp(cluster, logic, "POST", "/goim/push/mids?operation=1000&mids=5600", b"x")
+                assert status == 503, reply
+                assert reply["code"] != 0 and reply["message"], reply
+
+        async def connects():
+            try:
+                return await imclient.connect(cluster.tcp_url("A"), mid=5600, heartbeat=None, timeout=30)
+            except imclient.AuthRejected:
+                return None
+
+        c = await until(cluster, connects, "auth to work again once Redis is back")
+        status, reply = await ahttp(cluster, "L1", "POST", "/goim/push/mids?operation=1000&mids=5600", b"back")
+        assert status == 200 and reply["data"]["targets"] == 1, reply
+        assert (await c.recv(timeout=30)).body == b"back"
+        await c.close()
+
+    run(go(), timeout=240)
