@@ -46,8 +46,8 @@ def test_readme_client_example(tmp_path):
             [sys.executable, "-m", "imgate", "apikey", "create", "--scope", "push", "--data-dir", str(data_dir)],
             env=env, capture_output=True, text=True, timeout=30, check=True,
         ).stdout.strip()
-        # the node re-reads its key file within a second: the README's curl, retried until then
-        from nodeutil import wait_until
+        # the README's curl (a key made a moment ago is looked up in the file at once; polled all the same)
+        from polling import wait_until
 
         wait_until(lambda: node.http("POST", "/goim/push/room?operation=1000&type=live&room=1000", b"hello",
                                      api_key=key)[0] == 200, what="the new key accepted")
