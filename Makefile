@@ -56,7 +56,7 @@ ASAN_DIR := build/asan
 ASAN_TESTS ?= tests/unit
 test-asan: $(STAMP)
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
-	cp -r setup.py pyproject.toml README.md csrc src tests fuzz $(ASAN_DIR)/
+	cp -r setup.py pyproject.toml README.md csrc src tests fuzz docs $(ASAN_DIR)/
 	find $(ASAN_DIR) -name '*.so' -delete
 	cd $(ASAN_DIR) && IMGATE_SANITIZE=1 $(abspath $(PY)) setup.py --quiet build_ext --inplace -j 2
 	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
