@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from imgate.config import Config, ConfigError
 
@@ -69,6 +70,9 @@ async def _serve(cfg: Config) -> int:
             print(f"  goim TLS     tls://{host}:{p.tls_tcp_port}", flush=True)
     scheme = "https" if cfg.http_tls else "http"
     print(f"  HTTP API     {scheme}://{host}:{node.http_port}/  (demo page; /openapi.json, /metrics)", flush=True)
+    if cfg.im:
+        print(f"  IM store     {Path(cfg.data_dir) / 'im.db'} (synchronous {cfg.im_sync}; chat demo: /chat)",
+              flush=True)
     if cfg.auth == "jwt":
         print(f"  tokens       imgate token --user ID --data-dir {cfg.data_dir}", flush=True)
     if first_key:

@@ -32,6 +32,15 @@ rate_limited              imgate_rate_limited_total             counter
 ip_limit_refusals         imgate_ip_limit_refusals_total        counter
 close_notices_late        imgate_close_notices_late_total       counter
 close_notices_dropped     imgate_close_notices_dropped_total    counter
+im_unacked                imgate_im_unacked                     gauge
+im_messages               imgate_im_messages_total              counter
+im_duplicates             imgate_im_duplicates_total            counter
+im_resent                 imgate_im_resent_total                counter
+im_gave_up                imgate_im_gave_up_total               counter
+im_errors                 imgate_im_errors_total                counter
+im_commits                imgate_im_commits_total               counter
+im_store_writes           imgate_im_store_writes_total          counter
+im_failed_batches         imgate_im_failed_batches_total        counter
 ========================  ====================================  =======
 
 HTTP requests are counted the same way: one plain count per (route, status) in ``Metrics.http_counts``,
@@ -61,6 +70,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GAUGES: dict[str, str] = {
     "connections": "Client connections currently open on this node.",
     "rooms": "Rooms with at least one member on this node.",
+    "im_unacked": "IM entries pushed to open connections and not acked yet.",
 }
 COUNTERS: dict[str, str] = {
     "frames_in": "goim frames received from clients.",
@@ -81,6 +91,14 @@ COUNTERS: dict[str, str] = {
     "close_notices_late": "op-6 notices that waited for a full socket to drain before going out (then FIN).",
     "close_notices_dropped": "op-6 notices never delivered: the peer made no room for them before the close deadline.",
     "handshake_timeouts": "Connections closed because the WebSocket upgrade and auth did not finish within handshake_timeout.",
+    "im_messages": "IM messages stored (a resend of a stored cmid is not counted).",
+    "im_duplicates": "IM sends answered from an earlier send with the same cmid.",
+    "im_resent": "IM entries pushed again because they were not acked in time.",
+    "im_gave_up": "IM entries no longer resent (retries used up, or over the per-connection bound).",
+    "im_errors": "IM requests answered with an error.",
+    "im_commits": "Transactions committed by the message store's writer.",
+    "im_store_writes": "Writes committed by the message store (im_store_writes / im_commits: the batch size).",
+    "im_failed_batches": "Message store transactions that failed; their writes were refused.",
 }
 
 

@@ -18,6 +18,8 @@ from imgate.http.apikeys import api_auth_from_config
 from imgate.cache import MemoryCache
 from imgate.config import Config, ConfigError
 from imgate.http.server import PUBLIC, HttpServer
+from imgate.im.service import ImService
+from imgate.im.sqlite import SqliteStore
 from imgate.logic import Logic
 from imgate.logic.http_api import build_routes
 from imgate.metrics import Metrics
@@ -88,6 +90,7 @@ class Node:
         self.http: HttpServer | None = None
         self.logic: Logic | None = None
         self.demo_api_key = ""
+        self.im: ImService | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -102,10 +105,15 @@ class Node:
                                max_ttl=cfg.jwt_max_ttl or None),
             session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval,
         )
+        self.im_store = None
+        if cfg.im:
+            self._make_im()
         self.proxy = Proxy(cfg, self.logic, loop)
         self.push.add_proxy(self.proxy)
         self.metrics = Metrics()
         self.metrics.add_source(self.proxy.stats)
+        if self.im is not None:
+            self.metrics.add_source(self.im.stats)
         self.api_auth = api_auth_from_config(cfg)
         self.metrics.add_source(self._refusals)
         if cfg.demo and not self.api_auth.open:
@@ -116,6 +124,9 @@ class Node:
         self.http = HttpServer(routes, max_body=cfg.max_http_body,
                                request_timeout=cfg.http_request_timeout)
         await self.logic.start()
+        if self.im is not None:
+            await self.im_store.start()
+            await self.im.start()
         await self.proxy.start()
         host, port = cfg.addr("http")
         # HTTPS with the proxy's certificate (one context: a SIGHUP reload serves both)
@@ -132,6 +143,19 @@ class Node:
         keep theirs. False when there is no TLS or the files could not be loaded."""
         return self.proxy is not None and self.proxy.tls is not None and self.proxy.tls.reload()
 
+    def _make_im(self) -> None:
+        """The IM service and its embedded store (<data_dir>/im.db), plugged into logic."""
+        cfg = self.config
+        self.im_store = SqliteStore(
+            Path(cfg.data_dir) / "im.db", synchronous=cfg.im_sync, busy_timeout=cfg.im_busy_timeout,
+            batch_max=cfg.im_batch_max, max_queue=cfg.im_max_queue, retention_days=cfg.im_retention_days,
+            retention_entries=cfg.im_retention_entries, prune_interval=cfg.im_prune_interval,
+            max_bytes=cfg.im_max_bytes)
+        self.im = ImService(self.im_store, self.cache, self.bus, max_message_bytes=cfg.max_message_bytes,
+                            ack_timeout=cfg.ack_timeout, ack_retries=cfg.ack_retries,
+                            max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit)
+        self.logic.im = self.im
+
     @property
     def http_port(self) -> int:
         return self.http.port
@@ -143,3 +167,6 @@ class Node:
             await self.proxy.stop(grace)
         if self.logic is not None:
             await self.logic.stop()
+        if self.im is not None:
+            await self.im.stop()
+            await self.im_store.close()  # commits what is queued first

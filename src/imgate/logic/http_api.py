@@ -315,6 +315,12 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
     add("GET", "/room", room, "query")
     add("GET", "/list", list_sessions, "admin")  # every key of every session: admin only
 
+    # -- IM for backends (imgate/im/http.py)
+
+    from imgate.im.http import add_im_routes
+
+    add_im_routes(add, logic)
+
     # -- service routes
 
     docs: list = []   # made on first request, once every route (and its scope) is in the router
@@ -343,6 +349,9 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
 
     add("GET", "/", static_handler("index.html"), PUBLIC)
     add("GET", "/demo.js", static_handler("demo.js"), PUBLIC)
+    add("GET", "/chat", static_handler("chat.html"), PUBLIC)  # the IM chat demo (docs/im.md "Web clients")
+    add("GET", "/chat.js", static_handler("chat.js"), PUBLIC)
+    add("GET", "/imgate-im.js", static_handler("imgate-im.js"), PUBLIC)
 
     if demo is not None:
 

@@ -43,6 +43,7 @@ class Channel:
     __slots__ = (
         "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
         "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed", "tokens", "refilled", "owed",
+        "im_inflight",
     )
 
     def __init__(self, sock: socket.socket, ws: bool, ip: str, deadline: float):
@@ -66,6 +67,7 @@ class Channel:
         self.tokens = 0.0    # the op-rate bucket (imgate.proxy.limits); the first frames fill it
         self.refilled = 0.0
         self.owed = False    # closing: the op-6 notice waits for room in a full socket
+        self.im_inflight = 0  # IM requests sent to logic and not answered yet
 
 
 def ws_binary(payload: bytes) -> bytes:
