@@ -17,6 +17,11 @@ from imgate.http.apikeys import KeyStore
 from imgate.config import Config
 
 
+# http base ("http://127.0.0.1:PORT") -> the admin API key a helper made for that node: helpers that
+# only know a node's address (imutil.api) find its credential here
+API_KEYS: dict[str, str] = {}
+
+
 class NodeThread:
     """The node's HTTP API needs a credential: ``http()`` sends ``api_key``, an admin key the helper
     creates in the node's data dir (a fresh temporary one unless the config names it)."""
@@ -62,6 +67,7 @@ class NodeThread:
         self._ready.wait(30)
         if self._error is not None:
             raise self._error
+        API_KEYS[self.http_base] = self.api_key
         return self
 
     def call(self, coro, timeout=30):

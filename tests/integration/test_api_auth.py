@@ -52,7 +52,8 @@ async def http(node, method, path, body=None, **kw):
 # ---------------------------------------------------------------- 2. the HTTP API needs a credential
 
 # what anyone may call: liveness, the API description, the demo page's static files
-OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/"), ("GET", "/demo.js")}
+OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/"), ("GET", "/demo.js"),
+               ("GET", "/chat"), ("GET", "/chat.js"), ("GET", "/imgate-im.js")}
 
 
 def test_every_route_but_the_open_ones_refuses_a_request_without_credential(node):
