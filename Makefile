@@ -42,7 +42,7 @@ check: build
 # Long fuzzing under atheris (installed on first use): every harness of fuzz/harnesses.py for FUZZ_RUNS
 # inputs, memory bounded by libFuzzer's -rss_limit_mb. `make test` runs them briefly (test_fuzz_smoke).
 FUZZ_RUNS ?= 1000000
-FUZZ_HARNESSES := goim_frames websocket handshake auth_body http
+FUZZ_HARNESSES := goim_frames websocket handshake auth_body http im_body
 fuzz: build
 	$(PY) -c 'import atheris' 2>/dev/null || $(PIP) install --quiet atheris
 	for h in $(FUZZ_HARNESSES); do \

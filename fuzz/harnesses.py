@@ -100,6 +100,36 @@ def one_auth_body(data: bytes) -> None:
     json.dumps(fields)
 
 
+class _ImLimits:
+    """What ImService._new_message reads of its service: the content bound."""
+
+    max_message_bytes = 16384
+
+
+def one_im_body(data: bytes) -> None:
+    """An IM request body (MSG_SEND, SYNC, ACK, READ fields): a validated message or ImError with a
+    code and a message, never another exception."""
+    from imgate.im.protocol import ImError, get_int, parse_body
+    from imgate.im.service import ImService
+
+    try:
+        req = parse_body(data)
+    except ImError as e:
+        assert e.code and str(e)
+        return
+    assert isinstance(req, dict)
+    try:
+        msg = ImService._new_message(_ImLimits, 7, req)
+        assert len(msg.content.encode()) <= _ImLimits.max_message_bytes
+    except ImError as e:
+        assert e.code and str(e)
+    for name in ("after", "limit", "seq"):
+        try:
+            assert 0 <= get_int(req, name, lo=0, default=0) < 1 << 63
+        except ImError as e:
+            assert e.code and str(e)
+
+
 class _Transport:
     """Keeps what the HTTP connection writes; enough of an asyncio transport for it."""
 
@@ -198,6 +228,7 @@ HARNESSES = {
     "handshake": one_handshake,
     "auth_body": one_auth_body,
     "http": one_http,
+    "im_body": one_im_body,
 }
 
 #: a few valid inputs each to start from
@@ -206,6 +237,7 @@ SEEDS = {
     "websocket": [b"\x03\x82\x85\x01\x02\x03\x04" + bytes(b ^ m for b, m in zip(b"hello", b"\x01\x02\x03\x04\x01"))],
     "handshake": [b"\x07GET /sub HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"],
+    "im_body": [b'{"cmid": "c1", "to": 2, "type": "text", "content": {"text": "hi"}}', b'{"after": 0, "limit": 10}'],
     "auth_body": [b'{"mid": 1, "key": "k", "room_id": "live://1", "platform": "web", "accepts": [1000], "token": ""}'],
     "http": [b"\x09POST /p?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /g?x=%41 HTTP/1.1\r\n\r\n",
              b"\x04POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
