@@ -88,12 +88,12 @@ def add_im_routes(add, logic) -> None:
         group = param_int(req, "group", lo=1)
         return ok(await guarded(im, im.group_info(group)))
 
-    add("POST", "/im/groups", create_group)
-    add("POST", "/im/groups/members", group_members)
-    add("GET", "/im/groups", group_info)
-    add("POST", "/im/send", send)
-    add("GET", "/im/sync", sync)
-    add("GET", "/im/conversations", conversations)
+    add("POST", "/im/groups", create_group, "im")
+    add("POST", "/im/groups/members", group_members, "im")
+    add("GET", "/im/groups", group_info, "im")
+    add("POST", "/im/send", send, "im")
+    add("GET", "/im/sync", sync, "im")
+    add("GET", "/im/conversations", conversations, "im")
 
 
 __all__ = ["add_im_routes"]
