@@ -168,3 +168,53 @@ def test_kill_during_write_fan_out_loses_and_repeats_nothing(serve):
     run(after())
     print(f"fan-out jobs left at the kill: {left}")
     assert left > 0, "the kill came after the fan-out finished: the test did not test the resume"
+
+
+def test_the_client_stream_follows_a_group_through_both_modes(serve):
+    """Client.messages() hands out a group's messages in either mode, once each, in gseq order,
+    pulling what a read-mode group sent while the member was away."""
+    proc = serve(group_write_limit=3, group_hysteresis=1, ack_timeout=60.0)
+
+    async def go():
+        g = (await ok(proc, "POST", "/im/groups?uid=1", {"name": "s", "members": [2, 3]}))["group"]
+        a = await connect(proc, 1)
+        b = await connect(proc, 2, "ws")
+        stream = b.messages(after=0)
+        got = []
+
+        async def take(n):
+            for _ in range(n):
+                try:
+                    m = await asyncio.wait_for(stream.__anext__(), 20)
+                except TimeoutError:
+                    raise AssertionError(f"stuck after {got}; sync: {await b.sync(0, 100)}") from None
+                got.append((m["gseq"], m["type"], m["content"] if m["type"] == "text" else None))
+
+        await a.send_group(g, "w1")
+        await take(2)  # the creation and w1, from the inbox
+        await ok(proc, "POST", f"/im/groups/members?group={g}", {"add": [4, 5]})  # read mode
+        await take(2)  # member, mode (fanned out)
+        await a.send_group(g, "r1")
+        await take(1)  # pushed from the timeline
+        await b.close()
+        for i in range(3):  # b is away
+            await a.send_group(g, f"r{i + 2}")
+        await ok(proc, "POST", f"/im/groups/members?group={g}", {"remove": [3, 4, 5]})  # write mode again (2 <= 3 - 1)
+        await a.send_group(g, "w2")
+        b = await connect(proc, 2)
+        first, got[:] = got[:], []
+        stream = b.messages(after=4)  # b's inbox held 4 entries when it left
+        # r1 again (the first stream had not sent its op 30 yet: at least once), r2-r4 and the member
+        # msg pulled from the timeline, then the mode msg and w2 from the inbox
+        await take(7)
+        assert first == [(1, "member", None), (2, "text", "w1"), (3, "member", None), (4, "mode", None),
+                         (5, "text", "r1")]
+        assert got == [(5, "text", "r1"), (6, "text", "r2"), (7, "text", "r3"), (8, "text", "r4"),
+                       (9, "member", None), (10, "mode", None), (11, "text", "w2")], got
+        waiting = asyncio.ensure_future(stream.__anext__())  # the stream acks once it waits for more
+        await wait_until_async(lambda: _no_news(b), what="the stream's op 30")
+        waiting.cancel()
+        for c in (a, b):
+            await c.close()
+
+    run(go())

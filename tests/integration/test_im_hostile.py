@@ -301,19 +301,19 @@ def test_bodies_that_are_not_utf8_are_refused(node, transport):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_group_operations_get_a_clear_error_until_groups_exist(node, transport):
+def test_group_operations_on_an_unknown_group_get_a_clear_error(node, transport):
     """GROUP_PULL (28) is a request of the BRIEF: it was dropped without an answer (the client waited
-    for its 29 forever) and GROUP_ACK (30) vanished silently."""
+    for its 29 forever) and GROUP_ACK (30) vanished silently. A group that does not exist is a 404."""
     [a] = users(1)
 
     async def go():
         ac = await connect(node, transport, a)
-        reply = await reply_of(ac, 28, json.dumps({"group": 1, "after": 0, "limit": 10}), 29)
-        assert reply["code"] == 400 and "group" in reply["error"], reply
-        ack = ac.send_frame(30, json.dumps({"group": 1, "gseq": 1}))
+        reply = await reply_of(ac, 28, json.dumps({"group": 999_999, "after": 0, "limit": 10}), 29)
+        assert reply["code"] == 404 and "group" in reply["error"], reply
+        ack = ac.send_frame(30, json.dumps({"group": 999_999, "gseq": 1}))
         await wait_until_async(lambda: ac.queued, what="the error reply to the group ack")
         err = ac.recv_nowait()
-        assert (err.op, err.seq, json.loads(err.body)["code"]) == (29, ack, 400)
+        assert (err.op, err.seq, json.loads(err.body)["code"]) == (29, ack, 404)
         assert await ac.heartbeat() >= 0, "the connection stays open"
         await ac.close()
 

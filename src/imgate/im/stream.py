@@ -18,6 +18,12 @@ class MessageStream:
     missing first; a seq already seen is dropped (a server resend, or a push that raced a sync).
     Everything handed out by one push or one sync page is acked (op 25) before the stream waits
     for the network again. Pushes of other operations are kept in :attr:`others` (the newest 1,000).
+
+    Groups in either mode, without the caller knowing: a write-mode group's messages are inbox
+    entries like any other. A read-mode group's message has ``seq`` 0 and lives in the group's
+    timeline only: it is handed out when its ``gseq`` follows the last one handed out for that group
+    (a jump is pulled with op 28 first, an old one dropped); the groups SYNC reports with news are
+    pulled up to the ``max_gseq`` it gave. The read position is then moved with op 30.
     """
 
     def __init__(self, client, after: int, page: int = 100):
@@ -29,6 +35,8 @@ class MessageStream:
         self._ready: deque = deque()
         self._acked = after
         self._started = False
+        self._gseq: dict[int, int] = {}  # read-mode group -> the last gseq handed out (or known read)
+        self._gacked: dict[int, int] = {}
 
     def __aiter__(self):
         return self
@@ -39,6 +47,10 @@ class MessageStream:
             if self.last < self.client.inbox_seq:
                 await self.fill(self.client.inbox_seq)
         while not self._ready:
+            for group, gseq in self._gseq.items():
+                if self._gacked.get(group, 0) < gseq:
+                    self._gacked[group] = gseq
+                    self.client.group_ack(group, gseq)
             if self._acked < self.last:
                 self._acked = self.last
                 self.client.ack(self.last)
@@ -54,12 +66,16 @@ class MessageStream:
                 continue
             for msg in json.loads(frame.body).get("msgs", []):
                 seq = msg["seq"]
+                if seq == 0 and "group" in msg:  # read mode: from the group's timeline
+                    await self._timeline(msg)
+                    continue
                 if seq <= self.last:
                     continue
                 if seq > self.last + 1:
                     await self.fill(seq - 1)
                     if seq <= self.last:
                         continue
+                await self._switch(msg)
                 self._take(msg)
         return self._ready.popleft()
 
@@ -72,8 +88,56 @@ class MessageStream:
         while upto is None or self.last < upto:
             self.syncs += 1
             reply = await self.client.sync(self.last, self.page)
+            await self._news(reply)  # first: a group's timeline part precedes its later entries
             for msg in reply["msgs"]:
                 if msg["seq"] > self.last:
+                    await self._switch(msg)
                     self._take(msg)
             if not reply["has_more"]:
+                break
+
+    async def _news(self, reply: dict) -> None:
+        for news in reply.get("groups", ()):
+            group = news["group"]
+            self._gseq[group] = max(self._gseq.get(group, 0), news["cursor"])
+            await self._pull(group, news["max_gseq"])
+
+    async def _switch(self, msg: dict) -> None:
+        """An inbox entry announcing a mode switch: into read mode, the timeline goes on after it;
+        back to write mode, what the timeline got meanwhile is pulled before it (SYNC says how far)."""
+        if msg.get("type") != "mode" or "group" not in msg or not isinstance(msg.get("content"), dict):
+            return
+        if msg["content"].get("mode") == "read":
+            self._gseq[msg["group"]] = max(self._gseq.get(msg["group"], 0), msg["gseq"])
+        else:
+            await self._news(await self.client.sync(self.last, 1))
+
+    async def _timeline(self, msg: dict) -> None:
+        group, gseq = msg["group"], msg["gseq"]
+        last = self._gseq.setdefault(group, gseq - 1)  # first news of it: nothing older is owed
+        if gseq > last + 1:
+            await self._pull(group, gseq - 1)
+        if gseq == self._gseq[group] + 1:
+            self._ready.append(msg)
+            self._gseq[group] = gseq
+
+    async def _pull(self, group: int, upto: int) -> None:
+        """Op 28 from the last gseq handed out for ``group`` until ``upto``."""
+        from imgate.client import ImRejected
+
+        while self._gseq.get(group, 0) < upto:
+            self.syncs += 1
+            before = self._gseq.get(group, 0)
+            try:
+                reply = await self.client.group_pull(group, before, self.page)
+            except ImRejected:  # removed from the group meanwhile: nothing more of it is owed
+                self._gseq[group] = upto
+                break
+            for msg in reply["msgs"]:
+                if self._gseq.get(group, 0) < msg["gseq"] <= upto:
+                    self._ready.append(msg)
+                    self._gseq[group] = msg["gseq"]
+            if not reply["has_more"] or self._gseq.get(group, 0) == before:
+                # the rest is not for this member (before its join): nothing to wait for
+                self._gseq[group] = max(self._gseq.get(group, 0), upto)
                 break
