@@ -90,7 +90,8 @@ class GroupsMixin:
 
     async def _deliver_read_mode(self, stored: Stored, origin: tuple | None) -> None:
         """Op 24 to every online member of a read-mode group (one body per proxy)."""
-        members = await self.store.group_members(stored.group)
+        # read now, not when the message was stored: a member who joined since is not told of it
+        members = await self.store.group_members(stored.group, stored.gseq)
         if self._sessions_now is not None:
             found = self._sessions_now(members)
         else:

@@ -170,8 +170,9 @@ class GroupsMixin:
         return {"group": group, "name": row[0], "owner": row[1], "admins": admins, "members": row[2],
                 "mode": row[3], "max_gseq": row[4]}
 
-    def _group_members_now(self, group: int) -> list:
-        return [u for (u,) in self._reader().execute("SELECT uid FROM group_members WHERE grp = ?", (group,))]
+    def _group_members_now(self, group: int, gseq: int) -> list:
+        return [u for (u,) in self._reader().execute("SELECT uid FROM group_members WHERE grp = ? AND joined_gseq < ?",
+                                                     (group, gseq))]
 
     def _fanout_jobs_now(self, limit: int) -> list:
         return [j for (j,) in self._reader().execute("SELECT id FROM group_outbox ORDER BY id LIMIT ?", (limit,))]
@@ -218,8 +219,8 @@ class GroupsMixin:
     async def group_info(self, group: int) -> dict | None:
         return await self._read(self._group_info_now, group)
 
-    async def group_members(self, group: int) -> list:
-        return await self._read(self._group_members_now, group)
+    async def group_members(self, group: int, gseq: int) -> list:
+        return await self._read(self._group_members_now, group, gseq)
 
     async def fanout_jobs(self, limit: int) -> list:
         return await self._read(self._fanout_jobs_now, limit)

@@ -164,8 +164,9 @@ class MessageStore(ABC):
         """``{"group", "name", "owner", "admins", "members", "mode", "max_gseq"}``, None if unknown."""
 
     @abstractmethod
-    async def group_members(self, group: int) -> list:
-        """The member uids of a group (empty if it does not exist)."""
+    async def group_members(self, group: int, gseq: int) -> list:
+        """The members who may see the group's message ``gseq``: those who joined before it (empty if
+        the group does not exist)."""
 
     @abstractmethod
     async def fanout_jobs(self, limit: int) -> list:
