@@ -218,3 +218,45 @@ def test_the_client_stream_follows_a_group_through_both_modes(serve):
             await c.close()
 
     run(go())
+
+
+def test_kill_during_a_switch_to_read_mode(serve):
+    """kill -9 right after the membership change that switches the group (its fan-out of the write-mode
+    messages, the member and the mode messages unfinished): after restart every member's inbox holds
+    exactly what it must, and the timeline is pullable from each member's join."""
+    proc = serve(group_write_limit=60, group_hysteresis=10)
+    first = list(range(1, 51))
+
+    async def before():
+        g = (await ok(proc, "POST", "/im/groups?uid=1", {"name": "s", "members": first}))["group"]
+        c = await connect(proc, 1)
+        await asyncio.gather(*(c.send_group(g, i) for i in range(30)))  # gseq 2..31, write mode
+        assert await ok(proc, "POST", f"/im/groups/members?group={g}", {"add": list(range(51, 71))}) == \
+            {"members": 70, "mode": "read"}  # the member msg (32) and the mode msg (33), fanned out
+        c.abort()
+        return g
+
+    g = run(before())
+    proc.kill()
+    db = sqlite3.connect(proc.config["data_dir"] + "/im.db")
+    left = db.execute("SELECT COUNT(*) FROM group_outbox").fetchone()[0]
+    db.close()
+    proc.start()
+
+    async def after():
+        async def done():
+            return len(await inbox(proc, 70)) == 2 and len(await inbox(proc, 50)) == 33
+        await wait_until_async(done, timeout=120, what="the resumed fan-out")
+        for u in first:
+            assert group_gseqs(await inbox(proc, u), g) == list(range(1, 34)), u
+        for u in range(51, 71):
+            assert group_gseqs(await inbox(proc, u), g) == [32, 33], u
+        c = await connect(proc, 60)
+        await c.send_group(g, "after the restart")  # read mode: the timeline only
+        pulled = await c.group_pull(g, 0)
+        assert [m["gseq"] for m in pulled["msgs"]] == [32, 33, 34]
+        assert group_gseqs(await inbox(proc, 60), g) == [32, 33]
+        await c.close()
+
+    run(after())
+    assert left > 0, "the kill came after the fan-out finished: the test did not test the resume"
