@@ -29,6 +29,15 @@ class MemoryCache(Cache):
         self._by_mid.setdefault(session.mid, {})[session.conn_id] = session
         self._by_key[session.key] = session
 
+    async def restore_sessions(self, sessions: list[Session], ttl: float) -> None:
+        expires = self._clock() + ttl
+        for s in sessions:
+            s.expires_at = expires
+            self._by_mid.setdefault(s.mid, {})[s.conn_id] = s
+            holder = self._by_key.get(s.key)
+            if holder is None or holder.conn_id <= s.conn_id or not self._live(holder):
+                self._by_key[s.key] = s
+
     async def renew_session(self, mid: int, conn_id: int, ttl: float) -> bool:
         s = self._by_mid.get(mid, {}).get(conn_id)
         if s is None or not self._live(s):

@@ -187,6 +187,7 @@ class Lifecycle:
                 counts = await self.logic.renew_online(self.server_id, rooms, len(self._by_conn_id), len(self._ips))
                 # what the other proxies hold; heartbeats add this proxy's live count to it
                 self._remote_online = {r: max(0, counts.get(r, n) - n) for r, n in rooms.items()} if counts else {}
+                self._after_report()  # a new cache epoch: put the connections back
             except Exception as e:
                 log.warning("renew online failed: %s", e)
             await asyncio.sleep(self.config.online_interval)

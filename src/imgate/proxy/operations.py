@@ -155,7 +155,7 @@ class Operations:
 
     async def _renew(self, ch: Channel) -> None:
         """Push the session's expiry forward; a session the registry lost (expired during an outage,
-        a cache fail-over) leaves the client unreachable, so it is told to reconnect."""
+        a cache fail-over) is registered again: the connection is here and open."""
         conn_id = ch.conn_id
         try:
             alive = await self.logic.heartbeat(self.server_id, conn_id, ch.mid)
@@ -163,7 +163,7 @@ class Operations:
             log.warning("session renewal of conn %s failed: %s", conn_id, e)
             return
         if not alive and ch.conn_id == conn_id and ch.state == S_OPEN:
-            self.close(ch, "session expired", reconnect=True)
+            await self._restore_one(ch)
 
     def _reply(self, ch: Channel, op: int, seq: int, **fields) -> None:
         self.table.send(ch, encode_frame(op, seq, json.dumps(fields).encode()))

@@ -10,7 +10,8 @@ per connection (auth, heartbeats, room changes) is plain Python on a small `Chan
 - ``websocket.py``: the WebSocket upgrade, messages, close frames;
 - ``operations.py``: the per-connection op state machine (auth, heartbeat, rooms, sub, upstream);
 - ``delivery.py``: what push calls (``ProxyAPI``): to connections, users, rooms, everyone;
-- ``lifecycle.py``: closing connections, the deadline sweep, online reports, shutdown.
+- ``lifecycle.py``: closing connections, the deadline sweep, online reports, shutdown;
+- ``repair.py``: re-registering every connection when the cache lost them.
 
 What it needs from logic is ``LogicAPI`` (``imgate/protocol/interfaces.py``).
 """
@@ -29,6 +30,7 @@ from imgate.proxy.lifecycle import Lifecycle
 from imgate.proxy.listener import Listener
 from imgate.protocol.interfaces import LogicAPI
 from imgate.proxy.operations import Operations
+from imgate.proxy.repair import Repair
 from imgate.proxy.websocket import WebSocketSide
 
 __all__ = ["Channel", "LogicAPI", "Proxy", "notice", "valid_room_id"]
@@ -36,7 +38,7 @@ __all__ = ["Channel", "LogicAPI", "Proxy", "notice", "valid_room_id"]
 log = logging.getLogger("imgate.proxy")
 
 
-class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle):
+class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle, Repair):
     def __init__(self, config, logic: LogicAPI, loop: asyncio.AbstractEventLoop | None = None):
         self.config = config
         self.server_id = config.server_id
