@@ -48,7 +48,10 @@ class EpochWatch:
         if not old:
             return  # logic's first look
         now = self.clock()
-        self._recent = {s: t for s, t in self._recent.items() if now - t <= self.server_ttl}
+        # the proxies alive when the cache was last reachable: during an outage nobody reports, so
+        # the sightings are aged against the newest one, not against now
+        newest = max(self._recent.values(), default=now)
+        self._recent = {s: t for s, t in self._recent.items() if newest - t <= self.server_ttl}
         self.pending = set(self._recent)
         self._until = now + self.server_ttl
         self.losses += 1
