@@ -1,10 +1,10 @@
 """The cache's epoch: how a cluster notices that Redis lost its data (restarted empty, flushed).
 
 ``P epoch`` holds a random id. Whoever finds it missing creates a new one, and in the same script
-moves the ``conn_id`` counter up to the Redis clock's seconds x 2^20: a counter that restarted from
-zero would hand out conn_ids that live connections still hold. The floor stays below 2^53 (so
-JavaScript clients read conn_ids exactly) and above every id of an earlier epoch as long as that
-epoch allocated fewer than 2^20 ids per second.
+moves the ``conn_id`` counter up to the Redis clock's milliseconds x 1024: a counter that restarted
+from zero would hand out conn_ids that live connections still hold. The floor stays below 2^53 (so
+JavaScript clients read conn_ids exactly) for centuries, and above every id of an earlier epoch as
+long as that epoch allocated fewer than 1024 ids per millisecond on average.
 
 ``P ready:{epoch}`` is the set of proxies that re-registered their sessions for that epoch; logic
 refuses pushes by mid or key (503) until every proxy it knew has done so, or the server TTL passed.
@@ -18,7 +18,7 @@ local function ensure_epoch()
   local e = redis.call('GET', KEYS[1])
   if e then return e end
   local t = redis.call('TIME')
-  local floor = tonumber(t[1]) * 1048576
+  local floor = (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) * 1024
   local c = tonumber(redis.call('GET', KEYS[2]) or '0')
   if c < floor then redis.call('SET', KEYS[2], string.format('%.0f', floor)) end
   redis.call('SET', KEYS[1], ARGV[1])
