@@ -81,7 +81,8 @@ class Config:
     rpc: str = "0.0.0.0:3109"  # proxy: internal RPC listener (push -> proxy)
     logic_rpc: str = "0.0.0.0:3119"  # logic: internal RPC listener (proxy -> logic)
     logic_addrs: list = field(default_factory=lambda: ["127.0.0.1:3119"])  # proxy: logic instances, in order
-    proxies: dict = field(default_factory=dict)  # push: {server_id: "host:rpc_port"} of every proxy
+    proxies: dict = field(default_factory=dict)  # push: {server_id: "host:rpc_port"}; overrides discovery
+    advertise_rpc: str = ""              # proxy: host:port push reaches its RPC at (default: the rpc listener's)
     redis_url: str = "redis://127.0.0.1:6379/0"  # the cache service
     redis_sentinels: list = field(default_factory=list)  # ["host:port", ...]; then redis_master names the set
     redis_master: str = "mymaster"  # the Sentinel master set's name
@@ -100,6 +101,8 @@ class Config:
             parse_hostport(getattr(self, key), key)
         for i, addr in enumerate(self.logic_addrs):
             parse_hostport(addr, f"logic_addrs[{i}]")
+        if self.advertise_rpc:
+            parse_hostport(self.advertise_rpc, "advertise_rpc")
         for sid, addr in self.proxies.items():
             parse_hostport(addr, f"proxies.{sid}")
         if self.room_merge_window < 0:

@@ -4,7 +4,8 @@
   `logic_addrs`) and serves push's deliveries on its RPC port (`rpc`, default :3109).
 - logic: the HTTP API and the proxies' RPC (`logic_rpc`, default :3119); state in Redis; push jobs to
   Kafka.
-- push: consumes Kafka, delivers to the proxies named in `proxies` over RPC.
+- push: consumes Kafka, delivers over RPC to the proxies it discovers in Redis (their online reports
+  carry their RPC address) and to those named in `proxies`.
 Every role stops on SIGTERM/SIGINT within its grace period. The clients of Redis and Kafka come with
 ``pip install 'imgate[cluster]'``; a role that needs one that is missing says so before it starts.
 """
@@ -15,6 +16,7 @@ import asyncio
 import importlib.util
 import logging
 import signal
+import socket
 
 from imgate.config import Config, ConfigError
 from imgate.gctune import settle as settle_gc
@@ -55,6 +57,13 @@ def make_cache(cfg: Config):
     return RedisCache(cfg.redis_url)
 
 
+def _reachable(host: str) -> str:
+    """A host others can dial for a listener bound to ``host`` (this machine's name for a wildcard)."""
+    if host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
+
+
 class ProxyRole:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -70,6 +79,7 @@ class ProxyRole:
         await self.proxy.start()
         host, port = cfg.addr("rpc")
         self.rpc = await serve_proxy(self.proxy, host, port)
+        self.proxy.advertise = cfg.advertise_rpc or f"{_reachable(host)}:{self.rpc.port}"
         print(f"imgate proxy {cfg.server_id} is up: tcp :{self.proxy.tcp_port}, ws :{self.proxy.ws_port}/sub, "
               f"rpc :{self.rpc.port}, logic {', '.join(cfg.logic_addrs)}", flush=True)
 
@@ -126,6 +136,7 @@ class PushRole:
         self.cfg = cfg
 
     async def start(self) -> None:
+        from imgate.push.discovery import Discovery
         from imgate.push.router import PushRouter
         from imgate.push.kafka import PushConsumer, ensure_topic
         from imgate.rpc.proxy import ProxyClient
@@ -133,18 +144,26 @@ class PushRole:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, ensure_topic, cfg.kafka, cfg.kafka_topic)
-        self.clients = {sid: ProxyClient(sid, addr, pool_size=cfg.rpc_pool) for sid, addr in cfg.proxies.items()}
-        self.push = PushRouter(self.clients)
+        self.push = PushRouter()
+        self.cache = make_cache(cfg)
+        self.discovery = Discovery(self.cache, self.push, lambda sid, addr: ProxyClient(sid, addr, pool_size=cfg.rpc_pool),
+                                   static=cfg.proxies, interval=cfg.online_interval,
+                                   grace=max(3 * cfg.online_interval, 3.0))
+        try:
+            await self.discovery.refresh()
+        except Exception as e:  # Redis away: the static proxies serve, discovery keeps trying
+            log.warning("discovering proxies failed: %s", e)
+        self.discovery.start()
         self.consumer = PushConsumer(cfg.kafka, cfg.kafka_topic, self.push.route, group=f"{cfg.kafka_topic}.push",
                                      merge_window=cfg.room_merge_window)
         self.consumer.start(loop)
         print(f"imgate push {cfg.server_id} is up: kafka {cfg.kafka} topic {cfg.kafka_topic}, "
-              f"proxies {', '.join(f'{k}={v}' for k, v in cfg.proxies.items())}", flush=True)
+              f"proxies {', '.join(f'{k}={v}' for k, v in cfg.proxies.items()) or '(discovered)'}", flush=True)
 
     async def stop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.consumer.stop)
-        for c in self.clients.values():
-            await c.close()
+        await self.discovery.close()
+        await self.cache.close()
 
 
 ROLES = {"proxy": ProxyRole, "logic": LogicRole, "push": PushRole}

@@ -10,7 +10,7 @@ import uvloop
 
 from imgate import client as imclient
 
-from clusterutil import Cluster
+from clusterutil import Cluster, RoleProcess, free_port
 from polling import wait_until_async
 from services import redis_down
 
@@ -280,5 +280,47 @@ def test_redis_restarted_empty_under_unicast_load_loses_no_push_answered_200(clu
             assert len(reply["data"]) == 1, reply
         for c in clients.values():
             await c.close()
+
+    run(go(), timeout=240)
+
+
+def test_a_proxy_started_after_push_is_discovered_and_dropped_when_dead(cluster):
+    """Push is told only of A and B. A proxy C started later registers itself through its online
+    reports and gets room pushes and unicasts within a few online intervals; once killed, push drops
+    it when its report has expired."""
+    ports = {"tcp": free_port(), "ws": free_port(), "rpc": free_port()}
+    a = cluster.procs["A"].config
+    c_proc = RoleProcess("proxy", "C", dict(
+        cluster.common, server_id="C", tcp=f"127.0.0.1:{ports['tcp']}", ws=f"127.0.0.1:{ports['ws']}",
+        rpc=f"127.0.0.1:{ports['rpc']}", logic_addrs=a["logic_addrs"]), cluster.workdir)
+    assert "C" not in cluster.procs["P"].config["proxies"]
+
+    async def go():
+        c_proc.start()
+        try:
+            c = await imclient.connect(f"tcp://127.0.0.1:{ports['tcp']}", mid=7300, room_id="live://7300",
+                                       heartbeat=None, timeout=30)
+
+            async def room_push_arrives():
+                await ahttp(cluster, "L1", "POST", "/goim/push/room?operation=1000&type=live&room=7300", b"found")
+                try:
+                    return (await c.recv(timeout=0.5)).body == b"found"
+                except imclient.ClientTimeout:
+                    return False
+
+            await until(cluster, room_push_arrives, "push to discover proxy C")
+            status, reply = await ahttp(cluster, "L2", "POST", "/goim/push/mids?operation=1000&mids=7300", b"uni")
+            assert status == 200 and reply["data"]["targets"] == 1, reply
+            while (body := (await c.recv(timeout=30)).body) == b"found":
+                pass  # room pushes of the polling that arrived late
+            assert body == b"uni"
+            await c.close()
+        finally:
+            c_proc.kill()
+
+        def dropped():
+            return "proxy C dropped" in cluster.procs["P"].log_path.read_text(errors="replace")
+
+        await until(cluster, dropped, "push to drop the dead proxy C")
 
     run(go(), timeout=240)

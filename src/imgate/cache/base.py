@@ -73,12 +73,15 @@ class Cache(abc.ABC):
         """Up to `limit` live sessions (debug listing)."""
 
     @abc.abstractmethod
-    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float) -> None:
-        """A proxy's periodic report: room online counts, connections, distinct client IPs."""
+    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float,
+                                addr: str = "", draining: bool = False) -> None:
+        """A proxy's periodic report: room online counts, connections, distinct client IPs, and for
+        discovery its RPC address and whether it is draining."""
 
     @abc.abstractmethod
     async def servers_online(self) -> dict[str, dict]:
-        """{server: {"rooms": {room: count}, "conns": n, "ips": n, "updated": t}} for servers whose report is live."""
+        """{server: {"rooms": {room: count}, "conns": n, "ips": n, "updated": t, "addr": str, "draining": bool}}
+        for servers whose report is live."""
 
     @abc.abstractmethod
     async def user_count(self) -> int:

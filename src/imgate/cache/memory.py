@@ -118,12 +118,13 @@ class MemoryCache(Cache):
         # asks every second, and a scan of every user stalled the loop ~15 ms at 15,000 users
         return len(self._by_mid)
 
-    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float) -> None:
+    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float,
+                                addr: str = "", draining: bool = False) -> None:
         self._servers[server] = {"rooms": dict(rooms), "conns": conns, "ips": ips, "updated": time.time(),
-                                 "expires": self._clock() + ttl}
+                                 "addr": addr, "draining": draining, "expires": self._clock() + ttl}
 
     async def servers_online(self) -> dict[str, dict]:
         now = self._clock()
         for server in [s for s, v in self._servers.items() if v["expires"] <= now]:
             del self._servers[server]
-        return {s: {k: v[k] for k in ("rooms", "conns", "ips", "updated")} for s, v in self._servers.items()}
+        return {s: {k: v[k] for k in ("rooms", "conns", "ips", "updated", "addr", "draining")} for s, v in self._servers.items()}

@@ -380,9 +380,10 @@ class RedisCache(Cache):
     # ------------------------------------------------------------------ servers
 
     @_limited
-    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float) -> None:
-        report = json.dumps({"rooms": dict(rooms), "conns": conns, "ips": ips, "updated": time.time()},
-                            separators=(",", ":"))
+    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float,
+                                addr: str = "", draining: bool = False) -> None:
+        report = json.dumps({"rooms": dict(rooms), "conns": conns, "ips": ips, "updated": time.time(),
+                             "addr": addr, "draining": draining}, separators=(",", ":"))
         async with self.redis.pipeline(transaction=True) as p:
             p.set(f"{self.prefix}srv:{server}", report, px=_ms(ttl))
             p.sadd(f"{self.prefix}servers", server)
@@ -395,7 +396,8 @@ class RedisCache(Cache):
         for server, raw in zip(flat[::2], flat[1::2]):
             d = json.loads(raw)
             out[server] = {"rooms": d.get("rooms", {}), "conns": d.get("conns", 0), "ips": d.get("ips", 0),
-                           "updated": d.get("updated", 0.0)}
+                           "updated": d.get("updated", 0.0), "addr": d.get("addr", ""),
+                           "draining": bool(d.get("draining", False))}
         return out
 
     # ------------------------------------------------------------------ lifecycle

@@ -92,11 +92,12 @@ class Logic:
             return b""
         return await self.upstream_handler(server, conn_id, mid, op, seq, body)
 
-    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> dict[str, int]:
+    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int, addr: str = "",
+                           draining: bool = False) -> dict[str, int]:
         """Store a proxy's report; answer the reported rooms' counts across the cluster (goim's
         RenewOnline), from the last absorbed snapshot with this report's own numbers swapped in."""
         self.watch.saw((server,))  # alive, whether or not the cache can take its report
-        await self.cache.set_server_online(server, rooms, conns, ips, self.server_ttl)
+        await self.cache.set_server_online(server, rooms, conns, ips, self.server_ttl, addr, draining)
         await self.watch.observe(await self.cache.epoch())
         out = {}
         for room, n in rooms.items():

@@ -34,6 +34,11 @@ class Lifecycle:
         for task in (self._sweeper, self._reporter):
             if task is not None:
                 task.cancel()
+        if self.advertise:  # tell push at once: no new room pushes for rooms it no longer holds
+            try:
+                await asyncio.wait_for(self._report(), min(1.0, grace))
+            except Exception as e:
+                log.warning("the draining report failed: %s", e)
         bye = notice("shutdown", True)
         ws_bye = None
         for ch in list(self._channels):
@@ -183,11 +188,16 @@ class Lifecycle:
         """Report room counts to logic periodically (counters are absorbed, not queried)."""
         while True:
             try:
-                rooms = self.table.rooms()
-                counts = await self.logic.renew_online(self.server_id, rooms, len(self._by_conn_id), len(self._ips))
-                # what the other proxies hold; heartbeats add this proxy's live count to it
-                self._remote_online = {r: max(0, counts.get(r, n) - n) for r, n in rooms.items()} if counts else {}
-                self._after_report()  # a new cache epoch: put the connections back
+                await self._report()
             except Exception as e:
                 log.warning("renew online failed: %s", e)
             await asyncio.sleep(self.config.online_interval)
+
+    async def _report(self) -> None:
+        rooms = self.table.rooms()
+        # advertise: where push reaches this proxy (set by the proxy role once its RPC listens)
+        counts = await self.logic.renew_online(self.server_id, rooms, len(self._by_conn_id), len(self._ips),
+                                               self.advertise, self._stopping)
+        # what the other proxies hold; heartbeats add this proxy's live count to it
+        self._remote_online = {r: max(0, counts.get(r, n) - n) for r, n in rooms.items()} if counts else {}
+        self._after_report()  # a new cache epoch: put the connections back

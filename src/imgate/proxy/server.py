@@ -68,6 +68,7 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle, Repair):
             frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0,
             pushes=0, accepted=0,
         )
+        self.advertise = ""  # host:port of the RPC push reaches this proxy on (cluster discovery)
         self.tcp_port = 0
         self.ws_port = 0
 

@@ -100,7 +100,7 @@ class LogicRpcService(RpcService):
         return pb.ReceiveReply(body=bytes(body or b""))
 
     async def _renew_online(self, req: pb.RenewOnlineReq) -> pb.RoomsReply:
-        counts = await self.logic.renew_online(req.server, dict(req.rooms), req.conns, req.ips)
+        counts = await self.logic.renew_online(req.server, dict(req.rooms), req.conns, req.ips, req.addr, req.draining)
         return pb.RoomsReply(rooms=counts or {}, epoch=self.logic.epoch)
 
     async def _restore(self, req: pb.RestoreReq) -> pb.Empty:
@@ -220,10 +220,12 @@ class LogicClient:
                                                          body=bytes(body)), idempotent=False)
         return pb.ReceiveReply.FromString(raw).body
 
-    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> dict[str, int]:
-        """Report this proxy's rooms; the answer is each room's online count across the cluster."""
-        raw = await self._call(pb.RENEW_ONLINE, pb.RenewOnlineReq(server=server, rooms=rooms, conns=conns, ips=ips),
-                               idempotent=True)
+    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int, addr: str = "",
+                           draining: bool = False) -> dict[str, int]:
+        """Report this proxy's rooms (and, for discovery, its RPC address); the answer is each room's
+        online count across the cluster."""
+        raw = await self._call(pb.RENEW_ONLINE, pb.RenewOnlineReq(server=server, rooms=rooms, conns=conns, ips=ips,
+                                                                  addr=addr, draining=draining), idempotent=True)
         reply = pb.RoomsReply.FromString(raw)
         if reply.epoch:
             self.epoch = reply.epoch
