@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build services browser proto test check cluster bench bench-micro ratios wheel clean run
+.PHONY: all build services browser proto test check cluster bench bench-im bench-micro ratios wheel clean run
 
 all: build
 
@@ -54,6 +54,12 @@ $(BENCH_STAMP): benchmarks/requirements.txt $(STAMP)
 
 bench: build $(BENCH_STAMP)
 	PYTHONPATH=src $(PY) benchmarks/load/run.py $(if $(SCALE),--scale $(SCALE)) $(BENCH_ARGS)
+	PYTHONPATH=src $(PY) benchmarks/im_bench.py $(if $(SCALE),--scale $(SCALE)) --json benchmarks/results/im-latest.json
+
+# IM single chat against a real imgate serve (benchmarks/im_bench.py): throughput, latency at a fixed rate,
+# sync of offline messages; about a minute. BENCH_IM_ARGS passes options (--pairs, --im-sync normal, ...).
+bench-im: build
+	PYTHONPATH=src $(PY) benchmarks/im_bench.py $(if $(SCALE),--scale $(SCALE)) $(BENCH_IM_ARGS)
 
 bench-micro: build
 	$(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-only -p no:cacheprovider

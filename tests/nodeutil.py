@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -16,7 +18,10 @@ from imgate.config import Config
 
 class NodeThread:
     def __init__(self, config: Config | None = None, **overrides):
+        self._tmp = None
         if config is None:
+            if "data_dir" not in overrides:  # the message store's file: never the working directory
+                self._tmp = overrides["data_dir"] = tempfile.mkdtemp(prefix="imgate-node-")
             defaults = dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
                             online_interval=0.1, server_id="test-node")
             defaults.update(overrides)
@@ -62,6 +67,8 @@ class NodeThread:
             finally:
                 self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     @property
     def tcp_url(self):

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from imgate.config import Config, ConfigError
 
@@ -45,6 +46,9 @@ async def _serve(cfg: Config) -> int:
     print(f"  goim TCP     tcp://{host}:{p.tcp_port}", flush=True)
     print(f"  WebSocket    ws://{host}:{p.ws_port}/sub", flush=True)
     print(f"  HTTP API     http://{host}:{node.http_port}/  (demo page; /openapi.json, /metrics)", flush=True)
+    if cfg.im:
+        print(f"  IM store     {Path(cfg.data_dir) / 'im.db'} (synchronous {cfg.im_sync}; chat demo: /chat)",
+              flush=True)
     if cfg.auth == "jwt":
         print(f"  tokens       imgate token --user ID --data-dir {cfg.data_dir}", flush=True)
     await stop.wait()

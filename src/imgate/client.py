@@ -54,6 +54,9 @@ from imgate.protocol.ops import (  # noqa: F401  (goim operations, re-exported f
     OP_SEND_MSG_REPLY, OP_SUB, OP_SUB_REPLY, OP_UNSUB, OP_UNSUB_REPLY,
 )
 from imgate.protocol.ops import OP_DISCONNECT_REPLY as OP_DISCONNECT
+from imgate.protocol.ops import (
+    OP_MSG_ACK, OP_MSG_PUSH, OP_MSG_SEND, OP_MSG_SEND_REPLY, OP_READ, OP_READ_REPLY, OP_SYNC, OP_SYNC_REPLY,
+)
 
 __all__ = [
     "AuthRejected",
@@ -61,6 +64,7 @@ __all__ = [
     "ClientError",
     "ClientTimeout",
     "ConnectionClosed",
+    "ImRejected",
     "Refused",
     "connect",
 ]
@@ -108,6 +112,23 @@ class Refused(ClientError):
         self.op = op
         self.error = error
         self.reply = reply
+
+
+class ImRejected(ClientError):
+    """The server answered an IM request with an error (``code``, ``error``); the connection stays."""
+
+    def __init__(self, code: int, error: str, reply: dict):
+        super().__init__(f"{code}: {error}")
+        self.code = code
+        self.error = error
+        self.reply = reply
+
+
+def _im_reply(body: bytes) -> dict:
+    reply = json.loads(body)
+    if reply.get("code"):
+        raise ImRejected(reply["code"], reply.get("error", ""), reply)
+    return reply
 
 
 class ClientTimeout(ClientError, TimeoutError):
@@ -324,6 +345,7 @@ class Client:
         self._drain_waiters: list[asyncio.Future] = []
         self._ws_close_sent = False
         self.on_push = None
+        self._own_entries = False  # messages() is in use: this connection's own sends are fed to it
         #: the op-6 notice (dict with "reason", "reconnect") if the server sent one
         self.closed_reason: dict | None = None
         #: the body of the op-8 auth reply
@@ -550,6 +572,53 @@ class Client:
         """Send a message (op 4 by default) and return the body of its reply (op + 1, same seq)."""
         reply = await self.request(op, body, op + 1, timeout)
         return reply.body
+
+    # IM (BRIEF "IM protocol") ------------------------------------------------------------------
+    @property
+    def inbox_seq(self) -> int:
+        """The newest seq of the user's inbox when the connection authenticated (op 8)."""
+        try:
+            return int(json.loads(self.auth_reply).get("inbox_seq", 0))
+        except (ValueError, AttributeError):
+            return 0
+
+    async def send_message(self, to: int, content: Any, *, type: str = "text", cmid: str | None = None,
+                           timeout: float | None = None) -> dict:
+        """Op 22 -> 23: store a message for user ``to``; the reply ``{"cmid", "msg_id", "seq", "ts"}``
+        once it is durable. Resending with the same ``cmid`` after a lost reply stores nothing new.
+        Raises :class:`ImRejected` for an error reply."""
+        req = {"cmid": cmid or os.urandom(12).hex(), "to": to, "type": type, "content": content}
+        reply = _im_reply((await self.request(OP_MSG_SEND, json.dumps(req), OP_MSG_SEND_REPLY, timeout)).body)
+        if self._own_entries:
+            # the sending connection gets no op 24 for its own entry: hand it to messages() as if pushed
+            lo, hi = sorted((self.mid, to))
+            msg = dict(reply, conv=f"u:{lo}:{hi}", to=to, type=type, content=content)
+            msg["from"] = self.mid
+            self._dispatch([Frame(OP_MSG_PUSH, 0, json.dumps({"msgs": [msg]}).encode())])
+        return reply
+
+    async def sync(self, after: int = 0, limit: int = 100, timeout: float | None = None) -> dict:
+        """Op 26 -> 27: inbox entries after seq ``after`` (``msgs`` are dicts)."""
+        reply = await self.request(OP_SYNC, json.dumps({"after": after, "limit": limit}), OP_SYNC_REPLY, timeout)
+        return _im_reply(reply.body)
+
+    def ack(self, seq: int) -> None:
+        """Op 25: every inbox entry up to ``seq`` has reached this connection (no reply)."""
+        self.send_frame(OP_MSG_ACK, json.dumps({"seq": seq}))
+
+    async def read(self, conv: str, seq: int, timeout: float | None = None) -> dict:
+        """Op 32 -> 33: the read position in ``conv`` moves up to ``seq`` (the peer is told)."""
+        reply = await self.request(OP_READ, json.dumps({"conv": conv, "seq": seq}), OP_READ_REPLY, timeout)
+        return _im_reply(reply.body)
+
+    def messages(self, after: int | None = None):
+        """An async iterator of the inbox's messages (dicts) from seq ``after + 1`` (default: what
+        arrives after the auth), in order, each once; it fills gaps with SYNC and acks. It takes the
+        connection's pushes for itself (other operations go to its ``others``)."""
+        from imgate.im.stream import MessageStream
+
+        self._own_entries = True
+        return MessageStream(self, self.inbox_seq if after is None else after)
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""

@@ -62,7 +62,7 @@ class Config:
     server_id: str = ""  # this proxy in the session registry; default host:tcp-port
     auth: str = "jwt"  # "jwt" (HS256, user id in `sub`) or "none" (goim's auth body as it is)
     jwt_secret: str = ""  # the HS256 secret; see above for where it comes from when empty
-    data_dir: str = "./data"  # where state lives (the generated JWT secret)
+    data_dir: str = "./data"  # where state lives (the generated JWT secret, the IM store im.db)
     # Connections
     handshake_timeout: float = 5.0  # seconds for the WebSocket upgrade and the auth frame
     heartbeat_timeout: float = 90.0  # goim clients beat every 30 s; three missed beats close
@@ -77,6 +77,22 @@ class Config:
     online_interval: float = 1.0  # seconds between a proxy's room-count reports and logic's absorbing them
     # Demo
     demo: bool = False  # the demo page at / may mint tokens for any user (never in production)
+    # IM (docs/im.md)
+    im: bool = True  # false: no IM service (IM ops and /im/* answer 503), no store
+    im_sync: str = "full"  # SQLite synchronous: "full" fsyncs every commit; "normal" survives a kill, not a power loss
+    im_busy_timeout: float = 5.0  # seconds a write waits for a locked database before it is refused
+    im_batch_max: int = 512  # writes committed together at most
+    im_max_queue: int = 20000  # writes waiting for the writer; more are refused (503)
+    im_retention_days: float = 0.0  # inbox entries older than this are removed; 0 keeps them
+    im_retention_entries: int = 0  # entries kept per inbox; 0 keeps all
+    im_prune_interval: float = 3600.0  # seconds between retention sweeps by age
+    im_max_bytes: int = 0  # the database file's size cap (0: none); a full store refuses sends
+    max_message_bytes: int = 16384  # a message's content, as JSON
+    ack_timeout: float = 5.0  # seconds before an unacked op-24 entry is pushed again
+    ack_retries: int = 3  # pushes again at most, per entry and connection
+    im_max_unacked: int = 1000  # entries tracked per connection (the oldest is dropped)
+    im_sync_max_limit: int = 1000  # largest SYNC page
+    im_max_inflight: int = 256  # proxy: IM requests of one connection waiting for an answer
     # Cluster roles (imgate proxy | logic | push); see docs/cluster.md
     rpc: str = "0.0.0.0:3109"  # proxy: internal RPC listener (push -> proxy)
     logic_rpc: str = "0.0.0.0:3119"  # logic: internal RPC listener (proxy -> logic)
@@ -117,6 +133,18 @@ class Config:
         for key in ("max_frame_body", "max_pending", "max_http_body", "max_rooms_per_conn"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.im_sync not in ("full", "normal"):
+            raise ConfigError(f"im_sync: expected 'full' or 'normal', got {self.im_sync!r}")
+        for key in ("im_busy_timeout", "ack_timeout", "im_prune_interval"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        for key in ("im_batch_max", "im_max_queue", "max_message_bytes", "im_max_unacked", "im_sync_max_limit",
+                    "im_max_inflight"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        for key in ("im_retention_days", "im_retention_entries", "ack_retries", "im_max_bytes"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         if not self.server_id:
             self.server_id = f"{os.uname().nodename}:{parse_hostport(self.tcp, 'tcp')[1]}"
         if self.auth == "jwt" and not self.jwt_secret:

@@ -23,6 +23,15 @@ slow_consumer_closes      imgate_slow_consumer_closes_total     counter
 auth_failures             imgate_auth_failures_total            counter
 protocol_errors           imgate_protocol_errors_total          counter
 pushes                    imgate_pushes_total                   counter
+im_unacked                imgate_im_unacked                     gauge
+im_messages               imgate_im_messages_total              counter
+im_duplicates             imgate_im_duplicates_total            counter
+im_resent                 imgate_im_resent_total                counter
+im_gave_up                imgate_im_gave_up_total               counter
+im_errors                 imgate_im_errors_total                counter
+im_commits                imgate_im_commits_total               counter
+im_store_writes           imgate_im_store_writes_total          counter
+im_failed_batches         imgate_im_failed_batches_total        counter
 ========================  ====================================  =======
 
 HTTP requests are counted the same way: one plain count per (route, status) in ``Metrics.http_counts``,
@@ -52,6 +61,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GAUGES: dict[str, str] = {
     "connections": "Client connections currently open on this node.",
     "rooms": "Rooms with at least one member on this node.",
+    "im_unacked": "IM entries pushed to open connections and not acked yet.",
 }
 COUNTERS: dict[str, str] = {
     "frames_in": "goim frames received from clients.",
@@ -63,6 +73,14 @@ COUNTERS: dict[str, str] = {
     "auth_failures": "Auth frames (op 7) refused.",
     "protocol_errors": "Connections closed for a protocol error.",
     "pushes": "Push requests handled (keys, mids, room, all).",
+    "im_messages": "IM messages stored (a resend of a stored cmid is not counted).",
+    "im_duplicates": "IM sends answered from an earlier send with the same cmid.",
+    "im_resent": "IM entries pushed again because they were not acked in time.",
+    "im_gave_up": "IM entries no longer resent (retries used up, or over the per-connection bound).",
+    "im_errors": "IM requests answered with an error.",
+    "im_commits": "Transactions committed by the message store's writer.",
+    "im_store_writes": "Writes committed by the message store (im_store_writes / im_commits: the batch size).",
+    "im_failed_batches": "Message store transactions that failed; their writes were refused.",
 }
 
 

@@ -17,6 +17,8 @@ from imgate.auth import make_authenticator, mint_token
 from imgate.cache import MemoryCache
 from imgate.config import Config, ConfigError
 from imgate.http.server import HttpServer
+from imgate.im.service import ImService
+from imgate.im.sqlite import SqliteStore
 from imgate.logic import Logic
 from imgate.logic.http_api import build_routes
 from imgate.metrics import Metrics
@@ -81,6 +83,7 @@ class Node:
         self.proxy: Proxy | None = None
         self.http: HttpServer | None = None
         self.logic: Logic | None = None
+        self.im: ImService | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -94,16 +97,37 @@ class Node:
             self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret),
             session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval,
         )
+        self.im_store = None
+        if cfg.im:
+            self._make_im()
         self.proxy = Proxy(cfg, self.logic, loop)
         self.push.add_proxy(self.proxy)
         self.metrics = Metrics()
         self.metrics.add_source(self.proxy.stats)
+        if self.im is not None:
+            self.metrics.add_source(self.im.stats)
         routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None)
         self.http = HttpServer(routes, max_body=cfg.max_http_body)
         await self.logic.start()
+        if self.im is not None:
+            await self.im_store.start()
+            await self.im.start()
         await self.proxy.start()
         host, port = cfg.addr("http")
         await self.http.start(host, port)
+
+    def _make_im(self) -> None:
+        """The IM service and its embedded store (<data_dir>/im.db), plugged into logic."""
+        cfg = self.config
+        self.im_store = SqliteStore(
+            Path(cfg.data_dir) / "im.db", synchronous=cfg.im_sync, busy_timeout=cfg.im_busy_timeout,
+            batch_max=cfg.im_batch_max, max_queue=cfg.im_max_queue, retention_days=cfg.im_retention_days,
+            retention_entries=cfg.im_retention_entries, prune_interval=cfg.im_prune_interval,
+            max_bytes=cfg.im_max_bytes)
+        self.im = ImService(self.im_store, self.cache, self.bus, max_message_bytes=cfg.max_message_bytes,
+                            ack_timeout=cfg.ack_timeout, ack_retries=cfg.ack_retries,
+                            max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit)
+        self.logic.im = self.im
 
     @property
     def http_port(self) -> int:
@@ -116,3 +140,6 @@ class Node:
             await self.proxy.stop(grace)
         if self.logic is not None:
             await self.logic.stop()
+        if self.im is not None:
+            await self.im.stop()
+            await self.im_store.close()  # commits what is queued first

@@ -249,3 +249,81 @@ def test_demo_page_without_demo_config(driver, tmp_path):
         node.stop()
     # the node went away: the page says the connection closed
     wait_for(d, "#status closed after the node stopped", lambda d: text(d, "status").startswith("closed:"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the chat demo (/chat, protocol in the ES module /imgate-im.js): two users in two tabs
+
+
+def chat_lines(d) -> list[tuple[str, str]]:
+    """(from, text) of every message shown in the open conversation."""
+    return [(li.get_attribute("data-from"), li.find_element(By.CSS_SELECTOR, ".body").text)
+            for li in d.find_elements(By.CSS_SELECTOR, "#chat li")]
+
+
+def unread_badge(d, peer: int) -> int | None:
+    for li in d.find_elements(By.CSS_SELECTOR, "#convs li"):
+        if li.get_attribute("data-peer") == str(peer):
+            return int(li.find_element(By.CSS_SELECTOR, ".unread").get_attribute("textContent"))
+    return None
+
+
+def chat_online(d) -> None:
+    d.find_element(By.ID, "connect-btn").click()
+    wait_for(d, "#status open", lambda d: text(d, "status") == "open")
+
+
+def chat_send(d, message: str) -> None:
+    box = d.find_element(By.ID, "text")
+    box.send_keys(message)
+    d.find_element(By.ID, "send-btn").click()
+    wait_for(d, f"{message!r} in the sender's chat", lambda d: message in [t for _, t in chat_lines(d)])
+
+
+@pytest.mark.parametrize("auth", ["none", "jwt"])
+def test_chat_demo_two_users_offline_and_back_with_unread_counts(driver, tmp_path, auth):
+    node = start_node(tmp_path, auth=auth, demo=True)
+    try:
+        d = driver
+        tab_a = d.current_window_handle
+        d.get(node.http_base + "/chat?mid=101&peer=202")
+        wait_for(d, "the chat page", lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        chat_online(d)
+        d.switch_to.new_window("tab")
+        tab_b = d.current_window_handle
+        d.get(node.http_base + "/chat?mid=202")
+        wait_for(d, "the chat page", lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        chat_online(d)
+
+        d.switch_to.window(tab_a)  # A opens the conversation with B and writes
+        d.find_element(By.ID, "open-btn").click()
+        chat_send(d, "hello B")
+
+        d.switch_to.window(tab_b)  # B sees the conversation with one unread message, then goes offline
+        wait_for(d, "B's unread count of 1", lambda d: unread_badge(d, 101) == 1)
+        d.find_element(By.ID, "disconnect-btn").click()
+        wait_for(d, "B offline", lambda d: text(d, "status").startswith("offline"))
+
+        d.switch_to.window(tab_a)
+        for m in ("while you were away", "ünïcødé ✓"):
+            chat_send(d, m)
+        assert all(frm == "101" for frm, _ in chat_lines(d))
+
+        d.switch_to.window(tab_b)  # back online: what was missed arrives, counted as unread
+        assert unread_badge(d, 101) == 1
+        chat_online(d)
+        wait_for(d, "B's unread count of 3", lambda d: unread_badge(d, 101) == 3)
+        d.find_element(By.CSS_SELECTOR, "#convs li[data-peer='101']").click()
+        wait_for(d, "the three messages in order", lambda d: chat_lines(d) == [
+            ("101", "hello B"), ("101", "while you were away"), ("101", "ünïcødé ✓")])
+        wait_for(d, "B's unread count back to 0", lambda d: unread_badge(d, 101) == 0)
+
+        d.switch_to.window(tab_a)  # A is told B read them (a msg of type "read")
+        wait_for(d, "A's messages marked read", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chat li.mine.read")) == 3)
+        status, reply = node.http("GET", "/im/conversations?uid=202")
+        assert status == 200 and reply["data"][0]["unread"] == 0 and reply["data"][0]["peer"] == 101, reply
+        assert severe_console_errors(d) == []
+        d.switch_to.window(tab_b)
+        assert severe_console_errors(d) == []
+    finally:
+        node.stop()

@@ -13,7 +13,7 @@ LAYERS = [
     {"protocol", "config", "configdoc"},
     {"auth", "cache", "rpc", "metrics"},
     {"push"},
-    {"proxy", "logic", "http", "client"},
+    {"proxy", "logic", "http", "client", "im"},
     {"node", "roles", "cli", "__main__"},
 ]
 

@@ -305,6 +305,12 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
     add("GET", "/room", room)
     add("GET", "/list", list_sessions)
 
+    # -- IM for backends (imgate/im/http.py)
+
+    from imgate.im.http import add_im_routes
+
+    add_im_routes(add, logic)
+
     # -- service routes
 
     doc = openapi_document(demo=demo is not None)
@@ -330,6 +336,9 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
 
     add("GET", "/", static_handler("index.html"))
     add("GET", "/demo.js", static_handler("demo.js"))
+    add("GET", "/chat", static_handler("chat.html"))  # the IM chat demo (docs/im.md "Web clients")
+    add("GET", "/chat.js", static_handler("chat.js"))
+    add("GET", "/imgate-im.js", static_handler("imgate-im.js"))
 
     if demo is not None:
 

@@ -227,6 +227,27 @@ _PATHS: dict[str, dict] = {
             "responses": {"200": {"description": "JavaScript.", "content": {"text/javascript": {"schema": {"type": "string"}}}}},
         }
     },
+    "/chat": {
+        "get": {
+            "tags": ["demo"],
+            "summary": "The chat demo page (single chat over the IM protocol)",
+            "responses": {"200": {"description": "A static HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/chat.js": {
+        "get": {
+            "tags": ["demo"],
+            "summary": "The chat demo page's script",
+            "responses": {"200": {"description": "JavaScript (an ES module).", "content": {"text/javascript": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/imgate-im.js": {
+        "get": {
+            "tags": ["demo"],
+            "summary": "The IM client for web apps (an ES module: ImClient, pack, unpack)",
+            "responses": {"200": {"description": "JavaScript (an ES module).", "content": {"text/javascript": {"schema": {"type": "string"}}}}},
+        }
+    },
     "/demo/config": {
         "get": {
             "tags": ["demo"],
@@ -271,6 +292,55 @@ DEMO_PATHS = frozenset({"/demo/config", "/demo/token"})
 def _error_response(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
+# -- IM for backends (imgate/im/http.py; the wire protocol is in docs/im.md)
+_UID = _query("uid", "The user the call acts for (int64, > 0).", {"type": "integer", "format": "int64", "minimum": 1}, example=1)
+_IM_ERRORS = {
+    "400": _BAD,
+    "404": _error_response("The receiver has no inbox (unknown receiver)."),
+    "409": _error_response("The cmid was used before by this sender for a different message."),
+    "413": _error_response("The content exceeds max_message_bytes (or the body max_http_body)."),
+    "416": _error_response("A range beyond the inbox, negative, or over im_sync_max_limit."),
+    "503": _error_response("The message store cannot write now (locked, full, overloaded): nothing was stored."),
+}
+_MSG = {"$ref": "#/components/schemas/Msg"}
+_IM_PATHS = {
+    "/im/send": {"post": {
+        "tags": ["im"], "summary": "Send a single-chat message as a user",
+        "description": "Stores the message in both inboxes and pushes op 24 to every connection of both users; "
+                       "answers once it is durable. A resend with the same `cmid` answers the original reply "
+                       "and stores nothing.",
+        "parameters": [_UID],
+        "requestBody": {"required": True, "description": "A MSG_SEND object.", "content": {"application/json": {
+            "schema": {"type": "object", "required": ["cmid", "to", "content"], "properties": {
+                "cmid": {"type": "string", "minLength": 1, "maxLength": 128},
+                "to": {"type": "integer", "format": "int64", "minimum": 1},
+                "type": {"type": "string", "default": "text"},
+                "content": {"description": "Any JSON value."}}}}}},
+        "responses": {"200": _reply("Durable.", {"type": "object", "properties": {
+            "cmid": {"type": "string"}, "msg_id": {"type": "string"}, "seq": {"type": "integer"},
+            "ts": {"type": "integer", "description": "ms since the epoch"}}}), **_IM_ERRORS},
+    }},
+    "/im/sync": {"get": {
+        "tags": ["im"], "summary": "Inbox entries after a seq",
+        "parameters": [_UID,
+                       _query("after", "Entries with a greater seq (default 0).", {"type": "integer", "minimum": 0}, required=False),
+                       _query("limit", "At most this many (default 100, at most im_sync_max_limit).", {"type": "integer", "minimum": 1}, required=False)],
+        "responses": {"200": _reply("A SYNC_REPLY.", {"type": "object", "properties": {
+            "msgs": {"type": "array", "items": _MSG}, "has_more": {"type": "boolean"},
+            "max_seq": {"type": "integer"}, "min_seq": {"type": "integer", "description": "Oldest seq kept."},
+            "truncated": {"type": "boolean", "description": "Entries after `after` were removed by retention."},
+            "groups": {"type": "array"}}}), **_IM_ERRORS},
+    }},
+    "/im/conversations": {"get": {
+        "tags": ["im"], "summary": "A user's conversations, newest first",
+        "parameters": [_UID, _query("limit", "At most this many (default 100).", {"type": "integer", "minimum": 1, "maximum": 1000}, required=False)],
+        "responses": {"200": _reply("The conversation list.", {"type": "array", "items": {"type": "object", "properties": {
+            "conv": {"type": "string", "example": "u:1:2"}, "peer": {"type": "integer"},
+            "unread": {"type": "integer"}, "read_seq": {"type": "integer"}, "last": _MSG}}}), **_IM_ERRORS},
+    }},
+}
+_PATHS.update(_IM_PATHS)
+
 
 _COMPONENTS = {
     "schemas": {
@@ -290,6 +360,15 @@ _COMPONENTS = {
                 "code": {"type": "integer", "not": {"const": 0}, "example": -400},
                 "message": {"type": "string", "example": "missing parameter 'operation'"},
                 "data": {"type": "null"},
+            },
+        },
+        "Msg": {
+            "type": "object",
+            "description": "An inbox entry (BRIEF 'IM protocol'): `seq` is the owner's, `content` any JSON.",
+            "properties": {
+                "seq": {"type": "integer"}, "msg_id": {"type": "string"}, "conv": {"type": "string"},
+                "from": {"type": "integer"}, "to": {"type": "integer"}, "type": {"type": "string"},
+                "content": {}, "ts": {"type": "integer"}, "cmid": {"type": "string"},
             },
         },
         "Session": {
@@ -335,6 +414,7 @@ def openapi_document(demo: bool = True) -> dict[str, Any]:
                 {"name": "query", "description": "Sessions and counts."},
                 {"name": "service", "description": "Document, metrics, health."},
                 {"name": "demo", "description": "The browser demo page."},
+                {"name": "im", "description": "IM for backends: send as a user, sync an inbox, conversations."},
             ],
             "paths": paths,
             "components": _COMPONENTS,

@@ -18,6 +18,7 @@ from imgate.cache import Cache, Session
 from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
 from imgate.logic.recovery import EpochWatch
 from imgate.protocol.interfaces import Connected
+from imgate.protocol.ops import IM_OPS
 from imgate.push import Bus
 
 log = logging.getLogger("imgate.logic")
@@ -41,6 +42,7 @@ class Logic:
         self._absorbed_at = 0.0
         self._absorber: asyncio.Task | None = None
         self.upstream_handler = None  # async (server, conn_id, mid, op, seq, body) -> bytes
+        self.im = None  # imgate.im.service.ImService: IM ops (22-32) and inbox_seq at auth
         self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0}
         # cache and bus in this process (the embedded node): pushes by mid/key need not wait
         self.pushes_wait = not (cache.nowait and bus.nowait)
@@ -77,17 +79,30 @@ class Logic:
             self.session_ttl,
         )
         self.counters["connects"] += 1
-        return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform)
+        inbox_seq = None
+        if self.im is not None:
+            try:
+                inbox_seq = await self.im.on_connect(ident.mid)
+            except Exception as e:  # the store is away: the client connects and syncs later
+                log.warning("inbox of user %d unavailable at auth: %s", ident.mid, e)
+        return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform, inbox_seq)
 
     async def disconnect(self, server: str, conn_id: int, mid: int) -> None:
         self.counters["disconnects"] += 1
+        if self.im is not None:
+            self.im.on_disconnect(server, conn_id)
         await self.cache.del_session(mid, conn_id)
 
     async def heartbeat(self, server: str, conn_id: int, mid: int) -> bool:
         return await self.cache.renew_session(mid, conn_id, self.session_ttl)
 
     async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes) -> bytes:
-        """An upstream message (op 4). The IM service plugs in here; without it the reply is empty."""
+        """An upstream message: IM operations go to the IM service; op 4 to ``upstream_handler``
+        (without one the reply is empty)."""
+        if op in IM_OPS:
+            if self.im is None:
+                return b'{"code": 503, "error": "this logic has no IM service, nothing stored"}'
+            return await self.im.receive(server, conn_id, mid, op, seq, body)
         if self.upstream_handler is None:
             return b""
         return await self.upstream_handler(server, conn_id, mid, op, seq, body)

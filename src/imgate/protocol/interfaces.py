@@ -17,6 +17,7 @@ class Connected:
     room_id: str
     accepts: tuple
     platform: str
+    inbox_seq: int | None = None  # the user's newest inbox seq, when logic has an IM service
 
 
 class LogicAPI(Protocol):

@@ -7,3 +7,21 @@ from imgate._core.frame import (  # noqa: F401  (the numbers are defined once, i
     OP_JOIN_ROOM_REPLY, OP_LEAVE_ROOM, OP_LEAVE_ROOM_REPLY, OP_PROTO_FINISH, OP_PROTO_READY,
     OP_RAW, OP_SEND_MSG, OP_SEND_MSG_REPLY, OP_SUB, OP_SUB_REPLY, OP_UNSUB, OP_UNSUB_REPLY,
 )
+
+# imgate's IM operations (BRIEF "IM protocol"; docs/im.md)
+OP_MSG_SEND = 22
+OP_MSG_SEND_REPLY = 23
+OP_MSG_PUSH = 24
+OP_MSG_ACK = 25
+OP_SYNC = 26
+OP_SYNC_REPLY = 27
+OP_GROUP_PULL = 28
+OP_GROUP_PULL_REPLY = 29
+OP_GROUP_ACK = 30
+OP_READ = 32
+OP_READ_REPLY = 33
+
+# IM request op -> the op of its reply. A good MSG_ACK gets no reply; a bad one gets a SYNC_REPLY
+# carrying the error (the only answer an ack can have).
+IM_REPLY_OP = {OP_MSG_SEND: OP_MSG_SEND_REPLY, OP_MSG_ACK: OP_SYNC_REPLY, OP_SYNC: OP_SYNC_REPLY, OP_READ: OP_READ_REPLY}
+IM_OPS = frozenset(IM_REPLY_OP)

@@ -27,7 +27,7 @@ class Channel:
 
     __slots__ = (
         "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
-        "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed",
+        "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed", "im_inflight",
     )
 
     def __init__(self, sock: socket.socket, ws: bool, ip: str, deadline: float):
@@ -48,6 +48,7 @@ class Channel:
         self.accepts = None  # None: every push op; else a set
         self.backlog = None
         self.renewed = 0.0
+        self.im_inflight = 0  # IM requests sent to logic and not answered yet
 
 
 def ws_binary(payload: bytes) -> bytes:

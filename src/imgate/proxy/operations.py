@@ -25,6 +25,8 @@ from imgate.protocol.ops import (
     OP_SEND_MSG_REPLY,
     OP_SUB,
     OP_UNSUB,
+    IM_OPS,
+    IM_REPLY_OP,
 )
 from imgate.proxy.channel import S_AUTH, S_AUTHING, S_OPEN, Channel, valid_room_id
 
@@ -84,8 +86,11 @@ class Operations:
         if c.room_id:
             ch.room_id = c.room_id
             self.table.join(ch, c.room_id)
-        reply = json.dumps({"conn_id": c.conn_id, "key": c.key, "mid": c.mid, "room_id": c.room_id,
-                            "heartbeat": self.config.heartbeat_timeout / 3}).encode()
+        reply = {"conn_id": c.conn_id, "key": c.key, "mid": c.mid, "room_id": c.room_id,
+                 "heartbeat": self.config.heartbeat_timeout / 3}
+        if getattr(c, "inbox_seq", None) is not None:
+            reply["inbox_seq"] = c.inbox_seq
+        reply = json.dumps(reply).encode()
         self.table.send(ch, encode_frame(OP_AUTH_REPLY, f.seq, reply))
         self.loop.add_reader(ch.fd, self._on_readable, ch)
         backlog, ch.backlog = ch.backlog, None
@@ -147,6 +152,13 @@ class Operations:
                 ch.accepts = ch.accepts | ops if op == OP_SUB else ch.accepts - ops
             self.table.set_accepts(ch, ch.accepts)
             self._reply(ch, op + 1, f.seq, ok=True, accepts=sorted(ch.accepts) if ch.accepts is not None else None)
+        elif op in IM_OPS:
+            if ch.im_inflight >= self.config.im_max_inflight:  # bounded: one client cannot fill the store's queue
+                self.table.send(ch, encode_frame(IM_REPLY_OP[op], f.seq, b'{"code": 429, "error": "too many IM '
+                                                     b'requests in flight on this connection, nothing stored"}'))
+                return
+            ch.im_inflight += 1
+            self._spawn(self._im(ch, f))
         elif op == OP_AUTH:
             pass  # already authenticated: a repeated auth is ignored
         else:
@@ -176,6 +188,18 @@ class Operations:
             body = json.dumps({"ok": False, "error": "upstream unavailable"}).encode()
         if ch in self.table:
             self.table.send(ch, encode_frame(OP_SEND_MSG_REPLY, f.seq, body or b""))
+
+    async def _im(self, ch: Channel, f) -> None:
+        """An IM operation (22-32): logic's IM service answers; the reply op follows the request's."""
+        try:
+            body = await self.logic.receive(self.server_id, ch.conn_id, ch.mid, f.op, f.seq, f.body)
+        except Exception as e:
+            log.warning("IM op %d from conn %s failed: %s", f.op, ch.conn_id, e)
+            body = b'{"code": 503, "error": "IM service unavailable, nothing stored"}'
+        finally:
+            ch.im_inflight -= 1
+        if body and ch in self.table:
+            self.table.send(ch, encode_frame(IM_REPLY_OP[f.op], f.seq, body))
 
     def _spawn(self, coro) -> None:
         task = self.loop.create_task(coro)

@@ -1,0 +1,290 @@
+"""imService: the IM operations (BRIEF "IM protocol", ops 22-27 and 32) on top of a MessageStore.
+
+The proxy hands IM frames to logic (``Logic.receive``), which calls :meth:`ImService.receive`; the
+store's work runs off the event loop (see imgate.im.sqlite), so the proxy's loop never waits on disk.
+A send is answered (op 23) only after its transaction committed. Delivery (op 24) goes through the
+ordinary push path: the user's sessions from the cache service, one ``KIND_CONNS`` push job per
+proxy on the bus. Each delivered entry is remembered per connection until the connection acks it
+(op 25); it is pushed again after ``ack_timeout``, at most ``ack_retries`` times, and forgotten when
+the connection closes: the inbox is the truth, a client that comes back syncs from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from imgate.im.protocol import (
+    E_BAD_REQUEST, E_OUT_OF_RANGE, E_TOO_LARGE, E_UNAVAILABLE, OP_MSG_ACK, OP_MSG_PUSH, OP_MSG_SEND,
+    OP_READ, OP_SYNC, ImError, error_body, get_int, parse_body, single_conv,
+)
+from imgate.im.store import INTERNAL_CMID_PREFIX, MessageStore, NewMessage, Stored, digest_of
+from imgate.protocol import KIND_CONNS, PushJob
+
+log = logging.getLogger("imgate.im")
+
+MAX_CMID = 128
+MAX_TYPE = 32
+_HINTS_MAX = 100_000  # users whose newest seq is remembered (an ack at or below it needs no read)
+
+
+class _Unacked:
+    """Entries pushed to one connection and not acked yet: seq -> [msg JSON, due, tries]."""
+
+    __slots__ = ("mid", "entries")
+
+    def __init__(self, mid: int):
+        self.mid = mid
+        self.entries: dict[int, list] = {}
+
+
+class ImService:
+    def __init__(self, store: MessageStore, cache, bus, *, max_message_bytes: int = 16384,
+                 ack_timeout: float = 5.0, ack_retries: int = 3, max_unacked: int = 1000,
+                 sync_max_limit: int = 1000):
+        self.store = store
+        self.cache = cache
+        self.bus = bus
+        self.max_message_bytes = max_message_bytes
+        self.ack_timeout = ack_timeout
+        self.ack_retries = ack_retries
+        self.max_unacked = max_unacked
+        self.sync_max_limit = sync_max_limit
+        self._unacked: dict[tuple, _Unacked] = {}   # (server, conn_id) -> what it has not acked
+        self._seq_hint: dict[int, int] = {}         # mid -> a seq known to exist in its inbox
+        # cache and bus in this process (the embedded node): delivery needs no coroutine
+        self._publish_now = bus.publish_nowait if getattr(bus, "nowait", False) else None
+        self._sessions_now = cache.sessions_nowait if getattr(cache, "nowait", False) else None
+        self._resender: asyncio.Task | None = None
+        self.counters = {"sent": 0, "duplicates": 0, "delivered": 0, "resent": 0, "gave_up": 0, "errors": 0}
+
+    async def start(self) -> None:
+        self._resender = asyncio.get_running_loop().create_task(self._resend_loop())
+
+    async def stop(self) -> None:
+        if self._resender is not None:
+            self._resender.cancel()
+            self._resender = None
+
+    # ------------------------------------------------------------------ connections
+
+    async def on_connect(self, mid: int) -> int:
+        """A user authenticated: make sure it has an inbox; its newest seq (op 8's ``inbox_seq``)."""
+        seq = await self.store.open_inbox(mid)
+        self._hint(mid, seq)
+        return seq
+
+    def on_disconnect(self, server: str, conn_id: int) -> None:
+        self._unacked.pop((server, conn_id), None)  # nothing kept for a closed connection
+
+    # ------------------------------------------------------------------ frames from the proxy
+
+    async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes) -> bytes:
+        """One IM frame; the body of its reply (empty: no reply). Never raises: errors are replies."""
+        cmid = None
+        try:
+            req = parse_body(body)
+            if op == OP_MSG_SEND:
+                cmid = req.get("cmid") if isinstance(req.get("cmid"), str) else None
+                return json.dumps(await self.send(mid, req, origin=(server, conn_id))).encode()
+            if op == OP_SYNC:
+                return await self.sync(mid, req)
+            if op == OP_MSG_ACK:
+                await self.ack(server, conn_id, mid, req)
+                return b""
+            if op == OP_READ:
+                return json.dumps(await self.read(mid, req, origin=(server, conn_id))).encode()
+            raise ImError(E_BAD_REQUEST, f"op {op} is not an IM operation")
+        except ImError as e:
+            self.counters["errors"] += 1
+            return error_body(e.code, e.message, **({"cmid": cmid} if cmid is not None else {}))
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("IM op %d from user %d failed", op, mid)
+            return error_body(E_UNAVAILABLE, "internal error, nothing stored",
+                              **({"cmid": cmid} if cmid is not None else {}))
+
+    # ------------------------------------------------------------------ operations
+
+    async def send(self, sender: int, req: dict, origin: tuple | None = None) -> dict:
+        """MSG_SEND as ``sender``; the MSG_SEND_REPLY object once the message is durable. ``origin``
+        is the sending connection, which learns the seq from the reply and gets no push."""
+        msg = self._new_message(sender, req)
+        stored = await self.store.send(msg)
+        if stored.duplicate:
+            self.counters["duplicates"] += 1
+        else:
+            self.counters["sent"] += 1
+            await self._deliver(stored, origin)
+        return {"cmid": msg.cmid, "msg_id": str(stored.msg_id), "seq": stored.seqs[sender], "ts": stored.ts}
+
+    def _new_message(self, sender: int, req: dict) -> NewMessage:
+        cmid = req.get("cmid")
+        if not isinstance(cmid, str) or not cmid:
+            raise ImError(E_BAD_REQUEST, "missing field 'cmid' (a non-empty string chosen by the client)")
+        if len(cmid) > MAX_CMID or cmid.startswith(INTERNAL_CMID_PREFIX):
+            raise ImError(E_BAD_REQUEST, f"cmid must be at most {MAX_CMID} characters and not start with "
+                                         f"{INTERNAL_CMID_PREFIX!r}")
+        if "group" in req:
+            raise ImError(E_BAD_REQUEST, "group messages are not supported by this server yet")
+        to = get_int(req, "to", lo=1)
+        if to == sender:
+            raise ImError(E_BAD_REQUEST, "'to' is the sender itself")
+        type_ = req.get("type", "text")
+        if not isinstance(type_, str) or not 0 < len(type_) <= MAX_TYPE or type_ == "read":
+            raise ImError(E_BAD_REQUEST, f"'type' must be a string of 1-{MAX_TYPE} characters other than 'read'")
+        if req.get("content") is None:
+            raise ImError(E_BAD_REQUEST, "missing field 'content'")
+        try:  # canonical, so that a resend's digest matches; NaN and Infinity are not JSON
+            content = json.dumps(req["content"], separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+                                 allow_nan=False)
+        except ValueError as e:
+            raise ImError(E_BAD_REQUEST, f"content is not plain JSON: {e}") from None
+        if len(content.encode()) > self.max_message_bytes:
+            raise ImError(E_TOO_LARGE, f"content is {len(content.encode())} bytes, over max_message_bytes "
+                                       f"({self.max_message_bytes})")
+        return NewMessage(sender, cmid, single_conv(sender, to), to, None, type_, content,
+                          digest_of(to, None, type_, content), (sender, to))
+
+    async def sync(self, uid: int, req: dict) -> bytes:
+        """SYNC: the SYNC_REPLY body (JSON text)."""
+        after = get_int(req, "after", lo=0)
+        limit = get_int(req, "limit", lo=1, hi=self.sync_max_limit, default=100)
+        page = await self.store.sync(uid, after, limit)
+        self._hint(uid, page.max_seq)
+        head = (f'{{"has_more":{"true" if page.has_more else "false"},"max_seq":{page.max_seq},'
+                f'"min_seq":{page.min_seq},"truncated":{"true" if page.truncated(after) else "false"},'
+                f'"groups":[],"msgs":[')
+        return (head + ",".join(page.msgs) + "]}").encode()
+
+    async def ack(self, server: str, conn_id: int, mid: int, req: dict) -> None:
+        seq = get_int(req, "seq", lo=0)
+        if seq > self._seq_hint.get(mid, 0):
+            newest = await self.store.max_seq(mid)
+            self._hint(mid, newest)
+            if seq > newest:
+                raise ImError(E_OUT_OF_RANGE, f"ack of seq {seq} is beyond the inbox (max_seq {newest})")
+        pending = self._unacked.get((server, conn_id))
+        if pending is not None:
+            for s in [s for s in pending.entries if s <= seq]:
+                del pending.entries[s]
+            if not pending.entries:
+                del self._unacked[(server, conn_id)]
+
+    async def read(self, uid: int, req: dict, origin: tuple | None = None) -> dict:
+        conv = req.get("conv")
+        if not isinstance(conv, str):
+            raise ImError(E_BAD_REQUEST, "missing field 'conv' (a conversation id such as 'u:1:2')")
+        seq = get_int(req, "seq", lo=0)
+        result = await self.store.mark_read(uid, conv, seq)
+        if result.notice is not None and not result.notice.duplicate:
+            await self._deliver(result.notice, origin)
+        return {"conv": conv, "seq": result.read_seq}
+
+    async def conversations(self, uid: int, limit: int) -> str:
+        return await self.store.conversations(uid, limit)
+
+    # ------------------------------------------------------------------ delivery and resend
+
+    def _hint(self, mid: int, seq: int) -> None:
+        if seq > self._seq_hint.get(mid, 0):
+            if len(self._seq_hint) >= _HINTS_MAX:
+                self._seq_hint.clear()
+            self._seq_hint[mid] = seq
+
+    async def _deliver(self, stored: Stored, origin: tuple | None) -> None:
+        """Op 24 to every connection of every owner of the entries, except the sending one."""
+        owners = list(stored.entries)
+        for owner, seq in stored.seqs.items():
+            self._hint(owner, seq)
+        if self._sessions_now is not None:
+            found = self._sessions_now(owners)
+        else:
+            try:
+                found = await self.cache.sessions(owners)
+            except Exception as e:  # the message is stored; its owners will sync
+                log.warning("delivery of msg %d skipped, sessions unavailable: %s", stored.msg_id, e)
+                return
+        due = time.monotonic() + self.ack_timeout
+        for owner in owners:
+            entry = stored.entries[owner]
+            seq = stored.seqs[owner]
+            by_server: dict[str, list[int]] = {}
+            for s in found.get(owner, ()):
+                if (s.server, s.conn_id) == origin:
+                    continue
+                by_server.setdefault(s.server, []).append(s.conn_id)
+                self._track(s.server, s.conn_id, owner, seq, entry, due)
+            if by_server:
+                body = ('{"msgs":[' + entry + "]}").encode()
+                for server, conn_ids in by_server.items():
+                    await self._push(server, conn_ids, body)
+
+    def _track(self, server: str, conn_id: int, mid: int, seq: int, entry: str, due: float) -> None:
+        pending = self._unacked.get((server, conn_id))
+        if pending is None:
+            pending = self._unacked[(server, conn_id)] = _Unacked(mid)
+        if len(pending.entries) >= self.max_unacked:
+            # bounded: the oldest is forgotten; the client sees the gap in seq and syncs
+            del pending.entries[next(iter(pending.entries))]
+            self.counters["gave_up"] += 1
+        pending.entries[seq] = [entry, due, 0]
+
+    async def _push(self, server: str, conn_ids: list[int], body: bytes) -> None:
+        job = PushJob(KIND_CONNS, OP_MSG_PUSH, body, server, conn_ids)
+        try:
+            if self._publish_now is not None:
+                self._publish_now(job)
+            else:
+                await self.bus.publish(job)
+            self.counters["delivered"] += len(conn_ids)
+        except Exception as e:  # stored already: the resend or the client's sync brings it
+            log.warning("push of op 24 to %s failed: %s", server, e)
+
+    async def _resend_loop(self) -> None:
+        period = max(0.05, min(1.0, self.ack_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.resend_due(time.monotonic())
+            except Exception:
+                log.exception("IM resend pass failed")
+
+    async def resend_due(self, now: float) -> None:
+        """Push again what is due; give up on entries pushed ``ack_retries`` times."""
+        for key, pending in list(self._unacked.items()):
+            again = []
+            for seq, item in list(pending.entries.items()):
+                if item[1] > now:
+                    continue
+                if item[2] >= self.ack_retries:
+                    del pending.entries[seq]
+                    self.counters["gave_up"] += 1
+                    continue
+                item[1] = now + self.ack_timeout
+                item[2] += 1
+                again.append(item[0])
+            if not pending.entries:
+                self._unacked.pop(key, None)
+            if again:
+                self.counters["resent"] += len(again)
+                await self._push(key[0], [key[1]], ('{"msgs":[' + ",".join(again) + "]}").encode())
+
+    def stats(self) -> dict:
+        """The numbers ``/metrics`` exports (imgate.metrics)."""
+        c = self.counters
+        store = getattr(self.store, "counters", {})
+        return {"im_unacked": sum(len(p.entries) for p in self._unacked.values()), "im_messages": c["sent"],
+                "im_duplicates": c["duplicates"], "im_resent": c["resent"], "im_gave_up": c["gave_up"],
+                "im_errors": c["errors"], "im_commits": store.get("commits", 0),
+                "im_store_writes": store.get("writes", 0), "im_failed_batches": store.get("failed_batches", 0)}
+
+    def unacked(self, server: str, conn_id: int) -> list[int]:
+        """Seqs pushed to a connection and not acked (tests, debugging)."""
+        pending = self._unacked.get((server, conn_id))
+        return sorted(pending.entries) if pending else []
+
+
+__all__ = ["ImService"]
