@@ -64,8 +64,9 @@ class Lifecycle:
         for task in list(self._tasks):
             task.cancel()
 
-    def close(self, ch: Channel, reason: str, reconnect: bool) -> None:
-        """op 6 with the reason, then close (the server decided: protocol error, kicked, slow...)."""
+    def close(self, ch: Channel, reason: str, reconnect: bool, extra: dict | None = None) -> None:
+        """op 6 with the reason (and ``extra`` fields), then close (the server decided: protocol
+        error, kicked, slow, busy...)."""
         if ch not in self._channels or ch.state == S_CLOSING:
             return
         if ch.ws:
@@ -73,12 +74,12 @@ class Lifecycle:
                 self._close_now(ch)
                 return
             short = reason.encode()[:120].decode("utf-8", "ignore")  # a close reason is at most 123 bytes
-            self._close_ws(ch, reason, encode_ws_close(1008 if not reconnect else 1001, short), reconnect)
+            self._close_ws(ch, reason, encode_ws_close(1008 if not reconnect else 1001, short), reconnect, extra)
             return
         log.debug("closing conn %s (%s): %s", ch.conn_id or ch.fd, ch.ip, reason)
         rest = b""
         if ch in self.table:
-            rest = self.table.send_final(ch, notice(reason, reconnect))
+            rest = self.table.send_final(ch, notice(reason, reconnect, **(extra or {})))
         self._half_close(ch, rest)
 
     def _half_close(self, ch: Channel, rest: bytes = b"") -> None:

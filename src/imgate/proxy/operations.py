@@ -51,6 +51,10 @@ class Operations:
                     self.stats_counters["protocol_errors"] += 1
                     self.close(ch, f"the first frame must be auth (op 7), got op {f.op}", reconnect=False)
                     return
+                if not self.admission.admit():  # a storm: logic gets no more than the rate
+                    self.stats_counters["busy"] += 1
+                    self.close(ch, "busy", reconnect=True, extra={"retry_ms": self.admission.retry_ms()})
+                    return
                 ch.state = S_AUTHING
                 self.loop.remove_reader(ch.fd)  # nothing else is read until logic answers
                 ch.backlog = frames[i + 1 :] or None

@@ -24,6 +24,7 @@ import socket
 
 from imgate.core import RoomTable
 from imgate.protocol import notice
+from imgate.proxy.admission import Admission
 from imgate.proxy.channel import Channel, valid_room_id
 from imgate.proxy.delivery import Delivery
 from imgate.proxy.lifecycle import Lifecycle
@@ -52,6 +53,7 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle, Repair):
             on_overflow=self._on_overflow,
             on_error=self._on_write_error,
         )
+        self.admission = Admission(config.max_auths_per_second)
         self._channels: set[Channel] = set()
         self._by_conn_id: dict[int, Channel] = {}
         self._ips: dict[str, int] = {}
@@ -66,7 +68,7 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle, Repair):
         self._remote_online: dict[str, int] = {}  # room -> members on other proxies (from logic)
         self.stats_counters = dict(
             frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0,
-            pushes=0, accepted=0,
+            pushes=0, accepted=0, busy=0,
         )
         self.advertise = ""  # host:port of the RPC push reaches this proxy on (cluster discovery)
         self.tcp_port = 0
