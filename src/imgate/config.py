@@ -71,9 +71,7 @@ class Config:
     merge_window: float = 0.0  # seconds; 0 = coalesce within one event-loop iteration
     max_rooms_per_conn: int = 64  # rooms one connection may join
     shutdown_grace: float = 5.0  # seconds to flush the op-6 notices at shutdown
-    # auths a proxy passes to logic per second; the rest get op 6 "busy" with retry_ms (0: no limit).
-    # An authenticated connection costs about 233 CPU-us (make bench, storm): 4,000/s is most of a core
-    max_auths_per_second: int = 4000
+    max_auths_per_second: int = 4000  # auths passed to logic per second, the rest get op 6 "busy" + retry_ms (0: no limit); 4,000 x ~233 CPU-us per auth (make bench storm) is most of a core
     # HTTP API
     max_http_body: int = 1 << 20  # bytes of one request's body
     # Online counts
