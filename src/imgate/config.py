@@ -71,6 +71,9 @@ class Config:
     merge_window: float = 0.0  # seconds; 0 = coalesce within one event-loop iteration
     max_rooms_per_conn: int = 64  # rooms one connection may join
     shutdown_grace: float = 5.0  # seconds to flush the op-6 notices at shutdown
+    workers: int = 1  # proxy processes sharing the client ports (serve, proxy); 0: one per core
+    reuse_port: bool = False  # listen with SO_REUSEPORT (set for the workers)
+    worker_restart_delay: float = 1.0  # seconds before a dead worker is started again
     max_auths_per_second: int = 4000  # auths passed to logic per second, the rest get op 6 "busy" + retry_ms (0: no limit); 4,000 x ~233 CPU-us per auth (make bench storm) is most of a core
     # HTTP API
     max_http_body: int = 1 << 20  # bytes of one request's body
@@ -131,6 +134,10 @@ class Config:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
         if self.merge_window < 0:
             raise ConfigError(f"merge_window: must be >= 0, got {self.merge_window}")
+        if self.workers < 0:
+            raise ConfigError(f"workers: must be >= 0 (0: one per core), got {self.workers}")
+        if self.worker_restart_delay < 0:
+            raise ConfigError(f"worker_restart_delay: must be >= 0, got {self.worker_restart_delay}")
         if self.max_auths_per_second < 0:
             raise ConfigError(f"max_auths_per_second: must be >= 0 (0: no limit), got {self.max_auths_per_second}")
         for key in ("max_frame_body", "max_pending", "max_http_body", "max_rooms_per_conn"):

@@ -21,7 +21,18 @@ class Child:
     restarts: int = 0
     log: str | None = None  # file the child's output is appended to (None: inherit ours)
     pidfile: str | None = None
+    die_with_parent: bool = False
     _out: object = field(default=None, repr=False)
+
+
+def _parent_death_signal() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG; Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class Supervisor:
@@ -33,8 +44,10 @@ class Supervisor:
         self.stopping = False
 
     def start(self, name: str, argv: list[str], *, env: dict | None = None, cwd: str | None = None,
-              log: str | None = None, pidfile: str | None = None) -> Child:
-        child = Child(name, list(argv), env, cwd, log=log, pidfile=pidfile)
+              log: str | None = None, pidfile: str | None = None, die_with_parent: bool = False) -> Child:
+        """Start ``argv``; ``die_with_parent``: the child gets SIGTERM when this process dies, even by
+        SIGKILL (Linux), so workers never outlive their coordinator."""
+        child = Child(name, list(argv), env, cwd, log=log, pidfile=pidfile, die_with_parent=die_with_parent)
         self.children[name] = child
         self._spawn(child)
         return child
@@ -42,7 +55,8 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         out = open(child.log, "ab") if child.log else None
         child.proc = subprocess.Popen(child.argv, env=child.env, cwd=child.cwd, stdout=out,
-                                      stderr=subprocess.STDOUT if out else None)
+                                      stderr=subprocess.STDOUT if out else None,
+                                      preexec_fn=_parent_death_signal if child.die_with_parent else None)
         if out is not None:
             out.close()
         child.restart_at = None
