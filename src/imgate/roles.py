@@ -76,10 +76,11 @@ class ProxyRole:
         cfg = self.cfg
         self.logic = LogicClient(cfg.logic_addrs, pool_size=cfg.rpc_pool, client_id=cfg.server_id)
         self.proxy = Proxy(cfg, self.logic, asyncio.get_running_loop())
-        await self.proxy.start()
+        # RPC first: the proxy's first report, before it takes clients, tells where push reaches it
         host, port = cfg.addr("rpc")
         self.rpc = await serve_proxy(self.proxy, host, port)
         self.proxy.advertise = cfg.advertise_rpc or f"{_reachable(host)}:{self.rpc.port}"
+        await self.proxy.start()
         print(f"imgate proxy {cfg.server_id} is up: tcp :{self.proxy.tcp_port}, ws :{self.proxy.ws_port}/sub, "
               f"rpc :{self.rpc.port}, logic {', '.join(cfg.logic_addrs)}", flush=True)
 

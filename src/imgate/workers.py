@@ -109,6 +109,7 @@ class Coordinator:
             Node._make_im(self)  # the same IM service and store as the one-process node
         self.discovery = Discovery(self.cache, self.push, lambda sid, addr: ProxyClient(sid, addr, pool_size=cfg.rpc_pool),
                                    interval=min(cfg.online_interval, 0.5), grace=max(3 * cfg.online_interval, 3.0))
+        self.logic.on_report = self.discovery.note  # a restarted worker's new address is used at once
         self.metrics = Metrics()
         self.metrics.add_source(lambda: dict(self.logic.counters))
         self.http = HttpServer(build_routes(self.logic, metrics=self.metrics), max_body=cfg.max_http_body)

@@ -47,6 +47,7 @@ class Logic:
         # cache and bus in this process (the embedded node): pushes by mid/key need not wait
         self.pushes_wait = not (cache.nowait and bus.nowait)
         self.watch = EpochWatch(cache, self.server_ttl)
+        self.on_report = None  # (server, addr, draining): a push router in this process learns of proxies at once
 
     @property
     def epoch(self) -> str:
@@ -112,6 +113,8 @@ class Logic:
         """Store a proxy's report; answer the reported rooms' counts across the cluster (goim's
         RenewOnline), from the last absorbed snapshot with this report's own numbers swapped in."""
         self.watch.saw((server,))  # alive, whether or not the cache can take its report
+        if self.on_report is not None:
+            self.on_report(server, addr, draining)
         await self.cache.set_server_online(server, rooms, conns, ips, self.server_ttl, addr, draining)
         await self.watch.observe(await self.cache.epoch())
         out = {}

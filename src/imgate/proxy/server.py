@@ -75,6 +75,11 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle, Repair):
         self.ws_port = 0
 
     async def start(self) -> None:
+        if self.advertise:  # in a cluster: known to push (discovery) before the first client comes
+            try:
+                await asyncio.wait_for(self._report(), min(2.0, 2 * self.config.online_interval))
+            except Exception as e:
+                log.warning("first online report failed: %s", e)
         host, port = self.config.addr("tcp")
         self.tcp_port = self._listen(host, port, ws=False)
         host, port = self.config.addr("ws")

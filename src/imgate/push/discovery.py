@@ -50,6 +50,19 @@ class Discovery:
                 log.warning("discovering proxies failed: %s", e)
             await asyncio.sleep(self.interval)
 
+    def note(self, sid: str, addr: str, draining: bool = False) -> None:
+        """A report seen as it arrives (logic in this process): a proxy at a new address is used at once."""
+        if not addr or sid in self.static:
+            return
+        self._seen[sid] = self.clock()
+        if self.addrs.get(sid) != addr:
+            old = self.router.proxies.get(sid) if sid in self.addrs else None
+            self.addrs[sid] = addr
+            self.router.proxies[sid] = self.make_client(sid, addr)
+            log.info("proxy %s discovered at %s", sid, addr)
+            if old is not None:
+                asyncio.get_running_loop().create_task(old.close())
+
     async def refresh(self) -> None:
         reports = await self.cache.servers_online()
         now = self.clock()
