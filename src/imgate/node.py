@@ -126,7 +126,8 @@ class Node:
             max_bytes=cfg.im_max_bytes)
         self.im = ImService(self.im_store, self.cache, self.bus, max_message_bytes=cfg.max_message_bytes,
                             ack_timeout=cfg.ack_timeout, ack_retries=cfg.ack_retries,
-                            max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit)
+                            max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit,
+                            max_page_bytes=min(cfg.max_pending // 2, 1 << 20))
         self.logic.im = self.im
 
     @property
