@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -22,7 +22,6 @@ class Child:
     log: str | None = None  # file the child's output is appended to (None: inherit ours)
     pidfile: str | None = None
     die_with_parent: bool = False
-    _out: object = field(default=None, repr=False)
 
 
 def _parent_death_signal() -> None:
