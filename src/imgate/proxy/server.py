@@ -68,7 +68,7 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle, Repair):
         self._remote_online: dict[str, int] = {}  # room -> members on other proxies (from logic)
         self.stats_counters = dict(
             frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0,
-            pushes=0, accepted=0, busy=0,
+            pushes=0, accepted=0, upstream_busy=0, busy=0,
         )
         self.advertise = ""  # host:port of the RPC push reaches this proxy on (cluster discovery)
         self.tcp_port = 0
