@@ -48,7 +48,7 @@ def start_serve(workers: int, tmp: Path):
     out = open(tmp / "serve.out", "wb")
     p = subprocess.Popen([sys.executable, "-m", "imgate", "serve", "--workers", str(workers), "--config", str(conf),
                           "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0", "--auth", "none",
-                          "--data-dir", str(tmp / "data")], stdout=out, stderr=subprocess.STDOUT,
+                          "--api-auth", "none", "--data-dir", str(tmp / "data")], stdout=out, stderr=subprocess.STDOUT,
                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
     end = time.monotonic() + 60
     while "  HTTP API" not in (text := (tmp / "serve.out").read_text(errors="replace")):

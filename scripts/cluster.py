@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  services  {common['redis_url']}  kafka {common['kafka']}", flush=True)
         print(f"  logs      {work}/<role>.log", flush=True)
         print(f"  tokens    .venv/bin/imgate token --user ID --data-dir {work / 'data'}", flush=True)
+        print(f"  API keys  .venv/bin/imgate apikey create --scope push --data-dir {work / 'data'}", flush=True)
         while not sup.stopping:
             sup.poll()
             time.sleep(0.2)

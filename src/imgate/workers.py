@@ -26,11 +26,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from imgate.auth import make_authenticator
 from imgate.cache import MemoryCache
-from imgate.config import Config, dump_toml
-from imgate.http.server import HttpServer
-from imgate.logic import Logic
+from imgate.config import Config, ConfigError, dump_toml
+from imgate.http.apikeys import api_auth_from_config
+from imgate.http.server import PUBLIC, HttpServer
+from imgate.logic import Logic, backends
 from imgate.logic.http_api import build_routes
 from imgate.metrics import Metrics
 from imgate.node import Node, load_or_create_secret
@@ -89,9 +89,13 @@ class Coordinator:
                                      say=lambda m: log.warning("worker %s", m))
         self._tmp = tempfile.TemporaryDirectory(prefix="imgate-workers-")
         self.im = None
-
+        self.demo_api_key = ""
+        self.tls = None  # the workers own the client listeners; TLS ones are not shared (refused below)
     async def start(self) -> None:
         cfg = self.config
+        if cfg.tls_cert or cfg.http_tls:
+            raise ConfigError("workers: TLS listeners are not shared between workers yet; run with workers = 1 "
+                              "or put a TLS terminator in front")
         if cfg.auth == "jwt":
             cfg.jwt_secret = load_or_create_secret(cfg)
         tcp_host, tcp_port = cfg.addr("tcp")
@@ -102,7 +106,7 @@ class Coordinator:
         self.cache = MemoryCache()
         self.push = PushRouter()
         self.bus = RouterBus(self.push)
-        self.logic = Logic(self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret),
+        self.logic = Logic(self.cache, self.bus, backends.authenticator(cfg),
                            session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval)
         self.im_store = None
         if cfg.im:
@@ -112,7 +116,12 @@ class Coordinator:
         self.logic.on_report = self.discovery.note  # a restarted worker's new address is used at once
         self.metrics = Metrics()
         self.metrics.add_source(lambda: dict(self.logic.counters))
-        self.http = HttpServer(build_routes(self.logic, metrics=self.metrics), max_body=cfg.max_http_body)
+        self.backends = backends.attach(self.logic, cfg)
+        self.metrics.add_source(self.backends.stats)
+        self.api_auth = api_auth_from_config(cfg)
+        routes = build_routes(self.logic, metrics=self.metrics, api_auth=self.api_auth,
+                              metrics_scope="metrics" if cfg.metrics_auth else PUBLIC)
+        self.http = HttpServer(routes, max_body=cfg.max_http_body, request_timeout=cfg.http_request_timeout)
         await self.logic.start()
         if self.im is not None:
             await self.im_store.start()
@@ -136,6 +145,10 @@ class Coordinator:
             self.supervisor.poll()
             await asyncio.sleep(0.2)
 
+    def reload_tls(self) -> bool:
+        """SIGHUP: nothing to reload here (no TLS listeners with workers)."""
+        return False
+
     def worker_pids(self) -> dict[str, int]:
         return {name: c.proc.pid for name, c in self.supervisor.children.items() if c.proc and c.proc.poll() is None}
 
@@ -152,6 +165,7 @@ class Coordinator:
         await self.discovery.close()
         await self.rpc.stop()
         await self.logic.stop()
+        await self.backends.close(self.config.shutdown_grace)
         if self.im is not None:
             await self.im.stop()
             await self.im_store.close()

@@ -17,6 +17,7 @@ import uvloop
 
 from imgate import client as imclient
 from imgate.auth import mint_token
+from imgate.http.apikeys import KeyStore
 
 from clusterutil import ROOT
 from polling import wait_until, wait_until_async
@@ -28,6 +29,7 @@ def test_a_proxy_killed_under_make_cluster_is_reported_and_restarted_and_the_res
         tmp_path, redis_url, kafka_bootstrap):
     work = tmp_path / "cluster"
     out_path = tmp_path / "cluster.out"
+    api_key = KeyStore(str(work / "data")).create("tests", ["push"])[1]  # read by the logic roles at start
     out = open(out_path, "wb")
     script = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "cluster.py"), "--work", str(work), "--free-ports",
@@ -52,7 +54,8 @@ def test_a_proxy_killed_under_make_cluster_is_reported_and_restarted_and_the_res
         def push(mid: int, body: bytes) -> int:
             url = f"http://127.0.0.1:{ports['logic-1'][0]}/goim/push/mids?operation=1000&mids={mid}"
             try:
-                with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=10) as r:
+                req = urllib.request.Request(url, data=body, method="POST", headers={"Authorization": f"Bearer {api_key}"})
+                with urllib.request.urlopen(req, timeout=10) as r:
                     return json.loads(r.read())["data"]["targets"]
             except OSError:
                 return -1

@@ -17,6 +17,7 @@ from pathlib import Path
 import uvloop
 
 from imgate import client as imclient
+from imgate.http.apikeys import KeyStore
 from polling import wait_until, wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +32,7 @@ def children(pid: int) -> set[int]:
 
 def test_two_workers_share_the_ports_deliver_room_pushes_once_and_survive_a_killed_worker(tmp_path):
     out_path = tmp_path / "serve.out"
+    api_key = KeyStore(str(tmp_path / "data")).create("tests", ["admin"])[1]
     with open(out_path, "wb") as out:
         serve = subprocess.Popen(
             [sys.executable, "-m", "imgate", "serve", "--workers", "2", "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0",
@@ -48,7 +50,8 @@ def test_two_workers_share_the_ports_deliver_room_pushes_once_and_survive_a_kill
         http = re.search(r"HTTP API\s+http://([\d.:]+)/", output()).group(1)
 
         def api(method: str, path: str, body: bytes | None = None):
-            req = urllib.request.Request(f"http://{http}{path}", data=body, method=method)
+            req = urllib.request.Request(f"http://{http}{path}", data=body, method=method,
+                                         headers={"Authorization": f"Bearer {api_key}"})
             with urllib.request.urlopen(req, timeout=10) as r:
                 return json.loads(r.read())["data"]
 
