@@ -59,6 +59,17 @@ cdef int grow(void*** array, Py_ssize_t* cap, Py_ssize_t first) except -1:
     return 0
 
 
+cdef inline void _rewind(Conn c) noexcept:
+    """Every queued entry is written: the queue starts over, and a large array is freed (idle
+    connections stay small)."""
+    c.out_head = c.out_n = 0
+    c.head_off = 0
+    if c.out_cap > OUT_KEEP_CAP:
+        PyMem_Free(c.out)
+        c.out = NULL
+        c.out_cap = 0
+
+
 cdef inline void _release_queue(Conn c) noexcept:
     """Drop the queued payloads' references and free the queue."""
     cdef Py_ssize_t i
@@ -418,12 +429,7 @@ cdef class OutputTable:
             if blocked:
                 break
         if c.out_head == c.out_n:
-            c.out_head = c.out_n = 0
-            c.head_off = 0
-            if c.out_cap > OUT_KEEP_CAP:
-                PyMem_Free(c.out)
-                c.out = NULL
-                c.out_cap = 0
+            _rewind(c)
             if c.writer_armed:
                 c.writer_armed = False
                 self._loop.remove_writer(c.fd)
@@ -467,12 +473,8 @@ cdef class OutputTable:
         for i in range(c.out_head, c.out_n):
             Py_DECREF(<object>c.out[i])
             c.out[i] = NULL
-        c.out_head = c.out_n = 0
+        _rewind(c)
         c.pending = 0
-        if c.out_cap > OUT_KEEP_CAP:
-            PyMem_Free(c.out)
-            c.out = NULL
-            c.out_cap = 0
         if transport.get_write_buffer_size() > self._max_pending:
             c.dead = True
             self.overflows += 1

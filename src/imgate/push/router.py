@@ -50,8 +50,10 @@ class PushRouter:
         for job in jobs:
             kind = job.kind
             if kind == KIND_CONNS:
-                if self._proxy_of(job) is not None:
+                if job.server in self.proxies:
                     calls.setdefault(job.server, []).append((CONNS, (job.conn_ids, job.op, job.body)))
+                else:
+                    self._unknown(job)
             elif kind == KIND_ROOM:
                 args = rooms.get(job.room_id)
                 if args is None:
@@ -68,14 +70,8 @@ class PushRouter:
             args[1] = b"".join(args[1])  # the batch's frames, once for every proxy
         return calls
 
-    def _proxy_of(self, job: PushJob) -> ProxyAPI | None:
-        """The proxy a conns job names; None (counted, logged) when it is unknown: it died."""
-        proxy = self.proxies.get(job.server)
-        if proxy is None:
-            self._unknown(job)
-        return proxy
-
     def _unknown(self, job: PushJob) -> None:
+        """A conns job for a proxy the router does not know (it died): counted and dropped."""
         self.skipped += 1
         log.warning("push to unknown server %s dropped (%d conns)", job.server, len(job.conn_ids))
 
