@@ -63,7 +63,8 @@ async def pushed(c, timeout=10.0):
 
 
 async def call(node, method, path, body=None):
-    return await asyncio.get_running_loop().run_in_executor(None, api, node.http_base, method, path, body)
+    return await asyncio.get_running_loop().run_in_executor(
+        None, lambda: api(node.http_base, method, path, body, key=getattr(node, "api_key", None)))
 
 
 async def nothing_pushed(c):
@@ -500,8 +501,7 @@ def test_a_node_without_im_answers_im_ops_and_routes_with_503():
             with pytest.raises(imclient.ImRejected) as e:
                 await c.send_message(2, "x")
             assert e.value.code == 503
-            status, reply = await asyncio.get_running_loop().run_in_executor(
-                None, api, n.http_base, "GET", "/im/sync?uid=1")
+            status, reply = await call(n, "GET", "/im/sync?uid=1")
             assert status == 503 and reply["code"] != 0
             await c.close()
 
