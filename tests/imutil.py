@@ -8,25 +8,22 @@ import urllib.request
 from pathlib import Path
 
 from clusterutil import RoleProcess, free_port
+from imgate.http.apikeys import KeyStore
+from nodeutil import API_KEYS
 
-try:  # API credentials, where the HTTP API asks for them
-    from imgate.http.apikeys import KeyStore
-except ImportError:  # pragma: no cover - a tree whose API is open
-    KeyStore = None
-
-
-def admin_key(data_dir) -> str | None:
-    """An admin API key of the node whose data dir is ``data_dir`` (None where the API has no keys)."""
-    return KeyStore(data_dir).create("im-tests", ["admin"])[1] if KeyStore is not None else None
+# Every HTTP request of the IM tests goes through api(): credentials, when the API needs them,
+# are added here and only here (the admin key the node's helper made, from nodeutil.API_KEYS).
+API_HEADERS: dict[str, str] = {}
 
 
-def api(base: str, method: str, path: str, body=None, timeout: float = 15.0, key: str | None = None):
+def api(base: str, method: str, path: str, body=None, timeout: float = 15.0):
     """(status, parsed JSON, or the raw bytes of another type) of one request to the HTTP API at
-    ``base`` (``http://host:port``); every HTTP call of the IM tests comes through here. ``key``: the
-    API credential to send."""
+    ``base`` (``http://host:port``)."""
     if isinstance(body, (dict, list)):
         body = json.dumps(body).encode()
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = dict(API_HEADERS)
+    if base in API_KEYS:
+        headers["Authorization"] = f"Bearer {API_KEYS[base]}"
     req = urllib.request.Request(base + path, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -45,7 +42,7 @@ class ServeProcess(RoleProcess):
                     **{k: f"127.0.0.1:{p}" for k, p in self.ports.items()})
         conf.update(config)
         super().__init__("serve", "serve", conf, workdir)
-        self.api_key = admin_key(conf["data_dir"])
+        API_KEYS[self.http_base] = KeyStore(conf["data_dir"]).create("tests", ["admin"])[1]
 
     @property
     def tcp_url(self) -> str:

@@ -63,8 +63,7 @@ async def pushed(c, timeout=10.0):
 
 
 async def call(node, method, path, body=None):
-    return await asyncio.get_running_loop().run_in_executor(
-        None, lambda: api(node.http_base, method, path, body, key=getattr(node, "api_key", None)))
+    return await asyncio.get_running_loop().run_in_executor(None, api, node.http_base, method, path, body)
 
 
 async def nothing_pushed(c):

@@ -46,7 +46,7 @@ async def connect(proc, mid, transport="tcp"):
 
 async def inbox(proc, uid):
     status, reply = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: api(proc.http_base, "GET", f"/im/sync?uid={uid}&after=0&limit=1000", key=proc.api_key))
+        None, api, proc.http_base, "GET", f"/im/sync?uid={uid}&after=0&limit=1000")
     assert status == 200, reply
     return reply["data"]["msgs"]
 
