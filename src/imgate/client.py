@@ -577,7 +577,7 @@ class Client:
         reply = await self.request(op, body, op + 1, timeout)
         return reply.body
 
-    # IM (BRIEF "IM protocol") ------------------------------------------------------------------
+    # IM (docs/im.md) ---------------------------------------------------------------------------
     @property
     def inbox_seq(self) -> int:
         """The newest seq of the user's inbox when the connection authenticated (op 8)."""
