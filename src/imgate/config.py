@@ -118,6 +118,7 @@ class Config:
     group_max_members: int = 100_000  # members of one group at most
     group_write_limit: int = 200  # a group with more members is in read fan-out mode (one timeline)
     group_hysteresis: int = 20  # a read-mode group goes back to write mode at group_write_limit minus this
+    group_consumer: bool = True  # run the write fan-out consumer in this process (false: another process does)
     # Cluster roles (imgate proxy | logic | push); see docs/cluster.md
     rpc: str = "127.0.0.1:3109"  # proxy: internal RPC listener (push -> proxy)
     logic_rpc: str = "127.0.0.1:3119"  # logic: internal RPC listener (proxy -> logic)

@@ -157,7 +157,8 @@ class Node:
                             ack_timeout=cfg.ack_timeout, ack_retries=cfg.ack_retries,
                             max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit,
                             max_page_bytes=min(cfg.max_pending // 2, 1 << 20),
-                            groups=GroupLimits(cfg.group_max_members, cfg.group_write_limit, cfg.group_hysteresis))
+                            groups=GroupLimits(cfg.group_max_members, cfg.group_write_limit, cfg.group_hysteresis),
+                            consumer=cfg.group_consumer)
         self.logic.im = self.im
 
     @property

@@ -41,14 +41,16 @@ def _uids(body: dict, name: str, limit: int) -> list:
 class GroupsMixin:
     groups: GroupLimits
 
-    def _groups_init(self, groups: GroupLimits | None) -> None:
+    def _groups_init(self, groups: GroupLimits | None, consumer: bool) -> None:
         self.groups = groups or GroupLimits()
+        self.run_consumer = consumer
         self._fanout_wake = asyncio.Event()
         self._consumer: asyncio.Task | None = None
         self.counters.update({"fanout_jobs": 0, "fanout_entries": 0})
 
     def _start_consumer(self) -> None:
-        self._consumer = asyncio.get_running_loop().create_task(self._consume())
+        if self.run_consumer:
+            self._consumer = asyncio.get_running_loop().create_task(self._consume())
 
     def _stop_consumer(self) -> None:
         if self._consumer is not None:

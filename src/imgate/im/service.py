@@ -80,7 +80,8 @@ class _Unacked:
 class ImService(GroupsMixin):
     def __init__(self, store: MessageStore, cache, bus, *, max_message_bytes: int = 16384,
                  ack_timeout: float = 5.0, ack_retries: int = 3, max_unacked: int = 1000,
-                 sync_max_limit: int = 1000, max_page_bytes: int = 512 * 1024, groups: GroupLimits | None = None):
+                 sync_max_limit: int = 1000, max_page_bytes: int = 512 * 1024, groups: GroupLimits | None = None,
+                 consumer: bool = True):
         self.store = store
         self.cache = cache
         self.bus = bus
@@ -99,7 +100,7 @@ class ImService(GroupsMixin):
         self._sessions_now = cache.sessions_nowait if getattr(cache, "nowait", False) else None
         self._resender: asyncio.Task | None = None
         self.counters = {"sent": 0, "duplicates": 0, "delivered": 0, "resent": 0, "gave_up": 0, "errors": 0}
-        self._groups_init(groups)
+        self._groups_init(groups, consumer)
 
     async def start(self) -> None:
         self._resender = asyncio.get_running_loop().create_task(self._resend_loop())
