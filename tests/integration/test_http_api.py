@@ -102,6 +102,18 @@ class FakeIm:
         self.logic._rec("im_conversations", uid, limit)
         return "[]"
 
+    async def create_group(self, uid, body):
+        self.logic._rec("im_create_group", uid, body)
+        return {"group": 1}
+
+    async def change_members(self, group, actor, body):
+        self.logic._rec("im_change_members", group, actor, body)
+        return {"members": 1, "mode": "write"}
+
+    async def group_info(self, group):
+        self.logic._rec("im_group_info", group)
+        return {"group": group, "name": "", "owner": 1, "admins": [], "members": 1, "mode": "write", "max_gseq": 1}
+
 
 class FakeDemo:
     def config(self):

@@ -121,11 +121,25 @@ def test_small_and_large_group_delivery_and_membership(serve):
         assert [m["gseq"] for m in pulled["msgs"]] == [3, 4, 5] and not pulled["has_more"]
         d.group_ack(g, 5)
         await wait_until_async(lambda: _no_news(d), what="op 30 to move the read position")
-        # a removed member cannot pull any more
+        # d joined the group's room at auth: it gets the next one live
+        await a.send_group(g, "to the room")
+        for c in (a, b, d):
+            assert [m["gseq"] for m in await pushed(c)] == [6]
+        # a removed member leaves the room and cannot pull any more
         await ok(proc, "POST", f"/im/groups/members?group={g}", {"remove": [4]})
+        for c in (a, b):
+            assert [m["type"] for m in await pushed(c)] == ["member"]
+        await a.send_group(g, "after the removal")
+        for c in (a, b):
+            assert [m["gseq"] for m in await pushed(c)] == [8]
+        await d.heartbeat()  # the server answers in order: anything pushed to d is queued before it
+        assert d.queued == 0, f"a removed member got {d.recv_nowait()}"
         with pytest.raises(imclient.ImRejected) as e:
             await d.group_pull(g, 0)
         assert e.value.code == 403
+        # clients cannot join a group's room themselves
+        with pytest.raises(Exception, match="IM service"):
+            await d.join_room(f"im://g:{g}")
         for c in (a, b, d, outsider):
             await c.close()
 

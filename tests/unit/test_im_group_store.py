@@ -178,24 +178,33 @@ def test_an_unfinished_fan_out_is_resumed_once(tmp_path):
     run(go())
 
 
-def test_read_mode_push_reaches_the_members_of_the_moment_only(tmp_path):
-    """Online members get op 24 with seq 0; a member who joined after the message is not told of
-    it, even when the push is made after the join (the message in flight)."""
+def test_read_mode_goes_through_the_group_room(tmp_path):
+    """A read-mode group's members' connections join its room (at auth and as membership changes);
+    a message is one room push with seq 0; the removed leave the room before anything else is pushed."""
     async def go():
         svc, bus = await started(tmp_path, GroupLimits(max_members=10, write_limit=2, hysteresis=1),
                                  {1: [11], 2: [12], 3: [13], 4: [14], 9: [19]})
         g = (await svc.create_group(1, {"members": [2, 3]}))["group"]  # 3 members: read mode at once
         assert (await svc.group_info(g))["mode"] == "read"
+        room = f"im://g:{g}"
+        [join] = [j for j in bus.jobs if j.kind == "join"]
+        assert (join.server, sorted(join.conn_ids), join.room_id) == ("p1", [11, 12, 13], room)
         bus.jobs.clear()
         reply = await svc.send(2, {"cmid": "x", "group": g, "content": "hi"})
-        pushed = sorted(c for job in bus.jobs for c in job.conn_ids)
-        assert pushed == [11, 12, 13]  # the sending connection too: one way for clients
         [job] = bus.jobs
+        assert (job.kind, job.room_id, job.op) == ("room", room, 24)
         [m] = json.loads(job.body)["msgs"]
         assert (m["seq"], m["gseq"], m["content"]) == (0, reply["gseq"], "hi")
+        bus.jobs.clear()
         await svc.change_members(g, None, {"add": [4], "remove": [3]})
+        kinds = [(j.kind, sorted(j.conn_ids)) for j in bus.jobs]
+        assert kinds == [("leave", [13]), ("join", [14]), ("room", [])], kinds  # the member msg last
+        assert await svc.group_rooms(4) == [room] and await svc.group_rooms(3) == []
         assert sorted(await svc.store.group_members(g, reply["gseq"])) == [1, 2]  # 4 came later, 3 left
-        assert sorted(await svc.store.group_members(g, reply["gseq"] + 2)) == [1, 2, 4]
+        bus.jobs.clear()
+        await svc.change_members(g, None, {"remove": [4, 2]})  # 1 member <= 2 - 1: write mode
+        assert [(j.kind, sorted(j.conn_ids)) for j in bus.jobs][0] == ("leave", [11, 12, 14])
+        assert await svc.group_rooms(1) == []
         await svc.stop()
         await svc.store.close()
 

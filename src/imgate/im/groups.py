@@ -18,12 +18,19 @@ import json
 import logging
 
 from imgate.im.protocol import E_BAD_REQUEST, E_CONFLICT, E_UNKNOWN_RECEIVER, ImError, get_int
+from imgate.im.protocol import OP_MSG_PUSH
 from imgate.im.store import GroupLimits, Stored
+from imgate.protocol import KIND_JOIN, KIND_LEAVE, KIND_ROOM, IM_ROOM_PREFIX, PushJob
 
 log = logging.getLogger("imgate.im.groups")
 
 MAX_NAME = 128
 FANOUT_BATCH = 64  # jobs taken from the store per round (their writes share the store's commits)
+
+
+def group_room(group: int) -> str:
+    """The room of a read-mode group on the proxies: its members' connections are in it."""
+    return f"{IM_ROOM_PREFIX}g:{group}"
 
 
 def _uids(body: dict, name: str, limit: int) -> list:
@@ -88,28 +95,46 @@ class GroupsMixin:
         if stored.job is not None:
             self._fanout_wake.set()
         elif stored.msg is not None:  # the sending connection too, as in write mode: one way for clients
-            await self._deliver_read_mode(stored, None)
+            await self._deliver_read_mode(stored)
 
-    async def _deliver_read_mode(self, stored: Stored, origin: tuple | None) -> None:
-        """Op 24 to every online member of a read-mode group (one body per proxy)."""
-        # read now, not when the message was stored: a member who joined since is not told of it
-        members = await self.store.group_members(stored.group, stored.gseq)
-        if self._sessions_now is not None:
-            found = self._sessions_now(members)
-        else:
-            try:
-                found = await self.cache.sessions(members)
-            except Exception as e:  # stored: members learn from SYNC's groups
-                log.warning("push of group msg %d skipped, sessions unavailable: %s", stored.msg_id, e)
-                return
-        by_server: dict[str, list[int]] = {}
-        for sessions in found.values():
-            for s in sessions:
-                if (s.server, s.conn_id) != origin:
+    async def _deliver_read_mode(self, stored: Stored) -> None:
+        """Op 24 to the group's room on the proxies: one encode and one walk of the room per proxy,
+        whatever the number of members (their connections joined it, see _rooms)."""
+        job = PushJob(KIND_ROOM, OP_MSG_PUSH, ('{"msgs":[' + stored.msg + "]}").encode(), room_id=group_room(stored.group))
+        try:
+            if self._publish_now is not None:
+                self._publish_now(job)
+            else:
+                await self.bus.publish(job)
+        except Exception as e:  # stored: members learn from SYNC's groups
+            log.warning("push of group msg %d failed: %s", stored.msg_id, e)
+
+    async def _rooms(self, group: int, kind: str, uids) -> None:
+        """The online connections of ``uids`` join (KIND_JOIN) or leave (KIND_LEAVE) the group's room,
+        in order with the pushes on each proxy."""
+        uids = list(uids)
+        if not uids:
+            return
+        try:
+            found = self._sessions_now(uids) if self._sessions_now is not None else await self.cache.sessions(uids)
+            by_server: dict[str, list[int]] = {}
+            for sessions in found.values():
+                for s in sessions:
                     by_server.setdefault(s.server, []).append(s.conn_id)
-        body = ('{"msgs":[' + stored.msg + "]}").encode()
-        for server, conn_ids in by_server.items():
-            await self._push(server, conn_ids, body)
+            for server, conn_ids in by_server.items():
+                job = PushJob(kind, 0, b"", server, conn_ids, group_room(group))
+                if self._publish_now is not None:
+                    self._publish_now(job)
+                else:
+                    await self.bus.publish(job)
+        except Exception as e:  # their clients still learn of the group's news from SYNC
+            log.warning("room %s of group %d not updated for %d users: %s", kind, group, len(uids), e)
+
+    async def group_rooms(self, uid: int) -> list:
+        """The rooms a new connection of ``uid`` joins at auth: those of its read-mode groups."""
+        if uid < 1:
+            return []
+        return [group_room(g["group"]) for g in await self.store.read_groups(uid) if g["mode"] == "read"]
 
     # ------------------------------------------------------------------ operations
 
@@ -120,13 +145,24 @@ class GroupsMixin:
         members = _uids(body, "members", self.groups.max_members)
         gid, stored = await self.store.create_group(owner, name, members, self.groups)
         await self._after_group_store(stored, None)
+        if stored.job is None:  # large at once: read mode
+            await self._rooms(gid, KIND_JOIN, set(members) | {owner})
         return {"group": gid}
 
     async def change_members(self, group: int, actor: int | None, body: dict) -> dict:
         add = _uids(body, "add", self.groups.max_members)
         remove = _uids(body, "remove", self.groups.max_members)
         admins = _uids(body, "admins", self.groups.max_members)
-        count, mode, stored = await self.store.change_members(group, actor, add, remove, admins, self.groups)
+        count, mode, stored, switched = await self.store.change_members(group, actor, add, remove, admins,
+                                                                         self.groups)
+        # rooms first: in read mode the announcement goes through the room, to the new members too
+        if mode == "read" and switched:
+            await self._rooms(group, KIND_JOIN, await self.store.group_members(group, 1 << 62))
+        elif mode == "read":
+            await self._rooms(group, KIND_LEAVE, remove)
+            await self._rooms(group, KIND_JOIN, add)
+        elif switched:
+            await self._rooms(group, KIND_LEAVE, set(remove) | set(await self.store.group_members(group, 1 << 62)))
         for s in stored:
             await self._after_group_store(s, None)
         return {"members": count, "mode": mode}
@@ -153,7 +189,8 @@ class GroupsMixin:
     async def sync_groups(self, uid: int) -> str:
         """SYNC's ``groups``: the member's read-mode groups with news (max_gseq beyond the cursor)."""
         groups = await self.store.read_groups(uid)
-        return json.dumps([g for g in groups if g["max_gseq"] > g["cursor"]], separators=(",", ":"))
+        return json.dumps([{"group": g["group"], "max_gseq": g["max_gseq"], "cursor": g["cursor"]}
+                           for g in groups if g["max_gseq"] > g["cursor"]], separators=(",", ":"))
 
 
 __all__ = ["GroupsMixin"]

@@ -132,8 +132,7 @@ class GroupsMixin:
             else:  # what came before is in the timeline only: SYNC lists it until pulled
                 conn.execute("UPDATE groups SET read_until = ? WHERE id = ?", (switch.gseq - 1, group))
             out.append(switch)
-            mode = new_mode
-        return new_count, mode, out
+        return new_count, new_mode, out, new_mode != mode
 
     def _fan_out(self, conn: sqlite3.Connection, job: int) -> Stored | None:
         row = conn.execute("SELECT o.owners, m.id, m.sender, m.conv, m.grp, m.type, m.content, m.ts, m.cmid, m.gseq"
@@ -202,10 +201,10 @@ class GroupsMixin:
         mode's messages not pulled yet; ``max_gseq`` is the last of those."""
         rows = self._reader().execute(
             "SELECT g.id, CASE g.mode WHEN 'read' THEN g.max_gseq ELSE g.read_until END,"
-            " MAX(gm.read_gseq, gm.joined_gseq, g.read_from) FROM group_members gm"
+            " MAX(gm.read_gseq, gm.joined_gseq, g.read_from), g.mode FROM group_members gm"
             " JOIN groups g ON g.id = gm.grp WHERE gm.uid = ? AND (g.mode = 'read' OR g.read_until > 0)"
             " ORDER BY g.id", (uid,)).fetchall()
-        return [{"group": g, "max_gseq": m, "cursor": c} for g, m, c in rows]
+        return [{"group": g, "max_gseq": m, "cursor": c, "mode": mode} for g, m, c, mode in rows]
 
     # ------------------------------------------------------------------ the interface
 

@@ -154,7 +154,8 @@ class MessageStore(ABC):
     @abstractmethod
     async def change_members(self, group: int, actor: int | None, add: list, remove: list, admins: list,
                              limits: GroupLimits) -> tuple:
-        """(member count, mode, [Stored messages]) after adding, removing, and making admins. ``actor``
+        """(member count, mode, [Stored messages], switched: bool) after adding, removing, and making
+        admins. ``actor``
         (None: the backend, acting as the owner) must be the owner or an admin. Refused (ImError):
         an unknown group (404), a non-admin actor (403), removing the owner (400), more than
         ``limits.max_members`` (409). May switch the mode (a "mode" message)."""
@@ -188,4 +189,6 @@ class MessageStore(ABC):
 
     @abstractmethod
     async def read_groups(self, uid: int) -> list:
-        """``[{"group", "max_gseq", "cursor"}]``: the member's read-mode groups (cursor: read position)."""
+        """``[{"group", "max_gseq", "cursor", "mode"}]``: the member's groups with messages in their
+        timeline only: read mode, or back in write mode with read-mode messages (``max_gseq`` is the
+        last of those; ``cursor`` is the read position)."""

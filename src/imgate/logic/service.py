@@ -17,7 +17,7 @@ import time
 from imgate.auth import AuthError, Authenticator
 from imgate.cache import Cache, Session
 from imgate.logic.upstream import error_body
-from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
+from imgate.protocol import IM_ROOM_PREFIX, KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
 from imgate.logic.recovery import EpochWatch
 from imgate.protocol.interfaces import Connected
 from imgate.protocol.ops import IM_OPS
@@ -79,6 +79,9 @@ class Logic:
         except AuthError:
             self.counters["auth_failures"] += 1
             raise
+        if ident.room_id.startswith(IM_ROOM_PREFIX):  # a group's room: membership decides, not the client
+            self.counters["auth_failures"] += 1
+            raise AuthError(f"room_id {IM_ROOM_PREFIX}... is joined by the IM service for a group's members only")
         conn_id = await self.cache.alloc_conn_id()
         # a generated key is unguessable (128 random bits): pushes by key reach whoever holds it
         key = ident.key or secrets.token_hex(16)
@@ -97,13 +100,15 @@ class Logic:
                                room_id=ident.room_id, platform=ident.platform,
                                rooms=list(getattr(ident, "rooms", ())))
         inbox_seq = None
+        rooms = tuple(r for r in getattr(ident, "rooms", ()) if not r.startswith(IM_ROOM_PREFIX))
         if self.im is not None:
             try:
                 inbox_seq = await self.im.on_connect(ident.mid)
+                rooms += tuple(await self.im.group_rooms(ident.mid))  # its large groups' rooms
             except Exception as e:  # the store is away: the client connects and syncs later
                 log.warning("inbox of user %d unavailable at auth: %s", ident.mid, e)
         return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform, inbox_seq,
-                         rooms=getattr(ident, "rooms", ()))
+                         rooms=rooms)
 
     async def disconnect(self, server: str, conn_id: int, mid: int) -> None:
         self.counters["disconnects"] += 1

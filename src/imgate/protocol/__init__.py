@@ -10,10 +10,12 @@ core and the generated protobuf code.
 
 from imgate.protocol import imgate_pb2 as pb
 from imgate.protocol.envelope import envelope, push_reply
-from imgate.protocol.jobs import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob, decode_job, encode_job
+from imgate.protocol.jobs import (
+    IM_ROOM_PREFIX, KIND_ALL, KIND_CONNS, KIND_JOIN, KIND_LEAVE, KIND_ROOM, PushJob, decode_job, encode_job,
+)
 from imgate.protocol.notices import notice
 
 __all__ = [
-    "KIND_ALL", "KIND_CONNS", "KIND_ROOM", "PushJob", "decode_job", "encode_job", "envelope", "notice", "pb",
+    "IM_ROOM_PREFIX", "KIND_ALL", "KIND_CONNS", "KIND_JOIN", "KIND_LEAVE", "KIND_ROOM", "PushJob", "decode_job", "encode_job", "envelope", "notice", "pb",
     "push_reply",
 ]

@@ -12,6 +12,10 @@ from imgate.protocol import imgate_pb2 as pb
 KIND_CONNS = "conns"  # to connections on one proxy (logic resolved keys/mids to servers)
 KIND_ROOM = "room"    # to every member of a room, on every proxy that has it
 KIND_ALL = "all"      # to every connection
+KIND_JOIN = "join"    # connections on one proxy join room_id (the IM service: a large group's members)
+KIND_LEAVE = "leave"  # connections on one proxy leave room_id
+# rooms of this kind are joined and left by the server only (imgate.im: "im://g:G" of group G)
+IM_ROOM_PREFIX = "im://"
 
 
 @dataclass(slots=True)
@@ -19,21 +23,21 @@ class PushJob:
     kind: str
     op: int
     body: bytes
-    server: str = ""                                  # KIND_CONNS: the proxy holding the conns
-    conn_ids: list[int] = field(default_factory=list)  # KIND_CONNS
-    room_id: str = ""                                 # KIND_ROOM
+    server: str = ""                                  # KIND_CONNS/JOIN/LEAVE: the proxy holding the conns
+    conn_ids: list[int] = field(default_factory=list)  # KIND_CONNS/JOIN/LEAVE
+    room_id: str = ""                                 # KIND_ROOM/JOIN/LEAVE
     speed: int = 0                                    # KIND_ALL: connections per second, 0 = unlimited
 
     def ordering_key(self) -> str:
         """Jobs with the same key must be delivered in order (one user's or one room's pushes)."""
         if self.kind == KIND_ROOM:
             return "room:" + self.room_id
-        if self.kind == KIND_CONNS:
+        if self.kind in (KIND_CONNS, KIND_JOIN, KIND_LEAVE):
             return "server:" + self.server
         return "all"
 
 
-_KINDS = (KIND_CONNS, KIND_ROOM, KIND_ALL)
+_KINDS = (KIND_CONNS, KIND_ROOM, KIND_ALL, KIND_JOIN, KIND_LEAVE)
 
 
 def encode_job(job: PushJob) -> bytes:

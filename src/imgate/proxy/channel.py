@@ -6,6 +6,7 @@ import socket
 
 from imgate.auth import MAX_ROOM_ID_LEN
 from imgate.core import encode_ws_frame
+from imgate.protocol.jobs import IM_ROOM_PREFIX
 
 WS_BINARY = 2
 
@@ -33,6 +34,8 @@ def room_of(body: bytes) -> tuple[str, str]:
     if room and not valid_room_id(room):
         shown = room if len(room) <= 40 else room[:37] + "..."
         return "", f"room id must look like type://id, got {shown!r}"
+    if room.startswith(IM_ROOM_PREFIX):  # a group's: membership decides, not the client
+        return "", f"rooms {IM_ROOM_PREFIX}... are joined by the IM service for a group's members only"
     return room, ""
 
 

@@ -9,10 +9,13 @@ were accepted, whatever the mix.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from imgate.core import encode_frame
 from imgate.protocol.interfaces import ProxyAPI
 from imgate.proxy.channel import S_OPEN
+
+log = logging.getLogger("imgate.proxy")
 
 
 class Delivery(ProxyAPI):
@@ -33,6 +36,36 @@ class Delivery(ProxyAPI):
         n = self.table.send_many(chs, encode_frame(op, 0, body), op)
         self.stats_counters["drops"] += len(chs) - n
         return n
+
+    def join_conns_nowait(self, conn_ids: list[int], room_id: str) -> int:
+        """Connections of this proxy join a room (the IM service: a large group's members); one that
+        already has max_rooms_per_conn rooms is skipped (it learns the group's news from SYNC)."""
+        n = 0
+        for cid in conn_ids:
+            ch = self._by_conn_id.get(cid)
+            if ch is None:
+                continue
+            try:
+                self.table.join(ch, room_id)
+                n += 1
+            except ValueError as e:
+                log.warning("conn %s could not join %s: %s", cid, room_id, e)
+        return n
+
+    def leave_conns_nowait(self, conn_ids: list[int], room_id: str) -> int:
+        n = 0
+        for cid in conn_ids:
+            ch = self._by_conn_id.get(cid)
+            if ch is not None:
+                self.table.leave(ch, room_id)
+                n += 1
+        return n
+
+    async def join_conns(self, conn_ids: list[int], room_id: str) -> int:
+        return self.join_conns_nowait(conn_ids, room_id)
+
+    async def leave_conns(self, conn_ids: list[int], room_id: str) -> int:
+        return self.leave_conns_nowait(conn_ids, room_id)
 
     def push_room_nowait(self, room_id: str, op: int, body: bytes) -> int:
         """Room broadcast. Pushes to one room within an event-loop iteration (or the merge window)

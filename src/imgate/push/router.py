@@ -21,7 +21,7 @@ import asyncio
 import logging
 
 from imgate.core import encode_frame
-from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
+from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_JOIN, KIND_LEAVE, KIND_ROOM, PushJob
 from imgate.protocol.interfaces import ProxyAPI
 
 log = logging.getLogger("imgate.push")
@@ -30,6 +30,8 @@ log = logging.getLogger("imgate.push")
 CONNS = ("push_conns", "push_conns_nowait")           # args: conn_ids, op, body
 ROOM = ("push_room_batch", "push_room_batch_nowait")  # args: room_id, frames (encoded, back to back)
 ALL = ("push_all", "push_all_nowait")                 # args: op, body, speed
+JOIN = ("join_conns", "join_conns_nowait")            # args: conn_ids, room_id
+LEAVE = ("leave_conns", "leave_conns_nowait")         # args: conn_ids, room_id
 
 
 class PushRouter:
@@ -66,6 +68,12 @@ class PushRouter:
                             continue
                         calls.setdefault(sid, []).append((ROOM, args))
                 args[1].append(encode_frame(job.op, 0, job.body))
+            elif kind == KIND_JOIN or kind == KIND_LEAVE:  # in order with the server's other jobs
+                if job.server in self.proxies:
+                    calls.setdefault(job.server, []).append((JOIN if kind == KIND_JOIN else LEAVE,
+                                                             (job.conn_ids, job.room_id)))
+                else:
+                    self._unknown(job)
             elif kind == KIND_ALL:
                 for sid in self.proxies:
                     calls.setdefault(sid, []).append((ALL, (job.op, job.body, job.speed)))
