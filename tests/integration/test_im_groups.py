@@ -267,12 +267,16 @@ def test_kill_during_a_switch_to_read_mode(serve):
             assert group_gseqs(await inbox(proc, u), g) == list(range(1, 34)), u
         for u in range(51, 71):
             assert group_gseqs(await inbox(proc, u), g) == [32, 33], u
-        c = await connect(proc, 60)
+        c, other = await connect(proc, 60), await connect(proc, 61, "ws")
         await c.send_group(g, "after the restart")  # read mode: the timeline only
+        # the restarted node knows there are read-mode groups: the auth put both in the group's room
+        for conn in (c, other):
+            assert [(m["seq"], m["gseq"]) for m in await pushed(conn)] == [(0, 34)]
         pulled = await c.group_pull(g, 0)
         assert [m["gseq"] for m in pulled["msgs"]] == [32, 33, 34]
         assert group_gseqs(await inbox(proc, 60), g) == [32, 33]
-        await c.close()
+        for conn in (c, other):
+            await conn.close()
 
     run(after())
     assert left == 33, left  # the creation, 30 messages, the member and the mode messages

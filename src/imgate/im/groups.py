@@ -51,11 +51,13 @@ class GroupsMixin:
     def _groups_init(self, groups: GroupLimits | None, consumer: bool) -> None:
         self.groups = groups or GroupLimits()
         self.run_consumer = consumer
+        self._any_read_mode = True  # until the store says none is: then auths skip the room lookup
         self._fanout_wake = asyncio.Event()
         self._consumer: asyncio.Task | None = None
         self.counters.update({"fanout_jobs": 0, "fanout_entries": 0})
 
-    def _start_consumer(self) -> None:
+    async def _start_groups(self) -> None:
+        self._any_read_mode = await self.store.has_read_groups()
         if self.run_consumer:
             self._consumer = asyncio.get_running_loop().create_task(self._consume())
 
@@ -132,7 +134,7 @@ class GroupsMixin:
 
     async def group_rooms(self, uid: int) -> list:
         """The rooms a new connection of ``uid`` joins at auth: those of its read-mode groups."""
-        if uid < 1:
+        if uid < 1 or not self._any_read_mode:
             return []
         return [group_room(g["group"]) for g in await self.store.read_groups(uid) if g["mode"] == "read"]
 
@@ -146,6 +148,7 @@ class GroupsMixin:
         gid, stored = await self.store.create_group(owner, name, members, self.groups)
         await self._after_group_store(stored, None)
         if stored.job is None:  # large at once: read mode
+            self._any_read_mode = True
             await self._rooms(gid, KIND_JOIN, set(members) | {owner})
         return {"group": gid}
 
@@ -155,6 +158,8 @@ class GroupsMixin:
         admins = _uids(body, "admins", self.groups.max_members)
         count, mode, stored, switched = await self.store.change_members(group, actor, add, remove, admins,
                                                                          self.groups)
+        if mode == "read":
+            self._any_read_mode = True
         # rooms first: in read mode the announcement goes through the room, to the new members too
         if mode == "read" and switched:
             await self._rooms(group, KIND_JOIN, await self.store.group_members(group, 1 << 62))

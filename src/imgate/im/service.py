@@ -104,7 +104,7 @@ class ImService(GroupsMixin):
 
     async def start(self) -> None:
         self._resender = asyncio.get_running_loop().create_task(self._resend_loop())
-        self._start_consumer()
+        await self._start_groups()
 
     async def stop(self) -> None:
         if self._resender is not None:

@@ -233,5 +233,9 @@ class GroupsMixin:
     async def group_ack(self, uid: int, group: int, gseq: int) -> int:
         return await self._write(self._group_ack, uid, group, gseq)
 
+    async def has_read_groups(self) -> bool:
+        return await self._read(lambda: self._reader().execute(
+            "SELECT 1 FROM groups WHERE mode = 'read' LIMIT 1").fetchone() is not None)
+
     async def read_groups(self, uid: int) -> list:
         return await self._read(self._read_groups_now, uid)

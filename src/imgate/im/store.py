@@ -188,6 +188,11 @@ class MessageStore(ABC):
         """Move the member's read position up to ``gseq`` (never back); the position after."""
 
     @abstractmethod
+    async def has_read_groups(self) -> bool:
+        """Whether any group is in read mode (read once at start: while none is, an auth needs no
+        lookup of the user's group rooms)."""
+
+    @abstractmethod
     async def read_groups(self, uid: int) -> list:
         """``[{"group", "max_gseq", "cursor", "mode"}]``: the member's groups with messages in their
         timeline only: read mode, or back in write mode with read-mode messages (``max_gseq`` is the
