@@ -209,3 +209,66 @@ def test_read_mode_goes_through_the_group_room(tmp_path):
         await svc.store.close()
 
     run(go())
+
+
+def expected_inboxes(timeline: list, creation_mode: str) -> dict:
+    """Reference model from the group's timeline (gseq order): uid -> the gseqs its inbox must hold.
+    A message is fanned out in the mode in force when it was stored (a ``mode`` message changes it
+    for the messages after it, and is itself always fanned out) to the members of that moment; a
+    ``member`` message also to the users it adds, and in write mode to those it removes."""
+    mode, members, out = creation_mode, set(), {}
+    for m in timeline:
+        c = m["content"]
+        if m["type"] == "member":
+            before = set(members)
+            members = (members | set(c["add"])) - set(c["remove"])
+            told = before | set(c["add"]) | (set(c["remove"]) if mode == "write" else set())
+            fanned = mode == "write"
+        elif m["type"] == "mode":
+            told, fanned = set(members), True
+            mode = c["mode"]
+        else:
+            told, fanned = set(members), mode == "write"
+        if fanned:
+            for u in told:
+                out.setdefault(u, []).append(m["gseq"])
+    return out
+
+
+def test_switches_both_ways_with_messages_in_flight(tmp_path):
+    """Sends from many members race membership changes that switch the mode up and down; afterwards
+    every inbox is gapless and holds exactly what the reference model derives from the timeline."""
+    async def go():
+        svc, _ = await started(tmp_path, GroupLimits(max_members=100, write_limit=8, hysteresis=2))
+        g = (await svc.create_group(1, {"members": [2, 3, 4, 5]}))["group"]
+        users = list(range(1, 21))
+
+        async def sender(u):
+            for i in range(15):
+                try:
+                    await svc.send(u, {"cmid": f"{u}-{i}", "group": g, "content": i})
+                except ImError as e:
+                    assert e.code == 403  # not a member at that moment
+                await asyncio.sleep(0)
+
+        async def changer():
+            for step in range(6):
+                grow = step % 2 == 0
+                await svc.change_members(g, None, {"add": list(range(6, 14))} if grow else {"remove": list(range(6, 14))})
+                await asyncio.sleep(0.005)
+
+        await asyncio.gather(changer(), *(sender(u) for u in users))
+        await drained(svc)
+        timeline = json.loads(await svc.group_pull(1, {"group": g, "after": 0, "limit": 1000}))["msgs"]
+        assert [m["gseq"] for m in timeline] == list(range(1, len(timeline) + 1))
+        modes = [m["content"]["mode"] for m in timeline if m["type"] == "mode"]
+        assert modes == ["read", "write"] * 3, modes
+        want = expected_inboxes(timeline, "write")
+        for u in users:
+            got = await inbox_group_gseqs(svc, u, g)
+            assert got == want.get(u, []), (u, got, [(m["gseq"], m["type"], m["from"], m["content"]) for m in timeline
+                                                     if m["gseq"] in set(got) ^ set(want.get(u, []))])
+        await svc.stop()
+        await svc.store.close()
+
+    run(go())

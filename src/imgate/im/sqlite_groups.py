@@ -122,7 +122,7 @@ class GroupsMixin:
         new_mode = limits.mode(mode, new_count)
         if new_mode != mode:
             conn.execute("UPDATE groups SET mode = ? WHERE id = ?", (new_mode, group))
-            members = sorted(old | set(added) - set(removed))
+            members = sorted((old | set(added)) - set(removed))
             # announced in both modes' terms: the old mode's members get it as their last fan-out
             # fanned out either way: every member learns of the switch in its inbox
             switch = self._system_message(conn, group, by, "mode", {"mode": new_mode, "members": new_count},
