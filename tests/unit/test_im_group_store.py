@@ -272,3 +272,23 @@ def test_switches_both_ways_with_messages_in_flight(tmp_path):
         await svc.store.close()
 
     run(go())
+
+
+def test_group_unread_counts_and_read_position(tmp_path):
+    async def go():
+        svc, _ = await started(tmp_path)
+        g = (await svc.create_group(1, {"members": [2]}))["group"]
+        for i in range(3):
+            await svc.send(1, {"cmid": f"u{i}", "group": g, "content": i})
+        await drained(svc)
+        [conv] = json.loads(await svc.conversations(2, 10))
+        assert (conv["conv"], conv["peer"], conv["unread"]) == (f"g:{g}", g, 4)  # the member msg and 3
+        assert (await svc.read(2, {"conv": f"g:{g}", "seq": 2})) == {"conv": f"g:{g}", "seq": 2}
+        [conv] = json.loads(await svc.conversations(2, 10))
+        assert (conv["unread"], conv["read_seq"]) == (2, 2)
+        with pytest.raises(ImError):
+            await svc.read(3, {"conv": f"g:{g}", "seq": 0})  # no such conversation for 3
+        await svc.stop()
+        await svc.store.close()
+
+    run(go())

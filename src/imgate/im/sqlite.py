@@ -328,7 +328,8 @@ class SqliteStore(GroupsMixin, MessageStore):
 
     def _mark_read(self, conn: sqlite3.Connection, uid: int, conv: str, seq: int) -> ReadResult:
         members = conv_members(conv)
-        if members is None or uid not in members:
+        group = conv.startswith("g:")  # its conversation row exists if the user has entries of it
+        if not group and (members is None or uid not in members):
             raise ImError(E_BAD_REQUEST, f"conv {conv!r} is not a conversation of user {uid}")
         user = conn.execute("SELECT max_seq FROM users WHERE uid = ?", (uid,)).fetchone()
         max_seq = user[0] if user else 0
@@ -345,6 +346,8 @@ class SqliteStore(GroupsMixin, MessageStore):
                               (uid, conv, seq)).fetchone()[0]
         conn.execute("UPDATE conversations SET read_seq = ?, unread = ? WHERE owner = ? AND conv = ?",
                      (seq, unread, uid, conv))
+        if group:  # no read notice to a whole group: the reader's position and unread count only
+            return ReadResult(seq, None, peer)
         last = conn.execute("SELECT msg_id FROM inbox WHERE owner = ? AND conv = ? AND seq <= ? ORDER BY seq DESC"
                             " LIMIT 1", (uid, conv, seq)).fetchone()
         content = json.dumps({"reader": uid, "seq": seq, "msg_id": str(last[0]) if last else None},
