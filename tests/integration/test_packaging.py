@@ -44,7 +44,8 @@ def test_wheel_contents(wheel):
     # what a module cimporting imgate.core needs: the contract and the headers its .pxd files extern
     assert {"imgate/core.pxd", "imgate/_core/includes/imgate_ws.h", "imgate/_core/includes/imgate_debug.h"} <= names
     # the HTTP API's compiled modules and push route
-    http = ("http/_request", "http/_reply", "http/_plain", "http/_dispatch", "http/_protocol")
+    http = ("http/_request", "http/_reply", "http/_plain", "http/_dispatch", "http/_httptools",
+            "http/_protocol")
     for mod in http + ("logic/_push_routes",):
         assert any(n.startswith(f"imgate/{mod}.") and n.endswith(".so") for n in names), mod
         assert f"imgate/{mod}.pyi" in names

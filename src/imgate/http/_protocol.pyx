@@ -1,8 +1,8 @@
 """The HTTP/1.1 connection of imgate.http.server, compiled: the per-request path of the logic API.
 
 Plain requests (what programs send) are parsed by ``_plain.pyx``; anything else goes to httptools
-(llhttp), whose callbacks land in this extension type, so the request head is collected without
-interpreted code either way. Then, per request:
+(llhttp), whose callbacks (``_httptools.pyx``, this type's base) collect it, so the request head is
+collected without interpreted code either way. Then, per request:
 
 - a handler is started at once when nothing is ahead of it on the connection (``_dispatch.pyx``);
   when it waits, it is handed to a task (``Resume``), and the requests behind it queue up and are
@@ -21,14 +21,14 @@ from imgate._core.includes.system cimport (
     send, MSG_DONTWAIT, MSG_NOSIGNAL, errno, EAGAIN, EWOULDBLOCK, EINTR,
 )
 from imgate.http._dispatch cimport Dispatcher, Resume
-from imgate.http._plain cimport parse_plain, plain_target
+from imgate.http._httptools cimport HttptoolsCallbacks
+from imgate.http._plain cimport parse_plain
 from imgate.http._reply cimport encode_response
 from imgate.http._request cimport Request
 
 import asyncio
 import logging
 from collections import deque
-from urllib.parse import unquote
 
 import httptools
 
@@ -51,8 +51,6 @@ DEF LINGER = 2.0
 cdef object _HttpParserCallbackError = httptools.HttpParserCallbackError
 cdef object _HttpParserUpgrade = httptools.HttpParserUpgrade
 cdef object _HttpParserError = httptools.HttpParserError
-cdef object _HttpParserInvalidURLError = httptools.HttpParserInvalidURLError
-cdef object _parse_url = httptools.parse_url
 cdef object _CancelledError = asyncio.CancelledError
 
 
@@ -73,15 +71,13 @@ class _Abort(Exception):
 
 
 @cython.final
-cdef class HttpProtocol:
+cdef class HttpProtocol(HttptoolsCallbacks):
     """One HTTP connection of an :class:`imgate.http.server.HttpServer` (an ``asyncio.Protocol``)."""
 
     cdef object server
     cdef Dispatcher dispatch     # runs the handlers, counts the answers
     cdef object loop
     cdef object transport
-    cdef object parser
-    cdef object remote
     cdef object queue            # deque of Request | _Failure waiting behind the worker
     cdef object worker           # the task answering requests that had to wait, or None
     cdef object drain_waiter
@@ -92,19 +88,6 @@ cdef class HttpProtocol:
     cdef bint pipeline_paused
     cdef bint write_paused
     cdef double last_activity
-    cdef Py_ssize_t max_body
-    cdef Py_ssize_t max_header_bytes
-    # the message being parsed
-    cdef bytes _url
-    cdef dict _headers
-    cdef list _body
-    cdef Py_ssize_t _body_len
-    cdef bint _in_head
-    cdef Py_ssize_t _head_bytes
-    cdef Py_ssize_t _head_chunk_bytes
-    cdef Py_ssize_t _messages_begun
-    cdef Py_ssize_t _messages_done
-    cdef bint _keep_alive
     cdef bint _plain_ok          # the plain-request fast path is on (HttpServer(fast_path=...))
     # replies made while a chunk of input is parsed, written together at its end
     cdef bint _feeding
@@ -139,16 +122,6 @@ cdef class HttpProtocol:
         self._messages_begun = 0
         self._messages_done = 0
         self._plain_ok = getattr(server, "fast_path", True)
-
-    cdef void _reset_message(self):
-        self._url = None
-        self._headers = {}
-        self._body = []
-        self._body_len = 0
-        self._in_head = False
-        self._head_bytes = 0
-        self._head_chunk_bytes = 0
-        self._keep_alive = True
 
     # -- asyncio.Protocol
 
@@ -275,87 +248,7 @@ cdef class HttpProtocol:
             pos = end
         return pos
 
-    # -- httptools callbacks
-
-    def on_message_begin(self):
-        self._messages_begun += 1
-        self._reset_message()
-        self._in_head = True
-
-    def on_url(self, bytes url):
-        self._url = url if self._url is None else self._url + url
-        self._head_bytes += len(url)
-        self._check_head_size(True)
-
-    def on_header(self, bytes name, bytes value):
-        self._head_bytes += len(name) + len(value) + 4
-        self._check_head_size(True)
-        key = name.decode("latin-1").lower()
-        val = value.decode("latin-1")
-        prev = self._headers.get(key)
-        self._headers[key] = val if prev is None else f"{prev}, {val}"
-
-    def on_headers_complete(self):
-        self._in_head = False
-        self._keep_alive = self.parser.should_keep_alive()
-        cl = self._headers.get("content-length")
-        if cl is not None:
-            try:
-                n = int(cl)
-            except ValueError:
-                self._fail(400, "malformed HTTP request", True)
-            if n > self.max_body:
-                self._fail(413, f"request body exceeds {self.max_body} bytes", True)
-        expect = self._headers.get("expect")
-        if expect is not None and expect.lower() == "100-continue":
-            # Answer the interim response only when nothing else is owed on this connection,
-            # so that it cannot be taken for the reply to an earlier pipelined request.
-            if not self.queue and self.worker is None and self.transport is not None:
-                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                self._flush_out()
-
-    def on_body(self, bytes body):
-        self._body_len += len(body)
-        if self._body_len > self.max_body:
-            self._fail(413, f"request body exceeds {self.max_body} bytes", True)
-        self._body.append(body)
-
-    def on_message_complete(self):
-        cdef bytes url = self._url if self._url is not None else b""
-        cdef str path, query
-        cdef Request req
-        if plain_target(url):
-            # "/path?query" of printable ASCII without escapes: split here, no URL parser needed
-            q = url.find(b"?")
-            if q < 0:
-                path = url.decode("ascii")
-                query = ""
-            else:
-                path = url[:q].decode("ascii")
-                query = url[q + 1:].decode("ascii")
-        else:
-            try:
-                parsed = _parse_url(url)
-            except _HttpParserInvalidURLError:
-                self._fail(400, f"malformed request target {url[:200].decode('latin-1')!r}", True)
-            path = unquote((parsed.path or b"/").decode("latin-1"), encoding="utf-8", errors="replace")
-            query = (parsed.query or b"").decode("latin-1")
-        body = self._body
-        req = Request(
-            self.parser.get_method().decode("latin-1"),
-            path,
-            query,
-            self._headers,
-            body[0] if len(body) == 1 else b"".join(body),
-            self.remote,
-            self.parser.get_http_version(),
-            self._keep_alive,
-        )
-        if self.parser.should_upgrade():
-            req.keep_alive = False  # answered, then the connection closes: what follows is not HTTP
-        self._reset_message()
-        self._messages_done += 1
-        self._received(req)
+    # -- a whole request, plain or by httptools
 
     cdef void _received(self, Request req) except *:
         """A whole request: answer it now when nothing is ahead of it, else queue it."""
@@ -372,6 +265,13 @@ cdef class HttpProtocol:
             self.pipeline_paused = True
             self.transport.pause_reading()
         self._ensure_worker()
+
+    cdef void _continue(self) except *:
+        # the interim response only when nothing else is owed on this connection, so that it cannot
+        # be taken for the reply to an earlier pipelined request
+        if not self.queue and self.worker is None and self.transport is not None:
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._flush_out()
 
     # -- answering
 
@@ -479,11 +379,6 @@ cdef class HttpProtocol:
             self.worker = None
 
     # -- helpers
-
-    cdef void _check_head_size(self, bint raise_) except *:
-        cdef Py_ssize_t limit = self.max_header_bytes
-        if self._head_bytes > limit or self._head_chunk_bytes > limit:
-            self._fail(431, f"request header section exceeds {limit} bytes", raise_)
 
     cdef void _fail(self, int status, str message, bint raise_=False) except *:
         if not self.stopped:
