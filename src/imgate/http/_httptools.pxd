@@ -23,7 +23,8 @@ cdef class HttptoolsCallbacks:
 
     cdef void _reset_message(self)
     cdef void _check_head_size(self, bint raise_) except *
-    # the connection's: a whole request; an error to answer (raise_: stop the parser too); Expect: 100-continue
+    # the connection's: a whole request; an error to answer (raise_: stop the parser too); the
+    # interim reply to Expect: 100-continue
     cdef void _received(self, Request req) except *
     cdef void _fail(self, int status, str message, bint raise_=*) except *
     cdef void _continue(self) except *

@@ -193,7 +193,7 @@ cdef class HttpProtocol(HttptoolsCallbacks):
         except _HttpParserUpgrade:
             # An Upgrade request (for instance a WebSocket handshake sent to the API port): it is
             # answered like any request, then the connection closes; bytes after it are not HTTP.
-            # (one answered at once already closed the connection: see on_message_complete)
+            # (one answered at once already closed the connection: see on_message_complete, _httptools.pyx)
             last = self.queue[len(self.queue) - 1] if self.queue else None
             if isinstance(last, Request):
                 (<Request>last).keep_alive = False
