@@ -143,6 +143,9 @@ REPLAYS = [
     ("POST", "/goim/push/room", "operation=1000&type=%1F&room=1", None, REFUSE),
     ("POST", "/goim/push/keys", "operation=1000&keys=%C2%85,%20", None, REFUSE),
     ("POST", "/goim/push/room", "operation=1000&type=live&room=%EF%BB%BF", None, ACCEPT),   # U+FEFF is not blank
+    # /count: an enum in the document, blanks stripped by the handler
+    ("GET", "/count", "type=%20room%09", None, ACCEPT),
+    ("GET", "/count", "type=rooms", None, REFUSE),
     # /im/send's body: content null, cmid "~...", type "read" or "" were valid per the document
     ("POST", "/im/send", "uid=1", {"cmid": "r1", "to": 2, "content": None}, REFUSE),
     ("POST", "/im/send", "uid=1", {"cmid": "~r2", "to": 2, "content": "x"}, REFUSE),

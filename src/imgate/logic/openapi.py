@@ -178,7 +178,8 @@ _PATHS: dict[str, dict] = {
     "/count": _get(
         "query",
         "Online counts per room or per server",
-        [_query("type", "What to count by.", {"type": "string", "enum": ["room", "server"]})],
+        [_query("type", "What to count by: `room` or `server` (blanks around it are ignored).",
+                {"type": "string", "pattern": f"^[{_BLANKS}]*(room|server)[{_BLANKS}]*$"}, example="room")],
         {"type": "object", "additionalProperties": {"type": "integer"}, "description": "room id or server id -> count"},
     ),
     "/room": _get(
