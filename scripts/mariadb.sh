@@ -198,8 +198,9 @@ start_galera() {
     local live="$b/n1"; [ -n "$up1" ] || live="$b/n2"
     if [ -z "$upg" ]; then
         local before; before="$(status_var "$live" wsrep_cluster_size)"
-        launch "$b/garbd.pid" "$b/garbd.out" garbd --address "$gcomm" --group imgate \
-            --options "gmcast.listen_addr=tcp://127.0.0.1:$g3;$EVS" --log "$b/garbd.log"
+        # (in its dir: garbd writes its gvwstate.dat into the working directory)
+        ( cd "$b" && launch "$b/garbd.pid" "$b/garbd.out" garbd --address "$gcomm" --group imgate \
+            --options "gmcast.listen_addr=tcp://127.0.0.1:$g3;$EVS" --log "$b/garbd.log" )
         # joins in parallel churn for seconds: let garbd in first
         local deadline=$((SECONDS + MARIADB_START_TIMEOUT))
         until [ "$(status_var "$live" wsrep_cluster_size)" -gt "${before:-0}" ] 2>/dev/null; do
