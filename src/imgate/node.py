@@ -119,11 +119,19 @@ class Node:
     def _make_im(self) -> None:
         """The IM service and its embedded store (<data_dir>/im.db), plugged into logic."""
         cfg = self.config
-        self.im_store = SqliteStore(
-            Path(cfg.data_dir) / "im.db", synchronous=cfg.im_sync, busy_timeout=cfg.im_busy_timeout,
-            batch_max=cfg.im_batch_max, max_queue=cfg.im_max_queue, retention_days=cfg.im_retention_days,
-            retention_entries=cfg.im_retention_entries, prune_interval=cfg.im_prune_interval,
-            max_bytes=cfg.im_max_bytes)
+        if cfg.im_store == "mariadb":
+            from imgate.im.mysql import MariaDbStore  # needs the cluster extra (asyncmy)
+            self.im_store = MariaDbStore(
+                cfg.mariadb_addrs, user=cfg.mariadb_user, password=cfg.mariadb_password,
+                database=cfg.mariadb_database, pool_size=cfg.mariadb_pool,
+                failover_timeout=cfg.mariadb_failover_timeout, retention_days=cfg.im_retention_days,
+                retention_entries=cfg.im_retention_entries, prune_interval=cfg.im_prune_interval)
+        else:
+            self.im_store = SqliteStore(
+                Path(cfg.data_dir) / "im.db", synchronous=cfg.im_sync, busy_timeout=cfg.im_busy_timeout,
+                batch_max=cfg.im_batch_max, max_queue=cfg.im_max_queue, retention_days=cfg.im_retention_days,
+                retention_entries=cfg.im_retention_entries, prune_interval=cfg.im_prune_interval,
+                max_bytes=cfg.im_max_bytes)
         self.im = ImService(self.im_store, self.cache, self.bus, max_message_bytes=cfg.max_message_bytes,
                             ack_timeout=cfg.ack_timeout, ack_retries=cfg.ack_retries,
                             max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit)

@@ -190,3 +190,29 @@ def test_one_node_killed_mid_stream_loses_nothing_and_sends_resume(galera_proces
 
 def test_session_pair_is_whole(galera_process):
     assert galera().running and galera_process.member_pid("n1") and galera_process.member_pid("n2")
+
+
+def test_two_nodes_share_the_store_through_the_http_api(backend, mariadb_addrs):
+    """`imgate serve` with im_store = "mariadb": a message sent through one node's /im/send (on n1) is
+    synced through another node's /im/sync (on n2), and a resend through the other node is the same one."""
+    from nodeutil import NodeThread
+
+    run(backend.open())  # a fresh database with its tables
+    common = dict(im_store="mariadb", mariadb_user="test", mariadb_database=backend.db)
+    a = NodeThread(mariadb_addrs=list(mariadb_addrs), **common).start()
+    b = NodeThread(mariadb_addrs=list(reversed(mariadb_addrs)), server_id="test-node-b", **common).start()
+    try:
+        b.call(b.node.im_store.open_inbox(2))
+        body = json.dumps({"cmid": "c1", "to": 2, "content": {"text": "hi"}}).encode()
+        status, sent = a.http("POST", "/im/send?uid=1", body)
+        assert status == 200 and sent["code"] == 0, sent
+        status, page = b.http("GET", "/im/sync?uid=2&after=0&limit=10")
+        assert status == 200, page
+        msgs = page["data"]["msgs"]
+        assert [(m["from"], m["seq"], m["content"], m["msg_id"]) for m in msgs] == \
+               [(1, 1, {"text": "hi"}, sent["data"]["msg_id"])]
+        status, again = b.http("POST", "/im/send?uid=1", body)
+        assert status == 200 and again["data"] == sent["data"]
+    finally:
+        a.stop()
+        b.stop()
