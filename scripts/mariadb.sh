@@ -82,6 +82,8 @@ launch() {  # launch PIDFILE OUTFILE CMD... : own session, pid into PIDFILE
 
 as_root() { [ "$(id -u)" -eq 0 ]; }
 
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 query() {  # query NODEDIR SQL : one value, empty when the node does not answer
     mariadb -S "$1/mysqld.sock" -utest -N -B -e "$2" 2>/dev/null || true
 }
@@ -147,7 +149,10 @@ start_mariadbd() {  # start_mariadbd NODEDIR NAME ARGS...
 
 base_dir() {  # base_dir DIR SUB : absolute DIR/SUB, traversable by the mysql user
     mkdir -p "$1/$2"
-    chmod a+x "$1"
+    chmod a+x "$1" "$1/$2"
+    if as_root && have runuser && ! runuser -u mysql -- test -x "$1/$2"; then
+        die "user mysql (mariadbd's) cannot reach $1/$2: a parent directory is closed to it; use another DIR"
+    fi
     (cd "$1/$2" && pwd)
 }
 
@@ -156,6 +161,7 @@ start_single() {
     local port="$1" b; b="$(base_dir "$2" mariadb)"
     have mariadbd || die "mariadbd is missing: run scripts/mariadb.sh install"
     if pid_alive "$b/mariadb.pid" mariadbd; then say "already running on 127.0.0.1:$(cat "$b/port")"; return 0; fi
+    if port_open "$port"; then die "127.0.0.1:$port is already in use"; fi
     echo "$port" >"$b/port"
     write_cnf "$b" "$port"
     [ -d "$b/data/mysql" ] || init_datadir "$b"
@@ -186,7 +192,10 @@ start_galera() {
     pid_alive "$b/n1/n1.pid" mariadbd && up1=1
     pid_alive "$b/n2/n2.pid" mariadbd && up2=1
     pid_alive "$b/garbd.pid" garbd && upg=1
-    local t0=$SECONDS
+    local t0=$SECONDS p
+    for p in $([ -n "$up1" ] || echo "$p1 $g1") $([ -n "$up2" ] || echo "$p2 $g2") $([ -n "$upg" ] || echo "$g3"); do
+        if port_open "$p"; then die "127.0.0.1:$p is already in use"; fi
+    done
     if [ -z "$up1" ] && [ -z "$up2" ]; then
         # n1 founds the group: from a fresh datadir, or from its own data (a test pair: no quorum to ask)
         [ -d "$b/n1/data/mysql" ] || init_datadir "$b/n1"

@@ -374,6 +374,7 @@ stop() {
     if [ $# -eq 2 ]; then stop_one "$1" "$2"; return; fi
     stop_one "$1" kafka
     stop_one "$1" redis
+    if [ -d "$1/galera" ] || [ -d "$1/mariadb" ]; then bash "$ROOT/scripts/mariadb.sh" stop "$1"; fi
 }
 
 status() {

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -216,3 +220,37 @@ def test_two_nodes_share_the_store_through_the_http_api(backend, mariadb_addrs):
     finally:
         a.stop()
         b.stop()
+
+
+def test_one_plain_server_and_the_script_that_runs_it():
+    """`services.sh start-mariadb` (one node, no Galera): the store works there too; a busy port is
+    refused clearly; `stop` ends it."""
+    from services import ServiceError, ensure_installed, run_script
+
+    ensure_installed("mariadb")
+    # not pytest's tmp_path: its parents are closed to the mysql user that mariadbd runs as under root
+    tmp_path = Path(tempfile.mkdtemp(prefix="imgate-mariadb-"))
+    port = free_port()
+    run_script("start-mariadb", str(port), str(tmp_path))
+    try:
+        pid = int((tmp_path / "mariadb" / "mariadb.pid").read_text())
+        with pytest.raises(ServiceError, match="already in use"):
+            run_script("start-galera", str(port), str(free_port()), str(tmp_path / "other"))
+        addrs = [f"127.0.0.1:{port}"]
+        create_database(addrs, "plain")
+
+        async def go():
+            store = await opened(addrs, "plain")
+            await store.open_inbox(2)
+            first = await store.send(new_message(1, 2, "a", "x"))
+            assert (await store.send(new_message(1, 2, "a", "x"))).duplicate
+            assert [m["seq"] for m in await all_msgs(store, 2)] == [first.seqs[2]] == [1]
+            await store.close()
+
+        run(go())
+    finally:
+        run_script("stop", str(tmp_path))
+    assert not (tmp_path / "mariadb" / "mariadb.pid").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    shutil.rmtree(tmp_path, ignore_errors=True)
