@@ -3,7 +3,8 @@
 - proxy: client listeners + the RoomTable; talks to logic over RPC (pool, fail-over across
   `logic_addrs`) and serves push's deliveries on its RPC port (`rpc`, default :3109).
 - logic: the HTTP API and the proxies' RPC (`logic_rpc`, default :3119); state in Redis; push jobs to
-  Kafka.
+  Kafka. With ``im_store = "mariadb"`` it also runs the IM service on the shared MariaDB store (any
+  logic can serve any user: the store holds every inbox).
 - push: consumes Kafka, delivers to the proxies named in `proxies` over RPC.
 Every role stops on SIGTERM/SIGINT within its grace period. The clients of Redis and Kafka come with
 ``pip install 'imgate[cluster]'``; a role that needs one that is missing says so before it starts.
@@ -89,7 +90,7 @@ class LogicRole:
         from imgate.logic import Logic
         from imgate.logic.http_api import build_routes
         from imgate.metrics import Metrics
-        from imgate.node import load_or_create_secret
+        from imgate.node import load_or_create_secret, make_im
         from imgate.push.kafka import KafkaBus, ensure_topic
         from imgate.rpc.logic import serve_logic
 
@@ -102,21 +103,35 @@ class LogicRole:
         self.bus = KafkaBus(cfg.kafka, cfg.kafka_topic, timeout=cfg.kafka_timeout, client_id=f"imgate-logic-{cfg.server_id}")
         self.logic = Logic(self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret),
                            session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval)
+        self.im_store = self.im = None
+        if cfg.im and cfg.im_store == "mariadb":  # SQLite is one process's file: no IM on it in a cluster
+            if importlib.util.find_spec("asyncmy") is None:
+                raise ConfigError("im_store = \"mariadb\" needs asyncmy, which is not installed: pip install 'imgate[cluster]'")
+            self.im_store, self.im = make_im(cfg, self.cache, self.bus)
+            await self.im_store.start()
+            await self.im.start()
+            self.logic.im = self.im
         await self.logic.start()
         self.metrics = Metrics()
         self.metrics.add_source(lambda: dict(self.logic.counters))
+        if self.im is not None:
+            self.metrics.add_source(self.im.stats)
         self.http = HttpServer(build_routes(self.logic, metrics=self.metrics), max_body=cfg.max_http_body)
         host, port = cfg.addr("http")
         await self.http.start(host, port)
         host, port = cfg.addr("logic_rpc")
         self.rpc = await serve_logic(self.logic, host, port)
+        store = f", IM store mariadb {','.join(cfg.mariadb_addrs)}" if self.im is not None else ""
         print(f"imgate logic {cfg.server_id} is up: http :{self.http.port}, rpc :{self.rpc.port}, "
-              f"redis {cfg.redis_url}, kafka {cfg.kafka}", flush=True)
+              f"redis {cfg.redis_url}, kafka {cfg.kafka}{store}", flush=True)
 
     async def stop(self) -> None:
         await self.http.stop()
         await self.rpc.stop()
         await self.logic.stop()
+        if self.im is not None:
+            await self.im.stop()
+            await self.im_store.close()
         await self.bus.close()
         await self.cache.close()
 

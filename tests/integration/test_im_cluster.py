@@ -1,0 +1,88 @@
+"""IM in cluster mode: two logic roles running the IM service on the shared MariaDB Galera pair (L1
+writes on n1, L2 on n2), two proxies, push, Redis and Kafka, all real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+import uvloop
+
+pytest.importorskip("asyncmy")
+
+from imgate import client as imclient  # noqa: E402
+from imgate.im.protocol import OP_MSG_PUSH  # noqa: E402
+
+from clusterutil import Cluster  # noqa: E402
+from services import create_database  # noqa: E402
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs):
+    db = f"cl_{uuid.uuid4().hex[:10]}"
+    create_database(mariadb_addrs, db)
+    c = Cluster(tmp_path_factory.mktemp("imcluster"), redis_url, kafka_bootstrap, im_store="mariadb",
+                mariadb_addrs=list(mariadb_addrs), mariadb_user="test", mariadb_database=db)
+    c.procs["L2"].config["mariadb_addrs"] = list(reversed(mariadb_addrs))  # L2 prefers n2
+    try:
+        c.start()
+    except Exception:
+        c.stop()
+        raise
+    yield c
+    c.stop()
+
+
+def run(coro, timeout=90):
+    return uvloop.run(asyncio.wait_for(coro, timeout))
+
+
+async def ahttp(cluster, logic, method, path, body=None):
+    return await asyncio.get_running_loop().run_in_executor(None, cluster.http, logic, method, path, body)
+
+
+async def pushed(client) -> dict:
+    """The next op-24 entry this connection gets."""
+    while True:
+        frame = await client.recv(timeout=30)
+        if frame.op == OP_MSG_PUSH:
+            msgs = json.loads(frame.body)["msgs"]
+            assert len(msgs) == 1
+            return msgs[0]
+
+
+def test_a_message_between_proxies_and_back_through_the_other_logic(cluster):
+    async def go():
+        x = await imclient.connect(cluster.ws_url("A"), mid=7001, heartbeat=None, timeout=15)
+        y = await imclient.connect(cluster.tcp_url("B"), mid=7002, heartbeat=None, timeout=15)
+        try:
+            # X on proxy A -> L1 (n1); Y on proxy B gets it
+            reply = await x.send_message(7002, {"n": 1}, cmid="x1", timeout=15)
+            assert reply["seq"] == 1
+            got = await pushed(y)
+            assert (got["from"], got["seq"], got["content"], got["msg_id"]) == (7001, 1, {"n": 1}, reply["msg_id"])
+            # a backend answers as Y through L2 (n2); X gets it on proxy A
+            body = json.dumps({"cmid": "y1", "to": 7001, "content": "back"}).encode()
+            status, sent = await ahttp(cluster, "L2", "POST", "/im/send?uid=7002", body)
+            assert status == 200 and sent["data"]["seq"] == 2, sent
+            got = await pushed(x)
+            assert (got["from"], got["seq"], got["content"]) == (7002, 2, "back")
+            # a resend of X's message through the other logic is the same message
+            status, again = await ahttp(cluster, "L2", "POST", "/im/send?uid=7001",
+                                        json.dumps({"cmid": "x1", "to": 7002, "content": {"n": 1}}).encode())
+            assert status == 200 and (again["data"]["msg_id"], again["data"]["seq"]) == (reply["msg_id"], 1)
+            # both inboxes, read through either logic, are 1..2 with the same entries
+            page = await x.sync(0, 10, timeout=15)
+            assert [(m["seq"], m["cmid"]) for m in page["msgs"]] == [(1, "x1"), (2, "y1")]
+            for logic in ("L1", "L2"):
+                status, page = await ahttp(cluster, logic, "GET", "/im/sync?uid=7002&after=0&limit=10")
+                assert [(m["seq"], m["cmid"]) for m in page["data"]["msgs"]] == [(1, "x1"), (2, "y1")]
+        finally:
+            await x.close()
+            await y.close()
+
+    run(go())
