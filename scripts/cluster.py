@@ -1,8 +1,10 @@
 """`make cluster`: a whole imgate cluster on loopback, in the foreground; Ctrl-C stops all of it.
 
-Its own Redis (127.0.0.1:16379) and single-node KRaft Kafka (127.0.0.1:19092), two proxies
+Its own Redis (127.0.0.1:16379), single-node KRaft Kafka (127.0.0.1:19092) and MariaDB Galera pair
+(127.0.0.1:13306 and 13307, with garbd; the IM store, user `test`, database `im`), two proxies
 (A: TCP 3101, WS 3102, RPC 3109; B: TCP 4101, WS 4102, RPC 4109), two logic (HTTP 3111 and 4111;
-RPC 3119 and 4119) and one push. State and logs live under .data/cluster/.
+RPC 3119 and 4119; both run the IM service, logic-1 on the first MariaDB node, logic-2 on the second)
+and one push. State and logs live under .data/cluster/.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".data" / "cluster"
 SERVICES = ROOT / "scripts" / "services.sh"
 REDIS, KAFKA, KAFKA_CTRL = 16379, 19092, 19093
+MARIADB = ("127.0.0.1:13306", "127.0.0.1:13307")
 
 
 def main() -> int:
@@ -29,11 +32,15 @@ def main() -> int:
     subprocess.run(["bash", str(SERVICES), "install"], check=True)
     subprocess.run(["bash", str(SERVICES), "start-redis", str(REDIS), str(WORK)], check=True)
     subprocess.run(["bash", str(SERVICES), "start-kafka", str(KAFKA), str(KAFKA_CTRL), str(WORK)], check=True)
+    subprocess.run(["bash", str(SERVICES), "start-galera", *(a.rpartition(":")[2] for a in MARIADB), str(WORK)],
+                   check=True)
     common = dict(redis_url=f"redis://127.0.0.1:{REDIS}/0", kafka=f"127.0.0.1:{KAFKA}", auth="jwt",
-                  data_dir=str(WORK / "data"), logic_addrs=["127.0.0.1:3119", "127.0.0.1:4119"])
+                  data_dir=str(WORK / "data"), logic_addrs=["127.0.0.1:3119", "127.0.0.1:4119"],
+                  im_store="mariadb", mariadb_user="test", mariadb_database="im")
     roles = [
-        ("logic", "logic-1", dict(http="127.0.0.1:3111", logic_rpc="127.0.0.1:3119")),
-        ("logic", "logic-2", dict(http="127.0.0.1:4111", logic_rpc="127.0.0.1:4119")),
+        ("logic", "logic-1", dict(http="127.0.0.1:3111", logic_rpc="127.0.0.1:3119", mariadb_addrs=list(MARIADB))),
+        ("logic", "logic-2", dict(http="127.0.0.1:4111", logic_rpc="127.0.0.1:4119",
+                                  mariadb_addrs=list(reversed(MARIADB)))),
         ("proxy", "A", dict(tcp="127.0.0.1:3101", ws="127.0.0.1:3102", rpc="127.0.0.1:3109")),
         ("proxy", "B", dict(tcp="127.0.0.1:4101", ws="127.0.0.1:4102", rpc="127.0.0.1:4109")),
         ("push", "push-1", dict(proxies={"A": "127.0.0.1:3109", "B": "127.0.0.1:4109"})),
@@ -71,7 +78,7 @@ def main() -> int:
         print("  proxy A   tcp://127.0.0.1:3101  ws://127.0.0.1:3102/sub  rpc :3109", flush=True)
         print("  proxy B   tcp://127.0.0.1:4101  ws://127.0.0.1:4102/sub  rpc :4109", flush=True)
         print("  logic     http://127.0.0.1:3111  http://127.0.0.1:4111", flush=True)
-        print(f"  redis     127.0.0.1:{REDIS}   kafka 127.0.0.1:{KAFKA}", flush=True)
+        print(f"  redis     127.0.0.1:{REDIS}   kafka 127.0.0.1:{KAFKA}   mariadb {' '.join(MARIADB)}", flush=True)
         print(f"  tokens    .venv/bin/imgate token --user ID --data-dir {WORK / 'data'}", flush=True)
         while not stopping:
             for name, p in procs:
