@@ -21,6 +21,7 @@ from im_store_contract import *  # noqa: E402,F401,F403 - the contract's tests, 
 from im_store_contract import StoreBackend, all_msgs, model_test, new_message, run  # noqa: E402
 from imgate.im.mysql import MariaDbStore  # noqa: E402
 from imgate.im.protocol import E_UNAVAILABLE, ImError  # noqa: E402
+from polling import wait_until_async  # noqa: E402
 from services import create_database, free_port, galera  # noqa: E402
 
 test_store_matches_the_model = model_test(25)  # every example makes a database: fewer than SQLite's 100
@@ -114,11 +115,9 @@ def test_a_commit_whose_answer_is_lost_is_answered_and_delivered_once(backend):
 def test_a_dead_server_is_refused_after_the_failover_timeout():
     async def go():
         store = MariaDbStore([f"127.0.0.1:{free_port()}"], user="test", failover_timeout=0.5, connect_timeout=0.2)
-        began = time.monotonic()
-        with pytest.raises(ImError) as e:
+        with pytest.raises(ImError) as e:  # after failover_timeout (run() bounds a hang)
             await store.start()
         assert e.value.code == E_UNAVAILABLE and "unavailable" in e.value.message
-        assert time.monotonic() - began < 10
         with pytest.raises(ImError) as e:
             await store.send(new_message(1, 2, "x", 1))
         assert e.value.code == E_UNAVAILABLE
@@ -158,14 +157,10 @@ def test_one_node_killed_mid_stream_loses_nothing_and_sends_resume(galera_proces
             await store.open_inbox(u)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(sender(store, s, stop)) for s in users]
-        while len(acked) < 300:
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: len(acked) >= 300, what="300 acknowledged sends before the kill")
         before = len(acked)
-        killed_at = time.monotonic()
         await asyncio.to_thread(galera_process.kill, "n1")
-        while len(acked) < before + 300:  # resumed on n2 (or failed: the senders never give up)
-            assert time.monotonic() - killed_at < 30, "sends did not resume on the surviving node"
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: len(acked) >= before + 300, what="300 more sends, on the surviving node")
         stop.set()
         await asyncio.gather(*tasks)
         assert store.counters["failovers"] >= 1 and store.node == 1
