@@ -86,3 +86,28 @@ def test_a_message_between_proxies_and_back_through_the_other_logic(cluster):
             await y.close()
 
     run(go())
+
+
+def test_redis_flushed_mid_stream_reuses_and_skips_no_seq(cluster, redis_url):
+    """Seqs live only in the SQL store: FLUSHALL on Redis in the middle of a stream of sends through
+    both logic leaves every inbox 1..N, each acknowledged seq where its reply said."""
+    import redis
+
+    async def go():
+        c = await imclient.connect(cluster.tcp_url("A"), mid=8002, heartbeat=None, timeout=15)  # opens its inbox
+        await c.close()
+        acked = []
+        for i in range(120):
+            if i == 60:
+                await asyncio.to_thread(lambda: redis.Redis.from_url(redis_url).flushall())
+            logic = ("L1", "L2")[i % 2]
+            body = json.dumps({"cmid": f"r{i}", "to": 8002, "content": i}).encode()
+            status, sent = await ahttp(cluster, logic, "POST", "/im/send?uid=8001", body)
+            assert status == 200, sent
+            acked.append((f"r{i}", sent["data"]["seq"]))
+        assert [seq for _, seq in acked] == list(range(1, 121))
+        for uid in (8001, 8002):
+            status, page = await ahttp(cluster, "L2", "GET", f"/im/sync?uid={uid}&after=0&limit=1000")
+            assert [(m["cmid"], m["seq"]) for m in page["data"]["msgs"]] == acked
+
+    run(go())
