@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build services browser proto test check cluster bench bench-im bench-micro ratios wheel clean run
+.PHONY: all build services browser proto test check cluster bench bench-im bench-upstream bench-micro ratios wheel clean run
 
 all: build
 
@@ -55,6 +55,12 @@ $(BENCH_STAMP): benchmarks/requirements.txt $(STAMP)
 bench: build $(BENCH_STAMP)
 	PYTHONPATH=src $(PY) benchmarks/load/run.py $(if $(SCALE),--scale $(SCALE)) $(BENCH_ARGS)
 	PYTHONPATH=src $(PY) benchmarks/im_bench.py $(if $(SCALE),--scale $(SCALE)) --json benchmarks/results/im-latest.json
+	PYTHONPATH=src $(PY) benchmarks/upstream_bench.py --json benchmarks/results/upstream-latest.json
+
+# upstream round trips (op 4 -> imgate serve -> a trivial HTTP backend -> op 5) per server CPU-second and
+# the p99 the gateway adds (benchmarks/upstream_bench.py); about 15 s
+bench-upstream: build
+	PYTHONPATH=src $(PY) benchmarks/upstream_bench.py --json benchmarks/results/upstream-latest.json
 
 # IM single chat against a real imgate serve (benchmarks/im_bench.py): throughput, latency at a fixed rate,
 # sync of offline messages; about a minute. BENCH_IM_ARGS passes options (--pairs, --im-sync normal, ...).

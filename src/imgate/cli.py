@@ -17,7 +17,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tcp", help="TCP listener HOST:PORT (default 0.0.0.0:3101)")
     p.add_argument("--ws", help="WebSocket listener HOST:PORT, path /sub (default 0.0.0.0:3102)")
     p.add_argument("--http", help="HTTP API HOST:PORT (default 0.0.0.0:3111)")
-    p.add_argument("--auth", choices=["jwt", "none"], help="jwt (default) or none (goim's auth body as it is)")
+    p.add_argument("--auth", choices=["jwt", "none", "http"],
+                   help="jwt (default), none (goim's auth body as it is) or http (the service at auth_url)")
     p.add_argument("--data-dir", dest="data_dir", help="where state lives (default ./data)")
     p.add_argument("--demo", action="store_true", default=None,
                    help="let the demo page at / mint tokens for any user (never in production)")
@@ -51,6 +52,12 @@ async def _serve(cfg: Config) -> int:
               flush=True)
     if cfg.auth == "jwt":
         print(f"  tokens       imgate token --user ID --data-dir {cfg.data_dir}", flush=True)
+    for what, url in (("auth", cfg.auth_url if cfg.auth == "http" else ""), ("upstream", cfg.upstream_url),
+                      ("webhooks", cfg.webhook_url)):
+        if url:
+            print(f"  {what:<12} {url}", flush=True)
+    for op, url in sorted(cfg.upstream_routes.items(), key=lambda kv: int(kv[0])):
+        print(f"  upstream {op:<4}{url}", flush=True)
     await stop.wait()
     print("shutting down: clients get op 6 (reconnect)", flush=True)
     await node.stop()

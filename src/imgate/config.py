@@ -114,12 +114,47 @@ class Config:
     kafka_timeout: float = 5.0  # seconds a push may wait for Kafka before the API answers 503
     room_merge_window: float = 0.0  # push: merge pushes to one room over this window into one op-9 batch
     rpc_pool: int = 4  # connections per RPC peer
+    # Upstream RPC, external auth and webhooks (logic); see docs/upstream.md
+    upstream_url: str = ""  # the business's HTTP service for op 4 (and business ops 100-999 without a route)
+    upstream_routes: dict = field(default_factory=dict)  # {"op": "url"}: op 4 or 100-999 to its own service
+    upstream_timeout: float = 3.0  # seconds for the whole upstream request; past it the client gets a timeout error
+    upstream_conn_limit: int = 8  # upstream messages one connection may have in flight (the proxy checks it)
+    upstream_limit: int = 1024  # upstream requests one logic may have in flight
+    upstream_pool: int = 100  # keep-alive sockets to the upstream services
+    auth_url: str = ""  # auth = "http": the service that answers each op-7 body
+    auth_timeout: float = 2.0  # seconds for the auth service's answer
+    auth_cache_ttl: float = 10.0  # seconds an auth answer is reused for the same token (0: never)
+    auth_cache_size: int = 100000  # tokens whose answer is kept
+    webhook_url: str = ""  # connect, disconnect and room events are POSTed here in batches (empty: off)
+    webhook_batch: int = 100  # events per POST at most
+    webhook_queue: int = 100000  # events waiting at most; past it new events are dropped and counted
+    webhook_timeout: float = 5.0  # seconds for one POST
+    webhook_max_backoff: float = 30.0  # seconds between retries at most (doubling from 0.1)
 
     def validate(self) -> "Config":
         for key in ("tcp", "ws", "http"):
             parse_hostport(getattr(self, key), key)
-        if self.auth not in ("jwt", "none"):
-            raise ConfigError(f"auth: expected 'jwt' or 'none', got {self.auth!r}")
+        if self.auth not in ("jwt", "none", "http"):
+            raise ConfigError(f"auth: expected 'jwt', 'none' or 'http', got {self.auth!r}")
+        if self.auth == "http" and not self.auth_url:
+            raise ConfigError("auth_url: auth = \"http\" needs the auth service's URL")
+        for op in self.upstream_routes:
+            if not str(op).isdigit() or not (int(op) == 4 or 100 <= int(op) < 1000):
+                raise ConfigError(f"upstream_routes: op {op!r} is not 4 or 100-999")
+        urls = {"upstream_url": self.upstream_url, "auth_url": self.auth_url, "webhook_url": self.webhook_url}
+        urls.update({f"upstream_routes.{op}": url for op, url in self.upstream_routes.items()})
+        for key, url in urls.items():
+            if url and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+                raise ConfigError(f"{key}: expected an http:// or https:// URL, got {url!r}")
+        for key in ("upstream_timeout", "auth_timeout", "webhook_timeout", "webhook_max_backoff"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.auth_cache_ttl < 0:
+            raise ConfigError(f"auth_cache_ttl: must be >= 0, got {self.auth_cache_ttl}")
+        for key in ("upstream_conn_limit", "upstream_limit", "upstream_pool", "auth_cache_size",
+                    "webhook_batch", "webhook_queue"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
         for key in ("rpc", "logic_rpc"):
             parse_hostport(getattr(self, key), key)
         for i, addr in enumerate(self.logic_addrs):

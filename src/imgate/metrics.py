@@ -32,6 +32,18 @@ im_errors                 imgate_im_errors_total                counter
 im_commits                imgate_im_commits_total               counter
 im_store_writes           imgate_im_store_writes_total          counter
 im_failed_batches         imgate_im_failed_batches_total        counter
+upstream_in_flight        imgate_upstream_in_flight             gauge
+upstream_requests         imgate_upstream_requests_total        counter
+upstream_errors           imgate_upstream_errors_total          counter
+upstream_busy             imgate_upstream_busy_total            counter
+auth_requests             imgate_auth_requests_total            counter
+auth_cache_hits           imgate_auth_cache_hits_total          counter
+auth_unavailable          imgate_auth_unavailable_total         counter
+webhook_queue             imgate_webhook_queue                  gauge
+webhook_events            imgate_webhook_events_total           counter
+webhook_dropped           imgate_webhook_dropped_total          counter
+webhook_posts             imgate_webhook_posts_total            counter
+webhook_retries           imgate_webhook_retries_total          counter
 ========================  ====================================  =======
 
 HTTP requests are counted the same way: one plain count per (route, status) in ``Metrics.http_counts``,
@@ -61,6 +73,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GAUGES: dict[str, str] = {
     "connections": "Client connections currently open on this node.",
     "rooms": "Rooms with at least one member on this node.",
+    "upstream_in_flight": "Client messages waiting for the upstream service.",
+    "webhook_queue": "Connection events waiting to be sent to the webhook.",
     "im_unacked": "IM entries pushed to open connections and not acked yet.",
 }
 COUNTERS: dict[str, str] = {
@@ -73,6 +87,16 @@ COUNTERS: dict[str, str] = {
     "auth_failures": "Auth frames (op 7) refused.",
     "protocol_errors": "Connections closed for a protocol error.",
     "pushes": "Push requests handled (keys, mids, room, all).",
+    "upstream_requests": "Client messages sent to the upstream service.",
+    "upstream_errors": "Client messages answered with an error body (timeout, unavailable, status, too large).",
+    "upstream_busy": "Client messages refused at once because a concurrency bound was reached.",
+    "auth_requests": "Requests to the auth service (auth = http).",
+    "auth_cache_hits": "Auths answered from the per-token cache (auth = http).",
+    "auth_unavailable": "Auths that found the auth service unavailable (auth = http).",
+    "webhook_events": "Connection events queued for the webhook.",
+    "webhook_dropped": "Connection events dropped because the webhook queue was full.",
+    "webhook_posts": "Webhook POSTs made, retries included.",
+    "webhook_retries": "Webhook POSTs that failed and were retried.",
     "im_messages": "IM messages stored (a resend of a stored cmid is not counted).",
     "im_duplicates": "IM sends answered from an earlier send with the same cmid.",
     "im_resent": "IM entries pushed again because they were not acked in time.",

@@ -13,13 +13,13 @@ import secrets
 import time
 from pathlib import Path
 
-from imgate.auth import make_authenticator, mint_token
+from imgate.auth import mint_token
 from imgate.cache import MemoryCache
 from imgate.config import Config, ConfigError
 from imgate.http.server import HttpServer
 from imgate.im.service import ImService
 from imgate.im.sqlite import SqliteStore
-from imgate.logic import Logic
+from imgate.logic import Logic, backends
 from imgate.logic.http_api import build_routes
 from imgate.metrics import Metrics
 from imgate.proxy import Proxy
@@ -98,7 +98,8 @@ def make_im(cfg: Config, cache, bus) -> tuple:
     store = make_im_store(cfg)
     return store, ImService(store, cache, bus, max_message_bytes=cfg.max_message_bytes,
                             ack_timeout=cfg.ack_timeout, ack_retries=cfg.ack_retries,
-                            max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit)
+                            max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit,
+                            max_page_bytes=min(cfg.max_pending // 2, 1 << 20))
 
 
 class Node:
@@ -118,7 +119,7 @@ class Node:
         self.push = PushRouter()
         self.bus = MemoryBus(self.push)
         self.logic = Logic(
-            self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret),
+            self.cache, self.bus, backends.authenticator(cfg),
             session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval,
         )
         self.im_store = None
@@ -128,6 +129,8 @@ class Node:
         self.push.add_proxy(self.proxy)
         self.metrics = Metrics()
         self.metrics.add_source(self.proxy.stats)
+        self.backends = backends.attach(self.logic, cfg)
+        self.metrics.add_source(self.backends.stats)
         if self.im is not None:
             self.metrics.add_source(self.im.stats)
         routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None)
@@ -156,6 +159,7 @@ class Node:
             await self.proxy.stop(grace)
         if self.logic is not None:
             await self.logic.stop()
+            await self.backends.close(self.config.shutdown_grace if grace is None else grace)
         if self.im is not None:
             await self.im.stop()
             await self.im_store.close()  # commits what is queued first

@@ -64,9 +64,12 @@ class ProxyRole:
         from imgate.proxy import Proxy
         from imgate.rpc.logic import LogicClient
         from imgate.rpc.proxy import serve_proxy
+        from imgate.rpc.wire import DEFAULT_TIMEOUT
 
         cfg = self.cfg
-        self.logic = LogicClient(cfg.logic_addrs, pool_size=cfg.rpc_pool, client_id=cfg.server_id)
+        # logic answers an upstream message within upstream_timeout (with an error body at worst)
+        self.logic = LogicClient(cfg.logic_addrs, pool_size=cfg.rpc_pool, client_id=cfg.server_id,
+                                 timeout=max(DEFAULT_TIMEOUT, cfg.upstream_timeout + 2, cfg.auth_timeout + 2))
         self.proxy = Proxy(cfg, self.logic, asyncio.get_running_loop())
         await self.proxy.start()
         host, port = cfg.addr("rpc")
@@ -85,9 +88,8 @@ class LogicRole:
         self.cfg = cfg
 
     async def start(self) -> None:
-        from imgate.auth import make_authenticator
         from imgate.http.server import HttpServer
-        from imgate.logic import Logic
+        from imgate.logic import Logic, backends
         from imgate.logic.http_api import build_routes
         from imgate.metrics import Metrics
         from imgate.node import load_or_create_secret, make_im
@@ -101,7 +103,7 @@ class LogicRole:
         await loop.run_in_executor(None, ensure_topic, cfg.kafka, cfg.kafka_topic)
         self.cache = make_cache(cfg)
         self.bus = KafkaBus(cfg.kafka, cfg.kafka_topic, timeout=cfg.kafka_timeout, client_id=f"imgate-logic-{cfg.server_id}")
-        self.logic = Logic(self.cache, self.bus, make_authenticator(cfg.auth, cfg.jwt_secret),
+        self.logic = Logic(self.cache, self.bus, backends.authenticator(cfg),
                            session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval)
         self.im_store = self.im = None
         if cfg.im and cfg.im_store == "mariadb":  # SQLite is one process's file: no IM on it in a cluster
@@ -112,8 +114,10 @@ class LogicRole:
             await self.im.start()
             self.logic.im = self.im
         await self.logic.start()
+        self.backends = backends.attach(self.logic, cfg)
         self.metrics = Metrics()
         self.metrics.add_source(lambda: dict(self.logic.counters))
+        self.metrics.add_source(self.backends.stats)
         if self.im is not None:
             self.metrics.add_source(self.im.stats)
         self.http = HttpServer(build_routes(self.logic, metrics=self.metrics), max_body=cfg.max_http_body)
@@ -129,6 +133,7 @@ class LogicRole:
         await self.http.stop()
         await self.rpc.stop()
         await self.logic.stop()
+        await self.backends.close(self.cfg.shutdown_grace)
         if self.im is not None:
             await self.im.stop()
             await self.im_store.close()

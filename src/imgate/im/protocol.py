@@ -15,6 +15,7 @@ from imgate.protocol.ops import (  # noqa: F401  (the numbers live with the othe
 
 # error codes (HTTP-like, so the HTTP API answers with the same number as its status)
 E_BAD_REQUEST = 400        # not JSON, a field missing or of the wrong type
+E_FORBIDDEN = 403          # the connection has no user id (mid 0, anonymous): it has no inbox
 E_UNKNOWN_RECEIVER = 404   # the receiver has no inbox
 E_CMID_CONFLICT = 409      # the cmid was used before with a different body
 E_TOO_LARGE = 413          # content over max_message_bytes
@@ -57,7 +58,7 @@ def conv_members(conv: str) -> tuple[int, int] | None:
 def parse_body(body: bytes) -> dict:
     """A request body: a JSON object, or ImError(400)."""
     try:
-        obj = json.loads(body)
+        obj = json.loads(str(body, "utf-8"))  # not json.loads(bytes): it would take UTF-16 and UTF-32 too
     except (ValueError, UnicodeDecodeError) as e:
         raise ImError(E_BAD_REQUEST, f"body is not UTF-8 JSON: {e}") from None
     except RecursionError:

@@ -17,8 +17,8 @@ import logging
 import time
 
 from imgate.im.protocol import (
-    E_BAD_REQUEST, E_OUT_OF_RANGE, E_TOO_LARGE, E_UNAVAILABLE, OP_MSG_ACK, OP_MSG_PUSH, OP_MSG_SEND,
-    OP_READ, OP_SYNC, ImError, error_body, get_int, parse_body, single_conv,
+    E_BAD_REQUEST, E_FORBIDDEN, E_OUT_OF_RANGE, E_TOO_LARGE, E_UNAVAILABLE, OP_GROUP_ACK, OP_GROUP_PULL, OP_MSG_ACK,
+    OP_MSG_PUSH, OP_MSG_SEND, OP_READ, OP_SYNC, ImError, error_body, get_int, parse_body, single_conv,
 )
 from imgate.im.store import INTERNAL_CMID_PREFIX, MessageStore, NewMessage, Stored, digest_of
 from imgate.protocol import KIND_CONNS, PushJob
@@ -27,7 +27,42 @@ log = logging.getLogger("imgate.im")
 
 MAX_CMID = 128
 MAX_TYPE = 32
+MAX_DEPTH = 100  # nesting of a message's content (objects and arrays)
 _HINTS_MAX = 100_000  # users whose newest seq is remembered (an ack at or below it needs no read)
+
+
+def _depth_within(value, limit: int) -> bool:
+    """True when ``value`` (parsed JSON) nests objects and arrays at most ``limit`` levels deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        for child in (item.values() if isinstance(item, dict) else item):
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return True
+
+
+def _within(msgs: list, budget: int) -> list:
+    """The first msgs (JSON texts) whose UTF-8 encoding fits ``budget`` bytes; at least one."""
+    size = 0
+    for i, m in enumerate(msgs):
+        size += _nbytes(m) + 1
+        if size > budget and i:
+            return msgs[:i]
+    return msgs
+
+
+def _nbytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise ImError(E_BAD_REQUEST, f"{what} is not valid UTF-8 text (it holds a lone surrogate)") from None
 
 
 class _Unacked:
@@ -43,7 +78,7 @@ class _Unacked:
 class ImService:
     def __init__(self, store: MessageStore, cache, bus, *, max_message_bytes: int = 16384,
                  ack_timeout: float = 5.0, ack_retries: int = 3, max_unacked: int = 1000,
-                 sync_max_limit: int = 1000):
+                 sync_max_limit: int = 1000, max_page_bytes: int = 512 * 1024):
         self.store = store
         self.cache = cache
         self.bus = bus
@@ -52,6 +87,9 @@ class ImService:
         self.ack_retries = ack_retries
         self.max_unacked = max_unacked
         self.sync_max_limit = sync_max_limit
+        # a SYNC page or a resend frame holds at most this many bytes of msgs (and at least one msg):
+        # it must fit what the proxy queues for one connection (max_pending) and the client's max body
+        self.max_page_bytes = max_page_bytes
         self._unacked: dict[tuple, _Unacked] = {}   # (server, conn_id) -> what it has not acked
         self._seq_hint: dict[int, int] = {}         # mid -> a seq known to exist in its inbox
         # cache and bus in this process (the embedded node): delivery needs no coroutine
@@ -70,8 +108,11 @@ class ImService:
 
     # ------------------------------------------------------------------ connections
 
-    async def on_connect(self, mid: int) -> int:
-        """A user authenticated: make sure it has an inbox; its newest seq (op 8's ``inbox_seq``)."""
+    async def on_connect(self, mid: int) -> int | None:
+        """A user authenticated: make sure it has an inbox; its newest seq (op 8's ``inbox_seq``).
+        None for mid 0: every anonymous connection has it, so it is nobody's inbox."""
+        if mid < 1:
+            return None
         seq = await self.store.open_inbox(mid)
         self._hint(mid, seq)
         return seq
@@ -86,6 +127,10 @@ class ImService:
         cmid = None
         try:
             req = parse_body(body)
+            if mid < 1:
+                if op == OP_MSG_SEND and isinstance(req.get("cmid"), str):
+                    cmid = req["cmid"]
+                raise ImError(E_FORBIDDEN, "IM needs a user id: this connection authenticated without one (mid 0)")
             if op == OP_MSG_SEND:
                 cmid = req.get("cmid") if isinstance(req.get("cmid"), str) else None
                 return json.dumps(await self.send(mid, req, origin=(server, conn_id))).encode()
@@ -96,6 +141,8 @@ class ImService:
                 return b""
             if op == OP_READ:
                 return json.dumps(await self.read(mid, req, origin=(server, conn_id))).encode()
+            if op in (OP_GROUP_PULL, OP_GROUP_ACK):
+                raise ImError(E_BAD_REQUEST, "group operations are not supported by this server yet")
             raise ImError(E_BAD_REQUEST, f"op {op} is not an IM operation")
         except ImError as e:
             self.counters["errors"] += 1
@@ -137,13 +184,21 @@ class ImService:
             raise ImError(E_BAD_REQUEST, f"'type' must be a string of 1-{MAX_TYPE} characters other than 'read'")
         if req.get("content") is None:
             raise ImError(E_BAD_REQUEST, "missing field 'content'")
+        if isinstance(req["content"], (dict, list)) and not _depth_within(req["content"], MAX_DEPTH):
+            # bounded: every client must be able to decode what lands in its inbox
+            raise ImError(E_BAD_REQUEST, f"content is nested more than {MAX_DEPTH} levels deep")
         try:  # canonical, so that a resend's digest matches; NaN and Infinity are not JSON
             content = json.dumps(req["content"], separators=(",", ":"), sort_keys=True, ensure_ascii=False,
                                  allow_nan=False)
         except ValueError as e:
             raise ImError(E_BAD_REQUEST, f"content is not plain JSON: {e}") from None
-        if len(content.encode()) > self.max_message_bytes:
-            raise ImError(E_TOO_LARGE, f"content is {len(content.encode())} bytes, over max_message_bytes "
+        # a JSON escape of a lone surrogate ("\ud800") parses, but has no UTF-8: refused here, before the
+        # store, whose batch it would fail for every other send committed with it
+        size = len(_utf8(content, "content"))
+        _utf8(cmid, "cmid")
+        _utf8(type_, "type")
+        if size > self.max_message_bytes:
+            raise ImError(E_TOO_LARGE, f"content is {size} bytes, over max_message_bytes "
                                        f"({self.max_message_bytes})")
         return NewMessage(sender, cmid, single_conv(sender, to), to, None, type_, content,
                           digest_of(to, None, type_, content), (sender, to))
@@ -151,13 +206,17 @@ class ImService:
     async def sync(self, uid: int, req: dict) -> bytes:
         """SYNC: the SYNC_REPLY body (JSON text)."""
         after = get_int(req, "after", lo=0)
-        limit = get_int(req, "limit", lo=1, hi=self.sync_max_limit, default=100)
+        limit = get_int(req, "limit", lo=1, hi=self.sync_max_limit, default=min(100, self.sync_max_limit))
         page = await self.store.sync(uid, after, limit)
         self._hint(uid, page.max_seq)
-        head = (f'{{"has_more":{"true" if page.has_more else "false"},"max_seq":{page.max_seq},'
+        msgs, has_more = page.msgs, page.has_more
+        if 4 * sum(map(len, msgs)) > self.max_page_bytes:  # may be over (a character is 1-4 bytes)
+            msgs = _within(msgs, self.max_page_bytes)
+            has_more = has_more or len(msgs) < len(page.msgs)
+        head = (f'{{"has_more":{"true" if has_more else "false"},"max_seq":{page.max_seq},'
                 f'"min_seq":{page.min_seq},"truncated":{"true" if page.truncated(after) else "false"},'
                 f'"groups":[],"msgs":[')
-        return (head + ",".join(page.msgs) + "]}").encode()
+        return (head + ",".join(msgs) + "]}").encode()
 
     async def ack(self, server: str, conn_id: int, mid: int, req: dict) -> None:
         seq = get_int(req, "seq", lo=0)
@@ -253,9 +312,11 @@ class ImService:
                 log.exception("IM resend pass failed")
 
     async def resend_due(self, now: float) -> None:
-        """Push again what is due; give up on entries pushed ``ack_retries`` times."""
+        """Push again what is due; give up on entries pushed ``ack_retries`` times. At most
+        ``max_page_bytes`` per connection and pass: the rest stays due for the next pass."""
         for key, pending in list(self._unacked.items()):
             again = []
+            size = 0
             for seq, item in list(pending.entries.items()):
                 if item[1] > now:
                     continue
@@ -263,9 +324,13 @@ class ImService:
                     del pending.entries[seq]
                     self.counters["gave_up"] += 1
                     continue
+                n = _nbytes(item[0]) + 1
+                if again and size + n > self.max_page_bytes:
+                    break
                 item[1] = now + self.ack_timeout
                 item[2] += 1
                 again.append(item[0])
+                size += n
             if not pending.entries:
                 self._unacked.pop(key, None)
             if again:

@@ -37,7 +37,8 @@ cdef class PushMidsRoute:
         cdef object body = req.body
         cdef long long op = -1, mid = -1
         cdef Py_ssize_t n
-        if type(body) is bytes and body and _plain_query(req.query_string, &op, &mid):
+        # ops 22-33 are IM's (refused by the general handler's operation check)
+        if type(body) is bytes and body and _plain_query(req.query_string, &op, &mid) and not 22 <= op <= 33:
             try:
                 n = self.push(<int>op, [mid], body)
             except Exception as exc:

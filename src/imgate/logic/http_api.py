@@ -28,6 +28,7 @@ from imgate.logic._push_routes import PushMidsRoute
 from imgate.logic.openapi import openapi_document
 from imgate.metrics import Metrics
 from imgate.protocol.envelope import envelope, push_reply
+from imgate.protocol.ops import OP_MSG_SEND, OP_READ_REPLY
 from imgate.push.service import BusUnavailable
 
 try:  # the cluster's cache; absent in a minimal install
@@ -79,6 +80,8 @@ def param_str(req: Request, name: str, *, required: bool = True, default: str | 
 def _to_int(name: str, text: str, lo: int, hi: int, range_name: str | None) -> int:
     t = text.strip()
     try:
+        if not t.isascii() or "_" in t:  # int() also reads "１" and "1_0"; Go's ParseInt (goim) does not
+            raise ValueError
         value = int(t, 10)
     except ValueError:
         raise _bad(f"parameter '{name}' must be an integer, got {text!r}") from None
@@ -117,12 +120,14 @@ def param_list(req: Request, name: str) -> list[str]:
 
 def param_int_list(req: Request, name: str) -> list[int]:
     value = _raw(req, name, True)
-    if value.isdigit() and len(value) < 19:  # one plain id (a unicast): no list to split or dedupe
+    if value.isascii() and value.isdigit() and len(value) < 19:  # one plain id (a unicast): nothing to split
         return [int(value)]
     items = param_list(req, name)
     out: list[int] = []
     for item in items:
         try:
+            if not item.isascii() or "_" in item:  # as in _to_int
+                raise ValueError
             v = int(item, 10)
         except ValueError:
             raise _bad(f"parameter '{name}' must be comma-separated integers, got {item!r}") from None
@@ -135,6 +140,9 @@ def param_int_list(req: Request, name: str) -> list[int]:
 def _operation(req: Request) -> int:
     value = param_int(req, "operation", lo=INT32_MIN, hi=INT32_MAX, range_name="int32")
     assert value is not None
+    if OP_MSG_SEND <= value <= OP_READ_REPLY:  # a client takes an op 24 for an inbox entry
+        raise _bad(f"operation {value} is reserved for IM ({OP_MSG_SEND}-{OP_READ_REPLY}): send messages with "
+                   f"POST /im/send")
     return value
 
 

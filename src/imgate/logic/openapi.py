@@ -49,7 +49,8 @@ _TOO_BIG = {"$ref": "#/components/responses/TooLarge"}
 
 _OPERATION = _query(
     "operation",
-    "Push operation written in the frame header (goim: business pushes use >= 1000).",
+    "Push operation written in the frame header (goim: business pushes use >= 1000); 22-33 are reserved for IM "
+    "(400: IM messages go through /im/send).",
     INT32,
     example=1000,
 )

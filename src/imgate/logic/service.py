@@ -9,12 +9,14 @@ per request.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
 
 from imgate.auth import AuthError, Authenticator
 from imgate.cache import Cache, Session
+from imgate.logic.upstream import error_body
 from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
 from imgate.protocol.interfaces import Connected
 from imgate.protocol.ops import IM_OPS
@@ -41,6 +43,9 @@ class Logic:
         self._absorbed_at = 0.0
         self._absorber: asyncio.Task | None = None
         self.upstream_handler = None  # async (server, conn_id, mid, op, seq, body) -> bytes
+        self.upstream = None  # imgate.logic.upstream.Upstream when upstream_url/upstream_routes are set
+        self.webhooks = None  # imgate.logic.webhooks.Webhooks when webhook_url is set
+        self._auth_async = inspect.iscoroutinefunction(authenticator.authenticate)
         self.im = None  # imgate.im.service.ImService: IM ops (22-32) and inbox_seq at auth
         self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0}
         # cache and bus in this process (the embedded node): pushes by mid/key need not wait
@@ -60,6 +65,8 @@ class Logic:
     async def connect(self, server: str, body: bytes) -> Connected:
         try:
             ident = self.auth.authenticate(body)
+            if self._auth_async:  # an auth service over the network (imgate.auth.http)
+                ident = await ident
         except AuthError:
             self.counters["auth_failures"] += 1
             raise
@@ -71,32 +78,49 @@ class Logic:
             self.session_ttl,
         )
         self.counters["connects"] += 1
+        if self.webhooks is not None:
+            self.webhooks.emit("connect", mid=ident.mid, conn_id=conn_id, key=key, server=server,
+                               room_id=ident.room_id, platform=ident.platform,
+                               rooms=list(getattr(ident, "rooms", ())))
         inbox_seq = None
         if self.im is not None:
             try:
                 inbox_seq = await self.im.on_connect(ident.mid)
             except Exception as e:  # the store is away: the client connects and syncs later
                 log.warning("inbox of user %d unavailable at auth: %s", ident.mid, e)
-        return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform, inbox_seq)
+        return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform, inbox_seq,
+                         rooms=getattr(ident, "rooms", ()))
 
     async def disconnect(self, server: str, conn_id: int, mid: int) -> None:
         self.counters["disconnects"] += 1
         if self.im is not None:
             self.im.on_disconnect(server, conn_id)
         await self.cache.del_session(mid, conn_id)
+        if self.webhooks is not None:
+            self.webhooks.emit("disconnect", mid=mid, conn_id=conn_id, server=server)
+
+    async def room_event(self, server: str, conn_id: int, mid: int, action: str, room_id: str) -> None:
+        """A connection changed, joined or left a room (proxies report it only when webhooks are on)."""
+        if self.webhooks is not None:
+            self.webhooks.emit("room", action=action, mid=mid, conn_id=conn_id, server=server, room_id=room_id)
 
     async def heartbeat(self, server: str, conn_id: int, mid: int) -> bool:
         return await self.cache.renew_session(mid, conn_id, self.session_ttl)
 
-    async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes) -> bytes:
-        """An upstream message: IM operations go to the IM service; op 4 to ``upstream_handler``
-        (without one the reply is empty)."""
+    async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes, *,
+                      key: str = "", room_id: str = "", platform: str = "") -> bytes:
+        """An upstream message: IM operations go to the IM service; op 4 (or a business op 100-999) to
+        the business's HTTP service when one is configured (``self.upstream``), else to
+        ``upstream_handler``; without either op 4's reply is empty."""
         if op in IM_OPS:
             if self.im is None:
                 return b'{"code": 503, "error": "this logic has no IM service, nothing stored"}'
             return await self.im.receive(server, conn_id, mid, op, seq, body)
+        if self.upstream is not None:
+            return await self.upstream.call(server, conn_id, mid, op, seq, body,
+                                            key=key, room_id=room_id, platform=platform)
         if self.upstream_handler is None:
-            return b""
+            return b"" if op == 4 else error_body("no_route", f"no upstream service for op {op}")
         return await self.upstream_handler(server, conn_id, mid, op, seq, body)
 
     async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> dict[str, int]:

@@ -22,6 +22,7 @@ OP_READ = 32
 OP_READ_REPLY = 33
 
 # IM request op -> the op of its reply. A good MSG_ACK gets no reply; a bad one gets a SYNC_REPLY
-# carrying the error (the only answer an ack can have).
-IM_REPLY_OP = {OP_MSG_SEND: OP_MSG_SEND_REPLY, OP_MSG_ACK: OP_SYNC_REPLY, OP_SYNC: OP_SYNC_REPLY, OP_READ: OP_READ_REPLY}
+# carrying the error (the only answer an ack can have); GROUP_ACK likewise with a GROUP_PULL_REPLY.
+IM_REPLY_OP = {OP_MSG_SEND: OP_MSG_SEND_REPLY, OP_MSG_ACK: OP_SYNC_REPLY, OP_SYNC: OP_SYNC_REPLY, OP_READ: OP_READ_REPLY,
+               OP_GROUP_PULL: OP_GROUP_PULL_REPLY, OP_GROUP_ACK: OP_GROUP_PULL_REPLY}
 IM_OPS = frozenset(IM_REPLY_OP)

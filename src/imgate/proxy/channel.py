@@ -27,7 +27,8 @@ class Channel:
 
     __slots__ = (
         "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
-        "conn_id", "mid", "key", "room_id", "accepts", "backlog", "renewed", "im_inflight",
+        "conn_id", "mid", "key", "platform", "room_id", "accepts", "backlog", "renewed", "im_inflight",
+        "up_inflight",
     )
 
     def __init__(self, sock: socket.socket, ws: bool, ip: str, deadline: float):
@@ -44,11 +45,13 @@ class Channel:
         self.conn_id = 0
         self.mid = 0
         self.key = ""
+        self.platform = ""
         self.room_id = ""
         self.accepts = None  # None: every push op; else a set
         self.backlog = None
         self.renewed = 0.0
         self.im_inflight = 0  # IM requests sent to logic and not answered yet
+        self.up_inflight = 0  # upstream messages (op 4, 100-999) sent to logic and not answered yet
 
 
 def ws_binary(payload: bytes) -> bytes:

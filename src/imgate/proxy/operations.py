@@ -22,7 +22,6 @@ from imgate.protocol.ops import (
     OP_LEAVE_ROOM,
     OP_LEAVE_ROOM_REPLY,
     OP_SEND_MSG,
-    OP_SEND_MSG_REPLY,
     OP_SUB,
     OP_UNSUB,
     IM_OPS,
@@ -77,7 +76,7 @@ class Operations:
             except Exception as e:
                 log.warning("disconnect of vanished conn %s failed: %s", c.conn_id, e)
             return
-        ch.conn_id, ch.mid, ch.key = c.conn_id, c.mid, c.key
+        ch.conn_id, ch.mid, ch.key, ch.platform = c.conn_id, c.mid, c.key, c.platform
         ch.state = S_OPEN
         ch.last_seen = ch.renewed = time.monotonic()
         self._by_conn_id[c.conn_id] = ch
@@ -88,6 +87,13 @@ class Operations:
             self.table.join(ch, c.room_id)
         reply = {"conn_id": c.conn_id, "key": c.key, "mid": c.mid, "room_id": c.room_id,
                  "heartbeat": self.config.heartbeat_timeout / 3}
+        if c.rooms:  # named by an auth service; bounded by max_rooms_per_conn like op 18
+            try:
+                for room in c.rooms:
+                    self.table.join(ch, room)
+            except ValueError as e:
+                log.warning("conn %s: auth rooms cut short: %s", c.conn_id, e)
+            reply["rooms"] = list(self.table.rooms_of(ch))
         if getattr(c, "inbox_seq", None) is not None:
             reply["inbox_seq"] = c.inbox_seq
         reply = json.dumps(reply).encode()
@@ -110,7 +116,7 @@ class Operations:
                 ch.renewed = now
                 self._spawn(self._renew(ch))
         elif op == OP_SEND_MSG:
-            self._spawn(self._upstream(ch, f))
+            self._send_upstream(ch, f)
         elif op == OP_CHANGE_ROOM:
             room = f.body.decode("utf-8", "replace")
             if room and not valid_room_id(room):
@@ -119,6 +125,7 @@ class Operations:
             self.table.move(ch, ch.room_id or None, room or None)
             ch.room_id = room
             self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=True, room_id=room)
+            self._room_event(ch, "change", room)
         elif op == OP_JOIN_ROOM or op == OP_LEAVE_ROOM:
             room = f.body.decode("utf-8", "replace")
             reply_op = OP_JOIN_ROOM_REPLY if op == OP_JOIN_ROOM else OP_LEAVE_ROOM_REPLY
@@ -138,6 +145,7 @@ class Operations:
                 self._reply(ch, reply_op, f.seq, ok=False, error=str(e))
                 return
             self._reply(ch, reply_op, f.seq, ok=True, room_id=room)
+            self._room_event(ch, "join" if op == OP_JOIN_ROOM else "leave", room)
         elif op == OP_SUB or op == OP_UNSUB:
             try:
                 ops = {int(x) for x in f.body.decode().split(",") if x.strip()}
@@ -161,9 +169,22 @@ class Operations:
             self._spawn(self._im(ch, f))
         elif op == OP_AUTH:
             pass  # already authenticated: a repeated auth is ignored
+        elif 100 <= op < 1000:  # business upstream ops: routed by logic like op 4 (docs/upstream.md)
+            self._send_upstream(ch, f)
         else:
             self.stats_counters["protocol_errors"] += 1
             log.debug("conn %s sent unsupported op %d", ch.conn_id, op)
+
+    def _room_event(self, ch: Channel, action: str, room: str) -> None:
+        """Tell logic of a room change when it sends webhooks (``webhook_url``); nobody waits for it."""
+        if self.config.webhook_url:
+            self._spawn(self._send_room_event(ch.conn_id, ch.mid, action, room))
+
+    async def _send_room_event(self, conn_id: int, mid: int, action: str, room: str) -> None:
+        try:
+            await self.logic.room_event(self.server_id, conn_id, mid, action, room)
+        except Exception as e:
+            log.warning("room event of conn %s not reported: %s", conn_id, e)
 
     async def _renew(self, ch: Channel) -> None:
         """Push the session's expiry forward; a session the registry lost (expired during an outage,
@@ -180,14 +201,30 @@ class Operations:
     def _reply(self, ch: Channel, op: int, seq: int, **fields) -> None:
         self.table.send(ch, encode_frame(op, seq, json.dumps(fields).encode()))
 
+    def _send_upstream(self, ch: Channel, f) -> None:
+        """To logic, at most ``upstream_conn_limit`` at a time per connection (logic bounds them too, but
+        a logic that is slow to answer must not grow a queue here)."""
+        limit = self.config.upstream_conn_limit
+        if ch.up_inflight >= limit:
+            self.stats_counters["upstream_busy"] += 1
+            self.table.send(ch, encode_frame(f.op + 1, f.seq, json.dumps({
+                "ok": False, "code": "busy",
+                "error": f"too many requests in flight on this connection (limit {limit})"}).encode()))
+            return
+        ch.up_inflight += 1
+        self._spawn(self._upstream(ch, f))
+
     async def _upstream(self, ch: Channel, f) -> None:
         try:
-            body = await self.logic.receive(self.server_id, ch.conn_id, ch.mid, f.op, f.seq, f.body)
+            body = await self.logic.receive(self.server_id, ch.conn_id, ch.mid, f.op, f.seq, f.body,
+                                            key=ch.key, room_id=ch.room_id, platform=ch.platform)
         except Exception as e:
             log.warning("upstream message from conn %s failed: %s", ch.conn_id, e)
-            body = json.dumps({"ok": False, "error": "upstream unavailable"}).encode()
-        if ch in self.table:
-            self.table.send(ch, encode_frame(OP_SEND_MSG_REPLY, f.seq, body or b""))
+            body = json.dumps({"ok": False, "code": "unavailable", "error": "logic unavailable"}).encode()
+        finally:
+            ch.up_inflight -= 1
+        if ch in self.table:  # the reply op is the request's + 1 (op 4 -> 5)
+            self.table.send(ch, encode_frame(f.op + 1, f.seq, body or b""))
 
     async def _im(self, ch: Channel, f) -> None:
         """An IM operation (22-32): logic's IM service answers; the reply op follows the request's."""

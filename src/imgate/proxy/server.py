@@ -64,7 +64,7 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle):
         self._remote_online: dict[str, int] = {}  # room -> members on other proxies (from logic)
         self.stats_counters = dict(
             frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0,
-            pushes=0, accepted=0,
+            pushes=0, accepted=0, upstream_busy=0,
         )
         self.tcp_port = 0
         self.ws_port = 0

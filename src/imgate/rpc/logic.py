@@ -15,6 +15,7 @@ What is retried on another logic (or another connection) when a connection dies 
 | disconnect | yes | deleting a session twice is a no-op |
 | heartbeat | yes | renewing an expiry twice is harmless |
 | renew_online | yes | the report overwrites the previous one |
+| room_event | no: only if it was never written | a webhook event should not be sent twice |
 
 Error replies (auth refused, bad request, internal) and timeouts are never retried: a timeout uses the
 call's whole deadline. An auth refusal is raised as :class:`imgate.auth.AuthError` with logic's message.
@@ -60,12 +61,13 @@ class LogicRpcService(RpcService):
             pb.HEARTBEAT: self._heartbeat,
             pb.RECEIVE: self._receive,
             pb.RENEW_ONLINE: self._renew_online,
+            pb.ROOM_EVENT: self._room_event,
         }
 
     async def _connect(self, req: pb.ConnectReq) -> pb.ConnectReply:
         c = await self.logic.connect(req.server, req.body)  # AuthError -> error reply of kind "auth"
         return pb.ConnectReply(conn_id=c.conn_id, mid=c.mid, key=c.key, room_id=c.room_id,
-                               accepts=list(c.accepts), platform=c.platform)
+                               accepts=list(c.accepts), platform=c.platform, rooms=list(c.rooms))
 
     async def _disconnect(self, req: pb.DisconnectReq) -> pb.Empty:
         logic, server = self.logic, req.server
@@ -93,8 +95,13 @@ class LogicRpcService(RpcService):
         return pb.HeartbeatReply(ok=[bool(r) for r in results])
 
     async def _receive(self, req: pb.ReceiveReq) -> pb.ReceiveReply:
-        body = await self.logic.receive(req.server, req.conn_id, req.mid, req.op, req.seq, req.body)
+        body = await self.logic.receive(req.server, req.conn_id, req.mid, req.op, req.seq, req.body,
+                                        key=req.key, room_id=req.room_id, platform=req.platform)
         return pb.ReceiveReply(body=bytes(body or b""))
+
+    async def _room_event(self, req: pb.RoomEventReq) -> pb.Empty:
+        await self.logic.room_event(req.server, req.conn_id, req.mid, req.action, req.room_id)
+        return pb.Empty()
 
     async def _renew_online(self, req: pb.RenewOnlineReq) -> pb.RoomsReply:
         counts = await self.logic.renew_online(req.server, dict(req.rooms), req.conns, req.ips)
@@ -197,7 +204,7 @@ class LogicClient:
                 raise AuthError(e.message) from None
             raise
         r = pb.ConnectReply.FromString(raw)
-        return Connected(r.conn_id, r.mid, r.key, r.room_id, tuple(r.accepts), r.platform)
+        return Connected(r.conn_id, r.mid, r.key, r.room_id, tuple(r.accepts), r.platform, rooms=tuple(r.rooms))
 
     async def disconnect(self, server: str, conn_id: int, mid: int) -> None:
         await self._enqueue(pb.DISCONNECT, server, conn_id, mid)
@@ -205,10 +212,16 @@ class LogicClient:
     async def heartbeat(self, server: str, conn_id: int, mid: int) -> bool:
         return await self._enqueue(pb.HEARTBEAT, server, conn_id, mid)
 
-    async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes) -> bytes:
+    async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes, *,
+                      key: str = "", room_id: str = "", platform: str = "") -> bytes:
         raw = await self._call(pb.RECEIVE, pb.ReceiveReq(server=server, conn_id=conn_id, mid=mid, op=op, seq=seq,
-                                                         body=bytes(body)), idempotent=False)
+                                                         body=bytes(body), key=key, room_id=room_id,
+                                                         platform=platform), idempotent=False)
         return pb.ReceiveReply.FromString(raw).body
+
+    async def room_event(self, server: str, conn_id: int, mid: int, action: str, room_id: str) -> None:
+        await self._call(pb.ROOM_EVENT, pb.RoomEventReq(server=server, conn_id=conn_id, mid=mid, action=action,
+                                                        room_id=room_id), idempotent=False)
 
     async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> dict[str, int]:
         """Report this proxy's rooms; the answer is each room's online count across the cluster."""

@@ -48,6 +48,7 @@ REQUEST_TYPES: dict[int, type[Message]] = {
     pb.HEARTBEAT: pb.HeartbeatReq,
     pb.RECEIVE: pb.ReceiveReq,
     pb.RENEW_ONLINE: pb.RenewOnlineReq,
+    pb.ROOM_EVENT: pb.RoomEventReq,
     pb.PUSH_CONNS: pb.PushConnsReq,
     pb.PUSH_ROOM_BATCH: pb.PushRoomBatchReq,
     pb.PUSH_ALL: pb.PushAllReq,
@@ -60,6 +61,7 @@ REPLY_TYPES: dict[int, type[Message]] = {
     pb.HEARTBEAT: pb.HeartbeatReply,
     pb.RECEIVE: pb.ReceiveReply,
     pb.RENEW_ONLINE: pb.RoomsReply,  # the cluster-wide counts of the reported rooms
+    pb.ROOM_EVENT: pb.Empty,
     pb.PUSH_CONNS: pb.CountReply,
     pb.PUSH_ROOM_BATCH: pb.CountReply,
     pb.PUSH_ALL: pb.CountReply,

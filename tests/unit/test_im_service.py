@@ -1,0 +1,68 @@
+"""ImService's own bounds with a real SQLite store and an in-memory cache and bus stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from imgate.cache import Session
+from imgate.im.service import ImService
+from imgate.im.sqlite import SqliteStore
+
+
+class Sessions:
+    """The cache's ``sessions`` call: user -> its connections."""
+
+    nowait = False
+
+    def __init__(self, conns: dict):
+        self.conns = conns
+
+    async def sessions(self, mids):
+        return {m: [Session(conn_id=c, mid=m, key=f"k{c}", server="p1", room_id="", platform="",
+                            connected_at=0.0) for c in self.conns.get(m, ())] for m in mids}
+
+
+class Jobs:
+    nowait = False
+
+    def __init__(self):
+        self.jobs = []
+
+    async def publish(self, job):
+        self.jobs.append(job)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_a_resend_pass_sends_at_most_a_page_of_bytes_per_connection(tmp_path):
+    """100 unacked 15 KB entries all due at once were resent as one 1.5 MB frame: more than the proxy
+    queues for a connection (it closes it as a slow consumer) and than a client accepts as one body."""
+    async def go():
+        store = SqliteStore(tmp_path / "im.db")
+        await store.start()
+        bus = Jobs()
+        svc = ImService(store, Sessions({2: [7]}), bus, ack_timeout=10.0, ack_retries=3,
+                        max_page_bytes=256 * 1024)
+        await store.open_inbox(2)
+        for i in range(100):
+            await svc.send(1, {"cmid": f"c{i}", "to": 2, "content": "x" * 15000})
+        assert len(bus.jobs) == 100 and svc.unacked("p1", 7) == list(range(1, 101))
+        bus.jobs.clear()
+        now = asyncio.get_running_loop().time() + 1000  # everything is due
+        resent = []
+        for _ in range(100):
+            await svc.resend_due(now)
+            for job in bus.jobs:
+                assert job.conn_ids == [7] and job.op == 24
+                assert len(job.body) <= 256 * 1024, len(job.body)
+                resent += [m["seq"] for m in json.loads(job.body)["msgs"]]
+            bus.jobs.clear()
+            if len(resent) >= 100:
+                break
+        assert resent == list(range(1, 101)), "every due entry is resent once, in order, over a few passes"
+        await store.close()
+
+    run(go())
