@@ -81,6 +81,11 @@ def test_a_message_between_proxies_and_back_through_the_other_logic(cluster):
             for logic in ("L1", "L2"):
                 status, page = await ahttp(cluster, logic, "GET", "/im/sync?uid=7002&after=0&limit=10")
                 assert [(m["seq"], m["cmid"]) for m in page["data"]["msgs"]] == [(1, "x1"), (2, "y1")]
+            # a new connection learns its newest seq at auth (op 8 inbox_seq, carried by the connect RPC)
+            assert (x.inbox_seq, y.inbox_seq) == (0, 0)
+            again = await imclient.connect(cluster.tcp_url("B"), mid=7001, heartbeat=None, timeout=15)
+            assert again.inbox_seq == 2
+            await again.close()
         finally:
             await x.close()
             await y.close()
