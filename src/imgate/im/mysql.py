@@ -262,39 +262,39 @@ class MariaDbStore(MessageStore):
             if resumed:  # an earlier attempt of this call may have committed it: answer it as stored
                 return await self._stored_again(cur, row[0], row[3])
             return Stored(msg_id=row[0], ts=row[3], seqs={m.sender: row[2]}, duplicate=True)
-        owners = sorted(set(m.owners))
-        await cur.execute(f"SELECT uid FROM users WHERE uid IN ({','.join(['%s'] * len(owners))})", owners)
-        known = {r[0] for r in await cur.fetchall()}
-        for owner in m.owners:
-            if owner != m.sender and owner not in known:
-                raise ImError(E_UNKNOWN_RECEIVER, f"user {owner} has no inbox (unknown receiver)")
         ts = self._now_ms()
-        if m.sender not in known:
-            await cur.execute("INSERT IGNORE INTO users (uid, created) VALUES (%s, %s)", (m.sender, ts))
         seqs = {}
-        for owner in owners:  # one lock order for every transaction: fewer deadlocks
-            seqs[owner] = await self._next_seq(cur, owner)
+        for owner in sorted(set(m.owners)):  # one lock order for every transaction: fewer deadlocks
+            seq = await self._next_seq(cur, owner)
+            if seq is None:  # no inbox: the sender gets one (its first seq), a receiver is unknown
+                if owner != m.sender:
+                    raise ImError(E_UNKNOWN_RECEIVER, f"user {owner} has no inbox (unknown receiver)")
+                await cur.execute("INSERT INTO users (uid, max_seq, created) VALUES (%s, 1, %s)", (owner, ts))
+                seq = 1
+            seqs[owner] = seq
         await cur.execute(
             "INSERT INTO messages (sender, cmid, conv, receiver, grp, type, content, digest, sender_seq, ts)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (m.sender, m.cmid, m.conv, m.to, m.group, m.type, m.content, m.digest, seqs[m.sender], ts))
         msg_id = cur.lastrowid
         counts = m.type != "read"  # read notices are neither unread nor a conversation's last message
-        entries, rows = {}, []
+        entries, rows, convs = {}, [], []
         for owner in m.owners:
             seq = seqs[owner]
             unread = 1 if counts and owner != m.sender else 0
             rows.append((owner, seq, msg_id, m.conv, unread, ts))
             if counts:
                 peer = m.group if m.group is not None else (m.to if owner == m.sender else m.sender)
-                await cur.execute(
-                    "INSERT INTO conversations (owner, conv, peer, last_seq, last_msg_id, unread)"
-                    " VALUES (%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq),"
-                    " last_msg_id = VALUES(last_msg_id), unread = unread + VALUES(unread)",
-                    (owner, m.conv, peer, seq, msg_id, unread))
+                convs.append((owner, m.conv, peer, seq, msg_id, unread))
             entries[owner] = msg_json(seq, msg_id, m.conv, m.sender, m.to, m.group, m.type, m.content, ts, m.cmid)
+        # executemany sends each as one multi-row INSERT: one round trip for all owners
         await cur.executemany("INSERT INTO inbox (owner, seq, msg_id, conv, unread, ts) VALUES (%s, %s, %s, %s, %s, %s)",
                               rows)
+        if convs:
+            await cur.executemany(
+                "INSERT INTO conversations (owner, conv, peer, last_seq, last_msg_id, unread)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq),"
+                " last_msg_id = VALUES(last_msg_id), unread = unread + VALUES(unread)", convs)
         self.counters["writes"] += 1
         return Stored(msg_id=msg_id, ts=ts, seqs={o: seqs[o] for o in m.owners}, entries=entries)
 
@@ -305,8 +305,11 @@ class MariaDbStore(MessageStore):
         return Stored(msg_id=msg_id, ts=ts, seqs={r[0]: r[1] for r in rows},
                       entries={r[0]: msg_json(*r[1:]) for r in rows})
 
-    async def _next_seq(self, cur, owner: int) -> int:
+    async def _next_seq(self, cur, owner: int) -> int | None:
+        """The owner's next seq (its row stays locked until the transaction ends); None: no inbox."""
         await cur.execute("UPDATE users SET max_seq = LAST_INSERT_ID(max_seq + 1) WHERE uid = %s", (owner,))
+        if cur.rowcount == 0:
+            return None
         seq = cur.lastrowid  # the OK packet carries LAST_INSERT_ID(): no SELECT round trip
         keep = self.retention_entries
         if keep and seq > keep:
