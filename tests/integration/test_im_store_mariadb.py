@@ -112,6 +112,29 @@ def test_a_commit_whose_answer_is_lost_is_answered_and_delivered_once(backend):
     run(go())
 
 
+def test_a_failing_write_is_refused_at_once_and_the_store_carries_on(backend):
+    async def go():
+        store = await backend.open()
+        await store.open_inbox(2)
+
+        async def broken(cur, resumed=False):
+            await cur.execute("INSERT INTO users (uid, created) VALUES (%s, %s)", (77, 0))
+            raise TypeError("a bug in a write")
+
+        with pytest.raises(ImError) as e:
+            await store._run(broken)
+        assert e.value.code == E_UNAVAILABLE and store.counters["retries"] == 0, "a bug is not retried"
+        assert not await store.has_inbox(77), "the failed transaction was rolled back"
+        with pytest.raises(ImError) as e:
+            await store._run(lambda cur, resumed=False: cur.execute("SELECT * FROM no_such_table"))
+        assert e.value.code == E_UNAVAILABLE and store.counters["retries"] == 0
+        assert not (await store.send(new_message(1, 2, "after", 1))).duplicate
+        assert [m["cmid"] for m in await all_msgs(store, 2)] == ["after"]
+        await store.close()
+
+    run(go())
+
+
 def test_a_dead_server_is_refused_after_the_failover_timeout():
     async def go():
         store = MariaDbStore([f"127.0.0.1:{free_port()}"], user="test", failover_timeout=0.5, connect_timeout=0.2)

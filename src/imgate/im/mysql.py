@@ -197,7 +197,7 @@ class MariaDbStore(MessageStore):
                 except Exception as e:
                     code = e.args[0] if e.args and isinstance(e.args[0], int) else 0
                     last = f"{type(e).__name__}: {e}"
-                    if code >= 2000 or not isinstance(e, _db_errors()):  # a client-side error: the link broke
+                    if _link_broke(e, code):
                         if conn is not None:
                             conn.close()
                         resumed = True
@@ -429,6 +429,9 @@ class MariaDbStore(MessageStore):
         return await self._run(self._conversations_now, uid, limit)
 
 
-def _db_errors():
-    from asyncmy.errors import MySQLError
-    return MySQLError
+def _link_broke(e: Exception, code: int) -> bool:
+    """The connection failed (client-side codes 2000-2999, a socket error), not the statement."""
+    from asyncmy.errors import InterfaceError, MySQLError
+    if isinstance(e, MySQLError):
+        return code >= 2000 or isinstance(e, InterfaceError)
+    return isinstance(e, (OSError, EOFError, asyncio.IncompleteReadError, asyncio.TimeoutError))
