@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build services browser proto test check cluster bench bench-im bench-upstream bench-micro ratios wheel clean run
+.PHONY: all build services browser proto test check cluster bench bench-im bench-upstream bench-micro ratios wheel clean run fuzz test-asan
 
 all: build
 
@@ -38,6 +38,30 @@ test: build services browser
 # the edit-compile-test loop: tests/unit only (in process, no services), well under a minute
 check: build
 	$(PY) -m pytest -q tests/unit
+
+# Long fuzzing under atheris (installed on first use): every harness of fuzz/harnesses.py for FUZZ_RUNS
+# inputs, memory bounded by libFuzzer's -rss_limit_mb. `make test` runs them briefly (test_fuzz_smoke).
+FUZZ_RUNS ?= 1000000
+FUZZ_HARNESSES := goim_frames websocket handshake auth_body http im_body
+fuzz: build
+	$(PY) -c 'import atheris' 2>/dev/null || $(PIP) install --quiet atheris
+	for h in $(FUZZ_HARNESSES); do \
+		$(PY) fuzz/run.py $$h -runs=$(FUZZ_RUNS) -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
+	done
+
+# The unit tests against the extensions built with AddressSanitizer and UndefinedBehaviorSanitizer, in a
+# copy of the tree under build/asan (the normal build stays as it is); the sanitizer runtimes are
+# preloaded into the venv's python. Leak checking is off: the interpreter itself never frees everything.
+ASAN_DIR := build/asan
+ASAN_TESTS ?= tests/unit
+test-asan: $(STAMP)
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
+	cp -r setup.py pyproject.toml README.md csrc src tests fuzz docs $(ASAN_DIR)/
+	find $(ASAN_DIR) -name '*.so' -delete
+	cd $(ASAN_DIR) && IMGATE_SANITIZE=1 $(abspath $(PY)) setup.py --quiet build_ext --inplace -j 2
+	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		PYTHONPATH=src $(abspath $(PY)) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)
 
 # a whole cluster on loopback in the foreground (Redis, Kafka, 2 proxies, 2 logic, 1 push); Ctrl-C stops it
 cluster: build services
@@ -80,7 +104,8 @@ wheel: $(STAMP)
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=src/imgate/protocol proto/imgate.proto
 
-# the all-in-one node with embedded defaults; the demo page may mint tokens (--demo)
+# the all-in-one node on 127.0.0.1 with embedded defaults; prints the API key it creates on the first
+# run and the demo page's key; the demo page may mint tokens (--demo, loopback only)
 run: build
 	$(VENV)/bin/imgate serve --demo --data-dir .data
 

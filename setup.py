@@ -8,13 +8,20 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("IMGATE_DEBUG", "0") not in ("", "0")
+# IMGATE_SANITIZE=1: AddressSanitizer + UndefinedBehaviorSanitizer (`make test-asan`, which builds in a
+# copy of the tree and runs the tests with the sanitizer runtimes preloaded)
+SANITIZE = os.environ.get("IMGATE_SANITIZE", "0") not in ("", "0")
 
 macros = [("IMGATE_DEBUG", "1" if DEBUG else "0")]
 cflags = ["-O0", "-g"] if DEBUG else ["-O3"]
+sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+if SANITIZE:
+    cflags = ["-O1", "-g"] + sanitize
 common = dict(
     include_dirs=["src/imgate/_core/includes"],  # the headers ship beside the .pxd that extern them
     define_macros=macros,
     extra_compile_args=cflags + ["-std=c11", "-Wno-unused-function"],
+    extra_link_args=sanitize if SANITIZE else [],
 )
 
 extensions = [

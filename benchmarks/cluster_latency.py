@@ -81,8 +81,9 @@ async def measure(cluster: Cluster, pushes: int, rate: float, users: int) -> dic
     async def push(i):
         body = struct.pack(">d", time.time()) + b"x" * 24
         mid = 900000 + (i % users)
-        writer.write(b"POST /goim/push/mids?operation=1000&mids=%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
-                     % (mid, len(body)) + body)
+        writer.write(b"POST /goim/push/mids?operation=1000&mids=%d HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n"
+                     % (mid, cluster.api_key.encode(), len(body)) + body)
         head = await reader.readuntil(b"\r\n\r\n")
         length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(b":")[1])
         await reader.readexactly(length)

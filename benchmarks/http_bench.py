@@ -17,6 +17,10 @@ Rows, interleaved round by round (the machine is shared and noisy), the median s
   push/mids httptools the same bytes with HttpServer(fast_path=False): every byte through httptools
   noop plain          POST to a route answering a fixed Response: the HTTP layer alone
   noop httptools
+  push/mids open      push/mids plain with the API's credential check off (``api_auth = "none"``):
+                      the difference to "push/mids plain" is what the check costs
+
+Every request carries ``Authorization: Bearer <API key>`` (the node's API needs a credential).
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ async def measure(args) -> dict:
                  heartbeat_timeout=900.0).validate()
     node = Node(cfg)
     await node.start()
+    key = "imk_bench_" + "k" * 32
+    node.api_auth.add_key(key, ["push", "admin"])
+    guard = node.http.router.guard
     socks = []
     try:
         for i in range(args.clients):
@@ -94,18 +101,20 @@ async def measure(args) -> dict:
                     pass
 
         fixed = Response(200, b'{"code":0,"message":"","data":null}', "application/json")
-        node.http.router.add("POST", "/bench/noop", lambda req: fixed)
+        node.http.router.add("POST", "/bench/noop", lambda req: fixed, "push")
         n = args.requests
 
         def requests(path):
             return [(f"POST {path}?operation=1000&mids={(i * 7919) % args.clients + 1} HTTP/1.1\r\n"
-                     f"Host: 127.0.0.1\r\nContent-Length: {len(BODY)}\r\n\r\n").encode() + BODY for i in range(n)]
+                     f"Host: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+                     f"Content-Length: {len(BODY)}\r\n\r\n").encode() + BODY for i in range(n)]
 
         rows = {
             "push/mids plain": ("/goim/push/mids", True),
             "push/mids httptools": ("/goim/push/mids", False),
             "noop plain": ("/bench/noop", True),
             "noop httptools": ("/bench/noop", False),
+            "push/mids open": ("/goim/push/mids", True),
         }
         data = {path: requests(path) for path, _ in rows.values()}
         results = {name: [] for name in rows}
@@ -115,6 +124,7 @@ async def measure(args) -> dict:
             for name in order:
                 path, fast = rows[name]
                 node.http.fast_path = fast
+                node.http.router.guard = None if name.endswith(" open") else guard
                 proto = HttpProtocol(node.http)
                 proto.connection_made(NullTransport())
                 cpu = 0.0

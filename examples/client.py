@@ -1,8 +1,9 @@
 """Connect to an imgate node, join a room and print the pushes that arrive.
 
     TOKEN=$(.venv/bin/imgate token --user 42 --data-dir .data)
+    KEY=$(.venv/bin/imgate apikey create --scope push --data-dir .data)
     .venv/bin/python examples/client.py --token "$TOKEN"
-    curl -d 'hello' 'http://127.0.0.1:3111/goim/push/room?operation=1000&type=live&room=1000'
+    curl -H "Authorization: Bearer $KEY" -d 'hello' 'http://127.0.0.1:3111/goim/push/room?operation=1000&type=live&room=1000'
 """
 
 import argparse

@@ -80,6 +80,7 @@ def main() -> int:
         print("  logic     http://127.0.0.1:3111  http://127.0.0.1:4111", flush=True)
         print(f"  redis     127.0.0.1:{REDIS}   kafka 127.0.0.1:{KAFKA}   mariadb {' '.join(MARIADB)}", flush=True)
         print(f"  tokens    .venv/bin/imgate token --user ID --data-dir {WORK / 'data'}", flush=True)
+        print(f"  API keys  .venv/bin/imgate apikey create --scope push --data-dir {WORK / 'data'}", flush=True)
         while not stopping:
             for name, p in procs:
                 if p.poll() is not None and not stopping:

@@ -231,14 +231,24 @@ def test_same_key_on_a_new_connection(backend):
     backend.run(body)
 
 
-def test_same_key_old_connection_renewed_does_not_steal_key(backend):
+def test_a_key_is_never_rebound_to_another_user(backend):
     async def body(c):
-        old = await connect(c, 3, key="dev")
-        new = await connect(c, 4, key="dev")  # even another user may take over a key
-        assert await c.renew_session(3, old.conn_id, TTL) is True
-        assert (await c.sessions_by_keys(["dev"]))["dev"].conn_id == new.conn_id
-        assert await c.del_session(3, old.conn_id) is True
+        owner = await connect(c, 3, key="dev")
+        conn_id = await c.alloc_conn_id()
+        thief = Session(conn_id=conn_id, mid=4, key="dev", server="evil", connected_at=time.time())
+        assert await c.add_session(thief, TTL) is False  # refused, nothing stored
+        assert (await c.sessions_by_keys(["dev"]))["dev"].conn_id == owner.conn_id
+        assert await c.sessions([4]) == {}
+        assert await c.renew_session(3, owner.conn_id, TTL) is True
+        assert (await c.sessions_by_keys(["dev"]))["dev"].mid == 3
+        # once the owner is gone (left or expired) the key is free for anyone
+        assert await c.del_session(3, owner.conn_id) is True
+        assert await c.add_session(thief, TTL) is True
         assert (await c.sessions_by_keys(["dev"]))["dev"].mid == 4
+        other = await connect(c, 5, key="dev2")
+        await backend.advance(TTL * 1.5)
+        late = Session(conn_id=await c.alloc_conn_id(), mid=6, key="dev2", server="p", connected_at=time.time())
+        assert await c.add_session(late, TTL) is True, f"{other} expired: its key is free"
     backend.run(body)
 
 

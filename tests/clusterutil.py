@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from imgate.http.apikeys import KeyStore
 from imgate.config import dump_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +92,8 @@ class Cluster:
                            online_interval=0.2, kafka_timeout=3.0, heartbeat_timeout=30.0,
                            data_dir=str(workdir / "data"))
         self.common.update(common)
+        # the logic roles read their API keys from the shared data dir: one admin key for http()
+        self.api_key = KeyStore(self.common["data_dir"]).create("tests", ["admin"])[1]
         self.ports = {}
         self.procs: dict[str, RoleProcess] = {}
         for name in ("L1", "L2"):
@@ -126,7 +129,8 @@ class Cluster:
 
     def http(self, logic: str, method: str, path: str, body: bytes | None = None, timeout: float = 15.0):
         url = f"http://127.0.0.1:{self.ports[logic]['http']}{path}"
-        req = urllib.request.Request(url, data=body, method=method)
+        req = urllib.request.Request(url, data=body, method=method,
+                                     headers={"Authorization": f"Bearer {self.api_key}"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, json.loads(r.read())

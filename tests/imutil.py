@@ -8,9 +8,11 @@ import urllib.request
 from pathlib import Path
 
 from clusterutil import RoleProcess, free_port
+from imgate.http.apikeys import KeyStore
+from nodeutil import API_KEYS
 
 # Every HTTP request of the IM tests goes through api(): credentials, when the API needs them,
-# are added here and only here.
+# are added here and only here (the admin key the node's helper made, from nodeutil.API_KEYS).
 API_HEADERS: dict[str, str] = {}
 
 
@@ -19,7 +21,10 @@ def api(base: str, method: str, path: str, body=None, timeout: float = 15.0):
     ``base`` (``http://host:port``)."""
     if isinstance(body, (dict, list)):
         body = json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=body, method=method, headers=dict(API_HEADERS))
+    headers = dict(API_HEADERS)
+    if base in API_KEYS:
+        headers["Authorization"] = f"Bearer {API_KEYS[base]}"
+    req = urllib.request.Request(base + path, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status, raw, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
@@ -37,6 +42,7 @@ class ServeProcess(RoleProcess):
                     **{k: f"127.0.0.1:{p}" for k, p in self.ports.items()})
         conf.update(config)
         super().__init__("serve", "serve", conf, workdir)
+        API_KEYS[self.http_base] = KeyStore(conf["data_dir"]).create("tests", ["admin"])[1]
 
     @property
     def tcp_url(self) -> str:

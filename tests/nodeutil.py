@@ -13,10 +13,19 @@ import urllib.request
 
 import uvloop
 
+from imgate.http.apikeys import KeyStore
 from imgate.config import Config
 
 
+# http base ("http://127.0.0.1:PORT") -> the admin API key a helper made for that node: helpers that
+# only know a node's address (imutil.api) find its credential here
+API_KEYS: dict[str, str] = {}
+
+
 class NodeThread:
+    """The node's HTTP API needs a credential: ``http()`` sends ``api_key``, an admin key the helper
+    creates in the node's data dir (a fresh temporary one unless the config names it)."""
+
     def __init__(self, config: Config | None = None, **overrides):
         self._tmp = None
         if config is None:
@@ -25,8 +34,12 @@ class NodeThread:
             defaults = dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
                             online_interval=0.1, server_id="test-node")
             defaults.update(overrides)
+            if "data_dir" not in overrides:
+                self._tmp = tempfile.TemporaryDirectory(prefix="imgate-node-")
+                defaults["data_dir"] = self._tmp.name
             config = Config(**defaults).validate()
         self.config = config
+        self.api_key = KeyStore(config.data_dir).create("tests", ["admin"])[1]
         self.loop = uvloop.new_event_loop()
         self.node = None
         self._ready = threading.Event()
@@ -54,6 +67,7 @@ class NodeThread:
         self._ready.wait(30)
         if self._error is not None:
             raise self._error
+        API_KEYS[self.http_base] = self.api_key
         return self
 
     def call(self, coro, timeout=30):
@@ -82,9 +96,13 @@ class NodeThread:
     def http_base(self):
         return f"http://127.0.0.1:{self.node.http_port}"
 
-    def http(self, method, path, body=None, timeout=10):
-        """(status, parsed JSON or raw bytes)."""
-        req = urllib.request.Request(self.http_base + path, data=body, method=method)
+    def http(self, method, path, body=None, timeout=10, headers=None, api_key=True):
+        """(status, parsed JSON or raw bytes). ``api_key``: True sends the helper's admin key, a string
+        sends that credential, None sends none."""
+        headers = dict(headers or {})
+        if api_key:
+            headers["Authorization"] = f"Bearer {self.api_key if api_key is True else api_key}"
+        req = urllib.request.Request(self.http_base + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 status, raw, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
@@ -118,3 +136,4 @@ def read_until_closed(sock, timeout=30.0) -> bytes:
             break
         out += chunk
     return bytes(out)
+

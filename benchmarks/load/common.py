@@ -26,10 +26,12 @@ def make_body(seq: int, now_ns: int) -> bytes:
     return _STAMP.pack(now_ns, seq) + b"." * (BODY_SIZE - _STAMP.size)
 
 
-def http_post(path: str, body: bytes, host: str = "bench") -> bytes:
-    """One HTTP/1.1 keep-alive POST, request head and body in one bytes object."""
-    return b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s" % (
-        path.encode(), host.encode(), len(body), body)
+def http_post(path: str, body: bytes, host: str = "bench", api_key: str = "") -> bytes:
+    """One HTTP/1.1 keep-alive POST, request head and body in one bytes object; ``api_key`` is sent
+    as ``Authorization: Bearer`` when given (imgate's API needs one)."""
+    auth = b"Authorization: Bearer %s\r\n" % api_key.encode() if api_key else b""
+    return b"POST %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        path.encode(), host.encode(), auth, len(body), body)
 
 
 def raise_nofile() -> int:

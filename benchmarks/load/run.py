@@ -324,6 +324,7 @@ class Server:
         self.ws_port = free_port()
         self.ctl_port = free_port()
         self.src = "127.0.0.1"     # source address of its clients
+        self.api_key = ""          # sent with every push (imgate's API needs a credential)
         self.pythonpath = os.path.join(ROOT, "src")
         self.pusher = None
         self.share = []            # its room clients per generator
@@ -403,6 +404,11 @@ class Imgate(Server):
         with open(conf, "w") as f:
             # the generators send no heartbeats: keep idle clients for the whole run (default 90 s)
             f.write("heartbeat_timeout = 900.0\n")
+        # a push-scope API key in the node's data dir, made before the node starts
+        self.api_key = subprocess.run(
+            [PY, "-m", "imgate", "apikey", "create", "--scope", "push", "--name", "bench", "--data-dir", data],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=self.pythonpath)).stdout.strip()
         head = [PY, "-m", "imgate"]
         if self.gc_trace:
             head = [PY, os.path.join(HERE, "gc_trace.py"), self.gc_trace]
@@ -805,7 +811,7 @@ class Bench:
             srv.pusher = await Pusher.open(srv.ctl_port)
         targets = [e + s * count for e, s in zip(self.expected, srv.share)]
         want = srv.pusher.responses + count
-        srv.pusher.write(b"".join(http_post(srv.room_path, self.body()) for _ in range(count)))
+        srv.pusher.write(b"".join(http_post(srv.room_path, self.body(), api_key=srv.api_key) for _ in range(count)))
         ok = await self.wait_reached(targets, timeout)
         try:
             await srv.pusher.wait_responses(want, timeout)
@@ -921,7 +927,7 @@ class Bench:
         pushers = [await Pusher.open(srv.ctl_port) for _ in range(self.args.unicast_connections)]
         rnd = random.Random(7 + round_no)
         for p in pushers:  # warm-up: one push per connection
-            p.write(http_post(srv.unicast_path(1), self.body()))
+            p.write(http_post(srv.unicast_path(1), self.body(), api_key=srv.api_key))
         for p in pushers:
             await p.wait_responses(1)
         await asyncio.sleep(0.2)
@@ -979,7 +985,7 @@ class Bench:
                 continue
             if now - due_t > 0.001:
                 late += 1
-            pushers[k].write(http_post(paths[sent], self.body()))
+            pushers[k].write(http_post(paths[sent], self.body(), api_key=srv.api_key))
             k = (k + 1) % len(pushers)
             sent += 1
             if now - last_report > 0.5:

@@ -1,4 +1,4 @@
-"""`imgate` command line: serve (all roles in one process) and token."""
+"""`imgate` command line: serve (all roles in one process), the cluster roles, token, apikey."""
 
 from __future__ import annotations
 
@@ -14,12 +14,17 @@ from imgate.config import Config, ConfigError
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (keys as in docs/configuration.md)")
-    p.add_argument("--tcp", help="TCP listener HOST:PORT (default 0.0.0.0:3101)")
-    p.add_argument("--ws", help="WebSocket listener HOST:PORT, path /sub (default 0.0.0.0:3102)")
-    p.add_argument("--http", help="HTTP API HOST:PORT (default 0.0.0.0:3111)")
+    p.add_argument("--tcp", help="TCP listener HOST:PORT (default 127.0.0.1:3101)")
+    p.add_argument("--ws", help="WebSocket listener HOST:PORT, path /sub (default 127.0.0.1:3102)")
+    p.add_argument("--http", help="HTTP API HOST:PORT (default 127.0.0.1:3111)")
     p.add_argument("--auth", choices=["jwt", "none", "http"],
                    help="jwt (default), none (goim's auth body as it is) or http (the service at auth_url)")
     p.add_argument("--data-dir", dest="data_dir", help="where state lives (default ./data)")
+    p.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate: wss on --wss (3103), HTTPS with --http-tls")
+    p.add_argument("--tls-key", dest="tls_key", help="PEM key of --tls-cert")
+    p.add_argument("--http-tls", dest="http_tls", action="store_true", default=None, help="serve the HTTP API over TLS")
+    p.add_argument("--api-auth", dest="api_auth", choices=["key", "none"],
+                   help="key (default: the HTTP API needs an API key or token) or none (open API)")
     p.add_argument("--demo", action="store_true", default=None,
                    help="let the demo page at / mint tokens for any user (never in production)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
@@ -27,13 +32,26 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args) -> Config:
     return Config.load(args.config, tcp=args.tcp, ws=args.ws, http=args.http, auth=args.auth,
-                       data_dir=args.data_dir, demo=args.demo)
+                       data_dir=args.data_dir, demo=args.demo, api_auth=args.api_auth,
+                       tls_cert=args.tls_cert, tls_key=args.tls_key, http_tls=args.http_tls)
+
+
+def _first_key(cfg: Config) -> str:
+    """An admin API key when the data dir has none yet (printed once: only its hash is kept)."""
+    from imgate.http.apikeys import KeyStore
+
+    store = KeyStore(cfg.data_dir)
+    if cfg.api_auth != "key" or store.load():
+        return ""
+    _, token = store.create("initial", ["admin"])
+    return token
 
 
 async def _serve(cfg: Config) -> int:
     from imgate.gctune import settle as settle_gc
     from imgate.node import Node
 
+    first_key = _first_key(cfg)
     node = Node(cfg)
     await node.start()
     settle_gc()
@@ -41,12 +59,18 @@ async def _serve(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, node.reload_tls)   # new certificate, connections kept
     p = node.proxy
     host = "127.0.0.1" if cfg.addr("http")[0] in ("0.0.0.0", "::") else cfg.addr("http")[0]
     print(f"imgate node {cfg.server_id} is up (auth: {cfg.auth})", flush=True)
     print(f"  goim TCP     tcp://{host}:{p.tcp_port}", flush=True)
     print(f"  WebSocket    ws://{host}:{p.ws_port}/sub", flush=True)
-    print(f"  HTTP API     http://{host}:{node.http_port}/  (demo page; /openapi.json, /metrics)", flush=True)
+    if p.tls is not None:
+        print(f"  WebSocket    wss://{host}:{p.wss_port}/sub  (TLS; SIGHUP reloads {cfg.tls_cert})", flush=True)
+        if p.tls_tcp_port:
+            print(f"  goim TLS     tls://{host}:{p.tls_tcp_port}", flush=True)
+    scheme = "https" if cfg.http_tls else "http"
+    print(f"  HTTP API     {scheme}://{host}:{node.http_port}/  (demo page; /openapi.json, /metrics)", flush=True)
     if cfg.im:
         print(f"  IM store     {Path(cfg.data_dir) / 'im.db'} (synchronous {cfg.im_sync}; chat demo: /chat)",
               flush=True)
@@ -58,6 +82,15 @@ async def _serve(cfg: Config) -> int:
             print(f"  {what:<12} {url}", flush=True)
     for op, url in sorted(cfg.upstream_routes.items(), key=lambda kv: int(kv[0])):
         print(f"  upstream {op:<4}{url}", flush=True)
+    if first_key:
+        print(f"  API key      {first_key}  (admin; created now, shown once: keep it)", flush=True)
+        print(f"               curl -H 'Authorization: Bearer {first_key}' {scheme}://{host}:{node.http_port}/goim/online/total", flush=True)
+    elif cfg.api_auth == "key":
+        print(f"  API keys     imgate apikey create --scope push --data-dir {cfg.data_dir}", flush=True)
+    else:
+        print("  API          OPEN to anyone who reaches it (api_auth = \"none\")", flush=True)
+    if node.demo_api_key:
+        print(f"  demo key     {node.demo_api_key}  (push; in memory until the node stops)", flush=True)
     await stop.wait()
     print("shutting down: clients get op 6 (reconnect)", flush=True)
     await node.stop()
@@ -82,6 +115,24 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--secret", help="HS256 secret (default: config, IMGATE_JWT_SECRET, or <data-dir>/jwt.secret)")
     tok.add_argument("--config", help="TOML config file")
     tok.add_argument("--data-dir", dest="data_dir", help="data dir of the node (default ./data)")
+    ak = sub.add_parser("apikey", help="manage the HTTP API's keys (create, list, revoke)")
+    ak_sub = ak.add_subparsers(dest="apikey_command", required=True)
+    for name, text in (("create", "make a key (printed once; only its hash is stored)"),
+                       ("list", "show the keys (never the secrets)"), ("revoke", "delete a key by id")):
+        p = ak_sub.add_parser(name, help=text)
+        p.add_argument("--config", help="TOML config file")
+        p.add_argument("--data-dir", dest="data_dir", help="data dir of the node (default ./data)")
+        if name == "create":
+            p.add_argument("--scope", action="append", required=True,
+                           help="push, im, query, metrics or admin (repeat for several)")
+            p.add_argument("--name", default="", help="a label to recognise the key by")
+        if name == "revoke":
+            p.add_argument("id", help="the key's id (the part after imk_, as `list` shows)")
+    cert = sub.add_parser("cert", help="certificates for trying TLS")
+    cert_sub = cert.add_subparsers(dest="cert_command", required=True)
+    dev = cert_sub.add_parser("dev", help="a local CA and a server certificate signed by it (openssl)")
+    dev.add_argument("--out", default="./data/tls", help="directory for ca.crt, server.crt, server.key (default ./data/tls)")
+    dev.add_argument("--name", action="append", help="host names and addresses (default localhost, 127.0.0.1, ::1)")
     args = parser.parse_args(argv)
 
     try:
@@ -108,7 +159,24 @@ def main(argv: list[str] | None = None) -> int:
             from imgate.node import load_or_create_secret
 
             cfg = Config.load(args.config, data_dir=args.data_dir, jwt_secret=args.secret)
+            if cfg.jwt_max_ttl and args.ttl > cfg.jwt_max_ttl:
+                print(f"imgate: --ttl {args.ttl:g} is over jwt_max_ttl ({cfg.jwt_max_ttl:g} s): the node would "
+                      f"refuse the token", file=sys.stderr)
+                return 2
             print(mint_token(load_or_create_secret(cfg, create=False), args.user, ttl=args.ttl))
+            return 0
+        if args.command == "apikey":
+            return _apikey(args)
+        if args.command == "cert":
+            from imgate.certs import make_dev_certs
+
+            try:
+                paths = make_dev_certs(args.out, tuple(args.name) if args.name else ("localhost", "127.0.0.1", "::1"))
+            except RuntimeError as e:
+                print(f"imgate: {e}", file=sys.stderr)
+                return 1
+            print(f"tls_cert = \"{paths['cert']}\"\ntls_key = \"{paths['key']}\"")
+            print(f"clients trust {paths['ca_cert']} (curl --cacert {paths['ca_cert']})", file=sys.stderr)
             return 0
     except ConfigError as e:
         print(f"imgate: {e}", file=sys.stderr)
@@ -117,6 +185,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imgate: {e}", file=sys.stderr)
         return 1
     return 2
+
+
+def _apikey(args) -> int:
+    import time
+
+    from imgate.http.apikeys import KeyStore
+
+    cfg = Config.load(args.config, data_dir=args.data_dir)
+    store = KeyStore(cfg.data_dir)
+    if args.apikey_command == "create":
+        try:
+            rec, token = store.create(args.name, args.scope)
+        except ValueError as e:
+            print(f"imgate: {e}", file=sys.stderr)
+            return 2
+        print(token)
+        print(f"id {rec.id}, scopes {' '.join(rec.scopes)}: shown once, only its hash is stored in {store.path}",
+              file=sys.stderr)
+        return 0
+    if args.apikey_command == "list":
+        for rec in store.load():
+            made = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(rec.created))
+            print(f"{rec.id}\t{' '.join(rec.scopes)}\t{made}Z\t{rec.name}")
+        return 0
+    if store.revoke(args.id):
+        print(f"revoked {args.id}")
+        return 0
+    print(f"imgate: no API key with id {args.id!r} in {store.path}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ Used by the tests, the benchmarks and the README example::
         print(push.op, push.seq, push.body)
 
 URLs: ``tcp://host:port`` (default port 3101), ``ws://host:port/path`` (default port 3102, path
-``/sub``) and ``wss://host:port/path`` (default port 3103; pass ``ssl=`` for a custom context).
+``/sub``), ``wss://host:port/path`` (default port 3103) and ``tls://host:port`` (goim TCP over TLS,
+default port 3104); for the TLS ones pass ``ssl=`` for a custom context, e.g.
+``ssl.create_default_context(cafile="ca.crt")`` with the CA of ``imgate cert dev``.
 
 How frames are told apart. A frame whose (seq, op) answers a request in flight (op 2 -> 3, 4 -> 5,
 7 -> 8, 12 -> 13, 14 -> 15, 16 -> 17, 18 -> 19, 20 -> 21, or any ``request(op, reply_op=...)``)
@@ -75,7 +77,7 @@ _REPLY_OPS = frozenset({OP_HEARTBEAT_REPLY, OP_SEND_MSG_REPLY, OP_AUTH_REPLY, OP
                         OP_SUB_REPLY, OP_UNSUB_REPLY, OP_JOIN_ROOM_REPLY, OP_LEAVE_ROOM_REPLY})
 _CONTROL_OPS = _REPLY_OPS | {OP_DISCONNECT}
 
-_DEFAULT_PORTS = {"tcp": 3101, "ws": 3102, "wss": 3103}
+_DEFAULT_PORTS = {"tcp": 3101, "ws": 3102, "wss": 3103, "tls": 3104}  # tls: goim TCP over TLS
 _MAX_RESPONSE_HEAD = 16384
 
 
@@ -762,13 +764,13 @@ async def connect(url: str, *, mid: int = 0, key: str = "", room_id: str = "",
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
-        raise ValueError(f"url must be tcp://host:port, ws://host:port/sub or wss://..., got {url!r}")
+        raise ValueError(f"url must be tcp://host:port, tls://host:port, ws://host:port/sub or wss://..., got {url!r}")
     host = parts.hostname
     if not host:
         raise ValueError(f"url has no host: {url!r}")
     port = parts.port or _DEFAULT_PORTS[scheme]  # ValueError if the port is not a number
-    websocket = scheme != "tcp"
-    if ssl is None and scheme == "wss":
+    websocket = scheme in ("ws", "wss")
+    if ssl is None and scheme in ("wss", "tls"):
         ssl = _ssl.create_default_context()
     loop = asyncio.get_running_loop()
     client = Client(loop, url, websocket=websocket, timeout=timeout, max_body=max_body)

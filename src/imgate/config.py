@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sys
@@ -54,29 +55,46 @@ def parse_hostport(value: str, key: str) -> tuple[str, int]:
 
 @dataclass
 class Config:
-    # Listeners (goim's ports)
-    tcp: str = "0.0.0.0:3101"  # goim over TCP, HOST:PORT
-    ws: str = "0.0.0.0:3102"  # goim over WebSocket (path /sub), HOST:PORT
-    http: str = "0.0.0.0:3111"  # the HTTP API, HOST:PORT
+    # Listeners (goim's ports); loopback unless told otherwise ("0.0.0.0:3101" serves every interface)
+    tcp: str = "127.0.0.1:3101"  # goim over TCP, HOST:PORT
+    ws: str = "127.0.0.1:3102"  # goim over WebSocket (path /sub), HOST:PORT
+    http: str = "127.0.0.1:3111"  # the HTTP API, HOST:PORT
+    # TLS (docs/security.md)
+    tls_cert: str = ""  # PEM certificate file; with it the proxy also serves wss on `wss`; reloaded on SIGHUP
+    tls_key: str = ""  # PEM key file of tls_cert
+    wss: str = "127.0.0.1:3103"  # goim over WebSocket over TLS (path /sub), HOST:PORT; only with tls_cert
+    tls_tcp: str = ""  # goim over TCP over TLS, HOST:PORT (e.g. 127.0.0.1:3104); empty: off
+    http_tls: bool = False  # the HTTP API speaks HTTPS with tls_cert
     # Identity and auth
     server_id: str = ""  # this proxy in the session registry; default host:tcp-port
     auth: str = "jwt"  # "jwt" (HS256, user id in `sub`) or "none" (goim's auth body as it is)
     jwt_secret: str = ""  # the HS256 secret; see above for where it comes from when empty
-    data_dir: str = "./data"  # where state lives (the generated JWT secret, the IM store im.db)
+    jwt_require_exp: bool = True  # a client token without `exp` is refused (it would never expire)
+    jwt_max_ttl: float = 604800.0  # seconds: a client token whose `exp` is further ahead is refused; 0 = no maximum
+    data_dir: str = "./data"  # where state lives (the generated JWT secret, the API keys, the IM store im.db)
     # Connections
-    handshake_timeout: float = 5.0  # seconds for the WebSocket upgrade and the auth frame
+    handshake_timeout: float = 5.0  # seconds for the WebSocket upgrade and the auth frame (counted: handshake_timeouts)
     heartbeat_timeout: float = 90.0  # goim clients beat every 30 s; three missed beats close
     max_frame_body: int = 65536  # bytes of one frame's body a client may send
     max_pending: int = 1 << 20  # bytes queued per connection before it is a slow consumer
     merge_window: float = 0.0  # seconds; 0 = coalesce within one event-loop iteration
     max_rooms_per_conn: int = 64  # rooms one connection may join
     shutdown_grace: float = 5.0  # seconds to flush the op-6 notices at shutdown
+    # What one client may cost (imgate.proxy.limits; each refusal counted in /metrics)
+    client_op_rate: float = 100.0  # frames per second a connection may send after auth (token bucket); 0 = no limit
+    client_op_burst: float = 200.0  # the bucket's size: past it, op 6 "rate limited" and close (rate_limited)
+    max_conns_per_ip: int = 5000  # open connections per client address; the next gets op 6 or 429 (ip_limit_refusals); 0 = no limit
+    conn_limit_exempt: list = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])  # networks max_conns_per_ip does not apply to
     # HTTP API
     max_http_body: int = 1 << 20  # bytes of one request's body
+    http_request_timeout: float = 30.0  # seconds from a request's first byte to its last, head and body: then 408 (http_request_timeouts)
+    api_auth: str = "key"  # "key": routes need Authorization: Bearer with their scope (docs/security.md); "none": open, warned at start
+    metrics_auth: bool = True  # /metrics needs the "metrics" scope; false opens it
+    api_jwt_max_ttl: float = 86400.0  # seconds: an API JWT whose `exp` is further ahead is refused
     # Online counts
     online_interval: float = 1.0  # seconds between a proxy's room-count reports and logic's absorbing them
     # Demo
-    demo: bool = False  # the demo page at / may mint tokens for any user (never in production)
+    demo: bool = False  # the demo page at / may mint tokens for any user and gets a push key (loopback only; never in production)
     # IM (docs/im.md)
     im: bool = True  # false: no IM service (IM ops and /im/* answer 503), no store
     im_store: str = "sqlite"  # "sqlite" (<data_dir>/im.db) or "mariadb" (the mariadb_* keys; docs/cluster.md)
@@ -102,8 +120,8 @@ class Config:
     mariadb_pool: int = 16  # connections per process
     mariadb_failover_timeout: float = 20.0  # seconds an operation is retried (failover, conflicts) before it is refused (503)
     # Cluster roles (imgate proxy | logic | push); see docs/cluster.md
-    rpc: str = "0.0.0.0:3109"  # proxy: internal RPC listener (push -> proxy)
-    logic_rpc: str = "0.0.0.0:3119"  # logic: internal RPC listener (proxy -> logic)
+    rpc: str = "127.0.0.1:3109"  # proxy: internal RPC listener (push -> proxy)
+    logic_rpc: str = "127.0.0.1:3119"  # logic: internal RPC listener (proxy -> logic)
     logic_addrs: list = field(default_factory=lambda: ["127.0.0.1:3119"])  # proxy: logic instances, in order
     proxies: dict = field(default_factory=dict)  # push: {server_id: "host:rpc_port"} of every proxy
     redis_url: str = "redis://127.0.0.1:6379/0"  # the cache service
@@ -130,10 +148,27 @@ class Config:
     webhook_queue: int = 100000  # events waiting at most; past it new events are dropped and counted
     webhook_timeout: float = 5.0  # seconds for one POST
     webhook_max_backoff: float = 30.0  # seconds between retries at most (doubling from 0.1)
+    rpc_tls: bool = False  # RPC over TLS: listeners present tls_cert/tls_key, callers trust rpc_tls_ca alone
+    rpc_tls_ca: str = ""  # the CA (PEM) the cluster's RPC certificates are pinned to
 
     def validate(self) -> "Config":
-        for key in ("tcp", "ws", "http"):
+        for key in ("tcp", "ws", "http", "wss"):
             parse_hostport(getattr(self, key), key)
+        if self.tls_tcp:
+            parse_hostport(self.tls_tcp, "tls_tcp")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key: give both (PEM files) or neither")
+        for key in ("tls_cert", "tls_key"):
+            if getattr(self, key) and not os.path.isfile(getattr(self, key)):
+                raise ConfigError(f"{key}: no such file {getattr(self, key)!r}")
+        if (self.http_tls or self.tls_tcp) and not self.tls_cert:
+            raise ConfigError("http_tls and tls_tcp need tls_cert and tls_key")
+        if self.rpc_tls and not (self.tls_cert and self.rpc_tls_ca):
+            raise ConfigError("rpc_tls needs tls_cert, tls_key and rpc_tls_ca")
+        if self.rpc_tls_ca and not os.path.isfile(self.rpc_tls_ca):
+            raise ConfigError(f"rpc_tls_ca: no such file {self.rpc_tls_ca!r}")
+        if self.api_auth not in ("key", "none"):
+            raise ConfigError(f"api_auth: expected 'key' or 'none', got {self.api_auth!r}")
         if self.auth not in ("jwt", "none", "http"):
             raise ConfigError(f"auth: expected 'jwt', 'none' or 'http', got {self.auth!r}")
         if self.auth == "http" and not self.auth_url:
@@ -165,9 +200,20 @@ class Config:
             raise ConfigError(f"room_merge_window: must be >= 0, got {self.room_merge_window}")
         if self.rpc_pool <= 0:
             raise ConfigError(f"rpc_pool: must be > 0, got {self.rpc_pool}")
-        for key in ("handshake_timeout", "heartbeat_timeout", "shutdown_grace", "online_interval", "kafka_timeout"):
+        for key in ("handshake_timeout", "heartbeat_timeout", "shutdown_grace", "online_interval", "kafka_timeout",
+                    "api_jwt_max_ttl", "http_request_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        for key in ("client_op_rate", "client_op_burst", "max_conns_per_ip", "jwt_max_ttl"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be >= 0 (0 = no limit), got {getattr(self, key)}")
+        if self.client_op_rate and self.client_op_burst < 1:
+            raise ConfigError(f"client_op_burst: must be >= 1 with a rate limit, got {self.client_op_burst}")
+        for i, net in enumerate(self.conn_limit_exempt):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ConfigError(f"conn_limit_exempt[{i}]: {e}") from None
         if self.merge_window < 0:
             raise ConfigError(f"merge_window: must be >= 0, got {self.merge_window}")
         for key in ("max_frame_body", "max_pending", "max_http_body", "max_rooms_per_conn"):

@@ -21,7 +21,8 @@ _HEAD = """# Configuration
 
 Every key of `imgate.config.Config`. A value comes from the default, then the TOML file given with
 `--config` (keys at the top level are shared; a role's own table, `[serve]`, `[proxy]`, `[logic]` or
-`[push]`, wins), then the command line (`imgate serve --tcp --ws --http --auth --data-dir --demo`).
+`[push]`, wins), then the command line (`imgate serve --tcp --ws --http --auth --data-dir --demo
+--api-auth --tls-cert --tls-key --http-tls`).
 Unknown keys and values of the wrong type are refused with the key named. With `auth = "jwt"` and no
 `jwt_secret`, the secret comes from `IMGATE_JWT_SECRET`, else from `<data_dir>/jwt.secret`.
 """

@@ -23,6 +23,15 @@ slow_consumer_closes      imgate_slow_consumer_closes_total     counter
 auth_failures             imgate_auth_failures_total            counter
 protocol_errors           imgate_protocol_errors_total          counter
 pushes                    imgate_pushes_total                   counter
+api_auth_failures         imgate_api_auth_failures_total        counter
+api_scope_denials         imgate_api_scope_denials_total        counter
+key_conflicts             imgate_key_conflicts_total            counter
+http_request_timeouts     imgate_http_request_timeouts_total    counter
+handshake_timeouts        imgate_handshake_timeouts_total       counter
+rate_limited              imgate_rate_limited_total             counter
+ip_limit_refusals         imgate_ip_limit_refusals_total        counter
+close_notices_late        imgate_close_notices_late_total       counter
+close_notices_dropped     imgate_close_notices_dropped_total    counter
 im_unacked                imgate_im_unacked                     gauge
 im_messages               imgate_im_messages_total              counter
 im_duplicates             imgate_im_duplicates_total            counter
@@ -97,6 +106,15 @@ COUNTERS: dict[str, str] = {
     "webhook_dropped": "Connection events dropped because the webhook queue was full.",
     "webhook_posts": "Webhook POSTs made, retries included.",
     "webhook_retries": "Webhook POSTs that failed and were retried.",
+    "api_auth_failures": "HTTP API requests refused 401 (no credential, or an unknown, revoked or expired one).",
+    "api_scope_denials": "HTTP API requests refused 403 (the credential lacks the route's scope).",
+    "key_conflicts": "Auth frames refused because another user's live connection holds the key.",
+    "http_request_timeouts": "HTTP requests answered 408: head and body not received within http_request_timeout.",
+    "rate_limited": "Connections closed for sending frames faster than client_op_rate (past client_op_burst).",
+    "ip_limit_refusals": "Connections refused: their address already had max_conns_per_ip open.",
+    "close_notices_late": "op-6 notices that waited for a full socket to drain before going out (then FIN).",
+    "close_notices_dropped": "op-6 notices never delivered: the peer made no room for them before the close deadline.",
+    "handshake_timeouts": "Connections closed because the WebSocket upgrade and auth did not finish within handshake_timeout.",
     "im_messages": "IM messages stored (a resend of a stored cmid is not counted).",
     "im_duplicates": "IM sends answered from an earlier send with the same cmid.",
     "im_resent": "IM entries pushed again because they were not acked in time.",

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from imgate.auth import mint_token
+from imgate.http.apikeys import api_auth_from_config
 from imgate.cache import MemoryCache
 from imgate.config import Config, ConfigError
-from imgate.http.server import HttpServer
+from imgate.http.server import PUBLIC, HttpServer
 from imgate.im.service import ImService
 from imgate.im.sqlite import SqliteStore
 from imgate.logic import Logic, backends
@@ -65,10 +66,15 @@ class Demo:
         host = "localhost" if host in ("0.0.0.0", "::") else host
         return {
             "ws_url": f"ws://{host}:{self.node.proxy.ws_port}/sub",
+            # with TLS on: the page, when served over HTTPS, connects with wss (a https page may not use ws)
+            "wss_url": f"wss://{host}:{self.node.proxy.wss_port}/sub" if self.node.proxy.wss_port else "",
             "ws_port": self.node.proxy.ws_port,
             "auth": self.node.config.auth,
             "room_id": "live://1000",
             "mid": secrets.randbelow(1_000_000) + 1,
+            # the page pushes to its room with this in-memory key (scope push); /demo/config answers
+            # loopback peers only
+            "api_key": self.node.demo_api_key,
         }
 
     def token(self, mid: int) -> str:
@@ -108,6 +114,7 @@ class Node:
         self.proxy: Proxy | None = None
         self.http: HttpServer | None = None
         self.logic: Logic | None = None
+        self.demo_api_key = ""
         self.im: ImService | None = None
 
     async def start(self) -> None:
@@ -133,15 +140,34 @@ class Node:
         self.metrics.add_source(self.backends.stats)
         if self.im is not None:
             self.metrics.add_source(self.im.stats)
-        routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None)
-        self.http = HttpServer(routes, max_body=cfg.max_http_body)
+        self.api_auth = api_auth_from_config(cfg)
+        self.metrics.add_source(self._refusals)
+        if cfg.demo and not self.api_auth.open:
+            self.demo_api_key = "imk_demo_" + secrets.token_urlsafe(24)
+            self.api_auth.add_key(self.demo_api_key, ["push"])
+        routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None,
+                              api_auth=self.api_auth, metrics_scope="metrics" if cfg.metrics_auth else PUBLIC)
+        self.http = HttpServer(routes, max_body=cfg.max_http_body,
+                               request_timeout=cfg.http_request_timeout)
         await self.logic.start()
         if self.im is not None:
             await self.im_store.start()
             await self.im.start()
         await self.proxy.start()
         host, port = cfg.addr("http")
-        await self.http.start(host, port)
+        # HTTPS with the proxy's certificate (one context: a SIGHUP reload serves both)
+        tls = self.proxy.tls.context if cfg.http_tls else None
+        await self.http.start(host, port, ssl=tls)
+
+    def _refusals(self) -> dict:
+        """What the API's guard, the HTTP server and logic refused (for /metrics)."""
+        return dict(self.api_auth.counters, http_request_timeouts=self.http.request_timeouts,
+                    key_conflicts=self.logic.counters["key_conflicts"])
+
+    def reload_tls(self) -> bool:
+        """Re-read the certificate and key (SIGHUP): new TLS handshakes use them, open connections
+        keep theirs. False when there is no TLS or the files could not be loaded."""
+        return self.proxy is not None and self.proxy.tls is not None and self.proxy.tls.reload()
 
     def _make_im(self) -> None:
         """The IM service and its store (embedded: <data_dir>/im.db), plugged into logic."""

@@ -40,11 +40,13 @@ def check_packages(role: str, find=importlib.util.find_spec) -> None:
                           f"pip install 'imgate[cluster]'")
 
 
-async def _until_signal() -> None:
+async def _until_signal(role=None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if role is not None and getattr(role, "reload_tls", None):
+        loop.add_signal_handler(signal.SIGHUP, role.reload_tls)   # new certificate, connections kept
     await stop.wait()
 
 
@@ -64,18 +66,24 @@ class ProxyRole:
         from imgate.proxy import Proxy
         from imgate.rpc.logic import LogicClient
         from imgate.rpc.proxy import serve_proxy
+        from imgate.rpc import tls as rpc_tls
         from imgate.rpc.wire import DEFAULT_TIMEOUT
 
         cfg = self.cfg
         # logic answers an upstream message within upstream_timeout (with an error body at worst)
         self.logic = LogicClient(cfg.logic_addrs, pool_size=cfg.rpc_pool, client_id=cfg.server_id,
-                                 timeout=max(DEFAULT_TIMEOUT, cfg.upstream_timeout + 2, cfg.auth_timeout + 2))
+                                 timeout=max(DEFAULT_TIMEOUT, cfg.upstream_timeout + 2, cfg.auth_timeout + 2),
+                                 ssl=rpc_tls.client_context(cfg))
         self.proxy = Proxy(cfg, self.logic, asyncio.get_running_loop())
         await self.proxy.start()
         host, port = cfg.addr("rpc")
-        self.rpc = await serve_proxy(self.proxy, host, port)
+        self.rpc = await serve_proxy(self.proxy, host, port, ssl=rpc_tls.server_context(cfg))
         print(f"imgate proxy {cfg.server_id} is up: tcp :{self.proxy.tcp_port}, ws :{self.proxy.ws_port}/sub, "
               f"rpc :{self.rpc.port}, logic {', '.join(cfg.logic_addrs)}", flush=True)
+
+    def reload_tls(self) -> None:
+        if self.proxy.tls is not None:
+            self.proxy.tls.reload()
 
     async def stop(self) -> None:
         await self.rpc.stop()
@@ -88,12 +96,14 @@ class LogicRole:
         self.cfg = cfg
 
     async def start(self) -> None:
-        from imgate.http.server import HttpServer
+        from imgate.http.apikeys import api_auth_from_config
+        from imgate.http.server import PUBLIC, HttpServer
         from imgate.logic import Logic, backends
         from imgate.logic.http_api import build_routes
         from imgate.metrics import Metrics
         from imgate.node import load_or_create_secret, make_im
         from imgate.push.kafka import KafkaBus, ensure_topic
+        from imgate.rpc import tls as rpc_tls
         from imgate.rpc.logic import serve_logic
 
         cfg = self.cfg
@@ -120,11 +130,21 @@ class LogicRole:
         self.metrics.add_source(self.backends.stats)
         if self.im is not None:
             self.metrics.add_source(self.im.stats)
-        self.http = HttpServer(build_routes(self.logic, metrics=self.metrics), max_body=cfg.max_http_body)
+        self.api_auth = api_auth_from_config(cfg)
+        self.metrics.add_source(lambda: dict(self.api_auth.counters, http_request_timeouts=self.http.request_timeouts))
+        routes = build_routes(self.logic, metrics=self.metrics, api_auth=self.api_auth,
+                              metrics_scope="metrics" if cfg.metrics_auth else PUBLIC)
+        self.http = HttpServer(routes, max_body=cfg.max_http_body,
+                               request_timeout=cfg.http_request_timeout)
         host, port = cfg.addr("http")
-        await self.http.start(host, port)
+        from imgate.proxy.tls import ServerTls
+
+        self.tls = ServerTls.from_config(cfg) if cfg.http_tls else None
+        await self.http.start(host, port, ssl=self.tls.context if self.tls else None)
+        if self.tls is not None:
+            self.reload_tls = self.tls.reload
         host, port = cfg.addr("logic_rpc")
-        self.rpc = await serve_logic(self.logic, host, port)
+        self.rpc = await serve_logic(self.logic, host, port, ssl=rpc_tls.server_context(cfg))
         store = f", IM store mariadb {','.join(cfg.mariadb_addrs)}" if self.im is not None else ""
         print(f"imgate logic {cfg.server_id} is up: http :{self.http.port}, rpc :{self.rpc.port}, "
               f"redis {cfg.redis_url}, kafka {cfg.kafka}{store}", flush=True)
@@ -148,12 +168,14 @@ class PushRole:
     async def start(self) -> None:
         from imgate.push.router import PushRouter
         from imgate.push.kafka import PushConsumer, ensure_topic
+        from imgate.rpc import tls as rpc_tls
         from imgate.rpc.proxy import ProxyClient
 
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, ensure_topic, cfg.kafka, cfg.kafka_topic)
-        self.clients = {sid: ProxyClient(sid, addr, pool_size=cfg.rpc_pool) for sid, addr in cfg.proxies.items()}
+        ctx = rpc_tls.client_context(cfg)
+        self.clients = {sid: ProxyClient(sid, addr, pool_size=cfg.rpc_pool, ssl=ctx) for sid, addr in cfg.proxies.items()}
         self.push = PushRouter(self.clients)
         self.consumer = PushConsumer(cfg.kafka, cfg.kafka_topic, self.push.route, group=f"{cfg.kafka_topic}.push",
                                      merge_window=cfg.room_merge_window)
@@ -175,7 +197,7 @@ async def run_role(name: str, cfg: Config) -> int:
     role = ROLES[name](cfg)
     await role.start()
     settle_gc()
-    await _until_signal()
+    await _until_signal(role)
     print(f"imgate {name} {cfg.server_id}: shutting down", flush=True)
     await role.stop()
     return 0

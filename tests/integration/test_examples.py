@@ -42,8 +42,15 @@ def test_readme_client_example(tmp_path):
         )
         first = proc.stdout.readline()
         assert "authenticated as user 42; room live://1000 has 1 online" in first, (first, proc.stderr.read())
-        status, _ = node.http("POST", "/goim/push/room?operation=1000&type=live&room=1000", b"hello")
-        assert status == 200
+        key = subprocess.run(
+            [sys.executable, "-m", "imgate", "apikey", "create", "--scope", "push", "--data-dir", str(data_dir)],
+            env=env, capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.strip()
+        # the README's curl (a key made a moment ago is looked up in the file at once; polled all the same)
+        from polling import wait_until
+
+        wait_until(lambda: node.http("POST", "/goim/push/room?operation=1000&type=live&room=1000", b"hello",
+                                     api_key=key)[0] == 200, what="the new key accepted")
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err
         assert "push op=1000: hello" in out

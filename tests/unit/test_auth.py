@@ -227,14 +227,14 @@ def test_jwt_sub_is_required():
 
 
 def test_jwt_not_yet_valid():
-    token = jwt.encode({"sub": "1", "nbf": int(time.time()) + 3600}, SECRET, algorithm="HS256")
+    token = jwt.encode({"sub": "1", "nbf": int(time.time()) + 3600, "exp": int(time.time()) + 7200}, SECRET, algorithm="HS256")
     with pytest.raises(AuthError, match="not valid yet"):
         JwtAuth(SECRET).authenticate(body(token=token))
 
 
 def test_jwt_other_algorithms_refused():
     secret = SECRET * 2  # HS512 wants a 64-byte key
-    token = jwt.encode({"sub": "1"}, secret, algorithm="HS512")
+    token = jwt.encode({"sub": "1", "exp": int(time.time()) + 60}, secret, algorithm="HS512")
     with pytest.raises(AuthError, match="algorithm is not allowed"):
         JwtAuth(secret).authenticate(body(token=token))
     unsigned = jwt.encode({"sub": "1"}, None, algorithm="none")
@@ -243,9 +243,11 @@ def test_jwt_other_algorithms_refused():
     assert JwtAuth(secret, algorithms=("HS512",)).authenticate(body(token=token)).mid == 1
 
 
-def test_jwt_without_exp_is_accepted():
+def test_jwt_without_exp_is_refused_unless_configured_otherwise():
     token = jwt.encode({"sub": "8"}, SECRET, algorithm="HS256")
-    assert JwtAuth(SECRET).authenticate(body(token=token)).mid == 8
+    with pytest.raises(AuthError, match="token has no exp claim"):
+        JwtAuth(SECRET).authenticate(body(token=token))
+    assert JwtAuth(SECRET, require_exp=False).authenticate(body(token=token)).mid == 8
 
 
 def test_jwt_empty_secret():

@@ -23,7 +23,7 @@ def test_the_page_lists_every_key_once_with_its_default():
     for f in fields(Config):
         rows = [line for line in text.splitlines() if line.startswith(f"| `{f.name}` |")]
         assert len(rows) == 1, f.name
-    assert '| `tcp` | str | `"0.0.0.0:3101"` | goim over TCP, HOST:PORT |' in text
+    assert '| `tcp` | str | `"127.0.0.1:3101"` | goim over TCP, HOST:PORT |' in text
     assert '| `logic_addrs` | list | `["127.0.0.1:3119"]` |' in text
 
 

@@ -8,8 +8,10 @@ goim's auth body is JSON::
 - :func:`parse_auth_body` checks the body's shape and returns its fields normalised.
 - :class:`NoAuth` (``--auth none``) trusts the body as goim does: no token, ``mid`` is the user id.
 - :class:`JwtAuth` (``--auth jwt``) requires ``token``, an HS256 JWT whose ``sub`` is the user id
-  (a string of digits; an integer ``sub`` minted by another library is accepted too) and whose ``exp``
-  is honoured. The user id comes from ``sub``; a non-zero ``mid`` in the body must equal it.
+  (a string of digits; an integer ``sub`` minted by another library is accepted too) and which carries
+  ``exp`` no further than ``max_ttl`` seconds ahead (a token without ``exp`` would be valid for ever;
+  ``require_exp=False`` accepts one). The user id comes from ``sub``; a non-zero ``mid`` in the body
+  must equal it.
 - :func:`mint_token` issues such a token; :func:`make_authenticator` picks the mode from the config.
 
 Every refusal is an :class:`AuthError` whose message says what was wrong; the proxy sends it to the
@@ -210,14 +212,16 @@ def _jwt():
 class JwtAuth(Authenticator):
     """HS256 JWT in the body's ``token``; the user id is the ``sub`` claim.
 
-    ``exp`` is honoured when present (with ``leeway`` seconds of clock skew), as are ``nbf`` and
+    ``exp`` is required (unless ``require_exp`` is False) and may be at most ``max_ttl`` seconds ahead
+    (None: no maximum); it is honoured with ``leeway`` seconds of clock skew, as are ``nbf`` and
     ``iat``. ``sub`` is required; it is a string of digits (PyJWT >= 2.10 mints and expects strings)
     or, from other minting libraries, a JSON integer.
     """
 
     mode = "jwt"
 
-    def __init__(self, secret: str, leeway: float = 0, algorithms: Iterable[str] = ("HS256",)):
+    def __init__(self, secret: str, leeway: float = 0, algorithms: Iterable[str] = ("HS256",), *,
+                 require_exp: bool = True, max_ttl: float | None = 7 * 86400.0):
         if not secret:
             raise ValueError(_SECRET_HELP)
         self._jwt = _jwt()
@@ -226,8 +230,9 @@ class JwtAuth(Authenticator):
         self.algorithms = list(algorithms)
         if not self.algorithms:
             raise ValueError("jwt auth needs at least one algorithm")
+        self.max_ttl = max_ttl
         # sub is checked here (string of digits or integer), not by PyJWT, which rejects integers
-        self._options = {"verify_sub": False, "require": ["sub"]}
+        self._options = {"verify_sub": False, "require": ["sub", "exp"] if require_exp else ["sub"]}
 
     def __repr__(self) -> str:  # never shows the secret
         return f"JwtAuth(algorithms={self.algorithms!r}, leeway={self.leeway})"
@@ -256,6 +261,9 @@ class JwtAuth(Authenticator):
             raise AuthError(f"invalid token: {e}") from None
         except jwt.PyJWTError as e:  # e.g. a key that does not suit the algorithm
             raise AuthError(f"token cannot be verified: {e}") from None
+        exp = claims.get("exp")
+        if self.max_ttl is not None and isinstance(exp, (int, float)) and exp - time.time() > self.max_ttl + self.leeway:
+            raise AuthError(f"token lives too long: exp is more than {self.max_ttl:g} s ahead")
         sub = claims.get("sub")
         try:
             return _parse_user_id(sub, "token subject")
@@ -285,11 +293,12 @@ def mint_token(secret: str, user_id: int, ttl: float = 86400, now: float | None 
     return _jwt().encode(claims, secret, algorithm="HS256")
 
 
-def make_authenticator(mode: str, secret: str = "") -> Authenticator:
+def make_authenticator(mode: str, secret: str = "", *, require_exp: bool = True,
+                       max_ttl: float | None = 7 * 86400.0) -> Authenticator:
     """``"jwt"`` -> :class:`JwtAuth` (needs ``secret``), ``"none"`` -> :class:`NoAuth`."""
     m = (mode or "").strip().lower()
     if m == "jwt":
-        return JwtAuth(secret)
+        return JwtAuth(secret, require_exp=require_exp, max_ttl=max_ttl)
     if m == "none":
         return NoAuth()
     raise ValueError(f"unknown auth mode {mode!r}: expected jwt or none")

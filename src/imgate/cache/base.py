@@ -47,8 +47,11 @@ class Cache(abc.ABC):
         """A connection id unique across the cluster."""
 
     @abc.abstractmethod
-    async def add_session(self, session: Session, ttl: float) -> None:
-        """Register a connection; a previous connection with the same key is replaced in the key index."""
+    async def add_session(self, session: Session, ttl: float) -> bool:
+        """Register a connection and return True. A key belongs to one user: when a live session of
+        *another* user holds ``session.key``, nothing is stored and the answer is False. A previous
+        connection of the same user with that key is replaced in the key index (it stays the user's
+        until it leaves)."""
 
     @abc.abstractmethod
     async def renew_session(self, mid: int, conn_id: int, ttl: float) -> bool:

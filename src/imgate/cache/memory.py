@@ -24,10 +24,14 @@ class MemoryCache(Cache):
     async def alloc_conn_id(self) -> int:
         return next(self._ids)
 
-    async def add_session(self, session: Session, ttl: float) -> None:
+    async def add_session(self, session: Session, ttl: float) -> bool:
+        holder = self._by_key.get(session.key)
+        if holder is not None and holder.mid != session.mid and self._live(holder):
+            return False  # another user's key: never re-bound
         session.expires_at = self._clock() + ttl
         self._by_mid.setdefault(session.mid, {})[session.conn_id] = session
         self._by_key[session.key] = session
+        return True
 
     async def renew_session(self, mid: int, conn_id: int, ttl: float) -> bool:
         s = self._by_mid.get(mid, {}).get(conn_id)

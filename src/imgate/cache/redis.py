@@ -57,8 +57,14 @@ local function extend(key, ttl)
 end
 """
 
-# KEYS: s:{cid}, u:{mid}, k:{key}, users   ARGV: session json, cid, ttl ms, mid
+# KEYS: s:{cid}, u:{mid}, k:{key}, users   ARGV: session json, cid, ttl ms, mid, prefix
+# a key held by a live session of another user (its conn_id is not in this user's set) is refused: 0
 _ADD = _NOW + _EXTEND + """
+local holder = redis.call('GET', KEYS[3])
+if holder and redis.call('EXISTS', ARGV[5] .. 's:' .. holder) == 1
+   and redis.call('SISMEMBER', KEYS[2], holder) == 0 then
+  return 0
+end
 local ttl = tonumber(ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('SADD', KEYS[2], ARGV[2])
@@ -239,11 +245,12 @@ class RedisCache(Cache):
         return int(await self.redis.incr(f"{self.prefix}conn_id"))
 
     @_limited
-    async def add_session(self, session: Session, ttl: float) -> None:
+    async def add_session(self, session: Session, ttl: float) -> bool:
         payload = json.dumps(session.to_dict(), separators=(",", ":"))
-        await self._add(keys=[self._s(session.conn_id), self._u(session.mid), self._k(session.key),
-                              f"{self.prefix}users"],
-                        args=[payload, session.conn_id, _ms(ttl), session.mid])
+        ok = await self._add(keys=[self._s(session.conn_id), self._u(session.mid), self._k(session.key),
+                                   f"{self.prefix}users"],
+                             args=[payload, session.conn_id, _ms(ttl), session.mid, self.prefix])
+        return bool(ok)
 
     @_limited
     async def renew_session(self, mid: int, conn_id: int, ttl: float) -> bool:

@@ -271,6 +271,7 @@ cdef class HttpProtocol:
     cdef object worker           # the task answering requests that had to wait, or None
     cdef object drain_waiter
     cdef object idle_handle
+    cdef object deadline_handle  # a request is partly received: its head and body are due by then
     cdef public bint stopped     # no more requests are read from this connection
     cdef public bint closed
     cdef bint pipeline_paused
@@ -319,6 +320,7 @@ cdef class HttpProtocol:
         self.drain_waiter = None
         self.last_activity = self.loop.time()
         self.idle_handle = None
+        self.deadline_handle = None
         self._feeding = False
         self._out = []
         self.fd = -1
@@ -358,6 +360,9 @@ cdef class HttpProtocol:
         if self.idle_handle is not None:
             self.idle_handle.cancel()
             self.idle_handle = None
+        if self.deadline_handle is not None:
+            self.deadline_handle.cancel()
+            self.deadline_handle = None
         if self.worker is not None and not self.worker.done():
             self.worker.cancel()
         self._wake_writer()
@@ -420,6 +425,20 @@ cdef class HttpProtocol:
         finally:
             self._feeding = False
             self._flush_out()
+            # a request begun and not complete (a trickling client): it has request_timeout in all
+            if self._messages_begun != self._messages_done:
+                if self.deadline_handle is None and not self.stopped:
+                    self.deadline_handle = self.loop.call_later(self.server.request_timeout, self._on_deadline)
+            elif self.deadline_handle is not None:
+                self.deadline_handle.cancel()
+                self.deadline_handle = None
+
+    def _on_deadline(self):
+        self.deadline_handle = None
+        if self.closed or self.stopped or self._messages_begun == self._messages_done:
+            return
+        self.server.request_timeouts += 1
+        self._fail(408, f"request head and body not received within {self.server.request_timeout:g} s")
 
     # -- plain requests, without httptools
 

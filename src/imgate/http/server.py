@@ -15,6 +15,8 @@ does on purpose:
   unknown path, 405 (with ``Allow``) for a known path and another method, 413 for a big body, 431 for a
   big header section, 400 for bytes that are not HTTP, 500 for a handler that raised (the exception is
   logged and the connection goes on serving);
+- a request whose head and body have not all arrived ``request_timeout`` seconds after its first byte
+  is answered 408 and the connection closed (a client trickling bytes holds nothing for long);
 - idle connections are closed after ``idle_timeout`` seconds; reading pauses while too many pipelined
   requests wait and while the peer does not read its responses.
 """
@@ -34,6 +36,8 @@ from imgate.http.messages import HttpError, Response, error, json_response, ok
 __all__ = [
     "HttpError",
     "HttpServer",
+    "DEFAULT_SCOPE",
+    "PUBLIC",
     "Request",
     "Response",
     "Router",
@@ -99,18 +103,47 @@ def static_handler(name: str, directory: str = "static", package: str = "imgate"
 # ---------------------------------------------------------------------------------------------------------
 # Routing
 
+PUBLIC = "public"        # the scope of a route anyone may call (health, static files)
+DEFAULT_SCOPE = "admin"  # what a route that declares no scope requires
+
 
 class Router:
-    """Exact-path routing: ``add(method, path, handler)``. HEAD falls back to the GET handler.
+    """Exact-path routing: ``add(method, path, handler, scope)``. HEAD falls back to the GET handler.
+    Each route declares the credential scope it needs; a ``guard`` checks it (see :attr:`guard`).
 
     ``observer`` (optional, ``fn(route, status)``) is told about every answered request; the server uses
     the router's observer unless it was given its own. It may also be a dict: the server then adds one to
     ``observer[(route, status)]`` itself, without a call per request.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, guard: Any = None) -> None:
         self._paths: dict[str, dict[str, Handler]] = {}
+        self._declared: dict[tuple[str, str], tuple[Handler, str]] = {}  # (method, path) -> (handler, scope)
+        self._guard = guard
         self.observer: Observer | None = None
+
+    @property
+    def guard(self) -> Any:
+        """What checks credentials: an object with ``guard(handler, scope) -> handler`` (e.g.
+        :class:`imgate.http.apikeys.ApiAuth`), or None: no route is checked. Setting it re-wraps every
+        route already added, in place (connections resolve from the live table)."""
+        return self._guard
+
+    @guard.setter
+    def guard(self, guard: Any) -> None:
+        self._guard = guard
+        for (method, path), (handler, scope) in self._declared.items():
+            self._paths[path][method] = self._wrapped(handler, scope)
+
+    def _wrapped(self, handler: Handler, scope: str) -> Handler:
+        if self._guard is None or scope == PUBLIC:
+            return handler
+        return self._guard.guard(handler, scope)
+
+    def scope(self, method: str, path: str) -> str | None:
+        """The scope the route declared (``PUBLIC`` for an open one), None for no such route."""
+        found = self._declared.get((method.upper(), path))
+        return found[1] if found else None
 
     @property
     def paths(self) -> Mapping[str, Mapping[str, Handler]] | None:
@@ -119,20 +152,24 @@ class Router:
         :meth:`resolve`, which the server then calls."""
         return self._paths if type(self).resolve is Router.resolve else None
 
-    def add(self, method: str, path: str, handler: Handler) -> None:
+    def add(self, method: str, path: str, handler: Handler, scope: str = DEFAULT_SCOPE) -> None:
+        """Route ``method path`` to ``handler``. ``scope`` is what a caller's credential must grant
+        when the router has a guard: ``PUBLIC`` for a route anyone may call; a route that declares
+        nothing needs ``admin``."""
         method = method.upper()
         if not path.startswith("/"):
             raise ValueError(f"route path must start with '/': {path!r}")
         methods = self._paths.setdefault(path, {})
         if method in methods:
             raise ValueError(f"route {method} {path} is already registered")
-        methods[method] = handler
+        self._declared[(method, path)] = (handler, scope)
+        methods[method] = self._wrapped(handler, scope)
 
-    def route(self, method: str, path: str) -> Callable[[Handler], Handler]:
+    def route(self, method: str, path: str, scope: str = DEFAULT_SCOPE) -> Callable[[Handler], Handler]:
         """Decorator form of :meth:`add`."""
 
         def deco(fn: Handler) -> Handler:
-            self.add(method, path, fn)
+            self.add(method, path, fn, scope)
             return fn
 
         return deco
@@ -198,6 +235,7 @@ class HttpServer:
         max_body: int = 1 << 20,
         max_header_bytes: int = 16384,
         idle_timeout: float = 60,
+        request_timeout: float = 30,
         observer: Observer | None = None,
         fast_path: bool = True,
     ) -> None:
@@ -207,6 +245,10 @@ class HttpServer:
         self.max_body = int(max_body)
         self.max_header_bytes = int(max_header_bytes)
         self.idle_timeout = idle_timeout
+        # a request's head and body must arrive within this many seconds of its first byte, however
+        # they trickle (the idle timeout alone lets one byte every few seconds hold a connection)
+        self.request_timeout = float(request_timeout)
+        self.request_timeouts = 0   # requests answered 408 for it
         self.observer = observer if observer is not None else self.router.observer
         self.host: str | None = None
         self.port: int | None = None

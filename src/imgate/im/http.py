@@ -62,9 +62,9 @@ def add_im_routes(add, logic) -> None:
                           range_name=None)
         return _raw_ok((await guarded(im, im.conversations(uid, limit))).encode())
 
-    add("POST", "/im/send", send)
-    add("GET", "/im/sync", sync)
-    add("GET", "/im/conversations", conversations)
+    add("POST", "/im/send", send, "im")
+    add("GET", "/im/sync", sync, "im")
+    add("GET", "/im/conversations", conversations, "im")
 
 
 __all__ = ["add_im_routes"]

@@ -14,7 +14,8 @@ def authenticator(cfg: Config) -> Authenticator:
 
         return HttpAuth(cfg.auth_url, timeout=cfg.auth_timeout, cache_ttl=cfg.auth_cache_ttl,
                         cache_size=cfg.auth_cache_size, server=cfg.server_id)
-    return make_authenticator(cfg.auth, cfg.jwt_secret)
+    return make_authenticator(cfg.auth, cfg.jwt_secret, require_exp=cfg.jwt_require_exp,
+                              max_ttl=cfg.jwt_max_ttl or None)
 
 
 class Backends:

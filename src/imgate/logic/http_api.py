@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from imgate.http.server import (
+    PUBLIC,
     HttpError,
     Request,
     Response,
@@ -209,16 +210,25 @@ def _push_reply(result: Any) -> Response:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None) -> Router:
+def _loopback(req: Request) -> bool:
+    remote = req.remote
+    host = remote[0] if isinstance(remote, tuple) and remote else ""
+    return host == "::1" or host.startswith("127.") or host.startswith("::ffff:127.")
+
+
+def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None,
+                 api_auth: Any = None, metrics_scope: str = "metrics") -> Router:
     """Every route of the HTTP API, bound to ``logic``.
 
     ``metrics``: the node's :class:`~imgate.metrics.Metrics` (a private one is made when None); the
     router's observer counts requests in it. ``demo``: an object with ``config() -> dict`` and
-    ``token(mid) -> str`` enabling ``GET /demo/config`` and ``POST /demo/token``.
+    ``token(mid) -> str`` enabling ``GET /demo/config`` and ``POST /demo/token`` (answered to loopback
+    peers only). ``api_auth``: the router's guard (:class:`~imgate.http.apikeys.ApiAuth`); each route
+    below declares its scope. ``metrics_scope``: what ``/metrics`` needs (``PUBLIC`` to open it).
     """
     if metrics is None:
         metrics = Metrics()
-    router = Router()
+    router = Router(api_auth)
     router.observer = metrics.http_counts  # counted in by the HTTP server itself (Metrics.observe_http's job)
     add = router.add
 
@@ -246,12 +256,12 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
                 return _push_reply(_call_now(at_once, *args(req)))
         return push
 
-    add("POST", "/goim/push/keys", push_route(keys_args, "push_keys"))
+    add("POST", "/goim/push/keys", push_route(keys_args, "push_keys"), "push")
     push_mids = push_route(mids_args, "push_mids")
     if not logic.pushes_wait:
         # one user, plain numbers: compiled (imgate/logic/_push_routes.pyx); the rest: push_mids
         push_mids = PushMidsRoute(logic.push_mids_nowait, push_mids, _http_error)
-    add("POST", "/goim/push/mids", push_mids)
+    add("POST", "/goim/push/mids", push_mids, "push")
 
     async def push_room(req: Request) -> Response:
         op = _operation(req)
@@ -266,8 +276,8 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
         body = _message(req)
         return _push_reply(await _call(logic.push_all, op, speed, body))
 
-    add("POST", "/goim/push/room", push_room)
-    add("POST", "/goim/push/all", push_all)
+    add("POST", "/goim/push/room", push_room, "push")
+    add("POST", "/goim/push/all", push_all, "push")
 
     # -- goim online routes
 
@@ -284,9 +294,9 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
     async def online_total(req: Request) -> Response:
         return ok(await _call(logic.online_total))
 
-    add("GET", "/goim/online/top", online_top)
-    add("GET", "/goim/online/room", online_room)
-    add("GET", "/goim/online/total", online_total)
+    add("GET", "/goim/online/top", online_top, "query")
+    add("GET", "/goim/online/room", online_room, "query")
+    add("GET", "/goim/online/total", online_total, "query")
 
     # -- the online queries
 
@@ -308,10 +318,10 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
         limit = _limit(req, DEFAULT_LIST_LIMIT)
         return ok(await _call(logic.list_sessions, limit))
 
-    add("GET", "/session", session)
-    add("GET", "/count", count)
-    add("GET", "/room", room)
-    add("GET", "/list", list_sessions)
+    add("GET", "/session", session, "query")
+    add("GET", "/count", count, "query")
+    add("GET", "/room", room, "query")
+    add("GET", "/list", list_sessions, "admin")  # every key of every session: admin only
 
     # -- IM for backends (imgate/im/http.py)
 
@@ -321,10 +331,13 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
 
     # -- service routes
 
-    doc = openapi_document(demo=demo is not None)
+    docs: list = []   # made on first request, once every route (and its scope) is in the router
 
     async def openapi_json(req: Request) -> Response:
-        return json_response(doc)
+        if not docs:
+            docs.append(openapi_document(demo=demo is not None,
+                                         scopes=router.scope if router.guard is not None else None))
+        return json_response(docs[0])
 
     async def metrics_route(req: Request) -> Response:
         body, ctype = metrics.render()
@@ -336,30 +349,37 @@ def build_routes(logic: Any, *, metrics: Metrics | None = None, demo: Any = None
             return Response(503, envelope(health, -503, "unhealthy"), "application/json")
         return ok(health)
 
-    add("GET", "/openapi.json", openapi_json)
-    add("GET", "/metrics", metrics_route)
-    add("GET", "/healthz", healthz)
+    add("GET", "/openapi.json", openapi_json, PUBLIC)
+    add("GET", "/metrics", metrics_route, metrics_scope)
+    add("GET", "/healthz", healthz, PUBLIC)
 
     # -- the demo page (static; it works without the demo helpers: the user types URL, token, mid)
 
-    add("GET", "/", static_handler("index.html"))
-    add("GET", "/demo.js", static_handler("demo.js"))
-    add("GET", "/chat", static_handler("chat.html"))  # the IM chat demo (docs/im.md "Web clients")
-    add("GET", "/chat.js", static_handler("chat.js"))
-    add("GET", "/imgate-im.js", static_handler("imgate-im.js"))
+    add("GET", "/", static_handler("index.html"), PUBLIC)
+    add("GET", "/demo.js", static_handler("demo.js"), PUBLIC)
+    add("GET", "/chat", static_handler("chat.html"), PUBLIC)  # the IM chat demo (docs/im.md "Web clients")
+    add("GET", "/chat.js", static_handler("chat.js"), PUBLIC)
+    add("GET", "/imgate-im.js", static_handler("imgate-im.js"), PUBLIC)
 
     if demo is not None:
 
+        # the demo hands out tokens for any user and an API key: only to a browser on this machine
+        def loopback_only(req: Request) -> None:
+            if not _loopback(req):
+                raise HttpError(403, "the demo helpers answer only on loopback (127.0.0.1, ::1)")
+
         async def demo_config(req: Request) -> Response:
+            loopback_only(req)
             return ok(await _call(demo.config))
 
         async def demo_token(req: Request) -> Response:
+            loopback_only(req)
             mid = param_int(req, "mid")
             token = await _call(demo.token, mid)
             return ok({"mid": mid, "token": token})
 
-        add("GET", "/demo/config", demo_config)
-        add("POST", "/demo/token", demo_token)
+        add("GET", "/demo/config", demo_config, PUBLIC)
+        add("POST", "/demo/token", demo_token, PUBLIC)
 
     return router
 

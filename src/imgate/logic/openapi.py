@@ -7,6 +7,7 @@ the routes that exist only when the node runs with ``demo = true``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import imgate
@@ -393,10 +394,12 @@ _COMPONENTS = {
 }
 
 
-def openapi_document(demo: bool = True) -> dict[str, Any]:
-    """A fresh copy of the document; ``demo=False`` leaves out the demo-only routes."""
+def openapi_document(demo: bool = True, scopes: Callable[[str, str], str | None] | None = None) -> dict[str, Any]:
+    """A fresh copy of the document; ``demo=False`` leaves out the demo-only routes. ``scopes(method,
+    path)``, when given, is the credential scope each route needs ("public" for none): the document
+    then says which bearer scope each operation needs and that it may answer 401 and 403."""
     paths = {p: v for p, v in _PATHS.items() if demo or p not in DEMO_PATHS}
-    return copy.deepcopy(
+    doc = copy.deepcopy(
         {
             "openapi": "3.1.0",
             "info": {
@@ -421,6 +424,20 @@ def openapi_document(demo: bool = True) -> dict[str, Any]:
             "components": _COMPONENTS,
         }
     )
+    if scopes is not None:
+        doc["components"]["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key (imgate apikey create) or an API JWT with a `scope` claim."}}
+        for path, ops in doc["paths"].items():
+            for method, op in ops.items():
+                scope = scopes(method.upper(), path)
+                if scope is None or scope == "public":
+                    op["security"] = []
+                    continue
+                op["security"] = [{"bearer": [scope]}]
+                op["responses"]["401"] = _error_response("No credential, or an unknown, revoked or expired one.")
+                op["responses"]["403"] = _error_response(f"The credential lacks the `{scope}` scope.")
+    return doc
 
 
 OPENAPI: dict[str, Any] = openapi_document(demo=True)

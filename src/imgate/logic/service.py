@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import secrets
 import time
-import uuid
 
 from imgate.auth import AuthError, Authenticator
 from imgate.cache import Cache, Session
@@ -47,7 +47,7 @@ class Logic:
         self.webhooks = None  # imgate.logic.webhooks.Webhooks when webhook_url is set
         self._auth_async = inspect.iscoroutinefunction(authenticator.authenticate)
         self.im = None  # imgate.im.service.ImService: IM ops (22-32) and inbox_seq at auth
-        self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0}
+        self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0, "key_conflicts": 0}
         # cache and bus in this process (the embedded node): pushes by mid/key need not wait
         self.pushes_wait = not (cache.nowait and bus.nowait)
 
@@ -71,12 +71,17 @@ class Logic:
             self.counters["auth_failures"] += 1
             raise
         conn_id = await self.cache.alloc_conn_id()
-        key = ident.key or uuid.uuid4().hex
-        await self.cache.add_session(
+        # a generated key is unguessable (128 random bits): pushes by key reach whoever holds it
+        key = ident.key or secrets.token_hex(16)
+        added = await self.cache.add_session(
             Session(conn_id=conn_id, mid=ident.mid, key=key, server=server, room_id=ident.room_id,
                     platform=ident.platform, connected_at=time.time()),
             self.session_ttl,
         )
+        if added is False:  # the key is held by another user: refused, never re-bound
+            self.counters["auth_failures"] += 1
+            self.counters["key_conflicts"] += 1
+            raise AuthError("key is in use by another user")
         self.counters["connects"] += 1
         if self.webhooks is not None:
             self.webhooks.emit("connect", mid=ident.mid, conn_id=conn_id, key=key, server=server,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+from imgate.auth import MAX_ROOM_ID_LEN
 from imgate.core import encode_ws_frame
 
 WS_BINARY = 2
@@ -18,7 +19,21 @@ S_CLOSING = 4   # op 6 sent and FIN sent; draining input until the peer closes o
 
 def valid_room_id(room_id: str) -> bool:
     kind, sep, rid = room_id.partition("://")
-    return bool(sep and kind and rid)
+    return bool(sep and kind and rid) and len(room_id) <= MAX_ROOM_ID_LEN
+
+
+def room_of(body: bytes) -> tuple[str, str]:
+    """(room id, "") from an op 12/18/20 body, or ("", what is wrong). Bounded as in auth: a long body
+    is refused before it is decoded, and the error never echoes more than a few characters."""
+    if len(body) > 4 * MAX_ROOM_ID_LEN:
+        return "", f"room id is {len(body)} bytes long, the limit is {MAX_ROOM_ID_LEN} characters"
+    room = body.decode("utf-8", "replace")
+    if len(room) > MAX_ROOM_ID_LEN:
+        return "", f"room id is {len(room)} characters long, the limit is {MAX_ROOM_ID_LEN}"
+    if room and not valid_room_id(room):
+        shown = room if len(room) <= 40 else room[:37] + "..."
+        return "", f"room id must look like type://id, got {shown!r}"
+    return room, ""
 
 
 class Channel:
@@ -27,8 +42,8 @@ class Channel:
 
     __slots__ = (
         "sock", "fd", "ws", "state", "decoder", "parser", "hs", "ip", "deadline", "last_seen",
-        "conn_id", "mid", "key", "platform", "room_id", "accepts", "backlog", "renewed", "im_inflight",
-        "up_inflight",
+        "conn_id", "mid", "key", "platform", "room_id", "accepts", "backlog", "renewed", "tokens", "refilled",
+        "owed", "im_inflight", "up_inflight",
     )
 
     def __init__(self, sock: socket.socket, ws: bool, ip: str, deadline: float):
@@ -50,6 +65,9 @@ class Channel:
         self.accepts = None  # None: every push op; else a set
         self.backlog = None
         self.renewed = 0.0
+        self.tokens = 0.0    # the op-rate bucket (imgate.proxy.limits); the first frames fill it
+        self.refilled = 0.0
+        self.owed = False    # closing: the op-6 notice waits for room in a full socket
         self.im_inflight = 0  # IM requests sent to logic and not answered yet
         self.up_inflight = 0  # upstream messages (op 4, 100-999) sent to logic and not answered yet
 

@@ -14,6 +14,8 @@ from imgate.core import encode_ws_close
 
 log = logging.getLogger("imgate.proxy")
 
+# Slow consumers closed per event-loop iteration (the rest wait for the next one).
+_CLOSE_SLICE = 64
 # Channels checked per event-loop iteration by the deadline sweep.
 _SWEEP_SLICE = 1000
 
@@ -31,6 +33,9 @@ class Lifecycle:
             self.loop.remove_reader(sock.fileno())
             sock.close()
         self._listeners.clear()
+        for server in self._tls_servers:
+            server.close()   # no new TLS connections; the open ones close with their channels
+        self._tls_servers.clear()
         for task in (self._sweeper, self._reporter):
             if task is not None:
                 task.cancel()
@@ -86,6 +91,7 @@ class Lifecycle:
         if was_authing:  # reading was paused for auth; drain again so the peer's close is seen
             self.loop.add_reader(ch.fd, self._on_readable, ch)
         if rest:  # the socket buffer is full (a slow consumer): finish when it drains, or at the deadline
+            ch.owed = True
             self.loop.add_writer(ch.fd, self._write_last_words, ch, rest)
             return
         try:
@@ -105,6 +111,8 @@ class Lifecycle:
             self.loop.add_writer(ch.fd, self._write_last_words, ch, rest[n:])
             return
         self.loop.remove_writer(ch.fd)
+        ch.owed = False
+        self.stats_counters["close_notices_late"] += 1
         try:
             ch.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -139,13 +147,29 @@ class Lifecycle:
         if ch.state != S_AUTHING:
             self.loop.remove_reader(ch.fd)
         self.loop.remove_writer(ch.fd)  # last words still owed to a slow consumer, if any
+        if ch.owed:   # the peer never made room for its op-6 notice
+            ch.owed = False
+            self.stats_counters["close_notices_dropped"] += 1
         ch.state = S_CLOSING
         ch.sock.close()
 
     def _on_overflow(self, ch: Channel) -> None:
-        if ch in self._channels:
-            self.stats_counters["slow_consumer_closes"] += 1
-            self.close(ch, "slow consumer", reconnect=True)
+        # The table already stopped delivering to it; the close (notice, FIN, logic's disconnect)
+        # waits for the next loop iterations, _CLOSE_SLICE at a time, so that a thousand slow
+        # consumers overflowing in one broadcast do not hold every healthy client's push behind them.
+        self._overflowed.append(ch)
+        if len(self._overflowed) == 1:
+            self.loop.call_soon(self._close_overflowed)
+
+    def _close_overflowed(self) -> None:
+        batch = self._overflowed[:_CLOSE_SLICE]
+        del self._overflowed[:_CLOSE_SLICE]
+        if self._overflowed:
+            self.loop.call_soon(self._close_overflowed)
+        for ch in batch:
+            if ch in self._channels:
+                self.stats_counters["slow_consumer_closes"] += 1
+                self.close(ch, "slow consumer", reconnect=True)
 
     def _on_write_error(self, ch: Channel, exc: OSError) -> None:
         if ch in self._channels:
@@ -177,6 +201,7 @@ class Lifecycle:
                     if now > ch.deadline:
                         self._close_now(ch)
                 elif st != S_AUTHING and now > ch.deadline:
+                    self.stats_counters["handshake_timeouts"] += 1
                     self.close(ch, "auth timeout: the first frame must be auth (op 7)", reconnect=False)
 
     async def _report_loop(self) -> None:

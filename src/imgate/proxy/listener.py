@@ -6,12 +6,15 @@ once bytes arrive; decoded frames go to :class:`~imgate.proxy.operations.Operati
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
 
-from imgate.core import FrameDecoder, ProtocolError, WebSocketHandshake
+from imgate.core import FrameDecoder, ProtocolError, WebSocketHandshake, encode_frame
+from imgate.protocol.ops import OP_DISCONNECT_REPLY
 from imgate.proxy.channel import S_CLOSING, S_OPEN, Channel
+from imgate.proxy.limits import TOO_MANY_CONNECTIONS
 
 log = logging.getLogger("imgate.proxy")
 
@@ -43,17 +46,44 @@ class Listener:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             ip = addr[0] if isinstance(addr, tuple) else ""
-            ch = Channel(sock, ws, ip, now + self.config.handshake_timeout)
-            if ws:
-                ch.hs = WebSocketHandshake()
-            else:
-                ch.decoder = FrameDecoder(self.config.max_frame_body)
-                self.table.add(ch, sock)
-                self.table.set_accepts(ch, ())  # no pushes before auth; replies (op -1) still pass
-            self._channels.add(ch)
-            self._ips[ip] = self._ips.get(ip, 0) + 1
-            self.stats_counters["accepted"] += 1
-            self.loop.add_reader(ch.fd, self._on_readable, ch)
+            if not self.limits.admit(ip, self._ips.get(ip, 0)):
+                self._refuse(sock, ws)
+                continue
+            self._adopt(sock, ws, ip, now)
+
+    def _adopt(self, sock: socket.socket, ws: bool, ip: str, now: float) -> None:
+        """Serve an accepted, non-blocking socket (or the plaintext end of a TLS connection, see
+        ``imgate.proxy.tls``) as a client connection from ``ip``."""
+        ch = Channel(sock, ws, ip, now + self.config.handshake_timeout)
+        if ws:
+            ch.hs = WebSocketHandshake()
+        else:
+            ch.decoder = FrameDecoder(self.config.max_frame_body)
+            self.table.add(ch, sock)
+            self.table.set_accepts(ch, ())  # no pushes before auth; replies (op -1) still pass
+        self._channels.add(ch)
+        self._ips[ip] = self._ips.get(ip, 0) + 1
+        self.stats_counters["accepted"] += 1
+        self.loop.add_reader(ch.fd, self._on_readable, ch)
+
+    @staticmethod
+    def _refusal(ws: bool) -> bytes:
+        """What a connection over the per-address limit is told: op 6, or HTTP 429 for WebSocket."""
+        body = json.dumps({"reason": TOO_MANY_CONNECTIONS, "reconnect": False}).encode()
+        if ws:
+            return (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        return encode_frame(OP_DISCONNECT_REPLY, 0, body)
+
+    def _refuse(self, sock: socket.socket, ws: bool) -> None:
+        """A connection over the per-address limit: the refusal into the fresh (empty) socket buffer,
+        then close; it never becomes a channel."""
+        self.stats_counters["ip_limit_refusals"] += 1
+        try:
+            sock.send(self._refusal(ws))
+        except OSError:
+            pass
+        sock.close()
 
     def _resume_accept(self, lsock: socket.socket, ws: bool) -> None:
         if not self._stopping and lsock.fileno() >= 0:

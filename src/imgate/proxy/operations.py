@@ -27,7 +27,8 @@ from imgate.protocol.ops import (
     IM_OPS,
     IM_REPLY_OP,
 )
-from imgate.proxy.channel import S_AUTH, S_AUTHING, S_OPEN, Channel, valid_room_id
+from imgate.proxy.channel import S_AUTH, S_AUTHING, S_OPEN, Channel, room_of
+from imgate.proxy.limits import RATE_LIMITED
 
 log = logging.getLogger("imgate.proxy")
 
@@ -39,6 +40,10 @@ class Operations:
 
     def _on_frames(self, ch: Channel, frames: list) -> None:
         self.stats_counters["frames_in"] += len(frames)
+        if ch.state == S_OPEN and not self.limits.take(ch, len(frames), ch.last_seen):
+            self.stats_counters["rate_limited"] += 1
+            self.close(ch, RATE_LIMITED, reconnect=False)
+            return
         for i, f in enumerate(frames):
             if ch.state == S_OPEN:
                 self._on_frame(ch, f)
@@ -118,19 +123,19 @@ class Operations:
         elif op == OP_SEND_MSG:
             self._send_upstream(ch, f)
         elif op == OP_CHANGE_ROOM:
-            room = f.body.decode("utf-8", "replace")
-            if room and not valid_room_id(room):
-                self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=False, error=f"room id must look like type://id, got {room!r}")
+            room, problem = room_of(f.body)
+            if problem:
+                self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=False, error=problem)
                 return
             self.table.move(ch, ch.room_id or None, room or None)
             ch.room_id = room
             self._reply(ch, OP_CHANGE_ROOM_REPLY, f.seq, ok=True, room_id=room)
             self._room_event(ch, "change", room)
         elif op == OP_JOIN_ROOM or op == OP_LEAVE_ROOM:
-            room = f.body.decode("utf-8", "replace")
+            room, problem = room_of(f.body)
             reply_op = OP_JOIN_ROOM_REPLY if op == OP_JOIN_ROOM else OP_LEAVE_ROOM_REPLY
-            if not valid_room_id(room):
-                self._reply(ch, reply_op, f.seq, ok=False, error=f"room id must look like type://id, got {room!r}")
+            if problem or not room:
+                self._reply(ch, reply_op, f.seq, ok=False, error=problem or "room id must look like type://id, got ''")
                 return
             try:
                 if op == OP_JOIN_ROOM:

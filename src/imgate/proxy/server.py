@@ -26,7 +26,10 @@ from imgate.protocol import notice
 from imgate.proxy.channel import Channel, valid_room_id
 from imgate.proxy.delivery import Delivery
 from imgate.proxy.lifecycle import Lifecycle
+from imgate.proxy.limits import Limits
 from imgate.proxy.listener import Listener
+from imgate.proxy.tls import ServerTls
+from imgate.proxy.tls import listen as tls_listen
 from imgate.protocol.interfaces import LogicAPI
 from imgate.proxy.operations import Operations
 from imgate.proxy.websocket import WebSocketSide
@@ -64,16 +67,32 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle):
         self._remote_online: dict[str, int] = {}  # room -> members on other proxies (from logic)
         self.stats_counters = dict(
             frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0,
-            pushes=0, accepted=0, upstream_busy=0,
+            pushes=0, accepted=0, upstream_busy=0, handshake_timeouts=0, rate_limited=0, ip_limit_refusals=0,
+            close_notices_late=0, close_notices_dropped=0,
         )
+        self.limits = Limits.from_config(config)
+        self._overflowed: list[Channel] = []   # slow consumers waiting to be closed (Lifecycle._on_overflow)
         self.tcp_port = 0
         self.ws_port = 0
+        # TLS listeners (wss, goim TCP over TLS) when the config names a certificate
+        self.tls = ServerTls.from_config(config)
+        self._tls_servers: list = []
+        self.wss_port = 0
+        self.tls_tcp_port = 0
 
     async def start(self) -> None:
         host, port = self.config.addr("tcp")
         self.tcp_port = self._listen(host, port, ws=False)
         host, port = self.config.addr("ws")
         self.ws_port = self._listen(host, port, ws=True)
+        if self.tls is not None:
+            host, port = self.config.addr("wss")
+            self._tls_servers.append(await tls_listen(self, self.tls, host, port, ws=True))
+            self.wss_port = self._tls_servers[-1].sockets[0].getsockname()[1]
+            if self.config.tls_tcp:
+                host, port = self.config.addr("tls_tcp")
+                self._tls_servers.append(await tls_listen(self, self.tls, host, port, ws=False))
+                self.tls_tcp_port = self._tls_servers[-1].sockets[0].getsockname()[1]
         self._sweeper = self.loop.create_task(self._sweep_loop())
         self._reporter = self.loop.create_task(self._report_loop())
         log.info("proxy %s: tcp :%d, websocket :%d/sub", self.server_id, self.tcp_port, self.ws_port)

@@ -65,11 +65,12 @@ class RpcClient(asyncio.Protocol):
 
     @classmethod
     async def connect(cls, host: str, port: int, service: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                      **kw) -> "RpcClient":
+                      ssl=None, **kw) -> "RpcClient":
+        """``ssl``: a client ``SSLContext`` for TLS (``imgate.rpc.tls``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + connect_timeout
         try:
-            _, proto = await asyncio.wait_for(loop.create_connection(lambda: cls(service, **kw), host, port),
+            _, proto = await asyncio.wait_for(loop.create_connection(lambda: cls(service, **kw), host, port, ssl=ssl),
                                               connect_timeout)
         except asyncio.TimeoutError:
             raise RpcUnavailable(f"connecting to {host}:{port} timed out after {connect_timeout}s") from None

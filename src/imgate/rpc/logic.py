@@ -109,10 +109,11 @@ class LogicRpcService(RpcService):
         return pb.RoomsReply(rooms=counts or {})
 
 
-async def serve_logic(logic, host: str = "127.0.0.1", port: int = 0, **server_kw) -> LogicRpcService:
-    """Serve ``logic`` over RPC on host:port; returns the started service (``.port``, ``.addr``, ``stop()``)."""
+async def serve_logic(logic, host: str = "127.0.0.1", port: int = 0, *, ssl=None, **server_kw) -> LogicRpcService:
+    """Serve ``logic`` over RPC on host:port (TLS with ``ssl``); returns the started service (``.port``,
+    ``.addr``, ``stop()``)."""
     svc = LogicRpcService(logic, **server_kw)
-    await svc.start(host, port)
+    await svc.start(host, port, ssl=ssl)
     return svc
 
 

@@ -45,7 +45,7 @@ class RpcPool:
                  timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  max_body: int = DEFAULT_MAX_BODY, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  write_batch: int = DEFAULT_WRITE_BATCH, balance: str = "spread", fill_limit: int = 128,
-                 backoff_min: float = 0.05, backoff_max: float = 2.0):
+                 backoff_min: float = 0.05, backoff_max: float = 2.0, ssl=None):
         if size < 1:
             raise ValueError(f"pool size must be at least 1, got {size}")
         if balance not in ("spread", "fill"):
@@ -65,6 +65,7 @@ class RpcPool:
         self.fill_limit = fill_limit
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
+        self.ssl = ssl   # a client SSLContext: the connections speak TLS
         self.last_error = ""
         self.reconnects = 0
         self._states = [_STOPPED] * size
@@ -150,7 +151,7 @@ class RpcPool:
             self._states[i] = _CONNECTING
             try:
                 conn = await RpcClient.connect(
-                    self.host, self.port, self.service, connect_timeout=self.connect_timeout,
+                    self.host, self.port, self.service, connect_timeout=self.connect_timeout, ssl=self.ssl,
                     client_id=self.client_id, server_id=self.server_id, max_body=self.max_body,
                     max_in_flight=self.max_in_flight, write_batch=self.write_batch, on_lost=self._on_lost)
             except asyncio.CancelledError:

@@ -285,10 +285,13 @@ class RpcServer:
         self.protocol_errors = 0
         self.handler_errors = 0
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False) -> "RpcServer":
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False,
+                    ssl=None) -> "RpcServer":
+        """Listen on host:port; ``ssl``: a server ``SSLContext`` for TLS (``imgate.rpc.tls``)."""
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(
-            lambda: _ServerConn(self), host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024)
+            lambda: _ServerConn(self), host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024,
+            ssl=ssl)
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
         log.info("rpc %s listening on %s:%d", self.service, self.host, self.port)
@@ -340,8 +343,8 @@ class RpcService:
     def handlers(self) -> dict:
         raise NotImplementedError
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> RpcServer:
-        return await self.server.start(host, port)
+    async def start(self, host: str = "127.0.0.1", port: int = 0, ssl=None) -> RpcServer:
+        return await self.server.start(host, port, ssl=ssl)
 
     async def stop(self, grace: float = 0.0) -> None:
         await self.server.stop(grace)

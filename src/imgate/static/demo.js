@@ -22,6 +22,7 @@
   let heartbeatTimer = null;
   let heartbeatEveryMs = 30000; // goim clients beat every 30 s
   let demoAvailable = false; // GET /demo/config answered: POST /demo/token works too
+  let apiKey = "";          // the node's demo API key (scope push), handed to loopback pages only
   let accepts = [];
   let closeReason = null;   // from an op-6 notice, shown when the socket closes
   let pendingRoom = null;   // asked for with op 12, confirmed by op 13
@@ -219,9 +220,11 @@
       const reply = await r.json();
       const c = reply.data || {};
       demoAvailable = true;
-      if (c.ws_url) $("ws-url").value = reachable(c.ws_url);
+      const wsUrl = location.protocol === "https:" && c.wss_url ? c.wss_url : c.ws_url;
+      if (wsUrl) $("ws-url").value = reachable(wsUrl);
       if (c.mid !== undefined && c.mid !== null) $("mid").value = String(c.mid);
       if (c.token) $("token").value = c.token;
+      if (c.api_key) apiKey = c.api_key;
       if (c.room_id) $("room").value = c.room_id;
       if (Array.isArray(c.accepts)) accepts = c.accepts;
       note.textContent = "Settings from the node's /demo/config.";
@@ -332,7 +335,8 @@
       const url = `/goim/push/room?operation=${PUSH_OP}&type=${encodeURIComponent(m[1])}&room=${encodeURIComponent(m[2])}`;
       const r = await fetch(url, {
         method: "POST",
-        headers: { "Content-Type": "application/octet-stream" },
+        headers: Object.assign({ "Content-Type": "application/octet-stream" },
+                               apiKey ? { Authorization: `Bearer ${apiKey}` } : {}),
         body: utf8.encode(message),
       });
       const reply = await r.json();

@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Run one fuzz harness under atheris (``make fuzz`` runs each for FUZZ_RUNS inputs).
+
+    python fuzz/run.py HARNESS [atheris/libFuzzer options, e.g. -runs=1000000 -rss_limit_mb=1024]
+
+HARNESS is one of fuzz/harnesses.py's HARNESSES. The seeds are written to a corpus directory under
+fuzz/corpus/HARNESS first. libFuzzer's -rss_limit_mb bounds memory; a crash leaves its input in the
+current directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import atheris  # noqa: E402
+
+with atheris.instrument_imports():
+    import harnesses  # noqa: E402
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in harnesses.HARNESSES:
+        print(f"usage: run.py {{{','.join(harnesses.HARNESSES)}}} [libFuzzer options]", file=sys.stderr)
+        return 2
+    name = sys.argv[1]
+    corpus = os.path.join(HERE, "corpus", name)
+    os.makedirs(corpus, exist_ok=True)
+    for i, seed in enumerate(harnesses.SEEDS.get(name, [])):
+        with open(os.path.join(corpus, f"seed-{i}"), "wb") as f:
+            f.write(seed)
+    atheris.Setup([sys.argv[0], *sys.argv[2:], corpus], harnesses.HARNESSES[name])
+    atheris.Fuzz()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""What one client may cost, against a real node (issue 14): room ids, trickling HTTP and WebSocket
+upgrades, op floods, connections per address, slow consumers. Each test fails on the code before the
+fix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import pytest
+import uvloop
+
+from imgate import client as imclient
+
+from nodeutil import NodeThread
+from polling import wait_until
+
+
+def run(coro, timeout=60):
+    return uvloop.run(asyncio.wait_for(coro, timeout))
+
+
+@pytest.fixture(scope="module")
+def node():
+    n = NodeThread(handshake_timeout=2.0, heartbeat_timeout=30.0).start()
+    yield n
+    n.stop()
+
+
+# ---------------------------------------------------------------- 3. room ids are bounded in every op
+
+
+def test_long_room_ids_are_refused_in_change_join_and_leave(node):
+    from imgate.auth import MAX_ROOM_ID_LEN
+
+    async def go():
+        c = await imclient.connect(node.ws_url, mid=541, room_id="live://short", heartbeat=None)
+        rooms_before = node.stats()["rooms"]
+        huge = "big://" + "r" * 60_000
+        for op in (12, 18, 20):
+            reply = await c.request(op, huge.encode())
+            assert reply.op == op + 1
+            answer = json.loads(reply.body)
+            assert answer["ok"] is False and "limit" in answer["error"], answer
+            assert len(reply.body) < 200, "the error does not echo the room id"
+        just_over = "big://" + "r" * (MAX_ROOM_ID_LEN - 5)
+        answer = json.loads((await c.request(18, just_over.encode())).body)
+        assert answer["ok"] is False and f"the limit is {MAX_ROOM_ID_LEN}" in answer["error"]
+        at_limit = "big://" + "r" * (MAX_ROOM_ID_LEN - 6)
+        assert json.loads((await c.request(18, at_limit.encode())).body)["ok"] is True
+        assert node.stats()["rooms"] == rooms_before + 1, "only the room within the limit was made"
+        # the connection keeps serving
+        assert await c.heartbeat() == 1
+        await c.close()
+
+    run(go())
+
+
+# ---------------------------------------------------------------- 4. trickling clients get a deadline
+
+
+def trickle(port, data: bytes, every: float, limit: float, first: bytes = b""):
+    """Send ``first`` at once, then ``data`` a byte at a time, one every ``every`` s, until the server
+    closes or ``limit`` s pass. Returns (seconds until closed or None, what the server sent)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(first)
+    s.setblocking(False)
+    start = time.monotonic()
+    got = b""
+    try:
+        i = 0
+        while time.monotonic() - start < limit:
+            try:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return time.monotonic() - start, got
+                got += chunk
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                return time.monotonic() - start, got
+            try:
+                s.send(data[i % len(data):i % len(data) + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                return time.monotonic() - start, got
+            i += 1
+            time.sleep(every)
+        return None, got
+    finally:
+        s.close()
+
+
+def test_a_trickled_http_request_is_cut_off_at_its_deadline():
+    # idle timeout far away: only the request deadline can end this
+    n = NodeThread(http_request_timeout=1.0).start()
+    try:
+        n.node.http.idle_timeout = 60
+        head = (b"POST /goim/push/mids?operation=1000&mids=1 HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 100000\r\n" + b"X-Pad: " + b"a" * 1000)
+        closed_after, got = trickle(n.node.http_port, head, every=0.05, limit=15)
+        assert closed_after is not None, "a trickling client held the connection"
+        assert b" 408 " in got.split(b"\r\n", 1)[0], got[:200]
+        assert n.node.http.request_timeouts == 1
+        status, text = n.http("GET", "/metrics")
+        assert b"imgate_http_request_timeouts_total 1.0" in text
+        # a slow body counts too: the head whole, then the body byte by byte
+        body_head = b"POST /goim/push/mids?operation=1000&mids=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
+        closed_after, got = trickle(n.node.http_port, b"b" * 5000, every=0.05, limit=15, first=body_head)
+        assert closed_after is not None and b" 408 " in got
+        assert n.node.http.request_timeouts == 2
+        # normal requests are untouched
+        assert n.http("GET", "/healthz")[0] == 200
+    finally:
+        n.stop()
+
+
+def test_a_trickled_websocket_upgrade_is_cut_off_at_the_handshake_deadline():
+    n = NodeThread(handshake_timeout=1.0).start()
+    try:
+        upgrade = (b"GET /sub HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + b"X-Pad: " + b"a" * 1000)
+        closed_after, _ = trickle(n.node.proxy.ws_port, upgrade, every=0.05, limit=15)
+        assert closed_after is not None, "a trickling upgrade held the connection"
+        wait_until(lambda: n.stats()["handshake_timeouts"] >= 1, what="the timeout counted")
+    finally:
+        n.stop()
+
+
+# ---------------------------------------------------------------- 5. what one client may cost
+
+
+def notice_in(data: bytes) -> dict | None:
+    from imgate.core import FrameDecoder
+
+    sixes = [f for f in FrameDecoder(max_body=1 << 20).feed(data) if f.op == 6]
+    return json.loads(sixes[-1].body) if sixes else None
+
+
+def authed_socket(node, mid):
+    from imgate.core import encode_frame
+
+    s = socket.create_connection(("127.0.0.1", node.node.proxy.tcp_port), timeout=5)
+    s.sendall(encode_frame(7, 1, json.dumps({"mid": mid, "room_id": "live://flood"}).encode()))
+    return s
+
+
+def test_a_connection_flooding_ops_is_told_and_closed_while_a_normal_one_is_not():
+    from imgate.core import encode_frame
+
+    from nodeutil import read_until_closed
+
+    n = NodeThread(client_op_rate=20, client_op_burst=40).start()
+    try:
+        async def normal():
+            c = await imclient.connect(n.tcp_url, mid=551, heartbeat=None)
+            for _ in range(30):   # 30 beats at 10 a second: within the rate
+                await c.heartbeat()
+                await asyncio.sleep(0.1)
+            await c.close()
+
+        flood = authed_socket(n, 552)
+        flood.sendall(b"".join(encode_frame(4, i, b"spam") for i in range(500)))
+        got = read_until_closed(flood, timeout=10)
+        flood.close()
+        assert notice_in(got) == {"reason": "rate limited", "reconnect": False}
+        run(normal())
+        assert n.stats()["rate_limited"] == 1
+        assert b"imgate_rate_limited_total 1.0" in n.http("GET", "/metrics")[1]
+    finally:
+        n.stop()
+
+
+def test_connections_per_address_are_bounded():
+    from nodeutil import read_until_closed
+
+    n = NodeThread(max_conns_per_ip=3, conn_limit_exempt=[]).start()
+    try:
+        held = [authed_socket(n, 560 + i) for i in range(3)]
+        wait_until(lambda: n.stats()["connections"] == 3, what="three connections")
+        extra = socket.create_connection(("127.0.0.1", n.node.proxy.tcp_port), timeout=5)
+        assert notice_in(read_until_closed(extra, timeout=10)) == {
+            "reason": "too many connections from this address", "reconnect": False}
+        extra.close()
+        ws = socket.create_connection(("127.0.0.1", n.node.proxy.ws_port), timeout=5)
+        assert read_until_closed(ws, timeout=10).startswith(b"HTTP/1.1 429 ")
+        ws.close()
+        assert n.stats()["ip_limit_refusals"] == 2
+        held.pop().close()
+        wait_until(lambda: n.stats()["sockets"] == 2, what="a slot freed")
+        async def again():
+            c = await imclient.connect(n.tcp_url, mid=569, heartbeat=None)
+            await c.close()
+        run(again())
+        for s in held:
+            s.close()
+    finally:
+        n.stop()
+
+
+def test_loopback_is_exempt_from_the_address_limit_by_default():
+    n = NodeThread(max_conns_per_ip=2).start()
+    try:
+        async def go():
+            cs = [await imclient.connect(n.tcp_url, mid=570 + i, heartbeat=None) for i in range(4)]
+            for c in cs:
+                await c.close()
+        run(go())
+        assert n.stats()["ip_limit_refusals"] == 0
+    finally:
+        n.stop()
+
+
+# ---------------------------------------------------------------- 7. slow consumers
+
+
+def non_reader(node, mid, room):
+    """An authenticated TCP client with a tiny receive window that reads nothing until told."""
+    from imgate.core import encode_frame
+
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", node.node.proxy.tcp_port))
+    s.sendall(encode_frame(7, 1, json.dumps({"mid": mid, "room_id": room}).encode()))
+    return s
+
+
+def flood_room(node, room, until, body=b"z" * 32768, most=2000):
+    t, r = room.split("://")
+    for _ in range(most):
+        if until():
+            return
+        assert node.http("POST", f"/goim/push/room?operation=1000&type={t}&room={r}", body)[0] == 200
+    raise AssertionError("the slow consumer was never closed")
+
+
+def test_a_slow_consumer_that_reads_again_gets_its_close_notice():
+    from nodeutil import read_until_closed
+
+    n = NodeThread(max_pending=65536).start()
+    try:
+        s = non_reader(n, 581, "slow://1")
+        wait_until(lambda: n.stats()["connections"] == 1, what="auth")
+        flood_room(n, "slow://1", lambda: n.stats()["slow_consumer_closes"] >= 1)
+        got = read_until_closed(s, timeout=10)   # the client reads again, within the close deadline
+        s.close()
+        assert notice_in(got) == {"reason": "slow consumer", "reconnect": True}
+        assert got.endswith(b'{"reason": "slow consumer", "reconnect": true}'), "the notice is the last frame, whole"
+        assert n.stats()["close_notices_dropped"] == 0
+    finally:
+        n.stop()
+
+
+def test_a_notice_that_never_finds_room_is_counted_as_dropped():
+    n = NodeThread(max_pending=65536).start()
+    try:
+        s = non_reader(n, 582, "slow://2")
+        wait_until(lambda: n.stats()["connections"] == 1, what="auth")
+        flood_room(n, "slow://2", lambda: n.stats()["slow_consumer_closes"] >= 1)
+        wait_until(lambda: n.stats()["close_notices_dropped"] == 1, timeout=15, what="the dropped notice counted")
+        assert b"imgate_close_notices_dropped_total 1.0" in n.http("GET", "/metrics")[1]
+        s.close()
+    finally:
+        n.stop()
+
+
