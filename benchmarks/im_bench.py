@@ -1,4 +1,4 @@
-"""Single-chat IM benchmark against a real `imgate serve` (issue 11's figures), small and local.
+"""Single-chat IM benchmark against a real `imgate serve`, small and local.
 
     PYTHONPATH=src .venv/bin/python benchmarks/im_bench.py [--pairs 5000] [--im-sync full|normal] [--json FILE]
 
@@ -177,7 +177,7 @@ async def sync_offline(url, args):
             "max_ms": round(max(times), 2)}
 
 
-TARGETS = {  # issue 11's figures for one embedded node on this 2-core machine
+TARGETS = {  # what one embedded node should reach on a 2-core machine
     "messages_per_s >= 5000": lambda r: r["throughput"]["messages_per_s"] >= 5000,
     "p99 send-to-delivery <= 25 ms at 2,000/s": lambda r: r["latency"]["p99_ms"] <= 25,
     "sync of 1,000 messages <= 50 ms": lambda r: r["sync"]["median_ms"] <= 50,

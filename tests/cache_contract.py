@@ -98,8 +98,8 @@ class _ScaledTTL:
     async def renew_session(self, mid, conn_id, ttl):
         return await self._cache.renew_session(mid, conn_id, ttl * self._scale)
 
-    async def set_server_online(self, server, rooms, conns, ips, ttl):
-        return await self._cache.set_server_online(server, rooms, conns, ips, ttl * self._scale)
+    async def set_server_online(self, server, rooms, conns, ips, ttl, **discovery):
+        return await self._cache.set_server_online(server, rooms, conns, ips, ttl * self._scale, **discovery)
 
 
 class RedisBackend(Backend):
@@ -320,8 +320,14 @@ def test_servers_online(backend):
         assert set(got) == {"p1", "p2"}
         assert got["p1"]["rooms"] == {"live://1": 3, "live://2": 1}
         assert (got["p1"]["conns"], got["p1"]["ips"]) == (4, 3)
-        assert set(got["p1"]) == {"rooms", "conns", "ips", "updated"}
+        assert set(got["p1"]) == {"rooms", "conns", "ips", "updated", "addr", "draining"}
         assert got["p1"]["updated"] >= t0 - 1
+        assert (got["p1"]["addr"], got["p1"]["draining"]) == ("", False)  # none given
+        # discovery: a proxy's RPC address and draining flag travel with its report
+        await c.set_server_online("p3", {"live://9": 1}, 1, 1, TTL, addr="10.0.0.3:3109", draining=True)
+        p3 = (await c.servers_online())["p3"]
+        assert (p3["addr"], p3["draining"], p3["rooms"]) == ("10.0.0.3:3109", True, {"live://9": 1})
+        await c.set_server_online("p3", {}, 0, 0, TTL * 0.01)
         # p1 keeps reporting, p2 dies: p2's report expires
         for _ in range(2):
             await backend.advance(TTL * 0.6)

@@ -28,12 +28,21 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", action="store_true", default=None,
                    help="let the demo page at / mint tokens for any user (never in production)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    p.add_argument("--workers", type=int, help="proxy processes sharing the client ports (default 1; 0: one per core)")
 
 
 def _load(args) -> Config:
     return Config.load(args.config, tcp=args.tcp, ws=args.ws, http=args.http, auth=args.auth,
                        data_dir=args.data_dir, demo=args.demo, api_auth=args.api_auth,
-                       tls_cert=args.tls_cert, tls_key=args.tls_key, http_tls=args.http_tls)
+                       tls_cert=args.tls_cert, tls_key=args.tls_key, http_tls=args.http_tls, workers=args.workers)
+
+
+def _workers(cfg: Config) -> int:
+    if cfg.workers:
+        return cfg.workers
+    from imgate.workers import default_workers
+
+    return default_workers()
 
 
 def _first_key(cfg: Config) -> str:
@@ -52,7 +61,13 @@ async def _serve(cfg: Config) -> int:
     from imgate.node import Node
 
     first_key = _first_key(cfg)
-    node = Node(cfg)
+    n = _workers(cfg)
+    if n > 1:
+        from imgate.workers import Coordinator
+
+        node = Coordinator(cfg, n)
+    else:
+        node = Node(cfg)
     await node.start()
     settle_gc()
     stop = asyncio.Event()
@@ -60,9 +75,9 @@ async def _serve(cfg: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, node.reload_tls)   # new certificate, connections kept
-    p = node.proxy
+    p = node.proxy if n == 1 else node
     host = "127.0.0.1" if cfg.addr("http")[0] in ("0.0.0.0", "::") else cfg.addr("http")[0]
-    print(f"imgate node {cfg.server_id} is up (auth: {cfg.auth})", flush=True)
+    print(f"imgate node {cfg.server_id} is up (auth: {cfg.auth}{f', {n} workers' if n > 1 else ''})", flush=True)
     print(f"  goim TCP     tcp://{host}:{p.tcp_port}", flush=True)
     print(f"  WebSocket    ws://{host}:{p.ws_port}/sub", flush=True)
     if p.tls is not None:
@@ -109,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         rp.add_argument("--config", required=True, help=f"TOML config file (keys at top level or under [{role}])")
         rp.add_argument("--server-id", dest="server_id", help="stable id of this process (default from the config)")
         rp.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+        if role == "proxy":
+            rp.add_argument("--workers", type=int,
+                            help="proxy processes sharing the client ports (default 1; 0: one per core)")
     tok = sub.add_parser("token", help="mint a JWT for a user")
     tok.add_argument("--user", type=int, required=True, help="user id (mid), goes into `sub`")
     tok.add_argument("--ttl", type=float, default=86400, help="seconds until it expires (default 86400)")
@@ -148,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             from imgate.roles import run_role
 
-            cfg = Config.load(args.config, server_id=args.server_id, _section=args.command)
+            cfg = Config.load(args.config, server_id=args.server_id, _section=args.command,
+                              workers=getattr(args, "workers", None))
+            if args.command == "proxy" and _workers(cfg) > 1:
+                from imgate.workers import run_proxy_workers
+
+                return asyncio.run(run_proxy_workers(cfg, _workers(cfg)))
             try:
                 import uvloop
             except ImportError:  # pragma: no cover

@@ -80,6 +80,10 @@ class Config:
     merge_window: float = 0.0  # seconds; 0 = coalesce within one event-loop iteration
     max_rooms_per_conn: int = 64  # rooms one connection may join
     shutdown_grace: float = 5.0  # seconds to flush the op-6 notices at shutdown
+    workers: int = 1  # proxy processes sharing the client ports (serve, proxy); 0: one per core
+    reuse_port: bool = False  # listen with SO_REUSEPORT (set for the workers)
+    worker_restart_delay: float = 1.0  # seconds before a dead worker is started again
+    max_auths_per_second: int = 4000  # auths passed to logic per second, the rest get op 6 "busy" + retry_ms (0: no limit); 4,000 x ~233 CPU-us per auth (make bench storm) is most of a core
     # What one client may cost (imgate.proxy.limits; each refusal counted in /metrics)
     client_op_rate: float = 100.0  # frames per second a connection may send after auth (token bucket); 0 = no limit
     client_op_burst: float = 200.0  # the bucket's size: past it, op 6 "rate limited" and close (rate_limited)
@@ -123,7 +127,8 @@ class Config:
     rpc: str = "127.0.0.1:3109"  # proxy: internal RPC listener (push -> proxy)
     logic_rpc: str = "127.0.0.1:3119"  # logic: internal RPC listener (proxy -> logic)
     logic_addrs: list = field(default_factory=lambda: ["127.0.0.1:3119"])  # proxy: logic instances, in order
-    proxies: dict = field(default_factory=dict)  # push: {server_id: "host:rpc_port"} of every proxy
+    proxies: dict = field(default_factory=dict)  # push: {server_id: "host:rpc_port"}; overrides discovery
+    advertise_rpc: str = ""              # proxy: host:port push reaches its RPC at (default: the rpc listener's)
     redis_url: str = "redis://127.0.0.1:6379/0"  # the cache service
     redis_sentinels: list = field(default_factory=list)  # ["host:port", ...]; then redis_master names the set
     redis_master: str = "mymaster"  # the Sentinel master set's name
@@ -194,6 +199,8 @@ class Config:
             parse_hostport(getattr(self, key), key)
         for i, addr in enumerate(self.logic_addrs):
             parse_hostport(addr, f"logic_addrs[{i}]")
+        if self.advertise_rpc:
+            parse_hostport(self.advertise_rpc, "advertise_rpc")
         for sid, addr in self.proxies.items():
             parse_hostport(addr, f"proxies.{sid}")
         if self.room_merge_window < 0:
@@ -216,6 +223,12 @@ class Config:
                 raise ConfigError(f"conn_limit_exempt[{i}]: {e}") from None
         if self.merge_window < 0:
             raise ConfigError(f"merge_window: must be >= 0, got {self.merge_window}")
+        if self.workers < 0:
+            raise ConfigError(f"workers: must be >= 0 (0: one per core), got {self.workers}")
+        if self.worker_restart_delay < 0:
+            raise ConfigError(f"worker_restart_delay: must be >= 0, got {self.worker_restart_delay}")
+        if self.max_auths_per_second < 0:
+            raise ConfigError(f"max_auths_per_second: must be >= 0 (0: no limit), got {self.max_auths_per_second}")
         for key in ("max_frame_body", "max_pending", "max_http_body", "max_rooms_per_conn"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")

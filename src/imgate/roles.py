@@ -5,7 +5,8 @@
 - logic: the HTTP API and the proxies' RPC (`logic_rpc`, default :3119); state in Redis; push jobs to
   Kafka. With ``im_store = "mariadb"`` it also runs the IM service on the shared MariaDB store (any
   logic can serve any user: the store holds every inbox).
-- push: consumes Kafka, delivers to the proxies named in `proxies` over RPC.
+- push: consumes Kafka, delivers over RPC to the proxies it discovers in Redis (their online reports
+  carry their RPC address) and to those named in `proxies`.
 Every role stops on SIGTERM/SIGINT within its grace period. The clients of Redis and Kafka come with
 ``pip install 'imgate[cluster]'``; a role that needs one that is missing says so before it starts.
 """
@@ -16,6 +17,7 @@ import asyncio
 import importlib.util
 import logging
 import signal
+import socket
 
 from imgate.config import Config, ConfigError
 from imgate.gctune import settle as settle_gc
@@ -58,6 +60,13 @@ def make_cache(cfg: Config):
     return RedisCache(cfg.redis_url)
 
 
+def _reachable(host: str) -> str:
+    """A host others can dial for a listener bound to ``host`` (this machine's name for a wildcard)."""
+    if host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
+
+
 class ProxyRole:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -75,9 +84,11 @@ class ProxyRole:
                                  timeout=max(DEFAULT_TIMEOUT, cfg.upstream_timeout + 2, cfg.auth_timeout + 2),
                                  ssl=rpc_tls.client_context(cfg))
         self.proxy = Proxy(cfg, self.logic, asyncio.get_running_loop())
-        await self.proxy.start()
+        # RPC first: the proxy's first report, before it takes clients, tells where push reaches it
         host, port = cfg.addr("rpc")
         self.rpc = await serve_proxy(self.proxy, host, port, ssl=rpc_tls.server_context(cfg))
+        self.proxy.advertise = cfg.advertise_rpc or f"{_reachable(host)}:{self.rpc.port}"
+        await self.proxy.start()
         print(f"imgate proxy {cfg.server_id} is up: tcp :{self.proxy.tcp_port}, ws :{self.proxy.ws_port}/sub, "
               f"rpc :{self.rpc.port}, logic {', '.join(cfg.logic_addrs)}", flush=True)
 
@@ -166,6 +177,7 @@ class PushRole:
         self.cfg = cfg
 
     async def start(self) -> None:
+        from imgate.push.discovery import Discovery
         from imgate.push.router import PushRouter
         from imgate.push.kafka import PushConsumer, ensure_topic
         from imgate.rpc import tls as rpc_tls
@@ -175,18 +187,27 @@ class PushRole:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, ensure_topic, cfg.kafka, cfg.kafka_topic)
         ctx = rpc_tls.client_context(cfg)
-        self.clients = {sid: ProxyClient(sid, addr, pool_size=cfg.rpc_pool, ssl=ctx) for sid, addr in cfg.proxies.items()}
-        self.push = PushRouter(self.clients)
+        self.push = PushRouter()
+        self.cache = make_cache(cfg)
+        self.discovery = Discovery(self.cache, self.push,
+                                   lambda sid, addr: ProxyClient(sid, addr, pool_size=cfg.rpc_pool, ssl=ctx),
+                                   static=cfg.proxies, interval=cfg.online_interval,
+                                   grace=max(3 * cfg.online_interval, 3.0))
+        try:
+            await self.discovery.refresh()
+        except Exception as e:  # Redis away: the static proxies serve, discovery keeps trying
+            log.warning("discovering proxies failed: %s", e)
+        self.discovery.start()
         self.consumer = PushConsumer(cfg.kafka, cfg.kafka_topic, self.push.route, group=f"{cfg.kafka_topic}.push",
                                      merge_window=cfg.room_merge_window)
         self.consumer.start(loop)
         print(f"imgate push {cfg.server_id} is up: kafka {cfg.kafka} topic {cfg.kafka_topic}, "
-              f"proxies {', '.join(f'{k}={v}' for k, v in cfg.proxies.items())}", flush=True)
+              f"proxies {', '.join(f'{k}={v}' for k, v in cfg.proxies.items()) or '(discovered)'}", flush=True)
 
     async def stop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.consumer.stop)
-        for c in self.clients.values():
-            await c.close()
+        await self.discovery.close()
+        await self.cache.close()
 
 
 ROLES = {"proxy": ProxyRole, "logic": LogicRole, "push": PushRole}

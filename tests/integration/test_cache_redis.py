@@ -114,16 +114,16 @@ def test_redis_keys_left_behind(rb):
         r, p = c.redis, rb.prefix
         a = await connect(c, 1, key="ka")
         b = await connect(c, 1, key="kb")
-        await connect(c, 2, key="kc")
+        cc = await connect(c, 2, key="kc")
         await c.set_server_online("p1", {"live://1": 3}, 3, 1, TTL)
         keys = set(await r.keys(p + "*"))
-        assert keys == {p + "conn_id", p + "users", p + "servers", p + "srv:p1", p + "u:1", p + "u:2",
-                        p + "k:ka", p + "k:kb", p + "k:kc", *(p + f"s:{i}" for i in (1, 2, 3))}
-        assert await r.type(p + "s:1") == "string" and await r.type(p + "u:1") == "set"
+        assert keys == {p + "conn_id", p + "epoch", p + "users", p + "servers", p + "srv:p1", p + "u:1", p + "u:2",
+                        p + "k:ka", p + "k:kb", p + "k:kc", *(p + f"s:{s.conn_id}" for s in (a, b, cc))}
+        assert await r.type(p + f"s:{a.conn_id}") == "string" and await r.type(p + "u:1") == "set"
         assert await r.type(p + "users") == "zset" and await r.type(p + "srv:p1") == "string"
         assert set(await r.smembers(p + "u:1")) == {str(a.conn_id), str(b.conn_id)}
         assert await r.get(p + "k:ka") == str(a.conn_id)
-        for k in (p + "s:1", p + "u:1", p + "k:ka", p + "srv:p1"):
+        for k in (p + f"s:{a.conn_id}", p + "u:1", p + "k:ka", p + "srv:p1"):
             assert 0 < await r.pttl(k) <= TTL * ms
         assert await r.ttl(p + "conn_id") == -1
         # renewing with a longer TTL pushes every key of the session forward, not its siblings'
@@ -138,11 +138,11 @@ def test_redis_keys_left_behind(rb):
         assert await c.user_count() == 1
         # nobody renews anything any more, nobody reads: their TTLs pass and Redis forgets them
         await rb.advance(TTL * 1.3)
-        assert set(await r.keys(p + "*")) == {p + "conn_id", p + "users", p + "servers"}
+        assert set(await r.keys(p + "*")) == {p + "conn_id", p + "epoch", p + "users", p + "servers"}
         # the next periodic reads trim the indexes too
         assert await c.user_count() == 0
         assert await c.servers_online() == {}
-        assert set(await r.keys(p + "*")) == {p + "conn_id"}
+        assert set(await r.keys(p + "*")) == {p + "conn_id", p + "epoch"}
     rb.run(body)
 
 
@@ -180,14 +180,14 @@ def test_redis_expires_keys_by_itself(redis_url):
         c = rb.raw_cache()
         try:
             r, p = c.redis, rb.prefix
-            await connect(c, 1, key="k1", ttl=0.2)
+            s = await connect(c, 1, key="k1", ttl=0.2)
             await c.set_server_online("p1", {}, 0, 0, 0.2)
-            assert await r.exists(p + "s:1", p + "u:1", p + "k:k1", p + "srv:p1") == 4
+            assert await r.exists(p + f"s:{s.conn_id}", p + "u:1", p + "k:k1", p + "srv:p1") == 4
 
             async def left():
                 return set(await r.keys(p + "*"))
 
-            await wait_until_async(left, equals={p + "conn_id", p + "users", p + "servers"},
+            await wait_until_async(left, equals={p + "conn_id", p + "epoch", p + "users", p + "servers"},
                                    what="the session's keys to expire")
         finally:
             await c.close()
@@ -201,11 +201,52 @@ def test_redis_prefixes_are_isolated(redis_url):
         try:
             s = await connect(a, 1, key="same")
             assert await b.sessions([1]) == {} and await b.sessions_by_keys(["same"]) == {}
-            assert await b.alloc_conn_id() == 1 and s.conn_id == 1
+            # each prefix has its own counter: b's first id is its epoch's floor, a's second is one past a's first
+            assert await b.alloc_conn_id() % 1024 == 1
+            assert await a.alloc_conn_id() == s.conn_id + 1
             assert await b.user_count() == 0
         finally:
             await a.close()
             await b.close()
+    run(go())
+
+
+def test_redis_emptied_gets_a_new_epoch_and_conn_ids_keep_growing(redis_url):
+    """A Redis that lost its data (here: its keys deleted) gets a new epoch from the next caller, and
+    conn_ids never go back to ids that live connections may still hold; a restored session takes its
+    key back only from an older connection."""
+    async def go():
+        c = RedisCache(redis_url, prefix=f"e{uuid.uuid4().hex[:8]}:")
+        try:
+            first = await c.epoch()
+            assert await c.epoch() == first
+            old = await connect(c, 1, key="shared")
+            await c.sessions([1])
+            assert c.seen_epoch == first
+            async def redis_ms():
+                sec, us = await c.redis.time()
+                return sec * 1000 + us // 1000
+
+            then = await redis_ms()
+
+            async def later():
+                return await redis_ms() > then
+
+            await wait_until_async(later, what="the Redis clock to pass the first epoch's millisecond")
+            await c.redis.delete(*(await c.redis.keys(c.prefix + "*")))
+            await c.sessions([1])
+            assert c.seen_epoch is None  # the lookup saw the loss
+            newer = await connect(c, 2, key="shared")  # a new connection since the loss
+            assert newer.conn_id > old.conn_id
+            second = await c.epoch()
+            assert second != first
+            await c.restore_sessions([old], TTL)
+            assert ids((await c.sessions([1]))[1]) == [old.conn_id]
+            assert (await c.sessions_by_keys(["shared"]))["shared"].conn_id == newer.conn_id
+            await c.mark_ready(second, "p1", TTL)
+            assert await c.ready(second) == {"p1"}
+        finally:
+            await c.close()
     run(go())
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import pytest
 import uvloop
 
 from imgate import client as imclient
 
-from clusterutil import Cluster
+from clusterutil import Cluster, RoleProcess, free_port
 from polling import wait_until_async
 from services import redis_down
 
@@ -215,5 +216,111 @@ def test_redis_stopped_auth_is_unavailable_and_push_api_says_503(cluster, redis_
         assert status == 200 and reply["data"]["targets"] == 1, reply
         assert (await c.recv(timeout=30)).body == b"back"
         await c.close()
+
+    run(go(), timeout=240)
+
+
+def _empty_redis_restart(redis_process) -> None:
+    """Redis crashes and comes back with nothing: no append-only file, no snapshot."""
+    redis_process.stop(hard=True)
+    data = redis_process.dir / "redis"
+    for p in list(data.iterdir()):
+        if p.name.startswith(("appendonly", "dump")):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    redis_process.start()
+
+
+def test_redis_restarted_empty_under_unicast_load_loses_no_push_answered_200(cluster, redis_process):
+    """Every client stays connected through an empty Redis restart; each push by mid is either
+    refused (503, or an error while Redis is down) or answered 200 for one target, and every push
+    answered 200 reaches its client. The proxies re-register their connections by themselves."""
+    mids = list(range(7100, 7116))
+
+    async def go():
+        clients = {}
+        for i, mid in enumerate(mids):
+            url = cluster.tcp_url("A") if i % 2 else cluster.ws_url("B")
+            clients[mid] = await imclient.connect(url, mid=mid, heartbeat=None, timeout=30)
+        loop = asyncio.get_running_loop()
+        accepted: dict[int, set[bytes]] = {mid: set() for mid in mids}
+        refused = 0
+        restarted = loop.run_in_executor(None, _empty_redis_restart, redis_process)
+        accepted_after = 0
+        n = 0
+        # a steady stream of unicasts through both logic instances until, after the restart, 40 more
+        # have been answered 200
+        while not restarted.done() or accepted_after < 40:
+            mid = mids[n % len(mids)]
+            body = f"u{n}".encode()
+            status, reply = await ahttp(cluster, ("L1", "L2")[n % 2], "POST",
+                                        f"/goim/push/mids?operation=1000&mids={mid}", body)
+            n += 1
+            if status == 200:
+                assert reply["data"]["targets"] == 1, f"answered 200 for a connected user without a target: {reply}"
+                accepted[mid].add(body)
+                if restarted.done():
+                    accepted_after += 1
+            else:
+                assert status == 503, (status, reply)
+                refused += 1
+        await restarted
+
+        async def all_delivered():
+            for mid, c in clients.items():
+                while (f := c.recv_nowait()) is not None:
+                    accepted[mid].discard(f.body)
+            return all(not left for left in accepted.values())
+
+        await until(cluster, all_delivered, "every push answered 200 to reach its client")
+        for c in clients.values():
+            assert c.closed_reason is None, c.closed_reason
+        # the registry names every client again
+        for mid in mids:
+            status, reply = await ahttp(cluster, "L2", "GET", f"/session?uid={mid}")
+            assert len(reply["data"]) == 1, reply
+        for c in clients.values():
+            await c.close()
+
+    run(go(), timeout=240)
+
+
+def test_a_proxy_started_after_push_is_discovered_and_dropped_when_dead(cluster):
+    """Push is told only of A and B. A proxy C started later registers itself through its online
+    reports and gets room pushes and unicasts within a few online intervals; once killed, push drops
+    it when its report has expired."""
+    ports = {"tcp": free_port(), "ws": free_port(), "rpc": free_port()}
+    a = cluster.procs["A"].config
+    c_proc = RoleProcess("proxy", "C", dict(
+        cluster.common, server_id="C", tcp=f"127.0.0.1:{ports['tcp']}", ws=f"127.0.0.1:{ports['ws']}",
+        rpc=f"127.0.0.1:{ports['rpc']}", logic_addrs=a["logic_addrs"]), cluster.workdir)
+    assert "C" not in cluster.procs["P"].config["proxies"]
+
+    async def go():
+        c_proc.start()
+        try:
+            c = await imclient.connect(f"tcp://127.0.0.1:{ports['tcp']}", mid=7300, room_id="live://7300",
+                                       heartbeat=None, timeout=30)
+
+            async def room_push_arrives():
+                await ahttp(cluster, "L1", "POST", "/goim/push/room?operation=1000&type=live&room=7300", b"found")
+                try:
+                    return (await c.recv(timeout=0.5)).body == b"found"
+                except imclient.ClientTimeout:
+                    return False
+
+            await until(cluster, room_push_arrives, "push to discover proxy C")
+            status, reply = await ahttp(cluster, "L2", "POST", "/goim/push/mids?operation=1000&mids=7300", b"uni")
+            assert status == 200 and reply["data"]["targets"] == 1, reply
+            while (body := (await c.recv(timeout=30)).body) == b"found":
+                pass  # room pushes of the polling that arrived late
+            assert body == b"uni"
+            await c.close()
+        finally:
+            c_proc.kill()
+
+        def dropped():
+            return "proxy C dropped" in cluster.procs["P"].log_path.read_text(errors="replace")
+
+        await until(cluster, dropped, "push to drop the dead proxy C")
 
     run(go(), timeout=240)

@@ -500,8 +500,7 @@ def test_a_node_without_im_answers_im_ops_and_routes_with_503():
             with pytest.raises(imclient.ImRejected) as e:
                 await c.send_message(2, "x")
             assert e.value.code == 503
-            status, reply = await asyncio.get_running_loop().run_in_executor(
-                None, api, n.http_base, "GET", "/im/sync?uid=1")
+            status, reply = await call(n, "GET", "/im/sync?uid=1")
             assert status == 503 and reply["code"] != 0
             await c.close()
 

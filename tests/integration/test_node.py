@@ -604,27 +604,37 @@ def test_room_operations_refused_get_ok_false_replies_and_the_connection_keeps_w
         n.stop()
 
 
-def test_session_lost_by_the_registry_is_closed_with_session_expired():
+def test_session_lost_by_the_registry_is_registered_again_and_the_client_stays():
     """A heartbeat renews the session; if the registry no longer has it (expired during an outage, a
-    cache fail-over) the client is unreachable by mid, so it is told to reconnect."""
+    cache fail-over) the proxy, which holds the open connection, registers it again: the client stays
+    connected and a push by mid reaches it."""
     n = NodeThread(heartbeat_timeout=3.0).start()  # renewals at most every heartbeat_timeout / 3
     try:
         async def go():
             c = await imclient.connect(n.tcp_url, mid=501, heartbeat=None)
             conn_id = json.loads(c.auth_reply)["conn_id"]
             cache = n.node.cache
-            assert await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(cache.del_session(501, conn_id), n.loop))
 
-            async def closed_after_a_beat():
-                try:
-                    await c.heartbeat()
-                except imclient.ConnectionClosed:
+            def on_node(coro):
+                return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, n.loop))
+
+            assert await on_node(cache.del_session(501, conn_id))
+
+            async def registered_after_a_beat():
+                await c.heartbeat()
+                found = await on_node(cache.sessions([501]))
+                if [s.conn_id for s in found.get(501, [])] == [conn_id]:
                     return True
                 await asyncio.sleep(0.2)
                 return False
 
-            await wait_until_async(closed_after_a_beat, what="the server to close the connection")
-            assert c.closed_reason == {"reason": "session expired", "reconnect": True}
+            await wait_until_async(registered_after_a_beat, what="the proxy to register the session again")
+            status, reply = await asyncio.get_running_loop().run_in_executor(
+                None, n.http, "POST", "/goim/push/mids?operation=1000&mids=501", b"still here")
+            assert status == 200 and reply["data"]["targets"] == 1, reply
+            assert (await c.recv(timeout=30)).body == b"still here"
+            assert c.closed_reason is None
+            await c.close()
 
         run(go())
     finally:

@@ -137,3 +137,19 @@ def test_a_failing_write_refuses_its_batch_and_the_writer_carries_on(tmp_path):
         await store.close()
 
     run(go())
+
+
+def test_the_wal_is_checkpointed_off_the_writer(tmp_path):
+    async def go():
+        store = await opened(tmp_path / "im.db")
+        await store.open_inbox(2)
+        for i in range(120):  # one commit each: past the checkpoint period several times
+            await store.send(new_message(1, 2, f"c{i}", "x" * 500))
+        await wait_until_async(lambda: store.counters["checkpoints"] >= 2, what="checkpoints by the checkpointer")
+        await store.close()
+        # every committed entry is in the database file itself once the last connection is gone
+        conn = sqlite3.connect(tmp_path / "im.db")
+        assert conn.execute("SELECT COUNT(*) FROM inbox WHERE owner = 2").fetchone()[0] == 120
+        conn.close()
+
+    run(go())

@@ -14,7 +14,7 @@ LAYERS = [
     {"auth", "cache", "rpc", "metrics"},
     {"push"},
     {"proxy", "logic", "http", "client", "im"},
-    {"node", "roles", "cli", "__main__"},
+    {"node", "roles", "cli", "__main__", "supervisor", "workers"},
 ]
 
 

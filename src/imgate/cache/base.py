@@ -33,6 +33,8 @@ class Cache(abc.ABC):
     """
 
     nowait = False
+    # the epoch the last session lookup saw (None: the epoch key was missing); see imgate.cache.epoch
+    seen_epoch: str | None = ""
 
     def sessions_nowait(self, mids: list[int]) -> dict[int, list[Session]]:
         """:meth:`sessions` without the await (only when ``nowait``)."""
@@ -74,16 +76,38 @@ class Cache(abc.ABC):
         """Up to `limit` live sessions (debug listing)."""
 
     @abc.abstractmethod
-    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float) -> None:
-        """A proxy's periodic report: room online counts, connections, distinct client IPs."""
+    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float,
+                                addr: str = "", draining: bool = False) -> None:
+        """A proxy's periodic report: room online counts, connections, distinct client IPs, and for
+        discovery its RPC address and whether it is draining."""
 
     @abc.abstractmethod
     async def servers_online(self) -> dict[str, dict]:
-        """{server: {"rooms": {room: count}, "conns": n, "ips": n, "updated": t}} for servers whose report is live."""
+        """{server: {"rooms": {room: count}, "conns": n, "ips": n, "updated": t, "addr": str, "draining": bool}}
+        for servers whose report is live."""
 
     @abc.abstractmethod
     async def user_count(self) -> int:
         """Users with at least one session (may include sessions about to expire)."""
+
+    # ------------------------------------------------------------------ loss and repair
+
+    async def epoch(self) -> str:
+        """The cache's epoch id, made when missing: a new id means the cache lost its data."""
+        return "memory"
+
+    async def restore_sessions(self, sessions: list[Session], ttl: float) -> None:
+        """Register connections that already existed (after a loss): a key goes back to its session
+        only if no newer connection holds it."""
+        for s in sessions:
+            await self.add_session(s, ttl)
+
+    async def mark_ready(self, epoch: str, server: str, ttl: float) -> None:
+        """``server`` re-registered all its sessions for ``epoch``."""
+
+    async def ready(self, epoch: str) -> set[str]:
+        """The servers that re-registered for ``epoch``."""
+        return set()
 
     async def close(self) -> None:
         return None

@@ -33,6 +33,15 @@ class MemoryCache(Cache):
         self._by_key[session.key] = session
         return True
 
+    async def restore_sessions(self, sessions: list[Session], ttl: float) -> None:
+        expires = self._clock() + ttl
+        for s in sessions:
+            s.expires_at = expires
+            self._by_mid.setdefault(s.mid, {})[s.conn_id] = s
+            holder = self._by_key.get(s.key)
+            if holder is None or holder.conn_id <= s.conn_id or not self._live(holder):
+                self._by_key[s.key] = s
+
     async def renew_session(self, mid: int, conn_id: int, ttl: float) -> bool:
         s = self._by_mid.get(mid, {}).get(conn_id)
         if s is None or not self._live(s):
@@ -113,12 +122,13 @@ class MemoryCache(Cache):
         # asks every second, and a scan of every user stalled the loop ~15 ms at 15,000 users
         return len(self._by_mid)
 
-    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float) -> None:
+    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float,
+                                addr: str = "", draining: bool = False) -> None:
         self._servers[server] = {"rooms": dict(rooms), "conns": conns, "ips": ips, "updated": time.time(),
-                                 "expires": self._clock() + ttl}
+                                 "addr": addr, "draining": draining, "expires": self._clock() + ttl}
 
     async def servers_online(self) -> dict[str, dict]:
         now = self._clock()
         for server in [s for s, v in self._servers.items() if v["expires"] <= now]:
             del self._servers[server]
-        return {s: {k: v[k] for k in ("rooms", "conns", "ips", "updated")} for s, v in self._servers.items()}
+        return {s: {k: v[k] for k in ("rooms", "conns", "ips", "updated", "addr", "draining")} for s, v in self._servers.items()}

@@ -28,6 +28,7 @@ import asyncio
 import functools
 import json
 import time
+import uuid
 from dataclasses import fields
 
 import redis.asyncio as aioredis
@@ -37,6 +38,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from imgate.cache import epoch as _epoch
 from imgate.cache.base import Cache, Session
 
 __all__ = ["RedisCache", "parse_sentinels"]
@@ -226,6 +228,9 @@ class RedisCache(Cache):
         self._user_count = self.redis.register_script(_USER_COUNT)
         self._servers = self.redis.register_script(_SERVERS)
         self._forget = self.redis.register_script(_FORGET)
+        self._epoch = self.redis.register_script(_epoch.EPOCH)
+        self._alloc = self.redis.register_script(_epoch.ALLOC)
+        self._restore = self.redis.register_script(_epoch.RESTORE)
 
     # ------------------------------------------------------------------ key names
 
@@ -240,9 +245,39 @@ class RedisCache(Cache):
 
     # ------------------------------------------------------------------ sessions
 
+    def _epoch_keys(self) -> list[str]:
+        return [f"{self.prefix}epoch", f"{self.prefix}conn_id"]
+
     @_limited
     async def alloc_conn_id(self) -> int:
-        return int(await self.redis.incr(f"{self.prefix}conn_id"))
+        epoch, conn_id = await self._alloc(keys=self._epoch_keys(), args=[uuid.uuid4().hex])
+        self.seen_epoch = epoch
+        return int(conn_id)
+
+    @_limited
+    async def epoch(self) -> str:
+        return await self._epoch(keys=self._epoch_keys(), args=[uuid.uuid4().hex])
+
+    @_limited
+    async def restore_sessions(self, sessions: list[Session], ttl: float) -> None:
+        async with self.redis.pipeline(transaction=False) as p:
+            for s in sessions:
+                payload = json.dumps(s.to_dict(), separators=(",", ":"))
+                await self._restore(keys=[self._s(s.conn_id), self._u(s.mid), self._k(s.key), f"{self.prefix}users"],
+                              args=[payload, s.conn_id, _ms(ttl), s.mid], client=p)
+            await p.execute()
+
+    @_limited
+    async def mark_ready(self, epoch: str, server: str, ttl: float) -> None:
+        name = f"{self.prefix}ready:{epoch}"
+        async with self.redis.pipeline(transaction=True) as p:
+            p.sadd(name, server)
+            p.pexpire(name, _ms(max(ttl, 60.0)))
+            await p.execute()
+
+    @_limited
+    async def ready(self, epoch: str) -> set[str]:
+        return set(await self.redis.smembers(f"{self.prefix}ready:{epoch}"))
 
     @_limited
     async def add_session(self, session: Session, ttl: float) -> bool:
@@ -279,9 +314,10 @@ class RedisCache(Cache):
         if not mids:
             return {}
         async with self.redis.pipeline(transaction=False) as p:
+            p.get(f"{self.prefix}epoch")  # a lost epoch tells logic the registry may be incomplete
             for mid in mids:
                 p.smembers(self._u(mid))
-            members = await p.execute()
+            self.seen_epoch, *members = await p.execute()
         pairs = [(mid, cid) for mid, cids in zip(mids, members) for cid in cids]
         values = await self._mget_sessions([cid for _, cid in pairs])
         out: dict[int, list[Session]] = {}
@@ -309,9 +345,10 @@ class RedisCache(Cache):
         if not keys:
             return {}
         async with self.redis.pipeline(transaction=False) as p:
+            p.get(f"{self.prefix}epoch")
             for chunk in _chunks(keys):
                 p.mget([self._k(k) for k in chunk])
-            res = await p.execute()
+            self.seen_epoch, *res = await p.execute()
         found = [(k, cid) for k, cid in zip(keys, (c for part in res for c in part)) if cid is not None]
         values = await self._mget_sessions([cid for _, cid in found])
         out = {}
@@ -350,9 +387,10 @@ class RedisCache(Cache):
     # ------------------------------------------------------------------ servers
 
     @_limited
-    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float) -> None:
-        report = json.dumps({"rooms": dict(rooms), "conns": conns, "ips": ips, "updated": time.time()},
-                            separators=(",", ":"))
+    async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float,
+                                addr: str = "", draining: bool = False) -> None:
+        report = json.dumps({"rooms": dict(rooms), "conns": conns, "ips": ips, "updated": time.time(),
+                             "addr": addr, "draining": draining}, separators=(",", ":"))
         async with self.redis.pipeline(transaction=True) as p:
             p.set(f"{self.prefix}srv:{server}", report, px=_ms(ttl))
             p.sadd(f"{self.prefix}servers", server)
@@ -365,7 +403,8 @@ class RedisCache(Cache):
         for server, raw in zip(flat[::2], flat[1::2]):
             d = json.loads(raw)
             out[server] = {"rooms": d.get("rooms", {}), "conns": d.get("conns", 0), "ips": d.get("ips", 0),
-                           "updated": d.get("updated", 0.0)}
+                           "updated": d.get("updated", 0.0), "addr": d.get("addr", ""),
+                           "draining": bool(d.get("draining", False))}
         return out
 
     # ------------------------------------------------------------------ lifecycle

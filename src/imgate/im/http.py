@@ -1,4 +1,4 @@
-"""The IM routes of the HTTP API for backends (BRIEF: /im/send, /im/sync, /im/conversations).
+"""The IM routes of the HTTP API for backends: /im/send, /im/sync, /im/conversations (docs/im.md).
 
 Same envelope and 4xx rules as the rest of the API (imgate.logic.http_api); an ImError's code is the
 HTTP status (400, 404, 409, 413, 416), a store that cannot write answers 503.

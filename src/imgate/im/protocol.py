@@ -1,4 +1,5 @@
-"""The IM wire contract (BRIEF "IM protocol"): operations, error codes, and the JSON shapes.
+"""The IM wire contract (docs/im.md "Wire protocol"): error codes and request parsing; the
+operation numbers live with the other ones in imgate.protocol.ops.
 
 Bodies are UTF-8 JSON objects. Replies carry the request's frame seq; an error reply is
 ``{"code": int != 0, "error": str}`` (plus ``cmid`` for a send) and the connection stays open.

@@ -1,4 +1,4 @@
-"""imService: the IM operations (BRIEF "IM protocol", ops 22-27 and 32) on top of a MessageStore.
+"""The IM service: the IM operations (docs/im.md, ops 22-27 and 32) on top of a MessageStore.
 
 The proxy hands IM frames to logic (``Logic.receive``), which calls :meth:`ImService.receive`; the
 store's work runs off the event loop (see imgate.im.sqlite), so the proxy's loop never waits on disk.

@@ -36,6 +36,7 @@ from imgate.im.store import (
 
 log = logging.getLogger("imgate.im.sqlite")
 
+CHECKPOINT_EVERY = 20  # commits between WAL checkpoints (a commit of a busy batch adds a few dozen pages)
 _MSG_COLUMNS = "i.seq, m.id, m.conv, m.sender, m.receiver, m.grp, m.type, m.content, m.ts, m.cmid"
 
 
@@ -113,7 +114,11 @@ class SqliteStore(MessageStore):
         self._batch_seqs: dict[int, int] = {}
         self.seen_max = seen_max
         self.max_bytes = max_bytes  # 0: as large as the disk allows
-        self.counters = {"commits": 0, "writes": 0, "failed_batches": 0}
+        self.counters = {"commits": 0, "writes": 0, "failed_batches": 0, "checkpoints": 0}
+        # WAL checkpoints run on their own thread and connection, so that copying pages into the
+        # database file (and its fsync) never holds up a commit; the writer only signals.
+        self._checkpoint_due = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self.on_write_conn = None             # tests: called with the writer's connection once open
 
     # ------------------------------------------------------------------ lifecycle
@@ -134,6 +139,9 @@ class SqliteStore(MessageStore):
                                         daemon=True)
         self._writer.start()
         await ready  # the schema is migrated before anything reads
+        self._checkpointer = threading.Thread(target=self._checkpointer_main, name="imgate-im-checkpoint",
+                                              daemon=True)
+        self._checkpointer.start()
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None  # from now on writes are refused, not queued behind the end
@@ -141,6 +149,10 @@ class SqliteStore(MessageStore):
             return
         self._queue.put(None)  # after everything already queued
         await self._loop.run_in_executor(None, writer.join)
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            self._checkpoint_due.set()  # with the writer gone: one last checkpoint, then it ends
+            await self._loop.run_in_executor(None, checkpointer.join)
         self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
             conn.close()
@@ -151,6 +163,7 @@ class SqliteStore(MessageStore):
         loop = self._loop
         try:
             conn = self._connect()
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
             migrate(conn)
             if self.max_bytes:  # a write that would grow the file past it fails like a full disk
                 page = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -217,6 +230,8 @@ class SqliteStore(MessageStore):
             return [(False, err)] * len(batch)
         self.counters["commits"] += 1
         self.counters["writes"] += len(batch)
+        if self.counters["commits"] % CHECKPOINT_EVERY == 0:
+            self._checkpoint_due.set()
         if len(self._seen) + len(self._batch_seqs) > self.seen_max:
             self._seen = {}  # bounded: start over rather than track every user ever seen
         self._seen.update(self._batch_seqs)
@@ -327,6 +342,25 @@ class SqliteStore(MessageStore):
         notice = self._store(conn, NewMessage(uid, cmid, conv, peer, None, "read", content,
                                               digest_of(peer, None, "read", content), (uid, peer)))
         return ReadResult(seq, notice, peer)
+
+    def _checkpointer_main(self) -> None:
+        """Copy the WAL into the database file when the writer says so (PASSIVE: it never blocks the
+        writer or a reader; what a reader still needs is copied next time)."""
+        conn = None
+        while True:
+            self._checkpoint_due.wait()
+            self._checkpoint_due.clear()
+            try:
+                if conn is None:
+                    conn = self._connect()
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self.counters["checkpoints"] += 1
+            except sqlite3.Error as e:  # tried again at the next signal; the WAL only grows meanwhile
+                log.warning("message store: WAL checkpoint failed: %s", e)
+            if self._writer is None and self._queue.empty():
+                break
+        if conn is not None:
+            conn.close()
 
     def _prune(self, conn: sqlite3.Connection) -> None:
         """Retention by age: inbox entries older than ``retention_days`` go, message bodies nobody keeps

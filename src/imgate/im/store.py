@@ -1,7 +1,7 @@
 """The message store contract: what imService needs from storage, whatever the database.
 
-The embedded node uses :class:`imgate.im.sqlite.SqliteStore`; the cluster's SQL store (MariaDB, the
-cluster issue) implements the same class and runs the same contract tests. Every write is one
+The embedded node uses :class:`imgate.im.sqlite.SqliteStore`; another database implements the same
+class and runs the same contract tests (tests/unit/test_im_store.py, through its ``opened`` factory). Every write is one
 transaction that stores the message, gives each inbox owner the next seq of *that owner's* inbox
 (gapless, never reused: UNIQUE(owner, seq)) and updates the conversation list; an awaited write has
 committed (durable under the store's fsync policy) when it returns.
@@ -29,7 +29,7 @@ class NewMessage:
     cmid: str
     conv: str
     to: int | None          # the receiver of a single chat
-    group: int | None       # the group (groups issue)
+    group: int | None       # the group of a group message (not sent yet: see docs/im.md)
     type: str
     content: str            # JSON text
     digest: bytes           # identifies the request: a resend of the cmid must carry the same one
@@ -75,7 +75,7 @@ def digest_of(to, group, type_: str, content: str) -> bytes:
 
 def msg_json(seq: int, msg_id: int, conv: str, sender: int, to, group, type_: str, content, ts: int,
              cmid: str) -> str:
-    """One msg of the BRIEF as JSON text; ``content`` is already JSON text (None: dropped by retention)."""
+    """One msg (docs/im.md "Wire protocol") as JSON text; ``content`` is already JSON text (None: dropped by retention)."""
     target = f'"to":{to}' if group is None else f'"group":{group}'
     return (f'{{"seq":{seq},"msg_id":"{msg_id}","conv":{json.dumps(conv)},"from":{sender},{target},'
             f'"type":{json.dumps(type_)},"content":{content if content is not None else "null"},'

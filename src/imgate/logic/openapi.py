@@ -366,7 +366,7 @@ _COMPONENTS = {
         },
         "Msg": {
             "type": "object",
-            "description": "An inbox entry (BRIEF 'IM protocol'): `seq` is the owner's, `content` any JSON.",
+            "description": "An inbox entry (docs/im.md): `seq` is the owner's, `content` any JSON.",
             "properties": {
                 "seq": {"type": "integer"}, "msg_id": {"type": "string"}, "conv": {"type": "string"},
                 "from": {"type": "integer"}, "to": {"type": "integer"}, "type": {"type": "string"},

@@ -18,6 +18,7 @@ from imgate.auth import AuthError, Authenticator
 from imgate.cache import Cache, Session
 from imgate.logic.upstream import error_body
 from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
+from imgate.logic.recovery import EpochWatch
 from imgate.protocol.interfaces import Connected
 from imgate.protocol.ops import IM_OPS
 from imgate.push import Bus
@@ -50,8 +51,16 @@ class Logic:
         self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0, "key_conflicts": 0}
         # cache and bus in this process (the embedded node): pushes by mid/key need not wait
         self.pushes_wait = not (cache.nowait and bus.nowait)
+        self.watch = EpochWatch(cache, self.server_ttl)
+        self.on_report = None  # (server, addr, draining): a push router in this process learns of proxies at once
+
+    @property
+    def epoch(self) -> str:
+        """The cache's epoch as logic last saw it; a proxy that sees it change re-registers."""
+        return self.watch.epoch
 
     async def start(self) -> None:
+        await self.watch.observe(await self.cache.epoch())
         await self.absorb_online()
         self._absorber = asyncio.get_running_loop().create_task(self._absorb_loop())
 
@@ -128,15 +137,29 @@ class Logic:
             return b"" if op == 4 else error_body("no_route", f"no upstream service for op {op}")
         return await self.upstream_handler(server, conn_id, mid, op, seq, body)
 
-    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> dict[str, int]:
+    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int, addr: str = "",
+                           draining: bool = False) -> dict[str, int]:
         """Store a proxy's report; answer the reported rooms' counts across the cluster (goim's
         RenewOnline), from the last absorbed snapshot with this report's own numbers swapped in."""
-        await self.cache.set_server_online(server, rooms, conns, ips, self.server_ttl)
+        self.watch.saw((server,))  # alive, whether or not the cache can take its report
+        if self.on_report is not None:
+            self.on_report(server, addr, draining)
+        await self.cache.set_server_online(server, rooms, conns, ips, self.server_ttl, addr, draining)
+        await self.watch.observe(await self.cache.epoch())
         out = {}
         for room, n in rooms.items():
             old_here = self._room_servers.get(room, {}).get(server, 0)
             out[room] = self._room_counts.get(room, 0) - old_here + n
         return out
+
+    async def restore(self, server: str, epoch: str, sessions: list[Session], done: bool) -> None:
+        """A proxy re-registers connections the cache lost; ``done``: all of them, for ``epoch``."""
+        for s in sessions:
+            s.server = server
+        if sessions:
+            await self.cache.restore_sessions(sessions, self.session_ttl)
+        if done and epoch:
+            await self.cache.mark_ready(epoch, server, self.server_ttl)
 
     # ------------------------------------------------------------------ push API
 
@@ -173,10 +196,12 @@ class Logic:
 
     async def push_keys(self, op: int, keys: list[str], body: bytes) -> int:
         found = await self.cache.sessions_by_keys(keys)
+        await self.watch.check(self.cache.seen_epoch)
         return await self._publish(self._jobs(op, body, list(found.values())))
 
     async def push_mids(self, op: int, mids: list[int], body: bytes) -> int:
         found = await self.cache.sessions(mids)
+        await self.watch.check(self.cache.seen_epoch)
         return await self._publish(self._jobs(op, body, self._flat(found)))
 
     def push_mids_nowait(self, op: int, mids: list[int], body: bytes) -> int:
@@ -212,7 +237,9 @@ class Logic:
                 log.warning("absorbing online counts failed: %s", e)
 
     async def absorb_online(self) -> None:
+        await self.watch.observe(await self.cache.epoch())  # before the report that may be the new, empty one
         servers = await self.cache.servers_online()
+        self.watch.saw(servers)
         rooms: dict[str, int] = {}
         room_servers: dict[str, dict[str, int]] = {}
         for server, info in servers.items():

@@ -7,6 +7,8 @@ import json
 from imgate._core.frame import OP_DISCONNECT_REPLY, encode_frame
 
 
-def notice(reason: str, reconnect: bool) -> bytes:
-    """The whole op-6 frame, body ``{"reason": str, "reconnect": bool}``."""
-    return encode_frame(OP_DISCONNECT_REPLY, 0, json.dumps({"reason": reason, "reconnect": reconnect}).encode())
+def notice(reason: str, reconnect: bool, **extra) -> bytes:
+    """The whole op-6 frame, body ``{"reason": str, "reconnect": bool}`` and any ``extra`` fields
+    (``retry_ms`` for "busy")."""
+    return encode_frame(OP_DISCONNECT_REPLY, 0,
+                        json.dumps({"reason": reason, "reconnect": reconnect, **extra}).encode())

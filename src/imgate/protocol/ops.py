@@ -8,7 +8,7 @@ from imgate._core.frame import (  # noqa: F401  (the numbers are defined once, i
     OP_RAW, OP_SEND_MSG, OP_SEND_MSG_REPLY, OP_SUB, OP_SUB_REPLY, OP_UNSUB, OP_UNSUB_REPLY,
 )
 
-# imgate's IM operations (BRIEF "IM protocol"; docs/im.md)
+# imgate's IM operations (docs/im.md "Wire protocol")
 OP_MSG_SEND = 22
 OP_MSG_SEND_REPLY = 23
 OP_MSG_PUSH = 24

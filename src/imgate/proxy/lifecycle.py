@@ -39,6 +39,11 @@ class Lifecycle:
         for task in (self._sweeper, self._reporter):
             if task is not None:
                 task.cancel()
+        if self.advertise:  # tell push at once: no new room pushes for rooms it no longer holds
+            try:
+                await asyncio.wait_for(self._report(), min(1.0, grace))
+            except Exception as e:
+                log.warning("the draining report failed: %s", e)
         bye = notice("shutdown", True)
         ws_bye = None
         for ch in list(self._channels):
@@ -64,8 +69,9 @@ class Lifecycle:
         for task in list(self._tasks):
             task.cancel()
 
-    def close(self, ch: Channel, reason: str, reconnect: bool) -> None:
-        """op 6 with the reason, then close (the server decided: protocol error, kicked, slow...)."""
+    def close(self, ch: Channel, reason: str, reconnect: bool, extra: dict | None = None) -> None:
+        """op 6 with the reason (and ``extra`` fields), then close (the server decided: protocol
+        error, kicked, slow, busy...)."""
         if ch not in self._channels or ch.state == S_CLOSING:
             return
         if ch.ws:
@@ -73,12 +79,12 @@ class Lifecycle:
                 self._close_now(ch)
                 return
             short = reason.encode()[:120].decode("utf-8", "ignore")  # a close reason is at most 123 bytes
-            self._close_ws(ch, reason, encode_ws_close(1008 if not reconnect else 1001, short), reconnect)
+            self._close_ws(ch, reason, encode_ws_close(1008 if not reconnect else 1001, short), reconnect, extra)
             return
         log.debug("closing conn %s (%s): %s", ch.conn_id or ch.fd, ch.ip, reason)
         rest = b""
         if ch in self.table:
-            rest = self.table.send_final(ch, notice(reason, reconnect))
+            rest = self.table.send_final(ch, notice(reason, reconnect, **(extra or {})))
         self._half_close(ch, rest)
 
     def _half_close(self, ch: Channel, rest: bytes = b"") -> None:
@@ -208,10 +214,16 @@ class Lifecycle:
         """Report room counts to logic periodically (counters are absorbed, not queried)."""
         while True:
             try:
-                rooms = self.table.rooms()
-                counts = await self.logic.renew_online(self.server_id, rooms, len(self._by_conn_id), len(self._ips))
-                # what the other proxies hold; heartbeats add this proxy's live count to it
-                self._remote_online = {r: max(0, counts.get(r, n) - n) for r, n in rooms.items()} if counts else {}
+                await self._report()
             except Exception as e:
                 log.warning("renew online failed: %s", e)
             await asyncio.sleep(self.config.online_interval)
+
+    async def _report(self) -> None:
+        rooms = self.table.rooms()
+        # advertise: where push reaches this proxy (set by the proxy role once its RPC listens)
+        counts = await self.logic.renew_online(self.server_id, rooms, len(self._by_conn_id), len(self._ips),
+                                               self.advertise, self._stopping)
+        # what the other proxies hold; heartbeats add this proxy's live count to it
+        self._remote_online = {r: max(0, counts.get(r, n) - n) for r, n in rooms.items()} if counts else {}
+        self._after_report()  # a new cache epoch: put the connections back

@@ -23,7 +23,8 @@ class Listener:
     """Part of :class:`~imgate.proxy.server.Proxy`: accept and read."""
 
     def _listen(self, host: str, port: int, ws: bool) -> int:
-        sock = socket.create_server((host, port), backlog=4096, reuse_port=False)
+        # workers share the port; the kernel spreads the connections among them
+        sock = socket.create_server((host, port), backlog=4096, reuse_port=self.config.reuse_port)
         sock.setblocking(False)
         self._listeners.append(sock)
         self.loop.add_reader(sock.fileno(), self._on_accept, sock, ws)

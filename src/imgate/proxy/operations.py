@@ -55,6 +55,10 @@ class Operations:
                     self.stats_counters["protocol_errors"] += 1
                     self.close(ch, f"the first frame must be auth (op 7), got op {f.op}", reconnect=False)
                     return
+                if not self.admission.admit():  # a storm: logic gets no more than the rate
+                    self.stats_counters["busy"] += 1
+                    self.close(ch, "busy", reconnect=True, extra={"retry_ms": self.admission.retry_ms()})
+                    return
                 ch.state = S_AUTHING
                 self.loop.remove_reader(ch.fd)  # nothing else is read until logic answers
                 ch.backlog = frames[i + 1 :] or None
@@ -193,7 +197,7 @@ class Operations:
 
     async def _renew(self, ch: Channel) -> None:
         """Push the session's expiry forward; a session the registry lost (expired during an outage,
-        a cache fail-over) leaves the client unreachable, so it is told to reconnect."""
+        a cache fail-over) is registered again: the connection is here and open."""
         conn_id = ch.conn_id
         try:
             alive = await self.logic.heartbeat(self.server_id, conn_id, ch.mid)
@@ -201,7 +205,7 @@ class Operations:
             log.warning("session renewal of conn %s failed: %s", conn_id, e)
             return
         if not alive and ch.conn_id == conn_id and ch.state == S_OPEN:
-            self.close(ch, "session expired", reconnect=True)
+            await self._restore_one(ch)
 
     def _reply(self, ch: Channel, op: int, seq: int, **fields) -> None:
         self.table.send(ch, encode_frame(op, seq, json.dumps(fields).encode()))

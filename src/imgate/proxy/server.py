@@ -10,7 +10,8 @@ per connection (auth, heartbeats, room changes) is plain Python on a small `Chan
 - ``websocket.py``: the WebSocket upgrade, messages, close frames;
 - ``operations.py``: the per-connection op state machine (auth, heartbeat, rooms, sub, upstream);
 - ``delivery.py``: what push calls (``ProxyAPI``): to connections, users, rooms, everyone;
-- ``lifecycle.py``: closing connections, the deadline sweep, online reports, shutdown.
+- ``lifecycle.py``: closing connections, the deadline sweep, online reports, shutdown;
+- ``repair.py``: re-registering every connection when the cache lost them.
 
 What it needs from logic is ``LogicAPI`` (``imgate/protocol/interfaces.py``).
 """
@@ -23,6 +24,7 @@ import socket
 
 from imgate.core import RoomTable
 from imgate.protocol import notice
+from imgate.proxy.admission import Admission
 from imgate.proxy.channel import Channel, valid_room_id
 from imgate.proxy.delivery import Delivery
 from imgate.proxy.lifecycle import Lifecycle
@@ -32,6 +34,7 @@ from imgate.proxy.tls import ServerTls
 from imgate.proxy.tls import listen as tls_listen
 from imgate.protocol.interfaces import LogicAPI
 from imgate.proxy.operations import Operations
+from imgate.proxy.repair import Repair
 from imgate.proxy.websocket import WebSocketSide
 
 __all__ = ["Channel", "LogicAPI", "Proxy", "notice", "valid_room_id"]
@@ -39,7 +42,7 @@ __all__ = ["Channel", "LogicAPI", "Proxy", "notice", "valid_room_id"]
 log = logging.getLogger("imgate.proxy")
 
 
-class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle):
+class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle, Repair):
     def __init__(self, config, logic: LogicAPI, loop: asyncio.AbstractEventLoop | None = None):
         self.config = config
         self.server_id = config.server_id
@@ -53,6 +56,7 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle):
             on_overflow=self._on_overflow,
             on_error=self._on_write_error,
         )
+        self.admission = Admission(config.max_auths_per_second)
         self._channels: set[Channel] = set()
         self._by_conn_id: dict[int, Channel] = {}
         self._ips: dict[str, int] = {}
@@ -68,10 +72,11 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle):
         self.stats_counters = dict(
             frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0,
             pushes=0, accepted=0, upstream_busy=0, handshake_timeouts=0, rate_limited=0, ip_limit_refusals=0,
-            close_notices_late=0, close_notices_dropped=0,
+            close_notices_late=0, close_notices_dropped=0, busy=0,
         )
         self.limits = Limits.from_config(config)
         self._overflowed: list[Channel] = []   # slow consumers waiting to be closed (Lifecycle._on_overflow)
+        self.advertise = ""  # host:port of the RPC push reaches this proxy on (cluster discovery)
         self.tcp_port = 0
         self.ws_port = 0
         # TLS listeners (wss, goim TCP over TLS) when the config names a certificate
@@ -81,6 +86,11 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle):
         self.tls_tcp_port = 0
 
     async def start(self) -> None:
+        if self.advertise:  # in a cluster: known to push (discovery) before the first client comes
+            try:
+                await asyncio.wait_for(self._report(), min(2.0, 2 * self.config.online_interval))
+            except Exception as e:
+                log.warning("first online report failed: %s", e)
         host, port = self.config.addr("tcp")
         self.tcp_port = self._listen(host, port, ws=False)
         host, port = self.config.addr("ws")

@@ -68,10 +68,12 @@ class WebSocketSide:
             self.table.flush()
             self._lost(ch)
 
-    def _close_ws(self, ch: Channel, reason: str, close_frame: bytes, reconnect: bool = False) -> None:
+    def _close_ws(self, ch: Channel, reason: str, close_frame: bytes, reconnect: bool = False,
+                  extra: dict | None = None) -> None:
         rest = b""
         if ch in self.table:
-            rest = self.table.send_final(ch, ws_binary(notice(reason, reconnect)) + close_frame, raw=True)
+            rest = self.table.send_final(ch, ws_binary(notice(reason, reconnect, **(extra or {}))) + close_frame,
+                                         raw=True)
         self._half_close(ch, rest)
 
     def _send_direct(self, ch: Channel, data: bytes) -> None:

@@ -38,6 +38,8 @@ class PushRouter:
         self.jobs = 0       # jobs routed
         self.delivered = 0  # calls a proxy accepted
         self.skipped = 0    # jobs for unknown proxies, calls that failed
+        # draining proxies -> the rooms they still hold: no room push for any other room (discovery)
+        self.draining: dict[str, set[str]] = {}
 
     def add_proxy(self, proxy: ProxyAPI) -> None:
         self.proxies[proxy.server_id] = proxy
@@ -58,7 +60,10 @@ class PushRouter:
                 args = rooms.get(job.room_id)
                 if args is None:
                     rooms[job.room_id] = args = [job.room_id, []]
+                    draining = self.draining
                     for sid in self.proxies:
+                        if draining and sid in draining and job.room_id not in draining[sid]:
+                            continue
                         calls.setdefault(sid, []).append((ROOM, args))
                 args[1].append(encode_frame(job.op, 0, job.body))
             elif kind == KIND_ALL:
@@ -98,7 +103,10 @@ class PushRouter:
         await asyncio.gather(*(self._run(sid, calls) for sid, calls in self.plan(jobs).items()))
 
     async def _run(self, sid: str, calls: list) -> None:
-        proxy = self.proxies[sid]
+        proxy = self.proxies.get(sid)
+        if proxy is None:  # dropped by discovery since the plan was made
+            self.skipped += len(calls)
+            return
         for (awaitable, _), args in calls:
             try:
                 await getattr(proxy, awaitable)(*args)

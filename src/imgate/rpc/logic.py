@@ -16,6 +16,7 @@ What is retried on another logic (or another connection) when a connection dies 
 | heartbeat | yes | renewing an expiry twice is harmless |
 | renew_online | yes | the report overwrites the previous one |
 | room_event | no: only if it was never written | a webhook event should not be sent twice |
+| restore | yes | re-registering a session twice is a no-op |
 
 Error replies (auth refused, bad request, internal) and timeouts are never retried: a timeout uses the
 call's whole deadline. An auth refusal is raised as :class:`imgate.auth.AuthError` with logic's message.
@@ -31,6 +32,7 @@ import asyncio
 import logging
 
 from imgate.auth import AuthError
+from imgate.cache.base import Session
 from imgate.protocol.interfaces import Connected
 from imgate.protocol import pb
 from imgate.rpc.pool import RpcPool
@@ -62,6 +64,7 @@ class LogicRpcService(RpcService):
             pb.RECEIVE: self._receive,
             pb.RENEW_ONLINE: self._renew_online,
             pb.ROOM_EVENT: self._room_event,
+            pb.RESTORE: self._restore,
         }
 
     async def _connect(self, req: pb.ConnectReq) -> pb.ConnectReply:
@@ -105,8 +108,14 @@ class LogicRpcService(RpcService):
         return pb.Empty()
 
     async def _renew_online(self, req: pb.RenewOnlineReq) -> pb.RoomsReply:
-        counts = await self.logic.renew_online(req.server, dict(req.rooms), req.conns, req.ips)
-        return pb.RoomsReply(rooms=counts or {})
+        counts = await self.logic.renew_online(req.server, dict(req.rooms), req.conns, req.ips, req.addr, req.draining)
+        return pb.RoomsReply(rooms=counts or {}, epoch=self.logic.epoch)
+
+    async def _restore(self, req: pb.RestoreReq) -> pb.Empty:
+        sessions = [Session(conn_id=r.conn_id, mid=r.mid, key=r.key, server=req.server, room_id=r.room_id,
+                            platform=r.platform, connected_at=r.connected_at) for r in req.sessions]
+        await self.logic.restore(req.server, req.epoch, sessions, req.done)
+        return pb.Empty()
 
 
 async def serve_logic(logic, host: str = "127.0.0.1", port: int = 0, *, ssl=None, **server_kw) -> LogicRpcService:
@@ -139,6 +148,7 @@ class LogicClient:
         self._batch_scheduled = False
         self._tasks: set[asyncio.Task] = set()
         self.failovers = 0
+        self.epoch = ""  # the cache's epoch, from logic's answer to each online report
 
     def __repr__(self) -> str:
         return f"LogicClient({self.addrs!r}, healthy={[p.healthy for p in self.pools]})"
@@ -226,11 +236,23 @@ class LogicClient:
         await self._call(pb.ROOM_EVENT, pb.RoomEventReq(server=server, conn_id=conn_id, mid=mid, action=action,
                                                         room_id=room_id), idempotent=False)
 
-    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int) -> dict[str, int]:
-        """Report this proxy's rooms; the answer is each room's online count across the cluster."""
-        raw = await self._call(pb.RENEW_ONLINE, pb.RenewOnlineReq(server=server, rooms=rooms, conns=conns, ips=ips),
-                               idempotent=True)
-        return dict(pb.RoomsReply.FromString(raw).rooms)
+    async def renew_online(self, server: str, rooms: dict, conns: int, ips: int, addr: str = "",
+                           draining: bool = False) -> dict[str, int]:
+        """Report this proxy's rooms (and, for discovery, its RPC address); the answer is each room's
+        online count across the cluster."""
+        raw = await self._call(pb.RENEW_ONLINE, pb.RenewOnlineReq(server=server, rooms=rooms, conns=conns, ips=ips,
+                                                                  addr=addr, draining=draining), idempotent=True)
+        reply = pb.RoomsReply.FromString(raw)
+        if reply.epoch:
+            self.epoch = reply.epoch
+        return dict(reply.rooms)
+
+    async def restore(self, server: str, epoch: str, sessions: list, done: bool) -> None:
+        """Re-register connections the cache lost (``Session`` objects)."""
+        recs = [pb.SessionRec(conn_id=s.conn_id, mid=s.mid, key=s.key, room_id=s.room_id, platform=s.platform,
+                              connected_at=s.connected_at) for s in sessions]
+        await self._call(pb.RESTORE, pb.RestoreReq(server=server, epoch=epoch, sessions=recs, done=done),
+                         idempotent=True)
 
     # ------------------------------------------------------------------ coalesced notifications
 

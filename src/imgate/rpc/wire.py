@@ -49,6 +49,7 @@ REQUEST_TYPES: dict[int, type[Message]] = {
     pb.RECEIVE: pb.ReceiveReq,
     pb.RENEW_ONLINE: pb.RenewOnlineReq,
     pb.ROOM_EVENT: pb.RoomEventReq,
+    pb.RESTORE: pb.RestoreReq,
     pb.PUSH_CONNS: pb.PushConnsReq,
     pb.PUSH_ROOM_BATCH: pb.PushRoomBatchReq,
     pb.PUSH_ALL: pb.PushAllReq,
@@ -60,8 +61,9 @@ REPLY_TYPES: dict[int, type[Message]] = {
     pb.DISCONNECT: pb.Empty,
     pb.HEARTBEAT: pb.HeartbeatReply,
     pb.RECEIVE: pb.ReceiveReply,
-    pb.RENEW_ONLINE: pb.RoomsReply,  # the cluster-wide counts of the reported rooms
+    pb.RENEW_ONLINE: pb.RoomsReply,  # the cluster-wide counts of the reported rooms, the cache's epoch
     pb.ROOM_EVENT: pb.Empty,
+    pb.RESTORE: pb.Empty,
     pb.PUSH_CONNS: pb.CountReply,
     pb.PUSH_ROOM_BATCH: pb.CountReply,
     pb.PUSH_ALL: pb.CountReply,

@@ -25,6 +25,9 @@
   let apiKey = "";          // the node's demo API key (scope push), handed to loopback pages only
   let accepts = [];
   let closeReason = null;   // from an op-6 notice, shown when the socket closes
+  let retryMs = null;       // a "busy" notice's retry_ms: reconnect after it when the socket closes
+  let busyStreak = 0;       // busy answers in a row: each one waits a little longer (backoff)
+  let retryTimer = null;
   let pendingRoom = null;   // asked for with op 12, confirmed by op 13
 
   // ---------------------------------------------------------------------------------------- frames
@@ -138,6 +141,7 @@
   function handleFrame(f) {
     switch (f.op) {
       case OP.AUTH_REPLY: {
+        busyStreak = 0;
         setStatus("authenticated", "ok");
         const text = bodyText(f);
         log(`op 8 auth reply${text ? ": " + text : ""}`);
@@ -169,6 +173,10 @@
           const notice = JSON.parse(reason);
           reason = notice.reason || reason;
           if (notice.reconnect) reason += " (reconnect allowed)";
+          if (notice.reason === "busy" && notice.reconnect && typeof notice.retry_ms === "number") {
+            retryMs = Math.min(60000, notice.retry_ms * (1 + 0.5 * busyStreak) * (0.9 + 0.2 * Math.random()));
+            busyStreak += 1;
+          }
         } catch (e) { /* not JSON: show it as it is */ }
         closeReason = reason;
         addMessage(f, "notice");
@@ -244,6 +252,8 @@
     }
     stopHeartbeats();
     closeReason = null;
+    retryMs = null;
+    clearTimeout(retryTimer);
     const url = $("ws-url").value.trim();
     const mid = parseInt($("mid").value || "0", 10) || 0;
     const room = $("room").value.trim();
@@ -302,10 +312,18 @@
       const reason = closeReason || ev.reason || `code ${ev.code}`;
       setStatus(`closed: ${reason}`, "bad");
       log(`WebSocket closed (${ev.code}${ev.reason ? " " + ev.reason : ""})`);
+      if (retryMs !== null) {  // the server was busy: come back when it said
+        const wait = Math.round(retryMs);
+        retryMs = null;
+        setStatus(`server busy: reconnecting in ${wait} ms`, "bad");
+        log(`server busy: reconnecting in ${wait} ms`);
+        retryTimer = setTimeout(connect, wait);
+      }
     };
   }
 
   function disconnect() {
+    clearTimeout(retryTimer);
     if (!ws) return;
     closeReason = "closed by you";
     ws.close(1000, "bye");

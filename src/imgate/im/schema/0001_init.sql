@@ -16,7 +16,7 @@ CREATE TABLE messages (
     cmid        TEXT    NOT NULL,
     conv        TEXT    NOT NULL,
     receiver    INTEGER,                    -- single chat
-    grp         INTEGER,                    -- group (the groups issue)
+    grp         INTEGER,                    -- group of a group message (none yet)
     type        TEXT    NOT NULL,
     content     TEXT,                       -- JSON text; NULL once retention dropped it
     digest      BLOB    NOT NULL,           -- identifies the request body: a resend must match

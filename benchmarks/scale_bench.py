@@ -1,0 +1,158 @@
+"""Workers and storms, small scale: `imgate serve --workers W` for each W given, measured from outside.
+
+For each W: a connect storm (N clients authenticate, 200 in flight: server CPU-us per authenticated
+connection, every process of the server together), fan-out (M room pushes one at a time, each once
+all N have the previous: CPU-us per delivery, and the coordinator's CPU as a share of the workers'),
+and with W >= 2 a reconnect storm (one worker killed: time until all N are back, p99 auth latency of
+the returning clients, busy notices). CPU comes from /proc/<pid>/task/*/schedstat of the serve
+process and its workers. The clients run in this process on the same machine.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/scale_bench.py --workers 1,2 --clients 2000 --messages 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "load"))
+from common import proc_times  # noqa: E402
+
+from imgate import client as imclient  # noqa: E402
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def cpu(pids) -> dict[int, float]:
+    return {p: proc_times(p)[0] for p in pids}
+
+
+def start_serve(workers: int, tmp: Path):
+    conf = tmp / "serve.toml"
+    conf.write_text("heartbeat_timeout = 900.0\nim = false\n")  # idle clients stay; no message store
+    out = open(tmp / "serve.out", "wb")
+    p = subprocess.Popen([sys.executable, "-m", "imgate", "serve", "--workers", str(workers), "--config", str(conf),
+                          "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0", "--auth", "none",
+                          "--api-auth", "none", "--data-dir", str(tmp / "data")], stdout=out, stderr=subprocess.STDOUT,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    end = time.monotonic() + 60
+    while "  HTTP API" not in (text := (tmp / "serve.out").read_text(errors="replace")):
+        if p.poll() is not None or time.monotonic() > end:
+            raise RuntimeError(text)
+        time.sleep(0.1)
+    while workers > 1 and len(children(p.pid)) < workers:
+        time.sleep(0.1)
+    time.sleep(1.5)  # the workers' first reports
+    tcp = re.search(r"goim TCP\s+tcp://([\d.:]+)", text).group(1)
+    http = re.search(r"HTTP API\s+http://([\d.:]+)/", text).group(1)
+    return p, tcp, http
+
+
+def post(http: str, path: str, body: bytes) -> None:
+    with urllib.request.urlopen(urllib.request.Request(f"http://{http}{path}", data=body, method="POST"), timeout=30):
+        pass
+
+
+async def run_one(workers: int, n: int, messages: int) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="scale-bench-"))
+    serve, tcp, http = start_serve(workers, tmp)
+    loop = asyncio.get_running_loop()
+    res: dict = {"workers": workers, "clients": n}
+    try:
+        pids = [serve.pid, *children(serve.pid)]
+        sem = asyncio.Semaphore(200)
+        busy: list = []
+
+        async def one(i):
+            async with sem:
+                return await imclient.connect_with_retry(f"tcp://{tcp}", mid=100_000 + i, room_id="live://1",
+                                                         heartbeat=None, timeout=60, deadline=300, on_busy=busy.append)
+
+        c0 = cpu(pids)
+        t0 = time.monotonic()
+        clients = list(await asyncio.gather(*(one(i) for i in range(n))))
+        dt = time.monotonic() - t0
+        c1 = cpu(pids)
+        used = sum(c1[p] - c0[p] for p in pids)
+        res["storm"] = {"seconds": round(dt, 2), "conns_per_s": round(n / dt), "cpu_us_per_conn": round(used / n * 1e6, 1),
+                        "busy": len(busy)}
+
+        # fan-out: one room push at a time, the next once everyone has it
+        c0 = cpu(pids)
+        for k in range(messages):
+            body = f"m{k}".encode()
+            await loop.run_in_executor(None, post, http, "/goim/push/room?operation=1000&type=live&room=1", body)
+            for c in clients:
+                while (await c.recv(timeout=60)).body != body:
+                    pass
+        c1 = cpu(pids)
+        total = sum(c1[p] - c0[p] for p in pids)
+        coord = c1[serve.pid] - c0[serve.pid]
+        res["fanout"] = {"deliveries": n * messages, "cpu_us_per_delivery": round(total / (n * messages) * 1e6, 2)}
+        if workers > 1:
+            res["fanout"]["coordinator_share_of_workers"] = round(coord / max(1e-9, total - coord), 3)
+
+        if workers > 1:
+            victim = children(serve.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            t0 = time.monotonic()
+            while not any(c.closed for c in clients):
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            lost = [i for i, c in enumerate(clients) if c.closed]
+            lat: list[float] = []
+            busy.clear()
+
+            async def back(i):
+                async with sem:
+                    s = time.monotonic()
+                    clients[i] = await imclient.connect_with_retry(
+                        f"tcp://{tcp}", mid=100_000 + i, room_id="live://1", heartbeat=None, timeout=60, deadline=300,
+                        on_busy=busy.append)
+                    lat.append(time.monotonic() - s)
+
+            await asyncio.gather(*(back(i) for i in lost))
+            lat.sort()
+            res["reconnect"] = {"lost": len(lost), "seconds_until_all_back": round(time.monotonic() - t0, 2),
+                                "p99_auth_ms": round(lat[int(0.99 * (len(lat) - 1))] * 1000, 1) if lat else None,
+                                "busy": len(busy)}
+        for c in clients:
+            c.abort()
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--clients", type=int, default=2000)
+    ap.add_argument("--messages", type=int, default=20)
+    args = ap.parse_args()
+    out = []
+    for w in [int(x) for x in args.workers.split(",")]:
+        out.append(asyncio.run(run_one(w, args.clients, args.messages)))
+        print(json.dumps(out[-1]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""`make cluster` (scripts/cluster.py) survives its members: a proxy killed is reported, the rest keep
+serving, and the proxy is started again and back in service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+import uuid
+
+import pytest
+import uvloop
+
+from imgate import client as imclient
+from imgate.auth import mint_token
+from imgate.http.apikeys import KeyStore
+
+from clusterutil import ROOT
+from polling import wait_until, wait_until_async
+
+pytestmark = pytest.mark.cluster
+
+
+def test_a_proxy_killed_under_make_cluster_is_reported_and_restarted_and_the_rest_serve(
+        tmp_path, redis_url, kafka_bootstrap):
+    work = tmp_path / "cluster"
+    out_path = tmp_path / "cluster.out"
+    api_key = KeyStore(str(work / "data")).create("tests", ["push"])[1]  # read by the logic roles at start
+    out = open(out_path, "wb")
+    script = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "cluster.py"), "--work", str(work), "--free-ports",
+         "--redis-url", redis_url, "--kafka", kafka_bootstrap, "--topic", f"imgate-push-{uuid.uuid4().hex[:8]}",
+         "--restart-delay", "1"],
+        stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    out.close()
+
+    def output() -> str:
+        return out_path.read_text(errors="replace")
+
+    def pid(name: str) -> int:
+        return int((work / f"{name}.pid").read_text())
+
+    try:
+        wait_until(lambda: "imgate cluster is up" in output() or script.poll() is not None,
+                   what="the cluster script to start its roles")
+        assert script.poll() is None, output()
+        ports = json.loads((work / "ports.json").read_text())
+        secret = (work / "data" / "jwt.secret").read_text().strip()
+
+        def push(mid: int, body: bytes) -> int:
+            url = f"http://127.0.0.1:{ports['logic-1'][0]}/goim/push/mids?operation=1000&mids={mid}"
+            try:
+                req = urllib.request.Request(url, data=body, method="POST", headers={"Authorization": f"Bearer {api_key}"})
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return json.loads(r.read())["data"]["targets"]
+            except OSError:
+                return -1
+
+        async def client_on(proxy: str, mid: int):
+            async def connected():
+                try:
+                    return await imclient.connect(f"tcp://127.0.0.1:{ports[proxy][0]}", mid=mid, heartbeat=None,
+                                                  token=mint_token(secret, mid, ttl=600), timeout=10)
+                except (OSError, imclient.ClientError):
+                    return None
+            return await wait_until_async(connected, what=f"a client to authenticate on proxy {proxy}")
+
+        async def reaches(c, mid: int, body: bytes) -> None:
+            async def arrived():
+                await asyncio.get_running_loop().run_in_executor(None, push, mid, body)
+                try:
+                    while True:
+                        if (await c.recv(timeout=0.5)).body == body:
+                            return True
+                except imclient.ClientTimeout:
+                    return False
+            await wait_until_async(arrived, what=f"a push by mid to reach user {mid}")
+
+        async def go():
+            b = await client_on("B", 8801)
+            await reaches(b, 8801, b"before")
+            a_pid = pid("A")
+            os.kill(a_pid, signal.SIGKILL)
+            await wait_until_async(lambda: f"A (pid {a_pid}) killed by signal 9" in output(),
+                                   what="the script to report proxy A's death")
+            assert script.poll() is None, output()
+            # the rest keep serving: B's client gets pushes, a new client gets in on B
+            await reaches(b, 8801, b"during")
+            b2 = await client_on("B", 8802)
+            await reaches(b2, 8802, b"new on B")
+            # A comes back and is in service again
+            await wait_until_async(lambda: "A restarted" in output(), what="proxy A to be restarted")
+            a = await client_on("A", 8803)
+            await reaches(a, 8803, b"A is back")
+            for c in (a, b, b2):
+                await c.close()
+
+        uvloop.run(go())
+    finally:
+        if script.poll() is None:
+            script.send_signal(signal.SIGTERM)
+            try:
+                script.wait(60)
+            except subprocess.TimeoutExpired:
+                script.kill()
+        for f in work.glob("*.pid"):  # the script removes them once it stopped its roles: left only on failure
+            try:
+                p = int(f.read_text())
+                if b"imgate" in open(f"/proc/{p}/cmdline", "rb").read():
+                    os.kill(p, signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+    assert script.returncode == 0, output()
