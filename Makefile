@@ -23,7 +23,7 @@ $(STAMP): requirements-dev.txt pyproject.toml
 build: $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace -j 2
 
-# real Redis and Kafka for the cluster tests (installed once, cached under .cache/)
+# real Redis, Kafka and MariaDB (Galera) for the cluster tests (installed once, cached under .cache/)
 services:
 	bash scripts/services.sh install
 

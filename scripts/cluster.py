@@ -1,15 +1,18 @@
 """`make cluster`: a whole imgate cluster on loopback, in the foreground; Ctrl-C stops all of it.
 
-Its own Redis (127.0.0.1:16379) and single-node KRaft Kafka (127.0.0.1:19092), two proxies
+Its own Redis (127.0.0.1:16379), single-node KRaft Kafka (127.0.0.1:19092), MariaDB Galera pair (127.0.0.1:13306
+and 13307, with garbd; user `test`, database `im`), two proxies
 (A: TCP 3101, WS 3102, RPC 3109; B: TCP 4101, WS 4102, RPC 4109), two logic (HTTP 3111 and 4111;
-RPC 3119 and 4119) and one push, which finds the proxies in Redis. State and logs live under
+RPC 3119 and 4119; both run the IM service on the MariaDB pair, logic-1 on its first node, logic-2 on
+the second) and one push, which finds the proxies in Redis. State and logs live under
 .data/cluster/. A role that dies is reported and started again after `--restart-delay` seconds; the
 others keep running, so fail-over can be tried by hand (kill a proxy: its clients reconnect to the
 other; it comes back).
 
 Options for tests and second clusters: `--free-ports` (any free ports; the chosen ones are written to
 WORK/ports.json), `--work DIR`, `--redis-url URL` and `--kafka HOST:PORT` (use running services instead
-of starting them), `--topic`. Each role's pid is in WORK/<name>.pid, its output in WORK/<name>.log.
+of starting them; then no MariaDB is started and the logic roles have no IM service unless
+`--mariadb HOST:PORT,HOST:PORT` names running servers), `--topic`. Each role's pid is in WORK/<name>.pid, its output in WORK/<name>.log.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from imgate.supervisor import Supervisor  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "scripts" / "services.sh"
 REDIS, KAFKA, KAFKA_CTRL = 16379, 19092, 19093
+MARIADB = (13306, 13307)
 FIXED = {"A": (3101, 3102, 3109), "B": (4101, 4102, 4109), "logic-1": (3111, 3119), "logic-2": (4111, 4119)}
 
 
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--free-ports", action="store_true")
     ap.add_argument("--redis-url")
     ap.add_argument("--kafka")
+    ap.add_argument("--mariadb", help="HOST:PORT,HOST:PORT of a running MariaDB pair (user test, database im)")
     ap.add_argument("--topic", default="imgate-push", help="Kafka topic of the push jobs")
     ap.add_argument("--restart-delay", type=float, default=2.0)
     args = ap.parse_args(argv)
@@ -58,11 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["bash", str(SERVICES), "start-redis", str(REDIS), str(work)], check=True)
         subprocess.run(["bash", str(SERVICES), "start-kafka", str(KAFKA), str(KAFKA_CTRL), str(work)], check=True)
     ports = {n: tuple(free_port() for _ in p) for n, p in FIXED.items()} if args.free_ports else dict(FIXED)
+    mariadb = args.mariadb.split(",") if args.mariadb else []
+    if own_services and not mariadb:  # the IM store: a Galera pair (scripts/mariadb.sh)
+        mports = [free_port(), free_port()] if args.free_ports else list(MARIADB)
+        subprocess.run(["bash", str(SERVICES), "start-galera", *map(str, mports), str(work)], check=True)
+        mariadb = [f"127.0.0.1:{p}" for p in mports]
     (work / "ports.json").write_text(json.dumps(ports))
     logic_addrs = [f"127.0.0.1:{ports[n][1]}" for n in ("logic-1", "logic-2")]
     common = dict(redis_url=args.redis_url or f"redis://127.0.0.1:{REDIS}/0", kafka=args.kafka or f"127.0.0.1:{KAFKA}",
                   kafka_topic=args.topic, auth="jwt", data_dir=str(work / "data"), logic_addrs=logic_addrs)
-    roles = [("logic", n, dict(http=f"127.0.0.1:{ports[n][0]}", logic_rpc=f"127.0.0.1:{ports[n][1]}"))
+    im = dict(im_store="mariadb", mariadb_user="test", mariadb_database="im") if mariadb else {}
+    roles = [("logic", n, dict(http=f"127.0.0.1:{ports[n][0]}", logic_rpc=f"127.0.0.1:{ports[n][1]}", **im,
+                               **({"mariadb_addrs": mariadb[::1 if n == "logic-1" else -1]} if mariadb else {})))
              for n in ("logic-1", "logic-2")]
     roles += [("proxy", n, dict(tcp=f"127.0.0.1:{ports[n][0]}", ws=f"127.0.0.1:{ports[n][1]}",
                                 rpc=f"127.0.0.1:{ports[n][2]}")) for n in ("A", "B")]
@@ -91,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  proxy A   tcp://127.0.0.1:{a[0]}  ws://127.0.0.1:{a[1]}/sub  rpc :{a[2]}", flush=True)
         print(f"  proxy B   tcp://127.0.0.1:{b[0]}  ws://127.0.0.1:{b[1]}/sub  rpc :{b[2]}", flush=True)
         print(f"  logic     http://127.0.0.1:{l1[0]}  http://127.0.0.1:{l2[0]}", flush=True)
-        print(f"  services  {common['redis_url']}  kafka {common['kafka']}", flush=True)
+        print(f"  services  {common['redis_url']}  kafka {common['kafka']}"
+              f"  mariadb {' '.join(mariadb) if mariadb else '(none: no IM)'}", flush=True)
         print(f"  logs      {work}/<role>.log", flush=True)
         print(f"  tokens    .venv/bin/imgate token --user ID --data-dir {work / 'data'}", flush=True)
         print(f"  API keys  .venv/bin/imgate apikey create --scope push --data-dir {work / 'data'}", flush=True)

@@ -20,6 +20,10 @@
 #   scripts/services.sh status DIR
 #       One line per service; exit 0 if everything started there is running, 1 otherwise.
 #
+#   scripts/services.sh install-mariadb | start-galera PORT1 PORT2 DIR | start-mariadb PORT DIR |
+#                       stop-mariadb DIR [galera|single|n1|n2|garbd] | status-mariadb DIR
+#       MariaDB for the IM store (a Galera pair with garbd, or one node): scripts/mariadb.sh.
+#
 # Environment: IMGATE_CACHE (default <repo>/.cache), KAFKA_START_TIMEOUT (60 s), REDIS_START_TIMEOUT
 # (15 s), STOP_TIMEOUT (30 s), KAFKA_HEAP_OPTS (-Xms256m -Xmx512m), KAFKA_JVM_OPTS (JIT/GC flags; the
 # default favours start time over peak throughput: C1 only).
@@ -370,6 +374,7 @@ stop() {
     if [ $# -eq 2 ]; then stop_one "$1" "$2"; return; fi
     stop_one "$1" kafka
     stop_one "$1" redis
+    if [ -d "$1/galera" ] || [ -d "$1/mariadb" ]; then bash "$ROOT/scripts/mariadb.sh" stop "$1"; fi
 }
 
 status() {
@@ -402,7 +407,12 @@ lock_install() {  # one install at a time (concurrent test sessions on one machi
 }
 
 case "$cmd" in
-    install) lock_install; install_redis; install_kafka ;;
+    install) lock_install; install_redis; install_kafka; bash "$ROOT/scripts/mariadb.sh" install ;;
+    install-mariadb) lock_install; bash "$ROOT/scripts/mariadb.sh" install ;;
+    start-galera) exec bash "$ROOT/scripts/mariadb.sh" start-galera "$@" ;;
+    start-mariadb) exec bash "$ROOT/scripts/mariadb.sh" start-single "$@" ;;
+    stop-mariadb) exec bash "$ROOT/scripts/mariadb.sh" stop "$@" ;;
+    status-mariadb) exec bash "$ROOT/scripts/mariadb.sh" status "$@" ;;
     install-redis) lock_install; install_redis ;;
     install-kafka) lock_install; install_kafka ;;
     start-redis) start_redis "$@" ;;

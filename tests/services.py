@@ -9,7 +9,10 @@ Fixtures (session scope):
   or ``$IMGATE_TEST_REDIS_URL`` when that is set (then nothing is started).
 - ``kafka_bootstrap``: ``127.0.0.1:PORT`` of a Kafka broker started on free ports, or
   ``$IMGATE_TEST_KAFKA`` when that is set.
-- ``redis_process`` / ``kafka_process``: the :class:`RedisProcess` / :class:`KafkaProcess` behind those,
+- ``mariadb_addrs``: ``["127.0.0.1:P1", "127.0.0.1:P2"]``, a Galera pair (two mariadbd and garbd) started
+  on free ports, or ``$IMGATE_TEST_MARIADB`` (comma-separated) when that is set. User ``test`` without
+  password may create databases; each test makes its own (``create_database``).
+- ``redis_process`` / ``kafka_process`` / ``galera_process``: the :class:`RedisProcess` / :class:`KafkaProcess` behind those,
   for failure tests that stop a service and bring it back on the same ports and data dir. They skip the
   test when the service is external (the env var is set): an external service can't be stopped.
 
@@ -48,6 +51,7 @@ SCRIPT = ROOT / "scripts" / "services.sh"
 
 REDIS_ENV = "IMGATE_TEST_REDIS_URL"
 KAFKA_ENV = "IMGATE_TEST_KAFKA"
+MARIADB_ENV = "IMGATE_TEST_MARIADB"
 
 _installed: set[str] = set()
 _live: set["_ServiceProcess"] = set()  # started and not yet stopped: stopped at exit as a backstop
@@ -74,6 +78,8 @@ def run_script(*args: str, timeout: float = 180.0) -> str:
 
 def ensure_installed(what: str) -> None:
     """``services.sh install-redis`` / ``install-kafka`` once per session (a no-op when already there)."""
+    if what == "galera":
+        what = "mariadb"
     if what not in _installed:
         run_script(f"install-{what}", timeout=900)
         _installed.add(what)
@@ -210,6 +216,85 @@ class KafkaProcess(_ServiceProcess):
         return f"KafkaProcess({self.bootstrap}, dir={self.dir}, running={self.running})"
 
 
+class GaleraProcess(_ServiceProcess):
+    """Two mariadbd (n1, n2) and garbd on 127.0.0.1, data and logs under DIR/galera (scripts/mariadb.sh).
+    ``kill("n1")`` is a crash (SIGKILL); ``start()`` again brings back whatever is down (the killed node
+    rejoins and catches up)."""
+
+    name = "galera"
+    pattern = "mariadbd"
+
+    def __init__(self, directory: str | os.PathLike, ports: tuple[int, int] | None = None):
+        super().__init__(directory)
+        self.ports = ports or (free_port(), free_port())
+        while self.ports[0] == self.ports[1]:
+            self.ports = (self.ports[0], free_port())
+
+    def _start_args(self) -> list[str]:
+        return [str(self.ports[0]), str(self.ports[1]), str(self.dir)]
+
+    def _pidfile(self, member: str) -> Path:
+        return self.dir / "galera" / (f"{member}/{member}.pid" if member != "garbd" else "garbd.pid")
+
+    def member_pid(self, member: str) -> int | None:
+        """The pid of ``n1``, ``n2`` or ``garbd``, None when it is not running."""
+        return _pid_alive(self._pidfile(member), "garbd" if member == "garbd" else "mariadbd")
+
+    @property
+    def pid(self) -> int | None:  # "running" means all three members run
+        pids = [self.member_pid(m) for m in ("n1", "n2", "garbd")]
+        return pids[0] if all(pids) else None
+
+    @property
+    def addrs(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.ports]
+
+    def kill(self, member: str) -> None:
+        """SIGKILL one member, like a crash; returns once it is gone."""
+        pid = self.member_pid(member)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self, hard: bool = False) -> None:
+        if hard:
+            for member in ("garbd", "n2", "n1"):
+                self.kill(member)
+        run_script("stop-mariadb", str(self.dir), "galera")
+        _live.discard(self)
+
+    def __repr__(self) -> str:
+        return f"GaleraProcess({self.addrs}, dir={self.dir}, running={self.running})"
+
+
+def create_database(addrs: list[str], name: str) -> None:
+    """CREATE DATABASE ``name`` (dropped first) as user test, on the first server that answers."""
+    import asyncio
+
+    import asyncmy
+
+    async def go():
+        last = None
+        for addr in addrs:
+            host, _, port = addr.rpartition(":")
+            try:
+                conn = await asyncmy.connect(host=host, port=int(port), user="test", autocommit=True)
+            except Exception as e:  # noqa: BLE001 - try the next server
+                last = e
+                continue
+            async with conn.cursor() as cur:
+                await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+                await cur.execute(f"CREATE DATABASE `{name}`")
+            conn.close()
+            return
+        raise RuntimeError(f"no MariaDB server answered at {addrs}: {last}")
+
+    asyncio.run(go())
+
+
 @atexit.register
 def _stop_leftovers() -> None:
     for proc in list(_live):
@@ -238,6 +323,11 @@ def start_kafka() -> None:
 def kafka_down(hard: bool = False):
     """Context manager: the session's Kafka is stopped inside the block and running again after it."""
     return _session_process("kafka").down(hard=hard)
+
+
+def galera() -> "GaleraProcess":
+    """The session's Galera pair (the one behind ``mariadb_addrs``)."""
+    return _session_process("galera")
 
 
 def stop_redis(hard: bool = False) -> None:
@@ -295,6 +385,22 @@ def kafka_process():
     if os.environ.get(KAFKA_ENV):
         pytest.skip(f"{KAFKA_ENV} is set: the external Kafka can't be stopped and started by the tests")
     yield from _session_service("kafka", KafkaProcess)
+
+
+@pytest.fixture(scope="session")
+def galera_process():
+    if os.environ.get(MARIADB_ENV):
+        pytest.skip(f"{MARIADB_ENV} is set: the external MariaDB can't be stopped and started by the tests")
+    pytest.importorskip("asyncmy")
+    yield from _session_service("galera", GaleraProcess)
+
+
+@pytest.fixture(scope="session")
+def mariadb_addrs(request) -> list[str]:
+    external = os.environ.get(MARIADB_ENV)
+    if external:
+        return [a.strip() for a in external.split(",") if a.strip()]
+    return request.getfixturevalue("galera_process").addrs
 
 
 @pytest.fixture(scope="session")

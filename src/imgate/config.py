@@ -101,6 +101,7 @@ class Config:
     demo: bool = False  # the demo page at / may mint tokens for any user and gets a push key (loopback only; never in production)
     # IM (docs/im.md)
     im: bool = True  # false: no IM service (IM ops and /im/* answer 503), no store
+    im_store: str = "sqlite"  # "sqlite" (<data_dir>/im.db) or "mariadb" (the mariadb_* keys; docs/cluster.md)
     im_sync: str = "full"  # SQLite synchronous: "full" fsyncs every commit; "normal" survives a kill, not a power loss
     im_busy_timeout: float = 5.0  # seconds a write waits for a locked database before it is refused
     im_batch_max: int = 512  # writes committed together at most
@@ -119,6 +120,13 @@ class Config:
     group_write_limit: int = 200  # a group with more members is in read fan-out mode (one timeline)
     group_hysteresis: int = 20  # a read-mode group goes back to write mode at group_write_limit minus this
     group_consumer: bool = True  # run the write fan-out consumer in this process (false: another process does)
+    # The IM store on MariaDB (im_store = "mariadb"; docs/cluster.md "Message store")
+    mariadb_addrs: list = field(default_factory=lambda: ["127.0.0.1:3306"])  # servers in order of preference; failover goes down the list
+    mariadb_user: str = "imgate"  # needs SELECT, INSERT, UPDATE, DELETE and CREATE on the database
+    mariadb_password: str = ""  # when empty, $IMGATE_MARIADB_PASSWORD
+    mariadb_database: str = "im"  # must exist; the store creates and migrates its tables
+    mariadb_pool: int = 16  # connections per process
+    mariadb_failover_timeout: float = 20.0  # seconds an operation is retried (failover, conflicts) before it is refused (503)
     # Cluster roles (imgate proxy | logic | push); see docs/cluster.md
     rpc: str = "127.0.0.1:3109"  # proxy: internal RPC listener (push -> proxy)
     logic_rpc: str = "127.0.0.1:3119"  # logic: internal RPC listener (proxy -> logic)
@@ -228,6 +236,14 @@ class Config:
         for key in ("max_frame_body", "max_pending", "max_http_body", "max_rooms_per_conn"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.im_store not in ("sqlite", "mariadb"):
+            raise ConfigError(f"im_store: expected 'sqlite' or 'mariadb', got {self.im_store!r}")
+        for i, addr in enumerate(self.mariadb_addrs):
+            parse_hostport(addr, f"mariadb_addrs[{i}]")
+        if self.mariadb_pool <= 0 or self.mariadb_failover_timeout <= 0:
+            raise ConfigError("mariadb_pool and mariadb_failover_timeout must be > 0")
+        if not self.mariadb_password:
+            self.mariadb_password = os.environ.get("IMGATE_MARIADB_PASSWORD", "")
         if self.im_sync not in ("full", "normal"):
             raise ConfigError(f"im_sync: expected 'full' or 'normal', got {self.im_sync!r}")
         for key in ("im_busy_timeout", "ack_timeout", "im_prune_interval"):

@@ -84,6 +84,33 @@ class Demo:
         return mint_token(self.node.config.jwt_secret, mid, ttl=3600)
 
 
+def make_im_store(cfg: Config):
+    """The message store ``cfg`` names: SQLite in ``data_dir`` (embedded) or MariaDB (cluster)."""
+    if cfg.im_store == "mariadb":
+        from imgate.im.mysql import MariaDbStore  # needs the cluster extra (asyncmy)
+        return MariaDbStore(
+            cfg.mariadb_addrs, user=cfg.mariadb_user, password=cfg.mariadb_password,
+            database=cfg.mariadb_database, pool_size=cfg.mariadb_pool,
+            failover_timeout=cfg.mariadb_failover_timeout, retention_days=cfg.im_retention_days,
+            retention_entries=cfg.im_retention_entries, prune_interval=cfg.im_prune_interval)
+    return SqliteStore(
+        Path(cfg.data_dir) / "im.db", synchronous=cfg.im_sync, busy_timeout=cfg.im_busy_timeout,
+        batch_max=cfg.im_batch_max, max_queue=cfg.im_max_queue, retention_days=cfg.im_retention_days,
+        retention_entries=cfg.im_retention_entries, prune_interval=cfg.im_prune_interval,
+        max_bytes=cfg.im_max_bytes)
+
+
+def make_im(cfg: Config, cache, bus) -> tuple:
+    """(store, ImService) for a node or a logic role; start the store, then the service."""
+    store = make_im_store(cfg)
+    return store, ImService(store, cache, bus, max_message_bytes=cfg.max_message_bytes,
+                            ack_timeout=cfg.ack_timeout, ack_retries=cfg.ack_retries,
+                            max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit,
+                            max_page_bytes=min(cfg.max_pending // 2, 1 << 20),
+                            groups=GroupLimits(cfg.group_max_members, cfg.group_write_limit, cfg.group_hysteresis),
+                            consumer=cfg.group_consumer)
+
+
 class Node:
     def __init__(self, config: Config):
         self.config = config
@@ -146,19 +173,8 @@ class Node:
         return self.proxy is not None and self.proxy.tls is not None and self.proxy.tls.reload()
 
     def _make_im(self) -> None:
-        """The IM service and its embedded store (<data_dir>/im.db), plugged into logic."""
-        cfg = self.config
-        self.im_store = SqliteStore(
-            Path(cfg.data_dir) / "im.db", synchronous=cfg.im_sync, busy_timeout=cfg.im_busy_timeout,
-            batch_max=cfg.im_batch_max, max_queue=cfg.im_max_queue, retention_days=cfg.im_retention_days,
-            retention_entries=cfg.im_retention_entries, prune_interval=cfg.im_prune_interval,
-            max_bytes=cfg.im_max_bytes)
-        self.im = ImService(self.im_store, self.cache, self.bus, max_message_bytes=cfg.max_message_bytes,
-                            ack_timeout=cfg.ack_timeout, ack_retries=cfg.ack_retries,
-                            max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit,
-                            max_page_bytes=min(cfg.max_pending // 2, 1 << 20),
-                            groups=GroupLimits(cfg.group_max_members, cfg.group_write_limit, cfg.group_hysteresis),
-                            consumer=cfg.group_consumer)
+        """The IM service and its store (embedded: <data_dir>/im.db), plugged into logic."""
+        self.im_store, self.im = make_im(self.config, self.cache, self.bus)
         self.logic.im = self.im
 
     @property

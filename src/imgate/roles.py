@@ -3,7 +3,8 @@
 - proxy: client listeners + the RoomTable; talks to logic over RPC (pool, fail-over across
   `logic_addrs`) and serves push's deliveries on its RPC port (`rpc`, default :3109).
 - logic: the HTTP API and the proxies' RPC (`logic_rpc`, default :3119); state in Redis; push jobs to
-  Kafka.
+  Kafka. With ``im_store = "mariadb"`` it also runs the IM service on the shared MariaDB store (any
+  logic can serve any user: the store holds every inbox).
 - push: consumes Kafka, delivers over RPC to the proxies it discovers in Redis (their online reports
   carry their RPC address) and to those named in `proxies`.
 Every role stops on SIGTERM/SIGINT within its grace period. The clients of Redis and Kafka come with
@@ -111,7 +112,7 @@ class LogicRole:
         from imgate.logic import Logic, backends
         from imgate.logic.http_api import build_routes
         from imgate.metrics import Metrics
-        from imgate.node import load_or_create_secret
+        from imgate.node import load_or_create_secret, make_im
         from imgate.push.kafka import KafkaBus, ensure_topic
         from imgate.rpc import tls as rpc_tls
         from imgate.rpc.logic import serve_logic
@@ -125,11 +126,21 @@ class LogicRole:
         self.bus = KafkaBus(cfg.kafka, cfg.kafka_topic, timeout=cfg.kafka_timeout, client_id=f"imgate-logic-{cfg.server_id}")
         self.logic = Logic(self.cache, self.bus, backends.authenticator(cfg),
                            session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval)
+        self.im_store = self.im = None
+        if cfg.im and cfg.im_store == "mariadb":  # SQLite is one process's file: no IM on it in a cluster
+            if importlib.util.find_spec("asyncmy") is None:
+                raise ConfigError("im_store = \"mariadb\" needs asyncmy, which is not installed: pip install 'imgate[cluster]'")
+            self.im_store, self.im = make_im(cfg, self.cache, self.bus)
+            await self.im_store.start()
+            await self.im.start()
+            self.logic.im = self.im
         await self.logic.start()
         self.backends = backends.attach(self.logic, cfg)
         self.metrics = Metrics()
         self.metrics.add_source(lambda: dict(self.logic.counters))
         self.metrics.add_source(self.backends.stats)
+        if self.im is not None:
+            self.metrics.add_source(self.im.stats)
         self.api_auth = api_auth_from_config(cfg)
         self.metrics.add_source(lambda: dict(self.api_auth.counters, http_request_timeouts=self.http.request_timeouts))
         routes = build_routes(self.logic, metrics=self.metrics, api_auth=self.api_auth,
@@ -145,14 +156,18 @@ class LogicRole:
             self.reload_tls = self.tls.reload
         host, port = cfg.addr("logic_rpc")
         self.rpc = await serve_logic(self.logic, host, port, ssl=rpc_tls.server_context(cfg))
+        store = f", IM store mariadb {','.join(cfg.mariadb_addrs)}" if self.im is not None else ""
         print(f"imgate logic {cfg.server_id} is up: http :{self.http.port}, rpc :{self.rpc.port}, "
-              f"redis {cfg.redis_url}, kafka {cfg.kafka}", flush=True)
+              f"redis {cfg.redis_url}, kafka {cfg.kafka}{store}", flush=True)
 
     async def stop(self) -> None:
         await self.http.stop()
         await self.rpc.stop()
         await self.logic.stop()
         await self.backends.close(self.cfg.shutdown_grace)
+        if self.im is not None:
+            await self.im.stop()
+            await self.im_store.close()
         await self.bus.close()
         await self.cache.close()
 

@@ -558,7 +558,11 @@ def test_openapi_document_is_well_formed(api):
 
 def _example(param):
     if "example" in param:
-        return str(param["example"])
+        example = param["example"]
+        if isinstance(example, list):   # an array parameter (style form, explode false): comma-separated
+            assert param.get("explode") is False, param
+            return ",".join(map(str, example))
+        return str(example)
     schema = param["schema"]
     if "enum" in schema:
         return schema["enum"][0]

@@ -40,11 +40,15 @@ def test_wheel_contents(wheel):
         assert f"imgate/_core/{mod}.pyi" in names
         assert f"imgate/_core/{mod}.pxd" in names
     assert "imgate/py.typed" in names
+    # the message stores' schemas (SQLite, MariaDB), read at start by imgate.im.sqlite / imgate.im.mysql
+    assert {"imgate/im/schema/0001_init.sql", "imgate/im/schema/mysql/0001_init.sql"} <= names
     assert "imgate/_core/includes/system.pxd" in names
     # what a module cimporting imgate.core needs: the contract and the headers its .pxd files extern
     assert {"imgate/core.pxd", "imgate/_core/includes/imgate_ws.h", "imgate/_core/includes/imgate_debug.h"} <= names
-    # the HTTP API's compiled connection and push route
-    for mod in ("http/_protocol", "logic/_push_routes"):
+    # the HTTP API's compiled modules and push route
+    http = ("http/_request", "http/_reply", "http/_plain", "http/_dispatch", "http/_httptools",
+            "http/_protocol")
+    for mod in http + ("logic/_push_routes",):
         assert any(n.startswith(f"imgate/{mod}.") and n.endswith(".so") for n in names), mod
         assert f"imgate/{mod}.pyi" in names
 

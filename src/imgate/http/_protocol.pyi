@@ -1,35 +1,9 @@
 import asyncio
 from typing import Any
 
-UNMATCHED: str
-
-class Request:
-    method: str
-    path: str
-    query_string: str
-    headers: dict[str, str]
-    body: bytes
-    remote: Any
-    version: str
-    keep_alive: bool
-    route: str | None
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        query_string: str = "",
-        headers: dict[str, str] | None = None,
-        body: bytes = b"",
-        remote: Any = None,
-        version: str = "1.1",
-        keep_alive: bool = True,
-    ) -> None: ...
-    @property
-    def query_list(self) -> list[tuple[str, str]]: ...
-    @property
-    def query(self) -> dict[str, str]: ...
-
-def encode_response(resp: Any, keep_alive: bool, head_only: bool, http10: bool) -> bytes: ...
+from imgate.http._dispatch import UNMATCHED as UNMATCHED
+from imgate.http._reply import encode_response as encode_response
+from imgate.http._request import Request as Request
 
 class HttpProtocol(asyncio.Protocol):
     stopped: bool

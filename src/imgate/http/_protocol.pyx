@@ -1,37 +1,44 @@
 """The HTTP/1.1 connection of imgate.http.server, compiled: the per-request path of the logic API.
 
-httptools (llhttp) parses; the callbacks it makes land in this extension type, so the request head is
-collected without interpreted code. Then, per request:
+Plain requests (what programs send) are parsed by ``_plain.pyx``; anything else goes to httptools
+(llhttp), whose callbacks (``_httptools.pyx``, this type's base) collect it, so the request head is
+collected without interpreted code either way. Then, per request:
 
-- a handler is started at once when nothing is ahead of it on the connection; a coroutine handler is
-  driven by hand (``send(None)``) and, when it finishes without waiting (an in-memory push does), no
-  task is ever created for it. A handler that does wait is handed to a task (``_Resume``), and the
-  requests behind it queue up and are answered in order by that task;
-- the replies made while one chunk of input is parsed go out in one ``write``;
-- the common reply (2xx on a keep-alive HTTP/1.1 connection, no extra headers) is encoded from a
-  cached head.
+- a handler is started at once when nothing is ahead of it on the connection (``_dispatch.pyx``);
+  when it waits, it is handed to a task (``Resume``), and the requests behind it queue up and are
+  answered in order by that task;
+- the replies made while one chunk of input is parsed go out in one ``write`` (``_reply.pyx``
+  encodes them), straight to the socket when the transport holds nothing unsent.
 
 Everything else (limits, errors, pipelining, idle timeout, half-close) keeps the semantics described in
 imgate/http/server.py, which owns the server object this protocol serves.
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memcmp, memcpy
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from imgate._core.includes.system cimport (
     send, MSG_DONTWAIT, MSG_NOSIGNAL, errno, EAGAIN, EWOULDBLOCK, EINTR,
 )
+from imgate.http._dispatch cimport Dispatcher, Resume
+from imgate.http._httptools cimport HttptoolsCallbacks
+from imgate.http._plain cimport parse_plain
+from imgate.http._reply cimport encode_response
+from imgate.http._request cimport Request
 
 import asyncio
 import logging
 from collections import deque
-from http import HTTPStatus
-from urllib.parse import parse_qsl, unquote
 
 import httptools
 
-from imgate.http.messages import HttpError, Response, error
+from imgate.http import _reply, _request
+from imgate.http._dispatch import UNMATCHED
+from imgate.http.messages import error
+
+__all__ = ["HttpProtocol", "Request", "UNMATCHED", "encode_response"]
+# names defined here before the split, still importable from here (a cimported name is not a global)
+globals().update(Request=_request.Request, encode_response=_reply.encode_response)
 
 log = logging.getLogger("imgate.http")
 
@@ -40,202 +47,11 @@ DEF PIPELINE_HIGH = 32
 DEF PIPELINE_LOW = 8
 # Seconds an errored connection keeps discarding input before it closes (see _linger_close).
 DEF LINGER = 2.0
-# Route label used for requests that match no route (keeps metric label cardinality bounded).
-UNMATCHED = "unmatched"
 
 cdef object _HttpParserCallbackError = httptools.HttpParserCallbackError
 cdef object _HttpParserUpgrade = httptools.HttpParserUpgrade
 cdef object _HttpParserError = httptools.HttpParserError
-cdef object _HttpParserInvalidURLError = httptools.HttpParserInvalidURLError
-cdef object _parse_url = httptools.parse_url
 cdef object _CancelledError = asyncio.CancelledError
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Requests
-
-
-cdef class Request:
-    """One parsed HTTP request. ``headers`` keys are lower case (repeated headers joined with ", ")."""
-
-    cdef public str method
-    cdef public str path
-    cdef public str query_string
-    cdef public dict headers
-    cdef public bytes body
-    cdef public object remote
-    cdef public str version
-    cdef public bint keep_alive
-    cdef public object route   # the matched route path, set by the server
-    cdef list _query_list
-    cdef dict _query
-
-    def __init__(self, str method, str path, str query_string="", dict headers=None, bytes body=b"",
-                 remote=None, str version="1.1", bint keep_alive=True):
-        self.method = method
-        self.path = path
-        self.query_string = query_string
-        self.headers = headers if headers is not None else {}
-        self.body = body
-        self.remote = remote
-        self.version = version
-        self.keep_alive = keep_alive
-        self.route = None
-
-    @property
-    def query_list(self):
-        """All query parameters in order, repeated names kept."""
-        cdef str qs, item, k, v
-        cdef list out
-        cdef Py_ssize_t eq
-        if self._query_list is None:
-            qs = self.query_string
-            if "%" in qs or "+" in qs or ";" in qs:
-                self._query_list = parse_qsl(qs, keep_blank_values=True)
-            else:
-                # nothing to unquote (the usual machine-made query): split it directly
-                out = []
-                for item in qs.split("&"):
-                    if not item:
-                        continue
-                    eq = item.find("=")
-                    if eq < 0:
-                        out.append((item, ""))
-                    else:
-                        out.append((item[:eq], item[eq + 1:]))
-                self._query_list = out
-        return self._query_list
-
-    @property
-    def query(self):
-        """Query parameters; the last value wins for a repeated name."""
-        if self._query is None:
-            self._query = dict(self.query_list)
-        return self._query
-
-    def __repr__(self):
-        q = f"?{self.query_string}" if self.query_string else ""
-        return f"<Request {self.method} {self.path}{q} body={len(self.body)}B from {self.remote}>"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Responses on the wire
-
-
-cdef dict _HEAD_CACHE = {}
-
-
-cdef str _reason(int status):
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
-cdef bytes _join_reply(bytes prefix, bytes body):
-    """``prefix + b"%d\\r\\n\\r\\n" % len(body) + body`` in one allocation."""
-    cdef char digits[24]
-    cdef Py_ssize_t nb = PyBytes_GET_SIZE(body), np = PyBytes_GET_SIZE(prefix), nd = 0, v = nb, k
-    while True:
-        digits[nd] = <char>(48 + v % 10)   # ASCII digit, least significant first
-        nd += 1
-        v //= 10
-        if v == 0:
-            break
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, np + nd + 4 + nb)
-    cdef char* o = PyBytes_AS_STRING(out)
-    memcpy(o, PyBytes_AS_STRING(prefix), np)
-    o += np
-    for k in range(nd):
-        o[k] = digits[nd - 1 - k]
-    o += nd
-    memcpy(o, b"\r\n\r\n", 4)
-    memcpy(o + 4, PyBytes_AS_STRING(body), nb)
-    return out
-
-
-cpdef bytes encode_response(object resp, bint keep_alive, bint head_only, bint http10):
-    """``resp`` as bytes on the wire: status line, headers, body."""
-    cdef int status = resp.status
-    cdef bytes body = resp.body
-    cdef object headers = resp.headers
-    cdef bytes prefix
-    if not headers and keep_alive and not http10 and not head_only and 200 <= status < 300 and status != 204:
-        # the common reply (a push's): a cached head up to Content-Length
-        key = (status, resp.content_type)
-        prefix = _HEAD_CACHE.get(key)
-        if prefix is None:
-            prefix = (f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: "
-                      f"{resp.content_type}\r\nContent-Length: ").encode("latin-1")
-            _HEAD_CACHE[key] = prefix
-        return _join_reply(prefix, body)
-    lines = [f"HTTP/1.1 {status} {_reason(status)}"]
-    no_body = status < 200 or status in (204, 304)
-    if not no_body:
-        lines.append(f"Content-Type: {resp.content_type}")
-        lines.append(f"Content-Length: {len(body)}")
-    for k, v in headers.items():
-        if k.lower() in ("content-length", "connection", "transfer-encoding"):
-            continue
-        lines.append(f"{k}: {v}")
-    if not keep_alive:
-        lines.append("Connection: close")
-    elif http10:
-        lines.append("Connection: keep-alive")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    if head_only or no_body:
-        return head
-    return head + body
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Handing a started coroutine to a task
-
-
-cdef object _FRESH = object()
-
-
-@cython.final
-cdef class _Resume:
-    """Awaitable that goes on driving a coroutine already started by hand (``send(None)``) and now
-    waiting on ``waiting``: the task awaiting it first gets ``waiting``, then everything it sends or
-    throws goes to the coroutine (what Python 3.12's eager tasks do inside the task)."""
-
-    cdef object coro
-    cdef object waiting
-
-    def __cinit__(self, coro, waiting):
-        self.coro = coro
-        self.waiting = waiting
-
-    def __await__(self):
-        return self
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.send(None)
-
-    def send(self, value):
-        w = self.waiting
-        if w is not _FRESH:
-            self.waiting = _FRESH
-            return w
-        return self.coro.send(value)   # its StopIteration ends the await with the handler's result
-
-    def throw(self, typ, val=None, tb=None):
-        self.waiting = _FRESH
-        if val is None:
-            val = typ() if isinstance(typ, type) else typ
-        return self.coro.throw(val)
-
-    def close(self):
-        self.coro.close()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The connection protocol
 
 
 @cython.final
@@ -255,18 +71,13 @@ class _Abort(Exception):
 
 
 @cython.final
-cdef class HttpProtocol:
+cdef class HttpProtocol(HttptoolsCallbacks):
     """One HTTP connection of an :class:`imgate.http.server.HttpServer` (an ``asyncio.Protocol``)."""
 
     cdef object server
-    cdef object router
-    cdef dict paths              # the router's path -> {method: handler}, resolved here without a call
-    cdef object observer         # fn(route, status), or None
-    cdef object counts           # ... or the (route, status) -> count dict it is, bumped here
+    cdef Dispatcher dispatch     # runs the handlers, counts the answers
     cdef object loop
     cdef object transport
-    cdef object parser
-    cdef object remote
     cdef object queue            # deque of Request | _Failure waiting behind the worker
     cdef object worker           # the task answering requests that had to wait, or None
     cdef object drain_waiter
@@ -277,19 +88,6 @@ cdef class HttpProtocol:
     cdef bint pipeline_paused
     cdef bint write_paused
     cdef double last_activity
-    cdef Py_ssize_t max_body
-    cdef Py_ssize_t max_header_bytes
-    # the message being parsed
-    cdef bytes _url
-    cdef dict _headers
-    cdef list _body
-    cdef Py_ssize_t _body_len
-    cdef bint _in_head
-    cdef Py_ssize_t _head_bytes
-    cdef Py_ssize_t _head_chunk_bytes
-    cdef Py_ssize_t _messages_begun
-    cdef Py_ssize_t _messages_done
-    cdef bint _keep_alive
     cdef bint _plain_ok          # the plain-request fast path is on (HttpServer(fast_path=...))
     # replies made while a chunk of input is parsed, written together at its end
     cdef bint _feeding
@@ -299,12 +97,7 @@ cdef class HttpProtocol:
 
     def __init__(self, server):
         self.server = server
-        self.router = server.router
-        paths = getattr(self.router, "paths", None)
-        self.paths = paths if type(paths) is dict else None
-        observer = server.observer
-        self.observer = None if isinstance(observer, dict) else observer
-        self.counts = observer if isinstance(observer, dict) else None
+        self.dispatch = Dispatcher(server.router, server.observer)
         self.max_body = server.max_body
         self.max_header_bytes = server.max_header_bytes
         self.loop = asyncio.get_running_loop()
@@ -329,16 +122,6 @@ cdef class HttpProtocol:
         self._messages_begun = 0
         self._messages_done = 0
         self._plain_ok = getattr(server, "fast_path", True)
-
-    cdef void _reset_message(self):
-        self._url = None
-        self._headers = {}
-        self._body = []
-        self._body_len = 0
-        self._in_head = False
-        self._head_bytes = 0
-        self._head_chunk_bytes = 0
-        self._keep_alive = True
 
     # -- asyncio.Protocol
 
@@ -410,7 +193,7 @@ cdef class HttpProtocol:
         except _HttpParserUpgrade:
             # An Upgrade request (for instance a WebSocket handshake sent to the API port): it is
             # answered like any request, then the connection closes; bytes after it are not HTTP.
-            # (one answered at once already closed the connection: see on_message_complete)
+            # (one answered at once already closed the connection: see on_message_complete, _httptools.pyx)
             last = self.queue[len(self.queue) - 1] if self.queue else None
             if isinstance(last, Request):
                 (<Request>last).keep_alive = False
@@ -443,19 +226,12 @@ cdef class HttpProtocol:
     # -- plain requests, without httptools
 
     cdef Py_ssize_t _take_plain(self, object data) except -1:
-        """Parse and dispatch the complete *plain* requests at the front of ``data``; returns the
-        bytes used. Whatever is not plain (or not complete) is left to httptools, from its first byte.
-
-        Plain: ``GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS /target HTTP/1.1``, the target printable ASCII
-        without ``%`` or ``#``; header names of token characters, values printable ASCII (or tab);
-        at most one Content-Length (digits, within ``max_body``); no Transfer-Encoding, Expect or
-        Upgrade, Connection only ``keep-alive``; the head within ``max_header_bytes``; the body all
-        here. What a program sends, in short: every other request, and every error, is httptools'.
-        """
+        """Dispatch the complete plain requests at the front of ``data`` (see ``_plain.pyx``); returns
+        the bytes used. What is not plain (or not complete) is left to httptools, from its first byte."""
         cdef const unsigned char[:] view
         cdef const unsigned char* p
-        cdef Py_ssize_t n
-        cdef Py_ssize_t pos = 0, end
+        cdef Py_ssize_t n, end, pos = 0
+        cdef Request req
         if type(data) is bytes:  # what the loop hands over: no buffer view needed
             p = <const unsigned char*>PyBytes_AS_STRING(data)
             n = PyBytes_GET_SIZE(data)
@@ -463,213 +239,23 @@ cdef class HttpProtocol:
             view = data
             n = view.shape[0]
             p = &view[0] if n else NULL
-        if n == 0:
-            return 0
         while pos < n and not self.stopped and not self.closed:
-            end = self._plain_one(p, n, pos, data)
-            if end < 0:
+            req = parse_plain(p, n, pos, self.max_header_bytes, self.max_body, &end)
+            if req is None:
                 break
+            req.remote = self.remote
+            self._received(req)
             pos = end
         return pos
 
-    cdef Py_ssize_t _plain_one(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t start,
-                               object data) except -2:
-        """One plain request at ``p[start:]``: dispatched, and its end returned; -1 when it is not
-        plain or not all here (nothing was consumed then)."""
-        cdef Py_ssize_t i = start, j, k, m, name0, name1, val0, val1, head_end
-        cdef Py_ssize_t limit = start + self.max_header_bytes
-        cdef Py_ssize_t clen = -1, method_len, target0, target1, q = -1
-        cdef unsigned char c
-        cdef bint keep_alive = True
-        cdef dict headers = {}
-        cdef str key, val, prev
-        cdef Request req
-        if limit > n:
-            limit = n
-        # request line: METHOD SP target SP HTTP/1.1 CRLF
-        while i < limit and b'A' <= p[i] <= b'Z':
-            i += 1
-        method_len = i - start
-        if method_len < 3 or method_len > 7 or i >= limit or p[i] != b' ':
-            return -1
-        method = _plain_method(p + start, method_len)
-        if method is None:
-            return -1
-        i += 1
-        target0 = i
-        if i >= limit or p[i] != b'/':
-            return -1
-        while i < limit:
-            c = p[i]
-            if c == b' ':
-                break
-            if c <= 0x20 or c >= 0x7f or c == b'%' or c == b'#':
-                return -1
-            if c == b'?' and q < 0:
-                q = i
-            i += 1
-        target1 = i
-        if i + 11 > limit or memcmp(p + i, b" HTTP/1.1\r\n", 11) != 0:
-            return -1
-        i += 11
-        # header fields, up to the empty line
-        while True:
-            if i + 1 >= limit:
-                return -1                       # not all here, or too big: httptools decides
-            if p[i] == b'\r':
-                if p[i + 1] != b'\n':
-                    return -1
-                head_end = i + 2
-                break
-            name0 = i
-            while i < limit and _is_tchar(p[i]):
-                i += 1
-            name1 = i
-            if name1 == name0 or i >= limit or p[i] != b':':
-                return -1
-            i += 1
-            while i < limit and (p[i] == b' ' or p[i] == b'\t'):
-                i += 1
-            val0 = i
-            while i < limit:
-                c = p[i]
-                if c == b'\r':
-                    break
-                if (c < 0x20 and c != b'\t') or c >= 0x7f:
-                    return -1
-                i += 1
-            if i + 1 >= limit or p[i + 1] != b'\n':
-                return -1
-            val1 = i                            # trailing blanks kept, as httptools keeps them
-            i += 2
-            key = _lower_ascii(p + name0, name1 - name0)
-            val = (<const char*>p)[val0:val1].decode("latin-1")
-            if key == "content-length":
-                if clen >= 0 or val1 == val0 or val1 - val0 > 18:
-                    return -1
-                clen = 0
-                for k in range(val0, val1):
-                    if not (b'0' <= p[k] <= b'9'):
-                        return -1
-                    clen = clen * 10 + (p[k] - 48)   # ASCII digit
-                if clen > self.max_body:
-                    return -1
-            elif key == "transfer-encoding" or key == "expect" or key == "upgrade":
-                return -1
-            elif key == "connection":
-                if val.lower() != "keep-alive":
-                    return -1
-            prev = headers.get(key)
-            headers[key] = val if prev is None else f"{prev}, {val}"
-        if clen < 0:
-            clen = 0
-        if head_end + clen > n:
-            return -1                           # the body is still on its way
-        req = Request.__new__(Request)
-        req.method = method
-        if q < 0:
-            req.path = (<const char*>p)[target0:target1].decode("ascii")
-            req.query_string = ""
-        else:
-            req.path = (<const char*>p)[target0:q].decode("ascii")
-            req.query_string = (<const char*>p)[q + 1:target1].decode("ascii")
-        req.headers = headers
-        req.body = (<const char*>p)[head_end:head_end + clen] if clen else b""
-        req.remote = self.remote
-        req.version = "1.1"
-        req.keep_alive = keep_alive
-        req.route = None
-        self._received(req)
-        return head_end + clen
-
-    # -- httptools callbacks
-
-    def on_message_begin(self):
-        self._messages_begun += 1
-        self._reset_message()
-        self._in_head = True
-
-    def on_url(self, bytes url):
-        self._url = url if self._url is None else self._url + url
-        self._head_bytes += len(url)
-        self._check_head_size(True)
-
-    def on_header(self, bytes name, bytes value):
-        self._head_bytes += len(name) + len(value) + 4
-        self._check_head_size(True)
-        key = name.decode("latin-1").lower()
-        val = value.decode("latin-1")
-        prev = self._headers.get(key)
-        self._headers[key] = val if prev is None else f"{prev}, {val}"
-
-    def on_headers_complete(self):
-        self._in_head = False
-        self._keep_alive = self.parser.should_keep_alive()
-        cl = self._headers.get("content-length")
-        if cl is not None:
-            try:
-                n = int(cl)
-            except ValueError:
-                self._fail(400, "malformed HTTP request", True)
-            if n > self.max_body:
-                self._fail(413, f"request body exceeds {self.max_body} bytes", True)
-        expect = self._headers.get("expect")
-        if expect is not None and expect.lower() == "100-continue":
-            # Answer the interim response only when nothing else is owed on this connection,
-            # so that it cannot be taken for the reply to an earlier pipelined request.
-            if not self.queue and self.worker is None and self.transport is not None:
-                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                self._flush_out()
-
-    def on_body(self, bytes body):
-        self._body_len += len(body)
-        if self._body_len > self.max_body:
-            self._fail(413, f"request body exceeds {self.max_body} bytes", True)
-        self._body.append(body)
-
-    def on_message_complete(self):
-        cdef bytes url = self._url if self._url is not None else b""
-        cdef str path, query
-        cdef Request req
-        if _plain_target(url):
-            # "/path?query" of printable ASCII without escapes: split here, no URL parser needed
-            q = url.find(b"?")
-            if q < 0:
-                path = url.decode("ascii")
-                query = ""
-            else:
-                path = url[:q].decode("ascii")
-                query = url[q + 1:].decode("ascii")
-        else:
-            try:
-                parsed = _parse_url(url)
-            except _HttpParserInvalidURLError:
-                self._fail(400, f"malformed request target {url[:200].decode('latin-1')!r}", True)
-            path = unquote((parsed.path or b"/").decode("latin-1"), encoding="utf-8", errors="replace")
-            query = (parsed.query or b"").decode("latin-1")
-        body = self._body
-        req = Request(
-            self.parser.get_method().decode("latin-1"),
-            path,
-            query,
-            self._headers,
-            body[0] if len(body) == 1 else b"".join(body),
-            self.remote,
-            self.parser.get_http_version(),
-            self._keep_alive,
-        )
-        if self.parser.should_upgrade():
-            req.keep_alive = False  # answered, then the connection closes: what follows is not HTTP
-        self._reset_message()
-        self._messages_done += 1
-        self._received(req)
+    # -- a whole request, plain or by httptools
 
     cdef void _received(self, Request req) except *:
         """A whole request: answer it now when nothing is ahead of it, else queue it."""
         if self.worker is None and not self.queue and not self.closed:
             # nothing ahead of it: answer now
-            result = self._start(req)
-            if isinstance(result, _Resume):
+            result = self.dispatch.start(req)
+            if isinstance(result, Resume):
                 self.worker = self.loop.create_task(self._work(req, result))
             else:
                 self._reply(req, result)
@@ -680,88 +266,14 @@ cdef class HttpProtocol:
             self.transport.pause_reading()
         self._ensure_worker()
 
+    cdef void _continue(self) except *:
+        # the interim response only when nothing else is owed on this connection, so that it cannot
+        # be taken for the reply to an earlier pipelined request
+        if not self.queue and self.worker is None and self.transport is not None:
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._flush_out()
+
     # -- answering
-
-    cdef object _start(self, Request req):
-        """Run ``req``'s handler as far as it goes without waiting: its Response, or a ``_Resume`` to
-        await when it waits."""
-        handler = self._resolve(req.method, req.path)
-        if handler is None:
-            return self._no_route(req)
-        req.route = req.path
-        try:
-            result = handler(req)
-            if isinstance(result, Response):
-                return self._done(req, result)
-            if not hasattr(result, "send"):
-                if not hasattr(result, "__await__"):
-                    return self._done(req, result)   # not a Response: _done answers 500
-                result = _await(result)              # an awaitable that is not a coroutine
-            try:
-                waiting = result.send(None)
-            except StopIteration as stop:
-                return self._done(req, stop.value)
-        except _CancelledError:
-            raise
-        except Exception as exc:
-            return self._failed(req, exc)
-        return _Resume(result, waiting)
-
-    cdef object _resolve(self, str method, str path):
-        """``router.resolve(method, path)``: exact path, HEAD falling back to GET."""
-        if self.paths is None:
-            return self.router.resolve(method, path)
-        methods = self.paths.get(path)
-        if methods is None:
-            return None
-        handler = (<dict>methods).get(method)
-        if handler is None and method == "HEAD":
-            handler = (<dict>methods).get("GET")
-        return handler
-
-    cdef object _no_route(self, Request req):
-        allowed = self.router.allowed(req.path)
-        if allowed:
-            resp = error(405, f"method {req.method} not allowed for {req.path}; allowed: {', '.join(allowed)}")
-            resp.headers["Allow"] = ", ".join(allowed)
-            self._observe(req.path, resp.status)
-        else:
-            resp = error(404, f"no route for {req.method} {req.path}")
-            self._observe(UNMATCHED, resp.status)
-        return resp
-
-    cdef object _done(self, Request req, object resp):
-        if not isinstance(resp, Response):
-            try:
-                raise TypeError(f"handler for {req.method} {req.path} returned {type(resp).__name__}, not Response")
-            except TypeError as exc:
-                return self._failed(req, exc)
-        self._observe(req.route, resp.status)
-        return resp
-
-    cdef object _failed(self, Request req, object exc):
-        if isinstance(exc, HttpError):
-            resp = exc.response()
-        else:
-            log.error("handler for %s %s failed", req.method, req.path, exc_info=exc)
-            resp = error(500, "internal error")
-        self._observe(req.route if req.route is not None else UNMATCHED, resp.status)
-        return resp
-
-    cdef void _observe(self, object route, int status):
-        cdef dict counts
-        if self.counts is not None:
-            key = (route, status)
-            if type(self.counts) is dict:
-                counts = <dict>self.counts
-                counts[key] = counts.get(key, 0) + 1
-            else:  # a Counter, a defaultdict...: the mapping's own methods
-                self.counts[key] = self.counts.get(key, 0) + 1
-        elif self.observer is not None:
-            try:
-                self.observer(route, status)
-            except Exception:  # metrics must never break serving
-                log.exception("HTTP observer failed")
 
     cdef bint _reply(self, Request req, object resp):
         """Write the response to ``req``; False once the connection closes after it."""
@@ -819,7 +331,7 @@ cdef class HttpProtocol:
         transport.write(data[r:])
 
     async def _work(self, Request first_req=None, first=None):
-        """Answer, in order, the request whose handler had to wait (``first``, its ``_Resume``) and the
+        """Answer, in order, the request whose handler had to wait (``first``, its ``Resume``) and the
         ones queued behind it."""
         cdef Request req = first_req
         result = first
@@ -833,22 +345,22 @@ cdef class HttpProtocol:
                         self.pipeline_paused = False
                         self.transport.resume_reading()
                     if isinstance(item, _Failure):
-                        self._observe(UNMATCHED, (<_Failure>item).status)
+                        self.dispatch.observe(UNMATCHED, (<_Failure>item).status)
                         self.transport.write(encode_response(
                             error((<_Failure>item).status, (<_Failure>item).message), False, False, False))
                         self._linger_close()
                         return
                     req = <Request>item
-                    result = self._start(req)
-                if isinstance(result, _Resume):
+                    result = self.dispatch.start(req)
+                if isinstance(result, Resume):
                     try:
                         resp = await result
                     except _CancelledError:
                         raise
                     except Exception as exc:
-                        resp = self._failed(req, exc)
+                        resp = self.dispatch.failed(req, exc)
                     else:
-                        resp = self._done(req, resp)
+                        resp = self.dispatch.done(req, resp)
                 else:
                     resp = result
                 if self.closed or not self._reply(req, resp):
@@ -867,11 +379,6 @@ cdef class HttpProtocol:
             self.worker = None
 
     # -- helpers
-
-    cdef void _check_head_size(self, bint raise_) except *:
-        cdef Py_ssize_t limit = self.max_header_bytes
-        if self._head_bytes > limit or self._head_chunk_bytes > limit:
-            self._fail(431, f"request header section exceeds {limit} bytes", raise_)
 
     cdef void _fail(self, int status, str message, bint raise_=False) except *:
         if not self.stopped:
@@ -944,67 +451,3 @@ cdef class HttpProtocol:
             self.loop.call_later(LINGER, t.close)
         else:  # TLS transports cannot half-close
             t.close()
-
-
-
-async def _await(awaitable):
-    return await awaitable
-
-
-cdef bint _plain_target(bytes url):
-    """An origin-form target ("/...") of printable ASCII with no percent-escape and no fragment."""
-    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(url)
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(url)
-    cdef unsigned char c
-    if n == 0 or p[0] != b'/':
-        return False
-    for i in range(n):
-        c = p[i]
-        if c <= 0x20 or c >= 0x7f or c == b'%' or c == b'#':
-            return False
-    return True
-
-
-cdef str _M_GET = "GET", _M_HEAD = "HEAD", _M_POST = "POST", _M_PUT = "PUT"
-cdef str _M_DELETE = "DELETE", _M_PATCH = "PATCH", _M_OPTIONS = "OPTIONS"
-
-
-cdef str _plain_method(const unsigned char* m, Py_ssize_t n):
-    """The method's interned name, None for one the fast path leaves to httptools."""
-    if n == 3 and memcmp(m, b"GET", 3) == 0:
-        return _M_GET
-    if n == 4 and memcmp(m, b"POST", 4) == 0:
-        return _M_POST
-    if n == 4 and memcmp(m, b"HEAD", 4) == 0:
-        return _M_HEAD
-    if n == 3 and memcmp(m, b"PUT", 3) == 0:
-        return _M_PUT
-    if n == 6 and memcmp(m, b"DELETE", 6) == 0:
-        return _M_DELETE
-    if n == 5 and memcmp(m, b"PATCH", 5) == 0:
-        return _M_PATCH
-    if n == 7 and memcmp(m, b"OPTIONS", 7) == 0:
-        return _M_OPTIONS
-    return None
-
-
-cdef inline bint _is_tchar(unsigned char c):
-    # RFC 9110 token characters
-    if b'a' <= c <= b'z' or b'A' <= c <= b'Z' or b'0' <= c <= b'9':
-        return True
-    return c in b"!#$%&'*+-.^_`|~"
-
-
-cdef dict _LOWER_CACHE = {}
-
-
-cdef str _lower_ascii(const unsigned char* s, Py_ssize_t n):
-    """A header name in lower case; the names a client repeats on every request are made once."""
-    cdef bytes raw = (<const char*>s)[:n]
-    cdef object hit = _LOWER_CACHE.get(raw)
-    if hit is not None:
-        return <str>hit
-    name = raw.decode("latin-1").lower()
-    if len(_LOWER_CACHE) < 256:
-        _LOWER_CACHE[raw] = name
-    return name

@@ -1,7 +1,7 @@
 """What handlers of the HTTP API return: :class:`Response`, :class:`HttpError` and the JSON envelope.
 
-Kept apart from the server so that the compiled connection protocol (``_protocol.pyx``) and the
-server module can both import them.
+Kept apart from the server so that the compiled connection (``_dispatch.pyx``, ``_protocol.pyx``) and
+the server module can both import them.
 """
 
 from __future__ import annotations

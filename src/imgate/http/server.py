@@ -1,8 +1,9 @@
 """A small HTTP/1.1 server on httptools + asyncio (works the same under uvloop).
 
 It serves the logic HTTP API: JSON in, JSON out, small bodies, a handful of exact-path routes. The
-connection itself (parsing, dispatch, replies) is compiled: ``imgate/http/_protocol.pyx``. What it
-does on purpose:
+connection itself is compiled: ``imgate/http/_protocol.pyx``, with the plain-request parser
+(``_plain.pyx``), httptools' callbacks (``_httptools.pyx``), the dispatcher (``_dispatch.pyx``), the
+request (``_request.pyx``) and the reply on the wire (``_reply.pyx``). What it does on purpose:
 
 - keep-alive (the HTTP/1.1 default; ``Connection: close`` and HTTP/1.0 honoured), pipelined requests
   answered strictly in order, one handler at a time per connection;

@@ -74,6 +74,8 @@ def get_int(obj: dict, name: str, *, lo: int = 0, hi: int = INT64_MAX, default: 
     v = obj.get(name, default)
     if v is None:
         raise ImError(E_BAD_REQUEST, f"missing field '{name}'")
+    if type(v) is float and v.is_integer():
+        v = int(v)   # 5.0 is the integer 5 in JSON (and in JSON Schema): a client's encoder may write it so
     if isinstance(v, bool) or not isinstance(v, int):
         raise ImError(E_BAD_REQUEST, f"field '{name}' must be an integer, got {json.dumps(v)[:40]}")
     if not lo <= v <= hi:

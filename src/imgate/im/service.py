@@ -191,6 +191,8 @@ class ImService(GroupsMixin):
             raise ImError(E_BAD_REQUEST, f"cmid must be at most {MAX_CMID} characters and not start with "
                                          f"{INTERNAL_CMID_PREFIX!r}")
         if "group" in req:
+            if not self.store.supports_groups:
+                raise ImError(E_UNAVAILABLE, f"groups are not implemented by {type(self.store).__name__} yet")
             if "to" in req:
                 raise ImError(E_BAD_REQUEST, "a message has either 'to' or 'group', not both")
             group, to = get_int(req, "group", lo=1), None

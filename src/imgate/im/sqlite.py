@@ -86,6 +86,8 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class SqliteStore(GroupsMixin, MessageStore):
+    supports_groups = True
+
     def __init__(self, path: str | os.PathLike, *, synchronous: str = "full", busy_timeout: float = 5.0,
                  batch_max: int = 512, max_queue: int = 20000, retention_days: float = 0,
                  retention_entries: int = 0, prune_interval: float = 3600.0, readers: int = 2,

@@ -14,6 +14,8 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from imgate.im.protocol import E_UNAVAILABLE, ImError
+
 __all__ = ["MessageStore", "NewMessage", "Stored", "SyncPage", "ReadResult", "GroupLimits", "msg_json",
            "digest_of", "INTERNAL_CMID_PREFIX"]
 
@@ -141,17 +143,20 @@ class MessageStore(ABC):
         """JSON text: a list of ``{"conv", "peer", "unread", "read_seq", "last": msg}``, newest first."""
 
     # ------------------------------------------------------------------ groups (docs/im.md "Groups")
+    # Not abstract, so that a store without groups yet (the cluster's MariaDB store) still serves single
+    # chat: its group calls are refused with E_UNAVAILABLE, and it reports no fan-out job and no
+    # read-mode group. SqliteStore implements them all (imgate.im.sqlite_groups) and says so:
+    supports_groups = False  # True: send() takes group messages and the calls below work
     # Every group message gets the group's next gseq (gapless) in the transaction that stores it. In
     # write mode that transaction also stores a fan-out job (the outbox) naming the members, the
     # sender too (its ``seqs`` is {sender: 0}: no entry yet); ``fan_out`` later writes their entries and deletes the job in one
     # transaction, so a job is done exactly once whatever crashes. Membership changes are messages
     # of type "member" (and a mode switch one of type "mode"), stored the same way.
 
-    @abstractmethod
     async def create_group(self, owner: int, name: str, members: list, limits: GroupLimits) -> tuple:
         """(group id, Stored of its "member" message). Members get an inbox if they had none."""
+        raise ImError(E_UNAVAILABLE, f"groups are not implemented by {type(self).__name__} yet")
 
-    @abstractmethod
     async def change_members(self, group: int, actor: int | None, add: list, remove: list, admins: list,
                              limits: GroupLimits) -> tuple:
         """(member count, mode, [Stored messages], switched: bool) after adding, removing, and making
@@ -159,41 +164,42 @@ class MessageStore(ABC):
         (None: the backend, acting as the owner) must be the owner or an admin. Refused (ImError):
         an unknown group (404), a non-admin actor (403), removing the owner (400), more than
         ``limits.max_members`` (409). May switch the mode (a "mode" message)."""
+        raise ImError(E_UNAVAILABLE, f"groups are not implemented by {type(self).__name__} yet")
 
-    @abstractmethod
     async def group_info(self, group: int) -> dict | None:
         """``{"group", "name", "owner", "admins", "members", "mode", "max_gseq"}``, None if unknown."""
+        raise ImError(E_UNAVAILABLE, f"groups are not implemented by {type(self).__name__} yet")
 
-    @abstractmethod
     async def group_members(self, group: int, gseq: int) -> list:
         """The members who may see the group's message ``gseq``: those who joined before it (empty if
         the group does not exist)."""
+        raise ImError(E_UNAVAILABLE, f"groups are not implemented by {type(self).__name__} yet")
 
-    @abstractmethod
     async def fanout_jobs(self, limit: int) -> list:
         """Ids of the fan-out jobs not done yet, oldest first (the consumer's queue after a restart)."""
+        return []
 
-    @abstractmethod
     async def fan_out(self, job: int) -> Stored | None:
         """Write the job's inbox entries (each owner's next seq) and delete it, in one transaction;
         None when it was done already. ``entries``/``seqs`` hold the owners written."""
+        raise ImError(E_UNAVAILABLE, f"groups are not implemented by {type(self).__name__} yet")
 
-    @abstractmethod
     async def group_pull(self, uid: int, group: int, after: int, limit: int) -> tuple:
         """(msg JSON texts with gseq > max(after, the member's join), has_more, max_gseq): the
         group's timeline, for a member only (403 otherwise). ``seq`` is 0 in these msgs."""
+        raise ImError(E_UNAVAILABLE, f"groups are not implemented by {type(self).__name__} yet")
 
-    @abstractmethod
     async def group_ack(self, uid: int, group: int, gseq: int) -> int:
         """Move the member's read position up to ``gseq`` (never back); the position after."""
+        raise ImError(E_UNAVAILABLE, f"groups are not implemented by {type(self).__name__} yet")
 
-    @abstractmethod
     async def has_read_groups(self) -> bool:
         """Whether any group is in read mode (read once at start: while none is, an auth needs no
         lookup of the user's group rooms)."""
+        return False
 
-    @abstractmethod
     async def read_groups(self, uid: int) -> list:
         """``[{"group", "max_gseq", "cursor", "mode"}]``: the member's groups with messages in their
         timeline only: read mode, or back in write mode with read-mode messages (``max_gseq`` is the
         last of those; ``cursor`` is the read position)."""
+        return []

@@ -62,6 +62,9 @@ def _raw(req: Request, name: str, required: bool) -> str | None:
         if required:
             raise _bad(f"missing parameter '{name}'")
         return None
+    if len(q) != len(req.query_list) and sum(1 for k, _ in req.query_list if k == name) > 1:
+        # one value per parameter (lists are comma-separated): never silently keep one of several
+        raise _bad(f"parameter '{name}' is given more than once")
     return q[name]
 
 
@@ -103,8 +106,10 @@ def param_int(
     hi: int = INT64_MAX,
     range_name: str | None = "int64",
 ) -> int | None:
+    """An integer parameter; one that is present must be an integer, even when optional (``limit=``
+    is a 400, not the default)."""
     value = _raw(req, name, required)
-    if value is None or (not value.strip() and not required):
+    if value is None:
         return default
     return _to_int(name, value, lo, hi, range_name)
 

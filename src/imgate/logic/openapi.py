@@ -15,7 +15,7 @@ import imgate
 __all__ = ["OPENAPI", "DEMO_PATHS", "openapi_document"]
 
 INT32 = {"type": "integer", "format": "int32", "minimum": -(1 << 31), "maximum": (1 << 31) - 1}
-INT64 = {"type": "integer", "format": "int64"}
+INT64 = {"type": "integer", "format": "int64", "minimum": -(1 << 63), "maximum": (1 << 63) - 1}
 
 
 def _query(name: str, description: str, schema: dict[str, Any], required: bool = True, **extra: Any) -> dict:
@@ -24,8 +24,16 @@ def _query(name: str, description: str, schema: dict[str, Any], required: bool =
     return p
 
 
+# The characters the handlers strip around a parameter and its list items (Python's str.isspace(), spelled
+# out: JSON Schema's \s is ECMA's, which differs from Python's on \x1c-\x1f, \x85 and \ufeff).
+_BLANKS = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+#: a string parameter: anything with a character that is not blank (the handler strips the blanks)
+_TEXT = {"type": "string", "pattern": f"[^{_BLANKS}]"}
+
+
 def _csv(name: str, description: str, example: str) -> dict:
-    return _query(name, description, {"type": "string", "pattern": r"[^,\s]"}, example=example)
+    """A comma-separated list of strings: at least one item that is not blank (blank items are dropped)."""
+    return _query(name, description, {"type": "string", "pattern": f"[^,{_BLANKS}]"}, example=example)
 
 
 def _reply(description: str, data: dict[str, Any]) -> dict:
@@ -52,7 +60,7 @@ _OPERATION = _query(
     "operation",
     "Push operation written in the frame header (goim: business pushes use >= 1000); 22-33 are reserved for IM "
     "(400: IM messages go through /im/send).",
-    INT32,
+    {**INT32, "not": {"minimum": 22, "maximum": 33}},
     example=1000,
 )
 _MESSAGE_BODY = {
@@ -109,26 +117,28 @@ _PATHS: dict[str, dict] = {
     "/goim/push/mids": _push(
         "Push to users",
         "Delivers the message to every connection of the given users (goim `pushMids`).",
-        [_csv("mids", "Comma-separated user ids (int64).", "1,2")],
+        # the BRIEF's `mids=1,2` is OpenAPI's form style without explode: an array of int64 joined by commas
+        [_query("mids", "Comma-separated user ids (int64); duplicates count once.",
+                {"type": "array", "items": INT64, "minItems": 1}, style="form", explode=False, example=[1, 2])],
     ),
     "/goim/push/room": _push(
         "Push to a room",
         "Delivers the message to every member of room `type://room` (goim `pushRoom`).",
         [
-            _query("type", "Room type (the part before `://`).", {"type": "string", "minLength": 1}, example="live"),
-            _query("room", "Room id within the type (the part after `://`).", {"type": "string", "minLength": 1}, example="1000"),
+            _query("type", "Room type (the part before `://`).", _TEXT, example="live"),
+            _query("room", "Room id within the type (the part after `://`).", _TEXT, example="1000"),
         ],
     ),
     "/goim/push/all": _push(
         "Broadcast to every connection",
         "Delivers the message to every connection of the cluster (goim `pushAll`).",
-        [_query("speed", "Rate limit hint for the broadcast (goim's `speed`); 0 means no limit.", {"type": "integer", "minimum": 0}, required=False)],
+        [_query("speed", "Rate limit hint for the broadcast (goim's `speed`); 0 means no limit.", {"type": "integer", "format": "int32", "minimum": 0, "maximum": (1 << 31) - 1}, required=False)],
     ),
     "/goim/online/top": _get(
         "online",
         "Most populated rooms of a type",
         [
-            _query("type", "Room type.", {"type": "string", "minLength": 1}, example="live"),
+            _query("type", "Room type.", _TEXT, example="live"),
             _query("limit", "How many rooms (default 20).", _LIMIT, required=False),
         ],
         {
@@ -145,7 +155,7 @@ _PATHS: dict[str, dict] = {
         "online",
         "Online counts of rooms",
         [
-            _query("type", "Room type.", {"type": "string", "minLength": 1}, example="live"),
+            _query("type", "Room type.", _TEXT, example="live"),
             _csv("rooms", "Comma-separated room ids within the type.", "1000,1001"),
         ],
         {"type": "object", "additionalProperties": {"type": "integer"}, "description": "room id -> online count"},
@@ -168,13 +178,14 @@ _PATHS: dict[str, dict] = {
     "/count": _get(
         "query",
         "Online counts per room or per server",
-        [_query("type", "What to count by.", {"type": "string", "enum": ["room", "server"]})],
+        [_query("type", "What to count by: `room` or `server` (blanks around it are ignored).",
+                {"type": "string", "pattern": f"^[{_BLANKS}]*(room|server)[{_BLANKS}]*$"}, example="room")],
         {"type": "object", "additionalProperties": {"type": "integer"}, "description": "room id or server id -> count"},
     ),
     "/room": _get(
         "query",
         "One room: online count and where its members are",
-        [_query("rid", "Room id `type://id`.", {"type": "string", "minLength": 1}, example="live://1000")],
+        [_query("rid", "Room id `type://id`.", _TEXT, example="live://1000")],
         {
             "type": "object",
             "properties": {
@@ -313,11 +324,17 @@ _IM_PATHS = {
                        "and stores nothing.",
         "parameters": [_UID],
         "requestBody": {"required": True, "description": "A MSG_SEND object.", "content": {"application/json": {
-            "schema": {"type": "object", "required": ["cmid", "to", "content"], "properties": {
-                "cmid": {"type": "string", "minLength": 1, "maxLength": 128},
-                "to": {"type": "integer", "format": "int64", "minimum": 1},
-                "type": {"type": "string", "default": "text"},
-                "content": {"description": "Any JSON value."}}}}}},
+            "schema": {"type": "object", "required": ["cmid", "to", "content"],
+                       "not": {"required": ["group"], "description": "group messages: not supported yet (400)"},
+                       "properties": {
+                "cmid": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^~]",
+                         "description": "Chosen by the client; `~` starts the server's own (read notices)."},
+                "to": {"type": "integer", "format": "int64", "minimum": 1, "maximum": (1 << 63) - 1,
+                       "description": "The receiver; not the sender itself (400)."},
+                "type": {"type": "string", "minLength": 1, "maxLength": 32, "not": {"const": "read"},
+                         "default": "text", "description": "`read` is the server's (read notices)."},
+                "content": {"description": "Any JSON value but null (null counts as missing: 400).",
+                            "not": {"type": "null"}}}}}}},
         "responses": {"200": _reply("Durable.", {"type": "object", "properties": {
             "cmid": {"type": "string"}, "msg_id": {"type": "string"}, "seq": {"type": "integer"},
             "ts": {"type": "integer", "description": "ms since the epoch"}}}), **_IM_ERRORS},

@@ -70,7 +70,8 @@ class LogicRpcService(RpcService):
     async def _connect(self, req: pb.ConnectReq) -> pb.ConnectReply:
         c = await self.logic.connect(req.server, req.body)  # AuthError -> error reply of kind "auth"
         return pb.ConnectReply(conn_id=c.conn_id, mid=c.mid, key=c.key, room_id=c.room_id,
-                               accepts=list(c.accepts), platform=c.platform, rooms=list(c.rooms))
+                               accepts=list(c.accepts), platform=c.platform, rooms=list(c.rooms),
+                               inbox_seq=c.inbox_seq)
 
     async def _disconnect(self, req: pb.DisconnectReq) -> pb.Empty:
         logic, server = self.logic, req.server
@@ -215,7 +216,8 @@ class LogicClient:
                 raise AuthError(e.message) from None
             raise
         r = pb.ConnectReply.FromString(raw)
-        return Connected(r.conn_id, r.mid, r.key, r.room_id, tuple(r.accepts), r.platform, rooms=tuple(r.rooms))
+        return Connected(r.conn_id, r.mid, r.key, r.room_id, tuple(r.accepts), r.platform,
+                         inbox_seq=r.inbox_seq if r.HasField("inbox_seq") else None, rooms=tuple(r.rooms))
 
     async def disconnect(self, server: str, conn_id: int, mid: int) -> None:
         await self._enqueue(pb.DISCONNECT, server, conn_id, mid)

@@ -1,0 +1,1 @@
+UNMATCHED: str

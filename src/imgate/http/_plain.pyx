@@ -1,0 +1,181 @@
+"""The plain-request parser of imgate.http: the requests programs send, parsed without httptools.
+
+Plain: ``GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS /target HTTP/1.1``, the target printable ASCII
+without ``%`` or ``#``; header names of token characters, values printable ASCII (or tab); at most
+one Content-Length (digits, within ``max_body``); no Transfer-Encoding, Expect or Upgrade, Connection
+only ``keep-alive``; the head within ``max_header_bytes``; the body all here. Every other request,
+and every error, is httptools' (the connection, ``_protocol.pyx``, hands it the bytes from the first
+one that is not plain), so this parser only ever says yes or "not mine".
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcmp
+
+from imgate.http._request cimport Request
+
+
+cdef inline bint _target_char(unsigned char c):
+    # what a plain target may hold: printable ASCII but '%' (an escape to decode) and '#'
+    return 0x20 < c < 0x7f and c != b'%' and c != b'#'
+
+
+cdef bint plain_target(bytes url):
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(url)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(url)
+    if n == 0 or p[0] != b'/':
+        return False
+    for i in range(n):
+        if not _target_char(p[i]):
+            return False
+    return True
+
+
+cdef str _M_GET = "GET", _M_HEAD = "HEAD", _M_POST = "POST", _M_PUT = "PUT"
+cdef str _M_DELETE = "DELETE", _M_PATCH = "PATCH", _M_OPTIONS = "OPTIONS"
+
+
+cdef str _plain_method(const unsigned char* m, Py_ssize_t n):
+    """The method's interned name, None for one the fast path leaves to httptools."""
+    if n == 3 and memcmp(m, b"GET", 3) == 0:
+        return _M_GET
+    if n == 4 and memcmp(m, b"POST", 4) == 0:
+        return _M_POST
+    if n == 4 and memcmp(m, b"HEAD", 4) == 0:
+        return _M_HEAD
+    if n == 3 and memcmp(m, b"PUT", 3) == 0:
+        return _M_PUT
+    if n == 6 and memcmp(m, b"DELETE", 6) == 0:
+        return _M_DELETE
+    if n == 5 and memcmp(m, b"PATCH", 5) == 0:
+        return _M_PATCH
+    if n == 7 and memcmp(m, b"OPTIONS", 7) == 0:
+        return _M_OPTIONS
+    return None
+
+
+cdef inline bint _is_tchar(unsigned char c):
+    # RFC 9110 token characters
+    if b'a' <= c <= b'z' or b'A' <= c <= b'Z' or b'0' <= c <= b'9':
+        return True
+    return c in b"!#$%&'*+-.^_`|~"
+
+
+cdef dict _LOWER_CACHE = {}
+
+
+cdef str _lower_ascii(const unsigned char* s, Py_ssize_t n):
+    """A header name in lower case; the names a client repeats on every request are made once."""
+    cdef bytes raw = (<const char*>s)[:n]
+    cdef object hit = _LOWER_CACHE.get(raw)
+    if hit is not None:
+        return <str>hit
+    name = raw.decode("latin-1").lower()
+    if len(_LOWER_CACHE) < 256:
+        _LOWER_CACHE[raw] = name
+    return name
+
+
+cdef Request parse_plain(const unsigned char* p, Py_ssize_t n, Py_ssize_t start,
+                         Py_ssize_t max_header_bytes, Py_ssize_t max_body, Py_ssize_t* end):
+    cdef Py_ssize_t i = start, k, name0, name1, val0, val1, head_end
+    cdef Py_ssize_t limit = start + max_header_bytes
+    cdef Py_ssize_t clen = -1, method_len, target0, target1, q = -1
+    cdef unsigned char c
+    cdef dict headers = {}
+    cdef str key, val, prev
+    cdef Request req
+    if limit > n:
+        limit = n
+    # request line: METHOD SP target SP HTTP/1.1 CRLF
+    while i < limit and b'A' <= p[i] <= b'Z':
+        i += 1
+    method_len = i - start
+    if method_len < 3 or method_len > 7 or i >= limit or p[i] != b' ':
+        return None
+    method = _plain_method(p + start, method_len)
+    if method is None:
+        return None
+    i += 1
+    target0 = i
+    if i >= limit or p[i] != b'/':
+        return None
+    while i < limit:
+        c = p[i]
+        if c == b' ':
+            break
+        if not _target_char(c):
+            return None
+        if c == b'?' and q < 0:
+            q = i
+        i += 1
+    target1 = i
+    if i + 11 > limit or memcmp(p + i, b" HTTP/1.1\r\n", 11) != 0:
+        return None
+    i += 11
+    # header fields, up to the empty line
+    while True:
+        if i + 1 >= limit:
+            return None                         # not all here, or too big: httptools decides
+        if p[i] == b'\r':
+            if p[i + 1] != b'\n':
+                return None
+            head_end = i + 2
+            break
+        name0 = i
+        while i < limit and _is_tchar(p[i]):
+            i += 1
+        name1 = i
+        if name1 == name0 or i >= limit or p[i] != b':':
+            return None
+        i += 1
+        while i < limit and (p[i] == b' ' or p[i] == b'\t'):
+            i += 1
+        val0 = i
+        while i < limit:
+            c = p[i]
+            if c == b'\r':
+                break
+            if (c < 0x20 and c != b'\t') or c >= 0x7f:
+                return None
+            i += 1
+        if i + 1 >= limit or p[i + 1] != b'\n':
+            return None
+        val1 = i                                # trailing blanks kept, as httptools keeps them
+        i += 2
+        key = _lower_ascii(p + name0, name1 - name0)
+        val = (<const char*>p)[val0:val1].decode("latin-1")
+        if key == "content-length":
+            if clen >= 0 or val1 == val0 or val1 - val0 > 18:
+                return None
+            clen = 0
+            for k in range(val0, val1):
+                if not (b'0' <= p[k] <= b'9'):
+                    return None
+                clen = clen * 10 + (p[k] - 48)   # ASCII digit
+            if clen > max_body:
+                return None
+        elif key == "transfer-encoding" or key == "expect" or key == "upgrade":
+            return None
+        elif key == "connection":
+            if val.lower() != "keep-alive":
+                return None
+        prev = headers.get(key)
+        headers[key] = val if prev is None else f"{prev}, {val}"
+    if clen < 0:
+        clen = 0
+    if head_end + clen > n:
+        return None                             # the body is still on its way
+    req = Request.__new__(Request)
+    req.method = method
+    if q < 0:
+        req.path = (<const char*>p)[target0:target1].decode("ascii")
+        req.query_string = ""
+    else:
+        req.path = (<const char*>p)[target0:q].decode("ascii")
+        req.query_string = (<const char*>p)[q + 1:target1].decode("ascii")
+    req.headers = headers
+    req.body = (<const char*>p)[head_end:head_end + clen] if clen else b""
+    req.version = "1.1"
+    req.keep_alive = True
+    end[0] = head_end + clen
+    return req

@@ -1,0 +1,3 @@
+from typing import Any
+
+def encode_response(resp: Any, keep_alive: bool, head_only: bool, http10: bool) -> bytes: ...
