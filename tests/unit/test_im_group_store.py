@@ -134,7 +134,7 @@ def test_membership_rules(tmp_path):
         svc, _ = await started(tmp_path)
         g = (await svc.create_group(1, {"name": "g", "members": [2]}))["group"]
         cases = [
-            (svc.change_members(g, None, {"remove": [1]}), 400),                # the owner
+            (svc.change_members(g, None, {"remove": [1]}), 409),                # the owner
             (svc.change_members(g, 2, {"add": [3]}), 403),                      # not an admin
             (svc.change_members(g, None, {"add": list(range(10, 20))}), 409),   # beyond the cap
             (svc.change_members(99, None, {"add": [3]}), 404),

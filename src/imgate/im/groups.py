@@ -39,10 +39,14 @@ def _uids(body: dict, name: str, limit: int) -> list:
         raise ImError(E_BAD_REQUEST, f"'{name}' must be a list of user ids")
     if len(v) > limit:
         raise ImError(E_CONFLICT, f"'{name}' holds {len(v)} users, beyond group_max_members ({limit})")
+    out = []
     for u in v:
+        if type(u) is float and u.is_integer():
+            u = int(u)  # 5.0 is the integer 5 in JSON, as in get_int
         if isinstance(u, bool) or not isinstance(u, int) or not 0 < u < 1 << 63:
             raise ImError(E_BAD_REQUEST, f"'{name}' holds {json.dumps(u)[:40]}, not a user id (an integer > 0)")
-    return v
+        out.append(u)
+    return out
 
 
 class GroupsMixin:
@@ -144,6 +148,10 @@ class GroupsMixin:
         name = body.get("name", "")
         if not isinstance(name, str) or len(name) > MAX_NAME:
             raise ImError(E_BAD_REQUEST, f"'name' must be a string of at most {MAX_NAME} characters")
+        try:  # before the store: a lone surrogate would fail its whole batch
+            name.encode()
+        except UnicodeEncodeError:
+            raise ImError(E_BAD_REQUEST, "'name' is not valid UTF-8 text (it holds a lone surrogate)") from None
         members = _uids(body, "members", self.groups.max_members)
         gid, stored = await self.store.create_group(owner, name, members, self.groups)
         await self._after_group_store(stored, None)

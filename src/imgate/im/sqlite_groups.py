@@ -13,7 +13,7 @@ import json
 import sqlite3
 import time
 
-from imgate.im.protocol import E_BAD_REQUEST, E_CONFLICT, E_FORBIDDEN, E_OUT_OF_RANGE, E_UNKNOWN_RECEIVER, ImError
+from imgate.im.protocol import E_CONFLICT, E_FORBIDDEN, E_OUT_OF_RANGE, E_UNKNOWN_RECEIVER, ImError
 from imgate.im.store import INTERNAL_CMID_PREFIX, GroupLimits, NewMessage, Stored, digest_of, msg_json
 
 
@@ -94,7 +94,7 @@ class GroupsMixin:
         if actor is not None and self._member_role(conn, group, actor) not in ("owner", "admin"):
             raise ImError(E_FORBIDDEN, f"user {actor} is not the owner or an admin of group {group}")
         if owner in remove:
-            raise ImError(E_BAD_REQUEST, f"user {owner} is the owner of group {group} and cannot be removed")
+            raise ImError(E_CONFLICT, f"user {owner} is the owner of group {group} and cannot be removed")
         old = {u for (u,) in conn.execute("SELECT uid FROM group_members WHERE grp = ?", (group,))}
         added = sorted(set(add) - old)
         removed = sorted((set(remove) & old) - set(add))
@@ -103,7 +103,7 @@ class GroupsMixin:
             raise ImError(E_CONFLICT, f"{new_count} members is beyond group_max_members ({limits.max_members})")
         unknown = sorted(set(admins) - (old | set(added)) | (set(admins) & set(removed)))
         if unknown:
-            raise ImError(E_BAD_REQUEST, f"admins must be members of group {group}: {unknown} are not")
+            raise ImError(E_CONFLICT, f"admins must be members of group {group}: {unknown} are not")
         ts = int(time.time() * 1000)
         # joined after the message that announces the join: a member sees nothing from before it
         conn.executemany("INSERT OR IGNORE INTO users (uid, created) VALUES (?, ?)", [(u, ts) for u in added])

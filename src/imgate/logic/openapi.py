@@ -316,28 +316,35 @@ _IM_ERRORS = {
     "503": _error_response("The message store cannot write now (locked, full, overloaded): nothing was stored."),
 }
 _MSG = {"$ref": "#/components/schemas/Msg"}
+_INT64_ID = {"type": "integer", "format": "int64", "minimum": 1, "maximum": (1 << 63) - 1}
 _IM_PATHS = {
     "/im/send": {"post": {
-        "tags": ["im"], "summary": "Send a single-chat message as a user",
-        "description": "Stores the message in both inboxes and pushes op 24 to every connection of both users; "
-                       "answers once it is durable. A resend with the same `cmid` answers the original reply "
-                       "and stores nothing.",
+        "tags": ["im"], "summary": "Send a message as a user, to a user or a group",
+        "description": "Single chat: stores the message in both inboxes and pushes op 24 to every connection of "
+                       "both users. Group: stores it in the group's timeline (and its fan-out job in write mode); "
+                       "`seq` is then 0 and `gseq` its place. Answers once it is durable. A resend with the same "
+                       "`cmid` answers the original reply and stores nothing.",
         "parameters": [_UID],
         "requestBody": {"required": True, "description": "A MSG_SEND object.", "content": {"application/json": {
-            "schema": {"type": "object", "required": ["cmid", "to", "content"],
-                       "not": {"required": ["group"], "description": "group messages: not supported yet (400)"},
+            "schema": {"type": "object", "required": ["cmid", "content"],
+                       "oneOf": [{"required": ["to"], "not": {"required": ["group"]}},
+                                 {"required": ["group"], "not": {"required": ["to"]}}],
                        "properties": {
                 "cmid": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^~]",
                          "description": "Chosen by the client; `~` starts the server's own (read notices)."},
                 "to": {"type": "integer", "format": "int64", "minimum": 1, "maximum": (1 << 63) - 1,
                        "description": "The receiver; not the sender itself (400)."},
-                "type": {"type": "string", "minLength": 1, "maxLength": 32, "not": {"const": "read"},
-                         "default": "text", "description": "`read` is the server's (read notices)."},
+                "group": {"type": "integer", "format": "int64", "minimum": 1, "maximum": (1 << 63) - 1,
+                          "description": "A group the sender is a member of (403 otherwise, 404 if none)."},
+                "type": {"type": "string", "minLength": 1, "maxLength": 32, "not": {"enum": ["read", "member", "mode"]},
+                         "default": "text", "description": "`read`, `member` and `mode` are the server's."},
                 "content": {"description": "Any JSON value but null (null counts as missing: 400).",
                             "not": {"type": "null"}}}}}}},
         "responses": {"200": _reply("Durable.", {"type": "object", "properties": {
             "cmid": {"type": "string"}, "msg_id": {"type": "string"}, "seq": {"type": "integer"},
-            "ts": {"type": "integer", "description": "ms since the epoch"}}}), **_IM_ERRORS},
+            "group": {"type": "integer"}, "gseq": {"type": "integer"},
+            "ts": {"type": "integer", "description": "ms since the epoch"}}}), **_IM_ERRORS,
+            "403": _error_response("The sender is not a member of the group.")},
     }},
     "/im/sync": {"get": {
         "tags": ["im"], "summary": "Inbox entries after a seq",
@@ -366,19 +373,19 @@ _IM_PATHS = {
             "parameters": [_UID],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {
                 "name": {"type": "string", "maxLength": 128},
-                "members": {"type": "array", "items": {"type": "integer", "format": "int64", "minimum": 1}}}}}}},
+                "members": {"type": "array", "items": _INT64_ID}}}}}},
             "responses": {"200": _reply("Created.", {"type": "object", "properties": {"group": {"type": "integer"}}}),
                           **_IM_ERRORS, "409": _error_response("More members than group_max_members.")},
         },
         "get": {
             "tags": ["im"], "summary": "A group's name, owner, admins, member count and mode",
-            "parameters": [_query("group", "The group id.", {"type": "integer", "minimum": 1})],
+            "parameters": [_query("group", "The group id.", _INT64_ID)],
             "responses": {"200": _reply("The group.", {"type": "object", "properties": {
                 "group": {"type": "integer"}, "name": {"type": "string"}, "owner": {"type": "integer"},
                 "admins": {"type": "array", "items": {"type": "integer"}}, "members": {"type": "integer"},
                 "mode": {"type": "string", "enum": ["write", "read"]},
                 "max_gseq": {"type": "integer", "description": "The newest message's place in the timeline."}}}),
-                "404": _error_response("No such group.")},
+                "400": _BAD, "404": _error_response("No such group."), "503": _IM_ERRORS["503"]},
         },
     },
     "/im/groups/members": {"post": {
@@ -387,20 +394,20 @@ _IM_PATHS = {
                        "the added and the removed see it too, and nobody gets a message from before their join or "
                        "after their removal. Crossing group_write_limit switches the mode, announced by a message "
                        "of type `mode`.",
-        "parameters": [_query("group", "The group id.", {"type": "integer", "minimum": 1}),
+        "parameters": [_query("group", "The group id.", _INT64_ID),
                        _query("uid", "The acting user: the owner or an admin (default: the backend, as the owner).",
-                              {"type": "integer", "minimum": 1}, required=False)],
+                              _INT64_ID, required=False)],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {
-            "add": {"type": "array", "items": {"type": "integer", "minimum": 1}},
-            "remove": {"type": "array", "items": {"type": "integer", "minimum": 1}},
-            "admins": {"type": "array", "items": {"type": "integer", "minimum": 1},
+            "add": {"type": "array", "items": _INT64_ID},
+            "remove": {"type": "array", "items": _INT64_ID},
+            "admins": {"type": "array", "items": _INT64_ID,
                        "description": "Members made admins."}}}}}},
         "responses": {"200": _reply("The group after the change.", {"type": "object", "properties": {
             "members": {"type": "integer"}, "mode": {"type": "string", "enum": ["write", "read"]}}}),
-            "400": _error_response("Removing the owner, an admin who is not a member, a malformed list."),
+            "400": _error_response("A malformed list."),
             "403": _error_response("`uid` is not the owner or an admin."),
             "404": _error_response("No such group."),
-            "409": _error_response("More members than group_max_members."),
+            "409": _error_response("More members than group_max_members, removing the owner, an admin who is not a member."),
             "503": _IM_ERRORS["503"]},
     }},
 }
