@@ -71,11 +71,16 @@ def test_small_and_large_group_delivery_and_membership(serve):
         for c in (a, b):  # the creation is the group's first message, in every member's inbox
             [m] = await pushed(c)
             assert (m["type"], m["gseq"], m["seq"], m["content"]["add"]) == ("member", 1, 1, [1, 2, 3])
+        a2 = await connect(proc, 1, "ws")  # the sender's other device
         reply = await a.send_group(g, "hello", cmid="h")
-        assert (reply["seq"], reply["gseq"], reply["group"]) == (0, 2, g)
-        for c, want_seq in ((a, 2), (b, 2)):  # write mode: each member's own seq, the sender's too
+        # write mode: the 23 carries the sender's own seq (its entry is written with the message)
+        assert (reply["seq"], reply["gseq"], reply["group"]) == (2, 2, g)
+        assert await a.send_group(g, "hello", cmid="h") == reply  # a resend: the same answer
+        for c, want_seq in ((a2, 2), (b, 2)):  # each member's own seq; the sending connection has its 23
             [m] = await pushed(c)
             assert (m["seq"], m["gseq"], m["from"], m["content"], m["conv"]) == (want_seq, 2, 1, "hello", f"g:{g}")
+        await a.heartbeat()  # answered in order: a push of its own entry would be queued before it
+        assert a.queued == 0, f"the sending connection got {a.recv_nowait()}"
         # member 3 was offline: it syncs both
         assert group_gseqs(await inbox(proc, 3), g) == [1, 2]
         # errors: not a member, the owner, a non-admin actor, beyond the cap
@@ -94,8 +99,9 @@ def test_small_and_large_group_delivery_and_membership(serve):
         for c in (a, b):
             assert [m["type"] for m in await pushed(c)] == ["member"]
             assert [(m["type"], m["content"]["mode"]) for m in await pushed(c)] == [("mode", "read")]
+        await a2.close()
         reply = await b.send_group(g, "big now")
-        assert (reply["seq"], reply["gseq"]) == (0, 5)
+        assert (reply["seq"], reply["gseq"]) == (0, 5)  # read mode: no inbox entry, the gseq says where
         for c in (a, b):  # online members get it pushed, seq 0: it is in the group's timeline only
             [m] = await pushed(c)
             assert (m["seq"], m["gseq"], m["content"]) == (0, 5, "big now")

@@ -69,11 +69,19 @@ def test_write_mode_membership_and_switch_both_ways(tmp_path):
         model.members = {1, 2, 3}
         model.message(1)
         gseq = 1
+        replies = []
         for i, sender in enumerate([1, 2, 3, 2]):
             reply = await svc.send(sender, {"cmid": f"a{i}", "group": g, "content": i})
             gseq += 1
-            assert reply["gseq"] == gseq and reply["seq"] == 0  # the entry comes with the fan-out
+            assert reply["gseq"] == gseq and reply["seq"] > 0  # the sender's own entry, written with it
+            replies.append((sender, reply))
             model.message(gseq)
+        # the 23's seq is the sender's entry of that gseq, and a resend of the cmid answers it again
+        for i, (sender, reply) in enumerate(replies):
+            again = await svc.send(sender, {"cmid": f"a{i}", "group": g, "content": i})
+            assert again == reply
+            page = json.loads(await svc.sync(sender, {"after": reply["seq"] - 1, "limit": 1}))
+            assert [(m["seq"], m["gseq"]) for m in page["msgs"]] == [(reply["seq"], reply["gseq"])]
         r = await svc.change_members(g, None, {"add": [4], "remove": [3]})
         assert r == {"members": 3, "mode": "write"}
         gseq += 1

@@ -1,14 +1,14 @@
 """Groups in imService (docs/im.md "Groups"): membership, the write fan-out consumer, read-mode pulls.
 
 A mixin of :class:`imgate.im.service.ImService`. A group message is stored with its gseq; in write mode
-(at most ``group_write_limit`` members) the store also queued a fan-out job in the same transaction
-(the outbox), and the sender's 23 goes out then, with ``seq`` 0 and the message's ``gseq``: the sender's
-own entry is written by the fan-out like every member's, so that each inbox follows gseq order. The **consumer** (seed: consumerService) takes the
-jobs from the store, oldest first, and has the store write each member's entry (one transaction per
-job, which deletes it), then pushes the entries through the ordinary delivery path. Embedded, it runs
-in the node's process; after a kill -9 it resumes from the outbox at start. In read mode the message
-is stored once; online members get it pushed (``seq`` 0, the msg's ``gseq`` says where it is), the
-others learn from SYNC's ``groups`` and pull with op 28.
+(at most ``group_write_limit`` members) the same transaction writes the sender's own entry and queues
+a fan-out job to the other members (the outbox), and the sender's 23 carries its own seq plus the
+message's ``group`` and ``gseq``. The **consumer** (seed: consumerService) takes the jobs from the
+store, oldest first, and has the store write each member's entry (one transaction per round of
+jobs, which deletes them), then pushes the entries through the ordinary delivery path. Embedded, it
+runs in the node's process; after a kill -9 it resumes from the outbox at start. In read mode the
+message is stored once; its 23 has ``seq`` 0 (no inbox entry) and the ``gseq``; online members get it
+pushed through the group's room, the others learn from SYNC's ``groups`` and pull with op 28.
 """
 
 from __future__ import annotations
@@ -96,11 +96,16 @@ class GroupsMixin:
         await self._deliver(stored, None)
 
     async def _after_group_store(self, stored: Stored, origin: tuple | None) -> None:
-        """What follows a new group message's commit: the fan-out, or the online members of a
-        read-mode group."""
+        """What follows a new group message's commit: in write mode the sender's own entries (those
+        of older jobs first) to its connections, the sending one learning the new seq from its 23,
+        and the fan-out to the others; in read mode the push to the group's room."""
         if stored.job is not None:
             self._fanout_wake.set()
-        elif stored.msg is not None:  # the sending connection too, as in write mode: one way for clients
+        for older in stored.earlier:
+            await self._deliver(older, None)
+        if stored.entries:
+            await self._deliver(stored, origin)
+        elif stored.msg is not None:  # the sending connection too: its 23 has no seq to go by
             await self._deliver_read_mode(stored)
 
     async def _deliver_read_mode(self, stored: Stored) -> None:

@@ -3,8 +3,8 @@
 A mixin of :class:`imgate.im.sqlite.SqliteStore`: writes run on its writer thread (``self._write``),
 reads on its reader threads (``self._read``). Every group message takes the group's next gseq; in
 write mode its transaction also stores the sender's inbox entry and an outbox row (the fan-out job)
-naming the members at that moment (the sender too), and ``fan_out`` writes their entries and deletes the row
-in one transaction: a job is done exactly once, even across a kill -9.
+naming the other members at that moment, and ``fan_out`` writes their entries and deletes the row in
+one transaction: a job is done exactly once, even across a kill -9.
 """
 
 from __future__ import annotations
@@ -35,26 +35,59 @@ class GroupsMixin:
         return row[0] if row else None
 
     def _store_group(self, conn: sqlite3.Connection, m: NewMessage) -> Stored:
-        """A group message (the cmid is new): its gseq, and in write mode its fan-out job."""
+        """A member's group message (the cmid is new): its gseq; in write mode the sender's own entry
+        and the fan-out job to the other members."""
         _, _, mode, _ = self._group_row(conn, m.group)
         if self._member_role(conn, m.group, m.sender) is None and not m.cmid.startswith(INTERNAL_CMID_PREFIX):
             raise ImError(E_FORBIDDEN, f"user {m.sender} is not a member of group {m.group}")
         owners = [u for (u,) in conn.execute("SELECT uid FROM group_members WHERE grp = ?", (m.group,))]
-        return self._group_message(conn, m, mode, owners)
+        earlier = self._owed_to(conn, m.group, m.sender) if mode == "write" else []
+        stored = self._group_message(conn, m, mode, owners, own_entry=m.sender in owners)
+        stored.earlier = earlier
+        return stored
 
-    def _group_message(self, conn: sqlite3.Connection, m: NewMessage, mode: str, owners: list) -> Stored:
-        """Store ``m`` in the group's timeline; in write mode queue the fan-out to ``owners``, the sender
-        included: every member's entries then follow gseq order (jobs are done in id order)."""
+    def _owed_to(self, conn: sqlite3.Connection, group: int, uid: int) -> list:
+        """Write ``uid``'s entries of the group's jobs not fanned out yet (and take it off them), so
+        that its next entry follows them: every inbox keeps the group's gseq order."""
+        out = []
+        rows = conn.execute("SELECT o.id, o.owners, m.id, m.sender, m.conv, m.type, m.content, m.ts, m.cmid, m.gseq"
+                            " FROM group_outbox o JOIN messages m ON m.id = o.msg_id WHERE m.grp = ? ORDER BY o.id",
+                            (group,)).fetchall()
+        for job, owners, msg_id, sender, conv, type_, content, ts, cmid, gseq in rows:
+            owners = json.loads(owners)
+            if uid not in owners:
+                continue
+            owners.remove(uid)
+            if owners:
+                conn.execute("UPDATE group_outbox SET owners = ? WHERE id = ?", (json.dumps(owners), job))
+            else:
+                conn.execute("DELETE FROM group_outbox WHERE id = ?", (job,))
+            seqs = {uid: self._next_seq(conn, uid)}
+            entries = self._add_entries(conn, seqs, msg_id, sender, conv, None, group, type_, content, ts, cmid, gseq)
+            out.append(Stored(msg_id=msg_id, ts=ts, seqs=seqs, entries=entries, gseq=gseq, group=group))
+        return out
+
+    def _group_message(self, conn: sqlite3.Connection, m: NewMessage, mode: str, owners: list,
+                       own_entry: bool = False) -> Stored:
+        """Store ``m`` in the group's timeline; in write mode queue the fan-out to ``owners``, where
+        ``own_entry`` writes the sender's entry now (its 23 carries that seq) and leaves it out of
+        the job. Jobs are done in id order, so every inbox follows gseq order."""
         ts = self._now_ms()
         gseq = conn.execute("UPDATE groups SET max_gseq = max_gseq + 1 WHERE id = ? RETURNING max_gseq",
                             (m.group,)).fetchone()[0]
+        own = own_entry and mode == "write"
+        seqs = {m.sender: self._next_seq(conn, m.sender) if own else 0}
         cur = conn.execute(
             "INSERT INTO messages (sender, cmid, conv, receiver, grp, type, content, digest, sender_seq, ts, gseq)"
-            " VALUES (?, ?, ?, NULL, ?, ?, ?, ?, 0, ?, ?)",
-            (m.sender, m.cmid, m.conv, m.group, m.type, m.content, m.digest, ts, gseq))
+            " VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
+            (m.sender, m.cmid, m.conv, m.group, m.type, m.content, m.digest, seqs[m.sender], ts, gseq))
         msg_id = cur.lastrowid
-        stored = Stored(msg_id=msg_id, ts=ts, seqs={m.sender: 0}, gseq=gseq, group=m.group)
+        stored = Stored(msg_id=msg_id, ts=ts, seqs=seqs, gseq=gseq, group=m.group)
         if mode == "write":
+            if own:
+                stored.entries = self._add_entries(conn, seqs, msg_id, m.sender, m.conv, None, m.group, m.type,
+                                                   m.content, ts, m.cmid, gseq)
+                owners = [u for u in owners if u != m.sender]
             if owners:
                 stored.job = conn.execute("INSERT INTO group_outbox (msg_id, owners) VALUES (?, ?)",
                                           (msg_id, json.dumps(sorted(owners)))).lastrowid
