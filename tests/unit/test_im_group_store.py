@@ -171,14 +171,19 @@ def test_an_unfinished_fan_out_is_resumed_once(tmp_path):
         svc = ImService(store, Sessions({}), Jobs(), groups=GroupLimits(write_limit=50))
         # not started: no consumer, the jobs stay in the outbox as after a kill -9
         g = (await svc.create_group(1, {"members": list(range(2, 30))}))["group"]
-        for i in range(20):
+        for i in range(20):  # a send fans out the group's older jobs first: one job is left
             await svc.send(1 + i % 5, {"cmid": f"m{i}", "group": g, "content": i})
-        assert len(await store.fanout_jobs(100)) == 21
+        assert len(await store.fanout_jobs(100)) == 1
+        for k in range(10):  # membership messages leave the older jobs to the consumer
+            await svc.change_members(g, None, {"add": [100 + k]})
+        assert len(await store.fanout_jobs(100)) == 11
         await store.close()
         svc, _ = await started(tmp_path, GroupLimits(write_limit=50), {3: [1]})
         await drained(svc)
         for u in range(1, 30):
-            assert await inbox_group_gseqs(svc, u, g) == list(range(1, 22)), u
+            assert await inbox_group_gseqs(svc, u, g) == list(range(1, 32)), u
+        for k in range(10):  # from the message announcing its join
+            assert await inbox_group_gseqs(svc, 100 + k, g) == list(range(22 + k, 32)), k
         assert await svc.store.fan_out(1) is None  # done once
         await svc.stop()
         await svc.store.close()

@@ -25,7 +25,7 @@ from imgate.protocol import KIND_JOIN, KIND_LEAVE, KIND_ROOM, IM_ROOM_PREFIX, Pu
 log = logging.getLogger("imgate.im.groups")
 
 MAX_NAME = 128
-FANOUT_BATCH = 64  # jobs taken from the store per round (their writes share the store's commits)
+FANOUT_BATCH = 64  # jobs fanned out per round of the consumer (one transaction in SqliteStore)
 
 
 def group_room(group: int) -> str:
@@ -77,28 +77,23 @@ class GroupsMixin:
         while True:
             self._fanout_wake.clear()  # before reading: a job queued meanwhile wakes the next round
             try:
-                jobs = await self.store.fanout_jobs(FANOUT_BATCH)
-                if jobs:
-                    await asyncio.gather(*(self._fan_out(j) for j in jobs))
-                    continue
+                done = await self.store.fan_out_next(FANOUT_BATCH)
             except Exception as e:  # the store is away: the jobs stay in the outbox, retried
                 log.warning("group fan-out round failed (retried): %s", e)
                 await asyncio.sleep(1.0)
                 continue
-            await self._fanout_wake.wait()
-
-    async def _fan_out(self, job: int) -> None:
-        stored = await self.store.fan_out(job)
-        if stored is None:
-            return
-        self.counters["fanout_jobs"] += 1
-        self.counters["fanout_entries"] += len(stored.entries)
-        await self._deliver(stored, None)
+            for stored in done:
+                self.counters["fanout_jobs"] += 1
+                self.counters["fanout_entries"] += len(stored.entries)
+                await self._deliver(stored, None)
+            if not done:
+                await self._fanout_wake.wait()
 
     async def _after_group_store(self, stored: Stored, origin: tuple | None) -> None:
-        """What follows a new group message's commit: in write mode the sender's own entries (those
-        of older jobs first) to its connections, the sending one learning the new seq from its 23,
-        and the fan-out to the others; in read mode the push to the group's room."""
+        """What follows a new group message's commit: in write mode the entries of the older jobs its
+        transaction fanned out, then the sender's own entry to its other connections (the sending one
+        learns the seq from its 23), and the consumer wakes for the job; in read mode the push to the
+        group's room."""
         if stored.job is not None:
             self._fanout_wake.set()
         for older in stored.earlier:
@@ -159,10 +154,10 @@ class GroupsMixin:
             raise ImError(E_BAD_REQUEST, "'name' is not valid UTF-8 text (it holds a lone surrogate)") from None
         members = _uids(body, "members", self.groups.max_members)
         gid, stored = await self.store.create_group(owner, name, members, self.groups)
-        await self._after_group_store(stored, None)
-        if stored.job is None:  # large at once: read mode
+        if stored.job is None:  # large at once: read mode; rooms first, so the creation reaches them
             self._any_read_mode = True
             await self._rooms(gid, KIND_JOIN, set(members) | {owner})
+        await self._after_group_store(stored, None)
         return {"group": gid}
 
     async def change_members(self, group: int, actor: int | None, body: dict) -> dict:

@@ -167,6 +167,9 @@ class SqliteStore(GroupsMixin, MessageStore):
         try:
             conn = self._connect()
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
+            # a batch holding group fan-outs touches thousands of pages: with the default 2 MB cache
+            # SQLite spills them to the WAL before the commit, writing them twice
+            conn.execute("PRAGMA cache_size = -32768")
             migrate(conn)
             if self.max_bytes:  # a write that would grow the file past it fails like a full disk
                 page = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -315,12 +318,17 @@ class SqliteStore(GroupsMixin, MessageStore):
         seq, min_seq = conn.execute(
             "UPDATE users SET max_seq = max_seq + 1 WHERE uid = ? RETURNING max_seq, min_seq", (owner,)).fetchone()
         keep = self.retention_entries
-        if keep and seq - min_seq + 1 > keep:  # the oldest entries go; the seq range stays gapless
-            new_min = seq - keep + 1
-            conn.execute("DELETE FROM inbox WHERE owner = ? AND seq < ?", (owner, new_min))
-            conn.execute("UPDATE users SET min_seq = ? WHERE uid = ?", (new_min, owner))
+        if keep and seq - min_seq + 1 > keep:
+            self._retain(conn, owner, seq)
         self._batch_seqs[owner] = seq
         return seq
+
+    def _retain(self, conn: sqlite3.Connection, owner: int, seq: int) -> None:
+        """The oldest entries beyond ``retention_entries`` go; the seq range stays gapless."""
+        new_min = seq - self.retention_entries + 1
+        if new_min > 1:
+            conn.execute("DELETE FROM inbox WHERE owner = ? AND seq < ?", (owner, new_min))
+            conn.execute("UPDATE users SET min_seq = MAX(min_seq, ?) WHERE uid = ?", (new_min, owner))
 
     def _open_inbox(self, conn: sqlite3.Connection, uid: int) -> int:
         conn.execute("INSERT OR IGNORE INTO users (uid, created) VALUES (?, ?)", (uid, int(time.time() * 1000)))

@@ -41,31 +41,18 @@ class GroupsMixin:
         if self._member_role(conn, m.group, m.sender) is None and not m.cmid.startswith(INTERNAL_CMID_PREFIX):
             raise ImError(E_FORBIDDEN, f"user {m.sender} is not a member of group {m.group}")
         owners = [u for (u,) in conn.execute("SELECT uid FROM group_members WHERE grp = ?", (m.group,))]
-        earlier = self._owed_to(conn, m.group, m.sender) if mode == "write" else []
+        earlier = self._fan_out_group(conn, m.group) if mode == "write" else []
         stored = self._group_message(conn, m, mode, owners, own_entry=m.sender in owners)
         stored.earlier = earlier
         return stored
 
-    def _owed_to(self, conn: sqlite3.Connection, group: int, uid: int) -> list:
-        """Write ``uid``'s entries of the group's jobs not fanned out yet (and take it off them), so
-        that its next entry follows them: every inbox keeps the group's gseq order."""
-        out = []
-        rows = conn.execute("SELECT o.id, o.owners, m.id, m.sender, m.conv, m.type, m.content, m.ts, m.cmid, m.gseq"
-                            " FROM group_outbox o JOIN messages m ON m.id = o.msg_id WHERE m.grp = ? ORDER BY o.id",
-                            (group,)).fetchall()
-        for job, owners, msg_id, sender, conv, type_, content, ts, cmid, gseq in rows:
-            owners = json.loads(owners)
-            if uid not in owners:
-                continue
-            owners.remove(uid)
-            if owners:
-                conn.execute("UPDATE group_outbox SET owners = ? WHERE id = ?", (json.dumps(owners), job))
-            else:
-                conn.execute("DELETE FROM group_outbox WHERE id = ?", (job,))
-            seqs = {uid: self._next_seq(conn, uid)}
-            entries = self._add_entries(conn, seqs, msg_id, sender, conv, None, group, type_, content, ts, cmid, gseq)
-            out.append(Stored(msg_id=msg_id, ts=ts, seqs=seqs, entries=entries, gseq=gseq, group=group))
-        return out
+    def _fan_out_group(self, conn: sqlite3.Connection, group: int) -> list:
+        """Fan out the group's jobs not done yet (oldest first): then the sender's next entry follows
+        them in its inbox, and every inbox keeps the group's gseq order. Work the consumer would do
+        anyway; while it keeps up there is at most a job or two."""
+        jobs = conn.execute("SELECT o.id FROM group_outbox o JOIN messages m ON m.id = o.msg_id WHERE m.grp = ?"
+                            " ORDER BY o.id", (group,)).fetchall()
+        return [self._fan_out(conn, j) for (j,) in jobs]
 
     def _group_message(self, conn: sqlite3.Connection, m: NewMessage, mode: str, owners: list,
                        own_entry: bool = False) -> Stored:
@@ -173,12 +160,34 @@ class GroupsMixin:
         if row is None:
             return None  # done before (a second consumer, or a resumed job)
         owners, msg_id, sender, conv, group, type_, content, ts, cmid, gseq = row
-        seqs = {}
-        for u in json.loads(owners):
-            seqs[u] = self._next_seq(conn, u)
-        entries = self._add_entries(conn, seqs, msg_id, sender, conv, None, group, type_, content, ts, cmid, gseq)
+        # statements per job, not per member: one UPDATE ... RETURNING gives every owner its next seq
+        rows = conn.execute("UPDATE users SET max_seq = max_seq + 1 WHERE uid IN (SELECT value FROM json_each(?))"
+                            " RETURNING uid, max_seq, min_seq", (owners,)).fetchall()
+        seqs = {u: seq for u, seq, _ in rows}
+        keep = self.retention_entries
+        for u, seq, min_seq in rows if keep else ():
+            if seq - min_seq + 1 > keep:
+                self._retain(conn, u, seq)
+        self._batch_seqs.update(seqs)
+        unread = 0 if type_ == "read" else 1
+        conn.executemany("INSERT INTO inbox (owner, seq, msg_id, conv, unread, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                         [(u, seq, msg_id, conv, unread if u != sender else 0, ts) for u, seq in seqs.items()])
+        if type_ != "read":
+            conn.executemany(
+                "INSERT INTO conversations (owner, conv, peer, last_seq, last_msg_id, unread)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (owner, conv) DO UPDATE SET"
+                " last_seq = excluded.last_seq, last_msg_id = excluded.last_msg_id,"
+                " unread = unread + excluded.unread",
+                [(u, conv, group, seq, msg_id, 1 if u != sender else 0) for u, seq in seqs.items()])
         conn.execute("DELETE FROM group_outbox WHERE id = ?", (job,))
+        # every entry is the same msg but for its leading seq
+        tail = msg_json(0, msg_id, conv, sender, None, group, type_, content, ts, cmid, gseq)[len('{"seq":0'):]
+        entries = {u: f'{{"seq":{seq}{tail}' for u, seq in seqs.items()}
         return Stored(msg_id=msg_id, ts=ts, seqs=seqs, entries=entries, gseq=gseq, group=group, job=job)
+
+    def _fan_out_next(self, conn: sqlite3.Connection, limit: int) -> list:
+        jobs = [j for (j,) in conn.execute("SELECT id FROM group_outbox ORDER BY id LIMIT ?", (limit,))]
+        return [s for s in map(lambda j: self._fan_out(conn, j), jobs) if s is not None]
 
     def _group_ack(self, conn: sqlite3.Connection, uid: int, group: int, gseq: int) -> int:
         _, _, _, max_gseq = self._group_row(conn, group)
@@ -259,6 +268,9 @@ class GroupsMixin:
 
     async def fan_out(self, job: int) -> Stored | None:
         return await self._write(self._fan_out, job)
+
+    async def fan_out_next(self, limit: int) -> list:
+        return await self._write(self._fan_out_next, limit)
 
     async def group_pull(self, uid: int, group: int, after: int, limit: int) -> tuple:
         return await self._read(self._group_pull_now, uid, group, after, limit)

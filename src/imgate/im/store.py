@@ -53,7 +53,7 @@ class Stored:
     job: int | None = None      # a write-mode group message: its fan-out job (fan_out does it)
     group: int | None = None
     msg: str | None = None      # a read-mode group message: its msg JSON (seq 0), pushed to online members
-    earlier: list = field(default_factory=list)  # write mode: the sender's entries of older jobs, written first
+    earlier: list = field(default_factory=list)  # write mode: the group's older jobs, fanned out first
 
 
 @dataclass
@@ -153,8 +153,8 @@ class MessageStore(ABC):
     # seq is kept with the message, so a resend of the cmid answers it) and stores a fan-out job (the
     # outbox) naming the other members; ``fan_out`` later writes their entries and deletes the job in
     # one transaction, so a job is done exactly once whatever crashes. To keep each inbox in gseq
-    # order, the same transaction first writes the sender's entries of the group's older jobs and
-    # takes the sender off them (``earlier``). In read mode ``seqs`` is {sender: 0} (no inbox entry).
+    # order, the same transaction first fans out the group's older jobs not done yet (their Stored in
+    # ``earlier``, delivered by the service). In read mode ``seqs`` is {sender: 0} (no inbox entry).
     # Membership changes are messages of type "member" (and a mode switch one of type "mode"), stored
     # the same way, their fan-out naming every member (the actor too).
 
@@ -188,6 +188,16 @@ class MessageStore(ABC):
         """Write the job's inbox entries (each owner's next seq) and delete it, in one transaction;
         None when it was done already. ``entries``/``seqs`` hold the owners written."""
         raise ImError(E_UNAVAILABLE, f"groups are not implemented by {type(self).__name__} yet")
+
+    async def fan_out_next(self, limit: int) -> list:
+        """Fan out the ``limit`` oldest jobs, in id order; their Stored (the consumer's round). A store
+        may do them in one transaction (SqliteStore does); each job is still done exactly once."""
+        out = []
+        for job in await self.fanout_jobs(limit):
+            stored = await self.fan_out(job)
+            if stored is not None:
+                out.append(stored)
+        return out
 
     async def group_pull(self, uid: int, group: int, after: int, limit: int) -> tuple:
         """(msg JSON texts with gseq > max(after, the member's join), has_more, max_gseq): the
