@@ -53,7 +53,7 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, dict]:
     conf = workdir / "serve.toml"
     conf.write_text(dump_toml(dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
                                    api_auth="none", data_dir=str(workdir / "data"), heartbeat_timeout=900.0,
-                                   max_pending=8 << 20, ack_timeout=60.0, client_op_rate=0.0)))
+                                   max_pending=8 << 20, ack_timeout=60.0, client_op_rate=0.0, im_max_inflight=4096)))
     proc = subprocess.Popen([sys.executable, "-m", "imgate", "serve", "--config", str(conf), "--log-level", "WARNING"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_fd_cap)
     urls = {}
@@ -133,7 +133,7 @@ async def write_mode(urls, pid, args) -> dict:
 
     async def one(i):
         start = time.monotonic_ns()
-        reply = await sender.send_group(g, {"i": i})
+        reply = await sender.send_group(g, {"i": i}, timeout=120)
         lat.append((await drivers.reached(f"g{reply['gseq']}") - start) / 1e6)
 
     cpu0, t0 = server_cpu(pid), time.monotonic()
@@ -171,7 +171,7 @@ async def read_mode(urls, pid, args) -> dict:
         c0 = server_cpu(pid)
         for _ in range(10):
             start = time.monotonic_ns()
-            reply = await sender.send_group(g, content)
+            reply = await sender.send_group(g, content, timeout=120)
             lat["group"].append((await drivers.reached(f"g{reply['gseq']}") - start) / 1e6)
         c1 = server_cpu(pid)
         cpu["group"] += c1 - c0

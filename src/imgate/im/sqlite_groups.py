@@ -169,16 +169,18 @@ class GroupsMixin:
             if seq - min_seq + 1 > keep:
                 self._retain(conn, u, seq)
         self._batch_seqs.update(seqs)
+        # the entries and conversation rows from users.max_seq as just updated: no row crosses Python
         unread = 0 if type_ == "read" else 1
-        conn.executemany("INSERT INTO inbox (owner, seq, msg_id, conv, unread, ts) VALUES (?, ?, ?, ?, ?, ?)",
-                         [(u, seq, msg_id, conv, unread if u != sender else 0, ts) for u, seq in seqs.items()])
+        conn.execute("INSERT INTO inbox (owner, seq, msg_id, conv, unread, ts)"
+                     " SELECT uid, max_seq, ?, ?, CASE WHEN uid = ? THEN 0 ELSE ? END, ? FROM users"
+                     " WHERE uid IN (SELECT value FROM json_each(?))", (msg_id, conv, sender, unread, ts, owners))
         if type_ != "read":
-            conn.executemany(
+            conn.execute(
                 "INSERT INTO conversations (owner, conv, peer, last_seq, last_msg_id, unread)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (owner, conv) DO UPDATE SET"
-                " last_seq = excluded.last_seq, last_msg_id = excluded.last_msg_id,"
-                " unread = unread + excluded.unread",
-                [(u, conv, group, seq, msg_id, 1 if u != sender else 0) for u, seq in seqs.items()])
+                " SELECT uid, ?, ?, max_seq, ?, uid != ? FROM users WHERE uid IN (SELECT value FROM json_each(?))"
+                " ON CONFLICT (owner, conv) DO UPDATE SET last_seq = excluded.last_seq,"
+                " last_msg_id = excluded.last_msg_id, unread = unread + excluded.unread",
+                (conv, group, msg_id, sender, owners))
         conn.execute("DELETE FROM group_outbox WHERE id = ?", (job,))
         # every entry is the same msg but for its leading seq
         tail = msg_json(0, msg_id, conv, sender, None, group, type_, content, ts, cmid, gseq)[len('{"seq":0'):]
