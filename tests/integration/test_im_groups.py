@@ -234,6 +234,32 @@ def test_the_client_stream_follows_a_group_through_both_modes(serve):
     run(go())
 
 
+def test_the_client_stream_pulls_read_mode_news_at_start(serve):
+    """A member back online whose inbox has nothing new, but whose read-mode group got messages while
+    it was away: its stream pulls them at once (the auth put it in the group's room, so it SYNCs),
+    without waiting for a push."""
+    proc = serve(group_write_limit=2, group_hysteresis=1, ack_timeout=60.0)
+
+    async def go():
+        g = (await ok(proc, "POST", "/im/groups?uid=1", {"name": "r", "members": [2, 3]}))["group"]  # read mode
+        a = await connect(proc, 1)
+        b = await connect(proc, 2, "ws")
+        seen = b.inbox_seq  # the creation: read mode, not in the inbox
+        await b.close()
+        for i in range(2):
+            await a.send_group(g, f"away {i}")
+        b = await connect(proc, 2)
+        assert b.inbox_seq == seen
+        stream = b.messages()
+        got = [await asyncio.wait_for(stream.__anext__(), 20) for _ in range(3)]
+        assert [(m["gseq"], m["content"] if m["type"] == "text" else m["type"]) for m in got] == \
+            [(1, "member"), (2, "away 0"), (3, "away 1")]
+        for c in (a, b):
+            await c.close()
+
+    run(go())
+
+
 def test_kill_during_a_switch_to_read_mode(serve):
     """kill -9 right after the membership change that switches the group (the fan-out of the last
     write-mode message, the member and the mode messages unfinished): after restart every member's inbox holds
