@@ -40,8 +40,10 @@ class GroupsMixin:
         _, _, mode, _ = self._group_row(conn, m.group)
         if self._member_role(conn, m.group, m.sender) is None and not m.cmid.startswith(INTERNAL_CMID_PREFIX):
             raise ImError(E_FORBIDDEN, f"user {m.sender} is not a member of group {m.group}")
+        if mode == "read":  # stored once, whatever the number of members: nothing per member here
+            return self._group_message(conn, m, mode, [])
         owners = [u for (u,) in conn.execute("SELECT uid FROM group_members WHERE grp = ?", (m.group,))]
-        earlier = self._fan_out_group(conn, m.group) if mode == "write" else []
+        earlier = self._fan_out_group(conn, m.group)
         stored = self._group_message(conn, m, mode, owners, own_entry=m.sender in owners)
         stored.earlier = earlier
         return stored
