@@ -143,9 +143,9 @@ async def _no_news(c):
 
 
 def test_kill_during_write_fan_out_loses_and_repeats_nothing(serve):
-    """kill -9 while the outbox still holds jobs: after restart every member has every message once.
-    A send fans out its group's older jobs itself, so each group keeps its newest job (and its
-    membership messages') for the consumer, which is off until the kill so that they surely are left."""
+    """kill -9 while the outbox still holds jobs: after restart every member has every message once,
+    and each sender's entries (written with its sends, ahead of the older jobs' rest) are in gseq
+    order. The consumer is off until the kill, so that the jobs surely are left then."""
     proc = serve(group_consumer=False)
     members = list(range(1, 201))  # 200: write mode
 
@@ -164,7 +164,7 @@ def test_kill_during_write_fan_out_loses_and_repeats_nothing(serve):
     db = sqlite3.connect(proc.config["data_dir"] + "/im.db")
     left = db.execute("SELECT COUNT(*) FROM group_outbox").fetchone()[0]
     db.close()
-    assert left == 4, left
+    assert left >= 4, left  # at least each group's last message
     proc.config["group_consumer"] = True
     proc.start()
 
@@ -261,8 +261,8 @@ def test_the_client_stream_pulls_read_mode_news_at_start(serve):
 
 
 def test_kill_during_a_switch_to_read_mode(serve):
-    """kill -9 right after the membership change that switches the group (the fan-out of the last
-    write-mode message, the member and the mode messages unfinished): after restart every member's inbox holds
+    """kill -9 right after the membership change that switches the group (its fan-out of the write-mode
+    messages, the member and the mode messages unfinished): after restart every member's inbox holds
     exactly what it must, and the timeline is pullable from each member's join. The consumer is off
     until the kill, so that the outbox surely holds the switch's jobs then."""
     proc = serve(group_write_limit=60, group_hysteresis=10, group_consumer=False)
@@ -280,7 +280,8 @@ def test_kill_during_a_switch_to_read_mode(serve):
     g = run(before())
     proc.kill()
     db = sqlite3.connect(proc.config["data_dir"] + "/im.db")
-    left = db.execute("SELECT COUNT(*) FROM group_outbox").fetchone()[0]
+    left = [g for (g,) in db.execute("SELECT m.gseq FROM group_outbox o JOIN messages m ON m.id = o.msg_id"
+                                     " ORDER BY o.id")]
     db.close()
     proc.config["group_consumer"] = True
     proc.start()
@@ -305,5 +306,4 @@ def test_kill_during_a_switch_to_read_mode(serve):
             await conn.close()
 
     run(after())
-    # the last message's job (each send fanned out the older ones itself), the member and the mode messages
-    assert left == 3, left
+    assert left[-3:] == [31, 32, 33], left  # the last message, the member and the mode messages at least

@@ -17,6 +17,9 @@ from imgate.im.protocol import E_CONFLICT, E_FORBIDDEN, E_OUT_OF_RANGE, E_UNKNOW
 from imgate.im.store import INTERNAL_CMID_PREFIX, GroupLimits, NewMessage, Stored, digest_of, msg_json
 
 
+OWED_SCAN_MAX = 4  # waiting jobs of a group a send takes its sender off; beyond, it fans them out
+
+
 def group_conv(group: int) -> str:
     return f"g:{group}"
 
@@ -43,18 +46,33 @@ class GroupsMixin:
         if mode == "read":  # stored once, whatever the number of members: nothing per member here
             return self._group_message(conn, m, mode, [])
         owners = [u for (u,) in conn.execute("SELECT uid FROM group_members WHERE grp = ?", (m.group,))]
-        earlier = self._fan_out_group(conn, m.group)
+        earlier = self._owed_to(conn, m.group, m.sender)
         stored = self._group_message(conn, m, mode, owners, own_entry=m.sender in owners)
         stored.earlier = earlier
         return stored
 
-    def _fan_out_group(self, conn: sqlite3.Connection, group: int) -> list:
-        """Fan out the group's jobs not done yet (oldest first): then the sender's next entry follows
-        them in its inbox, and every inbox keeps the group's gseq order. Work the consumer would do
-        anyway; while it keeps up there is at most a job or two."""
+    def _owed_to(self, conn: sqlite3.Connection, group: int, uid: int) -> list:
+        """Write ``uid``'s entries of the group's jobs not fanned out yet and take it off them, so that
+        its next entry follows them: every inbox keeps the group's gseq order. The rest of those jobs
+        stays with the consumer, whose rounds share a commit (the JSON is handled in SQL). Past
+        OWED_SCAN_MAX waiting jobs (the consumer is behind) they are fanned out here instead, in this
+        commit: scanning their owner lists on every send would only make it fall further behind."""
         jobs = conn.execute("SELECT o.id FROM group_outbox o JOIN messages m ON m.id = o.msg_id WHERE m.grp = ?"
                             " ORDER BY o.id", (group,)).fetchall()
-        return [self._fan_out(conn, j) for (j,) in jobs]
+        if len(jobs) > OWED_SCAN_MAX:
+            return [s for s in (self._fan_out(conn, j) for (j,) in jobs) if s is not None]
+        out = []
+        rows = conn.execute(
+            "SELECT o.id, m.id, m.sender, m.conv, m.type, m.content, m.ts, m.cmid, m.gseq FROM group_outbox o"
+            " JOIN messages m ON m.id = o.msg_id WHERE m.grp = ?"
+            " AND EXISTS (SELECT 1 FROM json_each(o.owners) WHERE value = ?) ORDER BY o.id", (group, uid)).fetchall()
+        for job, msg_id, sender, conv, type_, content, ts, cmid, gseq in rows:
+            conn.execute("UPDATE group_outbox SET owners = (SELECT json_group_array(value) FROM json_each(owners)"
+                         " WHERE value != ?) WHERE id = ?", (uid, job))
+            seqs = {uid: self._next_seq(conn, uid)}
+            entries = self._add_entries(conn, seqs, msg_id, sender, conv, None, group, type_, content, ts, cmid, gseq)
+            out.append(Stored(msg_id=msg_id, ts=ts, seqs=seqs, entries=entries, gseq=gseq, group=group))
+        return out
 
     def _group_message(self, conn: sqlite3.Connection, m: NewMessage, mode: str, owners: list,
                        own_entry: bool = False) -> Stored:

@@ -53,7 +53,7 @@ class Stored:
     job: int | None = None      # a write-mode group message: its fan-out job (fan_out does it)
     group: int | None = None
     msg: str | None = None      # a read-mode group message: its msg JSON (seq 0), pushed to online members
-    earlier: list = field(default_factory=list)  # write mode: the group's older jobs, fanned out first
+    earlier: list = field(default_factory=list)  # write mode: the sender's entries of older jobs, written first
 
 
 @dataclass
@@ -153,8 +153,10 @@ class MessageStore(ABC):
     # seq is kept with the message, so a resend of the cmid answers it) and stores a fan-out job (the
     # outbox) naming the other members; ``fan_out`` later writes their entries and deletes the job in
     # one transaction, so a job is done exactly once whatever crashes. To keep each inbox in gseq
-    # order, the same transaction first fans out the group's older jobs not done yet (their Stored in
-    # ``earlier``, delivered by the service). In read mode ``seqs`` is {sender: 0} (no inbox entry).
+    # order, the same transaction first writes the sender's entries of the group's older jobs not
+    # done yet and takes the sender off them (their Stored in ``earlier``, delivered by the service).
+    # A job may so end up with no owner left: fan_out then only deletes it. In read mode ``seqs`` is
+    # {sender: 0} (no inbox entry).
     # Membership changes are messages of type "member" (and a mode switch one of type "mode"), stored
     # the same way, their fan-out naming every member (the actor too).
 
