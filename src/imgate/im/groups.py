@@ -25,7 +25,7 @@ from imgate.protocol import KIND_JOIN, KIND_LEAVE, KIND_ROOM, IM_ROOM_PREFIX, Pu
 log = logging.getLogger("imgate.im.groups")
 
 MAX_NAME = 128
-FANOUT_BATCH = 64  # jobs fanned out per round of the consumer (one transaction in SqliteStore)
+FANOUT_BATCH = 16  # jobs fanned out per round of the consumer (one transaction in SqliteStore)
 # woken by a new job, the consumer waits this long so that the jobs of the next few sends share its
 # round: jobs sharing a commit share the inbox pages they dirty (4 jobs a commit cost half the CPU
 # per message of 1 in SqliteStore), which is worth more than the wait under load
