@@ -13,6 +13,7 @@ import uvloop
 
 from imgate import client as imclient
 
+from groupmodel import expected_inboxes, told
 from imutil import api, serve  # noqa: F401 (serve is a fixture)
 from polling import wait_until_async
 
@@ -258,6 +259,71 @@ def test_the_client_stream_pulls_read_mode_news_at_start(serve):
             await c.close()
 
     run(go())
+
+
+def test_switches_both_ways_with_messages_in_flight(serve):
+    """Members send over their connections while the backend adds and removes members so that the
+    group switches to read mode and back three times. Afterwards every inbox is gapless and holds
+    exactly what the reference model derives from the timeline, and no connection was pushed a
+    message from before its user's join or after its removal."""
+    proc = serve(group_write_limit=8, group_hysteresis=2, ack_timeout=60.0)
+    users = list(range(1, 21))
+
+    async def go():
+        g = (await ok(proc, "POST", "/im/groups?uid=1", {"name": "f", "members": [2, 3, 4, 5]}))["group"]
+        conns = {u: await connect(proc, u, "tcp" if u % 2 else "ws") for u in users}
+        pushed = {u: [] for u in users}
+        for u, c in conns.items():
+            c.on_push = lambda f, u=u: pushed[u].extend(
+                m["gseq"] for m in json.loads(f.body)["msgs"] if m.get("group") == g) if f.op == 24 else None
+
+        async def sender(u):
+            for i in range(10):
+                try:
+                    await conns[u].send_group(g, i, cmid=f"{u}-{i}", timeout=60)
+                except imclient.ImRejected as e:
+                    assert e.code == 403, e  # not a member at that moment
+
+        async def changer():
+            for step in range(6):
+                change = {"add": list(range(6, 14))} if step % 2 == 0 else {"remove": list(range(6, 14))}
+                await ok(proc, "POST", f"/im/groups/members?group={g}", change)
+
+        await asyncio.gather(changer(), *(sender(u) for u in users))
+        await wait_until_async(lambda: _outbox_empty(proc), timeout=120, what="the fan-out to finish")
+        timeline = (await ok_pull(conns[1], g))
+        assert [m["gseq"] for m in timeline] == list(range(1, len(timeline) + 1))
+        assert [m["content"]["mode"] for m in timeline if m["type"] == "mode"] == ["read", "write"] * 3
+        want = expected_inboxes(timeline, "write")
+        for u in users:
+            assert group_gseqs(await inbox(proc, u), g) == want.get(u, []), u
+        for c in conns.values():
+            await c.heartbeat()  # answered in order: what was pushed before has arrived
+        for gseq, who, _ in told(timeline, "write"):
+            for u in users:
+                if u not in who:
+                    assert gseq not in pushed[u], (u, gseq)
+        for c in conns.values():
+            await c.close()
+
+    run(go())
+
+
+async def ok_pull(c, group):
+    msgs = []
+    while True:
+        page = await c.group_pull(group, msgs[-1]["gseq"] if msgs else 0, 1000)
+        msgs += page["msgs"]
+        if not page["has_more"]:
+            return msgs
+
+
+async def _outbox_empty(proc):
+    db = sqlite3.connect(proc.config["data_dir"] + "/im.db")
+    try:
+        return db.execute("SELECT COUNT(*) FROM group_outbox").fetchone()[0] == 0
+    finally:
+        db.close()
 
 
 def test_kill_during_a_switch_to_read_mode(serve):

@@ -17,6 +17,7 @@ from imgate.im.service import ImService
 from imgate.im.sqlite import SqliteStore
 from imgate.im.store import GroupLimits
 
+from groupmodel import expected_inboxes
 from test_im_service import Jobs, Sessions
 
 
@@ -223,30 +224,6 @@ def test_read_mode_goes_through_the_group_room(tmp_path):
         await svc.store.close()
 
     run(go())
-
-
-def expected_inboxes(timeline: list, creation_mode: str) -> dict:
-    """Reference model from the group's timeline (gseq order): uid -> the gseqs its inbox must hold.
-    A message is fanned out in the mode in force when it was stored (a ``mode`` message changes it
-    for the messages after it, and is itself always fanned out) to the members of that moment; a
-    ``member`` message also to the users it adds, and in write mode to those it removes."""
-    mode, members, out = creation_mode, set(), {}
-    for m in timeline:
-        c = m["content"]
-        if m["type"] == "member":
-            before = set(members)
-            members = (members | set(c["add"])) - set(c["remove"])
-            told = before | set(c["add"]) | (set(c["remove"]) if mode == "write" else set())
-            fanned = mode == "write"
-        elif m["type"] == "mode":
-            told, fanned = set(members), True
-            mode = c["mode"]
-        else:
-            told, fanned = set(members), mode == "write"
-        if fanned:
-            for u in told:
-                out.setdefault(u, []).append(m["gseq"])
-    return out
 
 
 def test_switches_both_ways_with_messages_in_flight(tmp_path):
