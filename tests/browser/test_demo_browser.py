@@ -281,20 +281,25 @@ def chat_send(d, message: str) -> None:
     wait_for(d, f"{message!r} in the sender's chat", lambda d: message in [t for _, t in chat_lines(d)])
 
 
+def two_chat_tabs(d, node, query_a: str = "") -> tuple:
+    """The chat page as user 101 (this tab) and as user 202 (a new tab, left current), both online."""
+    tabs = []
+    for i, url in enumerate((f"/chat?mid=101{query_a}", "/chat?mid=202")):
+        if i:
+            d.switch_to.new_window("tab")
+        tabs.append(d.current_window_handle)
+        d.get(node.http_base + url)
+        wait_for(d, "the chat page", lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        chat_online(d)
+    return tuple(tabs)
+
+
 @pytest.mark.parametrize("auth", ["none", "jwt"])
 def test_chat_demo_two_users_offline_and_back_with_unread_counts(driver, tmp_path, auth):
     node = start_node(tmp_path, auth=auth, demo=True)
     try:
         d = driver
-        tab_a = d.current_window_handle
-        d.get(node.http_base + "/chat?mid=101&peer=202")
-        wait_for(d, "the chat page", lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-        chat_online(d)
-        d.switch_to.new_window("tab")
-        tab_b = d.current_window_handle
-        d.get(node.http_base + "/chat?mid=202")
-        wait_for(d, "the chat page", lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-        chat_online(d)
+        tab_a, tab_b = two_chat_tabs(d, node, "&peer=202")
 
         d.switch_to.window(tab_a)  # A opens the conversation with B and writes
         d.find_element(By.ID, "open-btn").click()
@@ -351,15 +356,7 @@ def test_chat_demo_group_in_both_modes(driver, tmp_path):
     node = start_node(tmp_path, auth="none", demo=True, group_write_limit=3, group_hysteresis=1)
     try:
         d = driver
-        tab_a = d.current_window_handle
-        d.get(node.http_base + "/chat?mid=101")
-        wait_for(d, "the chat page", lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-        chat_online(d)
-        d.switch_to.new_window("tab")
-        tab_b = d.current_window_handle
-        d.get(node.http_base + "/chat?mid=202")
-        wait_for(d, "the chat page", lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-        chat_online(d)
+        tab_a, tab_b = two_chat_tabs(d, node)
 
         d.switch_to.window(tab_a)
         d.find_element(By.ID, "group-members").send_keys("202, 303")
