@@ -14,16 +14,11 @@ import uvloop
 
 from imgate import client as imclient
 from imgate.core import FrameDecoder, encode_frame
+from helpers import free_port
 from nodeutil import NodeThread, read_until_closed
 from polling import wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_readme_client_example(tmp_path):

@@ -6,11 +6,11 @@ import asyncio
 import json
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 from imgate.core import encode_frame
 
+from helpers import run
 from imutil import api
 from polling import wait_until_async
 from nodeutil import NodeThread
@@ -31,10 +31,6 @@ def quick_node():
     n = NodeThread(heartbeat_timeout=30.0, ack_timeout=0.3, ack_retries=2).start()
     yield n
     n.stop()
-
-
-def run(coro, timeout=120):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 def url(node, transport):

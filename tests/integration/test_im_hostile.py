@@ -14,10 +14,10 @@ from pathlib import Path
 from urllib.parse import quote as urlquote
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 
+from helpers import run
 from imutil import api
 from nodeutil import NodeThread
 from polling import wait_until, wait_until_async
@@ -30,10 +30,6 @@ def node():
     n = NodeThread(heartbeat_timeout=30.0, ack_timeout=60.0, im_busy_timeout=30.0).start()
     yield n
     n.stop()
-
-
-def run(coro, timeout=120):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 _next_user = [5000]

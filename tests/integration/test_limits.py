@@ -10,16 +10,12 @@ import socket
 import time
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 
+from helpers import run
 from nodeutil import NodeThread
 from polling import wait_until
-
-
-def run(coro, timeout=60):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from imgate import client as imclient
 from imgate.auth import mint_token
 from imgate.core import FrameDecoder, encode_frame
 
+from helpers import run
 from nodeutil import NodeThread, read_until_closed
 from polling import wait_until, wait_until_async
 
@@ -28,10 +29,6 @@ def node():
     n = NodeThread(handshake_timeout=30.0, heartbeat_timeout=30.0, max_pending=256 * 1024).start()
     yield n
     n.stop()
-
-
-def run(coro, timeout=60):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 def urls(node):

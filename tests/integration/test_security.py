@@ -12,18 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 
+from helpers import run
 from nodeutil import NodeThread
 
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(coro, timeout=60):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 @pytest.fixture(scope="module")

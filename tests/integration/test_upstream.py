@@ -16,6 +16,7 @@ import pytest
 
 from imgate.core import FrameDecoder, encode_frame
 
+from helpers import free_port
 from nodeutil import NodeThread, read_until_closed
 from polling import wait_until, wait_until_async
 
@@ -51,12 +52,6 @@ class Backend:
 
     def post(self, path: str) -> None:
         urllib.request.urlopen(urllib.request.Request(self.url(path), data=b"", method="POST"), timeout=30).read()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Client:
