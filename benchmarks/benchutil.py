@@ -1,5 +1,5 @@
 """What the benchmarks against a real `imgate serve` share: starting it on free loopback ports, its CPU
-time, percentiles (and load/common.py's free_port). Import it with the benchmarks folder on ``sys.path`` (a benchmark run as
+time, stopping it, percentiles (free_port from load/common.py, stop_process from tests/helpers.py). Import it with the benchmarks folder on ``sys.path`` (a benchmark run as
 a script has it there)."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "load"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import free_port, proc_times  # noqa: E402, F401  (free_port: for the benchmarks' helper processes)
+from helpers import stop_process  # noqa: E402, F401  (SIGTERM, then SIGKILL past a timeout)
 
 from imgate.config import dump_toml  # noqa: E402
 

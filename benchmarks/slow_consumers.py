@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -30,7 +29,7 @@ ROOT = os.path.dirname(HERE)
 if not os.environ.get("PYTHONPATH"):
     sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from benchutil import free_port, pct  # noqa: E402
+from benchutil import free_port, pct, stop_process  # noqa: E402
 from imgate.core import FrameDecoder, encode_frame  # noqa: E402
 
 ROOM = ("bench", "slow")
@@ -135,11 +134,7 @@ async def main(args) -> int:
             s.close()
         return 0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 15)
 
 
 if __name__ == "__main__":

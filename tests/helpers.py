@@ -1,9 +1,12 @@
-"""Small helpers every kind of test uses: running a coroutine to its end, and a free loopback port."""
+"""Small helpers every kind of test uses: running a coroutine to its end, a free loopback port,
+stopping a process."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import subprocess
 
 import uvloop
 
@@ -19,3 +22,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 60) -> int:
+    """SIGTERM, up to ``timeout`` seconds for the process to end, then SIGKILL; its return code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode

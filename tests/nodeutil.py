@@ -11,6 +11,7 @@ import threading
 import urllib.error
 import urllib.request
 
+import pytest
 import uvloop
 
 from imgate.http.apikeys import KeyStore
@@ -34,9 +35,6 @@ class NodeThread:
             defaults = dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
                             online_interval=0.1, server_id="test-node")
             defaults.update(overrides)
-            if "data_dir" not in overrides:
-                self._tmp = tempfile.TemporaryDirectory(prefix="imgate-node-")
-                defaults["data_dir"] = self._tmp.name
             config = Config(**defaults).validate()
         self.config = config
         self.api_key = KeyStore(config.data_dir).create("tests", ["admin"])[1]
@@ -114,6 +112,21 @@ class NodeThread:
 
     def stats(self):
         return self.node.proxy.stats()
+
+
+def module_node(**overrides):
+    """A module-scoped fixture named ``node``: one :class:`NodeThread` with these settings, shared by the
+    module's tests (``node = module_node(heartbeat_timeout=30.0)`` at the top of a test module)."""
+
+    @pytest.fixture(scope="module")
+    def node():
+        n = NodeThread(**overrides).start()
+        try:
+            yield n
+        finally:
+            n.stop()
+
+    return node
 
 
 def read_until_closed(sock, timeout=30.0) -> bytes:

@@ -20,18 +20,14 @@ import pytest
 from imgate import client as imclient
 
 from helpers import free_port, run
-from nodeutil import NodeThread
+from nodeutil import NodeThread, module_node
 from polling import wait_until
 
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def node():
-    n = NodeThread(handshake_timeout=2.0, heartbeat_timeout=30.0).start()
-    yield n
-    n.stop()
+node = module_node(handshake_timeout=2.0, heartbeat_timeout=30.0)
 
 
 async def http(node, method, path, body=None, **kw):

@@ -20,6 +20,7 @@ from imgate.auth import mint_token
 from imgate.http.apikeys import KeyStore
 
 from clusterutil import ROOT
+from helpers import stop_process
 from polling import wait_until, wait_until_async
 
 pytestmark = pytest.mark.cluster
@@ -101,12 +102,7 @@ def test_a_proxy_killed_under_make_cluster_is_reported_and_restarted_and_the_res
 
         uvloop.run(go())
     finally:
-        if script.poll() is None:
-            script.send_signal(signal.SIGTERM)
-            try:
-                script.wait(60)
-            except subprocess.TimeoutExpired:
-                script.kill()
+        stop_process(script)
         for f in work.glob("*.pid"):  # the script removes them once it stopped its roles: left only on failure
             try:
                 p = int(f.read_text())

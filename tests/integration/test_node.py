@@ -17,18 +17,14 @@ from imgate.auth import mint_token
 from imgate.core import FrameDecoder, encode_frame
 
 from helpers import run
-from nodeutil import NodeThread, read_until_closed
+from nodeutil import NodeThread, module_node, read_until_closed
 from polling import wait_until, wait_until_async
 
 ROOM = "live://1000"
 
 
-@pytest.fixture(scope="module")
-def node():
-    # a handshake timeout far above what a raw test needs to authenticate, even on a busy machine
-    n = NodeThread(handshake_timeout=30.0, heartbeat_timeout=30.0, max_pending=256 * 1024).start()
-    yield n
-    n.stop()
+# a handshake timeout far above what a raw test needs to authenticate, even on a busy machine
+node = module_node(handshake_timeout=30.0, heartbeat_timeout=30.0, max_pending=256 * 1024)
 
 
 def urls(node):

@@ -16,17 +16,13 @@ import pytest
 from imgate import client as imclient
 
 from helpers import run
-from nodeutil import NodeThread
+from nodeutil import NodeThread, module_node
 
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def node():
-    n = NodeThread(handshake_timeout=2.0, heartbeat_timeout=30.0).start()
-    yield n
-    n.stop()
+node = module_node(handshake_timeout=2.0, heartbeat_timeout=30.0)
 
 
 def imgate_cli(*args):
