@@ -50,7 +50,10 @@ def test_a_proxy_killed_under_make_cluster_is_reported_and_restarted_and_the_res
                    what="the cluster script to start its roles")
         assert script.poll() is None, output()
         ports = json.loads((work / "ports.json").read_text())
-        secret = (work / "data" / "jwt.secret").read_text().strip()
+        # the roles make the secret as they start, which the script does not wait for
+        secret_file = work / "data" / "jwt.secret"
+        secret = wait_until(lambda: secret_file.exists() and secret_file.read_text().strip(),
+                            what="a role to create the JWT secret")
 
         def push(mid: int, body: bytes) -> int:
             url = f"http://127.0.0.1:{ports['logic-1'][0]}/goim/push/mids?operation=1000&mids={mid}"
