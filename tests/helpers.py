@@ -11,10 +11,16 @@ import subprocess
 import uvloop
 
 
+#: the event loop run() makes: "uvloop" (what imgate runs on), or "asyncio" for a test that runs both
+LOOP = "uvloop"
+
+
 def run(coro, timeout: float = 180):
-    """Run ``coro`` on a fresh uvloop event loop and return what it returns. A coroutine still running
-    after ``timeout`` seconds fails the test: the bound of a hang, not a claim about speed."""
-    return uvloop.run(asyncio.wait_for(coro, timeout))
+    """Run ``coro`` on a fresh event loop (:data:`LOOP`) and return what it returns. A coroutine still
+    running after ``timeout`` seconds fails the test: the bound of a hang, not a claim about speed."""
+    if LOOP == "uvloop":
+        return uvloop.run(asyncio.wait_for(coro, timeout))
+    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def free_port() -> int:
