@@ -158,4 +158,3 @@ def _copy_bytes(data):
     finally:
         PyBuffer_Release(&dv)
     return out
-

@@ -60,7 +60,6 @@ cdef enum:
     _MIN_GROW = 256
 
 
-
 def _utf8_valid(data):
     """True when data is well-formed UTF-8 by the validator the parser uses (for tests)."""
     cdef Py_buffer dv
@@ -411,4 +410,3 @@ cdef class WebSocketParser:
         self._err_msg = message
         self._drop_message()
         raise WebSocketError(message, code)
-
