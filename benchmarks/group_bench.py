@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import resource
 import subprocess
 import sys
@@ -34,10 +33,9 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from im_bench import pct, server_cpu  # noqa: E402
+from benchutil import pct, server_cpu, start_serve, stop_process  # noqa: E402
 
 from imgate import client as imclient  # noqa: E402
-from imgate.config import dump_toml  # noqa: E402
 
 PER_DRIVER = 2500
 FD_CAP = 20000
@@ -46,24 +44,6 @@ FD_CAP = 20000
 def _fd_cap():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, FD_CAP), hard))
-
-
-def start_server(workdir: Path) -> tuple[subprocess.Popen, dict]:
-    """`imgate serve` on free loopback ports, its API open (a local benchmark), as im_bench's."""
-    conf = workdir / "serve.toml"
-    conf.write_text(dump_toml(dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
-                                   api_auth="none", data_dir=str(workdir / "data"), heartbeat_timeout=900.0,
-                                   max_pending=8 << 20, ack_timeout=60.0, client_op_rate=0.0, im_max_inflight=4096)))
-    proc = subprocess.Popen([sys.executable, "-m", "imgate", "serve", "--config", str(conf), "--log-level", "WARNING"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_fd_cap)
-    urls = {}
-    for line in proc.stdout:
-        m = re.search(r"(tcp|ws|http)://[\d.]+:(\d+)", line)
-        if m:
-            urls[m.group(1)] = m.group(0)
-        if line.lstrip().startswith("HTTP API"):
-            break
-    return proc, urls
 
 
 def call(http: str, method: str, path: str, body) -> dict:
@@ -202,13 +182,15 @@ async def read_mode(urls, pid, args) -> dict:
 async def main(args):
     _fd_cap()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, urls = start_server(Path(tmp))
+        # the API open (a local benchmark); sends in flight and unacked entries as many as the run makes
+        proc, urls = start_serve(Path(tmp), dict(
+            api_auth="none", data_dir=str(Path(tmp) / "data"), heartbeat_timeout=900.0, max_pending=8 << 20,
+            ack_timeout=60.0, client_op_rate=0.0, im_max_inflight=4096), preexec_fn=_fd_cap)
         try:
             results = {"write": await write_mode(urls, proc.pid, args),
                        "read": await read_mode(urls, proc.pid, args)}
         finally:
-            proc.kill()
-            proc.wait()
+            stop_process(proc)
     w, r = results["write"], results["read"]
     print(json.dumps(results, indent=2))
     print(f"write mode, {w['members']} members at {w['rate']:g} msg/s: fully fanned out p99 {w['fanout_p99_ms']} ms"
