@@ -253,6 +253,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=100, help="connects in flight per driver")
     ap.add_argument("--auth-timeout", type=float, default=10.0)
     ap.add_argument("--json", help="write the figures here too")
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of --clients (make bench SCALE=0.1)")
     ap.add_argument("--driver", nargs=6, metavar=("FIRST", "SECOND", "MID0", "N", "CONC", "TIMEOUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -261,6 +262,7 @@ def main() -> None:
         a = args.driver
         driver(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), float(a[5]))
         return
+    args.clients = max(100, int(args.clients * args.scale))
     per = -(-args.clients // args.drivers)
     if per > hard - 100:
         sys.exit(f"{per} connections per driver exceed the open-files limit {hard}: use more --drivers")

@@ -182,7 +182,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4000)
     ap.add_argument("--messages", type=int, default=20)
     ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of --clients (make bench SCALE=0.1)")
     args = ap.parse_args()
+    args.clients = max(100, int(args.clients * args.scale))
     out = []
     for w in [int(x) for x in args.workers.split(",")]:
         out.append(asyncio.run(run_one(w, args.clients, args.messages)))
