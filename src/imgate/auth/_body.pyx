@@ -52,6 +52,19 @@ cdef inline int _field(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexc
     return F_UNKNOWN
 
 
+cdef inline Py_ssize_t _next(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, unsigned char close,
+                              bint* closed) noexcept nogil:
+    """After a value: past a comma (and the space after it), or past ``close`` (``closed`` set); -1 else."""
+    i = _ws(p, i, n)
+    closed[0] = False
+    if i < n and p[i] == b',':
+        return _ws(p, i + 1, n)
+    if i < n and p[i] == close:
+        closed[0] = True
+        return i + 1
+    return -1
+
+
 cdef inline Py_ssize_t _string_end(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     """p[i] is just past the opening quote: the index of the closing quote, or -1 when the string
     holds an escape, a control character or a non-ASCII byte (left to the full parser)."""
@@ -95,6 +108,7 @@ def parse_plain(bytes body, Py_ssize_t max_key, Py_ssize_t max_room, Py_ssize_t 
     cdef Py_ssize_t n = len(body)
     cdef Py_ssize_t i, a, e, j, count
     cdef int f
+    cdef bint closed
     cdef int64_t v
     cdef int64_t mid = 0
     cdef Py_ssize_t sa[6]
@@ -156,14 +170,11 @@ def parse_plain(bytes body, Py_ssize_t max_key, Py_ssize_t max_room, Py_ssize_t 
                         accepts.append(v)
                         if len(accepts) > max_accepts:
                             return None
-                        i = _ws(p, i, n)
-                        if i < n and p[i] == b',':
-                            i = _ws(p, i + 1, n)
-                        elif i < n and p[i] == b']':
-                            i += 1
-                            break
-                        else:
+                        i = _next(p, i, n, b']', &closed)
+                        if i < 0:
                             return None
+                        if closed:
+                            break
             else:
                 if p[i] != b'"':
                     return None
@@ -173,14 +184,11 @@ def parse_plain(bytes body, Py_ssize_t max_key, Py_ssize_t max_room, Py_ssize_t 
                 sa[f] = i + 1
                 se[f] = e
                 i = e + 1
-            i = _ws(p, i, n)
-            if i < n and p[i] == b',':
-                i = _ws(p, i + 1, n)
-            elif i < n and p[i] == b'}':
-                i += 1
-                break
-            else:
+            i = _next(p, i, n, b'}', &closed)
+            if i < 0:
                 return None
+            if closed:
+                break
     if _ws(p, i, n) != n:
         return None
     # the rules of parse_auth_body, on ASCII text without escapes
