@@ -121,6 +121,7 @@ class LogicRole:
         from imgate.push.kafka import KafkaBus, ensure_topic
         from imgate.rpc import tls as rpc_tls
         from imgate.rpc.logic import serve_logic
+        from imgate.rpc.wire import unix_path
 
         cfg = self.cfg
         if cfg.auth == "jwt":
@@ -159,10 +160,15 @@ class LogicRole:
         await self.http.start(host, port, ssl=self.tls.context if self.tls else None)
         if self.tls is not None:
             self.reload_tls = self.tls.reload
-        host, port = cfg.addr("logic_rpc")
-        self.rpc = await serve_logic(self.logic, host, port, ssl=rpc_tls.server_context(cfg))
+        path = unix_path(cfg.logic_rpc)
+        if path:
+            self.rpc = await serve_logic(self.logic, path=path, ssl=rpc_tls.server_context(cfg))
+        else:
+            host, port = cfg.addr("logic_rpc")
+            self.rpc = await serve_logic(self.logic, host, port, ssl=rpc_tls.server_context(cfg))
         store = f", IM store mariadb {','.join(cfg.mariadb_addrs)}" if self.im is not None else ""
-        print(f"imgate logic {cfg.server_id} is up: http :{self.http.port}, rpc :{self.rpc.port}, "
+        print(f"imgate logic {cfg.server_id} is up: http :{self.http.port}, "
+              f"rpc {self.rpc.addr if path else f':{self.rpc.port}'}, "
               f"redis {cfg.redis_url}, kafka {cfg.kafka}{store}", flush=True)
 
     async def stop(self) -> None:
