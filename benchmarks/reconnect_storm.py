@@ -329,14 +329,15 @@ def main() -> None:
     finally:
         for d in drivers:
             d.kill()
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for group in (("A", "B"), ("logic",)):  # the proxies first: they report their sessions' end to logic
+            for name in group:
+                if name in procs and procs[name].poll() is None:
+                    procs[name].send_signal(signal.SIGTERM)
+            for name in group:
+                try:
+                    procs[name].wait(30) if name in procs else None
+                except subprocess.TimeoutExpired:
+                    procs[name].kill()
         subprocess.run(["bash", str(SERVICES), "stop", str(work)], stdout=subprocess.DEVNULL)
 
 
