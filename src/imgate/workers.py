@@ -37,9 +37,10 @@ from imgate.metrics import Metrics
 from imgate.node import Node, load_or_create_secret
 from imgate.push import PushRouter
 from imgate.push.discovery import Discovery
-from imgate.push.service import Bus
+from imgate.push.service import Bus, BusUnavailable
 from imgate.rpc.logic import serve_logic
 from imgate.rpc.proxy import ProxyClient
+from imgate.rpc.wire import RpcError
 from imgate.supervisor import Supervisor
 
 log = logging.getLogger("imgate.workers")
@@ -50,10 +51,22 @@ def default_workers() -> int:
 
 
 class RouterBus(Bus):
-    """The coordinator's bus: a job goes to the workers over RPC and is accepted once they took it."""
+    """The coordinator's bus. ``publish`` (room and broadcast pushes): accepted once every worker took
+    the job. ``publish_nowait`` (pushes by mid or key, IM deliveries): queued at once as a one-way
+    request on the RPC connection to the worker holding the target (``ProxyClient.push_conns_nowait``),
+    in order, several in one write; refused (503) when that worker has no live connection or is not
+    reading. Being ``nowait``, logic answers these pushes without a coroutine (``Logic.pushes_wait``)."""
+
+    nowait = True
 
     def __init__(self, router: PushRouter):
         self.router = router
+
+    def publish_nowait(self, job) -> int:
+        try:
+            return self.router.route_nowait(job)
+        except RpcError as e:
+            raise BusUnavailable(f"worker {job.server or '(room)'} did not take it: {e}") from None
 
     async def publish(self, job) -> None:
         await self.router.route([job])

@@ -9,6 +9,10 @@ Why one connection is not a bottleneck:
   both sides), so N concurrent calls cost one syscall, not N.
 - **Bounded.** At most ``max_in_flight`` requests per connection (callers wait past that); a server
   stops reading a connection whose handlers pile up or whose replies the client does not read.
+- **One-way requests** (:meth:`RpcClient.send`, seq 0): no reply, no future, no entry in flight; the
+  server answers one only if the handler failed (an error frame with seq 0, counted and logged here).
+  Pushes the caller need not wait for cost one frame in a shared write. Bounded by ``max_unread``: past
+  that many bytes waiting for the peer, ``send`` refuses with :class:`RpcUnavailable`.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from typing import Callable
 from imgate.core import FrameDecoder, ProtocolError, encode_frame
 from imgate.protocol import pb
 from imgate.rpc.wire import (
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, DEFAULT_WRITE_BATCH,
-    ERROR_OP, PROTOCOL_VERSION, REPLY_FLAG, SEQ_MAX, SWEEP_INTERVAL, RpcError, RpcTimeout,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_UNREAD, DEFAULT_TIMEOUT,
+    DEFAULT_WRITE_BATCH, ERROR_OP, PROTOCOL_VERSION, REPLY_FLAG, SEQ_MAX, SWEEP_INTERVAL, RpcError, RpcTimeout,
     RpcUnavailable, method_name, remote_error, tune,
 )
 
@@ -37,12 +41,14 @@ class RpcClient(asyncio.Protocol):
 
     def __init__(self, service: str, *, client_id: str = "", server_id: str = "",
                  max_body: int = DEFAULT_MAX_BODY, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 write_batch: int = DEFAULT_WRITE_BATCH, on_lost: Callable[["RpcClient"], None] | None = None):
+                 write_batch: int = DEFAULT_WRITE_BATCH, max_unread: int = DEFAULT_MAX_UNREAD,
+                 on_lost: Callable[["RpcClient"], None] | None = None):
         self.service = service
         self.client_id = client_id
         self.expect_server_id = server_id
         self.max_in_flight = max_in_flight
         self.write_batch = max(1, write_batch)
+        self.max_unread = max_unread
         self.on_lost = on_lost
         self.peer = ""
         self.remote: pb.HelloReply | None = None
@@ -53,6 +59,7 @@ class RpcClient(asyncio.Protocol):
         self._pending: dict[int, tuple] = {}  # seq -> (future, deadline, write generation, method)
         self._seq = 0
         self._wbuf: list[bytes] = []
+        self._wbytes = 0  # bytes in _wbuf
         self._gen = 0  # incremented at every flush: a request whose generation is older was written
         self._flush_scheduled = False
         self._sweeper: asyncio.TimerHandle | None = None
@@ -60,6 +67,8 @@ class RpcClient(asyncio.Protocol):
         self._paused = False
         self._closed = False
         self.requests = 0  # requests sent on this connection (stats)
+        self.oneway_errors = 0  # one-way requests the server reported failed
+        self.last_oneway_error = ""
         self.max_request_body = DEFAULT_MAX_BODY  # the server's limit, learnt from HELLO
         self.closed: asyncio.Future = self._loop.create_future()
 
@@ -130,8 +139,10 @@ class RpcClient(asyncio.Protocol):
         self.requests += 1
         fut = self._loop.create_future()
         pending[seq] = (fut, deadline, self._gen, method)
+        frame = encode_frame(method, seq, body)
+        self._wbytes += len(frame)
         wbuf = self._wbuf
-        wbuf.append(encode_frame(method, seq, body))
+        wbuf.append(frame)
         if len(wbuf) >= self.write_batch:
             self._write_now()
         elif not self._flush_scheduled:
@@ -140,6 +151,30 @@ class RpcClient(asyncio.Protocol):
         if self._sweeper is None:
             self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
         return fut
+
+    def send(self, method: int, body: bytes) -> None:
+        """Queue a one-way request (seq 0): written in order with this iteration's other frames; the
+        server sends no reply unless the handler fails. Raises :class:`RpcUnavailable` (not sent) when
+        the connection is closed or more than ``max_unread`` bytes already wait for the peer."""
+        if self._closed:
+            raise RpcUnavailable(f"connection to {self.peer} is closed ({self.close_reason})", sent=False)
+        if len(body) > self.max_request_body:
+            raise RpcError(f"{method_name(method)} request of {len(body)} bytes exceeds the server's limit of "
+                           f"{self.max_request_body}", kind="bad_request")
+        waiting = self._wbytes + self._transport.get_write_buffer_size()
+        if waiting > self.max_unread:
+            # the peer does not read: refuse now rather than buffer without bound
+            raise RpcUnavailable(f"{self.peer} is not reading: {waiting} bytes already wait for it", sent=False)
+        frame = encode_frame(method, 0, body)
+        self._wbytes += len(frame)
+        self.requests += 1
+        wbuf = self._wbuf
+        wbuf.append(frame)
+        if len(wbuf) >= self.write_batch:
+            self._write_now()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     async def call(self, method: int, body: bytes, timeout: float = DEFAULT_TIMEOUT) -> bytes:
         deadline = self._loop.time() + timeout
@@ -189,6 +224,7 @@ class RpcClient(asyncio.Protocol):
     def _write_now(self) -> None:
         buf = self._wbuf
         self._wbuf = []
+        self._wbytes = 0
         self._gen += 1
         if self._transport is not None and not self._closed:
             self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
@@ -229,8 +265,11 @@ class RpcClient(asyncio.Protocol):
                 if entry is not None and not entry[0].done():
                     entry[0].set_result(f.body)
             elif op == ERROR_OP:
-                if entry is not None and not entry[0].done():
-                    entry[0].set_exception(remote_error(f.body))
+                if entry is not None:
+                    if not entry[0].done():
+                        entry[0].set_exception(remote_error(f.body))
+                elif not f.seq:
+                    self._oneway_failed(f.body)
             else:
                 if entry is not None:
                     pending[f.seq] = entry
@@ -238,6 +277,15 @@ class RpcClient(asyncio.Protocol):
                 return
         if self._waiters:
             self._wake()
+
+    def _oneway_failed(self, body: bytes) -> None:
+        """The server says a one-way request failed: nobody waits for it, so it is counted and logged
+        (the first and every 1000th)."""
+        self.oneway_errors += 1
+        self.last_oneway_error = str(remote_error(body))
+        if self.oneway_errors % 1000 == 1:
+            log.warning("rpc %s at %s: a one-way request failed (%d so far): %s", self.service, self.peer,
+                        self.oneway_errors, self.last_oneway_error)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -259,6 +307,7 @@ class RpcClient(asyncio.Protocol):
             self._sweeper = None
         pending, self._pending = self._pending, {}
         self._wbuf = []
+        self._wbytes = 0
         gen = self._gen
         for fut, _, g, method in pending.values():
             if not fut.done():

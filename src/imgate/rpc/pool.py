@@ -73,6 +73,7 @@ class RpcPool:
         self._conns: list[RpcClient | None] = [None] * size
         self._ready: list[RpcClient] = []
         self._rr = 0
+        self._lane: RpcClient | None = None  # the connection that carries ordered traffic (lane())
         self._tasks: list[asyncio.Task] = []
         self._changed: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -216,6 +217,28 @@ class RpcPool:
         b = ready[i + 1 if i + 1 < n else 0]
         return a if len(a._pending) <= len(b._pending) else b
 
+    def lane(self) -> RpcClient | None:
+        """The one connection that carries this pool's ordered traffic (``send`` and calls with
+        ``lane=True``): a peer reads one connection in order, so frames on it are handled in the order
+        queued. Kept until it dies; None while no connection is live."""
+        conn = self._lane
+        if conn is None or conn._closed:
+            conn = self._lane = self._ready[0] if self._ready else None
+        return conn
+
+    def send(self, method: int, body: bytes) -> None:
+        """A one-way request on the lane (:meth:`RpcClient.send`): returns once queued, in order with
+        the lane's other frames. :class:`RpcUnavailable` when no connection is live (this does not wait
+        for one) or the peer is not reading."""
+        conn = self._lane
+        if conn is None or conn._closed:
+            conn = self.lane()
+            if conn is None:
+                self.start()  # idempotent: a pool nobody started begins connecting
+                raise RpcUnavailable(f"no live connection to {self.service} at {self.addr}: "
+                                     f"{self.last_error or 'still connecting'}")
+        conn.send(method, body)
+
     async def _wait_live(self, deadline: float) -> RpcClient:
         self.start()
         loop = self._loop
@@ -235,8 +258,9 @@ class RpcPool:
             await asyncio.wait((self._change(),), timeout=remaining)
 
     async def call_raw(self, method: int, body: bytes, *, timeout: float | None = None,
-                       idempotent: bool = False) -> bytes:
-        """Send raw request bytes, return raw reply bytes."""
+                       idempotent: bool = False, lane: bool = False) -> bytes:
+        """Send raw request bytes, return raw reply bytes. ``lane``: on the lane (:meth:`lane`), in order
+        with the one-way requests."""
         loop = self._loop
         if loop is None:
             self.start()
@@ -246,9 +270,11 @@ class RpcPool:
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
         attempts = 0
         while True:
-            conn = self._pick()
+            conn = self.lane() if lane else self._pick()
             if conn is None:
                 conn = await self._wait_live(deadline)
+                if lane:
+                    conn = self.lane() or conn
             try:
                 if conn.full:
                     await conn.wait_slot(deadline)

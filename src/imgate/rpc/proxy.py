@@ -5,7 +5,13 @@ The proxy's push methods deliver at once (its ``*_nowait`` methods queue frames 
 so the service answers them inline, without a task per request: a connection's pushes are handled in
 the order they arrive and replies leave in one write per event-loop iteration.
 
-A push is retried on another connection only when its request was never written (one written to a
+``ProxyClient`` sends every push on its pool's lane (one connection), so a proxy handles them in the
+order push accepted them. Its ``*_nowait`` methods are one-way requests (no reply awaited, no task or
+future: a push costs one frame in the iteration's shared write); they refuse with
+:class:`~imgate.rpc.wire.RpcUnavailable` when no connection to the proxy is live or it stopped reading,
+and they count the connections named, since the proxy's own count is not sent back.
+
+An awaited push is retried on another connection only when its request was never written (one written to a
 proxy that then died may have been delivered, and repeating it could deliver it twice); otherwise
 :class:`~imgate.rpc.wire.RpcUnavailable` is raised.
 
@@ -97,6 +103,10 @@ class ProxyClient(ProxyAPI):
         self.pool = RpcPool(addr, PROXY_SERVICE, size=pool_size, client_id=client_id,
                             server_id=server_id if check_server_id else "", timeout=timeout,
                             connect_timeout=connect_timeout, max_body=max_body, **pool_kw)
+        try:  # connect now: a one-way push does not wait for a connection, it needs one up
+            self.pool.start()
+        except RuntimeError:  # no running loop: the first call starts it
+            pass
 
     def __repr__(self) -> str:
         return f"ProxyClient({self.server_id!r}, {self.addr!r}, ready={self.pool.live}/{self.pool.size})"
@@ -111,11 +121,11 @@ class ProxyClient(ProxyAPI):
     def healthy(self) -> bool:
         return self.pool.healthy
 
-    # one coroutine per call: build the request, await the pool, read the count
+    # awaited: one coroutine per call, on the lane (in order with the one-way pushes), the proxy's count
 
     async def push_conns(self, conn_ids: list[int], op: int, body: bytes) -> int:
         raw = await self.pool.call_raw(pb.PUSH_CONNS, _PushConnsReq(
-            conn_ids=conn_ids, op=op, body=bytes(body)).SerializeToString())
+            conn_ids=conn_ids, op=op, body=bytes(body)).SerializeToString(), lane=True)
         return _count_of(raw).count
 
     async def push_room(self, room_id: str, op: int, body: bytes) -> int:
@@ -123,9 +133,27 @@ class ProxyClient(ProxyAPI):
 
     async def push_room_batch(self, room_id: str, frames: bytes) -> int:
         raw = await self.pool.call_raw(pb.PUSH_ROOM_BATCH, _PushRoomBatchReq(
-            room_id=room_id, frames=bytes(frames)).SerializeToString())
+            room_id=room_id, frames=bytes(frames)).SerializeToString(), lane=True)
         return _count_of(raw).count
 
     async def push_all(self, op: int, body: bytes, speed: int = 0) -> int:
-        raw = await self.pool.call_raw(pb.PUSH_ALL, _PushAllReq(op=op, body=bytes(body), speed=speed).SerializeToString())
+        raw = await self.pool.call_raw(pb.PUSH_ALL, _PushAllReq(op=op, body=bytes(body), speed=speed).SerializeToString(),
+                                       lane=True)
         return _count_of(raw).count
+
+    # one-way: queued on the lane at once; the count is of the connections named (see the module doc)
+
+    def push_conns_nowait(self, conn_ids: list[int], op: int, body: bytes) -> int:
+        self.pool.send(pb.PUSH_CONNS, _PushConnsReq(conn_ids=conn_ids, op=op, body=bytes(body)).SerializeToString())
+        return len(conn_ids)
+
+    def push_room_nowait(self, room_id: str, op: int, body: bytes) -> int:
+        return self.push_room_batch_nowait(room_id, encode_frame(op, 0, body))
+
+    def push_room_batch_nowait(self, room_id: str, frames: bytes) -> int:
+        self.pool.send(pb.PUSH_ROOM_BATCH, _PushRoomBatchReq(room_id=room_id, frames=bytes(frames)).SerializeToString())
+        return 0  # the members are counted by the proxy, which does not answer
+
+    def push_all_nowait(self, op: int, body: bytes, speed: int = 0) -> int:
+        self.pool.send(pb.PUSH_ALL, _PushAllReq(op=op, body=bytes(body), speed=speed).SerializeToString())
+        return 0

@@ -162,6 +162,8 @@ class _ServerConn(asyncio.Protocol):
         self._reply(op, seq, res)
 
     def _reply(self, op: int, seq: int, res) -> None:
+        if not seq:  # a one-way request: the client waits for no reply (errors still get one)
+            return
         if res is None:
             body = b""
         elif isinstance(res, bytes):

@@ -1,7 +1,8 @@
 """The wire of imgate's internal RPC: protobuf messages in goim frames over persistent TCP.
 
 Framing (``proto/imgate.proto``): a request is a goim v2 frame whose op is the method id and whose seq
-is the request id on that connection; the reply echoes the seq with op ``method | 0x10000``; an error
+is the request id on that connection (seq 0: a one-way request, answered only by an error frame with
+seq 0 if it failed); the reply echoes the seq with op ``method | 0x10000``; an error
 reply has op ``0x20000`` and an ``RpcError`` body. A client's first frame is ``HELLO``; a server of
 another service answers with an error (kind ``wrong_service``) and closes.
 
@@ -38,6 +39,8 @@ DEFAULT_MAX_IN_FLIGHT = 1024
 #: the peer start sooner costs ~2x CPU per call and halves throughput on 2 cores, so the cap is high:
 #: normally one write per connection per iteration
 DEFAULT_WRITE_BATCH = 1024
+#: bytes a client lets wait for a peer that does not read before a one-way request is refused
+DEFAULT_MAX_UNREAD = 4 << 20
 SEQ_MAX = 0x7FFFFFFF
 SWEEP_INTERVAL = 0.05  # resolution of request deadlines
 
