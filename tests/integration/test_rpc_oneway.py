@@ -215,12 +215,12 @@ def test_coordinator_pushes_by_mid_travel_one_way_and_a_dead_worker_is_refused(t
         await svc.start(path=str(tmp_path / "w0.sock"))
         router = PushRouter()
         router.add_proxy(ProxyClient("w0", svc.addr))
-        cache = MemoryCache()
-        logic = Logic(cache, RouterBus(router), NoAuth(), session_ttl=60, online_interval=1)
-        assert not logic.pushes_wait  # answered at once: the compiled route, no coroutine
-        for mid in (1, 2):
-            await cache.add_session(Session(mid=mid, key=f"k{mid}", server="w0", conn_id=10 + mid), 60)
         try:
+            cache = MemoryCache()
+            logic = Logic(cache, RouterBus(router), NoAuth(), session_ttl=60, online_interval=1)
+            assert not logic.pushes_wait  # answered at once: the compiled route, no coroutine
+            for mid in (1, 2):
+                await cache.add_session(Session(mid=mid, key=f"k{mid}", server="w0", conn_id=10 + mid), 60)
             await wait_until_async(lambda: router.proxies["w0"].healthy, what="the worker's connection")
             for i in range(50):
                 assert logic.push_mids_nowait(1000, [1 + i % 2], f"m{i}".encode()) == 1
