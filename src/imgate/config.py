@@ -80,6 +80,7 @@ class Config:
     merge_window: float = 0.0  # seconds; 0 = coalesce within one event-loop iteration
     max_rooms_per_conn: int = 64  # rooms one connection may join
     shutdown_grace: float = 5.0  # seconds to flush the op-6 notices at shutdown
+    close_grace: float = 2.0  # seconds a closed connection's op-6 notice waits for the client to make room (a slow consumer); then the socket closes and the notice is counted dropped (close_notices_dropped)
     workers: int = 1  # proxy processes sharing the client ports (serve, proxy); 0: one per core
     reuse_port: bool = False  # listen with SO_REUSEPORT (set for the workers)
     worker_restart_delay: float = 1.0  # seconds before a dead worker is started again
@@ -211,7 +212,7 @@ class Config:
             raise ConfigError(f"room_merge_window: must be >= 0, got {self.room_merge_window}")
         if self.rpc_pool <= 0:
             raise ConfigError(f"rpc_pool: must be > 0, got {self.rpc_pool}")
-        for key in ("handshake_timeout", "heartbeat_timeout", "shutdown_grace", "online_interval", "kafka_timeout",
+        for key in ("handshake_timeout", "heartbeat_timeout", "shutdown_grace", "close_grace", "online_interval", "kafka_timeout",
                     "api_jwt_max_ttl", "http_request_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
