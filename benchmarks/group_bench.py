@@ -38,7 +38,7 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, dict]:
     conf = workdir / "serve.toml"
     conf.write_text(dump_toml(dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
                                    api_auth="none", data_dir=str(workdir / "data"), heartbeat_timeout=900.0,
-                                   max_pending=8 << 20, ack_timeout=60.0, client_op_rate=0.0)))
+                                   max_pending=8 << 20, ack_timeout=60.0, client_op_rate=0.0, im_user_rate=0.0)))
     proc = subprocess.Popen([sys.executable, "-m", "imgate", "serve", "--config", str(conf), "--log-level", "WARNING"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     urls = {}

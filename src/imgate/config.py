@@ -117,6 +117,8 @@ class Config:
     im_max_unacked: int = 1000  # entries tracked per connection (the oldest is dropped)
     im_sync_max_limit: int = 1000  # largest SYNC page
     im_max_inflight: int = 256  # proxy: IM requests of one connection waiting for an answer
+    im_user_rate: float = 100.0  # IM sends and reads (ops 22, 32) per second per user, across its connections to one logic (token bucket); past the burst a 23/33 with code 429 "rate limited", nothing stored (im_rate_limited); 0 = no limit
+    im_user_burst: float = 300.0  # the per-user bucket's size
     group_max_members: int = 100_000  # members of one group at most
     group_write_limit: int = 200  # a group with more members is in read fan-out mode (one timeline)
     group_hysteresis: int = 20  # a read-mode group goes back to write mode at group_write_limit minus this
@@ -254,9 +256,11 @@ class Config:
                     "im_max_inflight", "group_max_members", "group_write_limit"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.im_user_rate and self.im_user_burst < 1:
+            raise ConfigError(f"im_user_burst: must be >= 1 with a rate limit, got {self.im_user_burst}")
         if not 0 <= self.group_hysteresis < self.group_write_limit:
             raise ConfigError(f"group_hysteresis: must be >= 0 and below group_write_limit, got {self.group_hysteresis}")
-        for key in ("im_retention_days", "im_retention_entries", "ack_retries", "im_max_bytes"):
+        for key in ("im_retention_days", "im_retention_entries", "ack_retries", "im_max_bytes", "im_user_rate"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         if not self.server_id:
