@@ -358,8 +358,13 @@ def test_many_non_readers_closed_at_once_get_their_notices_while_healthy_clients
 
         notices = _Drain(slow)   # the non-readers read again, all at once
         drains.append(notices)
-        wait_until(lambda: notices.open == 0, timeout=60, what="every non-reader closed by the node")
         whole = b'{"reason": "slow consumer", "reconnect": true}'
+        try:
+            wait_until(lambda: notices.open == 0, timeout=120, what="every non-reader closed by the node")
+        except AssertionError as e:
+            told = sum(1 for s in slow if bytes(notices.got[s]).endswith(whole))
+            raise AssertionError(f"{e}: {notices.open} still open, {told} of {slow_n} hold their notice, "
+                                 f"node stats {n.stats()}") from None
         told = sum(1 for s in slow if bytes(notices.got[s]).endswith(whole) and notice_in(bytes(notices.got[s])))
         assert told == slow_n, f"{told} of {slow_n} non-readers got their notice"
         assert n.stats()["close_notices_dropped"] == 0
