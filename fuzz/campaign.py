@@ -51,10 +51,14 @@ def parse_stats(text: str) -> dict:
     done = re.findall(r"^#(\d+)\s+DONE\s+cov: (\d+) ft: (\d+)", text, re.M)
     if done:
         out["cov"], out["ft"] = int(done[-1][1]), int(done[-1][2])
-    else:   # a crashed run prints no DONE line: the last status line tells how far it got
-        status = re.findall(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+)", text, re.M)
+    else:   # a crashed or unfinished run has no DONE line: the last status line tells how far it got
+        status = re.findall(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+).*?exec/s: (\d+) rss: (\d+)Mb", text, re.M)
         if status:
-            out["cov"], out["ft"] = int(status[-1][1]), int(status[-1][2])
+            n, cov, ft, speed, rss = map(int, status[-1])
+            out["cov"], out["ft"] = cov, ft
+            out.setdefault("number_of_executed_units", n)
+            out.setdefault("average_exec_per_sec", speed)
+            out.setdefault("peak_rss_mb", rss)
     return out
 
 
@@ -73,6 +77,30 @@ def run_one(name: str, runs: int, rss_mb: int, seconds: int, env: dict, tree: st
     return stats
 
 
+def row(r: dict, log_dir: str) -> str:
+    name = r["harness"]
+    return (f"{name:<12} {r.get('number_of_executed_units', 0):>9} {r.get('average_exec_per_sec', 0):>7} "
+            f"{r.get('cov', 0):>6} {r.get('ft', 0):>7} {r.get('peak_rss_mb', 0):>7} {r.get('seconds', ''):>6}  "
+            f"{'CRASH, see ' + os.path.join(log_dir, name + '.log') if r['crashed'] else 'ok'}"
+            f"{' (stopped short)' if r['short'] and not r['crashed'] else ''}")
+
+
+HEADER = f"{'harness':<12} {'inputs':>9} {'exec/s':>7} {'cov':>6} {'ft':>7} {'rss MB':>7} {'s':>6}  result"
+
+
+def summarize(log_dir: str, runs: int) -> int:
+    """The table again from the logs of an earlier campaign (one stopped early included)."""
+    print(HEADER)
+    for log in sorted(f for f in os.listdir(log_dir) if f.endswith(".log")):
+        with open(os.path.join(log_dir, log)) as f:
+            text = f.read()
+        r = parse_stats(text)
+        crashed = "ERROR: libFuzzer" in text or "ERROR: AddressSanitizer" in text or "runtime error:" in text
+        r.update(harness=log[:-4], crashed=crashed, short=r.get("number_of_executed_units", 0) < runs)
+        print(row(r, log_dir))
+    return 0
+
+
 def main() -> int:
     sys.path.insert(0, HERE)
     import harnesses
@@ -85,7 +113,10 @@ def main() -> int:
                     help="stop a harness after this long (libFuzzer's -max_total_time), its figures kept")
     ap.add_argument("--tree", help="a copy of the tree built with IMGATE_SANITIZE=fuzz")
     ap.add_argument("--json", help="write the figures here too")
+    ap.add_argument("--summarize", metavar="LOG_DIR", help="only print the table from an earlier campaign's logs")
     opts = ap.parse_args()
+    if opts.summarize:
+        return summarize(opts.summarize, opts.runs)
     names = opts.names or list(harnesses.HARNESSES)
     unknown = [n for n in names if n not in harnesses.HARNESSES]
     if unknown:
@@ -96,15 +127,12 @@ def main() -> int:
     os.makedirs(log_dir, exist_ok=True)
     mode = "extensions instrumented (ASan+UBSan+libFuzzer)" if opts.tree else "Python coverage only"
     print(f"fuzzing {len(names)} harnesses, {opts.runs} inputs each, {mode}; logs in {log_dir}", flush=True)
-    print(f"{'harness':<12} {'inputs':>9} {'exec/s':>7} {'cov':>6} {'ft':>7} {'rss MB':>7} {'s':>6}  result")
+    print(HEADER)
     results = []
     for name in names:
         r = run_one(name, opts.runs, opts.rss_mb, opts.max_seconds, env, tree, log_dir)
         results.append(r)
-        print(f"{name:<12} {r.get('number_of_executed_units', 0):>9} {r.get('average_exec_per_sec', 0):>7} "
-              f"{r.get('cov', 0):>6} {r.get('ft', 0):>7} {r.get('peak_rss_mb', 0):>7} {r['seconds']:>6}  "
-              f"{'CRASH, see ' + os.path.join(log_dir, name + '.log') if r['crashed'] else 'ok'}"
-              f"{' (stopped by --max-seconds)' if r['short'] and not r['crashed'] else ''}", flush=True)
+        print(row(r, log_dir), flush=True)
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump({"mode": mode, "runs": opts.runs, "results": results}, f, indent=1)
