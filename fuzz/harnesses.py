@@ -332,7 +332,10 @@ SEEDS = {
     "im_body": [SEEDS_IM_SEND, b'{"after": 0, "limit": 10}'],
     "im_op": [b"\x00" + SEEDS_IM_SEND, b"\x02" + b'{"after": 3, "limit": 10}', b"\x01" + b'{"seq": 4}',
               b"\x03" + b'{"group": 9, "after": 0, "limit": 5}', b"\x04" + b'{"group": 9, "gseq": 2}',
-              b"\x05" + b'{"conv": "u:2:7", "seq": 1}'],
+              b"\x05" + b'{"conv": "u:2:7", "seq": 1}',
+              # at the bounds, so that a mutation steps over them
+              b"\x02" + b'{"after": 9223372036854775807, "limit": 50}',
+              b"\x03" + b'{"group": 1, "after": 9223372036854775807, "limit": 50}'],
     "auth_body": [b'{"mid": 1, "key": "k", "room_id": "live://1", "platform": "web", "accepts": [1000], "token": ""}'],
     "http": [b"\x09POST /p?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /g?x=%41 HTTP/1.1\r\n\r\n",
              b"\x04POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
