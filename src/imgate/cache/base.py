@@ -40,6 +40,11 @@ class Cache(abc.ABC):
         """:meth:`sessions` without the await (only when ``nowait``)."""
         raise NotImplementedError(f"{type(self).__name__} answers only through sessions()")
 
+    def user_sessions_nowait(self, mid: int) -> list[Session]:
+        """One user's live sessions (``sessions_nowait([mid])``'s list, or []): a unicast's lookup
+        without the dict."""
+        return self.sessions_nowait([mid]).get(mid, [])
+
     def sessions_by_keys_nowait(self, keys: list[str]) -> dict[str, Session]:
         """:meth:`sessions_by_keys` without the await (only when ``nowait``)."""
         raise NotImplementedError(f"{type(self).__name__} answers only through sessions_by_keys()")

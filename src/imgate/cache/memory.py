@@ -90,6 +90,9 @@ class MemoryCache(Cache):
                 out[mid] = live
         return out
 
+    def user_sessions_nowait(self, mid: int) -> list[Session]:
+        return self._sweep_user(mid)
+
     def sessions_by_keys_nowait(self, keys: list[str]) -> dict[str, Session]:
         """:meth:`sessions_by_keys` without the await."""
         out = {}

@@ -213,8 +213,16 @@ class Logic:
         """:meth:`push_mids` for a node whose cache and bus are in this process (``pushes_wait`` is
         False): the same lookup and jobs, handed over without a coroutine. Returns the connections
         it was queued for."""
-        found = self.cache.sessions_nowait(mids)
-        jobs = self._jobs(op, body, next(iter(found.values())) if len(found) == 1 else self._flat(found))
+        if len(mids) == 1:  # the usual unicast: one user, most often one connection
+            live = self.cache.user_sessions_nowait(mids[0])
+            if len(live) == 1:
+                self.counters["pushes"] += 1
+                s = live[0]
+                return self.bus.publish_nowait(PushJob(KIND_CONNS, op, body, s.server, [s.conn_id]))
+            jobs = self._jobs(op, body, live)
+        else:
+            found = self.cache.sessions_nowait(mids)
+            jobs = self._jobs(op, body, next(iter(found.values())) if len(found) == 1 else self._flat(found))
         if len(jobs) == 1:  # the usual unicast: one proxy
             return self.bus.publish_nowait(jobs[0])
         return self._publish_nowait(jobs)

@@ -25,7 +25,16 @@ class Delivery(ProxyAPI):
 
     def push_conns_nowait(self, conn_ids: list[int], op: int, body: bytes) -> int:
         """Unicast/multicast to connections of this proxy, filtered by each one's accepted ops."""
-        self.stats_counters["pushes"] += 1
+        counters = self.stats_counters
+        counters["pushes"] += 1
+        if len(conn_ids) == 1:  # the usual unicast: no list to build
+            ch = self._by_conn_id.get(conn_ids[0])
+            if ch is None:
+                return 0
+            n = self.table.send_many((ch,), encode_frame(op, 0, body), op)
+            if not n:
+                counters["drops"] += 1
+            return n
         chs = []
         for cid in conn_ids:
             ch = self._by_conn_id.get(cid)
