@@ -34,13 +34,14 @@ extensions = [
     Extension("imgate._core.output", ["src/imgate/_core/output.pyx"], **common),
     Extension("imgate._core.room", ["src/imgate/_core/room.pyx"], **common),
     # the HTTP API: the request, its reply on the wire, the plain parser, the dispatcher, httptools'
-    # callbacks and the connection
+    # callbacks, the connection and the API-key guard
     Extension("imgate.http._request", ["src/imgate/http/_request.pyx"], **common),
     Extension("imgate.http._reply", ["src/imgate/http/_reply.pyx"], **common),
     Extension("imgate.http._plain", ["src/imgate/http/_plain.pyx"], **common),
     Extension("imgate.http._dispatch", ["src/imgate/http/_dispatch.pyx"], **common),
     Extension("imgate.http._httptools", ["src/imgate/http/_httptools.pyx"], **common),
     Extension("imgate.http._protocol", ["src/imgate/http/_protocol.pyx"], **common),
+    Extension("imgate.http._guard", ["src/imgate/http/_guard.pyx"], **common),
     # the embedded node's push-by-mid route
     Extension("imgate.logic._push_routes", ["src/imgate/logic/_push_routes.pyx"], **common),
 ]

@@ -80,6 +80,8 @@ class MemoryCache(Cache):
             del self._by_mid[mid]
         return list(conns.values())
 
+    user_sessions_nowait = _sweep_user   # a unicast's lookup, without a frame of its own
+
     def sessions_nowait(self, mids: list[int]) -> dict[int, list[Session]]:
         """:meth:`sessions` without the await: an in-process caller (logic's push) skips a coroutine."""
         out = {}
@@ -90,8 +92,6 @@ class MemoryCache(Cache):
                 out[mid] = live
         return out
 
-    def user_sessions_nowait(self, mid: int) -> list[Session]:
-        return self._sweep_user(mid)
 
     def sessions_by_keys_nowait(self, keys: list[str]) -> dict[str, Session]:
         """:meth:`sessions_by_keys` without the await."""
