@@ -47,7 +47,9 @@ def start_server(workdir: Path, im_sync: str) -> tuple[subprocess.Popen, dict]:
     conf = workdir / "serve.toml"
     conf.write_text(dump_toml(dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
                                    data_dir=str(workdir / "data"), heartbeat_timeout=900.0, im_sync=im_sync,
-                                   max_pending=8 << 20)))
+                                   max_pending=8 << 20, metrics_auth=False,  # /metrics read without a key
+                                   # the offline phase's sender fills an inbox from one connection at once
+                                   client_op_rate=100000.0, client_op_burst=100000)))
     proc = subprocess.Popen([sys.executable, "-m", "imgate", "serve", "--config", str(conf), "--log-level", "WARNING"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     urls = {}

@@ -44,7 +44,8 @@ def cpu(pids) -> dict[int, float]:
 
 def start_serve(workers: int, tmp: Path):
     conf = tmp / "serve.toml"
-    conf.write_text("heartbeat_timeout = 900.0\nim = false\n")  # idle clients stay; no message store
+    # idle clients stay; no message store; an open API on loopback (the pushes carry no key)
+    conf.write_text('heartbeat_timeout = 900.0\nim = false\napi_auth = "none"\n')
     out = open(tmp / "serve.out", "wb")
     p = subprocess.Popen([sys.executable, "-m", "imgate", "serve", "--workers", str(workers), "--config", str(conf),
                           "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0", "--auth", "none",

@@ -188,7 +188,9 @@ def main() -> int:
         conf = Path(tmp) / "serve.toml"
         conf.write_text(dump_toml(dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
                                        data_dir=tmp, heartbeat_timeout=900.0, im=False, upstream_url=backend_url,
-                                       upstream_conn_limit=max(8, args.window), upstream_limit=100000)))
+                                       upstream_conn_limit=max(8, args.window), upstream_limit=100000,
+                                       # a few driver connections carry every round trip
+                                       client_op_rate=0.0)))
         server = subprocess.Popen([sys.executable, "-m", "imgate", "serve", "--config", str(conf),
                                    "--log-level", "WARNING"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import os
 import signal
@@ -113,8 +115,13 @@ class Cluster:
             proxies={n: f"127.0.0.1:{self.ports[n]['rpc']}" for n in ("A", "B")}), workdir)
 
     def start(self) -> "Cluster":
-        for name in ("L1", "L2", "A", "B", "P"):
-            self.procs[name].start()
+        """Start every role; if one fails to come up, the ones already started are stopped first."""
+        try:
+            for name in ("L1", "L2", "A", "B", "P"):
+                self.procs[name].start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -139,3 +146,8 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {n} ---\n{p.tail()}" for n, p in self.procs.items())
+
+
+async def ahttp(cluster: Cluster, logic: str, method: str, path: str, body: bytes | None = None):
+    """:meth:`Cluster.http` from inside an event loop (in a thread, so the loop keeps running)."""
+    return await asyncio.get_running_loop().run_in_executor(None, cluster.http, logic, method, path, body)

@@ -7,6 +7,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from clusterutil import RoleProcess, free_port
 from imgate.http.apikeys import KeyStore
 from nodeutil import API_KEYS
@@ -55,3 +57,18 @@ class ServeProcess(RoleProcess):
     @property
     def http_base(self) -> str:
         return f"http://127.0.0.1:{self.ports['http']}"
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """`serve(**config)` starts a real `imgate serve`; every one still running is killed (SIGKILL) at the end."""
+    procs = []
+
+    def make(**config):
+        p = ServeProcess(tmp_path, **config)
+        procs.append(p)
+        return p.start()
+
+    yield make
+    for p in procs:
+        p.kill()

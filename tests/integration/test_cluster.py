@@ -10,7 +10,7 @@ import uvloop
 
 from imgate import client as imclient
 
-from clusterutil import Cluster, RoleProcess, free_port
+from clusterutil import Cluster, RoleProcess, ahttp, free_port
 from polling import wait_until_async
 from services import redis_down
 
@@ -20,21 +20,13 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, redis_url, kafka_bootstrap):
     c = Cluster(tmp_path_factory.mktemp("cluster"), redis_url, kafka_bootstrap)
-    try:
-        c.start()
-    except Exception:
-        c.stop()
-        raise
+    c.start()
     yield c
     c.stop()
 
 
 def run(coro, timeout=90):
     return uvloop.run(asyncio.wait_for(coro, timeout))
-
-
-async def ahttp(cluster, logic, method, path, body=None):
-    return await asyncio.get_running_loop().run_in_executor(None, cluster.http, logic, method, path, body)
 
 
 async def until(cluster, pred, what, **kw):

@@ -15,7 +15,7 @@ pytest.importorskip("asyncmy")
 from imgate import client as imclient  # noqa: E402
 from imgate.im.protocol import OP_MSG_PUSH  # noqa: E402
 
-from clusterutil import Cluster  # noqa: E402
+from clusterutil import Cluster, ahttp  # noqa: E402
 from polling import wait_until_async  # noqa: E402
 from services import create_database  # noqa: E402
 
@@ -29,21 +29,13 @@ def cluster(tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs):
     c = Cluster(tmp_path_factory.mktemp("imcluster"), redis_url, kafka_bootstrap, im_store="mariadb",
                 mariadb_addrs=list(mariadb_addrs), mariadb_user="test", mariadb_database=db)
     c.procs["L2"].config["mariadb_addrs"] = list(reversed(mariadb_addrs))  # L2 prefers n2
-    try:
-        c.start()
-    except Exception:
-        c.stop()
-        raise
+    c.start()
     yield c
     c.stop()
 
 
 def run(coro, timeout=90):
     return uvloop.run(asyncio.wait_for(coro, timeout))
-
-
-async def ahttp(cluster, logic, method, path, body=None):
-    return await asyncio.get_running_loop().run_in_executor(None, cluster.http, logic, method, path, body)
 
 
 async def pushed(client) -> dict:

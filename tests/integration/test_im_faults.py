@@ -11,26 +11,12 @@ import uvloop
 
 from imgate import client as imclient
 
-from imutil import ServeProcess, api
+from imutil import api, serve  # noqa: F401 (serve is a fixture)
 from polling import wait_until_async
 
 
 def run(coro, timeout=120):
     return uvloop.run(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture
-def serve(tmp_path):
-    procs = []
-
-    def make(**config):
-        p = ServeProcess(tmp_path, **config)
-        procs.append(p)
-        return p.start()
-
-    yield make
-    for p in procs:
-        p.kill()
 
 
 def lock_database(proc) -> sqlite3.Connection:

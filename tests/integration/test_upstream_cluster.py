@@ -32,8 +32,7 @@ def setup(tmp_path_factory, redis_url, kafka_bootstrap):
                 upstream_routes={"102": backend.url("/status/502")}, webhook_url=backend.url("/events"))
     try:
         c.start()
-    except Exception:
-        c.stop()
+    except BaseException:
         backend.stop()
         raise
     yield c, backend
