@@ -42,8 +42,14 @@ extensions = [
     Extension("imgate.http._httptools", ["src/imgate/http/_httptools.pyx"], **common),
     Extension("imgate.http._protocol", ["src/imgate/http/_protocol.pyx"], **common),
     Extension("imgate.http._guard", ["src/imgate/http/_guard.pyx"], **common),
-    # the embedded node's push-by-mid route
+    # the embedded node's push by mid: its route, then one compiled step behind each interface it
+    # crosses (logic, the cache, the push router, the proxy's delivery)
     Extension("imgate.logic._push_routes", ["src/imgate/logic/_push_routes.pyx"], **common),
+    Extension("imgate.protocol._job", ["src/imgate/protocol/_job.pyx"], **common),
+    Extension("imgate.logic._push", ["src/imgate/logic/_push.pyx"], **common),
+    Extension("imgate.cache._memory", ["src/imgate/cache/_memory.pyx"], **common),
+    Extension("imgate.push._route", ["src/imgate/push/_route.pyx"], **common),
+    Extension("imgate.proxy._delivery", ["src/imgate/proxy/_delivery.pyx"], **common),
 ]
 
 setup(
