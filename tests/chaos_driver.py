@@ -66,7 +66,7 @@ class User:
         while True:
             url = self.proxies[self.proxy % len(self.proxies)]
             try:
-                conn = await imclient.connect(url, mid=self.uid, heartbeat=10.0, timeout=5.0)
+                conn = await imclient.connect(url, mid=self.uid, heartbeat=20.0, timeout=5.0)
                 conn.on_push = self.on_push
                 self.conn = conn
                 return
@@ -95,7 +95,7 @@ class User:
                     await self.reconnect(give_up)
                 reply = await self.conn.send_message(to, {"i": i}, cmid=cmid, timeout=SEND_TIMEOUT)
             except imclient.ImRejected as e:
-                self.count(f"refused {e.code}")
+                self.count(f"refused {e.code}: {''.join(c for c in str(e.error)[:60] if not c.isdigit())}")
                 if e.code not in RETRYABLE:
                     self.abandoned.append([cmid, to, first])
                     return

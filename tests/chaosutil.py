@@ -76,10 +76,12 @@ def make_cluster(workdir: Path, services: ChaosServices, **extra) -> Cluster:
     c = Cluster(workdir, redis_url="redis://127.0.0.1:1/0", kafka=services.kafka.bootstrap,
                 redis_sentinels=services.redis.sentinels, redis_master="mymaster",
                 im_store="mariadb", mariadb_addrs=list(services.galera.addrs), mariadb_user="test",
-                mariadb_database=db, heartbeat_timeout=30.0, **extra)
-    for name, proc in c.procs.items():  # the second of each role prefers the other MariaDB node
-        if name.endswith("2") and "mariadb_addrs" in proc.config:
+                mariadb_database=db, heartbeat_timeout=60.0, **extra)
+    for name, proc in c.procs.items():
+        if name.endswith("2") and "mariadb_addrs" in proc.config:  # the second logic prefers the other node
             proc.config["mariadb_addrs"] = list(reversed(services.galera.addrs))
+        if name == "B" and "logic_addrs" in proc.config:  # a proxy uses its first live logic: B the other one
+            proc.config["logic_addrs"] = list(reversed(proc.config["logic_addrs"]))
     return c
 
 
@@ -174,6 +176,8 @@ def start_drivers(cluster: Cluster, plan: Plan, workdir: Path, duration: float, 
         spec = dict(uids=uids, proxies=proxies, rate=plan.rate / plan.workers, duration=duration, grace=grace,
                     seed=w + 1, ready=str(workdir / f"driver{w}.ready"))
         spec_path, out_path = workdir / f"driver{w}.json", workdir / f"driver{w}.out.json"
+        for old in (Path(spec["ready"]), out_path):  # a previous run's in the same dir
+            old.unlink(missing_ok=True)
         spec_path.write_text(json.dumps(spec))
         log = open(workdir / f"driver{w}.log", "ab")
         proc = subprocess.Popen([sys.executable, str(DRIVER), str(spec_path), str(out_path)], env=env,
