@@ -238,9 +238,10 @@ def check(users: list[dict], faults: list[Fault], t_begin: float, t_end: float) 
     unavail = []
     for k, f in enumerate(faults):
         inside = [w for first, ack, w in waits if first < bounds[k + 1] and ack >= f.start]
+        after = sum(1 for first, _ack, _w in waits if f.restored <= first < bounds[k + 1])
         unavail.append(dict(fault=f.name, note=f.note, down_s=round(f.restored - f.start, 2),
                             longest_send_s=round(max(inside, default=0.0), 2),
-                            sends_over_1s=sum(1 for w in inside if w > 1.0)))
+                            sends_over_1s=sum(1 for w in inside if w > 1.0), acked_after_restore=after))
     calm = [w for first, ack, w in waits if not faults or ack < faults[0].start]
     errors: dict[str, int] = {}
     for u in users:
