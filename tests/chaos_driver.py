@@ -168,7 +168,14 @@ async def main(spec: dict) -> dict:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at = max(next_at, time.monotonic() - interval)  # no burst to catch up after a stall
 
+    async def progress():  # into the driver's log: how far a long run has come
+        while True:
+            await asyncio.sleep(30)
+            print(f"{time.time() - begin:6.0f}s acknowledged {sum(len(u.acked) for u in users)}", flush=True)
+
+    reporter = asyncio.create_task(progress())
     await asyncio.gather(*(run(u) for u in users))
+    reporter.cancel()
     end = time.time()
     end_deadline = give_up + 120
     await asyncio.sleep(1.0)  # the last op-24 pushes are on their way

@@ -11,6 +11,7 @@ configured with the Sentinels and `im_store = "mariadb"`. Every process is stopp
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -70,9 +71,13 @@ class ChaosServices:
         return out
 
 
-def make_cluster(workdir: Path, services: ChaosServices, **extra) -> Cluster:
+def make_cluster(workdir: Path, services: ChaosServices, im_roles: int = 2, consumers: int = 2, **extra) -> Cluster:
+    """The cluster on these services; ``im_roles`` im and ``consumers`` consumer roles when the cluster
+    helper can start them (before that, the IM service runs in the logic roles)."""
     db = f"chaos_{uuid.uuid4().hex[:10]}"
     create_database(services.galera.addrs, db)
+    if "im_roles" in inspect.signature(Cluster).parameters:
+        extra.update(im_roles=im_roles, consumers=consumers)
     c = Cluster(workdir, redis_url="redis://127.0.0.1:1/0", kafka=services.kafka.bootstrap,
                 redis_sentinels=services.redis.sentinels, redis_master="mymaster",
                 im_store="mariadb", mariadb_addrs=list(services.galera.addrs), mariadb_user="test",
