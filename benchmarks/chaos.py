@@ -60,6 +60,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=360.0, help="seconds of sending")
     ap.add_argument("--warmup", type=float, default=20.0, help="seconds before the first fault")
     ap.add_argument("--faults", default="", help="comma-separated subset (default: every kind the cluster has)")
+    ap.add_argument("--im-roles", type=int, default=2, help="im roles, when the cluster helper can start them")
+    ap.add_argument("--consumers", type=int, default=2, help="consumer roles, likewise")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "chaos-latest.json"))
     ap.add_argument("--workdir", default="", help="keep configs and logs here (default: a temporary dir)")
     args = ap.parse_args()
@@ -73,7 +75,8 @@ def main() -> int:
     try:
         say(f"starting Redis + Sentinel, Kafka, MariaDB Galera under {workdir}")
         services.start()
-        cluster = make_cluster(workdir, services, kafka_timeout=5.0)
+        cluster = make_cluster(workdir, services, im_roles=args.im_roles, consumers=args.consumers,
+                               kafka_timeout=5.0)
         say("starting the roles: " + ", ".join(f"{n} ({p.role})" for n, p in cluster.procs.items()))
         cluster.start()
         kinds = [k for k in args.faults.split(",") if k] or fault_kinds(cluster)
