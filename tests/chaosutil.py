@@ -242,7 +242,8 @@ def check(users: list[dict], faults: list[Fault], t_begin: float, t_end: float) 
     bounds = [f.start for f in faults] + [t_end]
     unavail = []
     for k, f in enumerate(faults):
-        inside = [w for first, ack, w in waits if first < bounds[k + 1] and ack >= f.start]
+        # a send's wait counts for the last fault begun before its ack (the one that held it up)
+        inside = [w for _first, ack, w in waits if f.start <= ack < bounds[k + 1]]
         after = sum(1 for first, _ack, _w in waits if f.restored <= first < bounds[k + 1])
         unavail.append(dict(fault=f.name, note=f.note, down_s=round(f.restored - f.start, 2),
                             longest_send_s=round(max(inside, default=0.0), 2),
