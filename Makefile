@@ -69,7 +69,7 @@ cluster: build services
 
 # The whole cluster (2 proxies, 2 logic with IM on the MariaDB Galera pair, push, Redis behind Sentinel,
 # Kafka) under faults in turn while 1,000 clients send sequence-numbered messages; every inbox checked:
-# lost, duplicated, seqs reused or skipped, unavailability per fault (benchmarks/chaos.py). About 11 min;
+# lost, duplicated, seqs reused or skipped, unavailability per fault (benchmarks/chaos.py). About 10 min;
 # JSON in benchmarks/results/chaos-latest.json. CHAOS_ARGS passes options (--rate, --duration, ...).
 chaos: build services
 	PYTHONPATH=src $(PY) benchmarks/chaos.py $(CHAOS_ARGS)
