@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -69,6 +70,7 @@ def main() -> int:
     ap.add_argument("--workdir", default="", help="keep configs and logs here (default: a temporary dir)")
     args = ap.parse_args()
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a TERM still stops every process (finally)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="imgate-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -104,6 +105,7 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "cluster-im-latest.json"))
     ap.add_argument("--workdir", default="")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a TERM still stops every process (finally)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="imgate-clbench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     services = ChaosServices(workdir)

@@ -299,18 +299,18 @@ def run_chaos(cluster: Cluster, services: ChaosServices, plan: Plan, workdir: Pa
     drivers = []
     stop = threading.Event()
     injector = FaultInjector(cluster, services, plan, say)
+    faulting = threading.Thread(target=injector.run, args=(plan.faults, stop), daemon=True)
     grace = 60.0
     try:
         drivers = start_drivers(cluster, plan, workdir, duration=plan.duration, grace=grace)
         begin = wait_ready(drivers)
         say(f"{plan.clients} clients connected; sending for {plan.duration:.0f} s at {plan.rate:.0f}/s")
-        faulting = threading.Thread(target=injector.run, args=(plan.faults, stop), daemon=True)
         faulting.start()
         results = wait_drivers(drivers, plan.duration + grace + 400)
-        stop.set()
-        faulting.join()
     finally:
         stop.set()
+        if faulting.is_alive():  # its current fault ends with a restart: done before the caller stops all
+            faulting.join()
         stop_drivers(drivers)
     end = max(r["end"] for r in results)
     report = check([u for r in results for u in r["users"]], injector.done, begin, end)
