@@ -87,7 +87,7 @@ class User:
     async def send(self, to: int, i: int, give_up: float) -> None:
         """Until acknowledged (or the give-up time): the same cmid every time."""
         cmid = f"{self.uid}-{i}"
-        first, tries = time.time(), 0
+        first, tries, backoff = time.time(), 0, 0.2
         while time.time() < give_up:
             tries += 1
             try:
@@ -99,7 +99,10 @@ class User:
                 if e.code not in RETRYABLE:
                     self.abandoned.append([cmid, to, first])
                     return
-                await asyncio.sleep(0.2 * random.random() + 0.1)
+                # exponential: a 503 may come from an overloaded service still working on the
+                # first try, and quick resends would add to its queue
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 4.0)
                 continue
             except imclient.ClientTimeout:
                 self.count("timeout")
