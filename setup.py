@@ -26,11 +26,12 @@ common = dict(
 
 extensions = [
     Extension("imgate._core.frame", ["src/imgate/_core/frame.pyx"], **common),
-    Extension(
-        "imgate._core.websocket",
-        ["src/imgate/_core/websocket.pyx", "csrc/imgate_ws.c"],
-        **common,
-    ),
+    # the WebSocket codec by concern (the parser and the encoder both need the C helpers), and the
+    # module that gathers it under one name
+    Extension("imgate._core.ws_encoder", ["src/imgate/_core/ws_encoder.pyx", "csrc/imgate_ws.c"], **common),
+    Extension("imgate._core.ws_parser", ["src/imgate/_core/ws_parser.pyx", "csrc/imgate_ws.c"], **common),
+    Extension("imgate._core.ws_handshake", ["src/imgate/_core/ws_handshake.pyx"], **common),
+    Extension("imgate._core.websocket", ["src/imgate/_core/websocket.pyx"], **common),
     Extension("imgate._core.output", ["src/imgate/_core/output.pyx"], **common),
     Extension("imgate._core.room", ["src/imgate/_core/room.pyx"], **common),
     # the HTTP API: the request, its reply on the wire, the plain parser, the dispatcher, httptools'
@@ -41,6 +42,8 @@ extensions = [
     Extension("imgate.http._dispatch", ["src/imgate/http/_dispatch.pyx"], **common),
     Extension("imgate.http._httptools", ["src/imgate/http/_httptools.pyx"], **common),
     Extension("imgate.http._protocol", ["src/imgate/http/_protocol.pyx"], **common),
+    # the auth body of the common case (op 7), parsed without the json module
+    Extension("imgate.auth._body", ["src/imgate/auth/_body.pyx"], **common),
     # the embedded node's push-by-mid route
     Extension("imgate.logic._push_routes", ["src/imgate/logic/_push_routes.pyx"], **common),
 ]
