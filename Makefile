@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build services browser proto test check cluster bench bench-im bench-groups bench-upstream bench-scale bench-micro ratios wheel clean run fuzz test-asan
+.PHONY: all build services browser proto test check cluster chaos bench bench-im bench-groups bench-cluster-im bench-upstream bench-scale bench-micro ratios wheel clean run fuzz test-asan
 
 all: build
 
@@ -40,14 +40,27 @@ check: build
 	$(PY) -m pytest -q tests/unit
 
 # Long fuzzing under atheris (installed on first use): every harness of fuzz/harnesses.py for FUZZ_RUNS
-# inputs, memory bounded by libFuzzer's -rss_limit_mb. `make test` runs them briefly (test_fuzz_smoke).
+# inputs, memory bounded by libFuzzer's -rss_limit_mb (fuzz/campaign.py prints inputs, exec/s, coverage
+# and peak RSS of each). With clang, the extensions are built in a copy of the tree under build/fuzz with
+# IMGATE_SANITIZE=fuzz (libFuzzer's coverage counters, ASan, UBSan) and atheris's ASan runtime is
+# preloaded, so the fuzzer is guided inside the compiled parsers too; without clang only the Python code
+# is covered (said so, not silently). `make test` runs the harnesses briefly (test_fuzz_smoke).
 FUZZ_RUNS ?= 1000000
-FUZZ_HARNESSES := goim_frames websocket handshake auth_body http im_body
+FUZZ_RSS_MB ?= 2048
+FUZZ_DIR := build/fuzz
+FUZZ_ARGS ?=
 fuzz: build
 	$(PY) -c 'import atheris' 2>/dev/null || $(PIP) install --quiet atheris
-	for h in $(FUZZ_HARNESSES); do \
-		$(PY) fuzz/run.py $$h -runs=$(FUZZ_RUNS) -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
-	done
+	if command -v clang >/dev/null; then \
+		rm -rf $(FUZZ_DIR) && mkdir -p $(FUZZ_DIR) && \
+		cp -r setup.py pyproject.toml README.md csrc src fuzz $(FUZZ_DIR)/ && \
+		find $(FUZZ_DIR) -name '*.so' -delete && \
+		(cd $(FUZZ_DIR) && IMGATE_SANITIZE=fuzz $(abspath $(PY)) setup.py --quiet build_ext --inplace -j 2) && \
+		PYTHONPATH=src $(PY) fuzz/campaign.py --tree $(FUZZ_DIR) --runs $(FUZZ_RUNS) --rss-mb $(FUZZ_RSS_MB) $(FUZZ_ARGS); \
+	else \
+		echo "make fuzz: no clang here (apt-get install clang): the extensions are fuzzed WITHOUT coverage" >&2; \
+		PYTHONPATH=src $(PY) fuzz/campaign.py --runs $(FUZZ_RUNS) --rss-mb $(FUZZ_RSS_MB) $(FUZZ_ARGS); \
+	fi
 
 # The unit tests against the extensions built with AddressSanitizer and UndefinedBehaviorSanitizer, in a
 # copy of the tree under build/asan (the normal build stays as it is); the sanitizer runtimes are
@@ -66,6 +79,18 @@ test-asan: $(STAMP)
 # a whole cluster on loopback in the foreground (Redis, Kafka, 2 proxies, 2 logic, 1 push); Ctrl-C stops it
 cluster: build services
 	$(PY) scripts/cluster.py
+
+# The whole cluster (2 proxies, 2 logic with IM on the MariaDB Galera pair, push, Redis behind Sentinel,
+# Kafka) under faults in turn while 1,000 clients send sequence-numbered messages; every inbox checked:
+# lost, duplicated, seqs reused or skipped, unavailability per fault (benchmarks/chaos.py). About 10 min;
+# JSON in benchmarks/results/chaos-latest.json. CHAOS_ARGS passes options (--rate, --duration, ...).
+chaos: build services
+	PYTHONPATH=src $(PY) benchmarks/chaos.py $(CHAOS_ARGS)
+
+# Cluster single chat: messages per second and per CPU-second of every server process, p50/p99
+# send-to-delivery, at a series of rates; CPU split per process (benchmarks/cluster_im_bench.py). ~4 min.
+bench-cluster-im: build services
+	PYTHONPATH=src $(PY) benchmarks/cluster_im_bench.py $(BENCH_CLUSTER_IM_ARGS)
 
 # Load benchmarks against the peers and the machine's limit (benchmarks/load/README.md); about 10-20 min.
 # `make bench SCALE=0.1` (or BENCH_SCALE=0.1) for a quick check; BENCH_ARGS passes more options to run.py.

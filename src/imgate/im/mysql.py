@@ -348,6 +348,11 @@ class MariaDbStore(MessageStore):
         unread = (await cur.fetchone())[0]
         await cur.execute("UPDATE conversations SET read_seq = %s, unread = %s WHERE owner = %s AND conv = %s",
                           (seq, unread, uid, conv))
+        # a notice only when the read passes a message from the peer (as SqliteStore._mark_read)
+        await cur.execute("SELECT 1 FROM inbox WHERE owner = %s AND conv = %s AND seq > %s AND seq <= %s AND unread = 1"
+                          " LIMIT 1", (uid, conv, read_seq, seq))
+        if await cur.fetchone() is None:
+            return ReadResult(seq, None, peer)
         await cur.execute("SELECT msg_id FROM inbox WHERE owner = %s AND conv = %s AND seq <= %s"
                           " ORDER BY seq DESC LIMIT 1", (uid, conv, seq))
         last = await cur.fetchone()
