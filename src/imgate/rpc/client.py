@@ -139,15 +139,7 @@ class RpcClient(asyncio.Protocol):
         self.requests += 1
         fut = self._loop.create_future()
         pending[seq] = (fut, deadline, self._gen, method)
-        frame = encode_frame(method, seq, body)
-        self._wbytes += len(frame)
-        wbuf = self._wbuf
-        wbuf.append(frame)
-        if len(wbuf) >= self.write_batch:
-            self._write_now()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._queue(encode_frame(method, seq, body))
         if self._sweeper is None:
             self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
         return fut
@@ -165,9 +157,12 @@ class RpcClient(asyncio.Protocol):
         if waiting > self.max_unread:
             # the peer does not read: refuse now rather than buffer without bound
             raise RpcUnavailable(f"{self.peer} is not reading: {waiting} bytes already wait for it", sent=False)
-        frame = encode_frame(method, 0, body)
-        self._wbytes += len(frame)
         self.requests += 1
+        self._queue(encode_frame(method, 0, body))
+
+    def _queue(self, frame: bytes) -> None:
+        """Into this iteration's write (at once past ``write_batch`` frames)."""
+        self._wbytes += len(frame)
         wbuf = self._wbuf
         wbuf.append(frame)
         if len(wbuf) >= self.write_batch:
