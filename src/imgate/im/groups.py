@@ -58,6 +58,8 @@ class GroupsMixin:
         self._any_read_mode = True  # until the store says none is: then auths skip the room lookup
         self._fanout_wake = asyncio.Event()
         self._consumer: asyncio.Task | None = None
+        # another process fans out (the consumer role): async fn(stored) that tells it (imgate.im.fanout)
+        self.fanout_publish = None
         self.counters.update({"fanout_jobs": 0, "fanout_entries": 0})
 
     async def _start_groups(self) -> None:
@@ -100,6 +102,8 @@ class GroupsMixin:
         read-mode group."""
         if stored.job is not None:
             self._fanout_wake.set()
+            if self.fanout_publish is not None:
+                await self.fanout_publish(stored)
         elif stored.msg is not None:  # the sending connection too, as in write mode: one way for clients
             await self._deliver_read_mode(stored)
 

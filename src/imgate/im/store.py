@@ -179,6 +179,16 @@ class MessageStore(ABC):
         """Ids of the fan-out jobs not done yet, oldest first (the consumer's queue after a restart)."""
         return []
 
+    async def fanout_jobs_older(self, age: float, limit: int) -> list:
+        """Ids of the jobs queued more than ``age`` seconds ago and not done, oldest first (the consumer
+        role's outbox sweep: jobs whose Kafka record never came)."""
+        return []
+
+    async def fanout_pending_before(self, job: int) -> list:
+        """Ids of the jobs of ``job``'s group older than it and not done, oldest first: done before it,
+        so that every member's entries follow gseq order whatever order the jobs arrive in."""
+        return []
+
     async def fan_out(self, job: int) -> Stored | None:
         """Write the job's inbox entries (each owner's next seq) and delete it, in one transaction;
         None when it was done already. ``entries``/``seqs`` hold the owners written."""

@@ -25,6 +25,7 @@ from imgate.protocol import pb
 #: service names exchanged in HELLO: a client dialling the wrong kind of port is refused
 LOGIC_SERVICE = "imgate.logic"
 PROXY_SERVICE = "imgate.proxy"
+IM_SERVICE = "imgate.im"
 
 REPLY_FLAG = pb.REPLY_FLAG  # 0x10000
 ERROR_OP = pb.ERROR_OP      # 0x20000

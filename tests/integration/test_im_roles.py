@@ -1,0 +1,122 @@
+"""The im role in the cluster: two im instances on the MariaDB Galera pair behind two proxies (A prefers
+I1, B prefers I2), two logic, push, Redis and Kafka, all real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+import uvloop
+
+pytest.importorskip("asyncmy")
+
+from imgate import client as imclient  # noqa: E402
+from imgate.im.protocol import OP_MSG_PUSH  # noqa: E402
+
+from clusterutil import Cluster, ahttp  # noqa: E402
+from services import create_database  # noqa: E402
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs):
+    db = f"ir_{uuid.uuid4().hex[:10]}"
+    create_database(mariadb_addrs, db)
+    c = Cluster(tmp_path_factory.mktemp("imroles"), redis_url, kafka_bootstrap, im_roles=2, im_store="mariadb",
+                mariadb_addrs=list(mariadb_addrs), mariadb_user="test", mariadb_database=db)
+    c.procs["I2"].config["mariadb_addrs"] = list(reversed(mariadb_addrs))  # I2 writes on n2
+    c.start()
+    yield c
+    c.stop()
+
+
+def run(coro, timeout=90):
+    return uvloop.run(asyncio.wait_for(coro, timeout))
+
+
+async def pushed(client) -> dict:
+    while True:
+        frame = await client.recv(timeout=30)
+        if frame.op == OP_MSG_PUSH:
+            msgs = json.loads(frame.body)["msgs"]
+            assert len(msgs) == 1
+            return msgs[0]
+
+
+def im_stats(cluster, name: str) -> dict:
+    status, _ = cluster.http(name, "GET", "/healthz")
+    assert status == 200
+    url = f"http://127.0.0.1:{cluster.ports[name]['http']}/metrics"
+    import urllib.request
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {cluster.api_key}"})
+    text = urllib.request.urlopen(req, timeout=10).read().decode()
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line.startswith("imgate_im_") and " " in line}
+
+
+def test_a_message_between_proxies_through_different_im_instances(cluster):
+    before = {n: im_stats(cluster, n).get("imgate_im_messages_total", 0) for n in ("I1", "I2")}
+
+    async def go():
+        x = await imclient.connect(cluster.ws_url("A"), mid=7101, heartbeat=None, timeout=15)
+        y = await imclient.connect(cluster.tcp_url("B"), mid=7102, heartbeat=None, timeout=15)
+        try:
+            reply = await x.send_message(7102, {"n": 1}, cmid="x1", timeout=15)   # A -> I1 (n1)
+            got = await pushed(y)
+            assert (got["from"], got["seq"], got["content"], got["msg_id"]) == (7101, 1, {"n": 1}, reply["msg_id"])
+            back = await y.send_message(7101, "back", cmid="y1", timeout=15)      # B -> I2 (n2)
+            got = await pushed(x)
+            assert (got["from"], got["seq"], got["content"]) == (7102, 2, "back") and back["seq"] == 2
+            # a backend through I2's HTTP; a resend through I1's is the same message
+            body = json.dumps({"cmid": "y2", "to": 7101, "content": 3}).encode()
+            status, sent = await ahttp(cluster, "I2", "POST", "/im/send?uid=7102", body)
+            assert status == 200 and sent["data"]["seq"] == 3, sent
+            status, again = await ahttp(cluster, "I1", "POST", "/im/send?uid=7102", body)
+            assert status == 200 and again["data"]["msg_id"] == sent["data"]["msg_id"]
+            assert (await pushed(x))["cmid"] == "y2"
+            for c in (x, y):
+                page = await c.sync(0, 10, timeout=15)
+                assert [(m["seq"], m["cmid"]) for m in page["msgs"]] == [(1, "x1"), (2, "y1"), (3, "y2")]
+        finally:
+            await x.close()
+            await y.close()
+
+    run(go())
+    after = {n: im_stats(cluster, n).get("imgate_im_messages_total", 0) for n in ("I1", "I2")}
+    # each instance stored what its proxy sent it (I2 also the backend's send): the roles did the work
+    assert (after["I1"] - before["I1"], after["I2"] - before["I2"]) == (1, 2), (before, after)
+
+
+def test_killing_an_im_instance_loses_nothing(cluster):
+    """I1 killed -9 while A's client streams sends: the proxy fails over to I2; every acknowledged send
+    is in both inboxes once, seqs 1..N."""
+    acked: dict[str, int] = {}
+
+    async def go():
+        x = await imclient.connect(cluster.ws_url("A"), mid=7201, heartbeat=None, timeout=15)
+        y = await imclient.connect(cluster.tcp_url("B"), mid=7202, heartbeat=None, timeout=15)
+        try:
+            for i in range(60):
+                if i == 20:
+                    await asyncio.to_thread(cluster.procs["I1"].kill)
+                cmid = f"k{i}"
+                while True:  # the client's resend of a 22 with no 23: same cmid
+                    try:
+                        acked[cmid] = (await x.send_message(7202, i, cmid=cmid, timeout=15))["seq"]
+                        break
+                    except (imclient.ImRejected, imclient.ClientTimeout):
+                        await asyncio.sleep(0.05)
+            return (await y.sync(0, 1000, timeout=15))["msgs"]
+        finally:
+            await x.close()
+            await y.close()
+
+    try:
+        msgs = run(go(), timeout=120)
+    finally:
+        cluster.procs["I1"].start()
+    assert sorted(acked.values()) == list(range(1, 61))
+    assert [(m["seq"], m["cmid"]) for m in msgs] == sorted((s, c) for c, s in acked.items())
