@@ -7,9 +7,9 @@ every consumer also sweeps the outbox for jobs older than ``fanout_relay_after``
 itself (a job is done exactly once whatever does it: the store writes its entries and deletes it in
 one transaction, and the second attempt finds it gone).
 
-Order: a member's entries must follow gseq order, so before a job the consumer does its group's
-older jobs still pending (a relayed one, or one a slower consumer holds: the store's row lock or
-Galera's certification orders the two). The Kafka offset is committed only once the batch's jobs are
+Order: a member's entries must follow gseq order, so the store does a group's older jobs still pending
+before a job, in its transaction (a relayed one, or one a slower consumer holds: the store's row locks
+or Galera's certification order the two). The Kafka offset is committed only once the batch's jobs are
 durable; a consumer killed before that leaves them to the next one, which finds them done or does them.
 """
 
@@ -81,8 +81,6 @@ class FanoutWorker:
         delay = 0.05
         while True:
             try:
-                for older in await self.im.store.fanout_pending_before(job):
-                    await self.im._fan_out(older)
                 await self.im._fan_out(job)
                 return
             except asyncio.CancelledError:

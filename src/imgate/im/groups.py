@@ -93,9 +93,10 @@ class GroupsMixin:
         stored = await self.store.fan_out(job)
         if stored is None:
             return
-        self.counters["fanout_jobs"] += 1
-        self.counters["fanout_entries"] += len(stored.entries)
-        await self._deliver(stored, None)
+        for done in stored.before + [stored]:  # older jobs of the group the store did first
+            self.counters["fanout_jobs"] += 1
+            self.counters["fanout_entries"] += len(done.entries)
+            await self._deliver(done, None)
 
     async def _after_group_store(self, stored: Stored, origin: tuple | None) -> None:
         """What follows a new group message's commit: the fan-out, or the online members of a

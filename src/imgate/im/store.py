@@ -53,6 +53,7 @@ class Stored:
     job: int | None = None      # a write-mode group message: its fan-out job (fan_out does it)
     group: int | None = None
     msg: str | None = None      # a read-mode group message: its msg JSON (seq 0), pushed to online members
+    before: list = field(default_factory=list)  # fan_out: the group's older jobs it did first (Stored each)
 
 
 @dataclass
@@ -184,14 +185,11 @@ class MessageStore(ABC):
         role's outbox sweep: jobs whose Kafka record never came)."""
         return []
 
-    async def fanout_pending_before(self, job: int) -> list:
-        """Ids of the jobs of ``job``'s group older than it and not done, oldest first: done before it,
-        so that every member's entries follow gseq order whatever order the jobs arrive in."""
-        return []
-
     async def fan_out(self, job: int) -> Stored | None:
         """Write the job's inbox entries (each owner's next seq) and delete it, in one transaction;
-        None when it was done already. ``entries``/``seqs`` hold the owners written."""
+        None when it was done already. ``entries``/``seqs`` hold the owners written. A store whose
+        jobs may be done by concurrent transactions does the group's older jobs still pending first, in
+        the same transaction, and returns them in ``before``: entries always follow gseq order."""
         raise ImError(E_UNAVAILABLE, f"groups are not implemented by {type(self).__name__} yet")
 
     async def group_pull(self, uid: int, group: int, after: int, limit: int) -> tuple:
