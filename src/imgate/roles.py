@@ -307,6 +307,10 @@ class ConsumerRole(_ImBase):
     async def stop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.consumer.stop)
         await self.worker.stop()
+        c = self.worker.counters
+        print(f"imgate consumer {self.cfg.server_id}: {c['fanout_kafka_jobs']} jobs from Kafka, "
+              f"{c['fanout_relayed']} from the outbox sweep, {self.im.counters['fanout_entries']} entries written",
+              flush=True)
         await self._close()
 
 

@@ -1,5 +1,6 @@
-"""The im role in the cluster: two im instances on the MariaDB Galera pair behind two proxies (A prefers
-I1, B prefers I2), two logic, push, Redis and Kafka, all real processes."""
+"""The im and consumer roles in the cluster: two im instances on the MariaDB Galera pair behind two
+proxies (A prefers I1, B prefers I2), two consumers doing the group fan-out, two logic, push, Redis and
+Kafka, all real processes."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from imgate import client as imclient  # noqa: E402
 from imgate.im.protocol import OP_MSG_PUSH  # noqa: E402
 
 from clusterutil import Cluster, ahttp  # noqa: E402
+from polling import wait_until_async  # noqa: E402
 from services import create_database  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -25,7 +27,8 @@ pytestmark = pytest.mark.cluster
 def cluster(tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs):
     db = f"ir_{uuid.uuid4().hex[:10]}"
     create_database(mariadb_addrs, db)
-    c = Cluster(tmp_path_factory.mktemp("imroles"), redis_url, kafka_bootstrap, im_roles=2, im_store="mariadb",
+    c = Cluster(tmp_path_factory.mktemp("imroles"), redis_url, kafka_bootstrap, im_roles=2, consumers=2,
+                im_store="mariadb",
                 mariadb_addrs=list(mariadb_addrs), mariadb_user="test", mariadb_database=db)
     c.procs["I2"].config["mariadb_addrs"] = list(reversed(mariadb_addrs))  # I2 writes on n2
     c.start()
@@ -120,3 +123,60 @@ def test_killing_an_im_instance_loses_nothing(cluster):
         cluster.procs["I1"].start()
     assert sorted(acked.values()) == list(range(1, 61))
     assert [(m["seq"], m["cmid"]) for m in msgs] == sorted((s, c) for c, s in acked.items())
+
+
+def test_a_group_fanned_out_by_one_consumer_while_the_other_is_killed(cluster):
+    """Write-mode group messages streamed through both im roles while consumer C1 is killed -9 (by PID):
+    C2 (after the Kafka rebalance) or the outbox sweep does its jobs; every member's inbox ends up with
+    each message once, in gseq order, without gap, and an online member gets them pushed in order."""
+    members = list(range(7302, 7312))
+    n = 60
+
+    async def inbox(uid):
+        status, page = await ahttp(cluster, "I2", "GET", f"/im/sync?uid={uid}&after=0&limit=1000")
+        assert status == 200, page
+        return page["data"]["msgs"]
+
+    async def go():
+        status, made = await ahttp(cluster, "I1", "POST", "/im/groups?uid=7301",
+                                   json.dumps({"name": "g", "members": members}).encode())
+        assert status == 200, made
+        g = made["data"]["group"]
+        online = await imclient.connect(cluster.tcp_url("B"), mid=7305, heartbeat=None, timeout=15)
+        sender = await imclient.connect(cluster.ws_url("A"), mid=7301, heartbeat=None, timeout=15)
+        stream = online.messages(0)
+        got = []
+        try:
+            for i in range(n):
+                if i == 20:
+                    pid = cluster.procs["C1"].proc.pid
+                    await asyncio.to_thread(cluster.procs["C1"].kill)  # SIGKILL to that PID
+                    assert cluster.procs["C1"].proc.returncode == -9, pid
+                body = {"cmid": f"g{i}", "group": g, "content": i}
+                status, sent = await ahttp(cluster, ("I1", "I2")[i % 2], "POST", "/im/send?uid=7301", json.dumps(body).encode())
+                assert status == 200 and sent["data"]["gseq"] == i + 2, sent
+
+            async def all_fanned_out():
+                for uid in [7301] + members:
+                    if len(await inbox(uid)) < n + 1:
+                        return False
+                return True
+
+            await wait_until_async(all_fanned_out, timeout=60, interval=0.2, what="every member's inbox to be complete")
+            while len(got) < n + 1:
+                got.append(await asyncio.wait_for(stream.__anext__(), 30))
+        finally:
+            await online.close()
+            await sender.close()
+        return g, got
+
+    try:
+        g, got = run(go(), timeout=180)
+    finally:
+        cluster.procs["C1"].start()
+    assert [m["gseq"] for m in got] == list(range(1, n + 2)) and [m["seq"] for m in got] == list(range(1, n + 2))
+    for uid in [7301] + members:
+        msgs = run(inbox(uid))
+        assert [m["seq"] for m in msgs] == list(range(1, n + 2)), f"user {uid}: a seq skipped or repeated"
+        assert [(m["group"], m["gseq"]) for m in msgs] == [(g, k) for k in range(1, n + 2)], f"user {uid}: order"
+        assert [m["cmid"] for m in msgs[1:]] == [f"g{i}" for i in range(n)]
