@@ -166,6 +166,7 @@ def test_a_mariadb_node_killed_mid_stream_through_the_whole_cluster(cluster, gal
         inboxes = run(go(), timeout=240)
     finally:
         galera_process.start()  # n1 rejoins for the tests after this one
+    print(f"\nlongest send across the kill of n1 ({cluster.im[0]} on it): {longest[0]:.2f}s")
     assert longest[0] < 10, f"a send waited {longest[0]:.1f}s across the failover"
     for u, msgs in inboxes.items():
         assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1)), f"user {u}: a seq skipped or reused"
