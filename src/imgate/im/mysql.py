@@ -94,7 +94,7 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
     def __init__(self, addrs, *, user: str = "imgate", password: str = "", database: str = "im",
                  pool_size: int = 16, connect_timeout: float = 2.0, query_timeout: float = 10.0,
                  failover_timeout: float = 20.0, retention_days: float = 0, retention_entries: int = 0,
-                 prune_interval: float = 3600.0):
+                 prune_interval: float = 3600.0, batch_max: int = 64, max_queue: int = 20000):
         self.addrs = parse_addrs(addrs)
         self.user, self.password, self.database = user, password, database
         self.pool_size = pool_size
@@ -104,6 +104,11 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
         self.retention_days = retention_days
         self.retention_entries = retention_entries
         self.prune_interval = prune_interval
+        self.batch_max = batch_max
+        self.max_queue = max_queue
+        self._queued: list = []          # sends waiting for a writer: (NewMessage, future)
+        self._writers = 0                # writer tasks running (at most pool_size)
+        self._writer_tasks: set = set()
         self.node = 0                    # index in addrs of the server every connection goes to
         self._idle: list = []            # connections to self.node, ready for a transaction
         self._slots: asyncio.Semaphore | None = None
@@ -285,7 +290,6 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
         seqs = {o: seqs[o] for o in m.owners}
         entries = await self._add_entries(cur, seqs, msg_id, m.sender, m.conv, m.to, None, m.type, m.content, ts,
                                           m.cmid, None)
-        self.counters["writes"] += 1
         return Stored(msg_id=msg_id, ts=ts, seqs=seqs, entries=entries)
 
     async def _add_entries(self, cur, seqs: dict, msg_id: int, sender: int, conv: str, to, group, type_: str,
@@ -430,9 +434,58 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
         return await self._run(self._max_seq_now, uid) or 0
 
     async def send(self, msg: NewMessage) -> Stored:
-        stored = await self._run(self._store, msg)
-        self.counters["commits"] += 1
-        return stored
+        """Queued for a writer; answered once the transaction that holds it committed (module doc)."""
+        if self._closed:
+            raise ImError(E_UNAVAILABLE, "message store is closed")
+        if len(self._queued) >= self.max_queue:
+            raise ImError(E_UNAVAILABLE, f"message store is overloaded ({len(self._queued)} sends queued), nothing stored")
+        fut = asyncio.get_running_loop().create_future()
+        self._queued.append((msg, fut))
+        if self._writers < self.pool_size:
+            self._writers += 1
+            task = asyncio.get_running_loop().create_task(self._writer())
+            self._writer_tasks.add(task)
+            task.add_done_callback(self._writer_tasks.discard)
+        return await fut
+
+    async def _writer(self) -> None:
+        """Take a share of what is queued into one transaction, until nothing is. The share spreads the
+        queue over every connection (up to batch_max each): a send is several round trips, so one
+        transaction of all of them would run them one after the other while the pool idles; a few
+        each share the commit (a Galera round, an fsync) and keep the pool busy."""
+        try:
+            while self._queued:
+                n = min(self.batch_max, -(-len(self._queued) // self.pool_size))
+                batch, self._queued = self._queued[:n], self._queued[n:]
+                try:
+                    results = await self._run(self._store_batch, batch)
+                    self.counters["commits"] += 1
+                    self.counters["writes"] += sum(1 for ok, _ in results if ok)  # committed, not attempted
+                except ImError as e:  # the batch failed as a whole: nothing of it is stored
+                    results = [(False, e)] * len(batch)
+                except Exception as e:  # noqa: BLE001 - the writer must answer every send
+                    log.exception("message store: a batch of %d sends failed", len(batch))
+                    results = [(False, ImError(E_UNAVAILABLE, f"message store error, nothing stored: {e}"))] * len(batch)
+                for (_, fut), (ok, value) in zip(batch, results):
+                    if not fut.done():
+                        fut.set_result(value) if ok else fut.set_exception(value)
+        finally:
+            self._writers -= 1
+
+    async def _store_batch(self, cur, batch: list, resumed: bool = False) -> list:
+        """The sends of one transaction, (ok, Stored or ImError) each. A send the store refuses is rolled
+        back to its savepoint, the others stay; a lone send needs none (its refusal ends the transaction)."""
+        if len(batch) == 1:
+            return [(True, await self._store(cur, batch[0][0], resumed=resumed))]
+        results = []
+        for msg, _ in batch:
+            await cur.execute("SAVEPOINT one_send")
+            try:
+                results.append((True, await self._store(cur, msg, resumed=resumed)))
+            except ImError as e:
+                await cur.execute("ROLLBACK TO SAVEPOINT one_send")
+                results.append((False, e))
+        return results
 
     async def sync(self, uid: int, after: int, limit: int) -> SyncPage:
         return await self._run(self._sync_now, uid, after, limit)
