@@ -29,7 +29,8 @@ def cluster(tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs):
     create_database(mariadb_addrs, db)
     c = Cluster(tmp_path_factory.mktemp("imroles"), redis_url, kafka_bootstrap, im_roles=2, consumers=2,
                 im_store="mariadb",
-                mariadb_addrs=list(mariadb_addrs), mariadb_user="test", mariadb_database=db)
+                mariadb_addrs=list(mariadb_addrs), mariadb_user="test", mariadb_database=db,
+                group_write_limit=20, group_hysteresis=2)
     c.procs["I2"].config["mariadb_addrs"] = list(reversed(mariadb_addrs))  # I2 writes on n2
     c.start()
     yield c
@@ -47,6 +48,14 @@ async def pushed(client) -> dict:
             msgs = json.loads(frame.body)["msgs"]
             assert len(msgs) == 1
             return msgs[0]
+
+
+async def pushed_frame(client) -> list:
+    """The msgs of the next op-24 frame."""
+    while True:
+        frame = await client.recv(timeout=30)
+        if frame.op == OP_MSG_PUSH:
+            return json.loads(frame.body)["msgs"]
 
 
 def im_stats(cluster, name: str) -> dict:
@@ -180,3 +189,65 @@ def test_a_group_fanned_out_by_one_consumer_while_the_other_is_killed(cluster):
         assert [m["seq"] for m in msgs] == list(range(1, n + 2)), f"user {uid}: a seq skipped or repeated"
         assert [(m["group"], m["gseq"]) for m in msgs] == [(g, k) for k in range(1, n + 2)], f"user {uid}: order"
         assert [m["cmid"] for m in msgs[1:]] == [f"g{i}" for i in range(n)]
+
+
+def test_read_mode_group_rooms_follow_membership_on_both_proxies(cluster):
+    """A group over group_write_limit is in read mode: its members' connections on both proxies join its
+    room when it is made (JOIN_CONNS over RPC from push), a member added while online joins, a removed
+    one leaves; a group message reaches exactly the members online, through the room."""
+    members = list(range(7402, 7430))  # 29 with the owner: over the limit of 20
+
+    async def room_count(room):
+        status, got = await ahttp(cluster, "L1", "GET", f"/room?rid={room}")
+        assert status == 200, got
+        return got["data"]["count"]
+
+    async def group_push(c, cmid):
+        """The msg ``cmid`` pushed to ``c`` (the membership notices before it skipped)."""
+        while True:
+            frame = await c.recv(timeout=30)
+            if frame.op == OP_MSG_PUSH:
+                for m in json.loads(frame.body)["msgs"]:
+                    if m["cmid"] == cmid:
+                        return m
+
+    async def send(cmid):
+        body = json.dumps({"cmid": cmid, "group": g[0], "content": cmid}).encode()
+        status, sent = await ahttp(cluster, "I2", "POST", "/im/send?uid=7401", body)
+        assert status == 200 and sent["data"]["seq"] == 0, sent  # read mode: the timeline only
+
+    g = []
+
+    async def go():
+        a = await imclient.connect(cluster.ws_url("A"), mid=7402, heartbeat=None, timeout=15)
+        b = await imclient.connect(cluster.tcp_url("B"), mid=7403, heartbeat=None, timeout=15)
+        late = await imclient.connect(cluster.tcp_url("B"), mid=7450, heartbeat=None, timeout=15)
+        try:
+            status, made = await ahttp(cluster, "I1", "POST", "/im/groups?uid=7401",
+                                       json.dumps({"name": "big", "members": members}).encode())
+            assert status == 200, made
+            g.append(made["data"]["group"])
+            room = f"im://g:{g[0]}"
+            status, info = await ahttp(cluster, "I2", "GET", f"/im/groups?group={g[0]}")
+            assert info["data"]["mode"] == "read", info
+            await wait_until_async(lambda: room_count(room), equals=2, interval=0.2, what="a and b in the room")
+            await send("r1")
+            for c in (a, b):
+                got = await group_push(c, "r1")
+                assert (got["cmid"], got["seq"], got["group"]) == ("r1", 0, g[0]), got
+            status, changed = await ahttp(cluster, "I1", "POST", f"/im/groups/members?group={g[0]}",
+                                          json.dumps({"add": [7450], "remove": [7403]}).encode())
+            assert status == 200 and changed["data"]["mode"] == "read", changed
+            await send("r2")
+            for c in (a, late):
+                assert (await group_push(c, "r2"))["cmid"] == "r2"
+            # late (on B) has r2, so B's room push is done: b, removed, must not have had it
+            status, _ = await ahttp(cluster, "I1", "POST", "/im/send?uid=7401",
+                                    json.dumps({"cmid": "direct", "to": 7403, "content": "x"}).encode())
+            assert status == 200
+            assert [m["cmid"] for m in (await pushed_frame(b))] == ["direct"]
+        finally:
+            for c in (a, b, late):
+                await c.close()
+
+    run(go(), timeout=120)

@@ -30,9 +30,9 @@ class PushJob:
 
     def ordering_key(self) -> str:
         """Jobs with the same key must be delivered in order (one user's or one room's pushes)."""
-        if self.kind == KIND_ROOM:
+        if self.kind in (KIND_ROOM, KIND_JOIN, KIND_LEAVE):  # a join comes before the room's next push
             return "room:" + self.room_id
-        if self.kind in (KIND_CONNS, KIND_JOIN, KIND_LEAVE):
+        if self.kind == KIND_CONNS:
             return "server:" + self.server
         return "all"
 

@@ -44,7 +44,7 @@ def _count(n):
 
 
 class ProxyRpcService(RpcService):
-    """Exposes a proxy's push_conns / push_room_batch / push_all over RPC
+    """Exposes a proxy's push_conns / push_room_batch / push_all / join_conns / leave_conns over RPC
     (service ``imgate.proxy``): a ``ProxyAPI`` in this process through its ``*_nowait`` methods, any
     other object through methods of those names (sync or async)."""
 
@@ -56,6 +56,8 @@ class ProxyRpcService(RpcService):
         self._conns = proxy.push_conns_nowait if at_once else proxy.push_conns
         self._room_batch = proxy.push_room_batch_nowait if at_once else proxy.push_room_batch
         self._all = proxy.push_all_nowait if at_once else proxy.push_all
+        self._join = proxy.join_conns_nowait if at_once else proxy.join_conns
+        self._leave = proxy.leave_conns_nowait if at_once else proxy.leave_conns
         if server_id is None:
             server_id = getattr(proxy, "server_id", "") or ""
         self.server = RpcServer(self.SERVICE, self.handlers(), server_id=server_id, **server_kw)
@@ -65,6 +67,8 @@ class ProxyRpcService(RpcService):
             pb.PUSH_CONNS: self._push_conns,
             pb.PUSH_ROOM_BATCH: self._push_room_batch,
             pb.PUSH_ALL: self._push_all,
+            pb.JOIN_CONNS: self._join_conns,
+            pb.LEAVE_CONNS: self._leave_conns,
         }
 
     def _push_conns(self, req: pb.PushConnsReq):
@@ -75,6 +79,12 @@ class ProxyRpcService(RpcService):
 
     def _push_all(self, req: pb.PushAllReq):
         return _count(self._all(req.op, req.body, req.speed))
+
+    def _join_conns(self, req: pb.RoomConnsReq):
+        return _count(self._join(list(req.conn_ids), req.room_id))
+
+    def _leave_conns(self, req: pb.RoomConnsReq):
+        return _count(self._leave(list(req.conn_ids), req.room_id))
 
 
 async def serve_proxy(proxy, host: str = "127.0.0.1", port: int = 0, *, ssl=None, **server_kw) -> ProxyRpcService:
@@ -128,4 +138,15 @@ class ProxyClient(ProxyAPI):
 
     async def push_all(self, op: int, body: bytes, speed: int = 0) -> int:
         raw = await self.pool.call_raw(pb.PUSH_ALL, _PushAllReq(op=op, body=bytes(body), speed=speed).SerializeToString())
+        return _count_of(raw).count
+
+    async def join_conns(self, conn_ids: list[int], room_id: str) -> int:
+        """The connections join ``room_id`` (a read-mode group's room); returns those that did."""
+        raw = await self.pool.call_raw(pb.JOIN_CONNS, pb.RoomConnsReq(conn_ids=conn_ids, room_id=room_id)
+                                       .SerializeToString())
+        return _count_of(raw).count
+
+    async def leave_conns(self, conn_ids: list[int], room_id: str) -> int:
+        raw = await self.pool.call_raw(pb.LEAVE_CONNS, pb.RoomConnsReq(conn_ids=conn_ids, room_id=room_id)
+                                       .SerializeToString())
         return _count_of(raw).count

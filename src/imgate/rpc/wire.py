@@ -54,6 +54,8 @@ REQUEST_TYPES: dict[int, type[Message]] = {
     pb.PUSH_CONNS: pb.PushConnsReq,
     pb.PUSH_ROOM_BATCH: pb.PushRoomBatchReq,
     pb.PUSH_ALL: pb.PushAllReq,
+    pb.JOIN_CONNS: pb.RoomConnsReq,
+    pb.LEAVE_CONNS: pb.RoomConnsReq,
     pb.PING: pb.Empty,
     pb.HELLO: pb.Hello,
 }
@@ -68,6 +70,8 @@ REPLY_TYPES: dict[int, type[Message]] = {
     pb.PUSH_CONNS: pb.CountReply,
     pb.PUSH_ROOM_BATCH: pb.CountReply,
     pb.PUSH_ALL: pb.CountReply,
+    pb.JOIN_CONNS: pb.CountReply,
+    pb.LEAVE_CONNS: pb.CountReply,
     pb.PING: pb.Empty,
     pb.HELLO: pb.HelloReply,
 }
