@@ -169,3 +169,29 @@ class Cluster:
 async def ahttp(cluster: Cluster, logic: str, method: str, path: str, body: bytes | None = None):
     """:meth:`Cluster.http` from inside an event loop (in a thread, so the loop keeps running)."""
     return await asyncio.get_running_loop().run_in_executor(None, cluster.http, logic, method, path, body)
+
+
+def mariadb_cluster(workdir: Path, redis_url: str, kafka: str, mariadb_addrs: list, **kw) -> Cluster:
+    """A Cluster whose IM runs on a fresh database of the MariaDB pair: the roles named ...1 write on the
+    first node, those named ...2 on the second. ``kw`` as for Cluster (im_roles, consumers, config)."""
+    from services import create_database
+
+    db = f"c_{uuid.uuid4().hex[:10]}"
+    create_database(mariadb_addrs, db)
+    c = Cluster(workdir, redis_url, kafka, im_store="mariadb", mariadb_addrs=list(mariadb_addrs),
+                mariadb_user="test", mariadb_database=db, **kw)
+    for name, proc in c.procs.items():
+        if name.endswith("2") and "mariadb_addrs" in proc.config:
+            proc.config["mariadb_addrs"] = list(reversed(mariadb_addrs))
+    return c
+
+
+async def pushed_frame(client, timeout: float = 30) -> list:
+    """The msgs of the next op-24 (IM push) frame ``client`` gets; other frames are skipped."""
+    from imgate.im.protocol import OP_MSG_PUSH
+
+    while True:
+        frame = await client.recv(timeout=timeout)
+        if frame.op == OP_MSG_PUSH:
+            return json.loads(frame.body)["msgs"]
+

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import pytest
 import uvloop
@@ -14,26 +13,19 @@ import uvloop
 pytest.importorskip("asyncmy")
 
 from imgate import client as imclient  # noqa: E402
-from imgate.im.protocol import OP_MSG_PUSH  # noqa: E402
 
-from clusterutil import Cluster, ahttp  # noqa: E402
+from clusterutil import ahttp, mariadb_cluster, pushed_frame  # noqa: E402
 from polling import wait_until_async  # noqa: E402
-from services import create_database  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module", params=["logic", "im"])
 def cluster(request, tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs):
-    db = f"cl_{uuid.uuid4().hex[:10]}"
-    create_database(mariadb_addrs, db)
     roles = 2 if request.param == "im" else 0
-    c = Cluster(tmp_path_factory.mktemp("imcluster"), redis_url, kafka_bootstrap, im_roles=roles, im_store="mariadb",
-                mariadb_addrs=list(mariadb_addrs), mariadb_user="test", mariadb_database=db)
+    c = mariadb_cluster(tmp_path_factory.mktemp("imcluster"), redis_url, kafka_bootstrap, mariadb_addrs,
+                        im_roles=roles)
     c.im = ("I1", "I2") if roles else ("L1", "L2")
-    for name in ("L2", "I2"):
-        if name in c.procs:
-            c.procs[name].config["mariadb_addrs"] = list(reversed(mariadb_addrs))  # prefers n2
     c.start()
     yield c
     c.stop()
@@ -44,13 +36,10 @@ def run(coro, timeout=90):
 
 
 async def pushed(client) -> dict:
-    """The next op-24 entry this connection gets."""
-    while True:
-        frame = await client.recv(timeout=30)
-        if frame.op == OP_MSG_PUSH:
-            msgs = json.loads(frame.body)["msgs"]
-            assert len(msgs) == 1
-            return msgs[0]
+    """The next op-24 entry this connection gets (one per frame here)."""
+    msgs = await pushed_frame(client)
+    assert len(msgs) == 1
+    return msgs[0]
 
 
 def test_a_message_between_proxies_and_back_through_the_other_logic(cluster):

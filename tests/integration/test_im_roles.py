@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import pytest
 import uvloop
@@ -16,22 +15,16 @@ pytest.importorskip("asyncmy")
 from imgate import client as imclient  # noqa: E402
 from imgate.im.protocol import OP_MSG_PUSH  # noqa: E402
 
-from clusterutil import Cluster, ahttp  # noqa: E402
+from clusterutil import ahttp, mariadb_cluster, pushed_frame  # noqa: E402
 from polling import wait_until_async  # noqa: E402
-from services import create_database  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs):
-    db = f"ir_{uuid.uuid4().hex[:10]}"
-    create_database(mariadb_addrs, db)
-    c = Cluster(tmp_path_factory.mktemp("imroles"), redis_url, kafka_bootstrap, im_roles=2, consumers=2,
-                im_store="mariadb",
-                mariadb_addrs=list(mariadb_addrs), mariadb_user="test", mariadb_database=db,
-                group_write_limit=20, group_hysteresis=2)
-    c.procs["I2"].config["mariadb_addrs"] = list(reversed(mariadb_addrs))  # I2 writes on n2
+    c = mariadb_cluster(tmp_path_factory.mktemp("imroles"), redis_url, kafka_bootstrap, mariadb_addrs,
+                        im_roles=2, consumers=2, group_write_limit=20, group_hysteresis=2)
     c.start()
     yield c
     c.stop()
@@ -42,20 +35,9 @@ def run(coro, timeout=90):
 
 
 async def pushed(client) -> dict:
-    while True:
-        frame = await client.recv(timeout=30)
-        if frame.op == OP_MSG_PUSH:
-            msgs = json.loads(frame.body)["msgs"]
-            assert len(msgs) == 1
-            return msgs[0]
-
-
-async def pushed_frame(client) -> list:
-    """The msgs of the next op-24 frame."""
-    while True:
-        frame = await client.recv(timeout=30)
-        if frame.op == OP_MSG_PUSH:
-            return json.loads(frame.body)["msgs"]
+    msgs = await pushed_frame(client)
+    assert len(msgs) == 1
+    return msgs[0]
 
 
 def im_stats(cluster, name: str) -> dict:
