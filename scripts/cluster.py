@@ -14,7 +14,7 @@ other; it comes back).
 Options for tests and second clusters: `--free-ports` (any free ports; the chosen ones are written to
 WORK/ports.json), `--work DIR`, `--redis-url URL` and `--kafka HOST:PORT` (use running services instead
 of starting them; then no MariaDB is started and there is no IM service (and no im or consumer role)
-unless `--mariadb HOST:PORT,HOST:PORT` names running servers), `--topic`. Each role's pid is in WORK/<name>.pid, its output in WORK/<name>.log.
+unless `--mariadb HOST:PORT,HOST:PORT` names running servers, `--mariadb-database` their database), `--topic`. Each role's pid is in WORK/<name>.pid, its output in WORK/<name>.log.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--free-ports", action="store_true")
     ap.add_argument("--redis-url")
     ap.add_argument("--kafka")
-    ap.add_argument("--mariadb", help="HOST:PORT,HOST:PORT of a running MariaDB pair (user test, database im)")
+    ap.add_argument("--mariadb", help="HOST:PORT,HOST:PORT of a running MariaDB pair (user test)")
+    ap.add_argument("--mariadb-database", default="im", help="its database (must exist; default im)")
     ap.add_argument("--topic", default="imgate-push", help="Kafka topic of the push jobs")
     ap.add_argument("--restart-delay", type=float, default=2.0)
     args = ap.parse_args(argv)
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                   kafka_topic=args.topic, auth="jwt", data_dir=str(work / "data"), logic_addrs=logic_addrs)
     # with MariaDB: the im roles serve the IM ops, the consumers fan out group messages (Kafka topic
     # imgate-fanout); logic keeps the store for what auth needs
-    im = dict(im_store="mariadb", mariadb_user="test", mariadb_database="im", group_consumer=False,
+    im = dict(im_store="mariadb", mariadb_user="test", mariadb_database=args.mariadb_database, group_consumer=False,
               fanout_topic=f"{args.topic}-fanout") if mariadb else {}
 
     def prefer(n: str) -> dict:  # the -1 roles write on the first MariaDB node, the -2 on the second
