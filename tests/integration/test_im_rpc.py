@@ -55,7 +55,12 @@ def test_frames_go_to_the_first_live_im_acks_to_every_im_and_a_dead_one_is_skipp
             assert await client.receive("A", 7, 1, OP_MSG_ACK, 30, b'{"seq":2}') == b""
             assert len(ims[1].frames) == 12 and len(ims[0].frames) == 3
             await client.disconnect("A", 7, 1)
-            await wait_until_async(lambda: ims[1].closed == [7], what="the disconnect to reach im two")
+            assert ims[1].closed == [7]
+            svcs[0] = ImRpcService(ims[0])  # one comes back: a disconnect reaches both
+            await svcs[0].start("127.0.0.1", int(client.addrs[0].rpartition(":")[2]))
+            await wait_until_async(lambda: client.pools[0].healthy, what="the client to reconnect to one")
+            await client.disconnect("A", 8, 1)
+            assert (ims[0].closed, ims[1].closed) == ([8], [7, 8])
         finally:
             await client.close()
             for svc in svcs:

@@ -5,9 +5,9 @@ body back, as ``Logic.receive`` does for IM ops) and DISCONNECT (forget what a c
 not acked). :class:`ImClient` is the proxy's side: a :class:`~imgate.rpc.logic.LogicClient` dialling the
 im instances in ``im_addrs`` order with fail-over. Every IM request may be repeated (a send is found
 again by its cmid, a sync or a pull only reads, an ack or a read position only moves up), so a request
-whose im died after it was sent goes to the next instance instead of failing. An ack (op 25) goes to
-every reachable instance: the entry it acknowledges was pushed, and is resent, by whichever im stored
-the message, not necessarily the one this proxy prefers.
+whose im died after it was sent goes to the next instance instead of failing. An ack (op 25) and a
+closed connection go to every reachable instance: the entry acknowledged was pushed, and is resent,
+by whichever im stored the message, not necessarily the one this proxy prefers.
 """
 
 from __future__ import annotations
@@ -59,16 +59,25 @@ class ImClient(LogicClient):
 
     async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes, **_) -> bytes:
         req = pb.ReceiveReq(server=server, conn_id=conn_id, mid=mid, op=op, seq=seq, body=bytes(body))
-        if op == OP_MSG_ACK and len(self.pools) > 1:
-            return await self._ack_everywhere(req.SerializeToString())
-        raw = await self._call(pb.RECEIVE, req, idempotent=True)
+        if op == OP_MSG_ACK:
+            raw = await self._everywhere(pb.RECEIVE, req.SerializeToString())
+        else:
+            raw = await self._call(pb.RECEIVE, req, idempotent=True)
         return pb.ReceiveReply.FromString(raw).body
 
-    async def _ack_everywhere(self, body: bytes) -> bytes:
+    async def _call(self, method: int, request, idempotent: bool):
+        if method == pb.DISCONNECT:  # (batched by LogicClient) whichever im pushed to it tracks its acks
+            return await self._everywhere(method, request.SerializeToString())
+        return await super()._call(method, request, idempotent)
+
+    async def _everywhere(self, method: int, body: bytes) -> bytes:
+        """The request to every reachable im; the first answer."""
         healthy = [p for p in self.pools if p.healthy] or self.pools[:1]
-        results = await asyncio.gather(*(p.call_raw(pb.RECEIVE, body, idempotent=True) for p in healthy),
+        if len(healthy) == 1:
+            return await healthy[0].call_raw(method, body, idempotent=True)
+        results = await asyncio.gather(*(p.call_raw(method, body, idempotent=True) for p in healthy),
                                        return_exceptions=True)
         for r in results:
             if not isinstance(r, BaseException):
-                return pb.ReceiveReply.FromString(r).body
+                return r
         raise RpcUnavailable(f"no im instance reachable among {', '.join(self.addrs)}")
