@@ -26,11 +26,12 @@ common = dict(
 
 extensions = [
     Extension("imgate._core.frame", ["src/imgate/_core/frame.pyx"], **common),
-    Extension(
-        "imgate._core.websocket",
-        ["src/imgate/_core/websocket.pyx", "csrc/imgate_ws.c"],
-        **common,
-    ),
+    # the WebSocket codec by concern (the parser and the encoder both need the C helpers), and the
+    # module that gathers it under one name
+    Extension("imgate._core.ws_encoder", ["src/imgate/_core/ws_encoder.pyx", "csrc/imgate_ws.c"], **common),
+    Extension("imgate._core.ws_parser", ["src/imgate/_core/ws_parser.pyx", "csrc/imgate_ws.c"], **common),
+    Extension("imgate._core.ws_handshake", ["src/imgate/_core/ws_handshake.pyx"], **common),
+    Extension("imgate._core.websocket", ["src/imgate/_core/websocket.pyx"], **common),
     Extension("imgate._core.output", ["src/imgate/_core/output.pyx"], **common),
     Extension("imgate._core.room", ["src/imgate/_core/room.pyx"], **common),
     # the HTTP API: the request, its reply on the wire, the plain parser, the dispatcher, httptools'

@@ -27,7 +27,8 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from clusterutil import Cluster, free_port  # noqa: E402
+from clusterutil import Cluster  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 from imgate import client as imclient  # noqa: E402
 

@@ -21,45 +21,21 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchutil import pct, server_cpu, start_serve  # noqa: F401  (pct and server_cpu: group_bench's too)
 from imgate import client as imclient
-from imgate.config import dump_toml
-
-
-def server_cpu(pid: int) -> float:
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total / 1e9
 
 
 def start_server(workdir: Path, im_sync: str) -> tuple[subprocess.Popen, dict]:
-    conf = workdir / "serve.toml"
-    conf.write_text(dump_toml(dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
-                                   data_dir=str(workdir / "data"), heartbeat_timeout=900.0, im_sync=im_sync,
-                                   max_pending=8 << 20, metrics_auth=False,  # /metrics read without a key
-                                   # the offline phase's sender fills an inbox from one connection at once
-                                   client_op_rate=100000.0, client_op_burst=100000)))
-    proc = subprocess.Popen([sys.executable, "-m", "imgate", "serve", "--config", str(conf), "--log-level", "WARNING"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    urls = {}
-    for line in proc.stdout:
-        m = re.search(r"(tcp|ws|http)://[\d.]+:(\d+)", line)
-        if m:
-            urls[m.group(1)] = m.group(0)
-        if "HTTP API" in line:
-            break
-    return proc, urls
+    return start_serve(workdir, dict(data_dir=str(workdir / "data"), heartbeat_timeout=900.0, im_sync=im_sync,
+                                     max_pending=8 << 20, metrics_auth=False,  # /metrics read without a key
+                                     # the offline phase's sender fills an inbox from one connection at once
+                                     client_op_rate=100000.0, client_op_burst=100000))
 
 
 def store_counts(http: str) -> dict:
@@ -73,11 +49,6 @@ def store_counts(http: str) -> dict:
             if line.startswith(key + " "):
                 out[key] = float(line.split()[1])
     return out
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * p))] if values else float("nan")
 
 
 async def pairs_up(url: str, pairs: int, first_uid: int):

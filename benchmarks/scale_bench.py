@@ -28,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent / "load"))
 from common import proc_times  # noqa: E402
 
+from benchutil import stop_process  # noqa: E402
+
 from imgate import client as imclient  # noqa: E402
 
 
@@ -135,11 +137,7 @@ async def run_one(workers: int, n: int, messages: int) -> dict:
         for c in clients:
             c.abort()
     finally:
-        serve.send_signal(signal.SIGTERM)
-        try:
-            serve.wait(60)
-        except subprocess.TimeoutExpired:
-            serve.kill()
+        stop_process(serve)
     return res
 
 

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -30,20 +29,10 @@ ROOT = os.path.dirname(HERE)
 if not os.environ.get("PYTHONPATH"):
     sys.path.insert(0, os.path.join(ROOT, "src"))
 
+from benchutil import free_port, pct, stop_process  # noqa: E402
 from imgate.core import FrameDecoder, encode_frame  # noqa: E402
 
 ROOM = ("bench", "slow")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
 
 
 async def main(args) -> int:
@@ -139,17 +128,13 @@ async def main(args) -> int:
         if first_close and last_close:
             print(f"first to last close: {(last_close - first_close) * 1000:.0f} ms")
         for name, xs in (("before", before), ("around the closes", during), ("after", after)):
-            print(f"healthy latency {name:<18} n={len(xs):<6} p50 {pct(xs, 50):7.2f} ms  p99 {pct(xs, 99):7.2f} ms  "
+            print(f"healthy latency {name:<18} n={len(xs):<6} p50 {pct(xs, 0.5):7.2f} ms  p99 {pct(xs, 0.99):7.2f} ms  "
                   f"max {max(xs) if xs else float('nan'):7.2f} ms")
         for s in slow:
             s.close()
         return 0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 15)
 
 
 if __name__ == "__main__":

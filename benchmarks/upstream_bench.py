@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from imgate.config import dump_toml
+from benchutil import free_port, pct, server_cpu, start_serve
 from imgate.core import FrameDecoder, encode_frame
 
 
@@ -41,27 +39,6 @@ def backend_main(port: int) -> None:
     app.router.add_post("/up", echo)
     print(f"backend on {port}", flush=True)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_cpu(pid: int) -> float:
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total / 1e9
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * p))] if values else float("nan")
 
 
 class Conn:
@@ -185,22 +162,13 @@ def main() -> int:
     backend.stdout.readline()
     backend_url = f"http://127.0.0.1:{bport}/up"
     with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "serve.toml"
-        conf.write_text(dump_toml(dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
-                                       data_dir=tmp, heartbeat_timeout=900.0, im=False, upstream_url=backend_url,
-                                       upstream_conn_limit=max(8, args.window), upstream_limit=100000,
-                                       # a few driver connections carry every round trip
-                                       client_op_rate=0.0)))
-        server = subprocess.Popen([sys.executable, "-m", "imgate", "serve", "--config", str(conf),
-                                   "--log-level", "WARNING"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        server, urls = start_serve(Path(tmp), dict(data_dir=tmp, heartbeat_timeout=900.0, im=False,
+                                                    upstream_url=backend_url, upstream_conn_limit=max(8, args.window),
+                                                    upstream_limit=100000,
+                                                    # a few driver connections carry every round trip
+                                                    client_op_rate=0.0))
         try:
-            tcp = None
-            for line in server.stdout:
-                m = re.search(r"tcp://[\d.]+:(\d+)", line)
-                if m:
-                    tcp = int(m.group(1))
-                if "HTTP API" in line:
-                    break
+            tcp = int(urls["tcp"].rsplit(":", 1)[1])
             result = asyncio.run(drive(tcp, server.pid, backend_url, args))
         finally:
             server.terminate()

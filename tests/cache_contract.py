@@ -10,15 +10,11 @@ import asyncio
 import time
 import uuid
 
-import uvloop
-
 from imgate.cache import MemoryCache, Session
 
+from helpers import run
+
 TTL = 1.0  # seconds; real for Redis, fake for memory
-
-
-def run(coro, timeout=60):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 # ---------------------------------------------------------------------- the two backends

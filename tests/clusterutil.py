@@ -6,8 +6,6 @@ import asyncio
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +17,9 @@ from pathlib import Path
 from imgate.http.apikeys import KeyStore
 from imgate.config import dump_toml
 
+from helpers import free_port, stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RoleProcess:
@@ -69,14 +63,7 @@ class RoleProcess:
             self.proc.wait(10)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode if self.proc else None
+        return stop_process(self.proc, timeout) if self.proc else None
 
     @property
     def alive(self) -> bool:

@@ -1,6 +1,6 @@
 """Test-wide setup for tests/unit, tests/integration and tests/browser.
 
-- The shared helpers live beside this file (nodeutil, clusterutil, services, polling, cache_contract);
+- The shared helpers live beside this file (helpers, nodeutil, clusterutil, services, polling, cache_contract);
   this directory is put on sys.path so every test module imports them by name.
 - The real Redis and Kafka fixtures come from the `services` plugin.
 - With the environment variable CI set (CI runs with CI=true) a skip is a failure: in CI every test

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from imgate.im.protocol import E_CMID_CONFLICT, E_OUT_OF_RANGE, E_UNKNOWN_RECEIVER, ImError, single_conv
 from imgate.im.store import MessageStore, NewMessage, digest_of
+from helpers import run
 from polling import wait_until_async
 
 
@@ -21,10 +22,6 @@ def new_message(sender, to, cmid, content, type_="text"):
     text = json.dumps(content)
     return NewMessage(sender, cmid, single_conv(sender, to), to, None, type_, text,
                       digest_of(to, None, type_, text), (sender, to))
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 120))
 
 
 class StoreBackend:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from clusterutil import RoleProcess, free_port
+from clusterutil import RoleProcess
+from helpers import free_port
 from imgate.http.apikeys import KeyStore
 from nodeutil import API_KEYS
 

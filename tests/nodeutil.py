@@ -1,4 +1,5 @@
-"""Run a real imgate node in a background thread (its own uvloop loop) for end-to-end tests."""
+"""Run a real imgate node in a background thread (its own uvloop loop) for end-to-end tests, and talk to it
+raw: goim frames over a blocking socket, the op-6 notice a close carries."""
 
 from __future__ import annotations
 
@@ -6,15 +7,21 @@ import asyncio
 import json
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import urllib.error
 import urllib.request
 
+import pytest
 import uvloop
 
-from imgate.http.apikeys import KeyStore
+from imgate import client as imclient
 from imgate.config import Config
+from imgate.core import FrameDecoder
+from imgate.http.apikeys import KeyStore
+
+from helpers import run
 
 
 # http base ("http://127.0.0.1:PORT") -> the admin API key a helper made for that node: helpers that
@@ -34,9 +41,6 @@ class NodeThread:
             defaults = dict(tcp="127.0.0.1:0", ws="127.0.0.1:0", http="127.0.0.1:0", auth="none",
                             online_interval=0.1, server_id="test-node")
             defaults.update(overrides)
-            if "data_dir" not in overrides:
-                self._tmp = tempfile.TemporaryDirectory(prefix="imgate-node-")
-                defaults["data_dir"] = self._tmp.name
             config = Config(**defaults).validate()
         self.config = config
         self.api_key = KeyStore(config.data_dir).create("tests", ["admin"])[1]
@@ -114,6 +118,70 @@ class NodeThread:
 
     def stats(self):
         return self.node.proxy.stats()
+
+
+def module_node(**overrides):
+    """A module-scoped fixture named ``node``: one :class:`NodeThread` with these settings, shared by the
+    module's tests (``node = module_node(heartbeat_timeout=30.0)`` at the top of a test module)."""
+
+    @pytest.fixture(scope="module")
+    def node():
+        n = NodeThread(**overrides).start()
+        try:
+            yield n
+        finally:
+            n.stop()
+
+    return node
+
+
+# ---------------------------------------------------------------- a node's clients, down to the bytes
+
+ROOM = "live://1000"
+
+
+def urls(node):
+    return [node.tcp_url, node.ws_url]
+
+
+def notice_of(data: bytes) -> dict:
+    frames = FrameDecoder(max_body=1 << 20).feed(data)
+    sixes = [f for f in frames if f.op == 6]
+    assert sixes, f"no op-6 notice among ops {[f.op for f in frames][:20]}"
+    return json.loads(sixes[-1].body)
+
+
+def raw_tcp(node) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", node.node.proxy.tcp_port), timeout=5)
+
+
+def recv_exact(sock, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        assert chunk, f"closed after {len(out)} of {n} bytes"
+        out += chunk
+    return bytes(out)
+
+
+def recv_frame(sock):
+    """Exactly one goim frame from a blocking socket."""
+    head = recv_exact(sock, 16)
+    [frame] = FrameDecoder(max_body=1 << 20).feed(head + recv_exact(sock, struct.unpack(">i", head[:4])[0] - 16))
+    return frame
+
+
+def auth_body(mid=1, room=ROOM, **extra):
+    return json.dumps(dict(mid=mid, key="", room_id=room, platform="test", accepts=[], **extra)).encode()
+
+
+def assert_still_serving(node):
+    async def go():
+        c = await imclient.connect(node.tcp_url, mid=424242, room_id="check://1", heartbeat=None)
+        assert await c.heartbeat() >= 1
+        await c.close()
+
+    run(go())
 
 
 def read_until_closed(sock, timeout=30.0) -> bytes:

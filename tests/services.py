@@ -46,6 +46,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "services.sh"
 
@@ -83,12 +85,6 @@ def ensure_installed(what: str) -> None:
     if what not in _installed:
         run_script(f"install-{what}", timeout=900)
         _installed.add(what)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

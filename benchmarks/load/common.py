@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 import struct
 
 OP_PUSH = 1000           # goim convention: business push operations are >= 1000
@@ -32,6 +33,13 @@ def http_post(path: str, body: bytes, host: str = "bench", api_key: str = "") ->
     auth = b"Authorization: Bearer %s\r\n" % api_key.encode() if api_key else b""
     return b"POST %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n%s" % (
         path.encode(), host.encode(), auth, len(body), body)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def raise_nofile() -> int:

@@ -62,8 +62,8 @@ import numpy as np  # noqa: E402
 import uvloop  # noqa: E402
 
 from common import (  # noqa: E402
-    BURST, OP_PUSH, PEER_PUSH_PATH, http_post, machine_busy, machine_steal, make_body, proc_rss, proc_threads, proc_times,
-    raise_nofile,
+    BURST, OP_PUSH, PEER_PUSH_PATH, free_port, http_post, machine_busy, machine_steal, make_body, proc_rss, proc_threads,
+    proc_times, raise_nofile,
 )
 
 PY = sys.executable
@@ -290,12 +290,6 @@ class Pusher(asyncio.Protocol):
 
 
 # ------------------------------------------------------------------ servers under test
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_c_peer():

@@ -69,6 +69,19 @@ async def serve_control(loop, host: str, port: int, on_push):
     return await loop.create_server(lambda: ControlProtocol(on_push), host, port, backlog=128)
 
 
+def run_peer(main) -> None:
+    """A Python peer's command line: ``--ws HOST:PORT`` it serves, ``--control HOST:PORT`` for the
+    pushes; ``main(args)`` runs on uvloop."""
+    import argparse
+
+    import uvloop
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--ws", required=True)
+    p.add_argument("--control", required=True)
+    uvloop.run(main(p.parse_args()))
+
+
 def hostport(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host or "127.0.0.1", int(port)

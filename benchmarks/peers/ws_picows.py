@@ -7,17 +7,15 @@ broadcast with picows (each send frames the message and writes it to that client
     python benchmarks/peers/ws_picows.py --ws 127.0.0.1:PORT --control 127.0.0.1:PORT
 """
 
-import argparse
 import asyncio
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import uvloop  # noqa: E402
 from picows import WSListener, WSMsgType, ws_create_server  # noqa: E402
 
-from _control import AUTH_REPLY, OP_PUSH, goim_frame, hostport, serve_control  # noqa: E402
+from _control import AUTH_REPLY, OP_PUSH, goim_frame, hostport, run_peer, serve_control  # noqa: E402
 
 CLIENTS = set()
 BINARY = WSMsgType.BINARY
@@ -61,7 +59,4 @@ async def main(args):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--ws", required=True)
-    p.add_argument("--control", required=True)
-    uvloop.run(main(p.parse_args()))
+    run_peer(main)

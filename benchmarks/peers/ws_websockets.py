@@ -8,18 +8,16 @@ fan-out: one frame encoding per connection, written at once).
     python benchmarks/peers/ws_websockets.py --ws 127.0.0.1:PORT --control 127.0.0.1:PORT
 """
 
-import argparse
 import asyncio
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import uvloop  # noqa: E402
 from websockets.asyncio.server import broadcast, serve  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-from _control import AUTH_REPLY, OP_PUSH, goim_frame, hostport, serve_control  # noqa: E402
+from _control import AUTH_REPLY, OP_PUSH, goim_frame, hostport, run_peer, serve_control  # noqa: E402
 
 CLIENTS = set()
 
@@ -56,7 +54,4 @@ async def main(args):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--ws", required=True)
-    p.add_argument("--control", required=True)
-    uvloop.run(main(p.parse_args()))
+    run_peer(main)

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,32 +16,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 
-from nodeutil import NodeThread
+from helpers import free_port, run
+from nodeutil import NodeThread, module_node
 from polling import wait_until
 
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(coro, timeout=60):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture(scope="module")
-def node():
-    n = NodeThread(handshake_timeout=2.0, heartbeat_timeout=30.0).start()
-    yield n
-    n.stop()
+node = module_node(handshake_timeout=2.0, heartbeat_timeout=30.0)
 
 
 async def http(node, method, path, body=None, **kw):

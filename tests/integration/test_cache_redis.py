@@ -18,7 +18,8 @@ redis = pytest.importorskip("redis")
 from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
 
 from cache_contract import *  # noqa: E402,F401,F403 - the contract's tests, collected here against Redis
-from cache_contract import TTL, RedisBackend, connect, ids, run  # noqa: E402
+from cache_contract import TTL, RedisBackend, connect, ids  # noqa: E402
+from helpers import free_port, run  # noqa: E402
 from imgate.cache.redis import RedisCache, parse_sentinels  # noqa: E402
 from polling import wait_until_async  # noqa: E402
 
@@ -31,12 +32,6 @@ def backend(redis_url):
 
 
 # ---------------------------------------------------------------------- real redis-server processes
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class RedisProc:
     """A private redis-server (or sentinel) on a free loopback port, nothing saved to disk: the failover

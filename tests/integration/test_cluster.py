@@ -6,11 +6,11 @@ import asyncio
 import shutil
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 
-from clusterutil import Cluster, RoleProcess, ahttp, free_port
+from clusterutil import Cluster, RoleProcess, ahttp
+from helpers import free_port, run
 from polling import wait_until_async
 from services import redis_down
 
@@ -23,10 +23,6 @@ def cluster(tmp_path_factory, redis_url, kafka_bootstrap):
     c.start()
     yield c
     c.stop()
-
-
-def run(coro, timeout=90):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 async def until(cluster, pred, what, **kw):

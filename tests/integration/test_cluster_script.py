@@ -21,6 +21,7 @@ from imgate.auth import mint_token
 from imgate.http.apikeys import KeyStore
 
 from clusterutil import ROOT
+from helpers import stop_process
 from polling import wait_until, wait_until_async
 
 pytestmark = pytest.mark.cluster
@@ -50,7 +51,10 @@ def test_a_proxy_killed_under_make_cluster_is_reported_and_restarted_and_the_res
                    what="the cluster script to start its roles")
         assert script.poll() is None, output()
         ports = json.loads((work / "ports.json").read_text())
-        secret = (work / "data" / "jwt.secret").read_text().strip()
+        # the roles make the secret as they start, which the script does not wait for
+        secret_file = work / "data" / "jwt.secret"
+        secret = wait_until(lambda: secret_file.exists() and secret_file.read_text().strip(),
+                            what="a role to create the JWT secret")
 
         def push(mid: int, body: bytes) -> int:
             url = f"http://127.0.0.1:{ports['logic-1'][0]}/goim/push/mids?operation=1000&mids={mid}"
@@ -102,12 +106,7 @@ def test_a_proxy_killed_under_make_cluster_is_reported_and_restarted_and_the_res
 
         uvloop.run(go())
     finally:
-        if script.poll() is None:
-            script.send_signal(signal.SIGTERM)
-            try:
-                script.wait(60)
-            except subprocess.TimeoutExpired:
-                script.kill()
+        stop_process(script)
         for f in work.glob("*.pid"):  # the script removes them once it stopped its roles: left only on failure
             try:
                 p = int(f.read_text())

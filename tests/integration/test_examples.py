@@ -1,6 +1,5 @@
 """The README's walk-through works: a token from `imgate token`, the example client, a push by HTTP."""
 
-import asyncio
 import json
 import os
 import signal
@@ -10,20 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 from imgate.core import FrameDecoder, encode_frame
+from helpers import free_port, run
 from nodeutil import NodeThread, read_until_closed
 from polling import wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_readme_client_example(tmp_path):
@@ -100,7 +93,7 @@ def test_serve_stops_on_sigterm_telling_every_client_with_op6(tmp_path):
                     await ws.recv(timeout=30)
             assert ws.closed_reason == {"reason": "shutdown", "reconnect": True}
 
-        uvloop.run(asyncio.wait_for(go(), 60))
+        run(go(), 60)
         frames = FrameDecoder().feed(read_until_closed(raw))
         raw.close()
         assert [f.op for f in frames] == [8, 6], [f.op for f in frames]

@@ -8,13 +8,13 @@ import asyncio
 import json
 
 import pytest
-import uvloop
 
 pytest.importorskip("asyncmy")
 
 from imgate import client as imclient  # noqa: E402
 
 from clusterutil import ahttp, mariadb_cluster, pushed_frame  # noqa: E402
+from helpers import run  # noqa: E402
 from polling import wait_until_async  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -29,10 +29,6 @@ def cluster(request, tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs
     c.start()
     yield c
     c.stop()
-
-
-def run(coro, timeout=90):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 async def pushed(client) -> dict:

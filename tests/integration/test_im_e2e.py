@@ -6,23 +6,19 @@ import asyncio
 import json
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 from imgate.core import encode_frame
 
+from helpers import run
 from imutil import api
 from polling import wait_until_async
-from nodeutil import NodeThread
+from nodeutil import NodeThread, module_node
 
 TRANSPORTS = ["tcp", "ws"]
 
 
-@pytest.fixture(scope="module")
-def node():
-    n = NodeThread(heartbeat_timeout=30.0, ack_timeout=60.0, max_message_bytes=1000, im_sync_max_limit=100).start()
-    yield n
-    n.stop()
+node = module_node(heartbeat_timeout=30.0, ack_timeout=60.0, max_message_bytes=1000, im_sync_max_limit=100)
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +27,6 @@ def quick_node():
     n = NodeThread(heartbeat_timeout=30.0, ack_timeout=0.3, ack_retries=2).start()
     yield n
     n.stop()
-
-
-def run(coro, timeout=120):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 def url(node, transport):

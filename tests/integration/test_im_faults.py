@@ -7,16 +7,12 @@ import json
 import sqlite3
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 
+from helpers import run
 from imutil import api, serve  # noqa: F401 (serve is a fixture)
 from polling import wait_until_async
-
-
-def run(coro, timeout=120):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 def lock_database(proc) -> sqlite3.Connection:

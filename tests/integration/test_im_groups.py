@@ -9,16 +9,12 @@ import json
 import sqlite3
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 
+from helpers import run
 from imutil import api, serve  # noqa: F401 (serve is a fixture)
 from polling import wait_until_async
-
-
-def run(coro, timeout=180):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 async def call(proc, method, path, body=None):

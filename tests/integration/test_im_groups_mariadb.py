@@ -16,6 +16,7 @@ pytest.importorskip("asyncmy")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))  # the SQLite module's helpers
 
+from helpers import run  # noqa: E402
 from imgate.im.service import ImService  # noqa: E402
 from imgate.im.store import GroupLimits  # noqa: E402
 from test_im_group_store import (  # noqa: E402,F401 - collected here against MariaDB
@@ -30,10 +31,6 @@ from test_im_store_mariadb import MariaDbBackend, opened  # noqa: E402
 def tmp_path(mariadb_addrs):
     """Where the imported tests' store lives: here a fresh MariaDB database (test_im_group_store.started)."""
     return MariaDbBackend(mariadb_addrs)
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 120))
 
 
 def test_two_consumers_out_of_order_and_twice_write_each_entry_once_in_gseq_order(mariadb_addrs):

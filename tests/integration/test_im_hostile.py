@@ -14,26 +14,18 @@ from pathlib import Path
 from urllib.parse import quote as urlquote
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 
+from helpers import run
 from imutil import api
-from nodeutil import NodeThread
+from nodeutil import NodeThread, module_node
 from polling import wait_until, wait_until_async
 
 TRANSPORTS = ["tcp", "ws"]
 
 
-@pytest.fixture(scope="module")
-def node():
-    n = NodeThread(heartbeat_timeout=30.0, ack_timeout=60.0, im_busy_timeout=30.0).start()
-    yield n
-    n.stop()
-
-
-def run(coro, timeout=120):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
+node = module_node(heartbeat_timeout=30.0, ack_timeout=60.0, im_busy_timeout=30.0)
 
 
 _next_user = [5000]

@@ -8,7 +8,6 @@ import asyncio
 import json
 
 import pytest
-import uvloop
 
 pytest.importorskip("asyncmy")
 
@@ -16,6 +15,7 @@ from imgate import client as imclient  # noqa: E402
 from imgate.im.protocol import OP_MSG_PUSH  # noqa: E402
 
 from clusterutil import ahttp, mariadb_cluster, pushed_frame  # noqa: E402
+from helpers import run  # noqa: E402
 from polling import wait_until_async  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -28,10 +28,6 @@ def cluster(tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs):
     c.start()
     yield c
     c.stop()
-
-
-def run(coro, timeout=90):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 async def pushed(client) -> dict:

@@ -3,10 +3,9 @@ live im, fail over to the next, and acks go to every im."""
 
 from __future__ import annotations
 
-import asyncio
 
-import uvloop
 
+from helpers import run
 from polling import wait_until_async
 
 from imgate.protocol.ops import OP_MSG_ACK, OP_MSG_SEND, OP_SYNC
@@ -27,10 +26,6 @@ class FakeIm:
 
     def on_disconnect(self, server, conn_id):
         self.closed.append(conn_id)
-
-
-def run(coro, timeout=60):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 def test_frames_go_to_the_first_live_im_acks_to_every_im_and_a_dead_one_is_skipped():

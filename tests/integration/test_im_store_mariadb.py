@@ -18,11 +18,12 @@ import pytest
 pytest.importorskip("asyncmy")
 
 from im_store_contract import *  # noqa: E402,F401,F403 - the contract's tests, collected here against MariaDB
-from im_store_contract import StoreBackend, all_msgs, model_test, new_message, run  # noqa: E402
+from im_store_contract import StoreBackend, all_msgs, model_test, new_message  # noqa: E402
+from helpers import free_port, run  # noqa: E402
 from imgate.im.mysql import MariaDbStore  # noqa: E402
 from imgate.im.protocol import E_UNAVAILABLE, ImError  # noqa: E402
 from polling import wait_until_async  # noqa: E402
-from services import create_database, free_port, galera  # noqa: E402
+from services import create_database, galera  # noqa: E402
 
 test_store_matches_the_model = model_test(25)  # every example makes a database: fewer than SQLite's 100
 

@@ -9,24 +9,14 @@ import json
 import socket
 import time
 
-import pytest
-import uvloop
-
 from imgate import client as imclient
 
-from nodeutil import NodeThread
+from helpers import run
+from nodeutil import NodeThread, module_node
 from polling import wait_until
 
 
-def run(coro, timeout=60):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture(scope="module")
-def node():
-    n = NodeThread(handshake_timeout=2.0, heartbeat_timeout=30.0).start()
-    yield n
-    n.stop()
+node = module_node(handshake_timeout=2.0, heartbeat_timeout=30.0)
 
 
 # ---------------------------------------------------------------- 3. room ids are bounded in every op

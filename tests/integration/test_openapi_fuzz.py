@@ -39,7 +39,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
 from imgate.logic.openapi import openapi_document  # noqa: E402
-from nodeutil import NodeThread  # noqa: E402
+from nodeutil import module_node  # noqa: E402
 
 #: generated requests per operation and generation phase (about 21 operations; the whole module stays
 #: well under a minute on a loaded 2-core machine)
@@ -75,13 +75,7 @@ def _config() -> SchemathesisConfig:
     })
 
 
-@pytest.fixture(scope="module")
-def node():
-    n = NodeThread().start()   # auth none for clients; the HTTP API needs the helper's admin key
-    try:
-        yield n
-    finally:
-        n.stop()
+node = module_node()  # auth none for clients; the HTTP API needs the helper's admin key
 
 
 # The node runs without demo = true, so the document it serves is ``openapi_document(demo=False)`` plus the

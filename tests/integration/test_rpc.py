@@ -8,8 +8,8 @@ import socket
 import struct
 
 import pytest
-import uvloop
 
+from helpers import run
 from nodeutil import read_until_closed
 from polling import DEADLINE, wait_until_async
 
@@ -28,10 +28,6 @@ from imgate.rpc.proxy import ProxyClient, ProxyRpcService
 
 ROOM = "live://1000"
 ECHO = 1000  # a raw (bytes in, bytes out) method id used by the transport tests
-
-
-def run(coro, timeout=60):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 def auth_body(mid, room=ROOM, key="", accepts=()):

@@ -12,25 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 
-from nodeutil import NodeThread
+from helpers import run
+from nodeutil import NodeThread, module_node
 
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(coro, timeout=60):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture(scope="module")
-def node():
-    n = NodeThread(handshake_timeout=2.0, heartbeat_timeout=30.0).start()
-    yield n
-    n.stop()
+node = module_node(handshake_timeout=2.0, heartbeat_timeout=30.0)
 
 
 def imgate_cli(*args):

@@ -11,10 +11,10 @@ import subprocess
 import urllib.request
 
 import pytest
-import uvloop
 
 from imgate import client as imclient
 
+from helpers import run
 from nodeutil import NodeThread
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="imgate cert dev needs openssl")
@@ -33,10 +33,6 @@ def node(certs):
                    http_tls=True).start()
     yield n
     n.stop()
-
-
-def run(coro, timeout=60):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 def trusting(certs) -> ssl.SSLContext:

@@ -16,6 +16,7 @@ import pytest
 
 from imgate.core import FrameDecoder, encode_frame
 
+from helpers import free_port, run
 from nodeutil import NodeThread, read_until_closed
 from polling import wait_until, wait_until_async
 
@@ -51,12 +52,6 @@ class Backend:
 
     def post(self, path: str) -> None:
         urllib.request.urlopen(urllib.request.Request(self.url(path), data=b"", method="POST"), timeout=30).read()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Client:
@@ -371,8 +366,6 @@ def test_through_logic_rpc(backend):
     """In a cluster the proxy reaches the upstream routes and the webhooks through logic's RPC."""
     import asyncio
 
-    import uvloop
-
     from imgate.auth import NoAuth
     from imgate.cache import MemoryCache
     from imgate.config import Config
@@ -405,14 +398,10 @@ def test_through_logic_rpc(backend):
             await svc.stop()
             await attached.close()
 
-    uvloop.run(asyncio.wait_for(main(), 120))
+    run(main(), 120)
 
 
 def test_webhooks_queued_at_shutdown_are_delivered_within_the_grace(backend):
-    import asyncio
-
-    import uvloop
-
     from imgate.logic.webhooks import Webhooks
 
     async def main():
@@ -421,7 +410,7 @@ def test_webhooks_queued_at_shutdown_are_delivered_within_the_grace(backend):
         hooks.emit("disconnect", mid=880088, conn_id=1, server="s")
         await hooks.stop(grace=30.0)  # at once: the sender has not even run yet
 
-    uvloop.run(asyncio.wait_for(main(), 60))
+    run(main(), 60)
     assert [e["event"] for e in backend.get("/events")["events"] if e.get("mid") == 880088] == ["disconnect"]
 
 

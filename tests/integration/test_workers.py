@@ -18,6 +18,7 @@ import uvloop
 
 from imgate import client as imclient
 from imgate.http.apikeys import KeyStore
+from helpers import stop_process
 from polling import wait_until, wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,11 +114,5 @@ def test_two_workers_share_the_ports_deliver_room_pushes_once_and_survive_a_kill
 
         uvloop.run(go())
     finally:
-        if serve.poll() is None:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(60)
-            except subprocess.TimeoutExpired:
-                serve.kill()
-                serve.wait(10)
+        stop_process(serve)
     assert serve.returncode == 0, output()

@@ -12,6 +12,8 @@ from imgate.auth import AuthError
 from imgate.auth.http import AuthUnavailable, HttpAuth
 from imgate.config import Config, ConfigError
 
+from helpers import run
+
 BODY = {"mid": 0, "key": "kb", "room_id": "live://1", "platform": "web", "accepts": [1000], "token": "t"}
 
 
@@ -46,10 +48,6 @@ def test_refusal_says_why():
 def test_a_wrong_answer_is_the_service_failing_not_the_client(answer, why):
     with pytest.raises(AuthUnavailable, match=why):
         HttpAuth._identity(answer, fields())
-
-
-def run(coro):
-    return asyncio.new_event_loop().run_until_complete(coro)
 
 
 def stub(auth: HttpAuth, answers: dict):

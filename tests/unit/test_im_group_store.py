@@ -20,9 +20,7 @@ from imgate.im.store import GroupLimits
 
 from test_im_service import Jobs, Sessions
 
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 60))
+from helpers import run
 
 
 class Model:

@@ -9,6 +9,8 @@ from imgate.cache import Session
 from imgate.im.service import ImService
 from imgate.im.sqlite import SqliteStore
 
+from helpers import run
+
 
 class Sessions:
     """The cache's ``sessions`` call: user -> its connections."""
@@ -31,10 +33,6 @@ class Jobs:
 
     async def publish(self, job):
         self.jobs.append(job)
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 60))
 
 
 def test_a_resend_pass_sends_at_most_a_page_of_bytes_per_connection(tmp_path):

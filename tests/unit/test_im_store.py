@@ -10,7 +10,8 @@ import sqlite3
 import pytest
 
 from im_store_contract import *  # noqa: F401,F403 - the contract's tests, collected here against SQLite
-from im_store_contract import StoreBackend, all_msgs, new_message, run
+from im_store_contract import StoreBackend, all_msgs, new_message
+from helpers import run
 from imgate.im.protocol import E_UNAVAILABLE, ImError
 from imgate.im.sqlite import SqliteStore, migrate
 

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from imgate.auth import MAX_ROOM_ID_LEN, AuthError, Authenticator, Identity, parse_auth_body
+from imgate.httpclient import HttpClient
 
 log = logging.getLogger("imgate.auth.http")
 
@@ -60,7 +61,7 @@ class HttpAuth(Authenticator):
         self.server = server
         self._cache: OrderedDict[str, tuple[float, dict]] = OrderedDict()  # token -> (expiry, answer)
         self._asking: dict[str, asyncio.Future] = {}
-        self._session = None
+        self._http = HttpClient(timeout)
         self.counters = {"auth_requests": 0, "auth_cache_hits": 0, "auth_unavailable": 0}
 
     def __repr__(self) -> str:
@@ -116,19 +117,8 @@ class HttpAuth(Authenticator):
                 self._cache.popitem(last=False)
         return answer
 
-    def _client(self):
-        if self._session is None:
-            import aiohttp
-
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
-                                                  cookie_jar=aiohttp.DummyCookieJar(),
-                                                  skip_auto_headers=("User-Agent",))
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     async def _ask(self, body: bytes) -> dict:
         """The service's answer as ``{"accept": bool, ...}``; AuthUnavailable when there is none."""
@@ -136,7 +126,7 @@ class HttpAuth(Authenticator):
 
         self.counters["auth_requests"] += 1
         try:
-            async with self._client().post(self.url, data=body, headers={
+            async with self._http.session().post(self.url, data=body, headers={
                     "Content-Type": "application/json", "X-Imgate-Server": self.server}) as resp:
                 status = resp.status
                 raw = await resp.read() if (resp.content_length or 0) <= 65536 else b""

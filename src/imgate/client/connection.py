@@ -38,7 +38,6 @@ def _parse_notice(body: bytes) -> dict:
     return notice
 
 
-
 class Client(GoimOps, ImOps):
     """A connected, authenticated session. Make one with :func:`connect`."""
 

@@ -16,7 +16,6 @@ def _ops_body(ops: Iterable[int]) -> bytes:
     return ",".join(str(int(op)) for op in ops).encode()
 
 
-
 class GoimOps:
     """Mixed into :class:`imgate.client.Client`, whose ``request`` carries each operation."""
 

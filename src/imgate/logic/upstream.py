@@ -25,6 +25,8 @@ import json
 import logging
 from urllib.parse import quote
 
+from imgate.httpclient import HttpClient
+
 log = logging.getLogger("imgate.logic.upstream")
 
 __all__ = ["Upstream", "error_body", "ERROR_CODES"]
@@ -53,30 +55,16 @@ class Upstream:
         self.max_body = max_body
         self.pool = pool
         self._in_flight = 0
-        self._session = None
+        # the pool's size bounds sockets; our own counters bound requests (no queue behind the pool
+        # grows past ``total``)
+        self._http = HttpClient(timeout, pool=pool, decompress=False)
         self.counters = {"upstream_requests": 0, "upstream_errors": 0, "upstream_busy": 0}
 
     def url_for(self, op: int) -> str:
         return self.routes.get(op) or self.default_url
 
-    def _client(self):
-        if self._session is None:
-            import aiohttp
-
-            # the pool's size bounds sockets; our own counters bound requests (no queue behind the pool
-            # grows past ``total``)
-            connector = aiohttp.TCPConnector(limit=self.pool, limit_per_host=0, enable_cleanup_closed=True)
-            # no cookies: each request stands alone (and the jar's work per request is saved)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                                  cookie_jar=aiohttp.DummyCookieJar(),
-                                                  timeout=aiohttp.ClientTimeout(total=self.timeout),
-                                                  skip_auto_headers=("User-Agent",))
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     async def call(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes, *,
                    key: str = "", room_id: str = "", platform: str = "") -> bytes:
@@ -105,7 +93,7 @@ class Upstream:
             "X-Imgate-Op": str(op), "X-Imgate-Seq": str(seq),
         }
         try:
-            async with self._client().post(url, data=bytes(body), headers=headers) as resp:
+            async with self._http.session().post(url, data=bytes(body), headers=headers) as resp:
                 if not 200 <= resp.status < 300:
                     return self._error("status", f"upstream answered HTTP {resp.status}", status=resp.status)
                 if resp.content_length is not None and resp.content_length > self.max_body:

@@ -26,6 +26,8 @@ import os
 import time
 from collections import deque
 
+from imgate.httpclient import HttpClient
+
 log = logging.getLogger("imgate.logic.webhooks")
 
 __all__ = ["Webhooks"]
@@ -44,7 +46,7 @@ class Webhooks:
         self._queue: deque[dict] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._session = None
+        self._http = HttpClient(timeout)
         # event ids: this sender's random prefix and a count, unique without any coordination
         self._prefix = os.urandom(6).hex()
         self._count = 0
@@ -89,9 +91,7 @@ class Webhooks:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     @property
     def pending(self) -> int:
@@ -113,16 +113,12 @@ class Webhooks:
         """POST until a 2xx, with doubling pauses."""
         import aiohttp
 
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
-                                                  cookie_jar=aiohttp.DummyCookieJar(),
-                                                  skip_auto_headers=("User-Agent",))
+        session = self._http.session()
         pause = _FIRST_BACKOFF
         while True:
             self.counters["webhook_posts"] += 1
             try:
-                async with self._session.post(self.url, data=body,
-                                              headers={"Content-Type": "application/json"}) as resp:
+                async with session.post(self.url, data=body, headers={"Content-Type": "application/json"}) as resp:
                     await resp.read()
                     if 200 <= resp.status < 300:
                         return

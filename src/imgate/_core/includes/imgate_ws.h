@@ -1,4 +1,4 @@
-/* RFC 6455 helpers for the WebSocket codec (src/imgate/_core/websocket.pyx).
+/* RFC 6455 helpers for the WebSocket codec (src/imgate/_core/ws_parser.pyx and ws_encoder.pyx).
  *
  * Plain C with no Python dependency: frame header parsing and writing, payload unmasking and an
  * incremental UTF-8 validator. The header reader and writers are static inline so that every Cython module
