@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build services browser proto test check cluster bench bench-im bench-upstream bench-micro ratios wheel clean run fuzz test-asan
+.PHONY: all build services browser proto test check cluster bench bench-im bench-groups bench-upstream bench-scale bench-micro ratios wheel clean run fuzz test-asan
 
 all: build
 
@@ -76,10 +76,24 @@ $(BENCH_STAMP): benchmarks/requirements.txt $(STAMP)
 	$(PIP) install --quiet -r benchmarks/requirements.txt
 	touch $(BENCH_STAMP)
 
-bench: build $(BENCH_STAMP)
+bench: build services $(BENCH_STAMP)
 	PYTHONPATH=src $(PY) benchmarks/load/run.py $(if $(SCALE),--scale $(SCALE)) $(BENCH_ARGS)
 	PYTHONPATH=src $(PY) benchmarks/im_bench.py $(if $(SCALE),--scale $(SCALE)) --json benchmarks/results/im-latest.json
 	PYTHONPATH=src $(PY) benchmarks/upstream_bench.py --json benchmarks/results/upstream-latest.json
+	PYTHONPATH=src $(PY) benchmarks/group_bench.py $(if $(SCALE),--scale $(SCALE)) --json benchmarks/results/group-latest.json
+	$(MAKE) --no-print-directory bench-scale
+
+# IM groups (benchmarks/group_bench.py): a 200-member write-mode group at 100 messages/s (p99 until fully
+# fanned out) and a 10,000-member read-mode group against a room push to the same connections; ~2 min
+bench-groups: build
+	PYTHONPATH=src $(PY) benchmarks/group_bench.py $(if $(SCALE),--scale $(SCALE)) --json benchmarks/results/group-latest.json
+
+# issue 15's figures (a few minutes): serve --workers 1 vs 2 (connect storm, fan-out and unicast CPU per
+# delivery, the coordinator's share), then 15,000 clients reconnecting after their proxy is killed in a
+# loopback cluster (time until all are back, p99 auth latency, auth timeouts, peak CPU of logic and Redis)
+bench-scale: build services
+	PYTHONPATH=src $(PY) benchmarks/scale_bench.py --workers 1,2 $(if $(SCALE),--scale $(SCALE)) --json benchmarks/results/scale-latest.json
+	PYTHONPATH=src $(PY) benchmarks/reconnect_storm.py $(if $(SCALE),--scale $(SCALE)) --json benchmarks/results/storm-latest.json
 
 # upstream round trips (op 4 -> imgate serve -> a trivial HTTP backend -> op 5) per server CPU-second and
 # the p99 the gateway adds (benchmarks/upstream_bench.py); about 15 s

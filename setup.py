@@ -42,6 +42,8 @@ extensions = [
     Extension("imgate.http._dispatch", ["src/imgate/http/_dispatch.pyx"], **common),
     Extension("imgate.http._httptools", ["src/imgate/http/_httptools.pyx"], **common),
     Extension("imgate.http._protocol", ["src/imgate/http/_protocol.pyx"], **common),
+    # the auth body of the common case (op 7), parsed without the json module
+    Extension("imgate.auth._body", ["src/imgate/auth/_body.pyx"], **common),
     # the embedded node's push-by-mid route
     Extension("imgate.logic._push_routes", ["src/imgate/logic/_push_routes.pyx"], **common),
 ]

@@ -1,19 +1,24 @@
-"""Workers and storms, small scale: `imgate serve --workers W` for each W given, measured from outside.
+"""Workers and storms: `imgate serve --workers W` for each W given, measured from outside.
 
 For each W: a connect storm (N clients authenticate, 200 in flight: server CPU-us per authenticated
 connection, every process of the server together), fan-out (M room pushes one at a time, each once
-all N have the previous: CPU-us per delivery, and the coordinator's CPU as a share of the workers'),
-and with W >= 2 a reconnect storm (one worker killed: time until all N are back, p99 auth latency of
-the returning clients, busy notices). CPU comes from /proc/<pid>/task/*/schedstat of the serve
-process and its workers. The clients run in this process on the same machine.
+all N have the previous: CPU-us per delivery, and the coordinator's CPU as a share of the workers'
+and per push), unicast (N pushes by mid, one per client, over one keep-alive HTTP connection: CPU-us
+per delivery, every process together), and with W >= 2 a reconnect storm (one worker killed: time
+until all its clients are back, p99 auth latency of the returning clients, busy notices). CPU comes
+from /proc/<pid>/task/*/schedstat of the serve process and its workers. The clients run in this
+process on the same machine; the pushes use one keep-alive connection, as a business server would.
+The last line compares the last W with the first: the CPU per delivery as a ratio (issue 15 asks
+<= 1.1 for workers=2 against 1) and the coordinator's share (<= 5%).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/scale_bench.py --workers 1,2 --clients 2000 --messages 20
+    PYTHONPATH=src .venv/bin/python benchmarks/scale_bench.py --workers 1,2 --clients 4000 --messages 20
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client as httpclient
 import json
 import os
 import re
@@ -22,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "load"))
@@ -66,9 +70,23 @@ def start_serve(workers: int, tmp: Path):
     return p, tcp, http
 
 
-def post(http: str, path: str, body: bytes) -> None:
-    with urllib.request.urlopen(urllib.request.Request(f"http://{http}{path}", data=body, method="POST"), timeout=30):
-        pass
+class Pusher:
+    """One keep-alive HTTP connection to the API (each request answered before the next)."""
+
+    def __init__(self, http: str):
+        host, port = http.rsplit(":", 1)
+        self.conn = httpclient.HTTPConnection(host, int(port), timeout=30)
+
+    def post(self, path: str, body: bytes) -> None:
+        self.conn.request("POST", path, body=body)
+        r = self.conn.getresponse()
+        data = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{path}: HTTP {r.status} {data[:200]!r}")
+
+    def posts(self, items: list) -> None:
+        for path, body in items:
+            self.post(path, body)
 
 
 async def run_one(workers: int, n: int, messages: int) -> dict:
@@ -95,11 +113,12 @@ async def run_one(workers: int, n: int, messages: int) -> dict:
         res["storm"] = {"seconds": round(dt, 2), "conns_per_s": round(n / dt), "cpu_us_per_conn": round(used / n * 1e6, 1),
                         "busy": len(busy)}
 
+        pusher = Pusher(http)
         # fan-out: one room push at a time, the next once everyone has it
         c0 = cpu(pids)
         for k in range(messages):
             body = f"m{k}".encode()
-            await loop.run_in_executor(None, post, http, "/goim/push/room?operation=1000&type=live&room=1", body)
+            await loop.run_in_executor(None, pusher.post, "/goim/push/room?operation=1000&type=live&room=1", body)
             for c in clients:
                 while (await c.recv(timeout=60)).body != body:
                     pass
@@ -109,6 +128,22 @@ async def run_one(workers: int, n: int, messages: int) -> dict:
         res["fanout"] = {"deliveries": n * messages, "cpu_us_per_delivery": round(total / (n * messages) * 1e6, 2)}
         if workers > 1:
             res["fanout"]["coordinator_share_of_workers"] = round(coord / max(1e-9, total - coord), 3)
+            res["fanout"]["coordinator_us_per_push"] = round(coord / messages * 1e6)
+
+        # unicast: one push by mid to each client, then wait until each has its own
+        c0 = cpu(pids)
+        sent = loop.run_in_executor(None, pusher.posts, [
+            (f"/goim/push/mids?operation=1000&mids={100_000 + i}", f"u{i}".encode()) for i in range(n)])
+        for i, c in enumerate(clients):
+            want = f"u{i}".encode()
+            while (await c.recv(timeout=60)).body != want:
+                pass
+        await sent
+        c1 = cpu(pids)
+        total = sum(c1[p] - c0[p] for p in pids)
+        res["unicast"] = {"deliveries": n, "cpu_us_per_delivery": round(total / n * 1e6, 2)}
+        if workers > 1:  # the one process every unicast passes through: it bounds the rate
+            res["unicast"]["coordinator_us_per_push"] = round((c1[serve.pid] - c0[serve.pid]) / n * 1e6, 1)
 
         if workers > 1:
             victim = children(serve.pid)[0]
@@ -144,13 +179,27 @@ async def run_one(workers: int, n: int, messages: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--clients", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=4000)
     ap.add_argument("--messages", type=int, default=20)
+    ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of --clients (make bench SCALE=0.1)")
     args = ap.parse_args()
+    args.clients = max(100, int(args.clients * args.scale))
     out = []
     for w in [int(x) for x in args.workers.split(",")]:
         out.append(asyncio.run(run_one(w, args.clients, args.messages)))
         print(json.dumps(out[-1]), flush=True)
+    summary = {}
+    if len(out) > 1:
+        first, last = out[0], out[-1]
+        summary = {"workers": f"{last['workers']} vs {first['workers']}",
+                   "storm_cpu_ratio": round(last["storm"]["cpu_us_per_conn"] / first["storm"]["cpu_us_per_conn"], 2),
+                   "fanout_cpu_ratio": round(last["fanout"]["cpu_us_per_delivery"] / first["fanout"]["cpu_us_per_delivery"], 2),
+                   "unicast_cpu_ratio": round(last["unicast"]["cpu_us_per_delivery"] / first["unicast"]["cpu_us_per_delivery"], 2),
+                   "coordinator_share_of_workers": last["fanout"].get("coordinator_share_of_workers")}
+        print(json.dumps({"summary": summary}), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": out, "summary": summary}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

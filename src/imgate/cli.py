@@ -105,7 +105,7 @@ async def _serve(cfg: Config) -> int:
     else:
         print("  API          OPEN to anyone who reaches it (api_auth = \"none\")", flush=True)
     if node.demo_api_key:
-        print(f"  demo key     {node.demo_api_key}  (push; in memory until the node stops)", flush=True)
+        print(f"  demo key     {node.demo_api_key}  (push, im; in memory until the node stops)", flush=True)
     await stop.wait()
     print("shutting down: clients get op 6 (reconnect)", flush=True)
     await node.stop()

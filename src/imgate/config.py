@@ -37,6 +37,25 @@ class ConfigError(ValueError):
     """A configuration value is missing or wrong; the message names the key."""
 
 
+#: an internal RPC address on a unix socket: ``unix:/absolute/path`` (the workers of one host)
+UNIX_PREFIX = "unix:"
+MAX_UNIX_PATH = 107  # sun_path holds 108 bytes, the last one a NUL
+
+
+def check_rpc_addr(value: str, key: str) -> None:
+    """An RPC address: HOST:PORT, or ``unix:/path`` (absolute, short enough for a socket)."""
+    value = str(value).strip()
+    if value.startswith(UNIX_PREFIX):
+        path = value[len(UNIX_PREFIX):]
+        if not path.startswith("/"):
+            raise ConfigError(f"{key}: a unix socket address needs an absolute path (unix:/dir/name.sock), got {value!r}")
+        if len(os.fsencode(path)) > MAX_UNIX_PATH:
+            raise ConfigError(f"{key}: unix socket path is {len(os.fsencode(path))} bytes long, the limit is "
+                              f"{MAX_UNIX_PATH}: {path!r}")
+        return
+    parse_hostport(value, key)
+
+
 def parse_hostport(value: str, key: str) -> tuple[str, int]:
     """'HOST:PORT', ':PORT' or 'PORT' -> (host, port); empty host means all interfaces."""
     value = str(value).strip()
@@ -208,13 +227,13 @@ class Config:
         if self.fanout_relay_after <= 0:
             raise ConfigError(f"fanout_relay_after: must be > 0, got {self.fanout_relay_after}")
         for key in ("rpc", "logic_rpc", "im_rpc"):
-            parse_hostport(getattr(self, key), key)
+            check_rpc_addr(getattr(self, key), key)
         for i, addr in enumerate(self.logic_addrs):
-            parse_hostport(addr, f"logic_addrs[{i}]")
+            check_rpc_addr(addr, f"logic_addrs[{i}]")
         if self.advertise_rpc:
-            parse_hostport(self.advertise_rpc, "advertise_rpc")
+            check_rpc_addr(self.advertise_rpc, "advertise_rpc")
         for sid, addr in self.proxies.items():
-            parse_hostport(addr, f"proxies.{sid}")
+            check_rpc_addr(addr, f"proxies.{sid}")
         if self.room_merge_window < 0:
             raise ConfigError(f"room_merge_window: must be >= 0, got {self.room_merge_window}")
         if self.rpc_pool <= 0:

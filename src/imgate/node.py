@@ -73,7 +73,7 @@ class Demo:
             "auth": self.node.config.auth,
             "room_id": "live://1000",
             "mid": secrets.randbelow(1_000_000) + 1,
-            # the page pushes to its room with this in-memory key (scope push); /demo/config answers
+            # the page pushes to its room with this in-memory key (scopes push and im); /demo/config answers
             # loopback peers only
             "api_key": self.node.demo_api_key,
         }
@@ -148,7 +148,8 @@ class Node:
         self.metrics.add_source(self._refusals)
         if cfg.demo and not self.api_auth.open:
             self.demo_api_key = "imk_demo_" + secrets.token_urlsafe(24)
-            self.api_auth.add_key(self.demo_api_key, ["push"])
+            # push: the demo page's room pushes; im: the chat page creates groups (POST /im/groups)
+            self.api_auth.add_key(self.demo_api_key, ["push", "im"])
         routes = build_routes(self.logic, metrics=self.metrics, demo=Demo(self) if cfg.demo else None,
                               api_auth=self.api_auth, metrics_scope="metrics" if cfg.metrics_auth else PUBLIC)
         self.http = HttpServer(routes, max_body=cfg.max_http_body,

@@ -83,7 +83,7 @@ class ProxyRole:
         from imgate.rpc.logic import LogicClient
         from imgate.rpc.proxy import serve_proxy
         from imgate.rpc import tls as rpc_tls
-        from imgate.rpc.wire import DEFAULT_TIMEOUT
+        from imgate.rpc.wire import DEFAULT_TIMEOUT, unix_path
 
         cfg = self.cfg
         # logic answers an upstream message within upstream_timeout (with an error body at worst)
@@ -98,12 +98,17 @@ class ProxyRole:
             self.im = self.proxy.im_api = ImClient(cfg.im_addrs, pool_size=cfg.rpc_pool, client_id=cfg.server_id,
                                                    ssl=rpc_tls.client_context(cfg))
         # RPC first: the proxy's first report, before it takes clients, tells where push reaches it
-        host, port = cfg.addr("rpc")
-        self.rpc = await serve_proxy(self.proxy, host, port, ssl=rpc_tls.server_context(cfg))
-        self.proxy.advertise = cfg.advertise_rpc or f"{_reachable(host)}:{self.rpc.port}"
+        path = unix_path(cfg.rpc)  # a worker of `serve --workers`: a unix socket in the coordinator's directory
+        if path:
+            self.rpc = await serve_proxy(self.proxy, path=path, ssl=rpc_tls.server_context(cfg))
+            self.proxy.advertise = cfg.advertise_rpc or self.rpc.addr
+        else:
+            host, port = cfg.addr("rpc")
+            self.rpc = await serve_proxy(self.proxy, host, port, ssl=rpc_tls.server_context(cfg))
+            self.proxy.advertise = cfg.advertise_rpc or f"{_reachable(host)}:{self.rpc.port}"
         await self.proxy.start()
         print(f"imgate proxy {cfg.server_id} is up: tcp :{self.proxy.tcp_port}, ws :{self.proxy.ws_port}/sub, "
-              f"rpc :{self.rpc.port}, logic {', '.join(cfg.logic_addrs)}"
+              f"rpc {self.rpc.addr if path else f':{self.rpc.port}'}, logic {', '.join(cfg.logic_addrs)}"
               f"{', im ' + ', '.join(cfg.im_addrs) if cfg.im_addrs else ''}", flush=True)
 
     def reload_tls(self) -> None:
@@ -132,6 +137,7 @@ class LogicRole:
         from imgate.push.kafka import KafkaBus, ensure_topic
         from imgate.rpc import tls as rpc_tls
         from imgate.rpc.logic import serve_logic
+        from imgate.rpc.wire import unix_path
 
         cfg = self.cfg
         if cfg.auth == "jwt":
@@ -171,10 +177,15 @@ class LogicRole:
         await self.http.start(host, port, ssl=self.tls.context if self.tls else None)
         if self.tls is not None:
             self.reload_tls = self.tls.reload
-        host, port = cfg.addr("logic_rpc")
-        self.rpc = await serve_logic(self.logic, host, port, ssl=rpc_tls.server_context(cfg))
+        path = unix_path(cfg.logic_rpc)
+        if path:
+            self.rpc = await serve_logic(self.logic, path=path, ssl=rpc_tls.server_context(cfg))
+        else:
+            host, port = cfg.addr("logic_rpc")
+            self.rpc = await serve_logic(self.logic, host, port, ssl=rpc_tls.server_context(cfg))
         store = f", IM store mariadb {','.join(cfg.mariadb_addrs)}" if self.im is not None else ""
-        print(f"imgate logic {cfg.server_id} is up: http :{self.http.port}, rpc :{self.rpc.port}, "
+        print(f"imgate logic {cfg.server_id} is up: http :{self.http.port}, "
+              f"rpc {self.rpc.addr if path else f':{self.rpc.port}'}, "
               f"redis {cfg.redis_url}, kafka {cfg.kafka}{store}", flush=True)
 
     async def stop(self) -> None:

@@ -4,7 +4,8 @@
 cache, logic, the IM service, the push router and the HTTP API) and runs N proxy workers, each an
 ``imgate proxy`` process. The workers listen on the same TCP and WebSocket ports with
 ``SO_REUSEPORT`` (the kernel spreads the connections), talk to the coordinator's logic over the
-internal RPC on loopback, and report their own RPC address in their online reports, where the
+internal RPC on unix sockets (in a private directory, mode 0700), and report their own RPC address
+(a unix socket there too) in their online reports, where the
 coordinator's push router finds them (``imgate.push.discovery``). A room push goes to every worker
 once, and each delivers it to its own members: once per member. A worker that dies is reported and
 started again (``imgate.supervisor``); its clients reconnect, and the kernel hands them to the others
@@ -27,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from imgate.cache import MemoryCache
-from imgate.config import Config, ConfigError, dump_toml
+from imgate.config import MAX_UNIX_PATH, Config, ConfigError, dump_toml
 from imgate.http.apikeys import api_auth_from_config
 from imgate.http.server import PUBLIC, HttpServer
 from imgate.logic import Logic, backends
@@ -126,7 +127,9 @@ class Coordinator:
         if self.im is not None:
             await self.im_store.start()
             await self.im.start()
-        self.rpc = await serve_logic(self.logic, "127.0.0.1", 0)
+        # the workers' RPC, both ways, on unix sockets in a directory only this user may enter (mkdtemp
+        # makes it 0700): no port to find, and nobody else on the host can call logic or push
+        self.rpc = await serve_logic(self.logic, path=self._socket("logic"))
         self.discovery.start()
         host, port = cfg.addr("http")
         await self.http.start(host, port)
@@ -135,10 +138,17 @@ class Coordinator:
             conf = Path(self._tmp.name) / f"w{i}.toml"
             conf.write_text(dump_toml(worker_config(
                 cfg, server_id=f"{cfg.server_id}/w{i}", tcp=_hostport(tcp_host, self.tcp_port),
-                ws=_hostport(ws_host, self.ws_port), rpc="127.0.0.1:0", logic_addrs=[self.rpc.addr])))
+                ws=_hostport(ws_host, self.ws_port), rpc="unix:" + self._socket(f"w{i}"), logic_addrs=[self.rpc.addr])))
             self.supervisor.start(f"w{i}", [sys.executable, "-m", "imgate", "proxy", "--config", str(conf)], env=env,
                                   die_with_parent=True)
         self._watch = asyncio.get_running_loop().create_task(self._watch_workers())
+
+    def _socket(self, name: str) -> str:
+        path = os.path.join(self._tmp.name, f"{name}.sock")
+        if len(os.fsencode(path)) > MAX_UNIX_PATH:
+            raise ConfigError(f"workers: the unix socket path {path!r} is too long ({MAX_UNIX_PATH} bytes at most); "
+                              f"set TMPDIR to a shorter directory")
+        return path
 
     async def _watch_workers(self) -> None:
         while True:

@@ -72,7 +72,7 @@ class NodeRunner(NodeThread):
     """The real node on its own uvloop loop in a daemon thread (tests/nodeutil.py)."""
 
 
-def start_node(tmp_path: Path, auth: str, demo: bool) -> NodeRunner:
+def start_node(tmp_path: Path, auth: str, demo: bool, **extra) -> NodeRunner:
     tcp, ws, http = free_ports(3)
     config = Config(
         tcp=f"127.0.0.1:{tcp}",
@@ -84,6 +84,7 @@ def start_node(tmp_path: Path, auth: str, demo: bool) -> NodeRunner:
         data_dir=str(tmp_path / "data"),
         online_interval=0.1,
         server_id="browser-test",
+        **extra,
     ).validate()
     return NodeRunner(config).start()
 
@@ -280,20 +281,25 @@ def chat_send(d, message: str) -> None:
     wait_for(d, f"{message!r} in the sender's chat", lambda d: message in [t for _, t in chat_lines(d)])
 
 
+def two_chat_tabs(d, node, query_a: str = "") -> tuple:
+    """The chat page as user 101 (this tab) and as user 202 (a new tab, left current), both online."""
+    tabs = []
+    for i, url in enumerate((f"/chat?mid=101{query_a}", "/chat?mid=202")):
+        if i:
+            d.switch_to.new_window("tab")
+        tabs.append(d.current_window_handle)
+        d.get(node.http_base + url)
+        wait_for(d, "the chat page", lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        chat_online(d)
+    return tuple(tabs)
+
+
 @pytest.mark.parametrize("auth", ["none", "jwt"])
 def test_chat_demo_two_users_offline_and_back_with_unread_counts(driver, tmp_path, auth):
     node = start_node(tmp_path, auth=auth, demo=True)
     try:
         d = driver
-        tab_a = d.current_window_handle
-        d.get(node.http_base + "/chat?mid=101&peer=202")
-        wait_for(d, "the chat page", lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-        chat_online(d)
-        d.switch_to.new_window("tab")
-        tab_b = d.current_window_handle
-        d.get(node.http_base + "/chat?mid=202")
-        wait_for(d, "the chat page", lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-        chat_online(d)
+        tab_a, tab_b = two_chat_tabs(d, node, "&peer=202")
 
         d.switch_to.window(tab_a)  # A opens the conversation with B and writes
         d.find_element(By.ID, "open-btn").click()
@@ -325,5 +331,73 @@ def test_chat_demo_two_users_offline_and_back_with_unread_counts(driver, tmp_pat
         assert severe_console_errors(d) == []
         d.switch_to.window(tab_b)
         assert severe_console_errors(d) == []
+    finally:
+        node.stop()
+
+
+def group_lines(d) -> list[tuple[str, str]]:
+    """(from, text) of the messages shown in the open conversation, notices ("member", "mode") as
+    ("", their text)."""
+    return [("", li.text) if "system" in li.get_attribute("class") else
+            (li.get_attribute("data-from"), li.find_element(By.CSS_SELECTOR, ".body").text)
+            for li in d.find_elements(By.CSS_SELECTOR, "#chat li")]
+
+
+def group_send(d, message: str) -> None:
+    d.find_element(By.ID, "text").send_keys(message)
+    d.find_element(By.ID, "send-btn").click()
+    wait_for(d, f"{message!r} in the sender's chat", lambda d: message in [t for _, t in group_lines(d)])
+
+
+def test_chat_demo_group_in_both_modes(driver, tmp_path):
+    """A creates a group on the page and writes (write mode: inbox entries); the backend adds members
+    so that it switches to read mode (timeline, room push); B writes while A is offline and A's page
+    pulls it on return. Each page shows the conversation in order, notices included."""
+    node = start_node(tmp_path, auth="none", demo=True, group_write_limit=3, group_hysteresis=1)
+    try:
+        d = driver
+        tab_a, tab_b = two_chat_tabs(d, node)
+
+        d.switch_to.window(tab_a)
+        d.find_element(By.ID, "group-members").send_keys("202, 303")
+        d.find_element(By.ID, "create-group-btn").click()
+        # the h2 is shown upper case
+        wait_for(d, "the new group open", lambda d: text(d, "title").lower().startswith("group ") or text(d, "error"))
+        assert text(d, "error") == ""
+        group = int(text(d, "title").split()[1])
+        group_send(d, "hi group")
+        status, reply = node.http("GET", f"/im/groups?group={group}")
+        assert status == 200 and (reply["data"]["members"], reply["data"]["mode"]) == (3, "write"), reply
+
+        d.switch_to.window(tab_b)  # B's list has the group with one unread message
+        conv = f"#convs li[data-conv='g:{group}']"
+        wait_for(d, "the group in B's list", lambda d: len(d.find_elements(By.CSS_SELECTOR, conv)) == 1)
+        wait_for(d, "one unread", lambda d: d.find_element(By.CSS_SELECTOR, conv + " .unread")
+                 .get_attribute("textContent") == "1")
+        d.find_element(By.CSS_SELECTOR, conv).click()
+        wait_for(d, "the creation and A's message", lambda d: group_lines(d) == [
+            ("", "user 101 added 101, 202, 303"), ("101", "hi group")])
+
+        # the backend adds two members: 5 > group_write_limit 3, the group switches to read mode
+        status, reply = node.http("POST", f"/im/groups/members?group={group}", b'{"add": [404, 505]}')
+        assert status == 200 and reply["data"] == {"members": 5, "mode": "read"}, reply
+        group_send(d, "big now")  # read mode: back to the sender through the group's room
+
+        d.switch_to.window(tab_a)
+        wait_for(d, "A sees B's read-mode message", lambda d: ("202", "big now") in group_lines(d))
+        d.find_element(By.ID, "disconnect-btn").click()
+        wait_for(d, "A offline", lambda d: text(d, "status").startswith("offline"))
+
+        d.switch_to.window(tab_b)
+        group_send(d, "while you were away")
+
+        d.switch_to.window(tab_a)  # back online: SYNC's groups says the group has news, the page pulls
+        chat_online(d)
+        wait_for(d, "the whole conversation on A's page", lambda d: group_lines(d) == [
+            ("", "user 101 added 101, 202, 303"), ("101", "hi group"), ("", "user 101 added 404, 505"),
+            ("", "the group switched to read mode (5 members)"), ("202", "big now"), ("202", "while you were away")])
+        for tab in (tab_a, tab_b):
+            d.switch_to.window(tab)
+            assert severe_console_errors(d) == []
     finally:
         node.stop()

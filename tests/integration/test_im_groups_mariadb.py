@@ -17,6 +17,7 @@ pytest.importorskip("asyncmy")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))  # the SQLite module's helpers
 
 from helpers import run  # noqa: E402
+from imgate.im.fanout import FanoutWorker  # noqa: E402
 from imgate.im.service import ImService  # noqa: E402
 from imgate.im.store import GroupLimits  # noqa: E402
 from test_im_group_store import (  # noqa: E402,F401 - collected here against MariaDB
@@ -52,7 +53,7 @@ def test_two_consumers_out_of_order_and_twice_write_each_entry_once_in_gseq_orde
 
         async def consume(svc, order):
             for job in order:
-                await svc._fan_out(job)
+                await FanoutWorker(svc).fan_out(job)
 
         await asyncio.gather(consume(one, list(reversed(jobs)) * 2), consume(two, jobs[::2] + jobs[1::2] + jobs))
         assert await store.fanout_jobs(100) == []

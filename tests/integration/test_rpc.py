@@ -873,3 +873,43 @@ def test_oversized_request_refused_locally():
             await srv.stop()
 
     run(main())
+
+
+# ------------------------------------------------------------------------------------------ unix sockets
+
+
+def test_logic_and_proxy_over_unix_sockets(tmp_path):
+    """The workers' transport: the same RPC on ``unix:/path`` addresses, both directions."""
+    async def main():
+        logic = make_logic()
+        svc = LogicRpcService(logic)
+        await svc.start(path=str(tmp_path / "logic.sock"))
+        assert svc.addr == f"unix:{tmp_path}/logic.sock"
+        proxy = FakeProxy()
+        psvc = ProxyRpcService(proxy)
+        await psvc.start(path=str(tmp_path / "w0.sock"))
+        client = LogicClient([svc.addr], pool_size=2)
+        push = ProxyClient("proxy-1", psvc.addr, pool_size=1)
+        try:
+            c = await client.connect("proxy-1", auth_body(77, key="ku"))
+            assert [(s["conn_id"], s["key"]) for s in await logic.session(77)] == [(c.conn_id, "ku")]
+            assert await push.push_conns([c.conn_id], 1000, b"hi") == 1
+            assert proxy.calls == [("conns", [c.conn_id], 1000, b"hi")]
+            # nothing listens on TCP: the sockets are the files
+            assert {p.name for p in tmp_path.iterdir()} == {"logic.sock", "w0.sock"}
+        finally:
+            await push.close()
+            await client.close()
+            await psvc.stop()
+            await svc.stop()
+
+    run(main())
+
+
+def test_rpc_addresses_in_the_config():
+    from imgate.config import Config, ConfigError
+
+    assert Config(rpc="unix:/run/imgate/w0.sock", logic_addrs=["unix:/run/imgate/logic.sock"]).validate()
+    for bad in ("unix:relative.sock", "unix:/" + "x" * 120, "nowhere"):
+        with pytest.raises(ConfigError):
+            Config(rpc=bad).validate()

@@ -31,6 +31,50 @@ def children(pid: int) -> set[int]:
         return set()
 
 
+def _socket_inodes(pid: int) -> set[int]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def listeners(pid: int) -> tuple[set[int], set[str]]:
+    """(TCP ports, unix socket paths) that process ``pid`` listens on, read from /proc/net."""
+    inodes = _socket_inodes(pid)
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and int(f[9]) in inodes:  # 0A: LISTEN
+                ports.add(int(f[1].rsplit(":", 1)[1], 16))
+    paths = set()
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        f = line.split()
+        if len(f) >= 8 and int(f[3], 16) & 0x10000 and int(f[6]) in inodes:  # __SO_ACCEPTCON: listening
+            paths.add(f[7])
+    return ports, paths
+
+
+def assert_internal_rpc_on_private_unix_sockets(coordinator: int, workers: set[int], client_ports: set[int],
+                                                http_port: int) -> None:
+    """The coordinator and its workers reach each other over unix sockets in one directory of mode
+    0700; no process listens on a TCP port beyond the client ports and the HTTP API."""
+    ports, paths = listeners(coordinator)
+    assert ports == {http_port}, ports
+    assert len(paths) == 1 and paths.pop().endswith("/logic.sock")
+    directory = os.path.dirname(next(iter(listeners(coordinator)[1])))
+    assert os.stat(directory).st_mode & 0o777 == 0o700
+    for w in workers:
+        ports, paths = listeners(w)
+        assert ports == client_ports, (w, ports)
+        assert len(paths) == 1 and os.path.dirname(next(iter(paths))) == directory, paths
+
+
 def test_two_workers_share_the_ports_deliver_room_pushes_once_and_survive_a_killed_worker(tmp_path):
     out_path = tmp_path / "serve.out"
     api_key = KeyStore(str(tmp_path / "data")).create("tests", ["admin"])[1]
@@ -58,6 +102,10 @@ def test_two_workers_share_the_ports_deliver_room_pushes_once_and_survive_a_kill
 
         workers = wait_until(lambda: children(serve.pid) if len(children(serve.pid)) == 2 else None,
                              what="two workers")
+        client_ports = {int(tcp.rsplit(":", 1)[1]), int(ws.rsplit(":", 1)[1])}
+        http_port = int(http.rsplit(":", 1)[1])
+        wait_until(lambda: all(listeners(w)[1] for w in workers), what="the workers' RPC listeners")
+        assert_internal_rpc_on_private_unix_sockets(serve.pid, workers, client_ports, http_port)
 
         async def go():
             loop = asyncio.get_running_loop()
@@ -108,6 +156,8 @@ def test_two_workers_share_the_ports_deliver_room_pushes_once_and_survive_a_kill
                 return sum(counts.values()) == n and len(counts) == 2 and not any(c.closed for c in clients.values())
 
             await wait_until_async(reconnect_the_lost, what="every client back, on the two live workers")
+            # the restarted worker listens on its socket again (the dead one's file was in the way)
+            assert_internal_rpc_on_private_unix_sockets(serve.pid, children(serve.pid), client_ports, http_port)
             await room_push_once_each("second")
             for c in clients.values():
                 await c.close()

@@ -18,6 +18,7 @@ from imgate.im.service import ImService
 from imgate.im.sqlite import SqliteStore
 from imgate.im.store import GroupLimits
 
+from groupmodel import expected_inboxes
 from test_im_service import Jobs, Sessions
 
 from helpers import run
@@ -73,11 +74,19 @@ def test_write_mode_membership_and_switch_both_ways(tmp_path):
         model.members = {1, 2, 3}
         model.message(1)
         gseq = 1
+        replies = []
         for i, sender in enumerate([1, 2, 3, 2]):
             reply = await svc.send(sender, {"cmid": f"a{i}", "group": g, "content": i})
             gseq += 1
-            assert reply["gseq"] == gseq and reply["seq"] == 0  # the entry comes with the fan-out
+            assert reply["gseq"] == gseq and reply["seq"] > 0  # the sender's own entry, written with it
+            replies.append((sender, reply))
             model.message(gseq)
+        # the 23's seq is the sender's entry of that gseq, and a resend of the cmid answers it again
+        for i, (sender, reply) in enumerate(replies):
+            again = await svc.send(sender, {"cmid": f"a{i}", "group": g, "content": i})
+            assert again == reply
+            page = json.loads(await svc.sync(sender, {"after": reply["seq"] - 1, "limit": 1}))
+            assert [(m["seq"], m["gseq"]) for m in page["msgs"]] == [(reply["seq"], reply["gseq"])]
         r = await svc.change_members(g, None, {"add": [4], "remove": [3]})
         assert r == {"members": 3, "mode": "write"}
         gseq += 1
@@ -167,14 +176,20 @@ def test_an_unfinished_fan_out_is_resumed_once(tmp_path):
         svc = ImService(store, Sessions({}), Jobs(), groups=GroupLimits(write_limit=50))
         # not started: no consumer, the jobs stay in the outbox as after a kill -9
         g = (await svc.create_group(1, {"members": list(range(2, 30))}))["group"]
-        for i in range(20):
+        for i in range(20):  # a send takes its sender off the older jobs (or, past a few, fans them out)
             await svc.send(1 + i % 5, {"cmid": f"m{i}", "group": g, "content": i})
-        assert len(await store.fanout_jobs(100)) == 21
+        waiting = len(await store.fanout_jobs(100))
+        assert waiting >= 1
+        for k in range(10):  # members join while jobs wait: they get nothing from before their join
+            await svc.change_members(g, None, {"add": [100 + k]})
+        assert len(await store.fanout_jobs(100)) == waiting + 10
         await store.close()
         svc, _ = await started(tmp_path, GroupLimits(write_limit=50), {3: [1]})
         await drained(svc)
         for u in range(1, 30):
-            assert await inbox_group_gseqs(svc, u, g) == list(range(1, 22)), u
+            assert await inbox_group_gseqs(svc, u, g) == list(range(1, 32)), u
+        for k in range(10):  # from the message announcing its join
+            assert await inbox_group_gseqs(svc, 100 + k, g) == list(range(22 + k, 32)), k
         assert await svc.store.fan_out(1) is None  # done once
         await svc.stop()
         await svc.store.close()
@@ -213,30 +228,6 @@ def test_read_mode_goes_through_the_group_room(tmp_path):
         await svc.store.close()
 
     run(go())
-
-
-def expected_inboxes(timeline: list, creation_mode: str) -> dict:
-    """Reference model from the group's timeline (gseq order): uid -> the gseqs its inbox must hold.
-    A message is fanned out in the mode in force when it was stored (a ``mode`` message changes it
-    for the messages after it, and is itself always fanned out) to the members of that moment; a
-    ``member`` message also to the users it adds, and in write mode to those it removes."""
-    mode, members, out = creation_mode, set(), {}
-    for m in timeline:
-        c = m["content"]
-        if m["type"] == "member":
-            before = set(members)
-            members = (members | set(c["add"])) - set(c["remove"])
-            told = before | set(c["add"]) | (set(c["remove"]) if mode == "write" else set())
-            fanned = mode == "write"
-        elif m["type"] == "mode":
-            told, fanned = set(members), True
-            mode = c["mode"]
-        else:
-            told, fanned = set(members), mode == "write"
-        if fanned:
-            for u in told:
-                out.setdefault(u, []).append(m["gseq"])
-    return out
 
 
 def test_switches_both_ways_with_messages_in_flight(tmp_path):

@@ -55,6 +55,33 @@ def test_concurrent_sends_share_commits(tmp_path):
     run(go())
 
 
+def test_inboxes_opened_together_are_one_write_and_each_caller_gets_its_own_seq(tmp_path):
+    """A storm of first connections: the opens of one loop iteration reach the writer as one write;
+    a user with messages gets its newest seq, a new one 0, a cancelled caller costs the others nothing,
+    and every inbox exists afterwards (read back from the database file by another connection)."""
+    async def go():
+        store = await opened(tmp_path / "im.db")
+        await store.open_inbox(1)
+        await store.open_inbox(2)
+        for i in range(3):
+            await store.send(new_message(1, 2, f"m{i}", i))
+        store._seen.clear()  # as after a restart: the store has to look
+        before = store.counters["writes"]
+        calls = [asyncio.ensure_future(store.open_inbox(u)) for u in (2, 100, 101, 2, 102)]
+        await asyncio.sleep(0)  # each has asked; the write is not made yet
+        calls[-1].cancel()
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert done[:4] == [3, 0, 0, 3] and isinstance(done[4], asyncio.CancelledError)
+        assert store.counters["writes"] - before == 1
+        await store.close()
+        conn = sqlite3.connect(tmp_path / "im.db")
+        rows = dict(conn.execute("SELECT uid, max_seq FROM users").fetchall())
+        conn.close()
+        assert rows == {1: 3, 2: 3, 100: 0, 101: 0, 102: 0}
+
+    run(go())
+
+
 def test_migrations_are_idempotent(tmp_path):
     async def go():
         store = await opened(tmp_path / "im.db")

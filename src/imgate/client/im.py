@@ -50,11 +50,18 @@ class ImOps:
 
     async def send_group(self, group: int, content: Any, *, type: str = "text", cmid: str | None = None,
                          timeout: float | None = None) -> dict:
-        """Op 22 -> 23 to a group: the reply ``{"cmid", "msg_id", "seq": 0, "group", "gseq", "ts"}`` once the
-        message (and in write mode its fan-out job) is durable. The sender's own inbox entry, in write
-        mode, comes by op 24 like every member's. Raises :class:`ImRejected` for an error reply."""
+        """Op 22 -> 23 to a group: the reply ``{"cmid", "msg_id", "seq", "group", "gseq", "ts"}`` once the
+        message (and in write mode its fan-out job) is durable. ``seq`` is the sender's own inbox entry
+        in write mode, 0 in read mode (the message is in the group's timeline only, pushed to every
+        online member, this connection too). Raises :class:`ImRejected` for an error reply."""
         req = {"cmid": cmid or os.urandom(12).hex(), "group": group, "type": type, "content": content}
-        return _im_reply((await self.request(OP_MSG_SEND, json.dumps(req), OP_MSG_SEND_REPLY, timeout)).body)
+        reply = _im_reply((await self.request(OP_MSG_SEND, json.dumps(req), OP_MSG_SEND_REPLY, timeout)).body)
+        if self._own_entries and reply.get("seq"):
+            # write mode: no op 24 of its own entry comes to this connection; hand it to messages()
+            msg = dict(reply, conv=f"g:{group}", type=type, content=content)
+            msg["from"] = self.mid
+            self._dispatch([Frame(OP_MSG_PUSH, 0, json.dumps({"msgs": [msg]}).encode())])
+        return reply
 
     async def group_pull(self, group: int, after: int = 0, limit: int = 100, timeout: float | None = None) -> dict:
         """Op 28 -> 29: a group's timeline after ``after`` (gseq), from the member's join on."""

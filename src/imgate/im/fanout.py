@@ -81,7 +81,7 @@ class FanoutWorker:
         delay = 0.05
         while True:
             try:
-                await self.im._fan_out(job)
+                await self.fan_out(job)
                 return
             except asyncio.CancelledError:
                 raise
@@ -90,6 +90,17 @@ class FanoutWorker:
                 log.warning("fan-out job %d failed (retried): %s", job, e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
+
+    async def fan_out(self, job: int) -> None:
+        """One job through the store (with its group's older pending jobs), then the op-24 pushes."""
+        im = self.im
+        stored = await im.store.fan_out(job)
+        if stored is None:
+            return  # done before
+        for done in stored.before + [stored]:
+            im.counters["fanout_jobs"] += 1
+            im.counters["fanout_entries"] += len(done.entries)
+            await im._deliver(done, None)
 
     async def _sweep_loop(self) -> None:
         while True:

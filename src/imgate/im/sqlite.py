@@ -115,6 +115,7 @@ class SqliteStore(GroupsMixin, MessageStore):
         # after each COMMIT, read by the loop; a stale value is only older, never newer.
         self._seen: dict[int, int] = {}
         self._batch_seqs: dict[int, int] = {}
+        self._opening: dict[int, list[asyncio.Future]] = {}  # open_inbox calls of this loop iteration
         self.seen_max = seen_max
         self.max_bytes = max_bytes  # 0: as large as the disk allows
         self.counters = {"commits": 0, "writes": 0, "failed_batches": 0, "checkpoints": 0}
@@ -167,6 +168,9 @@ class SqliteStore(GroupsMixin, MessageStore):
         try:
             conn = self._connect()
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
+            # a batch holding group fan-outs touches thousands of pages: with the default 2 MB cache
+            # SQLite spills them to the WAL before the commit, writing them twice
+            conn.execute("PRAGMA cache_size = -32768")
             migrate(conn)
             if self.max_bytes:  # a write that would grow the file past it fails like a full disk
                 page = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -315,18 +319,30 @@ class SqliteStore(GroupsMixin, MessageStore):
         seq, min_seq = conn.execute(
             "UPDATE users SET max_seq = max_seq + 1 WHERE uid = ? RETURNING max_seq, min_seq", (owner,)).fetchone()
         keep = self.retention_entries
-        if keep and seq - min_seq + 1 > keep:  # the oldest entries go; the seq range stays gapless
-            new_min = seq - keep + 1
-            conn.execute("DELETE FROM inbox WHERE owner = ? AND seq < ?", (owner, new_min))
-            conn.execute("UPDATE users SET min_seq = ? WHERE uid = ?", (new_min, owner))
+        if keep and seq - min_seq + 1 > keep:
+            self._retain(conn, owner, seq)
         self._batch_seqs[owner] = seq
         return seq
 
-    def _open_inbox(self, conn: sqlite3.Connection, uid: int) -> int:
-        conn.execute("INSERT OR IGNORE INTO users (uid, created) VALUES (?, ?)", (uid, int(time.time() * 1000)))
-        seq = conn.execute("SELECT max_seq FROM users WHERE uid = ?", (uid,)).fetchone()[0]
-        self._batch_seqs.setdefault(uid, seq)
-        return seq
+    def _retain(self, conn: sqlite3.Connection, owner: int, seq: int) -> None:
+        """The oldest entries beyond ``retention_entries`` go; the seq range stays gapless."""
+        new_min = seq - self.retention_entries + 1
+        if new_min > 1:
+            conn.execute("DELETE FROM inbox WHERE owner = ? AND seq < ?", (owner, new_min))
+            conn.execute("UPDATE users SET min_seq = MAX(min_seq, ?) WHERE uid = ?", (new_min, owner))
+
+    def _open_inboxes(self, conn: sqlite3.Connection, uids: list[int]) -> dict[int, int]:
+        """uid -> its newest seq, each inbox made if it was not there: two statements per 500 users."""
+        now = int(time.time() * 1000)
+        conn.executemany("INSERT OR IGNORE INTO users (uid, created) VALUES (?, ?)", [(uid, now) for uid in uids])
+        seqs: dict[int, int] = {}
+        for i in range(0, len(uids), 500):  # well below SQLite's limit of bound variables
+            part = uids[i:i + 500]
+            seqs.update(conn.execute(f"SELECT uid, max_seq FROM users WHERE uid IN ({','.join('?' * len(part))})",
+                                     part).fetchall())
+        for uid, seq in seqs.items():
+            self._batch_seqs.setdefault(uid, seq)
+        return seqs
 
     def _mark_read(self, conn: sqlite3.Connection, uid: int, conv: str, seq: int) -> ReadResult:
         members = conv_members(conv)
@@ -447,7 +463,37 @@ class SqliteStore(GroupsMixin, MessageStore):
         seq = self._seen.get(uid)
         if seq is not None:
             return seq
-        return await self._write(self._open_inbox, uid)  # one write: a storm of new users shares commits
+        # the inboxes asked for within one loop iteration (a storm of first connections) go to the
+        # writer as one write: one hand-over to its thread and one answer back for all of them
+        fut = self._loop.create_future()
+        if not self._opening:
+            self._loop.call_soon(self._open_queued)
+        self._opening.setdefault(uid, []).append(fut)
+        return await fut
+
+    def _open_queued(self) -> None:
+        opening, self._opening = self._opening, {}
+        if self._writer is None:
+            err = ImError(E_UNAVAILABLE, "message store is closed")
+        elif self._queued >= self.max_queue:
+            err = ImError(E_UNAVAILABLE, f"message store is overloaded ({self._queued} writes queued)")
+        else:
+            done = self._loop.create_future()
+            done.add_done_callback(lambda f: self._opened(opening, f))
+            self._queued += 1
+            self._queue.put((self._open_inboxes, (list(opening),), done))
+            return
+        for waiters in opening.values():
+            for fut in waiters:
+                _settle(fut, None, err)
+
+    @staticmethod
+    def _opened(opening: dict, done: asyncio.Future) -> None:
+        err = done.exception()
+        seqs = done.result() if err is None else {}
+        for uid, waiters in opening.items():
+            for fut in waiters:  # one per caller: a caller cancelled leaves the others their answer
+                _settle(fut, seqs.get(uid), err)
 
     async def has_inbox(self, uid: int) -> bool:
         return uid in self._seen or await self._read(self._max_seq_now, uid) is not None

@@ -3,8 +3,8 @@
 A mixin of :class:`imgate.im.sqlite.SqliteStore`: writes run on its writer thread (``self._write``),
 reads on its reader threads (``self._read``). Every group message takes the group's next gseq; in
 write mode its transaction also stores the sender's inbox entry and an outbox row (the fan-out job)
-naming the members at that moment (the sender too), and ``fan_out`` writes their entries and deletes the row
-in one transaction: a job is done exactly once, even across a kill -9.
+naming the other members at that moment, and ``fan_out`` writes their entries and deletes the row in
+one transaction: a job is done exactly once, even across a kill -9.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ import time
 
 from imgate.im.protocol import E_CONFLICT, E_FORBIDDEN, E_OUT_OF_RANGE, E_UNKNOWN_RECEIVER, ImError
 from imgate.im.store import INTERNAL_CMID_PREFIX, GroupLimits, NewMessage, Stored, digest_of, msg_json
+
+
+OWED_SCAN_MAX = 4  # waiting jobs of a group a send takes its sender off; beyond, it fans them out
 
 
 def group_conv(group: int) -> str:
@@ -35,26 +38,63 @@ class GroupsMixin:
         return row[0] if row else None
 
     def _store_group(self, conn: sqlite3.Connection, m: NewMessage) -> Stored:
-        """A group message (the cmid is new): its gseq, and in write mode its fan-out job."""
+        """A member's group message (the cmid is new): its gseq; in write mode the sender's own entry
+        and the fan-out job to the other members."""
         _, _, mode, _ = self._group_row(conn, m.group)
         if self._member_role(conn, m.group, m.sender) is None and not m.cmid.startswith(INTERNAL_CMID_PREFIX):
             raise ImError(E_FORBIDDEN, f"user {m.sender} is not a member of group {m.group}")
+        if mode == "read":  # stored once, whatever the number of members: nothing per member here
+            return self._group_message(conn, m, mode, [])
         owners = [u for (u,) in conn.execute("SELECT uid FROM group_members WHERE grp = ?", (m.group,))]
-        return self._group_message(conn, m, mode, owners)
+        earlier = self._owed_to(conn, m.group, m.sender)
+        stored = self._group_message(conn, m, mode, owners, own_entry=m.sender in owners)
+        stored.earlier = earlier
+        return stored
 
-    def _group_message(self, conn: sqlite3.Connection, m: NewMessage, mode: str, owners: list) -> Stored:
-        """Store ``m`` in the group's timeline; in write mode queue the fan-out to ``owners``, the sender
-        included: every member's entries then follow gseq order (jobs are done in id order)."""
+    def _owed_to(self, conn: sqlite3.Connection, group: int, uid: int) -> list:
+        """Write ``uid``'s entries of the group's jobs not fanned out yet and take it off them, so that
+        its next entry follows them: every inbox keeps the group's gseq order. The rest of those jobs
+        stays with the consumer, whose rounds share a commit (the JSON is handled in SQL). Past
+        OWED_SCAN_MAX waiting jobs (the consumer is behind) they are fanned out here instead, in this
+        commit: scanning their owner lists on every send would only make it fall further behind."""
+        jobs = conn.execute("SELECT o.id FROM group_outbox o JOIN messages m ON m.id = o.msg_id WHERE m.grp = ?"
+                            " ORDER BY o.id", (group,)).fetchall()
+        if len(jobs) > OWED_SCAN_MAX:
+            return [s for s in (self._fan_out(conn, j) for (j,) in jobs) if s is not None]
+        out = []
+        rows = conn.execute(
+            "SELECT o.id, m.id, m.sender, m.conv, m.type, m.content, m.ts, m.cmid, m.gseq FROM group_outbox o"
+            " JOIN messages m ON m.id = o.msg_id WHERE m.grp = ?"
+            " AND EXISTS (SELECT 1 FROM json_each(o.owners) WHERE value = ?) ORDER BY o.id", (group, uid)).fetchall()
+        for job, msg_id, sender, conv, type_, content, ts, cmid, gseq in rows:
+            conn.execute("UPDATE group_outbox SET owners = (SELECT json_group_array(value) FROM json_each(owners)"
+                         " WHERE value != ?) WHERE id = ?", (uid, job))
+            seqs = {uid: self._next_seq(conn, uid)}
+            entries = self._add_entries(conn, seqs, msg_id, sender, conv, None, group, type_, content, ts, cmid, gseq)
+            out.append(Stored(msg_id=msg_id, ts=ts, seqs=seqs, entries=entries, gseq=gseq, group=group))
+        return out
+
+    def _group_message(self, conn: sqlite3.Connection, m: NewMessage, mode: str, owners: list,
+                       own_entry: bool = False) -> Stored:
+        """Store ``m`` in the group's timeline; in write mode queue the fan-out to ``owners``, where
+        ``own_entry`` writes the sender's entry now (its 23 carries that seq) and leaves it out of
+        the job. Jobs are done in id order, so every inbox follows gseq order."""
         ts = self._now_ms()
         gseq = conn.execute("UPDATE groups SET max_gseq = max_gseq + 1 WHERE id = ? RETURNING max_gseq",
                             (m.group,)).fetchone()[0]
+        own = own_entry and mode == "write"
+        seqs = {m.sender: self._next_seq(conn, m.sender) if own else 0}
         cur = conn.execute(
             "INSERT INTO messages (sender, cmid, conv, receiver, grp, type, content, digest, sender_seq, ts, gseq)"
-            " VALUES (?, ?, ?, NULL, ?, ?, ?, ?, 0, ?, ?)",
-            (m.sender, m.cmid, m.conv, m.group, m.type, m.content, m.digest, ts, gseq))
+            " VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
+            (m.sender, m.cmid, m.conv, m.group, m.type, m.content, m.digest, seqs[m.sender], ts, gseq))
         msg_id = cur.lastrowid
-        stored = Stored(msg_id=msg_id, ts=ts, seqs={m.sender: 0}, gseq=gseq, group=m.group)
+        stored = Stored(msg_id=msg_id, ts=ts, seqs=seqs, gseq=gseq, group=m.group)
         if mode == "write":
+            if own:
+                stored.entries = self._add_entries(conn, seqs, msg_id, m.sender, m.conv, None, m.group, m.type,
+                                                   m.content, ts, m.cmid, gseq)
+                owners = [u for u in owners if u != m.sender]
             if owners:
                 stored.job = conn.execute("INSERT INTO group_outbox (msg_id, owners) VALUES (?, ?)",
                                           (msg_id, json.dumps(sorted(owners)))).lastrowid
@@ -140,12 +180,36 @@ class GroupsMixin:
         if row is None:
             return None  # done before (a second consumer, or a resumed job)
         owners, msg_id, sender, conv, group, type_, content, ts, cmid, gseq = row
-        seqs = {}
-        for u in json.loads(owners):
-            seqs[u] = self._next_seq(conn, u)
-        entries = self._add_entries(conn, seqs, msg_id, sender, conv, None, group, type_, content, ts, cmid, gseq)
+        # statements per job, not per member: one UPDATE ... RETURNING gives every owner its next seq
+        rows = conn.execute("UPDATE users SET max_seq = max_seq + 1 WHERE uid IN (SELECT value FROM json_each(?))"
+                            " RETURNING uid, max_seq, min_seq", (owners,)).fetchall()
+        seqs = {u: seq for u, seq, _ in rows}
+        keep = self.retention_entries
+        for u, seq, min_seq in rows if keep else ():
+            if seq - min_seq + 1 > keep:
+                self._retain(conn, u, seq)
+        self._batch_seqs.update(seqs)
+        # the entries and conversation rows from users.max_seq as just updated: no row crosses Python
+        unread = 0 if type_ == "read" else 1
+        conn.execute("INSERT INTO inbox (owner, seq, msg_id, conv, unread, ts)"
+                     " SELECT uid, max_seq, ?, ?, CASE WHEN uid = ? THEN 0 ELSE ? END, ? FROM users"
+                     " WHERE uid IN (SELECT value FROM json_each(?))", (msg_id, conv, sender, unread, ts, owners))
+        if type_ != "read":
+            conn.execute(
+                "INSERT INTO conversations (owner, conv, peer, last_seq, last_msg_id, unread)"
+                " SELECT uid, ?, ?, max_seq, ?, uid != ? FROM users WHERE uid IN (SELECT value FROM json_each(?))"
+                " ON CONFLICT (owner, conv) DO UPDATE SET last_seq = excluded.last_seq,"
+                " last_msg_id = excluded.last_msg_id, unread = unread + excluded.unread",
+                (conv, group, msg_id, sender, owners))
         conn.execute("DELETE FROM group_outbox WHERE id = ?", (job,))
+        # every entry is the same msg but for its leading seq
+        tail = msg_json(0, msg_id, conv, sender, None, group, type_, content, ts, cmid, gseq)[len('{"seq":0'):]
+        entries = {u: f'{{"seq":{seq}{tail}' for u, seq in seqs.items()}
         return Stored(msg_id=msg_id, ts=ts, seqs=seqs, entries=entries, gseq=gseq, group=group, job=job)
+
+    def _fan_out_next(self, conn: sqlite3.Connection, limit: int) -> list:
+        jobs = [j for (j,) in conn.execute("SELECT id FROM group_outbox ORDER BY id LIMIT ?", (limit,))]
+        return [s for s in map(lambda j: self._fan_out(conn, j), jobs) if s is not None]
 
     def _group_ack(self, conn: sqlite3.Connection, uid: int, group: int, gseq: int) -> int:
         _, _, _, max_gseq = self._group_row(conn, group)
@@ -226,6 +290,9 @@ class GroupsMixin:
 
     async def fan_out(self, job: int) -> Stored | None:
         return await self._write(self._fan_out, job)
+
+    async def fan_out_next(self, limit: int) -> list:
+        return await self._write(self._fan_out_next, limit)
 
     async def group_pull(self, uid: int, group: int, after: int, limit: int) -> tuple:
         return await self._read(self._group_pull_now, uid, group, after, limit)

@@ -53,6 +53,7 @@ class Stored:
     job: int | None = None      # a write-mode group message: its fan-out job (fan_out does it)
     group: int | None = None
     msg: str | None = None      # a read-mode group message: its msg JSON (seq 0), pushed to online members
+    earlier: list = field(default_factory=list)  # write mode: the sender's entries of older jobs, written first
     before: list = field(default_factory=list)  # fan_out: the group's older jobs it did first (Stored each)
 
 
@@ -149,10 +150,16 @@ class MessageStore(ABC):
     # read-mode group. SqliteStore implements them all (imgate.im.sqlite_groups) and says so:
     supports_groups = False  # True: send() takes group messages and the calls below work
     # Every group message gets the group's next gseq (gapless) in the transaction that stores it. In
-    # write mode that transaction also stores a fan-out job (the outbox) naming the members, the
-    # sender too (its ``seqs`` is {sender: 0}: no entry yet); ``fan_out`` later writes their entries and deletes the job in one
-    # transaction, so a job is done exactly once whatever crashes. Membership changes are messages
-    # of type "member" (and a mode switch one of type "mode"), stored the same way.
+    # write mode that transaction also writes the sender's own entry (``seqs``/``entries``; the sender's
+    # seq is kept with the message, so a resend of the cmid answers it) and stores a fan-out job (the
+    # outbox) naming the other members; ``fan_out`` later writes their entries and deletes the job in
+    # one transaction, so a job is done exactly once whatever crashes. To keep each inbox in gseq
+    # order, the same transaction first writes the sender's entries of the group's older jobs not
+    # done yet and takes the sender off them (their Stored in ``earlier``, delivered by the service).
+    # A job may so end up with no owner left: fan_out then only deletes it. In read mode ``seqs`` is
+    # {sender: 0} (no inbox entry).
+    # Membership changes are messages of type "member" (and a mode switch one of type "mode"), stored
+    # the same way, their fan-out naming every member (the actor too).
 
     async def create_group(self, owner: int, name: str, members: list, limits: GroupLimits) -> tuple:
         """(group id, Stored of its "member" message). Members get an inbox if they had none."""
@@ -191,6 +198,16 @@ class MessageStore(ABC):
         jobs may be done by concurrent transactions does the group's older jobs still pending first, in
         the same transaction, and returns them in ``before``: entries always follow gseq order."""
         raise ImError(E_UNAVAILABLE, f"groups are not implemented by {type(self).__name__} yet")
+
+    async def fan_out_next(self, limit: int) -> list:
+        """Fan out the ``limit`` oldest jobs, in id order; their Stored (the consumer's round). A store
+        may do them in one transaction (SqliteStore does); each job is still done exactly once."""
+        out = []
+        for job in await self.fanout_jobs(limit):
+            stored = await self.fan_out(job)
+            if stored is not None:
+                out.append(stored)
+        return out
 
     async def group_pull(self, uid: int, group: int, after: int, limit: int) -> tuple:
         """(msg JSON texts with gseq > max(after, the member's join), has_more, max_gseq): the

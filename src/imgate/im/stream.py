@@ -9,6 +9,17 @@ import json
 from collections import deque
 
 from imgate.im.protocol import OP_MSG_PUSH
+from imgate.protocol import IM_ROOM_PREFIX
+
+
+def _in_group_rooms(client) -> bool:
+    """Whether the auth (op 8) put the connection in a read-mode group's room: that group may have
+    news the inbox does not show, so the stream starts with a SYNC (its ``groups``)."""
+    try:
+        rooms = json.loads(getattr(client, "auth_reply", "") or "{}").get("rooms", [])
+    except (ValueError, AttributeError):
+        return False
+    return any(isinstance(r, str) and r.startswith(IM_ROOM_PREFIX) for r in rooms)
 
 
 class MessageStream:
@@ -42,9 +53,9 @@ class MessageStream:
         return self
 
     async def __anext__(self) -> dict:
-        if not self._started:  # what the inbox got since `after` before any push arrives
+        if not self._started:  # what the inbox and the read-mode groups got since `after`
             self._started = True
-            if self.last < self.client.inbox_seq:
+            if self.last < self.client.inbox_seq or _in_group_rooms(self.client):
                 await self.fill(self.client.inbox_seq)
         while not self._ready:
             for group, gseq in self._gseq.items():
@@ -84,8 +95,9 @@ class MessageStream:
         self.last = msg["seq"]
 
     async def fill(self, upto: int | None = None) -> None:
-        """SYNC from the last seq handed out until ``upto`` (None: the newest)."""
-        while upto is None or self.last < upto:
+        """SYNC from the last seq handed out until ``upto`` (None: the newest); at least once, since
+        read-mode groups may have news while the inbox has none."""
+        while True:
             self.syncs += 1
             reply = await self.client.sync(self.last, self.page)
             await self._news(reply)  # first: a group's timeline part precedes its later entries
@@ -93,7 +105,7 @@ class MessageStream:
                 if msg["seq"] > self.last:
                     await self._switch(msg)
                     self._take(msg)
-            if not reply["has_more"]:
+            if not reply["has_more"] or (upto is not None and self.last >= upto):
                 break
 
     async def _news(self, reply: dict) -> None:

@@ -321,8 +321,9 @@ _IM_PATHS = {
     "/im/send": {"post": {
         "tags": ["im"], "summary": "Send a message as a user, to a user or a group",
         "description": "Single chat: stores the message in both inboxes and pushes op 24 to every connection of "
-                       "both users. Group: stores it in the group's timeline (and its fan-out job in write mode); "
-                       "`seq` is then 0 and `gseq` its place. Answers once it is durable. A resend with the same "
+                       "both users. Group: stores it in the group's timeline with `gseq` its place; in write mode also "
+                       "the sender's inbox entry (`seq`) and the fan-out job to the others, in read mode no entry "
+                       "(`seq` 0). Answers once it is durable. A resend with the same "
                        "`cmid` answers the original reply and stores nothing.",
         "parameters": [_UID],
         "requestBody": {"required": True, "description": "A MSG_SEND object.", "content": {"application/json": {

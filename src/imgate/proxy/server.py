@@ -73,7 +73,7 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle, Repair):
         self.stats_counters = dict(
             frames_in=0, bytes_in=0, drops=0, slow_consumer_closes=0, auth_failures=0, protocol_errors=0,
             pushes=0, accepted=0, upstream_busy=0, handshake_timeouts=0, rate_limited=0, ip_limit_refusals=0,
-            close_notices_late=0, close_notices_dropped=0, busy=0,
+            close_notices_late=0, close_notices_dropped=0, busy=0, disconnect_failures=0,
         )
         self.limits = Limits.from_config(config)
         self._overflowed: list[Channel] = []   # slow consumers waiting to be closed (Lifecycle._on_overflow)

@@ -65,17 +65,22 @@ class RpcClient(asyncio.Protocol):
 
     @classmethod
     async def connect(cls, host: str, port: int, service: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                      ssl=None, **kw) -> "RpcClient":
-        """``ssl``: a client ``SSLContext`` for TLS (``imgate.rpc.tls``)."""
+                      ssl=None, path: str = "", **kw) -> "RpcClient":
+        """``ssl``: a client ``SSLContext`` for TLS (``imgate.rpc.tls``); ``path``: a unix socket
+        instead of host:port (the workers of one host)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + connect_timeout
+        where = f"unix:{path}" if path else f"{host}:{port}"
+        if path:
+            opening = loop.create_unix_connection(lambda: cls(service, **kw), path, ssl=ssl)
+        else:
+            opening = loop.create_connection(lambda: cls(service, **kw), host, port, ssl=ssl)
         try:
-            _, proto = await asyncio.wait_for(loop.create_connection(lambda: cls(service, **kw), host, port, ssl=ssl),
-                                              connect_timeout)
+            _, proto = await asyncio.wait_for(opening, connect_timeout)
         except asyncio.TimeoutError:
-            raise RpcUnavailable(f"connecting to {host}:{port} timed out after {connect_timeout}s") from None
+            raise RpcUnavailable(f"connecting to {where} timed out after {connect_timeout}s") from None
         except OSError as e:
-            raise RpcUnavailable(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+            raise RpcUnavailable(f"cannot connect to {where}: {e.strerror or e}") from None
         try:
             body = await proto.request(pb.HELLO, pb.Hello(service=service, client_id=proto.client_id,
                                                           server_id=proto.expect_server_id,
@@ -87,7 +92,7 @@ class RpcClient(asyncio.Protocol):
         except BaseException as e:
             proto.abort(f"hello failed: {e}")
             if isinstance(e, RpcTimeout):
-                raise RpcUnavailable(f"{host}:{port} did not answer HELLO within {connect_timeout}s") from None
+                raise RpcUnavailable(f"{where} did not answer HELLO within {connect_timeout}s") from None
             raise
         return proto
 

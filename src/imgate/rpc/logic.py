@@ -118,11 +118,11 @@ class LogicRpcService(RpcService):
         return pb.Empty()
 
 
-async def serve_logic(logic, host: str = "127.0.0.1", port: int = 0, *, ssl=None, **server_kw) -> LogicRpcService:
+async def serve_logic(logic, host: str = "127.0.0.1", port: int = 0, *, ssl=None, path: str = "", **server_kw) -> LogicRpcService:
     """Serve ``logic`` over RPC on host:port (TLS with ``ssl``); returns the started service (``.port``,
     ``.addr``, ``stop()``)."""
     svc = LogicRpcService(logic, **server_kw)
-    await svc.start(host, port, ssl=ssl)
+    await svc.start(host, port, ssl=ssl, path=path)
     return svc
 
 

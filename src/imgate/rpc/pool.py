@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from imgate.rpc.client import RpcClient
 from imgate.rpc.wire import (
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, DEFAULT_WRITE_BATCH,
-    REPLY_TYPES, RpcRemoteError, RpcUnavailable, parse_addr,
+    REPLY_TYPES, RpcRemoteError, RpcUnavailable, parse_addr, unix_path,
 )
 
 log = logging.getLogger("imgate.rpc")
@@ -52,6 +52,7 @@ class RpcPool:
             raise ValueError(f"balance must be 'spread' or 'fill', got {balance!r}")
         self.addr = addr
         self.host, self.port = parse_addr(addr)
+        self.path = unix_path(addr)  # a unix socket (the workers of one host)
         self.service = service
         self.size = size
         self.client_id = client_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -151,7 +152,7 @@ class RpcPool:
             self._states[i] = _CONNECTING
             try:
                 conn = await RpcClient.connect(
-                    self.host, self.port, self.service, connect_timeout=self.connect_timeout, ssl=self.ssl,
+                    self.host, self.port, self.service, connect_timeout=self.connect_timeout, ssl=self.ssl, path=self.path,
                     client_id=self.client_id, server_id=self.server_id, max_body=self.max_body,
                     max_in_flight=self.max_in_flight, write_batch=self.write_batch, on_lost=self._on_lost)
             except asyncio.CancelledError:

@@ -87,11 +87,11 @@ class ProxyRpcService(RpcService):
         return _count(self._leave(list(req.conn_ids), req.room_id))
 
 
-async def serve_proxy(proxy, host: str = "127.0.0.1", port: int = 0, *, ssl=None, **server_kw) -> ProxyRpcService:
+async def serve_proxy(proxy, host: str = "127.0.0.1", port: int = 0, *, ssl=None, path: str = "", **server_kw) -> ProxyRpcService:
     """Serve ``proxy``'s pushes over RPC on host:port (TLS with ``ssl``); returns the started service
     (``.port``, ``.addr``, ``stop()``)."""
     svc = ProxyRpcService(proxy, **server_kw)
-    await svc.start(host, port, ssl=ssl)
+    await svc.start(host, port, ssl=ssl, path=path)
     return svc
 
 

@@ -280,15 +280,22 @@ class RpcServer:
         self._orphans: set[asyncio.Task] = set()  # requests whose connection closed before the reply
         self.port = 0
         self.host = ""
+        self.path = ""  # a unix socket's, when it listens on one
         self.requests = 0
         self.rejected = 0
         self.protocol_errors = 0
         self.handler_errors = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False,
-                    ssl=None) -> "RpcServer":
-        """Listen on host:port; ``ssl``: a server ``SSLContext`` for TLS (``imgate.rpc.tls``)."""
+                    ssl=None, path: str = "") -> "RpcServer":
+        """Listen on host:port, or on the unix socket ``path`` (its directory decides who may connect);
+        ``ssl``: a server ``SSLContext`` for TLS (``imgate.rpc.tls``)."""
         self._loop = asyncio.get_running_loop()
+        if path:
+            self._server = await self._loop.create_unix_server(lambda: _ServerConn(self), path, backlog=1024, ssl=ssl)
+            self.path = path
+            log.info("rpc %s listening on unix:%s", self.service, path)
+            return self
         self._server = await self._loop.create_server(
             lambda: _ServerConn(self), host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024,
             ssl=ssl)
@@ -299,6 +306,8 @@ class RpcServer:
 
     @property
     def addr(self) -> str:
+        if self.path:
+            return "unix:" + self.path
         host = self.host
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
@@ -343,8 +352,8 @@ class RpcService:
     def handlers(self) -> dict:
         raise NotImplementedError
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, ssl=None) -> RpcServer:
-        return await self.server.start(host, port, ssl=ssl)
+    async def start(self, host: str = "127.0.0.1", port: int = 0, ssl=None, path: str = "") -> RpcServer:
+        return await self.server.start(host, port, ssl=ssl, path=path)
 
     async def stop(self, grace: float = 0.0) -> None:
         await self.server.stop(grace)

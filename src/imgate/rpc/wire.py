@@ -90,8 +90,19 @@ def method_name(method: int) -> str:
         return f"method {method}"
 
 
+UNIX_PREFIX = "unix:"
+
+
+def unix_path(addr: str) -> str:
+    """The socket path of a ``unix:/path`` address; "" for host:port."""
+    return addr[len(UNIX_PREFIX):] if addr.startswith(UNIX_PREFIX) else ""
+
+
 def parse_addr(addr: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port)."""
+    """``host:port`` or ``[v6]:port`` -> (host, port); ``unix:/path`` -> (path, 0)."""
+    path = unix_path(addr)
+    if path:
+        return path, 0
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ValueError(f"RPC address must look like host:port, got {addr!r}")
@@ -103,6 +114,8 @@ def parse_addr(addr: str) -> tuple[str, int]:
 def tune(transport) -> str:
     """No Nagle delay for pipelined frames, keep-alive to notice dead peers; returns "host:port"."""
     sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        return "unix:" + (transport.get_extra_info("sockname") or "?")
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

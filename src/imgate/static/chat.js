@@ -1,4 +1,5 @@
-// The chat demo page: page glue only; the protocol is the reusable module /imgate-im.js.
+// The chat demo page: page glue only; the protocol is the reusable module /imgate-im.js. Single chats
+// and groups (created with the demo's API key, POST /im/groups), in either group mode.
 import { ImClient, singleConv } from "./imgate-im.js";
 
 const $ = (id) => document.getElementById(id);
@@ -6,49 +7,70 @@ let im = null;            // one client per user id: its lastSeq survives going 
 let me = 0;
 let active = null;        // the open conversation
 let demoAvailable = false;
-const convs = new Map();  // conv -> {peer, msgs: [msg], readSeq, peerReadMsgId}
+let apiKey = "";          // the demo's in-memory API key (scopes push, im): creates groups
+const convs = new Map();  // conv -> {peer, group, msgs: [msg], readSeq, readGseq, peerReadMsgId}
 
-function conv(id, peer) {
+function conv(id, peer, group = 0) {
   let c = convs.get(id);
   if (c === undefined) {
-    c = { peer, msgs: [], readSeq: 0, peerReadMsgId: 0 };
+    c = { peer, group, msgs: [], readSeq: 0, readGseq: 0, peerReadMsgId: 0 };
     convs.set(id, c);
   }
   return c;
 }
 
-const unread = (c) => c.msgs.filter((m) => m.from !== me && m.seq > c.readSeq).length;
+const isNotice = (m) => m.type === "member" || m.type === "mode";
+// an inbox entry counts by its seq; a read-mode group message (seq 0) by its gseq, read here
+const isUnread = (c, m) => m.from !== me && !isNotice(m) && (m.seq > 0 ? m.seq > c.readSeq : m.gseq > c.readGseq);
+const unread = (c) => c.msgs.filter((m) => isUnread(c, m)).length;
+const lastTs = (c) => (c.msgs.length ? c.msgs[c.msgs.length - 1].ts : 0);
+
+function noticeText(m) {
+  const x = m.content || {};
+  if (m.type === "mode") return `the group switched to ${x.mode} mode (${x.members} members)`;
+  const parts = [];
+  if (x.add && x.add.length) parts.push(`added ${x.add.join(", ")}`);
+  if (x.remove && x.remove.length) parts.push(`removed ${x.remove.join(", ")}`);
+  return `user ${x.by} ${parts.join(", ") || "changed the group"}`;
+}
 
 function render() {
   const list = $("convs");
   list.replaceChildren();
-  const sorted = [...convs.entries()].sort((a, b) => lastSeq(b[1]) - lastSeq(a[1]));
+  const sorted = [...convs.entries()].sort((a, b) => lastTs(b[1]) - lastTs(a[1]));
   for (const [id, c] of sorted) {
     const li = document.createElement("li");
     li.dataset.conv = id;
     li.dataset.peer = String(c.peer);
     if (id === active) li.className = "active";
     const name = document.createElement("span");
-    name.textContent = `user ${c.peer}`;
+    name.textContent = c.group ? `group ${c.group}` : `user ${c.peer}`;
     const badge = document.createElement("span");
     const n = unread(c);
     badge.className = n ? "unread" : "unread zero";
     badge.textContent = String(n);
     li.append(name, badge);
-    li.addEventListener("click", () => openConv(c.peer));
+    li.addEventListener("click", () => (c.group ? openGroup(c.group) : openConv(c.peer)));
     list.append(li);
   }
   const chat = $("chat");
   chat.replaceChildren();
   if (active === null) return;
   const c = convs.get(active);
-  $("title").textContent = `With user ${c.peer}`;
+  $("title").textContent = c.group ? `Group ${c.group}` : `With user ${c.peer}`;
   for (const m of c.msgs) {
     const li = document.createElement("li");
+    if (isNotice(m)) {
+      li.className = "system";
+      li.textContent = noticeText(m);
+      chat.append(li);
+      continue;
+    }
     const mine = m.from === me;
     li.className = (mine ? "mine" : "theirs") + (mine && Number(m.msg_id) <= c.peerReadMsgId ? " read" : "");
     li.dataset.seq = String(m.seq);
     li.dataset.from = String(m.from);
+    if (m.group !== undefined) li.dataset.gseq = String(m.gseq);
     const body = document.createElement("span");
     body.className = "body";
     body.textContent = typeof m.content === "string" ? m.content : JSON.stringify(m.content);
@@ -61,11 +83,12 @@ function render() {
   chat.scrollTop = chat.scrollHeight;
 }
 
-const lastSeq = (c) => (c.msgs.length ? c.msgs[c.msgs.length - 1].seq : 0);
+// the newest inbox entry of the conversation (a read-mode group's messages have none)
+const lastSeq = (c) => c.msgs.reduce((s, m) => Math.max(s, m.seq), 0);
 
 function onMessage(m) {
   const peer = m.from === me ? m.to : m.from;
-  const c = conv(m.conv, peer);
+  const c = m.group !== undefined ? conv(m.conv, 0, m.group) : conv(m.conv, peer);
   if (m.type === "read") {
     if (m.from === me) c.readSeq = Math.max(c.readSeq, m.content.seq);           // read on another device
     else c.peerReadMsgId = Math.max(c.peerReadMsgId, Number(m.content.msg_id)); // the peer read ours
@@ -77,6 +100,7 @@ function onMessage(m) {
 }
 
 async function markRead(c, id) {
+  c.readGseq = c.msgs.reduce((g, m) => Math.max(g, m.gseq || 0), c.readGseq);
   const seq = lastSeq(c);
   if (seq <= c.readSeq || !im || !im.open) return;
   try {
@@ -94,6 +118,36 @@ function openConv(peer) {
   const c = conv(active, peer);
   render();
   markRead(c, active);
+}
+
+function openGroup(group) {
+  if (!(group > 0)) return;
+  active = `g:${group}`;
+  const c = conv(active, 0, group);
+  render();
+  markRead(c, active);
+}
+
+async function createGroup() {
+  const members = $("group-members").value.split(/[\s,]+/).filter(Boolean).map((x) => parseInt(x, 10));
+  if (!(me > 0) || members.some((x) => !(x > 0))) {
+    $("error").textContent = !(me > 0) ? "go online first" : "member ids are numbers, e.g. 2, 3";
+    return;
+  }
+  try {
+    const r = await fetch(`/im/groups?uid=${me}`, {
+      method: "POST",
+      headers: apiKey ? { Authorization: `Bearer ${apiKey}` } : {},
+      body: JSON.stringify({ name: `group of ${me}`, members }),
+    });
+    const reply = await r.json();
+    if (!r.ok) throw new Error(reply.message || reply.error || `HTTP ${r.status}`);
+    $("group-members").value = "";
+    $("error").textContent = "";
+    openGroup(reply.data.group);
+  } catch (e) {
+    $("error").textContent = `create group: ${e.message}`;
+  }
 }
 
 async function token(mid) {
@@ -140,8 +194,10 @@ async function send() {
     $("error").textContent = active === null ? "open a conversation first" : "type a message first";
     return;
   }
+  const c = convs.get(active);
   try {
-    await im.send(convs.get(active).peer, text);
+    if (c.group) await im.sendGroup(c.group, text);
+    else await im.send(c.peer, text);
     $("text").value = "";
     $("error").textContent = "";
   } catch (e) {
@@ -155,6 +211,7 @@ async function loadConfig() {
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const c = (await r.json()).data || {};
     demoAvailable = true;
+    apiKey = c.api_key || "";
     if (c.ws_url) {
       const u = new URL(c.ws_url);
       if (["0.0.0.0", "[::]", "::"].includes(u.hostname)) u.hostname = location.hostname || "127.0.0.1";
@@ -173,6 +230,8 @@ async function loadConfig() {
 $("connect-btn").addEventListener("click", connect);
 $("disconnect-btn").addEventListener("click", () => im && im.close());
 $("open-btn").addEventListener("click", () => openConv(parseInt($("peer").value, 10)));
+$("open-group-btn").addEventListener("click", () => openGroup(parseInt($("group-id").value, 10)));
+$("create-group-btn").addEventListener("click", createGroup);
 $("send-btn").addEventListener("click", send);
 $("text").addEventListener("keydown", (ev) => { if (ev.key === "Enter") send(); });
 loadConfig();

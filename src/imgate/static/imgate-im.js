@@ -7,16 +7,21 @@
 //   await im.connect();                                         // op 7 -> 8; catches up from im.lastSeq
 //   await im.send(2, { text: "hi" });                           // op 22 -> 23, once durable
 //   await im.read("u:1:2", seq);                                // op 32 -> 33
+//   await im.sendGroup(7, "hello all");                         // op 22 -> 23 to group 7
 //
 // Events: "message" (detail: a msg), "status" (detail: {state, reason}), "error" (detail: Error).
 // Gaps in seq are filled with SYNC (op 26) before later entries are emitted; seqs already emitted are
 // dropped; everything emitted is acked (op 25). `lastSeq` survives a reconnect of the same object, so
 // connect() again after being offline emits what was missed.
+// Groups in either mode without the caller knowing (docs/im.md "Groups"): a write-mode group's
+// messages are inbox entries; a read-mode group's (seq 0) are emitted when their gseq follows the
+// group's last one (a jump is pulled with op 28 first, an old one dropped), the groups SYNC reports
+// with news are pulled, and op 30 moves the read position, as imgate.client's MessageStream does.
 
 export const OP = Object.freeze({
   HEARTBEAT: 2, HEARTBEAT_REPLY: 3, DISCONNECT: 6, AUTH: 7, AUTH_REPLY: 8, RAW: 9,
   MSG_SEND: 22, MSG_SEND_REPLY: 23, MSG_PUSH: 24, MSG_ACK: 25, SYNC: 26, SYNC_REPLY: 27,
-  READ: 32, READ_REPLY: 33,
+  GROUP_PULL: 28, GROUP_PULL_REPLY: 29, GROUP_ACK: 30, READ: 32, READ_REPLY: 33,
 });
 const HEADER_LEN = 16;
 const utf8 = new TextEncoder();
@@ -85,6 +90,8 @@ export class ImClient extends EventTarget {
     this._chain = Promise.resolve(); // pushes are handled one after another (a gap fill waits)
     this._beat = null;
     this._closeReason = null;
+    this._gseq = new Map();   // read-mode group -> the last gseq emitted (or known read)
+    this._gacked = new Map();
   }
 
   get open() {
@@ -156,7 +163,9 @@ export class ImClient extends EventTarget {
       const every = Math.max(1000, (reply.heartbeat || 30) * 1000);
       this._beat = setInterval(() => { if (this.open) this._sendFrame(OP.HEARTBEAT, ""); }, every);
       this._status("open");
-      await this._serial(() => this.fill(this.inboxSeq));
+      // a read-mode group's room (joined at auth) may have news the inbox does not show: SYNC's groups
+      const inGroups = (reply.rooms || []).some((r) => typeof r === "string" && r.startsWith("im://"));
+      if (this.lastSeq < this.inboxSeq || inGroups) await this._serial(() => this.fill(this.inboxSeq));
       return reply;
     });
   }
@@ -219,32 +228,96 @@ export class ImClient extends EventTarget {
 
   async _take(msgs) {
     for (const m of msgs) {
+      if (m.seq === 0 && m.group !== undefined) { // read mode: from the group's timeline
+        await this._timeline(m);
+        continue;
+      }
       if (m.seq <= this.lastSeq) continue; // already emitted
       if (m.seq > this.lastSeq + 1) await this.fill(m.seq - 1);
-      if (m.seq > this.lastSeq) this._emit(m);
+      if (m.seq > this.lastSeq) await this._entry(m);
     }
     this._ack();
   }
 
+  async _entry(m) {
+    if (m.type === "mode" && m.group !== undefined && m.content && typeof m.content === "object") {
+      // into read mode the timeline goes on after it; back to write mode, what the timeline got
+      // meanwhile comes first (SYNC's groups says how far)
+      if (m.content.mode === "read") this._gseq.set(m.group, Math.max(this._gseq.get(m.group) || 0, m.gseq));
+      else await this._news(await this.sync(this.lastSeq, 1));
+    }
+    this._emit(m);
+  }
+
   _emit(m) {
-    this.lastSeq = m.seq;
+    if (m.seq > 0) this.lastSeq = m.seq;
     this.dispatchEvent(new CustomEvent("message", { detail: m }));
   }
 
-  _ack() {
-    if (this.open && this.lastSeq > 0 && this.lastSeq !== this._acked) {
-      this._acked = this.lastSeq;
-      this._sendFrame(OP.MSG_ACK, JSON.stringify({ seq: this.lastSeq }));
+  async _timeline(m) {
+    if (!this._gseq.has(m.group)) this._gseq.set(m.group, m.gseq - 1); // first news of it: nothing older owed
+    if (m.gseq > this._gseq.get(m.group) + 1) await this._pull(m.group, m.gseq - 1);
+    if (m.gseq === this._gseq.get(m.group) + 1) {
+      this._gseq.set(m.group, m.gseq);
+      this._emit(m);
     }
   }
 
-  /** SYNC from lastSeq until `upto` (or the newest), emitting each entry. */
-  async fill(upto = Infinity) {
-    while (this.lastSeq < upto) {
-      const reply = await this.sync(this.lastSeq, this.syncPage);
-      for (const m of reply.msgs) if (m.seq > this.lastSeq) this._emit(m);
-      if (!reply.has_more) break;
+  async _news(reply) {
+    for (const n of reply.groups || []) {
+      this._gseq.set(n.group, Math.max(this._gseq.get(n.group) || 0, n.cursor));
+      await this._pull(n.group, n.max_gseq);
     }
+  }
+
+  /** Op 28 from the last gseq emitted for `group` until `upto`. */
+  async _pull(group, upto) {
+    while ((this._gseq.get(group) || 0) < upto) {
+      const before = this._gseq.get(group) || 0;
+      let reply;
+      try {
+        reply = await this.groupPull(group, before, this.syncPage);
+      } catch (e) {
+        if (!(e instanceof ImError)) throw e;
+        this._gseq.set(group, upto); // removed meanwhile: nothing more of it is owed
+        break;
+      }
+      for (const m of reply.msgs) {
+        if (m.gseq > (this._gseq.get(group) || 0) && m.gseq <= upto) {
+          this._gseq.set(group, m.gseq);
+          this._emit(m);
+        }
+      }
+      if (!reply.has_more || this._gseq.get(group) === before) { // the rest is from before the join
+        this._gseq.set(group, Math.max(this._gseq.get(group) || 0, upto));
+        break;
+      }
+    }
+  }
+
+  _ack() {
+    if (!this.open) return;
+    if (this.lastSeq > 0 && this.lastSeq !== this._acked) {
+      this._acked = this.lastSeq;
+      this._sendFrame(OP.MSG_ACK, JSON.stringify({ seq: this.lastSeq }));
+    }
+    for (const [group, gseq] of this._gseq) {
+      if ((this._gacked.get(group) || 0) < gseq) {
+        this._gacked.set(group, gseq);
+        this._sendFrame(OP.GROUP_ACK, JSON.stringify({ group, gseq }));
+      }
+    }
+  }
+
+  /** SYNC from lastSeq until `upto` (or the newest), emitting each entry (a group's news first). At
+   *  least one SYNC: read-mode groups may have news while the inbox has none. */
+  async fill(upto = Infinity) {
+    do {
+      const reply = await this.sync(this.lastSeq, this.syncPage);
+      await this._news(reply);
+      for (const m of reply.msgs) if (m.seq > this.lastSeq) await this._entry(m);
+      if (!reply.has_more) break;
+    } while (this.lastSeq < upto);
     this._ack();
   }
 
@@ -257,6 +330,24 @@ export class ImClient extends EventTarget {
                   content, ts: reply.ts, cmid };
     await this._serial(() => this._take([msg]));
     return reply;
+  }
+
+  /** Op 22 -> 23 to a group: {cmid, msg_id, seq, group, gseq, ts}; seq is 0 in read mode (the
+   *  message then comes to this connection through the group's room like to every member). */
+  async sendGroup(group, content, { type = "text", cmid = null } = {}) {
+    cmid = cmid || `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+    const reply = await this.request(OP.MSG_SEND, { cmid, group, type, content });
+    if (reply.seq > 0) { // write mode: its own inbox entry, emitted from the reply in seq order
+      const msg = { seq: reply.seq, msg_id: reply.msg_id, conv: `g:${group}`, from: this.mid, group,
+                    gseq: reply.gseq, type, content, ts: reply.ts, cmid };
+      await this._serial(() => this._take([msg]));
+    }
+    return reply;
+  }
+
+  /** Op 28 -> 29: a group's timeline after gseq `after`. */
+  groupPull(group, after = 0, limit = this.syncPage) {
+    return this.request(OP.GROUP_PULL, { group, after, limit });
   }
 
   /** Op 26 -> 27. */
