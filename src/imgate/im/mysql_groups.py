@@ -49,21 +49,46 @@ class MariaDbGroupsMixin:
         _, _, mode, _ = await self._group_row(cur, m.group)
         if await self._member_role(cur, m.group, m.sender) is None and not m.cmid.startswith(INTERNAL_CMID_PREFIX):
             raise ImError(E_FORBIDDEN, f"user {m.sender} is not a member of group {m.group}")
-        return await self._group_message(cur, m, mode, await self._members(cur, m.group))
+        if mode == "read":
+            return await self._group_message(cur, m, mode, [])
+        owners = await self._members(cur, m.group)
+        earlier = await self._owed_to(cur, m.group)
+        stored = await self._group_message(cur, m, mode, owners, own_entry=m.sender in owners)
+        stored.earlier = earlier
+        return stored
 
-    async def _group_message(self, cur, m: NewMessage, mode: str, owners: list) -> Stored:
+    async def _owed_to(self, cur, group: int) -> list:
+        """The group's jobs not fanned out yet, done in this transaction before the new message, so that
+        the sender's entry of it (written now, its 23 carries the seq) follows them in every inbox. (The
+        SQLite store takes only the sender off them; here a send of a group whose consumer is behind
+        does the whole of it: simpler, and the jobs are few while the consumers keep up.)"""
+        await cur.execute("SELECT id FROM group_outbox WHERE grp = %s ORDER BY gseq FOR UPDATE", (group,))
+        done = []
+        for (j,) in await cur.fetchall():
+            stored = await self._fan_out_one(cur, j)
+            if stored is not None and stored.entries:
+                done.append(stored)
+        return done
+
+    async def _group_message(self, cur, m: NewMessage, mode: str, owners: list, own_entry: bool = False) -> Stored:
         """Store ``m`` in the group's timeline (the group's row is locked); in write mode queue the
-        fan-out to ``owners``, the sender included."""
+        fan-out to ``owners``; ``own_entry``: the sender's entry now (its 23 carries the seq), not in the job."""
         ts = self._now_ms()
         await cur.execute("UPDATE `groups` SET max_gseq = LAST_INSERT_ID(max_gseq + 1) WHERE id = %s", (m.group,))
         gseq = cur.lastrowid
+        own = own_entry and mode == "write"
+        seqs = {m.sender: await self._next_seq(cur, m.sender) if own else 0}
         await cur.execute(
             "INSERT INTO messages (sender, cmid, conv, receiver, grp, type, content, digest, sender_seq, ts, gseq)"
-            " VALUES (%s, %s, %s, NULL, %s, %s, %s, %s, 0, %s, %s)",
-            (m.sender, m.cmid, m.conv, m.group, m.type, m.content, m.digest, ts, gseq))
+            " VALUES (%s, %s, %s, NULL, %s, %s, %s, %s, %s, %s, %s)",
+            (m.sender, m.cmid, m.conv, m.group, m.type, m.content, m.digest, seqs[m.sender], ts, gseq))
         msg_id = cur.lastrowid
-        stored = Stored(msg_id=msg_id, ts=ts, seqs={m.sender: 0}, gseq=gseq, group=m.group)
+        stored = Stored(msg_id=msg_id, ts=ts, seqs=seqs, gseq=gseq, group=m.group)
         if mode == "write":
+            if own:
+                stored.entries = await self._add_entries(cur, seqs, msg_id, m.sender, m.conv, None, m.group, m.type,
+                                                         m.content, ts, m.cmid, gseq)
+                owners = [u for u in owners if u != m.sender]
             if owners:
                 await cur.execute("INSERT INTO group_outbox (msg_id, grp, gseq, owners, created)"
                                   " VALUES (%s, %s, %s, %s, %s)", (msg_id, m.group, gseq, json.dumps(sorted(owners)), ts))
