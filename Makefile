@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: all build services browser proto test check cluster bench bench-im bench-groups bench-upstream bench-scale bench-micro ratios wheel clean run fuzz test-asan
+.PHONY: all build services browser proto test check cluster chaos bench bench-im bench-groups bench-cluster-im bench-upstream bench-scale bench-micro ratios wheel clean run fuzz test-asan
 
 all: build
 
@@ -66,6 +66,18 @@ test-asan: $(STAMP)
 # a whole cluster on loopback in the foreground (Redis, Kafka, 2 proxies, 2 logic, 1 push); Ctrl-C stops it
 cluster: build services
 	$(PY) scripts/cluster.py
+
+# The whole cluster (2 proxies, 2 logic with IM on the MariaDB Galera pair, push, Redis behind Sentinel,
+# Kafka) under faults in turn while 1,000 clients send sequence-numbered messages; every inbox checked:
+# lost, duplicated, seqs reused or skipped, unavailability per fault (benchmarks/chaos.py). About 10 min;
+# JSON in benchmarks/results/chaos-latest.json. CHAOS_ARGS passes options (--rate, --duration, ...).
+chaos: build services
+	PYTHONPATH=src $(PY) benchmarks/chaos.py $(CHAOS_ARGS)
+
+# Cluster single chat: messages per second and per CPU-second of every server process, p50/p99
+# send-to-delivery, at a series of rates; CPU split per process (benchmarks/cluster_im_bench.py). ~4 min.
+bench-cluster-im: build services
+	PYTHONPATH=src $(PY) benchmarks/cluster_im_bench.py $(BENCH_CLUSTER_IM_ARGS)
 
 # Load benchmarks against the peers and the machine's limit (benchmarks/load/README.md); about 10-20 min.
 # `make bench SCALE=0.1` (or BENCH_SCALE=0.1) for a quick check; BENCH_ARGS passes more options to run.py.

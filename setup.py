@@ -35,17 +35,24 @@ extensions = [
     Extension("imgate._core.output", ["src/imgate/_core/output.pyx"], **common),
     Extension("imgate._core.room", ["src/imgate/_core/room.pyx"], **common),
     # the HTTP API: the request, its reply on the wire, the plain parser, the dispatcher, httptools'
-    # callbacks and the connection
+    # callbacks, the connection and the API-key guard
     Extension("imgate.http._request", ["src/imgate/http/_request.pyx"], **common),
     Extension("imgate.http._reply", ["src/imgate/http/_reply.pyx"], **common),
     Extension("imgate.http._plain", ["src/imgate/http/_plain.pyx"], **common),
     Extension("imgate.http._dispatch", ["src/imgate/http/_dispatch.pyx"], **common),
     Extension("imgate.http._httptools", ["src/imgate/http/_httptools.pyx"], **common),
     Extension("imgate.http._protocol", ["src/imgate/http/_protocol.pyx"], **common),
+    Extension("imgate.http._guard", ["src/imgate/http/_guard.pyx"], **common),
     # the auth body of the common case (op 7), parsed without the json module
     Extension("imgate.auth._body", ["src/imgate/auth/_body.pyx"], **common),
-    # the embedded node's push-by-mid route
+    # the embedded node's push by mid: its route, then one compiled step behind each interface it
+    # crosses (logic, the cache, the push router, the proxy's delivery)
     Extension("imgate.logic._push_routes", ["src/imgate/logic/_push_routes.pyx"], **common),
+    Extension("imgate.protocol._job", ["src/imgate/protocol/_job.pyx"], **common),
+    Extension("imgate.logic._push", ["src/imgate/logic/_push.pyx"], **common),
+    Extension("imgate.cache._memory", ["src/imgate/cache/_memory.pyx"], **common),
+    Extension("imgate.push._route", ["src/imgate/push/_route.pyx"], **common),
+    Extension("imgate.proxy._delivery", ["src/imgate/proxy/_delivery.pyx"], **common),
 ]
 
 setup(

@@ -45,10 +45,11 @@ def test_wheel_contents(wheel):
     assert "imgate/_core/includes/system.pxd" in names
     # what a module cimporting imgate.core needs: the contract and the headers its .pxd files extern
     assert {"imgate/core.pxd", "imgate/_core/includes/imgate_ws.h", "imgate/_core/includes/imgate_debug.h"} <= names
-    # the HTTP API's compiled modules and push route
+    # the HTTP API's compiled modules, the push route and the compiled steps of a push
     http = ("http/_request", "http/_reply", "http/_plain", "http/_dispatch", "http/_httptools",
             "http/_protocol")
-    for mod in http + ("logic/_push_routes",):
+    push = ("logic/_push_routes", "logic/_push", "protocol/_job", "cache/_memory", "push/_route", "proxy/_delivery")
+    for mod in http + push:
         assert any(n.startswith(f"imgate/{mod}.") and n.endswith(".so") for n in names), mod
         assert f"imgate/{mod}.pyi" in names
 

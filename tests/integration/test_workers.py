@@ -60,6 +60,11 @@ def listeners(pid: int) -> tuple[set[int], set[str]]:
     return ports, paths
 
 
+def ready(workers: set[int], client_ports: set[int]) -> bool:
+    """Every worker has bound its RPC socket and the client ports (one after the other, as it starts)."""
+    return all(listeners(w)[1] and listeners(w)[0] >= client_ports for w in workers)
+
+
 def assert_internal_rpc_on_private_unix_sockets(coordinator: int, workers: set[int], client_ports: set[int],
                                                 http_port: int) -> None:
     """The coordinator and its workers reach each other over unix sockets in one directory of mode
@@ -104,7 +109,7 @@ def test_two_workers_share_the_ports_deliver_room_pushes_once_and_survive_a_kill
                              what="two workers")
         client_ports = {int(tcp.rsplit(":", 1)[1]), int(ws.rsplit(":", 1)[1])}
         http_port = int(http.rsplit(":", 1)[1])
-        wait_until(lambda: all(listeners(w)[1] for w in workers), what="the workers' RPC listeners")
+        wait_until(lambda: ready(workers, client_ports), what="the workers' listeners")
         assert_internal_rpc_on_private_unix_sockets(serve.pid, workers, client_ports, http_port)
 
         async def go():
@@ -157,6 +162,7 @@ def test_two_workers_share_the_ports_deliver_room_pushes_once_and_survive_a_kill
 
             await wait_until_async(reconnect_the_lost, what="every client back, on the two live workers")
             # the restarted worker listens on its socket again (the dead one's file was in the way)
+            await wait_until_async(lambda: ready(children(serve.pid), client_ports), what="the restarted worker's listeners")
             assert_internal_rpc_on_private_unix_sockets(serve.pid, children(serve.pid), client_ports, http_port)
             await room_push_once_each("second")
             for c in clients.values():

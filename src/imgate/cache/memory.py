@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 
+from imgate.cache._memory import sweep_user
 from imgate.cache.base import Cache, Session
 
 
@@ -60,25 +61,9 @@ class MemoryCache(Cache):
             del self._by_key[s.key]
         return True
 
-    def _sweep_user(self, mid: int) -> list[Session]:
-        conns = self._by_mid.get(mid)
-        if not conns:
-            return []
-        now = self._clock()
-        live = []
-        for s in conns.values():  # a loop, not a comprehension: no frame of its own (a push's hot path)
-            if s.expires_at > now:
-                live.append(s)
-        if len(live) == len(conns):  # the usual case: nothing expired
-            return live
-        dead = [s for s in conns.values() if s.expires_at <= now]
-        for s in dead:
-            del conns[s.conn_id]
-            if self._by_key.get(s.key) is s:
-                del self._by_key[s.key]
-        if not conns:
-            del self._by_mid[mid]
-        return list(conns.values())
+    # a user's live sessions, expired ones swept out (compiled: once per user of every push by mid)
+    _sweep_user = sweep_user
+    user_sessions_nowait = sweep_user   # a unicast's lookup
 
     def sessions_nowait(self, mids: list[int]) -> dict[int, list[Session]]:
         """:meth:`sessions` without the await: an in-process caller (logic's push) skips a coroutine."""
@@ -89,6 +74,7 @@ class MemoryCache(Cache):
             if live:
                 out[mid] = live
         return out
+
 
     def sessions_by_keys_nowait(self, keys: list[str]) -> dict[str, Session]:
         """:meth:`sessions_by_keys` without the await."""

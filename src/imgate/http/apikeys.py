@@ -204,24 +204,13 @@ class ApiAuth:
             raise HttpError(403, f"the credential lacks the '{scope}' scope")
 
     def guard(self, handler, scope: str):
-        """``handler`` behind the check for ``scope`` (a plain function: a coroutine handler's
+        """``handler`` behind the check for ``scope`` (a plain callable: a coroutine handler's
         coroutine is returned as it is, so the HTTP server drives it exactly as before)."""
         if self.open:
             return handler
-        check = self.check
-        verified = self._verified
-        clock = self._clock
+        from imgate.http._guard import ScopeGuard   # compiled: the usual request runs no Python frame
 
-        def guarded(req):
-            # the usual request: a key seen before, within the second since the key file was checked
-            granted = verified.get(req.headers.get("authorization"))
-            if granted is None or clock() >= self._next_check or (scope not in granted and "admin" not in granted):
-                check(req.headers, scope)   # everything else: the full check (raises 401 / 403)
-            return handler(req)
-
-        guarded.__name__ = getattr(handler, "__name__", "handler")
-        guarded.__wrapped__ = handler
-        return guarded
+        return ScopeGuard(self, handler, scope)
 
 
 def mint_api_token(secret: str, scopes, ttl: float = 3600.0) -> str:

@@ -1,7 +1,6 @@
 from collections.abc import Callable
 from typing import Any
 
-from imgate._core.room import RoomTable
 from imgate.http.messages import HttpError, Response
 
 class PushMidsRoute:
@@ -11,6 +10,5 @@ class PushMidsRoute:
         push: Callable[[int, list[int], bytes], int],
         general: Callable[[Any], Response],
         http_error: Callable[[Exception], HttpError | None],
-        direct: tuple[RoomTable, tuple[dict[str, int], ...]] | None = None,
     ) -> None: ...
     def __call__(self, req: Any) -> Response: ...

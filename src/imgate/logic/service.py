@@ -16,6 +16,7 @@ import time
 
 from imgate.auth import AuthError, Authenticator
 from imgate.cache import Cache, Session
+from imgate.logic._push import push_mids_nowait
 from imgate.logic.upstream import error_body
 from imgate.protocol import IM_ROOM_PREFIX, KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
 from imgate.logic.recovery import EpochWatch
@@ -209,15 +210,7 @@ class Logic:
         await self.watch.check(self.cache.seen_epoch)
         return await self._publish(self._jobs(op, body, self._flat(found)))
 
-    def push_mids_nowait(self, op: int, mids: list[int], body: bytes) -> int:
-        """:meth:`push_mids` for a node whose cache and bus are in this process (``pushes_wait`` is
-        False): the same lookup and jobs, handed over without a coroutine. Returns the connections
-        it was queued for."""
-        found = self.cache.sessions_nowait(mids)
-        jobs = self._jobs(op, body, next(iter(found.values())) if len(found) == 1 else self._flat(found))
-        if len(jobs) == 1:  # the usual unicast: one proxy
-            return self.bus.publish_nowait(jobs[0])
-        return self._publish_nowait(jobs)
+    push_mids_nowait = push_mids_nowait  # compiled (logic/_push.pyx): every unicast's first step
 
     def push_keys_nowait(self, op: int, keys: list[str], body: bytes) -> int:
         """:meth:`push_keys` without a coroutine (see :meth:`push_mids_nowait`)."""

@@ -13,6 +13,7 @@ import logging
 
 from imgate.core import encode_frame
 from imgate.protocol.interfaces import ProxyAPI
+from imgate.proxy._delivery import push_conns_nowait
 from imgate.proxy.channel import S_OPEN
 
 log = logging.getLogger("imgate.proxy")
@@ -23,19 +24,9 @@ class Delivery(ProxyAPI):
 
     nowait = True  # in this process: push calls the *_nowait methods
 
-    def push_conns_nowait(self, conn_ids: list[int], op: int, body: bytes) -> int:
-        """Unicast/multicast to connections of this proxy, filtered by each one's accepted ops."""
-        self.stats_counters["pushes"] += 1
-        chs = []
-        for cid in conn_ids:
-            ch = self._by_conn_id.get(cid)
-            if ch is not None:
-                chs.append(ch)
-        if not chs:
-            return 0
-        n = self.table.send_many(chs, encode_frame(op, 0, body), op)
-        self.stats_counters["drops"] += len(chs) - n
-        return n
+    # unicast/multicast to connections of this proxy, filtered by each one's accepted ops (compiled:
+    # proxy/_delivery.pyx)
+    push_conns_nowait = push_conns_nowait
 
     def join_conns_nowait(self, conn_ids: list[int], room_id: str) -> int:
         """Connections of this proxy join a room (the IM service: a large group's members); one that

@@ -23,6 +23,7 @@ import logging
 from imgate.core import encode_frame
 from imgate.protocol import KIND_ALL, KIND_CONNS, KIND_JOIN, KIND_LEAVE, KIND_ROOM, PushJob
 from imgate.protocol.interfaces import ProxyAPI
+from imgate.push._route import route_nowait
 
 log = logging.getLogger("imgate.push")
 
@@ -88,23 +89,7 @@ class PushRouter:
         self.skipped += 1
         log.warning("push to unknown server %s dropped (%d conns)", job.server, len(job.conn_ids))
 
-    def route_nowait(self, job: PushJob) -> int:
-        """Deliver one job to proxies in this process; returns the connections it was queued for."""
-        if job.kind == KIND_CONNS:  # the usual unicast: one call to one proxy, no plan to make
-            self.jobs += 1
-            proxy = self.proxies.get(job.server)
-            if proxy is None:
-                self._unknown(job)
-                return 0
-            self.delivered += 1
-            return proxy.push_conns_nowait(job.conn_ids, job.op, job.body)
-        n = 0
-        for sid, calls in self.plan([job]).items():
-            proxy = self.proxies[sid]
-            for (_, at_once), args in calls:
-                n += getattr(proxy, at_once)(*args)
-                self.delivered += 1
-        return n
+    route_nowait = route_nowait  # compiled (push/_route.pyx): one job, delivered at once
 
     async def route(self, jobs: list[PushJob]) -> None:
         """Deliver a batch; returns once every live proxy accepted its part (then Kafka commits)."""

@@ -38,6 +38,7 @@ class MemoryBus(Bus):
 
     def __init__(self, router: PushRouter):
         self.router = router
+        self.publish_nowait = router.route_nowait  # the same call, one frame less per push
 
     def publish_nowait(self, job: PushJob) -> int:
         return self.router.route_nowait(job)

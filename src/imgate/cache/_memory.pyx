@@ -1,0 +1,26 @@
+"""MemoryCache's per-user step, compiled: a push by mid runs it once per user (the embedded node's
+hot path). ``MemoryCache`` binds it as a method; the Python class keeps everything else."""
+
+
+def sweep_user(self, mid):
+    """``mid``'s live sessions, in insertion order; expired ones are dropped from both indexes."""
+    cdef dict by_mid = self._by_mid
+    conns = by_mid.get(mid)
+    if not conns:
+        return []
+    cdef dict cs = <dict?>conns
+    now = self._clock()
+    cdef list live = []
+    for s in cs.values():
+        if s.expires_at > now:
+            live.append(s)
+    if len(live) == len(cs):  # the usual case: nothing expired
+        return live
+    cdef dict by_key = self._by_key
+    for s in [s for s in cs.values() if s.expires_at <= now]:
+        del cs[s.conn_id]
+        if by_key.get(s.key) is s:
+            del by_key[s.key]
+    if not cs:
+        del by_mid[mid]
+    return list(cs.values())

@@ -1,0 +1,6 @@
+from typing import Any
+
+class ScopeGuard:
+    handler: Any
+    def __init__(self, auth: Any, handler: Any, scope: str) -> None: ...
+    def __call__(self, req: Any) -> Any: ...

@@ -1,0 +1,3 @@
+from typing import Any
+
+def push_mids_nowait(self: Any, op: int, mids: list[int], body: bytes) -> int: ...

@@ -1,0 +1,3 @@
+from typing import Any
+
+def push_conns_nowait(self: Any, conn_ids: list[int], op: int, body: bytes) -> int: ...

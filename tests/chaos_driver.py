@@ -1,0 +1,200 @@
+"""One process of the chaos run's clients: ``python chaos_driver.py SPEC.json OUT.json``.
+
+SPEC: ``{"uids": [...], "proxies": [url, ...], "rate": msgs/s for the whole process, "duration": seconds
+of sending once every user is connected, "grace": seconds after that before an unacknowledged send is
+abandoned, "seed": int, "ready": path}``. Each user keeps one connection (to proxies[k % n] first, the next one
+when that fails) and sends sequence-numbered single-chat messages (cmid ``"<uid>-<i>"``) to other users
+of this process, one at a time, paced so that the process sends ``rate`` per second. A send that times
+out or is refused with a retryable code is resent with the same cmid; a broken connection is
+reconnected first. When every user is connected the file ``ready`` gets the unix time sending starts.
+At the end each user reads its whole inbox (op 26 pages) and OUT gets, per user, what it sent and had
+acknowledged, what came to it by op 24, and its inbox, for the parent to check against each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+
+import uvloop
+
+from imgate import client as imclient
+
+SEND_TIMEOUT = 10.0
+RETRYABLE = {503, 500, 429}  # the service's "nothing stored, try again" answers
+
+
+class User:
+    def __init__(self, uid: int, proxies: list[str], first: int):
+        self.uid, self.proxies, self.proxy = uid, proxies, first
+        self.conn: imclient.Client | None = None
+        self.acked: list[list] = []  # [cmid, to, seq, t_first_try, t_ack, tries]
+        self.abandoned: list[list] = []  # [cmid, to, t_first_try]
+        self.pushed: dict[str, list] = {}  # cmid -> [seq, t_received] (first time only)
+        self.push_dups = 0  # the same entry pushed again (resend of an unacked push: allowed)
+        self.errors: dict[str, int] = {}
+        self.reconnects = 0
+        self.inbox: list[list] = []  # [seq, cmid, from]
+
+    def count(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+    def on_push(self, frame) -> None:
+        if frame.op != imclient.OP_MSG_PUSH:
+            return
+        now = time.time()
+        top = 0
+        for m in json.loads(frame.body).get("msgs", ()):
+            cmid, seq = m.get("cmid"), int(m.get("seq", 0))
+            top = max(top, seq)
+            if cmid in self.pushed:
+                self.push_dups += 1
+            else:
+                self.pushed[cmid] = [seq, now]
+        if top and self.conn is not None and not self.conn.closed:
+            try:
+                self.conn.ack(top)
+            except imclient.ClientError:
+                pass
+
+    async def connect(self, give_up: float) -> None:
+        """Connect to the current proxy, or the next ones in turn, until one takes the user."""
+        backoff = 0.1
+        while True:
+            url = self.proxies[self.proxy % len(self.proxies)]
+            try:
+                conn = await imclient.connect(url, mid=self.uid, heartbeat=20.0, timeout=5.0)
+                conn.on_push = self.on_push
+                self.conn = conn
+                return
+            except (imclient.ClientError, OSError) as e:
+                self.count(f"connect: {type(e).__name__}")
+            if time.time() > give_up:
+                raise TimeoutError(f"user {self.uid} could not connect to any proxy")
+            self.proxy += 1
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 2.0)
+
+    async def reconnect(self, give_up: float) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+        self.reconnects += 1
+        await self.connect(give_up)
+
+    async def send(self, to: int, i: int, give_up: float) -> None:
+        """Until acknowledged (or the give-up time): the same cmid every time."""
+        cmid = f"{self.uid}-{i}"
+        first, tries, backoff = time.time(), 0, 0.2
+        while time.time() < give_up:
+            tries += 1
+            try:
+                if self.conn is None or self.conn.closed:
+                    await self.reconnect(give_up)
+                reply = await self.conn.send_message(to, {"i": i}, cmid=cmid, timeout=SEND_TIMEOUT)
+            except imclient.ImRejected as e:
+                self.count(f"refused {e.code}: {''.join(c for c in str(e.error)[:60] if not c.isdigit())}")
+                if e.code not in RETRYABLE:
+                    self.abandoned.append([cmid, to, first])
+                    return
+                # exponential: a 503 may come from an overloaded service still working on the
+                # first try, and quick resends would add to its queue
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 4.0)
+                continue
+            except imclient.ClientTimeout:
+                self.count("timeout")
+                continue
+            except (imclient.ClientError, OSError, TimeoutError) as e:
+                self.count(f"connection: {type(e).__name__}")
+                self.conn = None
+                continue
+            self.acked.append([cmid, to, int(reply["seq"]), first, time.time(), tries])
+            return
+        self.abandoned.append([cmid, to, first])
+
+    async def read_inbox(self, give_up: float) -> None:
+        after = 0
+        while time.time() < give_up:
+            try:
+                if self.conn is None or self.conn.closed:
+                    await self.reconnect(give_up)
+                page = await self.conn.sync(after, 200, timeout=SEND_TIMEOUT)
+            except (imclient.ClientError, OSError, TimeoutError) as e:
+                self.count(f"sync: {type(e).__name__}")
+                if not isinstance(e, imclient.ImRejected):
+                    self.conn = None
+                await asyncio.sleep(0.2)
+                continue
+            for m in page["msgs"]:
+                self.inbox.append([int(m["seq"]), m.get("cmid"), m.get("from")])
+                after = max(after, int(m["seq"]))
+            if not page.get("has_more"):
+                return
+        self.count("sync: gave up")
+
+    def result(self) -> dict:
+        return dict(uid=self.uid, acked=self.acked, abandoned=self.abandoned, pushed=self.pushed,
+                    push_dups=self.push_dups, errors=self.errors, reconnects=self.reconnects, inbox=self.inbox)
+
+
+async def main(spec: dict) -> dict:
+    uids = spec["uids"]
+    proxies = spec["proxies"]
+    rng = random.Random(spec.get("seed", 1))
+    users = [User(u, proxies, k) for k, u in enumerate(uids)]
+    sem = asyncio.Semaphore(50)  # a bounded connect storm at the start
+
+    async def first_connect(u: User):
+        async with sem:
+            await u.connect(time.time() + 120)
+
+    await asyncio.gather(*(first_connect(u) for u in users))
+    begin = time.time()
+    until, give_up = begin + spec["duration"], begin + spec["duration"] + spec["grace"]
+    with open(spec["ready"], "w") as f:
+        f.write(f"{begin}\n")
+    interval = len(users) / max(spec["rate"], 0.001)  # each user's time between sends
+
+    async def run(u: User):
+        await asyncio.sleep(rng.random() * interval)  # spread the users over one interval
+        next_at, i = time.monotonic(), 0
+        while time.time() < until:
+            to = rng.choice(uids)
+            while to == u.uid:
+                to = rng.choice(uids)
+            await u.send(to, i, give_up)
+            i += 1
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at = max(next_at, time.monotonic() - interval)  # no burst to catch up after a stall
+
+    async def progress():  # into the driver's log: how far a long run has come
+        while True:
+            await asyncio.sleep(30)
+            print(f"{time.time() - begin:6.0f}s acknowledged {sum(len(u.acked) for u in users)}", flush=True)
+
+    reporter = asyncio.create_task(progress())
+    await asyncio.gather(*(run(u) for u in users))
+    reporter.cancel()
+    end = time.time()
+    end_deadline = give_up + 120
+    await asyncio.sleep(1.0)  # the last op-24 pushes are on their way
+
+    async def finish(u: User):
+        async with sem:
+            await u.read_inbox(end_deadline)
+        if u.conn is not None:
+            await u.conn.close()
+
+    await asyncio.gather(*(finish(u) for u in users))
+    return {"begin": begin, "end": end, "users": [u.result() for u in users]}
+
+
+if __name__ == "__main__":
+    spec = json.loads(open(sys.argv[1]).read())
+    out = uvloop.run(main(spec))
+    with open(sys.argv[2], "w") as f:
+        json.dump(out, f)
