@@ -40,14 +40,27 @@ check: build
 	$(PY) -m pytest -q tests/unit
 
 # Long fuzzing under atheris (installed on first use): every harness of fuzz/harnesses.py for FUZZ_RUNS
-# inputs, memory bounded by libFuzzer's -rss_limit_mb. `make test` runs them briefly (test_fuzz_smoke).
+# inputs, memory bounded by libFuzzer's -rss_limit_mb (fuzz/campaign.py prints inputs, exec/s, coverage
+# and peak RSS of each). With clang, the extensions are built in a copy of the tree under build/fuzz with
+# IMGATE_SANITIZE=fuzz (libFuzzer's coverage counters, ASan, UBSan) and atheris's ASan runtime is
+# preloaded, so the fuzzer is guided inside the compiled parsers too; without clang only the Python code
+# is covered (said so, not silently). `make test` runs the harnesses briefly (test_fuzz_smoke).
 FUZZ_RUNS ?= 1000000
-FUZZ_HARNESSES := goim_frames websocket handshake auth_body http im_body
+FUZZ_RSS_MB ?= 2048
+FUZZ_DIR := build/fuzz
+FUZZ_ARGS ?=
 fuzz: build
 	$(PY) -c 'import atheris' 2>/dev/null || $(PIP) install --quiet atheris
-	for h in $(FUZZ_HARNESSES); do \
-		$(PY) fuzz/run.py $$h -runs=$(FUZZ_RUNS) -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
-	done
+	if command -v clang >/dev/null; then \
+		rm -rf $(FUZZ_DIR) && mkdir -p $(FUZZ_DIR) && \
+		cp -r setup.py pyproject.toml README.md csrc src fuzz $(FUZZ_DIR)/ && \
+		find $(FUZZ_DIR) -name '*.so' -delete && \
+		(cd $(FUZZ_DIR) && IMGATE_SANITIZE=fuzz $(abspath $(PY)) setup.py --quiet build_ext --inplace -j 2) && \
+		PYTHONPATH=src $(PY) fuzz/campaign.py --tree $(FUZZ_DIR) --runs $(FUZZ_RUNS) --rss-mb $(FUZZ_RSS_MB) $(FUZZ_ARGS); \
+	else \
+		echo "make fuzz: no clang here (apt-get install clang): the extensions are fuzzed WITHOUT coverage" >&2; \
+		PYTHONPATH=src $(PY) fuzz/campaign.py --runs $(FUZZ_RUNS) --rss-mb $(FUZZ_RSS_MB) $(FUZZ_ARGS); \
+	fi
 
 # The unit tests against the extensions built with AddressSanitizer and UndefinedBehaviorSanitizer, in a
 # copy of the tree under build/asan (the normal build stays as it is); the sanitizer runtimes are

@@ -9,14 +9,24 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("IMGATE_DEBUG", "0") not in ("", "0")
 # IMGATE_SANITIZE=1: AddressSanitizer + UndefinedBehaviorSanitizer (`make test-asan`, which builds in a
-# copy of the tree and runs the tests with the sanitizer runtimes preloaded)
-SANITIZE = os.environ.get("IMGATE_SANITIZE", "0") not in ("", "0")
+# copy of the tree and runs the tests with the sanitizer runtimes preloaded).
+# IMGATE_SANITIZE=fuzz: the same sanitizers plus libFuzzer's coverage counters, compiled by clang
+# (`make fuzz`, which builds in its own copy and preloads atheris's ASan+libFuzzer runtime), so that the
+# fuzzer sees the branches taken inside the extensions.
+SANITIZE = os.environ.get("IMGATE_SANITIZE", "0").strip().lower()
+SANITIZE = "" if SANITIZE in ("", "0") else SANITIZE
+if SANITIZE == "fuzz":
+    # gcc has no -fsanitize=fuzzer-no-link; the interpreter's own LDSHARED names gcc, so both are replaced
+    os.environ.setdefault("CC", "clang")
+    os.environ.setdefault("LDSHARED", "clang -shared")
 
 macros = [("IMGATE_DEBUG", "1" if DEBUG else "0")]
 cflags = ["-O0", "-g"] if DEBUG else ["-O3"]
 sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
 if SANITIZE:
     cflags = ["-O1", "-g"] + sanitize
+if SANITIZE == "fuzz":
+    cflags = cflags + ["-fsanitize=fuzzer-no-link"]
 common = dict(
     include_dirs=["src/imgate/_core/includes"],  # the headers ship beside the .pxd that extern them
     define_macros=macros,

@@ -185,7 +185,8 @@ async def main(args):
         # the API open (a local benchmark); sends in flight and unacked entries as many as the run makes
         proc, urls = start_serve(Path(tmp), dict(
             api_auth="none", data_dir=str(Path(tmp) / "data"), heartbeat_timeout=900.0, max_pending=8 << 20,
-            ack_timeout=60.0, client_op_rate=0.0, im_max_inflight=4096), preexec_fn=_fd_cap)
+            ack_timeout=60.0, client_op_rate=0.0, im_user_rate=0.0, im_max_inflight=4096),
+        preexec_fn=_fd_cap)
         try:
             results = {"write": await write_mode(urls, proc.pid, args),
                        "read": await read_mode(urls, proc.pid, args)}

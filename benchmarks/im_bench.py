@@ -35,7 +35,7 @@ def start_server(workdir: Path, im_sync: str) -> tuple[subprocess.Popen, dict]:
     return start_serve(workdir, dict(data_dir=str(workdir / "data"), heartbeat_timeout=900.0, im_sync=im_sync,
                                      max_pending=8 << 20, metrics_auth=False,  # /metrics read without a key
                                      # the offline phase's sender fills an inbox from one connection at once
-                                     client_op_rate=100000.0, client_op_burst=100000))
+                                     client_op_rate=100000.0, client_op_burst=100000, im_user_rate=0.0))
 
 
 def store_counts(http: str) -> dict:

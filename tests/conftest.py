@@ -3,6 +3,7 @@
 - The shared helpers live beside this file (helpers, nodeutil, clusterutil, services, polling, cache_contract);
   this directory is put on sys.path so every test module imports them by name.
 - The real Redis and Kafka fixtures come from the `services` plugin.
+- Hypothesis runs with no per-example deadline (profile "imgate").
 - With the environment variable CI set (CI runs with CI=true) a skip is a failure: in CI every test
   must run, so a missing browser or service shows up red instead of disappearing into a skip line.
 """
@@ -11,6 +12,12 @@ import os
 import sys
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# No per-example deadline anywhere: these machines are shared and noisy, and a deadline is a wall-clock
+# assertion. Examples that are too slow show up in the benchmarks, not as red tests.
+settings.register_profile("imgate", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("imgate")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

@@ -84,9 +84,13 @@ class Model:
             return ("error", E_OUT_OF_RANGE)
         if (uid, conv) not in self.read_seq:
             return ("error", 400)
-        if seq <= self.read_seq[(uid, conv)]:
-            return (self.read_seq[(uid, conv)], False)
+        old = self.read_seq[(uid, conv)]
+        if seq <= old:
+            return (old, False)
         self.read_seq[(uid, conv)] = seq
+        if not any(e["conv"] == conv and e["from"] != uid and e["type"] != "read" and old < e["seq"] <= seq
+                   for e in self.inbox[uid]):
+            return (seq, False)   # only its own messages or notices passed: the peer is told nothing
         self.next_id += 1
         self._append(uid, peer, f"~read:{conv}:{seq}", None, "read")
         return (seq, True)
@@ -227,6 +231,27 @@ def test_unread_counts_and_read_notices(backend):
             with pytest.raises(ImError) as e:
                 await store.mark_read(2, *bad)
             assert e.value.code == code
+        await store.close()
+
+    run(go())
+
+
+def test_reads_cannot_grow_the_peers_inbox(backend):
+    """A read notice lands in the reader's inbox too: reading up to it again and again must not store
+    one more notice each time (a READ flood would grow the peer's inbox without end)."""
+    async def go():
+        store = await backend.open()
+        await store.open_inbox(1)
+        await store.open_inbox(2)
+        await store.send(new_message(1, 2, "a0", "hi"))        # user 2 seq 1
+        assert (await store.mark_read(2, "u:1:2", 1)).notice is not None   # passes user 1's message: told
+        for _ in range(10):
+            top = await store.max_seq(2)
+            r = await store.mark_read(2, "u:1:2", top)         # only its own notices passed
+            assert r.read_seq == top and r.notice is None
+        assert await store.max_seq(1) == 2, "user 1 holds its message and one read notice"
+        await store.send(new_message(1, 2, "a1", "again"))
+        assert (await store.mark_read(2, "u:1:2", await store.max_seq(2))).notice is not None
         await store.close()
 
     run(go())

@@ -923,6 +923,8 @@ class Bench:
     async def unicast(self, srv, seconds, round_no, label):
         share = srv.share
         n = sum(share)
+        if n == 0:  # an earlier scenario (a burst the generators fell behind on) closed every client
+            raise RuntimeError(f"{srv.name}: unicast has no connected clients to push to")
         pushers = [await Pusher.open(srv.ctl_port) for _ in range(self.args.unicast_connections)]
         rnd = random.Random(7 + round_no)
         for p in pushers:  # warm-up: one push per connection

@@ -99,6 +99,7 @@ class Config:
     merge_window: float = 0.0  # seconds; 0 = coalesce within one event-loop iteration
     max_rooms_per_conn: int = 64  # rooms one connection may join
     shutdown_grace: float = 5.0  # seconds to flush the op-6 notices at shutdown
+    close_grace: float = 2.0  # seconds a closed connection's op-6 notice waits for the client to make room (a slow consumer); then the socket closes and the notice is counted dropped (close_notices_dropped)
     workers: int = 1  # proxy processes sharing the client ports (serve, proxy); 0: one per core
     reuse_port: bool = False  # listen with SO_REUSEPORT (set for the workers)
     worker_restart_delay: float = 1.0  # seconds before a dead worker is started again
@@ -135,6 +136,8 @@ class Config:
     im_max_unacked: int = 1000  # entries tracked per connection (the oldest is dropped)
     im_sync_max_limit: int = 1000  # largest SYNC page
     im_max_inflight: int = 256  # proxy: IM requests of one connection waiting for an answer
+    im_user_rate: float = 100.0  # IM sends and reads (ops 22, 32) per second per user, across its connections to one logic (token bucket); past the burst a 23/33 with code 429 "rate limited", nothing stored (im_rate_limited); 0 = no limit
+    im_user_burst: float = 300.0  # the per-user bucket's size
     group_max_members: int = 100_000  # members of one group at most
     group_write_limit: int = 200  # a group with more members is in read fan-out mode (one timeline)
     group_hysteresis: int = 20  # a read-mode group goes back to write mode at group_write_limit minus this
@@ -238,7 +241,7 @@ class Config:
             raise ConfigError(f"room_merge_window: must be >= 0, got {self.room_merge_window}")
         if self.rpc_pool <= 0:
             raise ConfigError(f"rpc_pool: must be > 0, got {self.rpc_pool}")
-        for key in ("handshake_timeout", "heartbeat_timeout", "shutdown_grace", "online_interval", "kafka_timeout",
+        for key in ("handshake_timeout", "heartbeat_timeout", "shutdown_grace", "close_grace", "online_interval", "kafka_timeout",
                     "api_jwt_max_ttl", "http_request_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
@@ -280,9 +283,11 @@ class Config:
                     "im_max_inflight", "group_max_members", "group_write_limit"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.im_user_rate and self.im_user_burst < 1:
+            raise ConfigError(f"im_user_burst: must be >= 1 with a rate limit, got {self.im_user_burst}")
         if not 0 <= self.group_hysteresis < self.group_write_limit:
             raise ConfigError(f"group_hysteresis: must be >= 0 and below group_write_limit, got {self.group_hysteresis}")
-        for key in ("im_retention_days", "im_retention_entries", "ack_retries", "im_max_bytes"):
+        for key in ("im_retention_days", "im_retention_entries", "ack_retries", "im_max_bytes", "im_user_rate"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         if not self.server_id:

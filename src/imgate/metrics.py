@@ -38,6 +38,7 @@ im_duplicates             imgate_im_duplicates_total            counter
 im_resent                 imgate_im_resent_total                counter
 im_gave_up                imgate_im_gave_up_total               counter
 im_errors                 imgate_im_errors_total                counter
+im_rate_limited           imgate_im_rate_limited_total          counter
 im_commits                imgate_im_commits_total               counter
 im_store_writes           imgate_im_store_writes_total          counter
 im_failed_batches         imgate_im_failed_batches_total        counter
@@ -120,6 +121,7 @@ COUNTERS: dict[str, str] = {
     "im_resent": "IM entries pushed again because they were not acked in time.",
     "im_gave_up": "IM entries no longer resent (retries used up, or over the per-connection bound).",
     "im_errors": "IM requests answered with an error.",
+    "im_rate_limited": "IM sends and reads refused 429: their user passed im_user_rate (past im_user_burst).",
     "im_commits": "Transactions committed by the message store's writer.",
     "im_store_writes": "Writes committed by the message store (im_store_writes / im_commits: the batch size).",
     "im_failed_batches": "Message store transactions that failed; their writes were refused.",

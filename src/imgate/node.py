@@ -109,7 +109,8 @@ def make_im(cfg: Config, cache, bus) -> tuple:
                             max_unacked=cfg.im_max_unacked, sync_max_limit=cfg.im_sync_max_limit,
                             max_page_bytes=min(cfg.max_pending // 2, 1 << 20),
                             groups=GroupLimits(cfg.group_max_members, cfg.group_write_limit, cfg.group_hysteresis),
-                            consumer=cfg.group_consumer)
+                            consumer=cfg.group_consumer, user_rate=cfg.im_user_rate,
+                            user_burst=cfg.im_user_burst)
 
 
 class Node:

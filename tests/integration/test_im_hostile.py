@@ -388,3 +388,61 @@ def test_http_sync_ranges_answer_the_same_code_as_the_wire(node):
         await bc.close()
 
     run(go())
+
+
+# ---------------------------------------------------------------- floods from one user
+
+
+def test_a_read_flood_does_not_grow_the_peers_inbox(node):
+    """Each READ that moved the position stored a read notice in both inboxes, the reader's too; reading
+    up to that notice, again and again, grew the peer's inbox by one entry per READ without end."""
+    a, b = users(2)
+
+    async def go():
+        ac = await connect(node, "tcp", a)
+        bc = await connect(node, "tcp", b)
+        assert "seq" in await reply_of(bc, 22, json.dumps({"cmid": "m0", "to": a, "content": "hi"}), 23)
+        conv = f"u:{a}:{b}"
+        for _ in range(30):
+            top = (await reply_of(ac, 26, '{"after": 0, "limit": 1}', 27))["max_seq"]
+            assert (await reply_of(ac, 32, json.dumps({"conv": conv, "seq": top}), 33))["seq"] == top
+        assert [cmid for cmid, _ in await inbox(node, b)] == ["m0", f"~read:{conv}:1"], "one notice, for m0"
+        await ac.close()
+        await bc.close()
+
+    run(go())
+
+
+def test_a_users_sends_are_rate_limited_across_its_connections():
+    """The per-connection op bucket let a user with many connections send as fast as all of them
+    together; the user's own bucket refuses past its burst with 429 and the cmid, stores nothing of
+    it, keeps every connection open, and leaves other users alone."""
+    n = NodeThread(heartbeat_timeout=30.0, im_user_rate=0.01, im_user_burst=10).start()
+    a, b, c = users(3)
+
+    async def go():
+        conns = [await connect(n, t, a) for t in ("tcp", "ws", "tcp")]
+        bc = await connect(n, "tcp", b)
+        replies = []
+        for i in range(12):
+            body = json.dumps({"cmid": f"f{i}", "to": b, "content": i})
+            replies.append(await reply_of(conns[i % 3], 22, body, 23))
+        stored = [r["cmid"] for r in replies if "seq" in r]
+        refused = [r for r in replies if "seq" not in r]
+        assert len(stored) == 10 and len(refused) == 2, replies
+        assert all(r["code"] == 429 and "rate limited" in r["error"] for r in refused), refused
+        assert {r["cmid"] for r in refused} == {"f10", "f11"}
+        assert [cmid for cmid, _ in await inbox(n, b)] == stored, "nothing of the refused sends stored"
+        for conn in conns:
+            assert await conn.heartbeat() >= 0, "the connections stay open"
+        cc = await connect(n, "ws", c)
+        assert "seq" in await reply_of(cc, 22, json.dumps({"cmid": "c0", "to": b, "content": 1}), 23)
+        metrics = (await call(n, "GET", "/metrics"))[1]
+        assert "imgate_im_rate_limited_total 2.0" in (metrics if isinstance(metrics, str) else metrics.decode())
+        for conn in conns + [bc, cc]:
+            await conn.close()
+
+    try:
+        run(go())
+    finally:
+        n.stop()

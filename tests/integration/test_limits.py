@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 
 from imgate import client as imclient
+from imgate.core import encode_frame
 
 from helpers import run
 from nodeutil import NodeThread, module_node
@@ -255,3 +257,108 @@ def test_a_notice_that_never_finds_room_is_counted_as_dropped():
         n.stop()
 
 
+
+
+class _Drain:
+    """Reads sockets on a thread until each closes, keeping everything each one received."""
+
+    def __init__(self, socks):
+        import selectors
+
+        self.got = {s: bytearray() for s in socks}
+        self.open = len(socks)
+        self._sel = selectors.DefaultSelector()
+        for s in socks:
+            s.setblocking(False)
+            self._sel.register(s, selectors.EVENT_READ)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while self.open and not self._stop:
+            for key, _ in self._sel.select(0.2):
+                try:
+                    chunk = key.fileobj.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    chunk = b""
+                if chunk:
+                    self.got[key.fileobj] += chunk
+                else:
+                    self._sel.unregister(key.fileobj)
+                    self.open -= 1
+
+    def pushes(self, s) -> list[int]:
+        """The indices of the op-1000 pushes a socket received so far (inside op-9 batches too)."""
+        from imgate.core import FrameDecoder
+
+        frames = FrameDecoder(max_body=1 << 22).feed(bytes(self.got[s]))
+        out = []
+        for f in frames:
+            inner = FrameDecoder(max_body=1 << 22).feed(f.body) if f.op == 9 else [f]
+            out += [int.from_bytes(x.body[:4], "big") for x in inner if x.op == 1000]
+        return out
+
+    def stop(self):
+        self._stop = True
+        self._thread.join(5)
+
+
+def test_many_non_readers_closed_at_once_get_their_notices_while_healthy_clients_keep_up():
+    """Finding 7 at scale: 300 clients that stopped reading overflow in the same room push. While their
+    op-6 notices wait for room (none sent, none dropped yet), the healthy clients of that room receive
+    every push, in order; then each non-reader reads again and gets op 6 whole as its last frame.
+    (close_grace is long here so that a loaded machine cannot turn a late notice into a dropped one;
+    the drop itself is test_a_notice_that_never_finds_room_is_counted_as_dropped.)"""
+    slow_n, healthy_n, room = 300, 4, "slow://many"
+    n = NodeThread(max_pending=65536, heartbeat_timeout=300.0, close_grace=120.0).start()
+    drains = []
+    try:
+        slow = [non_reader(n, 10_000 + i, room) for i in range(slow_n)]
+        healthy = []
+        for i in range(healthy_n):
+            s = socket.create_connection(("127.0.0.1", n.node.proxy.tcp_port))
+            s.sendall(encode_frame(7, 1, json.dumps({"mid": 20_000 + i, "room_id": room}).encode()))
+            healthy.append(s)
+        readers = _Drain(healthy)
+        drains.append(readers)
+        wait_until(lambda: n.stats()["connections"] == slow_n + healthy_n, timeout=60, what="every auth")
+        t, r = room.split("://")
+        sent = 0
+
+        def push():
+            nonlocal sent
+            body = sent.to_bytes(4, "big") + b"z" * 32764
+            assert n.http("POST", f"/goim/push/room?operation=1000&type={t}&room={r}", body)[0] == 200
+            sent += 1
+
+        while n.stats()["slow_consumer_closes"] < slow_n:
+            assert sent < 2000, f"only {n.stats()['slow_consumer_closes']} of {slow_n} non-readers were closed"
+            push()
+        for _ in range(20):   # the non-readers still read nothing: their notices wait for room
+            push()
+        wait_until(lambda: all(readers.pushes(s) == list(range(sent)) for s in healthy), timeout=60,
+                   what=f"every healthy client received all {sent} pushes, in order")
+        assert readers.open == healthy_n, "a healthy client was closed"
+        st = n.stats()
+        assert st["slow_consumer_closes"] == slow_n
+        assert st["close_notices_late"] == st["close_notices_dropped"] == 0, "the non-readers are still closing"
+
+        notices = _Drain(slow)   # the non-readers read again, all at once
+        drains.append(notices)
+        whole = b'{"reason": "slow consumer", "reconnect": true}'
+        try:
+            wait_until(lambda: notices.open == 0, timeout=120, what="every non-reader closed by the node")
+        except AssertionError as e:
+            told = sum(1 for s in slow if bytes(notices.got[s]).endswith(whole))
+            raise AssertionError(f"{e}: {notices.open} still open, {told} of {slow_n} hold their notice, "
+                                 f"node stats {n.stats()}") from None
+        told = sum(1 for s in slow if bytes(notices.got[s]).endswith(whole) and notice_in(bytes(notices.got[s])))
+        assert told == slow_n, f"{told} of {slow_n} non-readers got their notice"
+        assert n.stats()["close_notices_dropped"] == 0
+    finally:
+        for d in drains:
+            d.stop()
+        n.stop()

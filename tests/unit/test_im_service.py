@@ -64,3 +64,44 @@ def test_a_resend_pass_sends_at_most_a_page_of_bytes_per_connection(tmp_path):
         await store.close()
 
     run(go())
+
+
+def test_a_users_sends_and_reads_are_rate_limited_across_its_connections(tmp_path, monkeypatch):
+    """One user on many connections could send as fast as all their per-connection buckets together;
+    the bucket is the user's: past im_user_burst the sixth request, from a fresh connection, gets 429
+    with its cmid and stores nothing, another user is untouched, and time refills it."""
+    from types import SimpleNamespace
+
+    import imgate.im.service as service
+
+    clock = [1000.0]
+    monkeypatch.setattr(service, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    async def go():
+        store = SqliteStore(tmp_path / "im.db")
+        await store.start()
+        svc = ImService(store, Sessions({}), Jobs(), user_rate=2.0, user_burst=5)
+        for uid in (1, 2, 3):
+            await store.open_inbox(uid)
+
+        async def send(conn, sender, cmid, to=2):
+            body = json.dumps({"cmid": cmid, "to": to, "content": "hi"}).encode()
+            return json.loads(await svc.receive("p1", conn, sender, 22, 1, body))
+
+        for i in range(4):
+            assert "seq" in await send(10 + i, 1, f"c{i}"), "within the burst, on four connections"
+        assert json.loads(await svc.receive("p1", 20, 1, 32, 1, b'{"conv": "u:1:2", "seq": 4}'))["seq"] == 4
+        refused = await send(30, 1, "c4")
+        assert refused["code"] == 429 and refused["cmid"] == "c4" and "rate limited" in refused["error"]
+        read = json.loads(await svc.receive("p1", 31, 1, 32, 1, b'{"conv": "u:1:2", "seq": 4}'))
+        assert read["code"] == 429
+        assert await store.max_seq(1) == 4, "nothing stored for the refused send"
+        assert "seq" in await send(40, 3, "d0", to=1), "another user has a bucket of its own"
+        assert json.loads(await svc.receive("p1", 30, 1, 26, 1, b'{"after": 0}'))["max_seq"] == 5, "syncs are not limited"
+        clock[0] += 0.5   # one token back at 2 per second
+        assert "seq" in await send(30, 1, "c4")
+        assert (await send(30, 1, "c5"))["code"] == 429
+        assert svc.stats()["im_rate_limited"] == 3
+        await store.close()
+
+    run(go())

@@ -367,6 +367,11 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
                           (seq, unread, uid, conv))
         if group:  # no read notice to a whole group: the reader's position and unread count only
             return ReadResult(seq, None, peer)
+        # a notice only when the read passes a message from the peer (as SqliteStore._mark_read)
+        await cur.execute("SELECT 1 FROM inbox WHERE owner = %s AND conv = %s AND seq > %s AND seq <= %s AND unread = 1"
+                          " LIMIT 1", (uid, conv, read_seq, seq))
+        if await cur.fetchone() is None:
+            return ReadResult(seq, None, peer)
         await cur.execute("SELECT msg_id FROM inbox WHERE owner = %s AND conv = %s AND seq <= %s"
                           " ORDER BY seq DESC LIMIT 1", (uid, conv, seq))
         last = await cur.fetchone()

@@ -17,7 +17,7 @@ import logging
 import time
 
 from imgate.im.protocol import (
-    E_BAD_REQUEST, E_FORBIDDEN, E_OUT_OF_RANGE, E_TOO_LARGE, E_UNAVAILABLE, OP_GROUP_ACK, OP_GROUP_PULL, OP_MSG_ACK,
+    E_BAD_REQUEST, E_FORBIDDEN, E_OUT_OF_RANGE, E_RATE_LIMITED, E_TOO_LARGE, E_UNAVAILABLE, OP_GROUP_ACK, OP_GROUP_PULL, OP_MSG_ACK,
     OP_MSG_PUSH, OP_MSG_SEND, OP_READ, OP_SYNC, ImError, error_body, get_int, parse_body, single_conv,
 )
 from imgate.im.groups import GroupsMixin
@@ -31,6 +31,7 @@ MAX_TYPE = 32
 RESERVED_TYPES = frozenset({"read", "member", "mode"})  # made by the server only
 MAX_DEPTH = 100  # nesting of a message's content (objects and arrays)
 _HINTS_MAX = 100_000  # users whose newest seq is remembered (an ack at or below it needs no read)
+_BUCKETS_MAX = 100_000  # users whose rate bucket is kept; past it the full (idle) buckets are forgotten
 
 
 def _depth_within(value, limit: int) -> bool:
@@ -81,7 +82,7 @@ class ImService(GroupsMixin):
     def __init__(self, store: MessageStore, cache, bus, *, max_message_bytes: int = 16384,
                  ack_timeout: float = 5.0, ack_retries: int = 3, max_unacked: int = 1000,
                  sync_max_limit: int = 1000, max_page_bytes: int = 512 * 1024, groups: GroupLimits | None = None,
-                 consumer: bool = True):
+                 consumer: bool = True, user_rate: float = 0.0, user_burst: float = 1.0):
         self.store = store
         self.cache = cache
         self.bus = bus
@@ -99,7 +100,12 @@ class ImService(GroupsMixin):
         self._publish_now = bus.publish_nowait if getattr(bus, "nowait", False) else None
         self._sessions_now = cache.sessions_nowait if getattr(cache, "nowait", False) else None
         self._resender: asyncio.Task | None = None
-        self.counters = {"sent": 0, "duplicates": 0, "delivered": 0, "resent": 0, "gave_up": 0, "errors": 0}
+        # sends and reads per user (ops 22, 32), whichever connection or proxy they come from
+        self.user_rate = user_rate
+        self.user_burst = user_burst
+        self._buckets: dict[int, list] = {}       # mid -> [tokens, when last refilled]
+        self.counters = {"sent": 0, "duplicates": 0, "delivered": 0, "resent": 0, "gave_up": 0, "errors": 0,
+                         "rate_limited": 0}
         self._groups_init(groups, consumer)
 
     async def start(self) -> None:
@@ -137,6 +143,12 @@ class ImService(GroupsMixin):
                 if op == OP_MSG_SEND and isinstance(req.get("cmid"), str):
                     cmid = req["cmid"]
                 raise ImError(E_FORBIDDEN, "IM needs a user id: this connection authenticated without one (mid 0)")
+            if (op == OP_MSG_SEND or op == OP_READ) and self.user_rate and not self._admit(mid):
+                if op == OP_MSG_SEND and isinstance(req.get("cmid"), str):
+                    cmid = req["cmid"]
+                self.counters["rate_limited"] += 1
+                raise ImError(E_RATE_LIMITED, f"rate limited: user {mid} sends and reads more than {self.user_rate:g} "
+                                              f"per second (im_user_rate); nothing stored, retry later")
             if op == OP_MSG_SEND:
                 cmid = req.get("cmid") if isinstance(req.get("cmid"), str) else None
                 return json.dumps(await self.send(mid, req, origin=(server, conn_id))).encode()
@@ -161,6 +173,28 @@ class ImService(GroupsMixin):
             log.exception("IM op %d from user %d failed", op, mid)
             return error_body(E_UNAVAILABLE, "internal error, nothing stored",
                               **({"cmid": cmid} if cmid is not None else {}))
+
+    def _admit(self, mid: int) -> bool:
+        """Take one token from the user's bucket; False when it is empty."""
+        now = time.monotonic()
+        bucket = self._buckets.get(mid)
+        if bucket is None:
+            if len(self._buckets) >= _BUCKETS_MAX:
+                self._forget_full_buckets(now)
+            bucket = self._buckets[mid] = [self.user_burst, now]
+        tokens = min(self.user_burst, bucket[0] + (now - bucket[1]) * self.user_rate)
+        bucket[1] = now
+        if tokens < 1:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1
+        return True
+
+    def _forget_full_buckets(self, now: float) -> None:
+        """A bucket refilled to the brim says nothing a new one would not: drop those."""
+        rate, burst = self.user_rate, self.user_burst
+        for mid in [m for m, (t, last) in self._buckets.items() if t + (now - last) * rate >= burst]:
+            del self._buckets[mid]
 
     # ------------------------------------------------------------------ operations
 
@@ -368,7 +402,7 @@ class ImService(GroupsMixin):
         store = getattr(self.store, "counters", {})
         return {"im_unacked": sum(len(p.entries) for p in self._unacked.values()), "im_messages": c["sent"],
                 "im_duplicates": c["duplicates"], "im_resent": c["resent"], "im_gave_up": c["gave_up"],
-                "im_errors": c["errors"], "im_commits": store.get("commits", 0),
+                "im_errors": c["errors"], "im_rate_limited": c["rate_limited"], "im_commits": store.get("commits", 0),
                 "im_store_writes": store.get("writes", 0), "im_failed_batches": store.get("failed_batches", 0)}
 
     def unacked(self, server: str, conn_id: int) -> list[int]:

@@ -364,7 +364,11 @@ class SqliteStore(GroupsMixin, MessageStore):
                               (uid, conv, seq)).fetchone()[0]
         conn.execute("UPDATE conversations SET read_seq = ?, unread = ? WHERE owner = ? AND conv = ?",
                      (seq, unread, uid, conv))
-        if group:  # no read notice to a whole group: the reader's position and unread count only
+        # a notice only when the read passes a message from the peer: each read notice lands in the reader's
+        # inbox too, so reading up to one's own notices would grow the peer's inbox without end
+        passed = conn.execute("SELECT 1 FROM inbox WHERE owner = ? AND conv = ? AND seq > ? AND seq <= ? AND unread = 1"
+                              " LIMIT 1", (uid, conv, read_seq, seq)).fetchone()
+        if group or passed is None:  # no read notice to a whole group: the reader's position and unread count only
             return ReadResult(seq, None, peer)
         last = conn.execute("SELECT msg_id FROM inbox WHERE owner = ? AND conv = ? AND seq <= ? ORDER BY seq DESC"
                             " LIMIT 1", (uid, conv, seq)).fetchone()

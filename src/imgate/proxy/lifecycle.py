@@ -93,7 +93,7 @@ class Lifecycle:
         self._forget(ch)
         was_authing = ch.state == S_AUTHING
         ch.state = S_CLOSING
-        ch.deadline = time.monotonic() + 2.0
+        ch.deadline = time.monotonic() + self.config.close_grace
         if was_authing:  # reading was paused for auth; drain again so the peer's close is seen
             self.loop.add_reader(ch.fd, self._on_readable, ch)
         if rest:  # the socket buffer is full (a slow consumer): finish when it drains, or at the deadline
