@@ -71,9 +71,11 @@ class RoleProcess:
 
 
 class Cluster:
-    """Two proxies (A, B), two logic (L1, L2), one push, on free loopback ports."""
+    """Two proxies (A, B), two logic (L1, L2), one push, on free loopback ports. With ``im_roles``: that
+    many im roles (I1, I2, ...; proxy A prefers I1, B the last), and ``consumers`` consumer roles (C1,
+    ...) doing the group fan-out (``common`` then names the MariaDB store)."""
 
-    def __init__(self, workdir: Path, redis_url: str, kafka: str, **common):
+    def __init__(self, workdir: Path, redis_url: str, kafka: str, im_roles: int = 0, consumers: int = 0, **common):
         self.workdir = workdir
         self.topic = f"imgate-push-{uuid.uuid4().hex[:8]}"
         logic_rpc = {"L1": free_port(), "L2": free_port()}
@@ -91,12 +93,27 @@ class Cluster:
                 self.common, server_id=name, http=f"127.0.0.1:{self.ports[name]['http']}",
                 logic_rpc=f"127.0.0.1:{logic_rpc[name]}"), workdir)
         logic_addrs = [f"127.0.0.1:{logic_rpc['L1']}", f"127.0.0.1:{logic_rpc['L2']}"]
-        for name in ("A", "B"):
+        self.fanout_topic = f"imgate-fanout-{uuid.uuid4().hex[:8]}"
+        im_addrs = []
+        for i in range(1, im_roles + 1):
+            name = f"I{i}"
+            self.ports[name] = {"http": free_port(), "rpc": free_port()}
+            im_addrs.append(f"127.0.0.1:{self.ports[name]['rpc']}")
+            self.procs[name] = RoleProcess("im", name, dict(
+                self.common, server_id=name, http=f"127.0.0.1:{self.ports[name]['http']}",
+                im_rpc=im_addrs[-1], group_consumer=not consumers, fanout_topic=self.fanout_topic), workdir)
+        for i in range(1, consumers + 1):
+            self.procs[f"C{i}"] = RoleProcess("consumer", f"C{i}", dict(
+                self.common, server_id=f"C{i}", fanout_topic=self.fanout_topic, fanout_relay_after=2.0), workdir)
+        if consumers:  # the logic roles' IM (auth, their /im/*) leaves the fan-out to the consumers too
+            for name in ("L1", "L2"):
+                self.procs[name].config.update(group_consumer=False, fanout_topic=self.fanout_topic)
+        for k, name in enumerate(("A", "B")):
             self.ports[name] = {"tcp": free_port(), "ws": free_port(), "rpc": free_port()}
             self.procs[name] = RoleProcess("proxy", name, dict(
                 self.common, server_id=name, tcp=f"127.0.0.1:{self.ports[name]['tcp']}",
                 ws=f"127.0.0.1:{self.ports[name]['ws']}", rpc=f"127.0.0.1:{self.ports[name]['rpc']}",
-                logic_addrs=logic_addrs), workdir)
+                logic_addrs=logic_addrs, im_addrs=im_addrs[::-1] if k else im_addrs), workdir)
         self.procs["P"] = RoleProcess("push", "P", dict(
             self.common, server_id="P",
             proxies={n: f"127.0.0.1:{self.ports[n]['rpc']}" for n in ("A", "B")}), workdir)
@@ -104,7 +121,8 @@ class Cluster:
     def start(self) -> "Cluster":
         """Start every role; if one fails to come up, the ones already started are stopped first."""
         try:
-            for name in ("L1", "L2", "A", "B", "P"):
+            order = ["L1", "L2"] + [n for n in self.procs if n[0] in "IC"] + ["A", "B", "P"]
+            for name in order:
                 self.procs[name].start()
         except BaseException:
             self.stop()
@@ -138,3 +156,29 @@ class Cluster:
 async def ahttp(cluster: Cluster, logic: str, method: str, path: str, body: bytes | None = None):
     """:meth:`Cluster.http` from inside an event loop (in a thread, so the loop keeps running)."""
     return await asyncio.get_running_loop().run_in_executor(None, cluster.http, logic, method, path, body)
+
+
+def mariadb_cluster(workdir: Path, redis_url: str, kafka: str, mariadb_addrs: list, **kw) -> Cluster:
+    """A Cluster whose IM runs on a fresh database of the MariaDB pair: the roles named ...1 write on the
+    first node, those named ...2 on the second. ``kw`` as for Cluster (im_roles, consumers, config)."""
+    from services import create_database
+
+    db = f"c_{uuid.uuid4().hex[:10]}"
+    create_database(mariadb_addrs, db)
+    c = Cluster(workdir, redis_url, kafka, im_store="mariadb", mariadb_addrs=list(mariadb_addrs),
+                mariadb_user="test", mariadb_database=db, **kw)
+    for name, proc in c.procs.items():
+        if name.endswith("2") and "mariadb_addrs" in proc.config:
+            proc.config["mariadb_addrs"] = list(reversed(mariadb_addrs))
+    return c
+
+
+async def pushed_frame(client, timeout: float = 30) -> list:
+    """The msgs of the next op-24 (IM push) frame ``client`` gets; other frames are skipped."""
+    from imgate.im.protocol import OP_MSG_PUSH
+
+    while True:
+        frame = await client.recv(timeout=timeout)
+        if frame.op == OP_MSG_PUSH:
+            return json.loads(frame.body)["msgs"]
+

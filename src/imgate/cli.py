@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     _serve_args(serve)
     for role, text in (("proxy", "edge proxy: client listeners, rooms, delivery (cluster mode)"),
                        ("logic", "logic: HTTP API, auth, sessions in Redis, pushes to Kafka (cluster mode)"),
-                       ("push", "push: Kafka consumer delivering to the proxies over RPC (cluster mode)")):
+                       ("push", "push: Kafka consumer delivering to the proxies over RPC (cluster mode)"),
+                       ("im", "im: the IM service (send, sync, pull, groups) on MariaDB, for proxies and backends "
+                              "(cluster mode)"),
+                       ("consumer", "consumer: the write fan-out of small groups, a Kafka consumer group "
+                                    "(cluster mode)")):
         rp = sub.add_parser(role, help=text)
         rp.add_argument("--config", required=True, help=f"TOML config file (keys at top level or under [{role}])")
         rp.add_argument("--server-id", dest="server_id", help="stable id of this process (default from the config)")
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:  # pragma: no cover
                 return asyncio.run(_serve(cfg))
             return uvloop.run(_serve(cfg))
-        if args.command in ("proxy", "logic", "push"):
+        if args.command in ("proxy", "logic", "push", "im", "consumer"):
             logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             from imgate.roles import run_role
 

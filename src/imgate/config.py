@@ -154,6 +154,10 @@ class Config:
     logic_rpc: str = "127.0.0.1:3119"  # logic: internal RPC listener (proxy -> logic)
     logic_addrs: list = field(default_factory=lambda: ["127.0.0.1:3119"])  # proxy: logic instances, in order
     proxies: dict = field(default_factory=dict)  # push: {server_id: "host:rpc_port"}; overrides discovery
+    im_rpc: str = "127.0.0.1:3129"  # im: internal RPC listener (proxy -> im)
+    im_addrs: list = field(default_factory=list)  # proxy: im instances, in order; empty: logic serves the IM ops
+    fanout_topic: str = "imgate-fanout"  # Kafka topic of the group fan-out jobs (im -> consumer)
+    fanout_relay_after: float = 5.0  # consumer: seconds before an outbox job nobody took from Kafka is done anyway
     advertise_rpc: str = ""              # proxy: host:port push reaches its RPC at (default: the rpc listener's)
     redis_url: str = "redis://127.0.0.1:6379/0"  # the cache service
     redis_sentinels: list = field(default_factory=list)  # ["host:port", ...]; then redis_master names the set
@@ -221,7 +225,11 @@ class Config:
                     "webhook_batch", "webhook_queue"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
-        for key in ("rpc", "logic_rpc"):
+        for i, addr in enumerate(self.im_addrs):
+            parse_hostport(addr, f"im_addrs[{i}]")
+        if self.fanout_relay_after <= 0:
+            raise ConfigError(f"fanout_relay_after: must be > 0, got {self.fanout_relay_after}")
+        for key in ("rpc", "logic_rpc", "im_rpc"):
             check_rpc_addr(getattr(self, key), key)
         for i, addr in enumerate(self.logic_addrs):
             check_rpc_addr(addr, f"logic_addrs[{i}]")
@@ -305,7 +313,7 @@ class Config:
                 raise ConfigError(f"config file {path}: {e}") from None
             # top-level keys are shared; the role's own table ([serve], [proxy], [logic], [push]) wins
             section = overrides.get("_section", "serve")
-            tables = {"serve", "proxy", "logic", "push"}
+            tables = {"serve", "proxy", "logic", "push", "im", "consumer"}
             merged = {k: v for k, v in data.items() if k not in tables}
             own = data.get(section, {})
             if not isinstance(own, dict):

@@ -91,7 +91,8 @@ def make_im_store(cfg: Config):
         return MariaDbStore(
             cfg.mariadb_addrs, user=cfg.mariadb_user, password=cfg.mariadb_password,
             database=cfg.mariadb_database, pool_size=cfg.mariadb_pool,
-            failover_timeout=cfg.mariadb_failover_timeout, retention_days=cfg.im_retention_days,
+            failover_timeout=cfg.mariadb_failover_timeout, batch_max=cfg.im_batch_max, max_queue=cfg.im_max_queue,
+            retention_days=cfg.im_retention_days,
             retention_entries=cfg.im_retention_entries, prune_interval=cfg.im_prune_interval)
     return SqliteStore(
         Path(cfg.data_dir) / "im.db", synchronous=cfg.im_sync, busy_timeout=cfg.im_busy_timeout,

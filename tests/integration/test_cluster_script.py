@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import signal
 import subprocess
@@ -114,3 +115,78 @@ def test_a_proxy_killed_under_make_cluster_is_reported_and_restarted_and_the_res
             except (OSError, ValueError):
                 pass
     assert script.returncode == 0, output()
+
+
+def test_make_cluster_with_mariadb_runs_the_im_and_consumer_roles(tmp_path, redis_url, kafka_bootstrap, mariadb_addrs):
+    """With a MariaDB pair, `make cluster` also starts two im roles behind the proxies and two consumers:
+    a message from a client on A reaches one on B, stored by im-1 (its /metrics counts it), and a small
+    group's message is fanned out to the member by a consumer (the im and logic roles run none)."""
+    from services import create_database
+
+    work = tmp_path / "cluster"
+    out_path = tmp_path / "cluster.out"
+    db = f"mc_{uuid.uuid4().hex[:8]}"
+    create_database(mariadb_addrs, db)
+    api_key = KeyStore(str(work / "data")).create("tests", ["admin"])[1]
+    out = open(out_path, "wb")
+    script = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "cluster.py"), "--work", str(work), "--free-ports",
+         "--redis-url", redis_url, "--kafka", kafka_bootstrap, "--mariadb", ",".join(mariadb_addrs),
+         "--mariadb-database", db, "--topic", f"imgate-push-{uuid.uuid4().hex[:8]}"],
+        stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    out.close()
+
+    def output() -> str:
+        return out_path.read_text(errors="replace")
+
+    def im1(method: str, path: str, body: bytes | None = None):
+        req = urllib.request.Request(f"http://127.0.0.1:{ports['im-1'][0]}{path}", data=body, method=method,
+                                     headers={"Authorization": f"Bearer {api_key}"})
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return r.read()
+
+    try:
+        wait_until(lambda: "imgate cluster is up" in output() or script.poll() is not None,
+                   what="the cluster script to start its roles")
+        assert script.poll() is None, output()
+        for name in ("logic-1", "im-1", "im-2", "consumer-1", "consumer-2", "A", "B"):
+            wait_until(lambda: "is up" in (work / f"{name}.log").read_text(), what=f"{name} to be up")
+        ports = json.loads((work / "ports.json").read_text())
+        secret = (work / "data" / "jwt.secret").read_text().strip()
+
+        async def go():
+            def connect(proxy, mid):
+                return imclient.connect(f"tcp://127.0.0.1:{ports[proxy][0]}", mid=mid, heartbeat=None,
+                                        token=mint_token(secret, mid, ttl=600), timeout=15)
+            a, b = await connect("A", 8901), await connect("B", 8902)
+            stream = b.messages(0)
+            reply = await a.send_message(8902, "hi", cmid="m1", timeout=15)
+            got = await asyncio.wait_for(stream.__anext__(), 30)
+            assert (got["cmid"], got["seq"], got["msg_id"]) == ("m1", 1, reply["msg_id"])
+            made = json.loads(await asyncio.to_thread(im1, "POST", "/im/groups?uid=8901",
+                                                      json.dumps({"members": [8902]}).encode()))
+            group = made["data"]["group"]
+            await asyncio.to_thread(im1, "POST", "/im/send?uid=8901",
+                                    json.dumps({"cmid": "g1", "group": group, "content": 1}).encode())
+            kinds = [(await asyncio.wait_for(stream.__anext__(), 30))["cmid"] for _ in range(2)]
+            assert kinds[1] == "g1", kinds
+            for c in (a, b):
+                await c.close()
+
+        uvloop.run(go())
+        metrics = im1("GET", "/metrics").decode()
+        assert any(line.startswith("imgate_im_messages_total") and float(line.split()[1]) >= 2
+                   for line in metrics.splitlines()), metrics
+    finally:
+        if script.poll() is None:
+            script.send_signal(signal.SIGTERM)
+            try:
+                script.wait(60)
+            except subprocess.TimeoutExpired:
+                script.kill()
+    assert script.returncode == 0, output()
+    consumers = (work / "consumer-1.log").read_text() + (work / "consumer-2.log").read_text()
+    done = [int(n) for n in re.findall(r"(\d+) entries written", consumers)]
+    # the group's creation to both members, g1 to the one who did not send it (the sender's own entry is
+    # written with the message)
+    assert sum(done) == 3, consumers

@@ -1,47 +1,41 @@
-"""IM in cluster mode: two logic roles running the IM service on the shared MariaDB Galera pair (L1
-writes on n1, L2 on n2), two proxies, push, Redis and Kafka, all real processes."""
+"""IM in cluster mode, on the shared MariaDB Galera pair, two proxies, push, Redis and Kafka, all real
+processes, run twice: the IM service in the two logic roles (L1 writes on n1, L2 on n2), and in two im
+roles (I1 on n1 behind proxy A, I2 on n2 behind B). ``cluster.im`` names the two that serve IM."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import pytest
 
 pytest.importorskip("asyncmy")
 
 from imgate import client as imclient  # noqa: E402
-from imgate.im.protocol import OP_MSG_PUSH  # noqa: E402
 
-from clusterutil import Cluster, ahttp  # noqa: E402
+from clusterutil import ahttp, mariadb_cluster, pushed_frame  # noqa: E402
 from helpers import run  # noqa: E402
 from polling import wait_until_async  # noqa: E402
-from services import create_database  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs):
-    db = f"cl_{uuid.uuid4().hex[:10]}"
-    create_database(mariadb_addrs, db)
-    c = Cluster(tmp_path_factory.mktemp("imcluster"), redis_url, kafka_bootstrap, im_store="mariadb",
-                mariadb_addrs=list(mariadb_addrs), mariadb_user="test", mariadb_database=db)
-    c.procs["L2"].config["mariadb_addrs"] = list(reversed(mariadb_addrs))  # L2 prefers n2
+@pytest.fixture(scope="module", params=["logic", "im"])
+def cluster(request, tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs):
+    roles = 2 if request.param == "im" else 0
+    c = mariadb_cluster(tmp_path_factory.mktemp("imcluster"), redis_url, kafka_bootstrap, mariadb_addrs,
+                        im_roles=roles)
+    c.im = ("I1", "I2") if roles else ("L1", "L2")
     c.start()
     yield c
     c.stop()
 
 
 async def pushed(client) -> dict:
-    """The next op-24 entry this connection gets."""
-    while True:
-        frame = await client.recv(timeout=30)
-        if frame.op == OP_MSG_PUSH:
-            msgs = json.loads(frame.body)["msgs"]
-            assert len(msgs) == 1
-            return msgs[0]
+    """The next op-24 entry this connection gets (one per frame here)."""
+    msgs = await pushed_frame(client)
+    assert len(msgs) == 1
+    return msgs[0]
 
 
 def test_a_message_between_proxies_and_back_through_the_other_logic(cluster):
@@ -56,18 +50,18 @@ def test_a_message_between_proxies_and_back_through_the_other_logic(cluster):
             assert (got["from"], got["seq"], got["content"], got["msg_id"]) == (7001, 1, {"n": 1}, reply["msg_id"])
             # a backend answers as Y through L2 (n2); X gets it on proxy A
             body = json.dumps({"cmid": "y1", "to": 7001, "content": "back"}).encode()
-            status, sent = await ahttp(cluster, "L2", "POST", "/im/send?uid=7002", body)
+            status, sent = await ahttp(cluster, cluster.im[1], "POST", "/im/send?uid=7002", body)
             assert status == 200 and sent["data"]["seq"] == 2, sent
             got = await pushed(x)
             assert (got["from"], got["seq"], got["content"]) == (7002, 2, "back")
             # a resend of X's message through the other logic is the same message
-            status, again = await ahttp(cluster, "L2", "POST", "/im/send?uid=7001",
+            status, again = await ahttp(cluster, cluster.im[1], "POST", "/im/send?uid=7001",
                                         json.dumps({"cmid": "x1", "to": 7002, "content": {"n": 1}}).encode())
             assert status == 200 and (again["data"]["msg_id"], again["data"]["seq"]) == (reply["msg_id"], 1)
             # both inboxes, read through either logic, are 1..2 with the same entries
             page = await x.sync(0, 10, timeout=15)
             assert [(m["seq"], m["cmid"]) for m in page["msgs"]] == [(1, "x1"), (2, "y1")]
-            for logic in ("L1", "L2"):
+            for logic in cluster.im:
                 status, page = await ahttp(cluster, logic, "GET", "/im/sync?uid=7002&after=0&limit=10")
                 assert [(m["seq"], m["cmid"]) for m in page["data"]["msgs"]] == [(1, "x1"), (2, "y1")]
             # a new connection learns its newest seq at auth (op 8 inbox_seq, carried by the connect RPC)
@@ -94,14 +88,14 @@ def test_redis_flushed_mid_stream_reuses_and_skips_no_seq(cluster, redis_url):
         for i in range(120):
             if i == 60:
                 await asyncio.to_thread(lambda: redis.Redis.from_url(redis_url).flushall())
-            logic = ("L1", "L2")[i % 2]
+            logic = cluster.im[i % 2]
             body = json.dumps({"cmid": f"r{i}", "to": 8002, "content": i}).encode()
             status, sent = await ahttp(cluster, logic, "POST", "/im/send?uid=8001", body)
             assert status == 200, sent
             acked.append((f"r{i}", sent["data"]["seq"]))
         assert [seq for _, seq in acked] == list(range(1, 121))
         for uid in (8001, 8002):
-            status, page = await ahttp(cluster, "L2", "GET", f"/im/sync?uid={uid}&after=0&limit=1000")
+            status, page = await ahttp(cluster, cluster.im[1], "GET", f"/im/sync?uid={uid}&after=0&limit=1000")
             assert [(m["cmid"], m["seq"]) for m in page["data"]["msgs"]] == acked
 
     run(go())
@@ -148,7 +142,7 @@ def test_a_mariadb_node_killed_mid_stream_through_the_whole_cluster(cluster, gal
                 await c.close()
         inboxes = {}
         for u in users:
-            status, page = await ahttp(cluster, "L2", "GET", f"/im/sync?uid={u}&after=0&limit=1000")
+            status, page = await ahttp(cluster, cluster.im[1], "GET", f"/im/sync?uid={u}&after=0&limit=1000")
             assert status == 200, page
             inboxes[u] = page["data"]["msgs"]
         return inboxes
@@ -157,6 +151,7 @@ def test_a_mariadb_node_killed_mid_stream_through_the_whole_cluster(cluster, gal
         inboxes = run(go(), timeout=240)
     finally:
         galera_process.start()  # n1 rejoins for the tests after this one
+    print(f"\nlongest send across the kill of n1 ({cluster.im[0]} on it): {longest[0]:.2f}s")
     assert longest[0] < 10, f"a send waited {longest[0]:.1f}s across the failover"
     for u, msgs in inboxes.items():
         assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1)), f"user {u}: a seq skipped or reused"

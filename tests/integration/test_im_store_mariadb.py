@@ -136,6 +136,60 @@ def test_a_failing_write_is_refused_at_once_and_the_store_carries_on(backend):
     run(go())
 
 
+def test_concurrent_sends_share_transactions(backend):
+    """Sends arriving while the writers are busy are committed together: fewer commits than sends, and
+    each send still gets its own answer (a refused one among them does not touch the others)."""
+    async def go():
+        store = await backend.open()
+        store.pool_size = 2
+        for u in range(1, 11):
+            await store.open_inbox(u)
+        sends = [store.send(new_message(s, r, f"c{s}-{r}", [s, r])) for s in range(1, 11) for r in range(1, 11)
+                 if s != r]
+        sends.append(store.send(new_message(1, 999, "to-nobody", 0)))  # unknown receiver: refused alone
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        assert isinstance(results[-1], ImError) and results[-1].code == 404
+        assert not any(isinstance(r, BaseException) for r in results[:-1])
+        for u in range(1, 11):
+            msgs = await all_msgs(store, u)
+            assert [m["seq"] for m in msgs] == list(range(1, 19))
+            assert sorted(m["cmid"] for m in msgs) == sorted([f"c{u}-{r}" for r in range(1, 11) if r != u]
+                                                             + [f"c{s}-{u}" for s in range(1, 11) if s != u])
+        assert store.counters["writes"] == 90 and store.counters["commits"] < 30, store.counters
+        await store.close()
+
+    run(go())
+
+
+def test_a_failed_batch_refuses_every_send_in_it(backend):
+    """A transaction that fails for a reason other than the request (here a server error the store does
+    not retry) refuses all of its sends with 503, and none of them is stored."""
+    from asyncmy.errors import OperationalError
+
+    async def go():
+        store = await backend.open()
+        store.pool_size = 1  # one writer: the ten sends below queue while it starts, one transaction
+        await store.open_inbox(2)
+        store_one = store._store
+
+        async def failing_store(cur, m, resumed=False):
+            if m.cmid == "b5":
+                raise OperationalError(1366, "Incorrect string value (injected)")
+            return await store_one(cur, m, resumed=resumed)
+
+        store._store = failing_store
+        results = await asyncio.gather(*[store.send(new_message(1, 2, f"b{i}", i)) for i in range(10)],
+                                       return_exceptions=True)
+        assert all(isinstance(r, ImError) and r.code == E_UNAVAILABLE for r in results), results
+        assert "nothing stored" in results[0].message
+        store._store = store_one
+        assert await all_msgs(store, 2) == [] and await store.max_seq(2) == 0
+        assert (await store.send(new_message(1, 2, "b0", 0))).seqs == {1: 1, 2: 1}  # the store carries on
+        await store.close()
+
+    run(go())
+
+
 def test_a_dead_server_is_refused_after_the_failover_timeout():
     async def go():
         store = MariaDbStore([f"127.0.0.1:{free_port()}"], user="test", failover_timeout=0.5, connect_timeout=0.2)

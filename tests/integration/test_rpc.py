@@ -70,6 +70,14 @@ class FakeProxy:
         self.calls.append(("all", op, body, speed))
         return 42
 
+    def join_conns(self, conn_ids, room_id):
+        self.calls.append(("join", conn_ids, room_id))
+        return len(conn_ids)
+
+    def leave_conns(self, conn_ids, room_id):
+        self.calls.append(("leave", conn_ids, room_id))
+        return len(conn_ids)
+
 
 class AsyncFakeProxy(FakeProxy):
     async def push_room_batch(self, room_id, frames):

@@ -13,7 +13,7 @@ from polling import wait_until_async
 from imgate.cache import MemoryCache, Session
 from imgate.auth import NoAuth
 from imgate.logic import Logic
-from imgate.protocol import KIND_CONNS, PushJob
+from imgate.protocol import KIND_JOIN, PushJob
 from imgate.push import PushRouter
 from imgate.push.service import BusUnavailable
 from imgate.rpc import RpcClient, RpcPool, RpcServer, RpcUnavailable
@@ -202,6 +202,13 @@ class FakeProxy:
     def push_room_batch(self, room_id, frames):
         return 0
 
+    def join_conns(self, conn_ids, room_id):
+        self.calls.append(("join", list(conn_ids), room_id))
+        return len(conn_ids)
+
+    def leave_conns(self, conn_ids, room_id):
+        return 0
+
     def push_all(self, op, body, speed=0):
         return 0
 
@@ -226,6 +233,11 @@ def test_coordinator_pushes_by_mid_travel_one_way_and_a_dead_worker_is_refused(t
                 assert logic.push_mids_nowait(1000, [1 + i % 2], f"m{i}".encode()) == 1
             await wait_until_async(lambda: len(proxy.calls) == 50, what="the 50 pushes at the worker")
             assert proxy.calls == [([11 + i % 2], 1000, f"m{i}".encode()) for i in range(50)]
+            # an IM group's room join travels the same way, in order with the pushes
+            logic.bus.publish_nowait(PushJob(KIND_JOIN, 0, b"", "w0", [11], "g://7"))
+            assert logic.push_mids_nowait(1000, [1], b"after the join") == 1
+            await wait_until_async(lambda: len(proxy.calls) == 52, what="the join and the push after it")
+            assert proxy.calls[50:] == [("join", [11], "g://7"), ([11], 1000, b"after the join")]
             await svc.stop()
             await wait_until_async(lambda: not router.proxies["w0"].healthy, what="the worker's connection to drop")
             with pytest.raises(BusUnavailable, match="worker w0 did not take it"):

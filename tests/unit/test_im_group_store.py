@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -52,8 +53,13 @@ async def drained(svc):
 
 
 async def started(tmp_path, limits=GroupLimits(max_members=10, write_limit=4, hysteresis=1), conns=None):
-    store = SqliteStore(tmp_path / "im.db")
-    await store.start()
+    """The service on a fresh store: SQLite in ``tmp_path``, or what a store backend of the contract
+    (tests/im_store_contract.py) opens when the test runs against another store."""
+    if not isinstance(tmp_path, Path):
+        store = await tmp_path.open()
+    else:
+        store = SqliteStore(tmp_path / "im.db")
+        await store.start()
     bus = Jobs()
     svc = ImService(store, Sessions(conns or {}), bus, groups=limits)
     await svc.start()

@@ -37,8 +37,9 @@ def test_equality_by_value_and_repr():
 
 def test_ordering_key():
     assert PushJob(KIND_ROOM, 1, b"", room_id="live://1").ordering_key() == "room:live://1"
-    for kind in (KIND_CONNS, KIND_JOIN, KIND_LEAVE):
-        assert PushJob(kind, 1, b"", server="p1").ordering_key() == "server:p1"
+    assert PushJob(KIND_CONNS, 1, b"", server="p1").ordering_key() == "server:p1"
+    for kind in (KIND_JOIN, KIND_LEAVE):  # with the room's pushes: a join precedes the room's next push
+        assert PushJob(kind, 0, b"", server="p1", room_id="im://g:1").ordering_key() == "room:im://g:1"
     assert PushJob(KIND_ALL, 1, b"").ordering_key() == "all"
 
 

@@ -63,6 +63,8 @@ class GroupsMixin:
         self._fanout_wake = asyncio.Event()
         self.fanout_linger = FANOUT_LINGER
         self._consumer: asyncio.Task | None = None
+        # another process fans out (the consumer role): async fn(stored) that tells it (imgate.im.fanout)
+        self.fanout_publish = None
         self.counters.update({"fanout_jobs": 0, "fanout_entries": 0})
 
     async def _start_groups(self) -> None:
@@ -87,7 +89,7 @@ class GroupsMixin:
                 log.warning("group fan-out round failed (retried): %s", e)
                 await asyncio.sleep(1.0)
                 continue
-            for stored in done:
+            for stored in [d for s in done for d in s.before + [s]]:  # a store's older jobs done first
                 self.counters["fanout_jobs"] += 1
                 self.counters["fanout_entries"] += len(stored.entries)
                 await self._deliver(stored, None)
@@ -102,6 +104,8 @@ class GroupsMixin:
         group's room."""
         if stored.job is not None:
             self._fanout_wake.set()
+            if self.fanout_publish is not None:
+                await self.fanout_publish(stored)
         for older in stored.earlier:
             await self._deliver(older, None)
         if stored.entries:

@@ -36,13 +36,14 @@ from importlib import resources
 from imgate.im.protocol import (
     E_BAD_REQUEST, E_CMID_CONFLICT, E_OUT_OF_RANGE, E_UNAVAILABLE, E_UNKNOWN_RECEIVER, ImError, conv_members,
 )
+from imgate.im.mysql_groups import MariaDbGroupsMixin
 from imgate.im.store import (
     INTERNAL_CMID_PREFIX, MessageStore, NewMessage, ReadResult, Stored, SyncPage, digest_of, msg_json,
 )
 
 log = logging.getLogger("imgate.im.mysql")
 
-_MSG_COLUMNS = "i.seq, m.id, m.conv, m.sender, m.receiver, m.grp, m.type, m.content, m.ts, m.cmid"
+_MSG_COLUMNS = "i.seq, m.id, m.conv, m.sender, m.receiver, m.grp, m.type, m.content, m.ts, m.cmid, m.gseq"
 RETRY_CODES = {1213, 1205, 1062, 1047, 1180, 1181}  # rolled back by the server: run the transaction again
 SWITCH_CODES = {1047}  # this node can't take queries now: try the next one too
 MAX_CMID = 255  # VARCHAR(255) in the schema
@@ -89,11 +90,11 @@ class _Lost(Exception):
     """The connection broke (the server died, timed out or refused): the outcome may be unknown."""
 
 
-class MariaDbStore(MessageStore):
+class MariaDbStore(MariaDbGroupsMixin, MessageStore):
     def __init__(self, addrs, *, user: str = "imgate", password: str = "", database: str = "im",
                  pool_size: int = 16, connect_timeout: float = 2.0, query_timeout: float = 10.0,
                  failover_timeout: float = 20.0, retention_days: float = 0, retention_entries: int = 0,
-                 prune_interval: float = 3600.0):
+                 prune_interval: float = 3600.0, batch_max: int = 64, max_queue: int = 20000):
         self.addrs = parse_addrs(addrs)
         self.user, self.password, self.database = user, password, database
         self.pool_size = pool_size
@@ -103,6 +104,11 @@ class MariaDbStore(MessageStore):
         self.retention_days = retention_days
         self.retention_entries = retention_entries
         self.prune_interval = prune_interval
+        self.batch_max = batch_max
+        self.max_queue = max_queue
+        self._queued: list = []          # sends waiting for a writer: (NewMessage, future)
+        self._writers = 0                # writer tasks running (at most pool_size)
+        self._writer_tasks: set = set()
         self.node = 0                    # index in addrs of the server every connection goes to
         self._idle: list = []            # connections to self.node, ready for a transaction
         self._slots: asyncio.Semaphore | None = None
@@ -253,15 +259,19 @@ class MariaDbStore(MessageStore):
     async def _store(self, cur, m: NewMessage, resumed: bool = False) -> Stored:
         if len(m.cmid) > MAX_CMID or len(m.type) > MAX_TYPE:
             raise ImError(E_BAD_REQUEST, f"cmid (at most {MAX_CMID} characters) or type ({MAX_TYPE}) too long")
-        await cur.execute("SELECT id, digest, sender_seq, ts FROM messages WHERE sender = %s AND cmid = %s",
+        await cur.execute("SELECT id, digest, sender_seq, ts, gseq FROM messages WHERE sender = %s AND cmid = %s",
                           (m.sender, m.cmid))
         row = await cur.fetchone()
         if row is not None:
             if bytes(row[1]) != m.digest:
                 raise ImError(E_CMID_CONFLICT, f"cmid {m.cmid!r} was used before for a different message")
-            if resumed:  # an earlier attempt of this call may have committed it: answer it as stored
+            if resumed and m.group is None:  # an earlier attempt may have committed it: answer it as stored
                 return await self._stored_again(cur, row[0], row[3])
-            return Stored(msg_id=row[0], ts=row[3], seqs={m.sender: row[2]}, duplicate=True)
+            # (a group message's fan-out job stays in the outbox: the consumer does it either way)
+            return Stored(msg_id=row[0], ts=row[3], seqs={m.sender: row[2]}, duplicate=True, gseq=row[4],
+                          group=m.group)
+        if m.group is not None:
+            return await self._store_group(cur, m)
         ts = self._now_ms()
         seqs = {}
         for owner in sorted(set(m.owners)):  # one lock order for every transaction: fewer deadlocks
@@ -277,16 +287,23 @@ class MariaDbStore(MessageStore):
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (m.sender, m.cmid, m.conv, m.to, m.group, m.type, m.content, m.digest, seqs[m.sender], ts))
         msg_id = cur.lastrowid
-        counts = m.type != "read"  # read notices are neither unread nor a conversation's last message
+        seqs = {o: seqs[o] for o in m.owners}
+        entries = await self._add_entries(cur, seqs, msg_id, m.sender, m.conv, m.to, None, m.type, m.content, ts,
+                                          m.cmid, None)
+        return Stored(msg_id=msg_id, ts=ts, seqs=seqs, entries=entries)
+
+    async def _add_entries(self, cur, seqs: dict, msg_id: int, sender: int, conv: str, to, group, type_: str,
+                           content, ts: int, cmid: str, gseq) -> dict:
+        """One inbox entry per owner (with the seq given) and its conversation row; owner -> msg JSON."""
+        counts = type_ != "read"  # read notices are neither unread nor a conversation's last message
         entries, rows, convs = {}, [], []
-        for owner in m.owners:
-            seq = seqs[owner]
-            unread = 1 if counts and owner != m.sender else 0
-            rows.append((owner, seq, msg_id, m.conv, unread, ts))
+        for owner, seq in seqs.items():
+            unread = 1 if counts and owner != sender else 0
+            rows.append((owner, seq, msg_id, conv, unread, ts))
             if counts:
-                peer = m.group if m.group is not None else (m.to if owner == m.sender else m.sender)
-                convs.append((owner, m.conv, peer, seq, msg_id, unread))
-            entries[owner] = msg_json(seq, msg_id, m.conv, m.sender, m.to, m.group, m.type, m.content, ts, m.cmid)
+                peer = group if group is not None else (to if owner == sender else sender)
+                convs.append((owner, conv, peer, seq, msg_id, unread))
+            entries[owner] = msg_json(seq, msg_id, conv, sender, to, group, type_, content, ts, cmid, gseq)
         # executemany sends each as one multi-row INSERT: one round trip for all owners
         await cur.executemany("INSERT INTO inbox (owner, seq, msg_id, conv, unread, ts) VALUES (%s, %s, %s, %s, %s, %s)",
                               rows)
@@ -295,8 +312,7 @@ class MariaDbStore(MessageStore):
                 "INSERT INTO conversations (owner, conv, peer, last_seq, last_msg_id, unread)"
                 " VALUES (%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq),"
                 " last_msg_id = VALUES(last_msg_id), unread = unread + VALUES(unread)", convs)
-        self.counters["writes"] += 1
-        return Stored(msg_id=msg_id, ts=ts, seqs={o: seqs[o] for o in m.owners}, entries=entries)
+        return entries
 
     async def _stored_again(self, cur, msg_id: int, ts: int) -> Stored:
         await cur.execute(f"SELECT i.owner, {_MSG_COLUMNS} FROM inbox i JOIN messages m ON m.id = i.msg_id"
@@ -328,7 +344,8 @@ class MariaDbStore(MessageStore):
 
     async def _mark_read(self, cur, uid: int, conv: str, seq: int, resumed: bool = False) -> ReadResult:
         members = conv_members(conv)
-        if members is None or uid not in members:
+        group = conv.startswith("g:")  # its conversation row exists if the user has entries of it
+        if not group and (members is None or uid not in members):
             raise ImError(E_BAD_REQUEST, f"conv {conv!r} is not a conversation of user {uid}")
         await cur.execute("SELECT max_seq FROM users WHERE uid = %s", (uid,))
         user = await cur.fetchone()
@@ -348,6 +365,8 @@ class MariaDbStore(MessageStore):
         unread = (await cur.fetchone())[0]
         await cur.execute("UPDATE conversations SET read_seq = %s, unread = %s WHERE owner = %s AND conv = %s",
                           (seq, unread, uid, conv))
+        if group:  # no read notice to a whole group: the reader's position and unread count only
+            return ReadResult(seq, None, peer)
         # a notice only when the read passes a message from the peer (as SqliteStore._mark_read)
         await cur.execute("SELECT 1 FROM inbox WHERE owner = %s AND conv = %s AND seq > %s AND seq <= %s AND unread = 1"
                           " LIMIT 1", (uid, conv, read_seq, seq))
@@ -401,7 +420,7 @@ class MariaDbStore(MessageStore):
     async def _conversations_now(self, cur, uid: int, limit: int, resumed: bool = False) -> str:
         await cur.execute(
             "SELECT c.conv, c.peer, c.unread, c.read_seq, c.last_seq, m.id, m.conv, m.sender, m.receiver, m.grp,"
-            " m.type, m.content, m.ts, m.cmid FROM conversations c JOIN messages m ON m.id = c.last_msg_id"
+            " m.type, m.content, m.ts, m.cmid, m.gseq FROM conversations c JOIN messages m ON m.id = c.last_msg_id"
             " WHERE c.owner = %s ORDER BY c.last_seq DESC LIMIT %s", (uid, limit))
         rows = await cur.fetchall()
         items = [f'{{"conv":{json.dumps(r[0])},"peer":{r[1]},"unread":{r[2]},"read_seq":{r[3]},'
@@ -420,9 +439,58 @@ class MariaDbStore(MessageStore):
         return await self._run(self._max_seq_now, uid) or 0
 
     async def send(self, msg: NewMessage) -> Stored:
-        stored = await self._run(self._store, msg)
-        self.counters["commits"] += 1
-        return stored
+        """Queued for a writer; answered once the transaction that holds it committed (module doc)."""
+        if self._closed:
+            raise ImError(E_UNAVAILABLE, "message store is closed")
+        if len(self._queued) >= self.max_queue:
+            raise ImError(E_UNAVAILABLE, f"message store is overloaded ({len(self._queued)} sends queued), nothing stored")
+        fut = asyncio.get_running_loop().create_future()
+        self._queued.append((msg, fut))
+        if self._writers < self.pool_size:
+            self._writers += 1
+            task = asyncio.get_running_loop().create_task(self._writer())
+            self._writer_tasks.add(task)
+            task.add_done_callback(self._writer_tasks.discard)
+        return await fut
+
+    async def _writer(self) -> None:
+        """Take a share of what is queued into one transaction, until nothing is. The share spreads the
+        queue over every connection (up to batch_max each): a send is several round trips, so one
+        transaction of all of them would run them one after the other while the pool idles; a few
+        each share the commit (a Galera round, an fsync) and keep the pool busy."""
+        try:
+            while self._queued:
+                n = min(self.batch_max, -(-len(self._queued) // self.pool_size))
+                batch, self._queued = self._queued[:n], self._queued[n:]
+                try:
+                    results = await self._run(self._store_batch, batch)
+                    self.counters["commits"] += 1
+                    self.counters["writes"] += sum(1 for ok, _ in results if ok)  # committed, not attempted
+                except ImError as e:  # the batch failed as a whole: nothing of it is stored
+                    results = [(False, e)] * len(batch)
+                except Exception as e:  # noqa: BLE001 - the writer must answer every send
+                    log.exception("message store: a batch of %d sends failed", len(batch))
+                    results = [(False, ImError(E_UNAVAILABLE, f"message store error, nothing stored: {e}"))] * len(batch)
+                for (_, fut), (ok, value) in zip(batch, results):
+                    if not fut.done():
+                        fut.set_result(value) if ok else fut.set_exception(value)
+        finally:
+            self._writers -= 1
+
+    async def _store_batch(self, cur, batch: list, resumed: bool = False) -> list:
+        """The sends of one transaction, (ok, Stored or ImError) each. A send the store refuses is rolled
+        back to its savepoint, the others stay; a lone send needs none (its refusal ends the transaction)."""
+        if len(batch) == 1:
+            return [(True, await self._store(cur, batch[0][0], resumed=resumed))]
+        results = []
+        for msg, _ in batch:
+            await cur.execute("SAVEPOINT one_send")
+            try:
+                results.append((True, await self._store(cur, msg, resumed=resumed)))
+            except ImError as e:
+                await cur.execute("ROLLBACK TO SAVEPOINT one_send")
+                results.append((False, e))
+        return results
 
     async def sync(self, uid: int, after: int, limit: int) -> SyncPage:
         return await self._run(self._sync_now, uid, after, limit)

@@ -54,6 +54,7 @@ class Stored:
     group: int | None = None
     msg: str | None = None      # a read-mode group message: its msg JSON (seq 0), pushed to online members
     earlier: list = field(default_factory=list)  # write mode: the sender's entries of older jobs, written first
+    before: list = field(default_factory=list)  # fan_out: the group's older jobs it did first (Stored each)
 
 
 @dataclass
@@ -186,9 +187,16 @@ class MessageStore(ABC):
         """Ids of the fan-out jobs not done yet, oldest first (the consumer's queue after a restart)."""
         return []
 
+    async def fanout_jobs_older(self, age: float, limit: int) -> list:
+        """Ids of the jobs queued more than ``age`` seconds ago and not done, oldest first (the consumer
+        role's outbox sweep: jobs whose Kafka record never came)."""
+        return []
+
     async def fan_out(self, job: int) -> Stored | None:
         """Write the job's inbox entries (each owner's next seq) and delete it, in one transaction;
-        None when it was done already. ``entries``/``seqs`` hold the owners written."""
+        None when it was done already. ``entries``/``seqs`` hold the owners written. A store whose
+        jobs may be done by concurrent transactions does the group's older jobs still pending first, in
+        the same transaction, and returns them in ``before``: entries always follow gseq order."""
         raise ImError(E_UNAVAILABLE, f"groups are not implemented by {type(self).__name__} yet")
 
     async def fan_out_next(self, limit: int) -> list:

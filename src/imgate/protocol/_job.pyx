@@ -39,9 +39,9 @@ cdef class PushJob:
 
     def ordering_key(self):
         """Jobs with the same key must be delivered in order (one user's or one room's pushes)."""
-        if self.kind == KIND_ROOM:
-            return "room:" + self.room_id
-        if self.kind in (KIND_CONNS, KIND_JOIN, KIND_LEAVE):
+        if self.kind == KIND_ROOM or self.kind == KIND_JOIN or self.kind == KIND_LEAVE:
+            return "room:" + self.room_id  # a join comes before the room's next push
+        if self.kind == KIND_CONNS:
             return "server:" + self.server
         return "all"
 

@@ -138,7 +138,15 @@ class Lifecycle:
                 self._final_disconnects.append(self.logic.disconnect(self.server_id, ch.conn_id, ch.mid))
             else:
                 self._spawn(self._disconnect(ch.conn_id, ch.mid))
+                if self.im_api is not self.logic:  # the im roles forget what it had not acked
+                    self._spawn(self._im_closed(ch.conn_id, ch.mid))
             ch.conn_id = 0
+
+    async def _im_closed(self, conn_id: int, mid: int) -> None:
+        try:
+            await self.im_api.disconnect(self.server_id, conn_id, mid)
+        except Exception as e:  # they drop it after ack_retries resends anyway
+            log.debug("im roles not told of closed conn %s: %s", conn_id, e)
 
     async def _disconnect(self, conn_id: int, mid: int) -> None:
         """Tell logic a session ended. With logic away, every client that leaves would fail here: counted,

@@ -236,9 +236,10 @@ class Operations:
             self.table.send(ch, encode_frame(f.op + 1, f.seq, body or b""))
 
     async def _im(self, ch: Channel, f) -> None:
-        """An IM operation (22-32): logic's IM service answers; the reply op follows the request's."""
+        """An IM operation (22-32): the IM service answers (logic's, or the im roles' when ``im_api`` is
+        their client); the reply op follows the request's."""
         try:
-            body = await self.logic.receive(self.server_id, ch.conn_id, ch.mid, f.op, f.seq, f.body)
+            body = await self.im_api.receive(self.server_id, ch.conn_id, ch.mid, f.op, f.seq, f.body)
         except Exception as e:
             log.warning("IM op %d from conn %s failed: %s", f.op, ch.conn_id, e)
             body = b'{"code": 503, "error": "IM service unavailable, nothing stored"}'

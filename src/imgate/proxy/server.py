@@ -47,6 +47,7 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle, Repair):
         self.config = config
         self.server_id = config.server_id
         self.logic = logic
+        self.im_api = logic  # where IM frames go: logic, or the im roles (imgate.rpc.im.ImClient)
         self.loop = loop or asyncio.get_event_loop()
         self.table = RoomTable(
             self.loop,

@@ -67,6 +67,10 @@ class KafkaBus(Bus):
             self._producer.poll(0.05)
 
     async def publish(self, job: PushJob) -> None:
+        await self.produce(encode_job(job), job.ordering_key().encode())
+
+    async def produce(self, value: bytes, key: bytes) -> None:
+        """One record on the topic; returns once Kafka has it (else BusUnavailable)."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 
@@ -74,8 +78,7 @@ class KafkaBus(Bus):
             loop.call_soon_threadsafe(_settle, fut, err)
 
         try:
-            self._producer.produce(self.topic, value=encode_job(job), key=job.ordering_key().encode(),
-                                   on_delivery=delivered)
+            self._producer.produce(self.topic, value=value, key=key, on_delivery=delivered)
         except BufferError:
             raise BusUnavailable("push queue to Kafka is full; retry later") from None
         except KafkaException as e:
@@ -103,8 +106,9 @@ class PushConsumer:
     """
 
     def __init__(self, bootstrap: str, topic: str, handler, *, group: str = "imgate-push", batch: int = 500,
-                 merge_window: float = 0.0):
+                 merge_window: float = 0.0, decode=decode_job):
         self.topic = topic
+        self.decode = decode  # Kafka value -> what the handler takes (a push job, a fan-out job id)
         self.handler = handler
         self.batch = batch
         self.merge_window = merge_window
@@ -146,7 +150,7 @@ class PushConsumer:
                         log.warning("kafka message error: %s", m.error())
                     continue
                 try:
-                    jobs.append(decode_job(m.value()))
+                    jobs.append(self.decode(m.value()))
                 except Exception as e:  # a corrupt job must not stop the partition
                     self.failed += 1
                     log.error("dropping undecodable push job at %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(), e)

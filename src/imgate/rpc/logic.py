@@ -131,7 +131,8 @@ class LogicClient:
 
     def __init__(self, addrs: list[str] | str, pool_size: int = 4, *, client_id: str = "",
                  timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                 spread: bool = False, max_batch: int = 1024, max_body: int = DEFAULT_MAX_BODY, **pool_kw):
+                 spread: bool = False, max_batch: int = 1024, max_body: int = DEFAULT_MAX_BODY,
+                 service: str = LOGIC_SERVICE, **pool_kw):
         if isinstance(addrs, str):
             addrs = [a.strip() for a in addrs.split(",") if a.strip()]
         if not addrs:
@@ -140,7 +141,7 @@ class LogicClient:
         self.timeout = timeout
         self.spread = spread
         self.max_batch = max_batch
-        self.pools = [RpcPool(a, LOGIC_SERVICE, size=pool_size, client_id=client_id, timeout=timeout,
+        self.pools = [RpcPool(a, service, size=pool_size, client_id=client_id, timeout=timeout,
                               connect_timeout=connect_timeout, max_body=max_body, **pool_kw)
                       for a in self.addrs]
         self._rr = 0

@@ -50,7 +50,7 @@ def _count(n):
 
 
 class ProxyRpcService(RpcService):
-    """Exposes a proxy's push_conns / push_room_batch / push_all over RPC
+    """Exposes a proxy's push_conns / push_room_batch / push_all / join_conns / leave_conns over RPC
     (service ``imgate.proxy``): a ``ProxyAPI`` in this process through its ``*_nowait`` methods, any
     other object through methods of those names (sync or async)."""
 
@@ -62,6 +62,8 @@ class ProxyRpcService(RpcService):
         self._conns = proxy.push_conns_nowait if at_once else proxy.push_conns
         self._room_batch = proxy.push_room_batch_nowait if at_once else proxy.push_room_batch
         self._all = proxy.push_all_nowait if at_once else proxy.push_all
+        self._join = proxy.join_conns_nowait if at_once else proxy.join_conns
+        self._leave = proxy.leave_conns_nowait if at_once else proxy.leave_conns
         if server_id is None:
             server_id = getattr(proxy, "server_id", "") or ""
         self.server = RpcServer(self.SERVICE, self.handlers(), server_id=server_id, **server_kw)
@@ -71,6 +73,8 @@ class ProxyRpcService(RpcService):
             pb.PUSH_CONNS: self._push_conns,
             pb.PUSH_ROOM_BATCH: self._push_room_batch,
             pb.PUSH_ALL: self._push_all,
+            pb.JOIN_CONNS: self._join_conns,
+            pb.LEAVE_CONNS: self._leave_conns,
         }
 
     def _push_conns(self, req: pb.PushConnsReq):
@@ -81,6 +85,12 @@ class ProxyRpcService(RpcService):
 
     def _push_all(self, req: pb.PushAllReq):
         return _count(self._all(req.op, req.body, req.speed))
+
+    def _join_conns(self, req: pb.RoomConnsReq):
+        return _count(self._join(list(req.conn_ids), req.room_id))
+
+    def _leave_conns(self, req: pb.RoomConnsReq):
+        return _count(self._leave(list(req.conn_ids), req.room_id))
 
 
 async def serve_proxy(proxy, host: str = "127.0.0.1", port: int = 0, *, ssl=None, path: str = "", **server_kw) -> ProxyRpcService:
@@ -141,6 +151,17 @@ class ProxyClient(ProxyAPI):
                                        lane=True)
         return _count_of(raw).count
 
+    async def join_conns(self, conn_ids: list[int], room_id: str) -> int:
+        """The connections join ``room_id`` (a read-mode group's room); returns those that did."""
+        raw = await self.pool.call_raw(pb.JOIN_CONNS, pb.RoomConnsReq(conn_ids=conn_ids, room_id=room_id)
+                                       .SerializeToString(), lane=True)
+        return _count_of(raw).count
+
+    async def leave_conns(self, conn_ids: list[int], room_id: str) -> int:
+        raw = await self.pool.call_raw(pb.LEAVE_CONNS, pb.RoomConnsReq(conn_ids=conn_ids, room_id=room_id)
+                                       .SerializeToString(), lane=True)
+        return _count_of(raw).count
+
     # one-way: queued on the lane at once; the count is of the connections named (see the module doc)
 
     def push_conns_nowait(self, conn_ids: list[int], op: int, body: bytes) -> int:
@@ -157,3 +178,11 @@ class ProxyClient(ProxyAPI):
     def push_all_nowait(self, op: int, body: bytes, speed: int = 0) -> int:
         self.pool.send(pb.PUSH_ALL, _PushAllReq(op=op, body=bytes(body), speed=speed).SerializeToString())
         return 0
+
+    def join_conns_nowait(self, conn_ids: list[int], room_id: str) -> int:
+        self.pool.send(pb.JOIN_CONNS, pb.RoomConnsReq(conn_ids=conn_ids, room_id=room_id).SerializeToString())
+        return len(conn_ids)
+
+    def leave_conns_nowait(self, conn_ids: list[int], room_id: str) -> int:
+        self.pool.send(pb.LEAVE_CONNS, pb.RoomConnsReq(conn_ids=conn_ids, room_id=room_id).SerializeToString())
+        return len(conn_ids)

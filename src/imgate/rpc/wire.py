@@ -26,6 +26,7 @@ from imgate.protocol import pb
 #: service names exchanged in HELLO: a client dialling the wrong kind of port is refused
 LOGIC_SERVICE = "imgate.logic"
 PROXY_SERVICE = "imgate.proxy"
+IM_SERVICE = "imgate.im"
 
 REPLY_FLAG = pb.REPLY_FLAG  # 0x10000
 ERROR_OP = pb.ERROR_OP      # 0x20000
@@ -56,6 +57,8 @@ REQUEST_TYPES: dict[int, type[Message]] = {
     pb.PUSH_CONNS: pb.PushConnsReq,
     pb.PUSH_ROOM_BATCH: pb.PushRoomBatchReq,
     pb.PUSH_ALL: pb.PushAllReq,
+    pb.JOIN_CONNS: pb.RoomConnsReq,
+    pb.LEAVE_CONNS: pb.RoomConnsReq,
     pb.PING: pb.Empty,
     pb.HELLO: pb.Hello,
 }
@@ -70,6 +73,8 @@ REPLY_TYPES: dict[int, type[Message]] = {
     pb.PUSH_CONNS: pb.CountReply,
     pb.PUSH_ROOM_BATCH: pb.CountReply,
     pb.PUSH_ALL: pb.CountReply,
+    pb.JOIN_CONNS: pb.CountReply,
+    pb.LEAVE_CONNS: pb.CountReply,
     pb.PING: pb.Empty,
     pb.HELLO: pb.HelloReply,
 }

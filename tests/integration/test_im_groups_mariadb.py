@@ -1,0 +1,69 @@
+"""The group tests of the SQLite store (tests/unit/test_im_group_store.py: the service with the real store,
+against a reference model of membership) run against MariaDbStore on the session's Galera pair, plus
+what only a store shared by several processes shows: two consumers doing one group's jobs at once, out
+of order, and jobs delivered twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("asyncmy")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))  # the SQLite module's helpers
+
+from helpers import run  # noqa: E402
+from imgate.im.fanout import FanoutWorker  # noqa: E402
+from imgate.im.service import ImService  # noqa: E402
+from imgate.im.store import GroupLimits  # noqa: E402
+from test_im_group_store import (  # noqa: E402,F401 - collected here against MariaDB
+    Jobs, Sessions, inbox_group_gseqs, test_group_unread_counts_and_read_position, test_membership_rules,
+    test_read_mode_goes_through_the_group_room, test_switches_both_ways_with_messages_in_flight,
+    test_write_mode_membership_and_switch_both_ways,
+)
+from test_im_store_mariadb import MariaDbBackend, opened  # noqa: E402
+
+
+@pytest.fixture
+def tmp_path(mariadb_addrs):
+    """Where the imported tests' store lives: here a fresh MariaDB database (test_im_group_store.started)."""
+    return MariaDbBackend(mariadb_addrs)
+
+
+def test_two_consumers_out_of_order_and_twice_write_each_entry_once_in_gseq_order(mariadb_addrs):
+    """Jobs of one group handed to two services on the two Galera nodes in reverse order, each job twice
+    (a Kafka redelivery): every member's inbox holds each message once, in gseq order, gapless."""
+    async def go():
+        backend = MariaDbBackend(mariadb_addrs)
+        store = await backend.open()
+        other = await opened(list(reversed(mariadb_addrs)), backend.db)
+        one = ImService(store, Sessions({}), Jobs(), groups=GroupLimits(write_limit=50), consumer=False)
+        two = ImService(other, Sessions({}), Jobs(), groups=GroupLimits(write_limit=50), consumer=False)
+        for svc in (one, two):
+            await svc.start()
+        g = (await one.create_group(1, {"name": "g", "members": [2, 3, 4]}))["group"]
+        for i in range(15):  # membership messages queue jobs (a member's send would do them first)
+            await one.change_members(g, None, {"add": [5]} if i % 2 == 0 else {"remove": [5]})
+        jobs = await store.fanout_jobs(100)
+        assert len(jobs) == 16
+
+        async def consume(svc, order):
+            for job in order:
+                await FanoutWorker(svc).fan_out(job)
+
+        await asyncio.gather(consume(one, list(reversed(jobs)) * 2), consume(two, jobs[::2] + jobs[1::2] + jobs))
+        assert await store.fanout_jobs(100) == []
+        for uid in (1, 2, 3, 4):
+            assert await inbox_group_gseqs(one, uid, g) == list(range(1, 17))
+        await one.send(2, {"cmid": "after", "group": g, "content": 1})
+        page = json.loads(await two.sync(2, {"after": 0, "limit": 1000}))  # its own entry at once
+        assert [m["gseq"] for m in page["msgs"]] == list(range(1, 18))
+        for svc in (one, two):
+            await svc.stop()
+            await svc.store.close()
+
+    run(go())
