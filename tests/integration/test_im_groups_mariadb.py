@@ -67,3 +67,53 @@ def test_two_consumers_out_of_order_and_twice_write_each_entry_once_in_gseq_orde
             await svc.store.close()
 
     run(go())
+
+
+def break_next_commit(store, broken: list) -> None:
+    """The next transaction's COMMIT reaches the server, then its connection dies before the OK."""
+    acquire = store._acquire
+
+    async def acquire_breaking_commit():
+        conn = await acquire()
+        if not broken:
+            real_commit = conn.commit
+
+            async def commit():
+                await real_commit()
+                conn.close()
+                broken.append(conn)
+                raise ConnectionResetError("the OK of the COMMIT was lost")
+
+            conn.commit = commit
+        return conn
+
+    store._acquire = acquire_breaking_commit
+
+
+@pytest.mark.parametrize("write_limit", [200, 2], ids=["write-mode", "read-mode"])
+def test_a_create_group_whose_commit_answer_is_lost_makes_one_group(mariadb_addrs, write_limit):
+    """The store re-runs a create_group whose COMMIT answer was lost: it answers the group the first
+    attempt made (its opening message and fan-out job), and makes no second one."""
+    async def go():
+        store = await MariaDbBackend(mariadb_addrs).open()
+        limits = GroupLimits(write_limit=write_limit, hysteresis=1)
+        broken = []
+        break_next_commit(store, broken)
+        gid, stored = await store.create_group(1, "lost", [2, 3], limits)
+        assert broken, "the fault was not injected"
+        groups = await store._run(store._jobs_now, "SELECT id FROM `groups`", ())
+        assert groups == [gid], f"{len(groups)} groups made by one request"
+        assert (await store.group_info(gid))["members"] == 3 and stored.gseq == 1 and stored.group == gid
+        if write_limit == 200:  # the job is there to be done once, with an entry per member
+            assert stored.job is not None and await store.fanout_jobs(10) == [stored.job]
+            done = await store.fan_out(stored.job)
+            assert sorted(done.seqs) == [1, 2, 3] and await store.fan_out(stored.job) is None
+        else:  # read mode: the opening message to push to the group's room
+            msg = json.loads(stored.msg)
+            assert (msg["group"], msg["gseq"], msg["type"], msg["content"]["add"]) == (gid, 1, "member", [1, 2, 3])
+            assert stored.job is None and await store.fanout_jobs(10) == []
+        gid2, _ = await store.create_group(1, "lost", [2, 3], limits)  # a new request is a new group
+        assert gid2 != gid
+        await store.close()
+
+    run(go())
