@@ -25,7 +25,7 @@ from test_im_group_store import (  # noqa: E402,F401 - collected here against Ma
     test_read_mode_goes_through_the_group_room, test_switches_both_ways_with_messages_in_flight,
     test_write_mode_membership_and_switch_both_ways,
 )
-from test_im_store_mariadb import MariaDbBackend, opened  # noqa: E402
+from test_im_store_mariadb import MariaDbBackend, break_next_commit, opened  # noqa: E402
 
 
 @pytest.fixture
@@ -67,27 +67,6 @@ def test_two_consumers_out_of_order_and_twice_write_each_entry_once_in_gseq_orde
             await svc.store.close()
 
     run(go())
-
-
-def break_next_commit(store, broken: list) -> None:
-    """The next transaction's COMMIT reaches the server, then its connection dies before the OK."""
-    acquire = store._acquire
-
-    async def acquire_breaking_commit():
-        conn = await acquire()
-        if not broken:
-            real_commit = conn.commit
-
-            async def commit():
-                await real_commit()
-                conn.close()
-                broken.append(conn)
-                raise ConnectionResetError("the OK of the COMMIT was lost")
-
-            conn.commit = commit
-        return conn
-
-    store._acquire = acquire_breaking_commit
 
 
 @pytest.mark.parametrize("write_limit", [200, 2], ids=["write-mode", "read-mode"])
