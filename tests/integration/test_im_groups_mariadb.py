@@ -25,7 +25,7 @@ from test_im_group_store import (  # noqa: E402,F401 - collected here against Ma
     test_read_mode_goes_through_the_group_room, test_switches_both_ways_with_messages_in_flight,
     test_write_mode_membership_and_switch_both_ways,
 )
-from test_im_store_mariadb import MariaDbBackend, opened  # noqa: E402
+from test_im_store_mariadb import MariaDbBackend, break_next_commit, opened  # noqa: E402
 
 
 @pytest.fixture
@@ -65,5 +65,34 @@ def test_two_consumers_out_of_order_and_twice_write_each_entry_once_in_gseq_orde
         for svc in (one, two):
             await svc.stop()
             await svc.store.close()
+
+    run(go())
+
+
+@pytest.mark.parametrize("write_limit", [200, 2], ids=["write-mode", "read-mode"])
+def test_a_create_group_whose_commit_answer_is_lost_makes_one_group(mariadb_addrs, write_limit):
+    """The store re-runs a create_group whose COMMIT answer was lost: it answers the group the first
+    attempt made (its opening message and fan-out job), and makes no second one."""
+    async def go():
+        store = await MariaDbBackend(mariadb_addrs).open()
+        limits = GroupLimits(write_limit=write_limit, hysteresis=1)
+        broken = []
+        break_next_commit(store, broken)
+        gid, stored = await store.create_group(1, "lost", [2, 3], limits)
+        assert broken, "the fault was not injected"
+        groups = await store._run(store._jobs_now, "SELECT id FROM `groups`", ())
+        assert groups == [gid], f"{len(groups)} groups made by one request"
+        assert (await store.group_info(gid))["members"] == 3 and stored.gseq == 1 and stored.group == gid
+        if write_limit == 200:  # the job is there to be done once, with an entry per member
+            assert stored.job is not None and await store.fanout_jobs(10) == [stored.job]
+            done = await store.fan_out(stored.job)
+            assert sorted(done.seqs) == [1, 2, 3] and await store.fan_out(stored.job) is None
+        else:  # read mode: the opening message to push to the group's room
+            msg = json.loads(stored.msg)
+            assert (msg["group"], msg["gseq"], msg["type"], msg["content"]["add"]) == (gid, 1, "member", [1, 2, 3])
+            assert stored.job is None and await store.fanout_jobs(10) == []
+        gid2, _ = await store.create_group(1, "lost", [2, 3], limits)  # a new request is a new group
+        assert gid2 != gid
+        await store.close()
 
     run(go())

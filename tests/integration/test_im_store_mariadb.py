@@ -48,6 +48,27 @@ async def opened(addrs, db, **kw) -> MariaDbStore:
     return store
 
 
+def break_next_commit(store, broken: list) -> None:
+    """The next transaction's COMMIT reaches the server, then its connection dies before the OK."""
+    acquire = store._acquire
+
+    async def acquire_breaking_commit():
+        conn = await acquire()
+        if not broken:
+            real_commit = conn.commit
+
+            async def commit():
+                await real_commit()
+                conn.close()
+                broken.append(conn)
+                raise ConnectionResetError("the OK of the COMMIT was lost")
+
+            conn.commit = commit
+        return conn
+
+    store._acquire = acquire_breaking_commit
+
+
 @pytest.fixture
 def backend(mariadb_addrs):
     return MariaDbBackend(mariadb_addrs)
@@ -83,24 +104,8 @@ def test_a_commit_whose_answer_is_lost_is_answered_and_delivered_once(backend):
     async def go():
         store = await backend.open()
         await store.open_inbox(2)
-        acquire = store._acquire
         broken = []
-
-        async def acquire_breaking_commit():
-            conn = await acquire()
-            if not broken:
-                real_commit = conn.commit
-
-                async def commit():
-                    await real_commit()
-                    conn.close()
-                    broken.append(conn)
-                    raise ConnectionResetError("the OK of the COMMIT was lost")
-
-                conn.commit = commit
-            return conn
-
-        store._acquire = acquire_breaking_commit
+        break_next_commit(store, broken)
         got = await store.send(new_message(1, 2, "lost-ok", "hi"))
         assert broken, "the fault was not injected"
         assert not got.duplicate and set(got.entries) == {1, 2} and got.seqs == {1: 1, 2: 1}

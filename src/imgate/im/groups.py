@@ -164,7 +164,7 @@ class GroupsMixin:
             raise ImError(E_BAD_REQUEST, "'name' is not valid UTF-8 text (it holds a lone surrogate)") from None
         members = _uids(body, "members", self.groups.max_members)
         gid, stored = await self.store.create_group(owner, name, members, self.groups)
-        if stored.job is None:  # large at once: read mode; rooms first, so the creation reaches them
+        if stored.msg is not None:  # large at once: read mode; rooms first, so the creation reaches them
             self._any_read_mode = True
             await self._rooms(gid, KIND_JOIN, set(members) | {owner})
         await self._after_group_store(stored, None)

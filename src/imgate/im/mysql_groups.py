@@ -13,14 +13,12 @@ Galera node the second commit fails certification instead, and its re-run finds 
 from __future__ import annotations
 
 import json
+import os
 import time
 
-from imgate.im.protocol import E_CONFLICT, E_FORBIDDEN, E_OUT_OF_RANGE, E_UNKNOWN_RECEIVER, ImError
-from imgate.im.store import INTERNAL_CMID_PREFIX, GroupLimits, NewMessage, Stored, digest_of, msg_json
-
-
-def group_conv(group: int) -> str:
-    return f"g:{group}"
+from imgate.im.membership import create_note, plan_change, plan_create, switch_mark, system_message
+from imgate.im.protocol import E_FORBIDDEN, E_OUT_OF_RANGE, E_UNKNOWN_RECEIVER, ImError
+from imgate.im.store import INTERNAL_CMID_PREFIX, GroupLimits, NewMessage, Stored, msg_json
 
 
 class MariaDbGroupsMixin:
@@ -99,81 +97,75 @@ class MariaDbGroupsMixin:
 
     async def _system_message(self, cur, group: int, sender: int, type_: str, body: dict, mode: str,
                               owners: list) -> Stored:
-        content = json.dumps(body, separators=(",", ":"), sort_keys=True)
         await cur.execute("SELECT max_gseq + 1 FROM `groups` WHERE id = %s FOR UPDATE", (group,))
         gseq_next = (await cur.fetchone())[0]
-        cmid = f"{INTERNAL_CMID_PREFIX}{type_}:{group}:{gseq_next}"
-        m = NewMessage(sender, cmid, group_conv(group), None, group, type_, content,
-                       digest_of(None, group, type_, content), (sender,))
-        return await self._group_message(cur, m, mode, owners)
+        return await self._group_message(cur, system_message(group, sender, type_, body, gseq_next), mode, owners)
 
     async def _open_users(self, cur, uids, ts: int) -> None:
         if uids:
             await cur.executemany("INSERT INTO users (uid, created) VALUES (%s, %s) ON DUPLICATE KEY UPDATE uid = uid",
                                   [(u, ts) for u in uids])  # (INSERT IGNORE would log a warning per known user)
 
-    async def _create_group(self, cur, owner: int, name: str, members: list, limits: GroupLimits,
+    async def _create_group(self, cur, owner: int, name: str, members: list, limits: GroupLimits, token: bytes,
                             resumed: bool = False) -> tuple:
-        members = sorted(set(members) | {owner})
-        if len(members) > limits.max_members:
-            raise ImError(E_CONFLICT, f"{len(members)} members is beyond group_max_members ({limits.max_members})")
+        """``token``: this request's, stored with the group; a re-run after a lost connection (the COMMIT
+        may have happened) looks it up and answers the group it finds instead of making another."""
+        if resumed:
+            await cur.execute("SELECT id FROM `groups` WHERE create_token = %s", (token,))
+            row = await cur.fetchone()
+            if row is not None:
+                return row[0], await self._created_again(cur, row[0])
+        new = plan_create(owner, members, limits)
         ts = int(time.time() * 1000)
-        mode = limits.mode("write", len(members))
-        await cur.execute("INSERT INTO `groups` (name, owner, members, mode, created) VALUES (%s, %s, %s, %s, %s)",
-                          (name, owner, len(members), mode, ts))
+        await cur.execute("INSERT INTO `groups` (name, owner, members, mode, created, create_token)"
+                          " VALUES (%s, %s, %s, %s, %s, %s)", (name, owner, len(new.members), new.mode, ts, token))
         gid = cur.lastrowid
-        await self._open_users(cur, members, ts)
+        await self._open_users(cur, new.members, ts)
         await cur.executemany("INSERT INTO group_members (grp, uid, role, joined_gseq) VALUES (%s, %s, %s, 0)",
-                              [(gid, u, "owner" if u == owner else "member") for u in members])
-        stored = await self._system_message(cur, gid, owner, "member", {"add": members, "remove": [], "by": owner,
-                                                                         "name": name, "mode": mode}, mode, members)
+                              [(gid, u, new.role(u, owner)) for u in new.members])
+        stored = await self._system_message(cur, gid, owner, "member", create_note(owner, name, new), new.mode,
+                                            new.members)
         return gid, stored
+
+    async def _created_again(self, cur, group: int) -> Stored:
+        """The opening message of a group an earlier attempt created, as that attempt would have answered
+        it (its answer was lost: nothing that follows a commit happened): the fan-out job if still
+        waiting (the consumer does it once either way), the msg in read mode (pushed to the room)."""
+        await cur.execute("SELECT m.id, m.sender, m.conv, m.type, m.content, m.ts, m.cmid, m.gseq, g.mode, o.id"
+                          " FROM messages m JOIN `groups` g ON g.id = m.grp LEFT JOIN group_outbox o ON o.msg_id = m.id"
+                          " WHERE m.grp = %s AND m.gseq = 1", (group,))
+        msg_id, sender, conv, type_, content, ts, cmid, gseq, mode, job = await cur.fetchone()
+        msg = msg_json(0, msg_id, conv, sender, None, group, type_, content, ts, cmid, gseq) if mode == "read" else None
+        return Stored(msg_id=msg_id, ts=ts, seqs={sender: 0}, gseq=gseq, job=job, group=group, msg=msg)
 
     async def _change_members(self, cur, group: int, actor: int | None, add: list, remove: list, admins: list,
                               limits: GroupLimits, resumed: bool = False) -> tuple:
         owner, count, mode, max_gseq = await self._group_row(cur, group)
-        by = owner if actor is None else actor
-        if actor is not None and await self._member_role(cur, group, actor) not in ("owner", "admin"):
-            raise ImError(E_FORBIDDEN, f"user {actor} is not the owner or an admin of group {group}")
-        if owner in remove:
-            raise ImError(E_CONFLICT, f"user {owner} is the owner of group {group} and cannot be removed")
-        old = set(await self._members(cur, group))
-        added = sorted(set(add) - old)
-        removed = sorted((set(remove) & old) - set(add))
-        new_count = count + len(added) - len(removed)
-        if new_count > limits.max_members:
-            raise ImError(E_CONFLICT, f"{new_count} members is beyond group_max_members ({limits.max_members})")
-        unknown = sorted(set(admins) - (old | set(added)) | (set(admins) & set(removed)))
-        if unknown:
-            raise ImError(E_CONFLICT, f"admins must be members of group {group}: {unknown} are not")
+        role = None if actor is None else await self._member_role(cur, group, actor)
+        c = plan_change(group, owner, count, mode, actor, role, await self._members(cur, group), add, remove,
+                        admins, limits)
         ts = int(time.time() * 1000)
-        await self._open_users(cur, added, ts)
-        if added:  # joined after the message that announces the join: a member sees nothing from before it
+        await self._open_users(cur, c.added, ts)
+        if c.added:  # joined after the message that announces the join: a member sees nothing from before it
             await cur.executemany("INSERT INTO group_members (grp, uid, role, joined_gseq) VALUES (%s, %s, 'member', %s)",
-                                  [(group, u, max_gseq) for u in added])
-        if removed:
-            await cur.executemany("DELETE FROM group_members WHERE grp = %s AND uid = %s", [(group, u) for u in removed])
-        if admins:
+                                  [(group, u, max_gseq) for u in c.added])
+        if c.removed:
+            await cur.executemany("DELETE FROM group_members WHERE grp = %s AND uid = %s", [(group, u) for u in c.removed])
+        if c.admins:
             await cur.executemany("UPDATE group_members SET role = 'admin' WHERE grp = %s AND uid = %s AND role = 'member'",
-                                  [(group, u) for u in admins])
-        await cur.execute("UPDATE `groups` SET members = %s WHERE id = %s", (new_count, group))
+                                  [(group, u) for u in c.admins])
+        await cur.execute("UPDATE `groups` SET members = %s WHERE id = %s", (c.count, group))
         out = []
-        if added or removed:  # the removed learn of their removal; the added see it first
-            out.append(await self._system_message(cur, group, by, "member", {"add": added, "remove": removed, "by": by},
-                                                  mode, sorted(old | set(added))))
-        new_mode = limits.mode(mode, new_count)
-        if new_mode != mode:
-            await cur.execute("UPDATE `groups` SET mode = %s WHERE id = %s", (new_mode, group))
-            members = sorted((old | set(added)) - set(removed))
-            # fanned out either way: every member learns of the switch in its inbox
-            switch = await self._system_message(cur, group, by, "mode", {"mode": new_mode, "members": new_count},
-                                                "write", members)
-            if new_mode == "read":  # SYNC's cursors start here: what came before is in the inboxes
-                await cur.execute("UPDATE `groups` SET read_from = %s WHERE id = %s", (switch.gseq, group))
-            else:  # what came before is in the timeline only: SYNC lists it until pulled
-                await cur.execute("UPDATE `groups` SET read_until = %s WHERE id = %s", (switch.gseq - 1, group))
+        note = c.member_note()
+        if note is not None:
+            out.append(await self._system_message(cur, group, c.by, "member", note[0], mode, note[1]))
+        if c.switched:
+            await cur.execute("UPDATE `groups` SET mode = %s WHERE id = %s", (c.mode, group))
+            switch = await self._system_message(cur, group, c.by, "mode", c.mode_note(), "write", c.members)
+            column, value = switch_mark(c.mode, switch.gseq)
+            await cur.execute(f"UPDATE `groups` SET {column} = %s WHERE id = %s", (value, group))
             out.append(switch)
-        return new_count, new_mode, out, new_mode != mode
+        return c.count, c.mode, out, c.switched
 
     async def _fan_out(self, cur, job: int, resumed: bool = False) -> Stored | None:
         """The job and, first, its group's older jobs still pending (locked in gseq order: a concurrent
@@ -273,7 +265,7 @@ class MariaDbGroupsMixin:
     # ------------------------------------------------------------------ the interface
 
     async def create_group(self, owner: int, name: str, members: list, limits: GroupLimits) -> tuple:
-        return await self._run(self._create_group, owner, name, members, limits)
+        return await self._run(self._create_group, owner, name, members, limits, os.urandom(16))
 
     async def change_members(self, group: int, actor: int | None, add: list, remove: list, admins: list,
                              limits: GroupLimits) -> tuple:

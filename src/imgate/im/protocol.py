@@ -24,7 +24,10 @@ E_TOO_LARGE = 413          # content over max_message_bytes
 E_OUT_OF_RANGE = 416       # sync/ack/read beyond the inbox, or a negative or huge range
 E_BUSY = 429              # the connection has im_max_inflight requests unanswered (the proxy answers)
 E_RATE_LIMITED = 429       # the user sends or reads faster than im_user_rate, across its connections
-E_UNAVAILABLE = 503        # the store refused the write (locked, disk full, overloaded): nothing stored
+E_UNAVAILABLE = 503        # the store refused the write (locked, disk full, overloaded): nothing stored;
+                           # from a proxy whose RPC call timed out or broke: the error says it may be stored
+
+MAX_CMID = 128             # characters of a client's cmid
 
 INT64_MAX = (1 << 63) - 1
 

@@ -18,7 +18,7 @@ import time
 
 from imgate.im.protocol import (
     E_BAD_REQUEST, E_FORBIDDEN, E_OUT_OF_RANGE, E_RATE_LIMITED, E_TOO_LARGE, E_UNAVAILABLE, OP_GROUP_ACK, OP_GROUP_PULL, OP_MSG_ACK,
-    OP_MSG_PUSH, OP_MSG_SEND, OP_READ, OP_SYNC, ImError, error_body, get_int, parse_body, single_conv,
+    MAX_CMID, OP_MSG_PUSH, OP_MSG_SEND, OP_READ, OP_SYNC, ImError, error_body, get_int, parse_body, single_conv,
 )
 from imgate.im.groups import GroupsMixin
 from imgate.im.store import INTERNAL_CMID_PREFIX, GroupLimits, MessageStore, NewMessage, Stored, digest_of
@@ -26,7 +26,6 @@ from imgate.protocol import KIND_CONNS, PushJob
 
 log = logging.getLogger("imgate.im")
 
-MAX_CMID = 128
 MAX_TYPE = 32
 RESERVED_TYPES = frozenset({"read", "member", "mode"})  # made by the server only
 MAX_DEPTH = 100  # nesting of a message's content (objects and arrays)

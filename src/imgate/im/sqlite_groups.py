@@ -13,15 +13,12 @@ import json
 import sqlite3
 import time
 
-from imgate.im.protocol import E_CONFLICT, E_FORBIDDEN, E_OUT_OF_RANGE, E_UNKNOWN_RECEIVER, ImError
-from imgate.im.store import INTERNAL_CMID_PREFIX, GroupLimits, NewMessage, Stored, digest_of, msg_json
+from imgate.im.membership import create_note, plan_change, plan_create, switch_mark, system_message
+from imgate.im.protocol import E_FORBIDDEN, E_OUT_OF_RANGE, E_UNKNOWN_RECEIVER, ImError
+from imgate.im.store import INTERNAL_CMID_PREFIX, GroupLimits, NewMessage, Stored, msg_json
 
 
 OWED_SCAN_MAX = 4  # waiting jobs of a group a send takes its sender off; beyond, it fans them out
-
-
-def group_conv(group: int) -> str:
-    return f"g:{group}"
 
 
 class GroupsMixin:
@@ -104,75 +101,48 @@ class GroupsMixin:
 
     def _system_message(self, conn, group: int, sender: int, type_: str, body: dict, mode: str,
                         owners: list) -> Stored:
-        content = json.dumps(body, separators=(",", ":"), sort_keys=True)
         gseq_next = conn.execute("SELECT max_gseq + 1 FROM groups WHERE id = ?", (group,)).fetchone()[0]
-        cmid = f"{INTERNAL_CMID_PREFIX}{type_}:{group}:{gseq_next}"
-        m = NewMessage(sender, cmid, group_conv(group), None, group, type_, content,
-                       digest_of(None, group, type_, content), (sender,))
-        return self._group_message(conn, m, mode, owners)
+        return self._group_message(conn, system_message(group, sender, type_, body, gseq_next), mode, owners)
 
     def _create_group(self, conn: sqlite3.Connection, owner: int, name: str, members: list,
                       limits: GroupLimits) -> tuple:
-        members = sorted(set(members) | {owner})
-        if len(members) > limits.max_members:
-            raise ImError(E_CONFLICT, f"{len(members)} members is beyond group_max_members ({limits.max_members})")
+        new = plan_create(owner, members, limits)
         ts = int(time.time() * 1000)
-        mode = limits.mode("write", len(members))
         gid = conn.execute("INSERT INTO groups (name, owner, members, mode, created) VALUES (?, ?, ?, ?, ?)",
-                           (name, owner, len(members), mode, ts)).lastrowid
-        conn.executemany("INSERT OR IGNORE INTO users (uid, created) VALUES (?, ?)", [(u, ts) for u in members])
+                           (name, owner, len(new.members), new.mode, ts)).lastrowid
+        conn.executemany("INSERT OR IGNORE INTO users (uid, created) VALUES (?, ?)", [(u, ts) for u in new.members])
         conn.executemany("INSERT INTO group_members (grp, uid, role, joined_gseq) VALUES (?, ?, ?, 0)",
-                         [(gid, u, "owner" if u == owner else "member") for u in members])
-        stored = self._system_message(conn, gid, owner, "member", {"add": members, "remove": [], "by": owner,
-                                                                    "name": name, "mode": mode}, mode, members)
+                         [(gid, u, new.role(u, owner)) for u in new.members])
+        stored = self._system_message(conn, gid, owner, "member", create_note(owner, name, new), new.mode,
+                                      new.members)
         return gid, stored
 
     def _change_members(self, conn: sqlite3.Connection, group: int, actor: int | None, add: list, remove: list,
                         admins: list, limits: GroupLimits) -> tuple:
         owner, count, mode, max_gseq = self._group_row(conn, group)
-        by = owner if actor is None else actor
-        if actor is not None and self._member_role(conn, group, actor) not in ("owner", "admin"):
-            raise ImError(E_FORBIDDEN, f"user {actor} is not the owner or an admin of group {group}")
-        if owner in remove:
-            raise ImError(E_CONFLICT, f"user {owner} is the owner of group {group} and cannot be removed")
-        old = {u for (u,) in conn.execute("SELECT uid FROM group_members WHERE grp = ?", (group,))}
-        added = sorted(set(add) - old)
-        removed = sorted((set(remove) & old) - set(add))
-        new_count = count + len(added) - len(removed)
-        if new_count > limits.max_members:
-            raise ImError(E_CONFLICT, f"{new_count} members is beyond group_max_members ({limits.max_members})")
-        unknown = sorted(set(admins) - (old | set(added)) | (set(admins) & set(removed)))
-        if unknown:
-            raise ImError(E_CONFLICT, f"admins must be members of group {group}: {unknown} are not")
+        role = None if actor is None else self._member_role(conn, group, actor)
+        old = [u for (u,) in conn.execute("SELECT uid FROM group_members WHERE grp = ?", (group,))]
+        c = plan_change(group, owner, count, mode, actor, role, old, add, remove, admins, limits)
         ts = int(time.time() * 1000)
         # joined after the message that announces the join: a member sees nothing from before it
-        conn.executemany("INSERT OR IGNORE INTO users (uid, created) VALUES (?, ?)", [(u, ts) for u in added])
+        conn.executemany("INSERT OR IGNORE INTO users (uid, created) VALUES (?, ?)", [(u, ts) for u in c.added])
         conn.executemany("INSERT INTO group_members (grp, uid, role, joined_gseq) VALUES (?, ?, 'member', ?)",
-                         [(group, u, max_gseq) for u in added])
-        conn.executemany("DELETE FROM group_members WHERE grp = ? AND uid = ?", [(group, u) for u in removed])
+                         [(group, u, max_gseq) for u in c.added])
+        conn.executemany("DELETE FROM group_members WHERE grp = ? AND uid = ?", [(group, u) for u in c.removed])
         conn.executemany("UPDATE group_members SET role = 'admin' WHERE grp = ? AND uid = ? AND role = 'member'",
-                         [(group, u) for u in admins])
-        conn.execute("UPDATE groups SET members = ? WHERE id = ?", (new_count, group))
+                         [(group, u) for u in c.admins])
+        conn.execute("UPDATE groups SET members = ? WHERE id = ?", (c.count, group))
         out = []
-        if added or removed:
-            # the removed learn of their removal; the added see it as their first message
-            owners = sorted((old | set(added)))
-            out.append(self._system_message(conn, group, by, "member",
-                                            {"add": added, "remove": removed, "by": by}, mode, owners))
-        new_mode = limits.mode(mode, new_count)
-        if new_mode != mode:
-            conn.execute("UPDATE groups SET mode = ? WHERE id = ?", (new_mode, group))
-            members = sorted((old | set(added)) - set(removed))
-            # announced in both modes' terms: the old mode's members get it as their last fan-out
-            # fanned out either way: every member learns of the switch in its inbox
-            switch = self._system_message(conn, group, by, "mode", {"mode": new_mode, "members": new_count},
-                                          "write", members)
-            if new_mode == "read":  # SYNC's cursors start here: what came before is in the inboxes
-                conn.execute("UPDATE groups SET read_from = ? WHERE id = ?", (switch.gseq, group))
-            else:  # what came before is in the timeline only: SYNC lists it until pulled
-                conn.execute("UPDATE groups SET read_until = ? WHERE id = ?", (switch.gseq - 1, group))
+        note = c.member_note()
+        if note is not None:
+            out.append(self._system_message(conn, group, c.by, "member", note[0], mode, note[1]))
+        if c.switched:
+            conn.execute("UPDATE groups SET mode = ? WHERE id = ?", (c.mode, group))
+            switch = self._system_message(conn, group, c.by, "mode", c.mode_note(), "write", c.members)
+            column, value = switch_mark(c.mode, switch.gseq)
+            conn.execute(f"UPDATE groups SET {column} = ? WHERE id = ?", (value, group))
             out.append(switch)
-        return new_count, new_mode, out, new_mode != mode
+        return c.count, c.mode, out, c.switched
 
     def _fan_out(self, conn: sqlite3.Connection, job: int) -> Stored | None:
         row = conn.execute("SELECT o.owners, m.id, m.sender, m.conv, m.grp, m.type, m.content, m.ts, m.cmid, m.gseq"

@@ -10,6 +10,7 @@ import time
 
 from imgate.auth import AuthError
 from imgate.core import encode_frame
+from imgate.im.protocol import MAX_CMID
 from imgate.protocol.ops import (
     OP_AUTH,
     OP_AUTH_REPLY,
@@ -21,6 +22,7 @@ from imgate.protocol.ops import (
     OP_JOIN_ROOM_REPLY,
     OP_LEAVE_ROOM,
     OP_LEAVE_ROOM_REPLY,
+    OP_MSG_SEND,
     OP_SEND_MSG,
     OP_SUB,
     OP_UNSUB,
@@ -33,6 +35,30 @@ from imgate.proxy.limits import RATE_LIMITED
 log = logging.getLogger("imgate.proxy")
 
 _INT32 = struct.Struct(">i")
+
+
+def im_failure(e: Exception, op: int, request: bytes) -> bytes:
+    """The 503 a client gets when the IM service did not answer its request. It says only what is
+    true: "nothing stored" when the request certainly never reached the service (an RPC error with
+    ``sent`` False: refused before it was written); after a timeout or a connection lost in flight
+    the service may have stored it, and the client must resend it with the same cmid (it is then
+    answered as stored, not stored twice). A send's reply carries its cmid, like the service's."""
+    if getattr(e, "sent", None) is False:
+        fields = {"code": 503, "error": "IM service unavailable, nothing stored: resend it later"}
+    elif isinstance(e, TimeoutError):
+        fields = {"code": 503, "error": "IM service did not answer in time; the message may be stored: "
+                                        "resend it with the same cmid"}
+    else:
+        fields = {"code": 503, "error": "IM service failed before answering; the message may be stored: "
+                                        "resend it with the same cmid"}
+    if op == OP_MSG_SEND:
+        try:  # the client's own body (checked by the service, not here): only a plain cmid is echoed
+            cmid = json.loads(request).get("cmid")
+        except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
+            cmid = None
+        if isinstance(cmid, str) and 0 < len(cmid) <= MAX_CMID:
+            fields["cmid"] = cmid
+    return json.dumps(fields).encode()
 
 
 class Operations:
@@ -242,7 +268,7 @@ class Operations:
             body = await self.im_api.receive(self.server_id, ch.conn_id, ch.mid, f.op, f.seq, f.body)
         except Exception as e:
             log.warning("IM op %d from conn %s failed: %s", f.op, ch.conn_id, e)
-            body = b'{"code": 503, "error": "IM service unavailable, nothing stored"}'
+            body = im_failure(e, f.op, f.body)
         finally:
             ch.im_inflight -= 1
         if body and ch in self.table:

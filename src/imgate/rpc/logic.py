@@ -191,6 +191,7 @@ class LogicClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         last: RpcUnavailable | None = None
+        sent = False  # an earlier attempt may have reached its logic: the caller must not hear "not sent"
         for i, pool in enumerate(self._order()):
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -202,10 +203,12 @@ class LogicClient:
             except RpcUnavailable as e:
                 if e.sent and not idempotent:
                     raise  # it may have been acted on: do not repeat it on another logic
-                last = e
+                last, sent = e, sent or e.sent
                 continue
             return reply
-        raise last or RpcUnavailable(f"no logic reachable among {', '.join(self.addrs)}")
+        last = last or RpcUnavailable(f"no logic reachable among {', '.join(self.addrs)}")
+        last.sent = last.sent or sent
+        raise last
 
     # ------------------------------------------------------------------ LogicAPI
 

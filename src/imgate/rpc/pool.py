@@ -268,11 +268,15 @@ class RpcPool:
             if loop is None:
                 raise RpcUnavailable(f"rpc pool {self.addr} ({self.service}) is closed")
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
-        attempts = 0
+        attempts, sent = 0, False  # sent: an earlier attempt may have reached the peer
         while True:
             conn = self.lane() if lane else self._pick()
             if conn is None:
-                conn = await self._wait_live(deadline)
+                try:
+                    conn = await self._wait_live(deadline)
+                except RpcUnavailable as e:
+                    e.sent = sent
+                    raise
                 if lane:
                     conn = self.lane() or conn
             try:
@@ -281,7 +285,8 @@ class RpcPool:
                 return await conn.request(method, body, deadline)
             except RpcUnavailable as e:
                 attempts += 1
-                if (e.sent and not idempotent) or attempts > self.size or loop.time() >= deadline:
+                sent = e.sent = sent or e.sent
+                if (sent and not idempotent) or attempts > self.size or loop.time() >= deadline:
                     raise
                 # the request never reached the peer (or may safely be repeated): try another connection
 
