@@ -182,3 +182,10 @@ async def pushed_frame(client, timeout: float = 30) -> list:
         if frame.op == OP_MSG_PUSH:
             return json.loads(frame.body)["msgs"]
 
+
+async def pushed(client) -> dict:
+    """The next op-24 entry ``client`` gets, its frame holding exactly one."""
+    msgs = await pushed_frame(client)
+    assert len(msgs) == 1
+    return msgs[0]
+

@@ -13,7 +13,7 @@ pytest.importorskip("asyncmy")
 
 from imgate import client as imclient  # noqa: E402
 
-from clusterutil import ahttp, mariadb_cluster, pushed_frame  # noqa: E402
+from clusterutil import ahttp, mariadb_cluster, pushed  # noqa: E402
 from helpers import run  # noqa: E402
 from polling import wait_until_async  # noqa: E402
 
@@ -30,12 +30,6 @@ def cluster(request, tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs
     yield c
     c.stop()
 
-
-async def pushed(client) -> dict:
-    """The next op-24 entry this connection gets (one per frame here)."""
-    msgs = await pushed_frame(client)
-    assert len(msgs) == 1
-    return msgs[0]
 
 
 def test_a_message_between_proxies_and_back_through_the_other_logic(cluster):

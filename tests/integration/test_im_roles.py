@@ -14,7 +14,7 @@ pytest.importorskip("asyncmy")
 from imgate import client as imclient  # noqa: E402
 from imgate.im.protocol import OP_MSG_PUSH  # noqa: E402
 
-from clusterutil import ahttp, mariadb_cluster, pushed_frame  # noqa: E402
+from clusterutil import ahttp, mariadb_cluster, pushed, pushed_frame  # noqa: E402
 from helpers import run  # noqa: E402
 from polling import wait_until_async  # noqa: E402
 
@@ -29,11 +29,6 @@ def cluster(tmp_path_factory, redis_url, kafka_bootstrap, mariadb_addrs):
     yield c
     c.stop()
 
-
-async def pushed(client) -> dict:
-    msgs = await pushed_frame(client)
-    assert len(msgs) == 1
-    return msgs[0]
 
 
 def im_stats(cluster, name: str) -> dict:
