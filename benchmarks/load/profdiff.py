@@ -1,0 +1,55 @@
+"""Function-by-function diff of two `perf report --no-children --sort dso,symbol` texts (run.py's
+--profile-with perf output): each symbol's share of its server's CPU turned into CPU-us per push.
+
+    python benchmarks/load/profdiff.py A.txt US_PER_PUSH_A B.txt US_PER_PUSH_B [--top N]
+
+The CPU per push of each server comes from the same run (its unicast line): shares alone mislead when
+the totals differ.
+"""
+
+import argparse
+import re
+import sys
+
+# "    6.80%  python3.11  [.] _Py_dict_lookup" (with --sort dso,symbol: dso then [.] or [k] then symbol)
+_LINE = re.compile(r"^\s*([0-9.]+)%\s+(\S+)\s+\[[.k]\]\s+(.+?)\s*$")
+
+
+def shares(path):
+    """symbol -> percent, from the dso,symbol section (the first section is per dso only)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            m = _LINE.match(line)
+            if m:
+                pct, dso, sym = float(m.group(1)), m.group(2), m.group(3)
+                key = f"{sym} ({dso})"
+                out[key] = out.get(key, 0.0) + pct
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a")
+    ap.add_argument("us_a", type=float)
+    ap.add_argument("b")
+    ap.add_argument("us_b", type=float)
+    ap.add_argument("--top", type=int, default=40)
+    args = ap.parse_args(argv)
+    a, b = shares(args.a), shares(args.b)
+    rows = []
+    for key in set(a) | set(b):
+        ua = a.get(key, 0.0) * args.us_a / 100
+        ub = b.get(key, 0.0) * args.us_b / 100
+        rows.append((ua - ub, key, a.get(key, 0.0), ua, b.get(key, 0.0), ub))
+    rows.sort(reverse=True)
+    print(f"| function (dso) | A % | A us | B % | B us | A-B us |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for d, key, pa, ua, pb, ub in rows[: args.top]:
+        print(f"| `{key}` | {pa:.2f} | {ua:.2f} | {pb:.2f} | {ub:.2f} | {d:+.2f} |")
+    print(f"\nsum of growth: {sum(r[0] for r in rows if r[0] > 0):.2f} us; "
+          f"sum of shrink: {sum(r[0] for r in rows if r[0] < 0):.2f} us")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
