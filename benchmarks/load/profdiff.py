@@ -12,7 +12,22 @@ import re
 import sys
 
 # "    6.80%  python3.11  [.] _Py_dict_lookup" (with --sort dso,symbol: dso then [.] or [k] then symbol)
-_LINE = re.compile(r"^\s*([0-9.]+)%\s+(\S+)\s+\[[.k]\]\s+(.+?)\s*$")
+_LINE = re.compile(r"^\s*([0-9.]+)%\s+(\S+)\s+\[[.k]\]\s+(\S+)")
+
+
+_DSO = re.compile(r"^\s*([0-9.]+)%\s+(\S+)\s*$")  # the first section: "   55.67%  [kernel.kallsyms]"
+
+
+def dso_shares(path):
+    """shared object -> percent, from the per-dso section."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            m = _DSO.match(line)
+            if m:
+                dso = m.group(2).split(".cpython")[0]
+                out[dso] = out.get(dso, 0.0) + float(m.group(1))
+    return out
 
 
 def shares(path):
@@ -23,7 +38,7 @@ def shares(path):
             m = _LINE.match(line)
             if m:
                 pct, dso, sym = float(m.group(1)), m.group(2), m.group(3)
-                key = f"{sym} ({dso})"
+                key = f"{sym} ({dso.split('.cpython')[0]})"
                 out[key] = out.get(key, 0.0) + pct
     return out
 
@@ -35,8 +50,10 @@ def main(argv=None):
     ap.add_argument("b")
     ap.add_argument("us_b", type=float)
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--dso", action="store_true", help="per shared object instead of per function")
     args = ap.parse_args(argv)
-    a, b = shares(args.a), shares(args.b)
+    read = dso_shares if args.dso else shares
+    a, b = read(args.a), read(args.b)
     rows = []
     for key in set(a) | set(b):
         ua = a.get(key, 0.0) * args.us_a / 100
