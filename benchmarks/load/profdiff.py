@@ -11,35 +11,21 @@ import argparse
 import re
 import sys
 
-# "    6.80%  python3.11  [.] _Py_dict_lookup" (with --sort dso,symbol: dso then [.] or [k] then symbol)
-_LINE = re.compile(r"^\s*([0-9.]+)%\s+(\S+)\s+\[[.k]\]\s+(\S+)")
+# The two sections of the report: per dso ("   55.67%  [kernel.kallsyms]"), then per dso and symbol
+# ("    6.80%  libpython3.11.so.1.0  [.] _Py_dict_lookup   -   -"); perf pads both with more columns.
+_DSO = re.compile(r"^\s*([0-9.]+)%\s+(\S+)\s*$")
+_SYMBOL = re.compile(r"^\s*([0-9.]+)%\s+(\S+)\s+\[[.k]\]\s+(\S+)")
 
 
-_DSO = re.compile(r"^\s*([0-9.]+)%\s+(\S+)\s*$")  # the first section: "   55.67%  [kernel.kallsyms]"
-
-
-def dso_shares(path):
-    """shared object -> percent, from the per-dso section."""
+def shares(path, per_dso=False):
+    """symbol (dso) -> percent, or dso -> percent; extension names without their ABI suffix."""
+    pattern = _DSO if per_dso else _SYMBOL
     out = {}
     with open(path) as f:
-        for line in f:
-            m = _DSO.match(line)
-            if m:
-                dso = m.group(2).split(".cpython")[0]
-                out[dso] = out.get(dso, 0.0) + float(m.group(1))
-    return out
-
-
-def shares(path):
-    """symbol -> percent, from the dso,symbol section (the first section is per dso only)."""
-    out = {}
-    with open(path) as f:
-        for line in f:
-            m = _LINE.match(line)
-            if m:
-                pct, dso, sym = float(m.group(1)), m.group(2), m.group(3)
-                key = f"{sym} ({dso.split('.cpython')[0]})"
-                out[key] = out.get(key, 0.0) + pct
+        for m in filter(None, map(pattern.match, f)):
+            dso = m.group(2).split(".cpython")[0]
+            key = dso if per_dso else f"{m.group(3)} ({dso})"
+            out[key] = out.get(key, 0.0) + float(m.group(1))
     return out
 
 
@@ -52,15 +38,14 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--dso", action="store_true", help="per shared object instead of per function")
     args = ap.parse_args(argv)
-    read = dso_shares if args.dso else shares
-    a, b = read(args.a), read(args.b)
+    a, b = shares(args.a, args.dso), shares(args.b, args.dso)
     rows = []
     for key in set(a) | set(b):
         ua = a.get(key, 0.0) * args.us_a / 100
         ub = b.get(key, 0.0) * args.us_b / 100
         rows.append((ua - ub, key, a.get(key, 0.0), ua, b.get(key, 0.0), ub))
     rows.sort(reverse=True)
-    print(f"| function (dso) | A % | A us | B % | B us | A-B us |")
+    print(f"| {'shared object' if args.dso else 'function (shared object)'} | A % | A us | B % | B us | A-B us |")
     print("|---|---:|---:|---:|---:|---:|")
     for d, key, pa, ua, pb, ub in rows[: args.top]:
         print(f"| `{key}` | {pa:.2f} | {ua:.2f} | {pb:.2f} | {ub:.2f} | {d:+.2f} |")
