@@ -19,7 +19,7 @@ def test_faults_in_turn_lose_duplicate_reuse_and_skip_nothing(tmp_path, kafka_pr
     cluster = None
     try:
         cluster = make_cluster(tmp_path, services, kafka_timeout=3.0).start()
-        plan = Plan(clients=50, workers=1, rate=60.0, duration=70.0, warmup=4.0, gap=4.0, down=2.0,
+        plan = Plan(clients=50, workers=1, rate=60.0, duration=100.0, warmup=4.0, gap=4.0, down=2.0,
                     faults=["proxy", "logic", "redis", "mariadb"])
         report = run_chaos(cluster, services, plan, tmp_path, say=lambda m: None)
     finally:
@@ -36,5 +36,5 @@ def test_faults_in_turn_lose_duplicate_reuse_and_skip_nothing(tmp_path, kafka_pr
     assert report["inbox_entries"] == 2 * (report["acknowledged"] + report["stored_unacknowledged"])
     assert report["abandoned"] == 0 and report["stored_unacknowledged"] == 0
     # sending went on after every fault: sends begun after it was restored were acknowledged (the
-    # duration leaves room for a slow MariaDB rejoin, seen at 12-28 s under load, before sending ends)
+    # duration leaves room for a slow MariaDB rejoin, seen at 12-59 s under load, before sending ends)
     assert all(u["acked_after_restore"] > 0 for u in report["unavailability"]), report["unavailability"]
