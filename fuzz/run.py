@@ -34,7 +34,10 @@ def main() -> int:
     for i, seed in enumerate(harnesses.SEEDS.get(name, [])):
         with open(os.path.join(corpus, f"seed-{i}"), "wb") as f:
             f.write(seed)
-    atheris.Setup([sys.argv[0], *sys.argv[2:], corpus], harnesses.HARNESSES[name])
+    args = sys.argv[2:]
+    if name in harnesses.MAX_LEN and not any(a.startswith("-max_len=") for a in args):
+        args.append(f"-max_len={harnesses.MAX_LEN[name]}")
+    atheris.Setup([sys.argv[0], *args, corpus], harnesses.HARNESSES[name])
     atheris.Fuzz()
     return 0
 
