@@ -19,8 +19,10 @@ sys.path.insert(0, HERE)
 import atheris  # noqa: E402
 
 # only the project's code is instrumented: asyncio, json and the rest of the standard library would cost
-# every input several times over and tell the fuzzer nothing about imgate
-with atheris.instrument_imports(include=["imgate", "harnesses"]):
+# every input several times over and tell the fuzzer nothing about imgate. The harnesses are not
+# instrumented either: their branches are the checks on what a parser answered, which the parser's own
+# coverage already tells apart, and instrumenting them cost 30-40% of the time per input.
+with atheris.instrument_imports(include=["imgate"]):
     import harnesses  # noqa: E402
 
 
