@@ -4,8 +4,9 @@
     python fuzz/run.py HARNESS [atheris/libFuzzer options, e.g. -runs=1000000 -rss_limit_mb=1024]
 
 HARNESS is one of fuzz/harnesses.py's HARNESSES. The seeds are written to a corpus directory under
-fuzz/corpus/HARNESS first. libFuzzer's -rss_limit_mb bounds memory; a crash leaves its input in the
-current directory.
+fuzz/corpus/HARNESS first. ``run.py HARNESS FILE...`` runs the harness once on each file instead (a
+crash's saved input, to see it again). libFuzzer's -rss_limit_mb bounds memory; a crash leaves its
+input in the current directory (or under -artifact_prefix).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def main() -> int:
     args = sys.argv[2:]
     if name in harnesses.MAX_LEN and not any(a.startswith("-max_len=") for a in args):
         args.append(f"-max_len={harnesses.MAX_LEN[name]}")
-    atheris.Setup([sys.argv[0], *args, corpus], harnesses.HARNESSES[name])
+    # files named on the command line (a crash's saved input) are run once each, without the corpus
+    inputs = [a for a in args if not a.startswith("-")]
+    atheris.Setup([sys.argv[0], *args] + ([] if inputs else [corpus]), harnesses.HARNESSES[name])
     atheris.Fuzz()
     return 0
 
