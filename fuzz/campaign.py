@@ -39,8 +39,8 @@ def sanitizer_env(tree: str) -> dict:
     # leaks: the interpreter never frees everything; allocator_may_return_null: a huge allocation the
     # code asked for is its MemoryError to handle, and -rss_limit_mb bounds what it really holds;
     # malloc_context_size=0: ASan records no stack per allocation. The interpreter's native stacks are
-    # nearly all distinct, so with the default (30 frames) ASan's stack store grew for the whole run and
-    # took half the time (perf), more as it grew. Every error is still caught and reported where it
+    # nearly all distinct, so with the default (30 frames) storing them took up to half the time per
+    # input (perf; docs/security.md). Every error is still caught and reported where it
     # happens; only the "allocated at / freed at" stacks are left out: rerun the crash input
     # (fuzz/run.py HARNESS FILE) without this option to get them.
     env["ASAN_OPTIONS"] = "detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:malloc_context_size=0"
