@@ -13,6 +13,11 @@ Why one connection is not a bottleneck:
   server answers one only if the handler failed (an error frame with seq 0, counted and logged here).
   Pushes the caller need not wait for cost one frame in a shared write. Bounded by ``max_unread``: past
   that many bytes waiting for the peer, ``send`` refuses with :class:`RpcUnavailable`.
+- **Write window** (``write_window`` seconds, 0 by default): one-way requests that follow a write
+  within the window wait for the window's end and leave together, so a caller that sends one push at a
+  time (a business server answered before its next request) pays one write and one wake-up of the peer
+  per window, not per push. The first one-way request after a quiet window goes out in the iteration's
+  write as usual; requests awaiting a reply never wait (they take whatever is held with them).
 """
 
 from __future__ import annotations
@@ -42,13 +47,14 @@ class RpcClient(asyncio.Protocol):
     def __init__(self, service: str, *, client_id: str = "", server_id: str = "",
                  max_body: int = DEFAULT_MAX_BODY, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  write_batch: int = DEFAULT_WRITE_BATCH, max_unread: int = DEFAULT_MAX_UNREAD,
-                 on_lost: Callable[["RpcClient"], None] | None = None):
+                 write_window: float = 0.0, on_lost: Callable[["RpcClient"], None] | None = None):
         self.service = service
         self.client_id = client_id
         self.expect_server_id = server_id
         self.max_in_flight = max_in_flight
         self.write_batch = max(1, write_batch)
         self.max_unread = max_unread
+        self.write_window = write_window
         self.on_lost = on_lost
         self.peer = ""
         self.remote: pb.HelloReply | None = None
@@ -62,6 +68,8 @@ class RpcClient(asyncio.Protocol):
         self._wbytes = 0  # bytes in _wbuf
         self._gen = 0  # incremented at every flush: a request whose generation is older was written
         self._flush_scheduled = False
+        self._held: asyncio.TimerHandle | None = None  # the write window's end, while frames wait for it
+        self._last_write = float("-inf")  # loop time of the last write (kept only with a write window)
         self._sweeper: asyncio.TimerHandle | None = None
         self._waiters: list[asyncio.Future] = []
         self._paused = False
@@ -158,7 +166,10 @@ class RpcClient(asyncio.Protocol):
             # the peer does not read: refuse now rather than buffer without bound
             raise RpcUnavailable(f"{self.peer} is not reading: {waiting} bytes already wait for it", sent=False)
         self.requests += 1
-        self._queue(encode_frame(method, 0, body))
+        if self.write_window:
+            self._hold(encode_frame(method, 0, body))
+        else:
+            self._queue(encode_frame(method, 0, body))
 
     def _queue(self, frame: bytes) -> None:
         """Into this iteration's write (at once past ``write_batch`` frames)."""
@@ -170,6 +181,27 @@ class RpcClient(asyncio.Protocol):
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def _hold(self, frame: bytes) -> None:
+        """Into the write due at the end of the write window that the last write opened (this
+        iteration's write when that window is over)."""
+        self._wbytes += len(frame)
+        wbuf = self._wbuf
+        wbuf.append(frame)
+        if len(wbuf) >= self.write_batch:
+            self._write_now()
+        elif not self._flush_scheduled and self._held is None:
+            due = self._last_write + self.write_window
+            if due <= self._loop.time():
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+            else:
+                self._held = self._loop.call_at(due, self._flush_held)
+
+    def _flush_held(self) -> None:
+        self._held = None
+        if self._wbuf:
+            self._write_now()
 
     async def call(self, method: int, body: bytes, timeout: float = DEFAULT_TIMEOUT) -> bytes:
         deadline = self._loop.time() + timeout
@@ -221,6 +253,11 @@ class RpcClient(asyncio.Protocol):
         self._wbuf = []
         self._wbytes = 0
         self._gen += 1
+        if self.write_window:
+            self._last_write = self._loop.time()
+            if self._held is not None:  # what it held leaves now
+                self._held.cancel()
+                self._held = None
         if self._transport is not None and not self._closed:
             self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
@@ -300,6 +337,9 @@ class RpcClient(asyncio.Protocol):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
         pending, self._pending = self._pending, {}
         self._wbuf = []
         self._wbytes = 0
