@@ -13,6 +13,9 @@ Why one connection is not a bottleneck:
   server answers one only if the handler failed (an error frame with seq 0, counted and logged here).
   Pushes the caller need not wait for cost one frame in a shared write. Bounded by ``max_unread``: past
   that many bytes waiting for the peer, ``send`` refuses with :class:`RpcUnavailable`.
+- **Packed one-way requests** (:meth:`RpcClient.send_packed`): consecutive ones of one method share
+  one frame, their bodies back to back (``imgate.rpc.packed``), so the peer decodes one frame per
+  write, not one per push.
 - **Write window** (``write_window`` seconds, 0 by default): one-way requests that follow a write
   within the window wait for the window's end and leave together, so a caller that sends one push at a
   time (a business server answered before its next request) pays one write and one wake-up of the peer
@@ -64,7 +67,9 @@ class RpcClient(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, tuple] = {}  # seq -> (future, deadline, write generation, method)
         self._seq = 0
-        self._wbuf: list[bytes] = []
+        self._wbuf: list = []  # frames (bytes) and packed runs (lists, see send_packed)
+        self._run: list | None = None  # the packed run at the tail of _wbuf, which may grow
+        self._runs = False  # _wbuf holds packed runs
         self._wbytes = 0  # bytes in _wbuf
         self._gen = 0  # incremented at every flush: a request whose generation is older was written
         self._flush_scheduled = False
@@ -171,9 +176,38 @@ class RpcClient(asyncio.Protocol):
         else:
             self._queue(encode_frame(method, 0, body))
 
-    def _queue(self, frame: bytes) -> None:
-        """Into this iteration's write (at once past ``write_batch`` frames)."""
-        self._wbytes += len(frame)
+    def send_packed(self, method: int, part: bytes) -> None:
+        """Like :meth:`send`, but ``part`` joins the frame of ``method`` at the tail of this write, if
+        there is one and it stays within the server's limit; else it opens one."""
+        if self._closed:
+            raise RpcUnavailable(f"connection to {self.peer} is closed ({self.close_reason})", sent=False)
+        waiting = self._wbytes + self._transport.get_write_buffer_size()
+        if waiting > self.max_unread:
+            raise RpcUnavailable(f"{self.peer} is not reading: {waiting} bytes already wait for it", sent=False)
+        run = self._run
+        if run is not None and run[0] == method and run[1] + len(part) <= self.max_request_body:
+            run.append(part)
+            run[1] += len(part)
+            self._wbytes += len(part)
+            return
+        if len(part) > self.max_request_body:
+            raise RpcError(f"{method_name(method)} request of {len(part)} bytes exceeds the server's limit of "
+                           f"{self.max_request_body}", kind="bad_request")
+        self.requests += 1
+        # [method, body bytes, parts...]: made into one frame when written (_write_now)
+        run = [method, len(part), part]
+        if self.write_window:
+            self._hold(run, len(part) + 16)
+        else:
+            self._queue(run, len(part) + 16)
+        self._run = run
+        self._runs = True
+
+    def _queue(self, frame, size: int = 0) -> None:
+        """Into this iteration's write (at once past ``write_batch`` frames). ``frame``: bytes, or a
+        packed run (:meth:`send_packed`) of ``size`` bytes."""
+        self._run = None  # what follows may not join a packed run before it: order
+        self._wbytes += size or len(frame)
         wbuf = self._wbuf
         wbuf.append(frame)
         if len(wbuf) >= self.write_batch:
@@ -182,10 +216,11 @@ class RpcClient(asyncio.Protocol):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def _hold(self, frame: bytes) -> None:
+    def _hold(self, frame, size: int = 0) -> None:
         """Into the write due at the end of the write window that the last write opened (this
         iteration's write when that window is over)."""
-        self._wbytes += len(frame)
+        self._run = None
+        self._wbytes += size or len(frame)
         wbuf = self._wbuf
         wbuf.append(frame)
         if len(wbuf) >= self.write_batch:
@@ -252,6 +287,10 @@ class RpcClient(asyncio.Protocol):
         buf = self._wbuf
         self._wbuf = []
         self._wbytes = 0
+        if self._runs:
+            self._runs = False
+            self._run = None
+            buf = [f if type(f) is bytes else encode_frame(f[0], 0, b"".join(f[2:])) for f in buf]
         self._gen += 1
         if self.write_window:
             self._last_write = self._loop.time()
@@ -342,6 +381,8 @@ class RpcClient(asyncio.Protocol):
             self._held = None
         pending, self._pending = self._pending, {}
         self._wbuf = []
+        self._run = None
+        self._runs = False
         self._wbytes = 0
         gen = self._gen
         for fut, _, g, method in pending.values():

@@ -241,6 +241,17 @@ class RpcPool:
                                      f"{self.last_error or 'still connecting'}")
         conn.send(method, body)
 
+    def send_packed(self, method: int, part: bytes) -> None:
+        """:meth:`send` of one part of a packed request (:meth:`RpcClient.send_packed`) on the lane."""
+        conn = self._lane
+        if conn is None or conn._closed:
+            conn = self.lane()
+            if conn is None:
+                self.start()
+                raise RpcUnavailable(f"no live connection to {self.service} at {self.addr}: "
+                                     f"{self.last_error or 'still connecting'}")
+        conn.send_packed(method, part)
+
     async def _wait_live(self, deadline: float) -> RpcClient:
         self.start()
         loop = self._loop
