@@ -230,12 +230,20 @@ def main() -> None:
                 print(json.dumps(out[-1]), flush=True)
     summary = {}
     if len(out) > 1:
-        first, last = out[0], out[-1]
-        summary = {"workers": f"{last['workers']} vs {first['workers']}",
-                   "storm_cpu_ratio": round(last["storm"]["cpu_us_per_conn"] / first["storm"]["cpu_us_per_conn"], 2),
-                   "fanout_cpu_ratio": round(last["fanout"]["cpu_us_per_delivery"] / first["fanout"]["cpu_us_per_delivery"], 2),
-                   "unicast_cpu_ratio": round(last["unicast"]["cpu_us_per_delivery"] / first["unicast"]["cpu_us_per_delivery"], 2),
-                   "coordinator_share_of_workers": last["fanout"].get("coordinator_share_of_workers")}
+        # the last W against the first, each averaged over its runs (--repeat; one window: the last)
+        first_w, last_w = out[0]["workers"], out[-1]["workers"]
+        window = out[-1].get("worker_push_window")
+        firsts = [r for r in out if r["workers"] == first_w]
+        lasts = [r for r in out if r["workers"] == last_w and r.get("worker_push_window") == window]
+
+        def ratio(part: str, key: str) -> float:
+            return round(sum(r[part][key] for r in lasts) / len(lasts) / (sum(r[part][key] for r in firsts) / len(firsts)), 2)
+
+        summary = {"workers": f"{last_w} vs {first_w}", "runs_each": [len(firsts), len(lasts)],
+                   "storm_cpu_ratio": ratio("storm", "cpu_us_per_conn"),
+                   "fanout_cpu_ratio": ratio("fanout", "cpu_us_per_delivery"),
+                   "unicast_cpu_ratio": ratio("unicast", "cpu_us_per_delivery"),
+                   "coordinator_share_of_workers": out[-1]["fanout"].get("coordinator_share_of_workers")}
         print(json.dumps({"summary": summary}), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": out, "summary": summary}, indent=1) + "\n")
