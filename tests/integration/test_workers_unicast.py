@@ -17,9 +17,7 @@ import uvloop
 
 from helpers import stop_process
 from polling import wait_until, wait_until_async
-from test_workers import children
-
-from imgate import client as imclient
+from test_workers import children, connect_one, spread_over_both
 
 
 def test_unicasts_through_the_window_reach_each_target_once_in_order_on_both_workers(tmp_path):
@@ -60,16 +58,13 @@ def test_unicasts_through_the_window_reach_each_target_once_in_order_on_both_wor
             clients = {}
 
             async def join(i: int):
-                url = f"tcp://{tcp}" if i % 2 else f"ws://{ws}/sub"
-                clients[i] = await imclient.connect_with_retry(url, mid=7000 + i, room_id="live://1", heartbeat=None,
-                                                               timeout=10, deadline=120)
+                clients[i] = await connect_one(tcp, ws, i, 7000 + i, "live://1")
 
             await asyncio.gather(*(join(i) for i in range(n)))
 
             async def both_hold():
                 _, reply = await loop.run_in_executor(None, call, "GET", "/count?type=server")
-                counts = reply["data"]
-                return len([c for c in counts.values() if c > 0]) == 2 and sum(counts.values()) == n
+                return spread_over_both(reply["data"], n)
 
             await wait_until_async(both_hold, what="both workers to report their connections")
             rounds = 20

@@ -161,15 +161,7 @@ class RpcClient(asyncio.Protocol):
         """Queue a one-way request (seq 0): written in order with this iteration's other frames; the
         server sends no reply unless the handler fails. Raises :class:`RpcUnavailable` (not sent) when
         the connection is closed or more than ``max_unread`` bytes already wait for the peer."""
-        if self._closed:
-            raise RpcUnavailable(f"connection to {self.peer} is closed ({self.close_reason})", sent=False)
-        if len(body) > self.max_request_body:
-            raise RpcError(f"{method_name(method)} request of {len(body)} bytes exceeds the server's limit of "
-                           f"{self.max_request_body}", kind="bad_request")
-        waiting = self._wbytes + self._transport.get_write_buffer_size()
-        if waiting > self.max_unread:
-            # the peer does not read: refuse now rather than buffer without bound
-            raise RpcUnavailable(f"{self.peer} is not reading: {waiting} bytes already wait for it", sent=False)
+        self._may_send(method, len(body))
         self.requests += 1
         if self.write_window:
             self._hold(encode_frame(method, 0, body))
@@ -179,20 +171,13 @@ class RpcClient(asyncio.Protocol):
     def send_packed(self, method: int, part: bytes) -> None:
         """Like :meth:`send`, but ``part`` joins the frame of ``method`` at the tail of this write, if
         there is one and it stays within the server's limit; else it opens one."""
-        if self._closed:
-            raise RpcUnavailable(f"connection to {self.peer} is closed ({self.close_reason})", sent=False)
-        waiting = self._wbytes + self._transport.get_write_buffer_size()
-        if waiting > self.max_unread:
-            raise RpcUnavailable(f"{self.peer} is not reading: {waiting} bytes already wait for it", sent=False)
+        self._may_send(method, len(part))
         run = self._run
         if run is not None and run[0] == method and run[1] + len(part) <= self.max_request_body:
             run.append(part)
             run[1] += len(part)
             self._wbytes += len(part)
             return
-        if len(part) > self.max_request_body:
-            raise RpcError(f"{method_name(method)} request of {len(part)} bytes exceeds the server's limit of "
-                           f"{self.max_request_body}", kind="bad_request")
         self.requests += 1
         # [method, body bytes, parts...]: made into one frame when written (_write_now)
         run = [method, len(part), part]
@@ -215,6 +200,18 @@ class RpcClient(asyncio.Protocol):
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def _may_send(self, method: int, size: int) -> None:
+        """The checks before a one-way request of ``size`` bytes is queued (see :meth:`send`)."""
+        if self._closed:
+            raise RpcUnavailable(f"connection to {self.peer} is closed ({self.close_reason})", sent=False)
+        if size > self.max_request_body:
+            raise RpcError(f"{method_name(method)} request of {size} bytes exceeds the server's limit of "
+                           f"{self.max_request_body}", kind="bad_request")
+        waiting = self._wbytes + self._transport.get_write_buffer_size()
+        if waiting > self.max_unread:
+            # the peer does not read: refuse now rather than buffer without bound
+            raise RpcUnavailable(f"{self.peer} is not reading: {waiting} bytes already wait for it", sent=False)
 
     def _hold(self, frame, size: int = 0) -> None:
         """Into the write due at the end of the write window that the last write opened (this
