@@ -2,43 +2,24 @@
 
 Most IM frames a client sends are acks (op 25) that the IM service settles without waiting: a task
 each (made, scheduled, registered in asyncio's set of tasks, stepped, discarded) cost more than the
-ack itself, 200 of them per message to a 200-member group. Python 3.12's eager task factory does the
-same for every task; this is the one spot that needs it, on 3.11 too.
+ack itself, 200 of them per message to a 200-member group. The HTTP dispatcher does the same for its
+handlers, and its :class:`~imgate.http._dispatch.Resume` drives a started coroutine on inside a task.
 """
 
 from __future__ import annotations
 
-import asyncio
+from imgate.http._dispatch import Resume
 
 
 def start(coro, spawn) -> None:
-    """Step ``coro`` now; if it waits, ``spawn`` (which makes and keeps a task of a coroutine) gets a
-    coroutine that drives it on from that wait, as a task would have."""
+    """Step ``coro`` now; if it waits, ``spawn`` (which makes and keeps a task of a coroutine) gets one
+    that drives it on from that wait: its futures' outcomes and a cancellation reach it as in a task."""
     try:
         waiting = coro.send(None)
     except StopIteration:
         return
-    spawn(_resumed(coro, waiting))
+    spawn(_drive(Resume(coro, waiting)))
 
 
-async def _resumed(coro, waiting):
-    """What a task does with ``coro``, from inside one: wait for what it yielded, then step it again.
-    The coroutine sees its future's outcome (a result, an exception or its cancellation) itself, as
-    under a task; a cancellation of this task is thrown into it, so its cleanup runs."""
-    while True:
-        try:
-            if waiting is None:  # a bare yield: asyncio.sleep(0)
-                await asyncio.sleep(0)
-            else:
-                waiting._asyncio_future_blocking = False  # taken, as a task takes what it is yielded
-                await waiting
-        except BaseException as e:  # noqa: B036 - handed to the coroutine, which decides
-            settled = waiting is not None and waiting.done()
-            step = coro.send if settled else coro.throw
-            arg = None if settled else e
-        else:
-            step, arg = coro.send, None
-        try:
-            waiting = step(arg)
-        except StopIteration as stop:
-            return stop.value
+async def _drive(resume):
+    return await resume
