@@ -118,6 +118,39 @@ def test_a_commit_whose_answer_is_lost_is_answered_and_delivered_once(backend):
     run(go())
 
 
+def test_a_refusal_after_a_lost_commit_answer_says_it_may_be_stored_and_the_resend_is_answered(backend):
+    """The COMMIT reaches the server, its OK is lost, and the re-run fails for another reason: the
+    refusal cannot say "nothing stored" (it is stored); the client's resend with the same cmid gets
+    the original message back, and the inbox holds it once."""
+    from asyncmy.errors import OperationalError
+
+    async def go():
+        store = await backend.open()
+        await store.open_inbox(2)
+        store_one = store._store
+
+        async def failing_rerun(cur, m, resumed=False):
+            if resumed:
+                raise OperationalError(1366, "Incorrect string value (injected)")
+            return await store_one(cur, m, resumed=resumed)
+
+        store._store = failing_rerun
+        broken = []
+        break_next_commit(store, broken)
+        with pytest.raises(ImError) as e:
+            await store.send(new_message(1, 2, "maybe", "hi"))
+        assert broken, "the fault was not injected"
+        assert e.value.code == E_UNAVAILABLE and "may or may not be stored" in e.value.message, e.value.message
+        assert "nothing stored" not in e.value.message
+        store._store = store_one
+        again = await store.send(new_message(1, 2, "maybe", "hi"))
+        assert again.duplicate and again.seqs == {1: 1}
+        assert [(m["seq"], m["cmid"]) for m in await all_msgs(store, 2)] == [(1, "maybe")]
+        await store.close()
+
+    run(go())
+
+
 def test_a_failing_write_is_refused_at_once_and_the_store_carries_on(backend):
     async def go():
         store = await backend.open()

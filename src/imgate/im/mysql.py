@@ -216,11 +216,12 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
                         await self._rollback(conn)
                         self.counters["failed_batches"] += 1
                         log.warning("message store: %s refused: %s", fn.__name__, last)
-                        raise ImError(E_UNAVAILABLE, f"message store error, nothing stored: {last}") from None
+                        raise ImError(E_UNAVAILABLE, f"message store error, {_outcome(resumed)}: {last}") from None
                 self.counters["retries"] += 1
                 if time.monotonic() + delay > deadline:
                     self.counters["failed_batches"] += 1
-                    raise ImError(E_UNAVAILABLE, f"message store unavailable for {self.failover_timeout:.0f}s: {last}")
+                    raise ImError(E_UNAVAILABLE, f"message store unavailable for {self.failover_timeout:.0f}s, "
+                                                 f"{_outcome(resumed)}: {last}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
@@ -470,7 +471,7 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
                     results = [(False, e)] * len(batch)
                 except Exception as e:  # noqa: BLE001 - the writer must answer every send
                     log.exception("message store: a batch of %d sends failed", len(batch))
-                    results = [(False, ImError(E_UNAVAILABLE, f"message store error, nothing stored: {e}"))] * len(batch)
+                    results = [(False, ImError(E_UNAVAILABLE, f"message store error, {_outcome(True)}: {e}"))] * len(batch)
                 for (_, fut), (ok, value) in zip(batch, results):
                     if not fut.done():
                         fut.set_result(value) if ok else fut.set_exception(value)
@@ -500,6 +501,12 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
 
     async def conversations(self, uid: int, limit: int) -> str:
         return await self._run(self._conversations_now, uid, limit)
+
+
+def _outcome(resumed: bool) -> str:
+    """What a refusal says was stored: after an attempt that lost its connection (its COMMIT may have
+    happened) it cannot know; the client's resend with the same cmid is answered either way."""
+    return "may or may not be stored (resend with the same cmid)" if resumed else "nothing stored"
 
 
 def _link_broke(e: Exception, code: int) -> bool:

@@ -170,7 +170,8 @@ class ImService(GroupsMixin):
         except Exception:
             self.counters["errors"] += 1
             log.exception("IM op %d from user %d failed", op, mid)
-            return error_body(E_UNAVAILABLE, "internal error, nothing stored",
+            # (it may have come after the store committed: the resend with the same cmid is answered)
+            return error_body(E_UNAVAILABLE, "internal error, may or may not be stored",
                               **({"cmid": cmid} if cmid is not None else {}))
 
     def _admit(self, mid: int) -> bool:
