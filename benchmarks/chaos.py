@@ -86,6 +86,9 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=240.0, help="messages per second, all clients together")
     ap.add_argument("--duration", type=float, default=600.0, help="seconds of sending at least")
     ap.add_argument("--settle", type=float, default=30.0, help="seconds of sending after the last fault is undone")
+    ap.add_argument("--target", type=int, default=0,
+                    help="send until this many are acknowledged too (bounded by --duration + --max-extra)")
+    ap.add_argument("--max-extra", type=float, default=600.0, help="seconds of sending past --duration at most")
     ap.add_argument("--small-groups", type=int, default=8, help="write-mode groups per client process")
     ap.add_argument("--small-size", type=int, default=6, help="members of a write-mode group")
     ap.add_argument("--read-size", type=int, default=40,
@@ -117,7 +120,7 @@ def main() -> int:
         # faults spread over the sending time, the last one done well before the end
         budget = args.duration - args.warmup - 60.0 - (20.0 if "kafka" in kinds else 0.0)
         plan = Plan(clients=args.clients, workers=args.workers, rate=args.rate, duration=args.duration,
-                    settle=args.settle, warmup=args.warmup, gap=max(5.0, budget / len(kinds) - 4.0), faults=kinds,
+                    settle=args.settle, target=args.target, max_extra=args.max_extra, warmup=args.warmup, gap=max(5.0, budget / len(kinds) - 4.0), faults=kinds,
                     small_groups=args.small_groups, small_size=args.small_size, read_size=args.read_size,
                     group_share=args.group_share)
         report = run_chaos(cluster, services, plan, workdir, say)

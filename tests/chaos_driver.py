@@ -1,15 +1,16 @@
 """One process of the chaos run's clients: ``python chaos_driver.py SPEC.json OUT.json``.
 
 SPEC: ``{"uids": [...], "proxies": [url, ...], "rate": msgs/s for the whole process, "stop": path,
-"max_duration": seconds, "grace": seconds, "seed": int, "ready": path, "groups": [{"group", "members",
-"reader"}, ...], "group_share": fraction}``. Each user keeps one connection (to proxies[k % n] first,
+"max_duration": seconds, "grace": seconds, "seed": int, "ready": path, "progress": path, "groups":
+[{"group", "members", "reader"}, ...], "group_share": fraction}``. Each user keeps one connection (to proxies[k % n] first,
 the next one when that fails) and sends sequence-numbered messages (cmid ``"<uid>-<i>"``), one at a
 time, paced so that the process sends ``rate`` per second: to a group it is a member of with
 probability ``group_share``, else a single chat to another user of this process. Sending goes on until
 the file ``stop`` exists (the orchestrator's signal, once every fault is over) or ``max_duration`` has
 passed; a send unacknowledged ``grace`` seconds after that is abandoned. A send that times out or is
 refused with a retryable code is resent with the same cmid; a broken connection is reconnected first.
-When every user is connected the file ``ready`` gets the unix time sending starts. At the end each user
+When every user is connected the file ``ready`` gets the unix time sending starts; every 5 s the
+file ``progress`` gets the number of acknowledged sends. At the end each user
 reads its whole inbox (op 26 pages), each group's ``reader`` of this process its group's timeline (op
 28 pages), and OUT gets, per user, what it sent and had acknowledged, what came to it by op 24, its
 inbox, and the timelines, for the parent to check against each other.
@@ -236,14 +237,18 @@ async def main(spec: dict) -> dict:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at = max(next_at, time.monotonic() - interval)  # no burst to catch up after a stall
 
-    async def watch():  # the stop file, and into the driver's log how far a long run has come
+    async def watch():  # the stop file; how far the run has come, for the orchestrator and the log
         k = 0
         while True:
             await asyncio.sleep(0.25)
             stop.poll()
             k += 1
-            if k % 120 == 0:
+            if k % 20 == 0:
                 n = sum(len(u.acked) + len(u.gacked) for u in users)
+                with open(spec["progress"] + ".tmp", "w") as f:
+                    f.write(f"{n}\n")
+                os.replace(spec["progress"] + ".tmp", spec["progress"])  # never read half-written
+            if k % 120 == 0:
                 print(f"{time.time() - begin:6.0f}s acknowledged {n}", flush=True)
 
     watcher = asyncio.create_task(watch())

@@ -100,7 +100,7 @@ def check_groups(users: list[dict], timelines: dict, groups: list[dict]) -> dict
             elif gseq not in found:
                 r["acked_gseq_mismatch"] += 1
         by_gseq = {m["gseq"]: m for m in timeline}
-        sent_seq = {(frm, gseq): seq for frm, _c, seq, gseq in mine}
+        sent_seq = {(frm, cmid): seq for frm, cmid, seq, _g in mine}
         expected: dict[int, list[int]] = {}
         for gseq, who, fanned in told(sorted(timeline, key=lambda m: m["gseq"]), mode):
             m = by_gseq[gseq]
@@ -111,11 +111,11 @@ def check_groups(users: list[dict], timelines: dict, groups: list[dict]) -> dict
             for w in who if fanned else ():
                 expected.setdefault(w, []).append(gseq)
         for uid, entries in inbox.items():
-            got = [(seq, gseq) for seq, _cmid, _frm, group, gseq in entries if group == gid]
+            got = [(seq, gseq, cmid) for seq, cmid, _frm, group, gseq in entries if group == gid]
             want = expected.get(uid, [])
             r["inbox_entries"] += len(got)
             r["inbox_expected"] += len(want)
-            gs = [gseq for _s, gseq in got]
+            gs = [gseq for _s, gseq, _c in got]
             if gs != sorted(gs):
                 r["out_of_order"] += 1
             have = set(gs)
@@ -125,8 +125,8 @@ def check_groups(users: list[dict], timelines: dict, groups: list[dict]) -> dict
                 r["lost"] += 1
                 if len(r["lost_examples"]) < 10:
                     r["lost_examples"].append([gid, uid, gseq, "inbox"])
-            for seq, gseq in got:  # the sender's own entry: at the seq its 23 named
-                want_seq = sent_seq.get((uid, gseq))
+            for seq, _gseq, cmid in got:  # the sender's own entry: at the seq its 23 named
+                want_seq = sent_seq.get((uid, cmid))
                 if want_seq is not None and want_seq != seq:
                     r["acked_seq_mismatch"] += 1
     r["small_groups"] = sum(1 for g in groups if g["mode"] == "write")

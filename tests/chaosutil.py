@@ -109,6 +109,7 @@ class Plan:
     rate: float = 100.0  # messages per second, all clients together
     duration: float = 40.0  # seconds of sending at least; then until every fault is over and settled
     settle: float = 15.0  # seconds of sending after the last fault was restored
+    target: int = 0  # and until the drivers have this many sends acknowledged (0: no such condition)
     max_extra: float = 600.0  # sending ends at duration + this whatever the faults do (a bound)
     warmup: float = 5.0  # seconds before the first fault
     gap: float = 8.0  # seconds between a fault's restore and the next fault
@@ -200,9 +201,10 @@ def start_drivers(cluster: Cluster, plan: Plan, workdir: Path, grace: float,
     for w, uids in enumerate(worker_uids(plan)):
         spec = dict(uids=uids, proxies=proxies, rate=plan.rate / plan.workers, stop=str(stop),
                     max_duration=plan.duration + plan.max_extra, grace=grace, seed=w + 1,
-                    ready=str(workdir / f"driver{w}.ready"), groups=groups, group_share=plan.group_share)
+                    ready=str(workdir / f"driver{w}.ready"), progress=str(workdir / f"driver{w}.progress"),
+                    groups=groups, group_share=plan.group_share)
         spec_path, out_path = workdir / f"driver{w}.json", workdir / f"driver{w}.out.json"
-        for old in (Path(spec["ready"]), out_path):  # a previous run's in the same dir
+        for old in (Path(spec["ready"]), Path(spec["progress"]), out_path):  # a previous run's in the same dir
             old.unlink(missing_ok=True)
         spec_path.write_text(json.dumps(spec))
         log = open(workdir / f"driver{w}.log", "ab")
@@ -316,14 +318,27 @@ def wait_drivers(drivers, timeout: float) -> list[dict]:
     return results
 
 
+def acknowledged(drivers) -> int:
+    """The drivers' acknowledged sends as of their last progress files."""
+    total = 0
+    for _, ready, _ in drivers:
+        try:
+            total += int(ready.with_suffix(".progress").read_text())
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 def stop_when_settled(drivers, faulting: threading.Thread, injector: FaultInjector, plan: Plan,
                       begin: float, stop_file: Path, say) -> None:
     """The drivers' stop signal: once the last fault is restored and ``plan.settle`` seconds of sending
-    have followed it, and not before ``plan.duration`` of sending (so every fault is followed by sends)."""
+    have followed it, not before ``plan.duration`` of sending (so every fault is followed by sends),
+    and not before ``plan.target`` sends are acknowledged (the drivers stop by themselves at
+    ``plan.duration + plan.max_extra`` whatever happens)."""
     while any(proc.poll() is None for proc, _, _ in drivers):
         if not faulting.is_alive():
             last = injector.done[-1].restored if injector.done else begin
-            if time.time() >= max(begin + plan.duration, last + plan.settle):
+            if time.time() >= max(begin + plan.duration, last + plan.settle) and acknowledged(drivers) >= plan.target:
                 stop_file.write_text(f"{time.time()}\n")
                 say(f"stop signal to the drivers after {time.time() - begin:.0f} s of sending")
                 return
