@@ -129,47 +129,38 @@ class User:
             return
         self.abandoned.append([cmid, target, first])
 
-    async def read_inbox(self, give_up: float) -> None:
-        after = 0
-        while time.time() < give_up:
-            try:
-                if self.conn is None or self.conn.closed:
-                    await self.reconnect(give_up)
-                page = await self.conn.sync(after, 200, timeout=SEND_TIMEOUT)
-            except (imclient.ClientError, OSError, TimeoutError) as e:
-                self.count(f"sync: {type(e).__name__}")
-                if not isinstance(e, imclient.ImRejected):
-                    self.conn = None
-                await asyncio.sleep(0.2)
-                continue
-            for m in page["msgs"]:
-                self.inbox.append([int(m["seq"]), m.get("cmid"), m.get("from"), m.get("group"), m.get("gseq")])
-                after = max(after, int(m["seq"]))
-            if not page.get("has_more"):
-                return
-        self.count("sync: gave up")
-
-    async def read_timeline(self, group: int, give_up: float) -> list:
-        """The group's whole timeline (op 28 pages): [{gseq, type, content, cmid, from}, ...]."""
+    async def read_pages(self, fetch, position: str, give_up: float, what: str) -> list:
+        """Every message of ``fetch(after)`` pages (op 26 or 28) until one has no more; ``position``
+        names the field the next page starts after (seq or gseq)."""
         after, out = 0, []
         while time.time() < give_up:
             try:
                 if self.conn is None or self.conn.closed:
                     await self.reconnect(give_up)
-                page = await self.conn.group_pull(group, after, 200, timeout=SEND_TIMEOUT)
+                page = await fetch(after)
             except (imclient.ClientError, OSError, TimeoutError) as e:
-                self.count(f"pull: {type(e).__name__}")
+                self.count(f"{what}: {type(e).__name__}")
                 if not isinstance(e, imclient.ImRejected):
                     self.conn = None
                 await asyncio.sleep(0.2)
                 continue
-            for m in page["msgs"]:
-                out.append({k: m.get(k) for k in ("gseq", "type", "content", "cmid", "from")})
-                after = max(after, int(m["gseq"]))
+            out += page["msgs"]
+            after = max([after] + [int(m[position]) for m in page["msgs"]])
             if not page.get("has_more"):
                 return out
-        self.count("pull: gave up")
+        self.count(f"{what}: gave up")
         return out
+
+    async def read_inbox(self, give_up: float) -> None:
+        msgs = await self.read_pages(lambda after: self.conn.sync(after, 200, timeout=SEND_TIMEOUT), "seq",
+                                     give_up, "sync")
+        self.inbox = [[int(m["seq"]), m.get("cmid"), m.get("from"), m.get("group"), m.get("gseq")] for m in msgs]
+
+    async def read_timeline(self, group: int, give_up: float) -> list:
+        """The group's whole timeline (op 28 pages): [{gseq, type, content, cmid, from}, ...]."""
+        msgs = await self.read_pages(lambda after: self.conn.group_pull(group, after, 200, timeout=SEND_TIMEOUT),
+                                     "gseq", give_up, "pull")
+        return [{k: m.get(k) for k in ("gseq", "type", "content", "cmid", "from")} for m in msgs]
 
     def result(self) -> dict:
         return dict(uid=self.uid, acked=self.acked, gacked=self.gacked, abandoned=self.abandoned, pushed=self.pushed,
