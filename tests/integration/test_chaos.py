@@ -22,7 +22,8 @@ def test_faults_in_turn_lose_duplicate_reuse_and_skip_nothing(tmp_path, kafka_pr
     cluster = None
     try:
         cluster = make_cluster(tmp_path, services, kafka_timeout=3.0).start()
-        plan = Plan(clients=50, workers=1, rate=60.0, duration=40.0, settle=10.0, warmup=4.0, gap=4.0,
+        # sending lasts until the faults are over and 1,500 sends are acknowledged, however loaded the machine
+        plan = Plan(clients=50, workers=1, rate=60.0, duration=40.0, settle=10.0, target=1500, warmup=4.0, gap=4.0,
                     down=2.0, faults=["proxy", "logic", "consumer", "redis", "mariadb"],
                     small_groups=2, small_size=5, read_size=25, group_share=0.3)
         report = run_chaos(cluster, services, plan, tmp_path, say=lambda m: None)
