@@ -91,6 +91,8 @@ class _Lost(Exception):
 
 
 class MariaDbStore(MariaDbGroupsMixin, MessageStore):
+    shared = True
+
     def __init__(self, addrs, *, user: str = "imgate", password: str = "", database: str = "im",
                  pool_size: int = 16, connect_timeout: float = 2.0, query_timeout: float = 10.0,
                  failover_timeout: float = 20.0, retention_days: float = 0, retention_entries: int = 0,
