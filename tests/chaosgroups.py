@@ -65,7 +65,8 @@ def check_groups(users: list[dict], timelines: dict, groups: list[dict]) -> dict
                        "timeline_lost", "timeline_duplicated", "gseqs_reused", "gseqs_skipped",
                        "acked_gseq_mismatch", "inbox_entries", "inbox_expected", "lost", "duplicated",
                        "unexpected", "out_of_order", "acked_seq_mismatch", "stored_unacknowledged",
-                       "delivered_by_push", "push_expected", "unread_timelines"), 0)
+                       "delivered_by_push", "push_expected", "unread_timelines", "delivered_write",
+                       "told_write", "delivered_read", "told_read"), 0)
     r["lost_examples"] = []
     acked: dict[int, list] = {}  # group -> [(from, cmid, seq, gseq)]
     for u in users:
@@ -106,8 +107,11 @@ def check_groups(users: list[dict], timelines: dict, groups: list[dict]) -> dict
             m = by_gseq[gseq]
             if m["type"] == "text" and m["cmid"] is not None:  # who of the others was told live
                 others = set(who) - {m["from"]}
+                got_it = sum(1 for w in others if m["cmid"] in pushed.get(w, {}))
                 r["push_expected"] += len(others)
-                r["delivered_by_push"] += sum(1 for w in others if m["cmid"] in pushed.get(w, {}))
+                r["delivered_by_push"] += got_it
+                r[f"told_{mode}"] += len(others)  # (no test switches a group's mode mid-run)
+                r[f"delivered_{mode}"] += got_it
             for w in who if fanned else ():
                 expected.setdefault(w, []).append(gseq)
         for uid, entries in inbox.items():

@@ -48,5 +48,9 @@ def test_faults_in_turn_lose_duplicate_reuse_and_skip_nothing(tmp_path, kafka_pr
     assert gbad == dict.fromkeys(gbad, 0), (gbad, groups["lost_examples"])
     assert groups["inbox_entries"] == groups["inbox_expected"] > groups["acknowledged_write"], groups
     assert groups["stored_unacknowledged"] == 0, groups
+    # live pushes are best effort (a member between connections misses them, and syncs), but most
+    # members are online most of the time: read mode goes through the group's room on the proxies
+    assert groups["delivered_read"] * 2 >= groups["told_read"] > 0, groups
+    assert groups["delivered_write"] * 2 >= groups["told_write"] > 0, groups
     # sending went on after every fault (the stop signal comes only once the last one is over)
     assert all(u["acked_after_restore"] > 0 for u in report["unavailability"]), report["unavailability"]

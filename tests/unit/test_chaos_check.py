@@ -106,6 +106,7 @@ def test_clean_groups_count_nothing_bad():
     assert (r["inbox_entries"], r["inbox_expected"], r["timeline_entries"]) == (9, 9, 5)
     # told live: 12-5 to 11 and 13 (11 got it), 11-9 to 12 and 13 (12 did), 13-1 to 11 (it did)
     assert (r["delivered_by_push"], r["push_expected"], r["stored_unacknowledged"]) == (3, 5, 0)
+    assert (r["delivered_write"], r["told_write"], r["delivered_read"], r["told_read"]) == (2, 4, 1, 1)
 
 
 @pytest.mark.parametrize("change, expected", [
