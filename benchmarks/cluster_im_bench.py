@@ -47,6 +47,25 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def thread_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name of one process (threads of one name added up): which loop spends it."""
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
 def all_pids(cluster, services, drivers) -> dict[str, int]:
     pids = {f"{p.role} {n}": p.proc.pid for n, p in cluster.procs.items() if p.alive}
     pids.update(services.pids())
@@ -58,6 +77,20 @@ def sample(pids: dict[str, int]) -> dict[str, float]:
     return {name: c for name, pid in pids.items() if (c := cpu_seconds(pid)) is not None}
 
 
+def sample_threads(pids: dict[str, int]) -> dict[str, dict[str, float]]:
+    return {name: thread_seconds(pid) for name, pid in pids.items() if not name.startswith("client")}
+
+
+def thread_split(before: dict, after: dict, messages: int) -> dict[str, dict[str, float]]:
+    """Per process, the threads that spent CPU in the window: microseconds of CPU per acked message."""
+    out = {}
+    for proc, threads in after.items():
+        spent = {t: v - before.get(proc, {}).get(t, 0.0) for t, v in threads.items()}
+        out[proc] = {t: round(v / max(1, messages) * 1e6) for t, v in sorted(spent.items(), key=lambda x: -x[1])
+                     if v > 0}
+    return out
+
+
 def step(cluster, services, rate: float, args, workdir: Path, first_uid: int) -> dict:
     plan = Plan(clients=args.clients, workers=args.workers, rate=rate, duration=args.duration)
     drivers = start_drivers(cluster, plan, workdir, duration=args.duration, grace=30.0, first_uid=first_uid)
@@ -66,9 +99,9 @@ def step(cluster, services, rate: float, args, workdir: Path, first_uid: int) ->
         pids = all_pids(cluster, services, drivers)
         t_from, t_to = begin + 0.2 * args.duration, begin + 0.9 * args.duration
         time.sleep(max(0.0, t_from - time.time()))
-        cpu0, w0 = sample(pids), time.time()
+        cpu0, thr0, w0 = sample(pids), sample_threads(pids), time.time()
         time.sleep(max(0.0, t_to - time.time()))
-        cpu1, w1 = sample(pids), time.time()
+        cpu1, thr1, w1 = sample(pids), sample_threads(pids), time.time()
         results = wait_drivers(drivers, args.duration + 300)
     finally:
         stop_drivers(drivers)
@@ -93,7 +126,9 @@ def step(cluster, services, rate: float, args, workdir: Path, first_uid: int) ->
                 p50_ms=round(percentile(latencies, 0.5) * 1000, 1), p99_ms=round(percentile(latencies, 0.99) * 1000, 1),
                 refused_or_timed_out=refused, sustained=acked_per_s >= 0.95 * rate and refused == 0,
                 cpu_split={n: round(v / server * 100, 1) for n, v in sorted(cpu.items(), key=lambda x: -x[1])
-                           if not n.startswith("client") and server})
+                           if not n.startswith("client") and server},
+                cpu_us_per_msg={n: round(v / max(1, in_window) * 1e6) for n, v in sorted(cpu.items(), key=lambda x: -x[1])},
+                threads_us_per_msg=thread_split(thr0, thr1, in_window))
 
 
 def main() -> int:
@@ -127,9 +162,11 @@ def main() -> int:
         services.stop()
     best = max((s for s in steps if s["sustained"]), key=lambda s: s["rate"], default=None)
     if best:
-        print(f"highest sustained: {best['rate']:.0f}/s; CPU split there (% of server CPU):")
+        print(f"highest sustained: {best['rate']:.0f}/s; CPU split there (% of server CPU, us per message,"
+              f" the busiest threads):")
         for name, pct in best["cpu_split"].items():
-            print(f"  {name:<22} {pct:5.1f}")
+            threads = ", ".join(f"{t} {us}" for t, us in list(best["threads_us_per_msg"].get(name, {}).items())[:4])
+            print(f"  {name:<22} {pct:5.1f} %  {best['cpu_us_per_msg'][name]:6d} us  ({threads})")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(dict(steps=steps, best=best, args=vars(args),
                                                loadavg=os.getloadavg()), indent=1))
