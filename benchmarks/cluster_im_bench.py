@@ -66,6 +66,35 @@ def thread_seconds(pid: int) -> dict[str, float]:
     return out
 
 
+STATEMENTS = ("Com_select", "Com_insert", "Com_update", "Com_commit", "Com_rollback", "Com_savepoint",
+              "Questions", "wsrep_local_cert_failures", "wsrep_local_bf_aborts")
+
+
+def db_counters(addrs: list[str]) -> dict[str, int]:
+    """The MariaDB statement counters of every node, added up (SHOW GLOBAL STATUS)."""
+    import asyncio
+
+    import asyncmy
+
+    async def go():
+        out: dict[str, int] = {}
+        for addr in addrs:
+            host, _, port = addr.rpartition(":")
+            try:
+                conn = await asyncmy.connect(host=host, port=int(port), user="test", autocommit=True)
+            except Exception:  # noqa: BLE001 - a node that does not answer counts nothing
+                continue
+            async with conn.cursor() as cur:
+                await cur.execute("SHOW GLOBAL STATUS")
+                for name, value in await cur.fetchall():
+                    if name in STATEMENTS:
+                        out[name] = out.get(name, 0) + int(value)
+            conn.close()
+        return out
+
+    return asyncio.run(go())
+
+
 def all_pids(cluster, services, drivers) -> dict[str, int]:
     pids = {f"{p.role} {n}": p.proc.pid for n, p in cluster.procs.items() if p.alive}
     pids.update(services.pids())
@@ -99,9 +128,11 @@ def step(cluster, services, rate: float, args, workdir: Path, first_uid: int) ->
         pids = all_pids(cluster, services, drivers)
         t_from, t_to = begin + 0.2 * args.duration, begin + 0.9 * args.duration
         time.sleep(max(0.0, t_from - time.time()))
+        db0 = db_counters(services.galera.addrs)
         cpu0, thr0, w0 = sample(pids), sample_threads(pids), time.time()
         time.sleep(max(0.0, t_to - time.time()))
         cpu1, thr1, w1 = sample(pids), sample_threads(pids), time.time()
+        db1 = db_counters(services.galera.addrs)
         results = wait_drivers(drivers, args.duration + 300)
     finally:
         stop_drivers(drivers)
@@ -128,7 +159,9 @@ def step(cluster, services, rate: float, args, workdir: Path, first_uid: int) ->
                 cpu_split={n: round(v / server * 100, 1) for n, v in sorted(cpu.items(), key=lambda x: -x[1])
                            if not n.startswith("client") and server},
                 cpu_us_per_msg={n: round(v / max(1, in_window) * 1e6) for n, v in sorted(cpu.items(), key=lambda x: -x[1])},
-                threads_us_per_msg=thread_split(thr0, thr1, in_window))
+                threads_us_per_msg=thread_split(thr0, thr1, in_window),
+                # the statements both nodes ran (counted where the client sent them) per acked message
+                db_per_msg={k: round((db1[k] - db0.get(k, 0)) / max(1, in_window), 2) for k in db1})
 
 
 def main() -> int:
@@ -139,6 +172,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "cluster-im-latest.json"))
     ap.add_argument("--workdir", default="")
+    ap.add_argument("--writers", choices=("both", "one"), default="both",
+                    help="MariaDB nodes the roles write on: both (the roles named ...2 prefer the second node,"
+                         " as in the chaos run) or one (every role prefers the first; the second is the standby)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a TERM still stops every process (finally)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="imgate-clbench-"))
@@ -148,7 +184,12 @@ def main() -> int:
     steps = []
     try:
         services.start()
-        cluster = make_cluster(workdir, services, kafka_timeout=5.0).start()
+        cluster = make_cluster(workdir, services, kafka_timeout=5.0)
+        if args.writers == "one":
+            for proc in cluster.procs.values():
+                if "mariadb_addrs" in proc.config:
+                    proc.config["mariadb_addrs"] = list(services.galera.addrs)
+        cluster.start()
         for k, rate in enumerate(float(r) for r in args.rates.split(",")):
             s = step(cluster, services, rate, args, workdir, first_uid=100_000 + k * 10_000)
             steps.append(s)
@@ -156,6 +197,7 @@ def main() -> int:
                   f" CPU-s ({s['server_cores']} cores)  p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms"
                   f"  refused/timeouts {s['refused_or_timed_out']}{'  sustained' if s['sustained'] else ''}",
                   flush=True)
+            print("  statements per message: " + ", ".join(f"{k} {v}" for k, v in s["db_per_msg"].items()), flush=True)
     finally:
         if cluster is not None:
             cluster.stop()
