@@ -172,11 +172,16 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "cluster-im-latest.json"))
     ap.add_argument("--workdir", default="")
+    ap.add_argument("--kafka-jit", choices=("full", "c1"), default="full",
+                    help="full: Kafka's JVM compiles hot code fully, as a deployment runs it; c1: the test"
+                         " services' quick-start setting (TieredStopAtLevel=1), about 2x Kafka's CPU per request")
     ap.add_argument("--writers", choices=("both", "one"), default="both",
                     help="MariaDB nodes the roles write on: both (the roles named ...2 prefer the second node,"
                          " as in the chaos run) or one (every role prefers the first; the second is the standby)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a TERM still stops every process (finally)
+    if args.kafka_jit == "full" and "KAFKA_JVM_OPTS" not in os.environ:  # (scripts/services.sh reads it)
+        os.environ["KAFKA_JVM_OPTS"] = "-XX:+UseG1GC -XX:-UsePerfData -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true"
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="imgate-clbench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     services = ChaosServices(workdir)
