@@ -11,7 +11,10 @@ consumer roles when the cluster helper has them) and, for each rate, client proc
 - per CPU-s: those sends per CPU-second of the server processes (roles, MariaDB, garbd, Redis and its
   Sentinels, Kafka); the clients' CPU is shown apart;
 - p50/p99: from the sender's first try to the op-24 push at the receiver (same clock), over the step;
-- the CPU split per process, to say where the time goes.
+- the CPU split per process, to say where the time goes, and each process's microseconds of CPU per
+  message with those of its busiest threads (/proc/PID/task: the event loop, librdkafka's threads, a
+  JVM's network and coordinator threads);
+- MariaDB statements per message, both nodes together (SHOW GLOBAL STATUS: Questions, Com_select, ...).
 
 "Sustained" is a step whose acked/s is at least 95 % of the offered rate with no send refused or
 timed out. The machine has 2 cores shared with everything else that runs: compare steps of one run.
