@@ -178,6 +178,9 @@ def main() -> int:
     ap.add_argument("--kafka-jit", choices=("full", "c1"), default="c1",
                     help="c1: the test services' quick-start JIT setting (TieredStopAtLevel=1); full: the JVM's"
                          " default, as a deployment runs it (a run of minutes still spends a core-share compiling)")
+    ap.add_argument("--intervals", choices=("test", "default"), default="test",
+                    help="test: the cluster helper's short periods (online reports every 0.2 s, outbox sweep after"
+                         " 2 s); default: the roles' own defaults (1 s, 5 s), as a deployment runs them")
     ap.add_argument("--writers", choices=("both", "one"), default="both",
                     help="MariaDB nodes the roles write on: both (the roles named ...2 prefer the second node,"
                          " as in the chaos run) or one (every role prefers the first; the second is the standby)")
@@ -192,7 +195,11 @@ def main() -> int:
     steps = []
     try:
         services.start()
-        cluster = make_cluster(workdir, services, kafka_timeout=5.0)
+        extra = dict(online_interval=1.0) if args.intervals == "default" else {}
+        cluster = make_cluster(workdir, services, kafka_timeout=5.0, **extra)
+        for name, proc in cluster.procs.items():
+            if args.intervals == "default" and "fanout_relay_after" in proc.config:
+                proc.config["fanout_relay_after"] = 5.0
         if args.writers == "one":
             for proc in cluster.procs.values():
                 if "mariadb_addrs" in proc.config:
