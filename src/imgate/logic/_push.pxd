@@ -8,7 +8,7 @@ cdef class UnicastPath:
     cdef object cache
     cdef object publish   # bus.publish_nowait
     cdef dict by_mid      # MemoryCache's user -> {conn id: Session}; None: ask the cache
-    cdef object clock     # that cache's clock; None: time.monotonic, read in C
+    cdef object clock     # that cache's clock (time.monotonic is read in C)
     cdef dict proxies     # MemoryBus's router's server id -> proxy; None: through the bus
     cdef object proxy     # the proxy last pushed to (None before the first) and its delivery
     cdef ConnsDelivery delivery  # None: that proxy is reached through the bus

@@ -15,21 +15,12 @@ takes the general path, ``bus.publish_nowait`` of logic's jobs, which owns every
 ``pushes`` are counted here in C and added to ``Logic.counters`` when it is read (:meth:`settle`).
 """
 
-import time
-
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
-
+from imgate.cache._memory cimport clock_now
 from imgate.protocol._job cimport conns_job
 
 from imgate.cache.memory import MemoryCache
 from imgate.proxy._delivery import push_conns_nowait as _stock_push_conns
 from imgate.push.service import MemoryBus
-
-
-cdef inline double _monotonic() noexcept:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)  # what time.monotonic() reads on Linux
-    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef class UnicastPath:
@@ -39,7 +30,7 @@ cdef class UnicastPath:
         self.publish = bus.publish_nowait
         if type(cache) is MemoryCache:
             self.by_mid = cache._by_mid
-            self.clock = None if cache._clock is time.monotonic else cache._clock
+            self.clock = cache._clock
         if type(bus) is MemoryBus:
             self.proxies = bus.router.proxies
 
@@ -68,8 +59,8 @@ cdef class UnicastPath:
             if len(conns) == 1:  # the usual unicast: one user, one connection
                 for s in conns.values():
                     break
-                now = _monotonic() if self.clock is None else self.clock()
-                if s.expires_at > now:
+                now = clock_now(self.clock)
+                if <double>s.expires_at > now:
                     self.pushes += 1
                     return self._to_conn(op, body, s.server, s.conn_id)
         live = self.cache.user_sessions_nowait(mid)  # sweeps out the expired
