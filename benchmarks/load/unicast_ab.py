@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -72,20 +73,25 @@ class Tree:
                                "--data-dir", data], capture_output=True, text=True, env=env)
         self.key = made.stdout.strip() if made.returncode == 0 else ""  # a tree before API keys: open
         conf = os.path.join(data, "serve.toml")
-        with open(conf, "w") as f:
-            f.write("heartbeat_timeout = 900.0\nmax_auths_per_second = 0\n")
+        with open(conf, "w") as f:  # what run.py writes: no admission rate, idle clients kept
+            f.write("heartbeat_timeout = 900.0\n")
+            if self.key:
+                f.write("max_auths_per_second = 0\n")
         self.http = free_port()
-        ws = free_port()
+        self.ws = ws = free_port()
+        self.clients = self.sock = None
         self.log = open(os.path.join(logdir, f"{name}.log"), "wb")
         self.proc = subprocess.Popen(
             [PY, "-m", "imgate", "serve", "--auth", "none", "--config", conf, "--tcp", f"127.0.0.1:{free_port()}",
              "--ws", f"127.0.0.1:{ws}", "--http", f"127.0.0.1:{self.http}", "--data-dir", data,
              "--log-level", "WARNING"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def start(self, clients: int) -> None:
         self.sock = self._connect()
-        self.clients = subprocess.Popen([PY, "-c", CLIENTS, self.src, f"ws://127.0.0.1:{ws}/sub", str(clients), "1"],
+        self.clients = subprocess.Popen([PY, "-c", CLIENTS, self.src, f"ws://127.0.0.1:{self.ws}/sub", str(clients), "1"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self.clients.stdout.readline().strip() != "up":
-            raise RuntimeError(f"{name}: clients did not connect")
+            raise RuntimeError(f"{self.name}: clients did not connect")
 
     def _connect(self) -> socket.socket:
         deadline = time.monotonic() + 30
@@ -115,17 +121,29 @@ class Tree:
                         raise RuntimeError(f"{self.name} answered {buf[:300]!r}")
                     return
 
-    def round(self, pushes: int, clients: int) -> float:
+    def round(self, pushes: int, clients: int, perf: str = "") -> float:
+        rec = None
+        if perf:  # `perf record` of the server for this round (the last round's file stays)
+            rec = subprocess.Popen(["perf", "record", "-q", "-F", "4999", "-p", str(self.proc.pid), "-o",
+                                    os.path.join(perf, f"{self.name}.data")], stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         before = cpu_ns(self.proc.pid)
         for i in range(pushes):
             self.push(1 + i % clients)
-        return (cpu_ns(self.proc.pid) - before) / pushes / 1000
+        used = (cpu_ns(self.proc.pid) - before) / pushes / 1000
+        if rec is not None:
+            rec.send_signal(signal.SIGINT)
+            rec.wait(60)
+        return used
 
     def stop(self) -> int:
-        self.clients.stdin.close()
-        got = int(self.clients.stdout.readline() or 0)
-        self.clients.wait(30)
-        self.sock.close()
+        got = 0
+        if self.clients is not None:
+            self.clients.stdin.close()
+            got = int(self.clients.stdout.readline() or 0)
+            self.clients.wait(30)
+        if self.sock is not None:
+            self.sock.close()
         self.proc.terminate()
         self.proc.wait(30)
         self.log.close()
@@ -138,17 +156,23 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--pushes", type=int, default=5000, help="per round")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--perf", default="", help="a directory: perf record each server's rounds into NAME.data")
     args = ap.parse_args()
     logdir = tempfile.mkdtemp(prefix="unicast-ab-")
-    trees = [Tree(*spec.split("=", 1), args.clients, logdir) for spec in args.trees]
-    table = {t.name: [] for t in trees}
+    trees: list[Tree] = []
+    table: dict[str, list[float]] = {}
     try:
+        for spec in args.trees:
+            name, src = spec.split("=", 1)
+            table[name] = []
+            trees.append(Tree(name, src, args.clients, logdir))
+            trees[-1].start(args.clients)
         for t in trees:
             t.round(min(500, args.pushes), args.clients)  # warm-up, not counted
         for r in range(args.rounds):
             order = trees[r % len(trees):] + trees[:r % len(trees)]
             for t in order:
-                table[t.name].append(t.round(args.pushes, args.clients))
+                table[t.name].append(t.round(args.pushes, args.clients, args.perf))
                 print(f"round {r + 1} {t.name}: {table[t.name][-1]:.1f} CPU-us/push", flush=True)
     finally:
         delivered = {t.name: t.stop() for t in trees}

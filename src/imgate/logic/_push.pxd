@@ -7,7 +7,7 @@ cdef class UnicastPath:
     cdef object logic     # for the general path: its _jobs, _flat and _publish_nowait
     cdef object cache
     cdef object publish   # bus.publish_nowait
-    cdef dict by_mid      # MemoryCache's user -> {conn id: Session}; None: ask the cache
+    cdef dict by_mid      # MemoryCache's user -> [Session]; None: ask the cache
     cdef object clock     # that cache's clock (time.monotonic is read in C)
     cdef dict proxies     # MemoryBus's router's server id -> proxy; None: through the bus
     cdef object proxy     # the proxy last pushed to (None before the first) and its delivery

@@ -49,7 +49,7 @@ cdef class UnicastPath:
 
     cdef Py_ssize_t push_mid(self, object op, object mid, object body) except -1:
         cdef object s
-        cdef dict conns
+        cdef list conns
         cdef double now
         if self.by_mid is not None:
             conns = self.by_mid.get(mid)
@@ -57,8 +57,7 @@ cdef class UnicastPath:
                 self.pushes += 1
                 return 0
             if len(conns) == 1:  # the usual unicast: one user, one connection
-                for s in conns.values():
-                    break
+                s = conns[0]
                 now = clock_now(self.clock)
                 if <double>s.expires_at > now:
                     self.pushes += 1
