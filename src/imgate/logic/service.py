@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import secrets
+import sys
 import time
 
 from imgate.auth import AuthError, Authenticator
@@ -96,9 +97,12 @@ class Logic:
         conn_id = await self.cache.alloc_conn_id()
         # a generated key is unguessable (128 random bits): pushes by key reach whoever holds it
         key = ident.key or secrets.token_hex(16)
+        # many connections share a room and a platform: one string each (interned strings go with
+        # their last holder, so a client's odd value is not kept)
+        room_id, platform = sys.intern(ident.room_id), sys.intern(ident.platform)
         added = await self.cache.add_session(
-            Session(conn_id=conn_id, mid=ident.mid, key=key, server=server, room_id=ident.room_id,
-                    platform=ident.platform, connected_at=time.time()),
+            Session(conn_id=conn_id, mid=ident.mid, key=key, server=server, room_id=room_id,
+                    platform=platform, connected_at=time.time()),
             self.session_ttl,
         )
         if added is False:  # the key is held by another user: refused, never re-bound
@@ -118,7 +122,7 @@ class Logic:
                 rooms += tuple(await self.im.group_rooms(ident.mid))  # its large groups' rooms
             except Exception as e:  # the store is away: the client connects and syncs later
                 log.warning("inbox of user %d unavailable at auth: %s", ident.mid, e)
-        return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform, inbox_seq,
+        return Connected(conn_id, ident.mid, key, room_id, tuple(ident.accepts), platform, inbox_seq,
                          rooms=rooms)
 
     async def disconnect(self, server: str, conn_id: int, mid: int) -> None:
