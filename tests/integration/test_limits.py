@@ -245,18 +245,33 @@ def test_a_slow_consumer_that_reads_again_gets_its_close_notice():
 
 
 def test_a_notice_that_never_finds_room_is_counted_as_dropped():
-    n = NodeThread(max_pending=65536).start()
+    # The kernel decides whether a non-reader's buffers ever free a few bytes: the receiving side may
+    # collapse its queue and open a tiny window within close_grace (the notice then goes out late), or
+    # the send buffer may still have room at the close (on time). Only "no room until the deadline" is
+    # what this test is about, so a run that got room is repeated with a fresh client, a few times.
+    n = NodeThread(max_pending=65536, close_grace=0.5).start()
+    outcomes = []
     try:
-        s = non_reader(n, 582, "slow://2")
-        wait_until(lambda: n.stats()["connections"] == 1, what="auth")
-        flood_room(n, "slow://2", lambda: n.stats()["slow_consumer_closes"] >= 1)
-        wait_until(lambda: n.stats()["close_notices_dropped"] == 1, timeout=15, what="the dropped notice counted")
-        assert b"imgate_close_notices_dropped_total 1.0" in n.http("GET", "/metrics")[1]
-        s.close()
+        for attempt in range(4):
+            before = n.stats()
+            s = non_reader(n, 582 + attempt, f"slow://2{attempt}")
+            wait_until(lambda: n.stats()["connections"] == 1, what="auth")
+            flood_room(n, f"slow://2{attempt}",
+                       lambda: n.stats()["slow_consumer_closes"] > before["slow_consumer_closes"])
+            wait_until(lambda: n.stats()["sockets"] == 0, timeout=30, what="the socket closed at the deadline")
+            after = n.stats()
+            dropped = after["close_notices_dropped"] - before["close_notices_dropped"]
+            late = after["close_notices_late"] - before["close_notices_late"]
+            s.close()
+            assert dropped + late <= 1, (dropped, late)
+            outcomes.append("dropped" if dropped else "late" if late else "on time")
+            if dropped:
+                break
+        assert outcomes[-1] == "dropped", f"the notice always found room: {outcomes}"
+        total = n.stats()["close_notices_dropped"]
+        assert f"imgate_close_notices_dropped_total {total}.0".encode() in n.http("GET", "/metrics")[1]
     finally:
         n.stop()
-
-
 
 
 class _Drain:
