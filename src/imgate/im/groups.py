@@ -26,10 +26,13 @@ log = logging.getLogger("imgate.im.groups")
 
 MAX_NAME = 128
 FANOUT_BATCH = 16  # jobs fanned out per round of the consumer (one transaction in SqliteStore)
-# woken by a new job, the consumer waits this long so that the jobs of the next few sends share its
-# round: jobs sharing a commit share the inbox pages they dirty (4 jobs a commit cost half the CPU
-# per message of 1 in SqliteStore), which is worth more than the wait under load
+# woken by a new job while sends keep arriving, the consumer waits this long so that the jobs of the
+# next few sends share its round: jobs sharing a commit share the inbox pages they dirty (4 jobs a
+# commit cost half the CPU per message of 1 in SqliteStore), which is worth more than the wait under load
 FANOUT_LINGER = 0.01
+# ... but only when its last round with jobs ended less than this long before the wake: a job after a
+# pause has nothing to share its round with, so it goes at once
+FANOUT_BUSY_GAP = 0.1
 
 
 def group_room(group: int) -> str:
@@ -62,6 +65,8 @@ class GroupsMixin:
         self._any_read_mode = True  # until the store says none is: then auths skip the room lookup
         self._fanout_wake = asyncio.Event()
         self.fanout_linger = FANOUT_LINGER
+        self.fanout_busy_gap = FANOUT_BUSY_GAP
+        self._fanout_busy_at = float("-inf")  # loop time the last round that found jobs ended
         self._consumer: asyncio.Task | None = None
         # another process fans out (the consumer role): async fn(stored) that tells it (imgate.im.fanout)
         self.fanout_publish = None
@@ -93,8 +98,12 @@ class GroupsMixin:
                 self.counters["fanout_jobs"] += 1
                 self.counters["fanout_entries"] += len(stored.entries)
                 await self._deliver(stored, None)
-            if not done:
-                await self._fanout_wake.wait()
+            loop = asyncio.get_running_loop()
+            if done:
+                self._fanout_busy_at = loop.time()
+                continue
+            await self._fanout_wake.wait()
+            if loop.time() - self._fanout_busy_at < self.fanout_busy_gap:  # sends keep arriving
                 await asyncio.sleep(self.fanout_linger)
 
     async def _after_group_store(self, stored: Stored, origin: tuple | None) -> None:

@@ -171,6 +171,12 @@ class SqliteStore(GroupsMixin, MessageStore):
             # a batch holding group fan-outs touches thousands of pages: with the default 2 MB cache
             # SQLite spills them to the WAL before the commit, writing them twice
             conn.execute("PRAGMA cache_size = -32768")
+            # a statement that may fail half-way inside the batch's transaction (a fan-out's INSERT ...
+            # SELECT of one entry per member) first saves each page it changes in a statement journal,
+            # a temporary file past 64 KB: two write calls per page, over half of a fan-out's cost.
+            # In memory instead; its size is the pages one statement changes (a group's members' pages,
+            # the retention sweep's UPDATE of users), all of them in the page cache anyway.
+            conn.execute("PRAGMA temp_store = MEMORY")
             migrate(conn)
             if self.max_bytes:  # a write that would grow the file past it fails like a full disk
                 page = conn.execute("PRAGMA page_size").fetchone()[0]

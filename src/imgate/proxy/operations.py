@@ -31,6 +31,7 @@ from imgate.protocol.ops import (
     IM_REPLY_OP,
 )
 from imgate.proxy.channel import S_AUTH, S_AUTHING, S_OPEN, Channel, room_of
+from imgate.proxy.eager import start
 from imgate.proxy.limits import RATE_LIMITED
 
 log = logging.getLogger("imgate.proxy")
@@ -203,7 +204,7 @@ class Operations:
                                                      b'requests in flight on this connection, nothing stored"}'))
                 return
             ch.im_inflight += 1
-            self._spawn(self._im(ch, f))
+            start(self._im(ch, f), self._spawn)  # an ack is settled here and now, with no task
         elif op == OP_AUTH:
             pass  # already authenticated: a repeated auth is ignored
         elif 100 <= op < 1000:  # business upstream ops: routed by logic like op 4 (docs/upstream.md)
