@@ -48,10 +48,33 @@ def cpu(pids) -> dict[int, float]:
     return {p: proc_times(p)[0] for p in pids}
 
 
-def start_serve(workers: int, tmp: Path):
+def slices(pids) -> int:
+    """Times the processes' threads were put on a CPU (schedstat's third field): about one per wake-up,
+    so their growth per push counts the wake-ups a push costs."""
+    n = 0
+    for pid in pids:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            try:
+                n += int(Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()[2])
+            except (OSError, ValueError, IndexError):
+                pass  # a thread that just ended
+    return n
+
+
+def io_calls(pid: int) -> tuple[int, int]:
+    """(read, write) system calls of the process so far (/proc/<pid>/io: syscr, syscw)."""
+    try:
+        fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    except OSError:
+        return 0, 0
+    return int(fields["syscr"]), int(fields["syscw"])
+
+
+def start_serve(workers: int, tmp: Path, push_window: float | None = None):
     conf = tmp / "serve.toml"
     # idle clients stay; no message store; an open API on loopback (the pushes carry no key)
-    conf.write_text('heartbeat_timeout = 900.0\nim = false\napi_auth = "none"\n')
+    conf.write_text('heartbeat_timeout = 900.0\nim = false\napi_auth = "none"\n'
+                    + ("" if push_window is None else f"worker_push_window = {push_window}\n"))
     out = open(tmp / "serve.out", "wb")
     p = subprocess.Popen([sys.executable, "-m", "imgate", "serve", "--workers", str(workers), "--config", str(conf),
                           "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0", "--auth", "none",
@@ -89,11 +112,13 @@ class Pusher:
             self.post(path, body)
 
 
-async def run_one(workers: int, n: int, messages: int) -> dict:
+async def run_one(workers: int, n: int, messages: int, push_window: float | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="scale-bench-"))
-    serve, tcp, http = start_serve(workers, tmp)
+    serve, tcp, http = start_serve(workers, tmp, push_window)
     loop = asyncio.get_running_loop()
     res: dict = {"workers": workers, "clients": n}
+    if push_window is not None:
+        res["worker_push_window"] = push_window
     try:
         pids = [serve.pid, *children(serve.pid)]
         sem = asyncio.Semaphore(200)
@@ -131,7 +156,7 @@ async def run_one(workers: int, n: int, messages: int) -> dict:
             res["fanout"]["coordinator_us_per_push"] = round(coord / messages * 1e6)
 
         # unicast: one push by mid to each client, then wait until each has its own
-        c0 = cpu(pids)
+        c0, s0, s0c, io0 = cpu(pids), slices(pids), slices([serve.pid]), {p: io_calls(p) for p in pids}
         sent = loop.run_in_executor(None, pusher.posts, [
             (f"/goim/push/mids?operation=1000&mids={100_000 + i}", f"u{i}".encode()) for i in range(n)])
         for i, c in enumerate(clients):
@@ -139,11 +164,19 @@ async def run_one(workers: int, n: int, messages: int) -> dict:
             while (await c.recv(timeout=60)).body != want:
                 pass
         await sent
-        c1 = cpu(pids)
+        c1, s1, s1c, io1 = cpu(pids), slices(pids), slices([serve.pid]), {p: io_calls(p) for p in pids}
         total = sum(c1[p] - c0[p] for p in pids)
-        res["unicast"] = {"deliveries": n, "cpu_us_per_delivery": round(total / n * 1e6, 2)}
+        res["unicast"] = {"deliveries": n, "cpu_us_per_delivery": round(total / n * 1e6, 2),
+                          "wakeups_per_delivery": round((s1 - s0) / n, 2)}
         if workers > 1:  # the one process every unicast passes through: it bounds the rate
             res["unicast"]["coordinator_us_per_push"] = round((c1[serve.pid] - c0[serve.pid]) / n * 1e6, 1)
+            res["unicast"]["coordinator_wakeups_per_push"] = round((s1c - s0c) / n, 2)
+            # per push: the coordinator's reads and writes (HTTP and to the workers), the workers' together
+            res["unicast"]["coordinator_reads_writes_per_push"] = [
+                round((io1[serve.pid][k] - io0[serve.pid][k]) / n, 2) for k in (0, 1)]
+            res["unicast"]["workers_reads_writes_per_push"] = [
+                round(sum(io1[p][k] - io0[p][k] for p in pids[1:]) / n, 2) for k in (0, 1)]
+            res["unicast"]["workers_us_per_push"] = round(sum(c1[p] - c0[p] for p in pids[1:]) / n * 1e6, 1)
 
         if workers > 1:
             victim = children(serve.pid)[0]
@@ -181,22 +214,36 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--clients", type=int, default=4000)
     ap.add_argument("--messages", type=int, default=20)
+    ap.add_argument("--push-windows", default="",
+                    help="worker_push_window values: each run with W >= 2 once per value (default: the config's)")
+    ap.add_argument("--repeat", type=int, default=1, help="the whole sequence this many times (a shared machine)")
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of --clients (make bench SCALE=0.1)")
     args = ap.parse_args()
     args.clients = max(100, int(args.clients * args.scale))
     out = []
-    for w in [int(x) for x in args.workers.split(",")]:
-        out.append(asyncio.run(run_one(w, args.clients, args.messages)))
-        print(json.dumps(out[-1]), flush=True)
+    windows = [float(x) for x in args.push_windows.split(",") if x] or [None]
+    for _ in range(args.repeat):
+        for w in [int(x) for x in args.workers.split(",")]:
+            for window in windows if w > 1 else [None]:
+                out.append(asyncio.run(run_one(w, args.clients, args.messages, window)))
+                print(json.dumps(out[-1]), flush=True)
     summary = {}
     if len(out) > 1:
-        first, last = out[0], out[-1]
-        summary = {"workers": f"{last['workers']} vs {first['workers']}",
-                   "storm_cpu_ratio": round(last["storm"]["cpu_us_per_conn"] / first["storm"]["cpu_us_per_conn"], 2),
-                   "fanout_cpu_ratio": round(last["fanout"]["cpu_us_per_delivery"] / first["fanout"]["cpu_us_per_delivery"], 2),
-                   "unicast_cpu_ratio": round(last["unicast"]["cpu_us_per_delivery"] / first["unicast"]["cpu_us_per_delivery"], 2),
-                   "coordinator_share_of_workers": last["fanout"].get("coordinator_share_of_workers")}
+        # the last W against the first, each averaged over its runs (--repeat; one window: the last)
+        first_w, last_w = out[0]["workers"], out[-1]["workers"]
+        window = out[-1].get("worker_push_window")
+        firsts = [r for r in out if r["workers"] == first_w]
+        lasts = [r for r in out if r["workers"] == last_w and r.get("worker_push_window") == window]
+
+        def ratio(part: str, key: str) -> float:
+            return round(sum(r[part][key] for r in lasts) / len(lasts) / (sum(r[part][key] for r in firsts) / len(firsts)), 2)
+
+        summary = {"workers": f"{last_w} vs {first_w}", "runs_each": [len(firsts), len(lasts)],
+                   "storm_cpu_ratio": ratio("storm", "cpu_us_per_conn"),
+                   "fanout_cpu_ratio": ratio("fanout", "cpu_us_per_delivery"),
+                   "unicast_cpu_ratio": ratio("unicast", "cpu_us_per_delivery"),
+                   "coordinator_share_of_workers": out[-1]["fanout"].get("coordinator_share_of_workers")}
         print(json.dumps({"summary": summary}), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": out, "summary": summary}, indent=1) + "\n")

@@ -103,6 +103,7 @@ class Config:
     workers: int = 1  # proxy processes sharing the client ports (serve, proxy); 0: one per core
     reuse_port: bool = False  # listen with SO_REUSEPORT (set for the workers)
     worker_restart_delay: float = 1.0  # seconds before a dead worker is started again
+    worker_push_window: float = 0.002  # seconds a push by mid/key may wait for the next to share one write to its worker; 0 = one write per event-loop iteration
     max_auths_per_second: int = 4000  # auths passed to logic per second, the rest get op 6 "busy" + retry_ms (0: no limit); 4,000 x ~233 CPU-us per auth (make bench storm) is most of a core
     # What one client may cost (imgate.proxy.limits; each refusal counted in /metrics)
     client_op_rate: float = 100.0  # frames per second a connection may send after auth (token bucket); 0 = no limit
@@ -259,6 +260,8 @@ class Config:
             raise ConfigError(f"merge_window: must be >= 0, got {self.merge_window}")
         if self.workers < 0:
             raise ConfigError(f"workers: must be >= 0 (0: one per core), got {self.workers}")
+        if not 0 <= self.worker_push_window <= 1:
+            raise ConfigError(f"worker_push_window: must be between 0 and 1 second, got {self.worker_push_window}")
         if self.worker_restart_delay < 0:
             raise ConfigError(f"worker_restart_delay: must be >= 0, got {self.worker_restart_delay}")
         if self.max_auths_per_second < 0:

@@ -125,7 +125,8 @@ class Coordinator:
         self.im_store = None
         if cfg.im:
             Node._make_im(self)  # the same IM service and store as the one-process node
-        self.discovery = Discovery(self.cache, self.push, lambda sid, addr: ProxyClient(sid, addr, pool_size=cfg.rpc_pool),
+        self.discovery = Discovery(self.cache, self.push, lambda sid, addr: ProxyClient(
+            sid, addr, pool_size=cfg.rpc_pool, write_window=cfg.worker_push_window),
                                    interval=min(cfg.online_interval, 0.5), grace=max(3 * cfg.online_interval, 3.0))
         self.logic.on_report = self.discovery.note  # a restarted worker's new address is used at once
         self.metrics = Metrics()

@@ -80,6 +80,17 @@ def assert_internal_rpc_on_private_unix_sockets(coordinator: int, workers: set[i
         assert len(paths) == 1 and os.path.dirname(next(iter(paths))) == directory, paths
 
 
+async def connect_one(tcp: str, ws: str, i: int, mid: int, room_id: str):
+    """Client i: over TCP when i is odd, WebSocket when even (both transports on both workers)."""
+    url = f"tcp://{tcp}" if i % 2 else f"ws://{ws}/sub"
+    return await imclient.connect_with_retry(url, mid=mid, room_id=room_id, heartbeat=None, timeout=10, deadline=120)
+
+
+def spread_over_both(counts: dict, n: int) -> bool:
+    """/count?type=server says both workers hold some of the n clients (the kernel spreads them)."""
+    return len([c for c in counts.values() if c > 0]) == 2 and sum(counts.values()) == n
+
+
 def test_two_workers_share_the_ports_deliver_room_pushes_once_and_survive_a_killed_worker(tmp_path):
     out_path = tmp_path / "serve.out"
     api_key = KeyStore(str(tmp_path / "data")).create("tests", ["admin"])[1]
@@ -118,15 +129,13 @@ def test_two_workers_share_the_ports_deliver_room_pushes_once_and_survive_a_kill
             clients = {}
 
             async def join(i: int):
-                url = f"tcp://{tcp}" if i % 2 else f"ws://{ws}/sub"
-                clients[i] = await imclient.connect_with_retry(url, mid=6000 + i, room_id="live://42", heartbeat=None,
-                                                               timeout=10, deadline=120)
+                clients[i] = await connect_one(tcp, ws, i, 6000 + i, "live://42")
 
             await asyncio.gather(*(join(i) for i in range(n)))
             # both workers hold some of them (the kernel spreads connections over the listeners)
             async def both_hold():
                 counts = await loop.run_in_executor(None, api, "GET", "/count?type=server")
-                return counts if len([c for c in counts.values() if c > 0]) == 2 and sum(counts.values()) == n else None
+                return counts if spread_over_both(counts, n) else None
             servers = await wait_until_async(both_hold, what="both workers to report their connections")
 
             async def room_push_once_each(tag: str):
@@ -154,9 +163,7 @@ def test_two_workers_share_the_ports_deliver_room_pushes_once_and_survive_a_kill
             async def reconnect_the_lost():
                 for i, c in list(clients.items()):
                     if c.closed:
-                        url = f"tcp://{tcp}" if i % 2 else f"ws://{ws}/sub"
-                        clients[i] = await imclient.connect_with_retry(url, mid=6000 + i, room_id="live://42",
-                                                                       heartbeat=None, timeout=10, deadline=120)
+                        clients[i] = await connect_one(tcp, ws, i, 6000 + i, "live://42")
                 counts = await loop.run_in_executor(None, api, "GET", "/count?type=server")
                 return sum(counts.values()) == n and len(counts) == 2 and not any(c.closed for c in clients.values())
 

@@ -13,7 +13,7 @@ import logging
 
 from imgate.core import encode_frame
 from imgate.protocol.interfaces import ProxyAPI
-from imgate.proxy._delivery import push_conns_nowait
+from imgate.proxy._delivery import push_conns_nowait, push_packed_nowait
 from imgate.proxy.channel import S_OPEN
 
 log = logging.getLogger("imgate.proxy")
@@ -24,9 +24,11 @@ class Delivery(ProxyAPI):
 
     nowait = True  # in this process: push calls the *_nowait methods
 
-    # unicast/multicast to connections of this proxy, filtered by each one's accepted ops (compiled:
-    # proxy/_delivery.pyx)
+    # unicast/multicast to connections of this proxy, filtered by each one's accepted ops: the proxy's
+    # ConnsDelivery (compiled, proxy/_delivery.pyx), which counts them
     push_conns_nowait = push_conns_nowait
+    # the pushes of one PUSH_CONNS_PACKED body (imgate.rpc.packed), each as push_conns_nowait would
+    push_packed_nowait = push_packed_nowait
 
     def join_conns_nowait(self, conn_ids: list[int], room_id: str) -> int:
         """Connections of this proxy join a room (the IM service: a large group's members); one that

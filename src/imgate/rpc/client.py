@@ -13,6 +13,14 @@ Why one connection is not a bottleneck:
   server answers one only if the handler failed (an error frame with seq 0, counted and logged here).
   Pushes the caller need not wait for cost one frame in a shared write. Bounded by ``max_unread``: past
   that many bytes waiting for the peer, ``send`` refuses with :class:`RpcUnavailable`.
+- **Packed one-way requests** (:meth:`RpcClient.send_packed`): consecutive ones of one method share
+  one frame, their bodies back to back (``imgate.rpc.packed``), so the peer decodes one frame per
+  write, not one per push.
+- **Write window** (``write_window`` seconds, 0 by default): one-way requests that follow a write
+  within the window wait for the window's end and leave together, so a caller that sends one push at a
+  time (a business server answered before its next request) pays one write and one wake-up of the peer
+  per window, not per push. The first one-way request after a quiet window goes out in the iteration's
+  write as usual; requests awaiting a reply never wait (they take whatever is held with them).
 """
 
 from __future__ import annotations
@@ -42,13 +50,14 @@ class RpcClient(asyncio.Protocol):
     def __init__(self, service: str, *, client_id: str = "", server_id: str = "",
                  max_body: int = DEFAULT_MAX_BODY, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  write_batch: int = DEFAULT_WRITE_BATCH, max_unread: int = DEFAULT_MAX_UNREAD,
-                 on_lost: Callable[["RpcClient"], None] | None = None):
+                 write_window: float = 0.0, on_lost: Callable[["RpcClient"], None] | None = None):
         self.service = service
         self.client_id = client_id
         self.expect_server_id = server_id
         self.max_in_flight = max_in_flight
         self.write_batch = max(1, write_batch)
         self.max_unread = max_unread
+        self.write_window = write_window
         self.on_lost = on_lost
         self.peer = ""
         self.remote: pb.HelloReply | None = None
@@ -58,10 +67,14 @@ class RpcClient(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, tuple] = {}  # seq -> (future, deadline, write generation, method)
         self._seq = 0
-        self._wbuf: list[bytes] = []
+        self._wbuf: list = []  # frames (bytes) and packed runs (lists, see send_packed)
+        self._run: list | None = None  # the packed run at the tail of _wbuf, which may grow
+        self._runs = False  # _wbuf holds packed runs
         self._wbytes = 0  # bytes in _wbuf
         self._gen = 0  # incremented at every flush: a request whose generation is older was written
         self._flush_scheduled = False
+        self._held: asyncio.TimerHandle | None = None  # the write window's end, while frames wait for it
+        self._last_write = float("-inf")  # loop time of the last write (kept only with a write window)
         self._sweeper: asyncio.TimerHandle | None = None
         self._waiters: list[asyncio.Future] = []
         self._paused = False
@@ -148,21 +161,38 @@ class RpcClient(asyncio.Protocol):
         """Queue a one-way request (seq 0): written in order with this iteration's other frames; the
         server sends no reply unless the handler fails. Raises :class:`RpcUnavailable` (not sent) when
         the connection is closed or more than ``max_unread`` bytes already wait for the peer."""
-        if self._closed:
-            raise RpcUnavailable(f"connection to {self.peer} is closed ({self.close_reason})", sent=False)
-        if len(body) > self.max_request_body:
-            raise RpcError(f"{method_name(method)} request of {len(body)} bytes exceeds the server's limit of "
-                           f"{self.max_request_body}", kind="bad_request")
-        waiting = self._wbytes + self._transport.get_write_buffer_size()
-        if waiting > self.max_unread:
-            # the peer does not read: refuse now rather than buffer without bound
-            raise RpcUnavailable(f"{self.peer} is not reading: {waiting} bytes already wait for it", sent=False)
+        self._may_send(method, len(body))
         self.requests += 1
-        self._queue(encode_frame(method, 0, body))
+        if self.write_window:
+            self._hold(encode_frame(method, 0, body))
+        else:
+            self._queue(encode_frame(method, 0, body))
 
-    def _queue(self, frame: bytes) -> None:
-        """Into this iteration's write (at once past ``write_batch`` frames)."""
-        self._wbytes += len(frame)
+    def send_packed(self, method: int, part: bytes) -> None:
+        """Like :meth:`send`, but ``part`` joins the frame of ``method`` at the tail of this write, if
+        there is one and it stays within the server's limit; else it opens one."""
+        self._may_send(method, len(part))
+        run = self._run
+        if run is not None and run[0] == method and run[1] + len(part) <= self.max_request_body:
+            run.append(part)
+            run[1] += len(part)
+            self._wbytes += len(part)
+            return
+        self.requests += 1
+        # [method, body bytes, parts...]: made into one frame when written (_write_now)
+        run = [method, len(part), part]
+        if self.write_window:
+            self._hold(run, len(part) + 16)
+        else:
+            self._queue(run, len(part) + 16)
+        self._run = run
+        self._runs = True
+
+    def _queue(self, frame, size: int = 0) -> None:
+        """Into this iteration's write (at once past ``write_batch`` frames). ``frame``: bytes, or a
+        packed run (:meth:`send_packed`) of ``size`` bytes."""
+        self._run = None  # what follows may not join a packed run before it: order
+        self._wbytes += size or len(frame)
         wbuf = self._wbuf
         wbuf.append(frame)
         if len(wbuf) >= self.write_batch:
@@ -170,6 +200,40 @@ class RpcClient(asyncio.Protocol):
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def _may_send(self, method: int, size: int) -> None:
+        """The checks before a one-way request of ``size`` bytes is queued (see :meth:`send`)."""
+        if self._closed:
+            raise RpcUnavailable(f"connection to {self.peer} is closed ({self.close_reason})", sent=False)
+        if size > self.max_request_body:
+            raise RpcError(f"{method_name(method)} request of {size} bytes exceeds the server's limit of "
+                           f"{self.max_request_body}", kind="bad_request")
+        waiting = self._wbytes + self._transport.get_write_buffer_size()
+        if waiting > self.max_unread:
+            # the peer does not read: refuse now rather than buffer without bound
+            raise RpcUnavailable(f"{self.peer} is not reading: {waiting} bytes already wait for it", sent=False)
+
+    def _hold(self, frame, size: int = 0) -> None:
+        """Into the write due at the end of the write window that the last write opened (this
+        iteration's write when that window is over)."""
+        self._run = None
+        self._wbytes += size or len(frame)
+        wbuf = self._wbuf
+        wbuf.append(frame)
+        if len(wbuf) >= self.write_batch:
+            self._write_now()
+        elif not self._flush_scheduled and self._held is None:
+            due = self._last_write + self.write_window
+            if due <= self._loop.time():
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+            else:
+                self._held = self._loop.call_at(due, self._flush_held)
+
+    def _flush_held(self) -> None:
+        self._held = None
+        if self._wbuf:
+            self._write_now()
 
     async def call(self, method: int, body: bytes, timeout: float = DEFAULT_TIMEOUT) -> bytes:
         deadline = self._loop.time() + timeout
@@ -220,7 +284,16 @@ class RpcClient(asyncio.Protocol):
         buf = self._wbuf
         self._wbuf = []
         self._wbytes = 0
+        if self._runs:
+            self._runs = False
+            self._run = None
+            buf = [f if type(f) is bytes else encode_frame(f[0], 0, b"".join(f[2:])) for f in buf]
         self._gen += 1
+        if self.write_window:
+            self._last_write = self._loop.time()
+            if self._held is not None:  # what it held leaves now
+                self._held.cancel()
+                self._held = None
         if self._transport is not None and not self._closed:
             self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
@@ -300,8 +373,13 @@ class RpcClient(asyncio.Protocol):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
         pending, self._pending = self._pending, {}
         self._wbuf = []
+        self._run = None
+        self._runs = False
         self._wbytes = 0
         gen = self._gen
         for fut, _, g, method in pending.values():

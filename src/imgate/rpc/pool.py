@@ -44,7 +44,7 @@ class RpcPool:
     def __init__(self, addr: str, service: str, *, size: int = 4, client_id: str = "", server_id: str = "",
                  timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  max_body: int = DEFAULT_MAX_BODY, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 write_batch: int = DEFAULT_WRITE_BATCH, balance: str = "spread", fill_limit: int = 128,
+                 write_batch: int = DEFAULT_WRITE_BATCH, write_window: float = 0.0, balance: str = "spread", fill_limit: int = 128,
                  backoff_min: float = 0.05, backoff_max: float = 2.0, ssl=None):
         if size < 1:
             raise ValueError(f"pool size must be at least 1, got {size}")
@@ -62,6 +62,7 @@ class RpcPool:
         self.max_body = max_body
         self.max_in_flight = max_in_flight
         self.write_batch = write_batch
+        self.write_window = write_window  # RpcClient's: one-way requests held to share writes
         self.balance = balance
         self.fill_limit = fill_limit
         self.backoff_min = backoff_min
@@ -155,7 +156,8 @@ class RpcPool:
                 conn = await RpcClient.connect(
                     self.host, self.port, self.service, connect_timeout=self.connect_timeout, ssl=self.ssl, path=self.path,
                     client_id=self.client_id, server_id=self.server_id, max_body=self.max_body,
-                    max_in_flight=self.max_in_flight, write_batch=self.write_batch, on_lost=self._on_lost)
+                    max_in_flight=self.max_in_flight, write_batch=self.write_batch,
+                    write_window=self.write_window, on_lost=self._on_lost)
             except asyncio.CancelledError:
                 self._states[i] = _STOPPED
                 raise
@@ -238,6 +240,17 @@ class RpcPool:
                 raise RpcUnavailable(f"no live connection to {self.service} at {self.addr}: "
                                      f"{self.last_error or 'still connecting'}")
         conn.send(method, body)
+
+    def send_packed(self, method: int, part: bytes) -> None:
+        """:meth:`send` of one part of a packed request (:meth:`RpcClient.send_packed`) on the lane."""
+        conn = self._lane
+        if conn is None or conn._closed:
+            conn = self.lane()
+            if conn is None:
+                self.start()
+                raise RpcUnavailable(f"no live connection to {self.service} at {self.addr}: "
+                                     f"{self.last_error or 'still connecting'}")
+        conn.send_packed(method, part)
 
     async def _wait_live(self, deadline: float) -> RpcClient:
         self.start()

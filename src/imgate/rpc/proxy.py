@@ -28,6 +28,7 @@ from imgate.core import encode_frame
 from imgate.protocol import pb
 from imgate.protocol.interfaces import ProxyAPI
 from imgate.rpc.pool import RpcPool
+from imgate.rpc.packed import pack_push, unpack_pushes
 from imgate.rpc.server import RpcServer, RpcService
 from imgate.rpc.wire import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, PROXY_SERVICE
 
@@ -64,6 +65,7 @@ class ProxyRpcService(RpcService):
         self._all = proxy.push_all_nowait if at_once else proxy.push_all
         self._join = proxy.join_conns_nowait if at_once else proxy.join_conns
         self._leave = proxy.leave_conns_nowait if at_once else proxy.leave_conns
+        self._packed = getattr(proxy, "push_packed_nowait", None) if at_once else None
         if server_id is None:
             server_id = getattr(proxy, "server_id", "") or ""
         self.server = RpcServer(self.SERVICE, self.handlers(), server_id=server_id, **server_kw)
@@ -75,10 +77,26 @@ class ProxyRpcService(RpcService):
             pb.PUSH_ALL: self._push_all,
             pb.JOIN_CONNS: self._join_conns,
             pb.LEAVE_CONNS: self._leave_conns,
+            pb.PUSH_CONNS_PACKED: self._push_packed,
         }
 
     def _push_conns(self, req: pb.PushConnsReq):
         return _count(self._conns(list(req.conn_ids), req.op, req.body))
+
+    def _push_packed(self, body: bytes):
+        if self._packed is not None:  # compiled: checked whole, then delivered in order
+            return _count(self._packed(body))
+        counts = [self._conns(ids, op, b) for ids, op, b in unpack_pushes(body)]
+        if not any(inspect.isawaitable(n) for n in counts):
+            return _count(sum(int(n or 0) for n in counts))
+
+        async def wait():  # in order: each awaited before the next is looked at
+            total = 0
+            for n in counts:
+                total += int((await n) if inspect.isawaitable(n) else (n or 0))
+            return total
+
+        return _count(wait())
 
     def _push_room_batch(self, req: pb.PushRoomBatchReq):
         return _count(self._room_batch(req.room_id, req.frames))
@@ -165,7 +183,8 @@ class ProxyClient(ProxyAPI):
     # one-way: queued on the lane at once; the count is of the connections named (see the module doc)
 
     def push_conns_nowait(self, conn_ids: list[int], op: int, body: bytes) -> int:
-        self.pool.send(pb.PUSH_CONNS, _PushConnsReq(conn_ids=conn_ids, op=op, body=bytes(body)).SerializeToString())
+        # packed: the pushes of one write share one frame (and no protobuf message each)
+        self.pool.send_packed(pb.PUSH_CONNS_PACKED, pack_push(conn_ids, op, body if type(body) is bytes else bytes(body)))
         return len(conn_ids)
 
     def push_room_nowait(self, room_id: str, op: int, body: bytes) -> int:

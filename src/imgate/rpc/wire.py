@@ -75,6 +75,7 @@ REPLY_TYPES: dict[int, type[Message]] = {
     pb.PUSH_ALL: pb.CountReply,
     pb.JOIN_CONNS: pb.CountReply,
     pb.LEAVE_CONNS: pb.CountReply,
+    pb.PUSH_CONNS_PACKED: pb.CountReply,  # its request is raw bytes (imgate.rpc.packed)
     pb.PING: pb.Empty,
     pb.HELLO: pb.HelloReply,
 }
