@@ -124,8 +124,9 @@ def thread_split(before: dict, after: dict, messages: int) -> dict[str, dict[str
 
 
 def step(cluster, services, rate: float, args, workdir: Path, first_uid: int) -> dict:
-    plan = Plan(clients=args.clients, workers=args.workers, rate=rate, duration=args.duration)
-    drivers = start_drivers(cluster, plan, workdir, duration=args.duration, grace=30.0, first_uid=first_uid)
+    # no stop signal: the drivers send single chats for exactly the step's duration
+    plan = Plan(clients=args.clients, workers=args.workers, rate=rate, duration=args.duration, max_extra=0.0)
+    drivers = start_drivers(cluster, plan, workdir, grace=30.0, first_uid=first_uid)
     try:
         begin = wait_ready(drivers)
         pids = all_pids(cluster, services, drivers)

@@ -190,19 +190,20 @@ def worker_uids(plan: Plan, first_uid: int = 100_000) -> list[list[int]]:
     return [list(range(first_uid + w * per, first_uid + (w + 1) * per)) for w in range(plan.workers)]
 
 
-def start_drivers(cluster: Cluster, plan: Plan, workdir: Path, grace: float,
-                  groups: list[dict]) -> list[tuple[subprocess.Popen, Path, Path]]:
+def start_drivers(cluster: Cluster, plan: Plan, workdir: Path, grace: float, groups: list[dict] = (),
+                  first_uid: int = 100_000) -> list[tuple[subprocess.Popen, Path, Path]]:
+    """The driver processes; without a stop signal they send for ``plan.duration + plan.max_extra``."""
     proxies = [cluster.tcp_url(n) if k % 2 == 0 else cluster.ws_url(n)
                for k, n in enumerate(n for n, p in cluster.procs.items() if p.role == "proxy")]
     out = []
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     stop = workdir / "drivers.stop"
     stop.unlink(missing_ok=True)
-    for w, uids in enumerate(worker_uids(plan)):
+    for w, uids in enumerate(worker_uids(plan, first_uid)):
         spec = dict(uids=uids, proxies=proxies, rate=plan.rate / plan.workers, stop=str(stop),
                     max_duration=plan.duration + plan.max_extra, grace=grace, seed=w + 1,
                     ready=str(workdir / f"driver{w}.ready"), progress=str(workdir / f"driver{w}.progress"),
-                    groups=groups, group_share=plan.group_share)
+                    groups=list(groups), group_share=plan.group_share)
         spec_path, out_path = workdir / f"driver{w}.json", workdir / f"driver{w}.out.json"
         for old in (Path(spec["ready"]), Path(spec["progress"]), out_path):  # a previous run's in the same dir
             old.unlink(missing_ok=True)
