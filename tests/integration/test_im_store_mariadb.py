@@ -129,10 +129,10 @@ def test_a_refusal_after_a_lost_commit_answer_says_it_may_be_stored_and_the_rese
         await store.open_inbox(2)
         store_one = store._store
 
-        async def failing_rerun(cur, m, resumed=False):
+        async def failing_rerun(cur, m, resumed=False, **kw):
             if resumed:
                 raise OperationalError(1366, "Incorrect string value (injected)")
-            return await store_one(cur, m, resumed=resumed)
+            return await store_one(cur, m, resumed=resumed, **kw)
 
         store._store = failing_rerun
         broken = []
