@@ -80,10 +80,12 @@ test-asan: $(STAMP)
 cluster: build services
 	$(PY) scripts/cluster.py
 
-# The whole cluster (2 proxies, 2 logic with IM on the MariaDB Galera pair, push, Redis behind Sentinel,
-# Kafka) under faults in turn while 1,000 clients send sequence-numbered messages; every inbox checked:
-# lost, duplicated, seqs reused or skipped, unavailability per fault (benchmarks/chaos.py). About 10 min;
-# JSON in benchmarks/results/chaos-latest.json. CHAOS_ARGS passes options (--rate, --duration, ...).
+# The whole cluster (2 proxies, 2 logic, 2 im, 2 consumers on the MariaDB Galera pair, push, Redis behind
+# Sentinel, Kafka) under faults in turn while 1,000 clients send sequence-numbered single-chat and group
+# messages until 100,000 are acknowledged and the last fault is over; every inbox and group timeline
+# checked: lost, duplicated, seqs reused or skipped, unavailability per fault (benchmarks/chaos.py).
+# 30-40 min on a loaded 2-core machine (bounded at 50 min of sending); JSON in
+# benchmarks/results/chaos-latest.json. CHAOS_ARGS passes options (--rate, --target, --duration, ...).
 chaos: build services
 	PYTHONPATH=src $(PY) benchmarks/chaos.py $(CHAOS_ARGS)
 

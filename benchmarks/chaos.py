@@ -2,18 +2,23 @@
 
 Starts Redis (master, replica, 3 Sentinels), Kafka and the MariaDB Galera pair with garbd, then the
 roles (2 proxies, 2 logic with the IM service on MariaDB, push; im and consumer roles when the cluster
-helper runs them), then CLIENTS clients in WORKERS processes that send sequence-numbered single-chat
-messages at RATE per second for DURATION seconds. Meanwhile it kills -9, one after another and each
-brought back: a proxy, a logic, (an im, a consumer,) push, the Redis master (Sentinel fails over), one
-MariaDB node, and stops Kafka for 20 s. At the end every client reads its inbox, and the table says
-what was acknowledged, delivered, lost, duplicated, which seqs were reused or skipped, and how long
-sends waited around each fault. Exit status 1 when anything was lost, duplicated, reused or skipped,
-or a fault could not be injected and undone.
+helper runs them), then CLIENTS clients in WORKERS processes that send sequence-numbered messages at RATE per second:
+single chats, and group messages from the members of small write-mode groups (fanned out by the
+consumers) and of one read-mode group. Meanwhile it kills -9, one after another and each brought back:
+a proxy, a logic, (an im, a consumer,) push, the Redis master (Sentinel fails over), one MariaDB node,
+and stops Kafka for 20 s, the faults spread over DURATION seconds. Sending goes on until SETTLE seconds
+after the last fault was undone and TARGET sends are acknowledged (the drivers' stop signal), at most
+MAX_EXTRA seconds past DURATION. At the end every client reads its inbox and one
+member of each group the group's timeline, and the tables say what was acknowledged, delivered, lost,
+duplicated, which seqs (and gseqs) were reused or skipped, and how long sends waited around each fault.
+Exit status 1 when anything was lost, duplicated, reused or skipped, or a fault could not be injected
+and undone.
 
-About 9-10 minutes with the defaults (1,000 clients offering 230 messages/s for 480 s: over 100,000
-acknowledged on the 2-core machine, where about 210/s went through).
+With the defaults (1,000 clients offering 240 messages/s, faults over 600 s, 100,000 acknowledged):
+30-40 minutes on the 2-core machine while other work kept its load average near 20 (50-70/s went
+through), bounded by 600 + 2,400 s of sending.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/chaos.py --clients 1000 --rate 230 --duration 480
+    PYTHONPATH=src .venv/bin/python benchmarks/chaos.py --clients 1000 --rate 240 --duration 600 --target 100000
 """
 
 from __future__ import annotations
@@ -29,14 +34,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from chaosgroups import FAIL_KEYS as GROUP_FAIL_KEYS  # noqa: E402
 from chaosutil import ChaosServices, Plan, fault_kinds, make_cluster, run_chaos  # noqa: E402
 
 FAIL_KEYS = ("lost", "duplicated", "seqs_reused", "seqs_skipped", "acked_seq_mismatch")
 
 
 def table(report: dict) -> str:
+    g = report["groups"]
     rows = [("clients", report["clients"]), ("sending time (s)", report["send_seconds"]),
-            ("acknowledged", report["acknowledged"]), ("acknowledged per s", report["acked_per_s"]),
+            ("acknowledged (single + group)", report["acknowledged"]),
+            ("acknowledged per s", report["acked_per_s"]),
+            ("single chat: acknowledged", report["single_acknowledged"]),
             ("delivered live (op 24)", report["delivered_by_push"]),
             ("in the receiver's inbox", report["in_receivers_inbox"]),
             ("lost (acked, missing from an inbox)", report["lost"]),
@@ -48,7 +57,23 @@ def table(report: dict) -> str:
             ("send-to-delivery p50 / p99 (ms)",
              f"{report['send_to_delivery_p50_ms']} / {report['send_to_delivery_p99_ms']}"),
             ("longest send without a fault (s)", report["longest_send_without_fault_s"]),
-            ("longest send of the run (s)", report["longest_send_s"])]
+            ("longest send of the run (s)", report["longest_send_s"]),
+            ("groups: write mode / read mode", f"{g['small_groups']} / {g['read_groups']} (members {g['members']})"),
+            ("group: acknowledged (write / read)",
+             f"{g['acknowledged']} ({g['acknowledged_write']} / {g['acknowledged_read']})"),
+            ("group: timeline entries", g["timeline_entries"]),
+            ("group: lost from a timeline", g["timeline_lost"]),
+            ("group: duplicated in a timeline", g["timeline_duplicated"]),
+            ("group: gseqs reused / skipped", f"{g['gseqs_reused']} / {g['gseqs_skipped']}"),
+            ("group: acked gseq != stored gseq", g["acked_gseq_mismatch"]),
+            ("group: member inbox entries (expected)", f"{g['inbox_entries']} ({g['inbox_expected']})"),
+            ("group: lost from a member's inbox", g["lost"]),
+            ("group: duplicated in a member's inbox", g["duplicated"]),
+            ("group: in an inbox, not expected", g["unexpected"]),
+            ("group: inboxes out of gseq order", g["out_of_order"]),
+            ("group: sender's seq != stored seq", g["acked_seq_mismatch"]),
+            ("group: stored, never acknowledged", g["stored_unacknowledged"]),
+            ("group: live deliveries (of members told)", f"{g['delivered_by_push']} ({g['push_expected']})")]
     lines = [f"  {k:<38} {v}" for k, v in rows]
     lines.append(f"  {'fault':<10} {'what':<52} {'down s':>7} {'longest send s':>15} {'sends > 1 s':>12}")
     for u in report["unavailability"]:
@@ -61,8 +86,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=4, help="client processes")
-    ap.add_argument("--rate", type=float, default=230.0, help="messages per second, all clients together")
-    ap.add_argument("--duration", type=float, default=480.0, help="seconds of sending")
+    ap.add_argument("--rate", type=float, default=240.0, help="messages per second, all clients together")
+    ap.add_argument("--duration", type=float, default=600.0, help="seconds of sending at least")
+    ap.add_argument("--settle", type=float, default=30.0, help="seconds of sending after the last fault is undone")
+    ap.add_argument("--target", type=int, default=100_000,
+                    help="send until this many are acknowledged too (bounded by --duration + --max-extra)")
+    ap.add_argument("--max-extra", type=float, default=2400.0, help="seconds of sending past --duration at most")
+    ap.add_argument("--small-groups", type=int, default=8, help="write-mode groups per client process")
+    ap.add_argument("--small-size", type=int, default=6, help="members of a write-mode group")
+    ap.add_argument("--read-size", type=int, default=40,
+                    help="members of the read-mode group (0: none; over group_write_limit, 20 here)")
+    ap.add_argument("--group-share", type=float, default=0.4, help="share of a group member's sends to a group")
     ap.add_argument("--warmup", type=float, default=20.0, help="seconds before the first fault")
     ap.add_argument("--faults", default="", help="comma-separated subset (default: every kind the cluster has)")
     ap.add_argument("--im-roles", type=int, default=2, help="im roles, when the cluster helper can start them")
@@ -89,7 +123,9 @@ def main() -> int:
         # faults spread over the sending time, the last one done well before the end
         budget = args.duration - args.warmup - 60.0 - (20.0 if "kafka" in kinds else 0.0)
         plan = Plan(clients=args.clients, workers=args.workers, rate=args.rate, duration=args.duration,
-                    warmup=args.warmup, gap=max(5.0, budget / len(kinds) - 4.0), faults=kinds)
+                    settle=args.settle, target=args.target, max_extra=args.max_extra, warmup=args.warmup, gap=max(5.0, budget / len(kinds) - 4.0), faults=kinds,
+                    small_groups=args.small_groups, small_size=args.small_size, read_size=args.read_size,
+                    group_share=args.group_share)
         report = run_chaos(cluster, services, plan, workdir, say)
     finally:
         say("stopping every process")
@@ -106,8 +142,9 @@ def main() -> int:
         print(f"  {report['fault_error']}")
     print(f"  whole run {report['wall_seconds']} s; report in {args.json}")
     bad = {k: report[k] for k in FAIL_KEYS if report[k]}
+    bad.update({f"group {k}": report["groups"][k] for k in GROUP_FAIL_KEYS if report["groups"][k]})
     if bad:
-        print(f"FAILED: {bad}; examples of lost: {report['lost_examples']}")
+        print(f"FAILED: {bad}; examples of lost: {report['lost_examples']} {report['groups']['lost_examples']}")
     return 1 if bad or report.get("fault_error") else 0
 
 

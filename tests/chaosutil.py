@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chaosgroups import check_groups, create as create_groups, layout as group_layout
 from clusterutil import Cluster
 from redis_sentinel import RedisSentinelGroup
 from services import GaleraProcess, KafkaProcess, create_database
@@ -75,6 +76,9 @@ def make_cluster(workdir: Path, services: ChaosServices, im_roles: int = 2, cons
     """The cluster on these services; ``im_roles`` im and ``consumers`` consumer roles when the cluster
     helper can start them (before that, the IM service runs in the logic roles)."""
     db = f"chaos_{uuid.uuid4().hex[:10]}"
+    # groups of a few dozen clients can then be in read mode (tests/chaosgroups.py)
+    extra.setdefault("group_write_limit", 20)
+    extra.setdefault("group_hysteresis", 2)
     create_database(services.galera.addrs, db)
     if "im_roles" in inspect.signature(Cluster).parameters:
         extra.update(im_roles=im_roles, consumers=consumers)
@@ -103,12 +107,22 @@ class Plan:
     clients: int = 50
     workers: int = 1
     rate: float = 100.0  # messages per second, all clients together
-    duration: float = 40.0  # seconds of sending
+    duration: float = 40.0  # seconds of sending at least; then until every fault is over and settled
+    settle: float = 15.0  # seconds of sending after the last fault was restored
+    target: int = 0  # and until the drivers have this many sends acknowledged (0: no such condition)
+    max_extra: float = 600.0  # sending ends at duration + this whatever the faults do (a bound)
     warmup: float = 5.0  # seconds before the first fault
     gap: float = 8.0  # seconds between a fault's restore and the next fault
     down: float = 3.0  # seconds a killed role stays down
     kafka_down: float = 20.0
     faults: list[str] = field(default_factory=lambda: ["proxy", "logic", "redis", "mariadb"])
+    # groups (tests/chaosgroups.py): write-mode groups per driver process, their size, the read-mode
+    # group's size (0: none; it must be over the cluster's group_write_limit), and the share of sends
+    # a group member makes to one of its groups
+    small_groups: int = 2
+    small_size: int = 5
+    read_size: int = 0
+    group_share: float = 0.3
 
 
 def fault_kinds(cluster: Cluster) -> list[str]:
@@ -171,19 +185,27 @@ class FaultInjector:
             self.say(self.error)
 
 
-def start_drivers(cluster: Cluster, plan: Plan, workdir: Path, duration: float, grace: float,
+def worker_uids(plan: Plan, first_uid: int = 100_000) -> list[list[int]]:
+    per = plan.clients // plan.workers
+    return [list(range(first_uid + w * per, first_uid + (w + 1) * per)) for w in range(plan.workers)]
+
+
+def start_drivers(cluster: Cluster, plan: Plan, workdir: Path, grace: float, groups: list[dict] = (),
                   first_uid: int = 100_000) -> list[tuple[subprocess.Popen, Path, Path]]:
+    """The driver processes; without a stop signal they send for ``plan.duration + plan.max_extra``."""
     proxies = [cluster.tcp_url(n) if k % 2 == 0 else cluster.ws_url(n)
                for k, n in enumerate(n for n, p in cluster.procs.items() if p.role == "proxy")]
     out = []
-    per = plan.clients // plan.workers
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
-    for w in range(plan.workers):
-        uids = list(range(first_uid + w * per, first_uid + (w + 1) * per))
-        spec = dict(uids=uids, proxies=proxies, rate=plan.rate / plan.workers, duration=duration, grace=grace,
-                    seed=w + 1, ready=str(workdir / f"driver{w}.ready"))
+    stop = workdir / "drivers.stop"
+    stop.unlink(missing_ok=True)
+    for w, uids in enumerate(worker_uids(plan, first_uid)):
+        spec = dict(uids=uids, proxies=proxies, rate=plan.rate / plan.workers, stop=str(stop),
+                    max_duration=plan.duration + plan.max_extra, grace=grace, seed=w + 1,
+                    ready=str(workdir / f"driver{w}.ready"), progress=str(workdir / f"driver{w}.progress"),
+                    groups=list(groups), group_share=plan.group_share)
         spec_path, out_path = workdir / f"driver{w}.json", workdir / f"driver{w}.out.json"
-        for old in (Path(spec["ready"]), out_path):  # a previous run's in the same dir
+        for old in (Path(spec["ready"]), Path(spec["progress"]), out_path):  # a previous run's in the same dir
             old.unlink(missing_ok=True)
         spec_path.write_text(json.dumps(spec))
         log = open(workdir / f"driver{w}.log", "ab")
@@ -216,13 +238,14 @@ def check(users: list[dict], faults: list[Fault], t_begin: float, t_end: float) 
     where: dict[int, dict[str, list[int]]] = {}  # owner -> cmid -> seqs
     reused = skipped = duplicated = 0
     for owner, entries in inbox.items():
-        seqs = [e[0] for e in entries]
+        seqs = [e[0] for e in entries]  # single and group entries share the owner's seqs
         distinct = set(seqs)
         reused += len(seqs) - len(distinct)
         skipped += (max(distinct) - len(distinct)) if distinct else 0
         by_cmid: dict[str, list[int]] = {}
-        for seq, cmid, frm in entries:
-            by_cmid.setdefault(f"{frm}/{cmid}", []).append(seq)
+        for seq, cmid, frm, group, _gseq in entries:
+            if group is None:  # group entries: chaosgroups.check_groups
+                by_cmid.setdefault(f"{frm}/{cmid}", []).append(seq)
         duplicated += sum(len(s) - 1 for s in by_cmid.values())
         where[owner] = by_cmid
     lost, wrong_seq, delivered, latencies = [], 0, 0, []
@@ -241,6 +264,7 @@ def check(users: list[dict], faults: list[Fault], t_begin: float, t_end: float) 
             latencies.append(got[1] - first)
     stored_unacked = sum(1 for by in where.values() for key in by if key not in acked_keys) // 2
     waits = [(first, ack, ack - first) for _f, _c, _t, _s, first, ack, _n in acked]
+    waits += [(first, ack, ack - first) for u in users for *_x, first, ack, _n in u["gacked"]]
     bounds = [f.start for f in faults] + [t_end]
     unavail = []
     for k, f in enumerate(faults):
@@ -261,7 +285,7 @@ def check(users: list[dict], faults: list[Fault], t_begin: float, t_end: float) 
         lost=len(lost), lost_examples=lost[:10], duplicated=duplicated, seqs_reused=reused, seqs_skipped=skipped,
         acked_seq_mismatch=wrong_seq, stored_unacknowledged=stored_unacked,
         abandoned=sum(len(u["abandoned"]) for u in users),
-        inbox_entries=sum(len(e) for e in inbox.values()),
+        inbox_entries=sum(1 for e in inbox.values() for x in e if x[3] is None),
         push_resent=sum(u["push_dups"] for u in users), reconnects=sum(u["reconnects"] for u in users),
         send_seconds=round(t_end - t_begin, 1), acked_per_s=round(len(acked) / max(t_end - t_begin, 1e-9), 1),
         longest_send_s=round(max((w for *_x, w in waits), default=0.0), 2),
@@ -295,27 +319,65 @@ def wait_drivers(drivers, timeout: float) -> list[dict]:
     return results
 
 
+def acknowledged(drivers) -> int:
+    """The drivers' acknowledged sends as of their last progress files."""
+    total = 0
+    for _, ready, _ in drivers:
+        try:
+            total += int(ready.with_suffix(".progress").read_text())
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def stop_when_settled(drivers, faulting: threading.Thread, injector: FaultInjector, plan: Plan,
+                      begin: float, stop_file: Path, say) -> None:
+    """The drivers' stop signal: once the last fault is restored and ``plan.settle`` seconds of sending
+    have followed it, not before ``plan.duration`` of sending (so every fault is followed by sends),
+    and not before ``plan.target`` sends are acknowledged (the drivers stop by themselves at
+    ``plan.duration + plan.max_extra`` whatever happens)."""
+    while any(proc.poll() is None for proc, _, _ in drivers):
+        if not faulting.is_alive():
+            last = injector.done[-1].restored if injector.done else begin
+            if time.time() >= max(begin + plan.duration, last + plan.settle) and acknowledged(drivers) >= plan.target:
+                stop_file.write_text(f"{time.time()}\n")
+                say(f"stop signal to the drivers after {time.time() - begin:.0f} s of sending")
+                return
+        time.sleep(0.5)
+
+
 def run_chaos(cluster: Cluster, services: ChaosServices, plan: Plan, workdir: Path, say=print) -> dict:
-    """Drivers connect and send; faults follow the plan meanwhile; then every inbox is checked. The
-    drivers are stopped by pid whatever happens; the cluster and services are the caller's to stop."""
+    """Groups are made; drivers connect and send; faults follow the plan meanwhile; the drivers stop
+    once the faults are over; then every inbox and timeline is checked. The drivers are stopped by pid
+    whatever happens; the cluster and services are the caller's to stop."""
     drivers = []
     stop = threading.Event()
     injector = FaultInjector(cluster, services, plan, say)
     faulting = threading.Thread(target=injector.run, args=(plan.faults, stop), daemon=True)
     grace = 60.0
+    groups = create_groups(cluster, group_layout(worker_uids(plan), plan.small_groups, plan.small_size,
+                                                 plan.read_size))
     try:
-        drivers = start_drivers(cluster, plan, workdir, duration=plan.duration, grace=grace)
+        drivers = start_drivers(cluster, plan, workdir, grace, groups)
         begin = wait_ready(drivers)
-        say(f"{plan.clients} clients connected; sending for {plan.duration:.0f} s at {plan.rate:.0f}/s")
+        say(f"{plan.clients} clients connected ({len(groups)} groups); sending for at least "
+            f"{plan.duration:.0f} s at {plan.rate:.0f}/s")
         faulting.start()
-        results = wait_drivers(drivers, plan.duration + grace + 400)
+        stop_when_settled(drivers, faulting, injector, plan, begin, workdir / "drivers.stop", say)
+        results = wait_drivers(drivers, plan.max_extra + grace + 400)
     finally:
         stop.set()
         if faulting.is_alive():  # its current fault ends with a restart: done before the caller stops all
             faulting.join()
         stop_drivers(drivers)
     end = max(r["end"] for r in results)
-    report = check([u for r in results for u in r["users"]], injector.done, begin, end)
+    users = [u for r in results for u in r["users"]]
+    report = check(users, injector.done, begin, end)
+    timelines = {g: t for r in results for g, t in r["timelines"].items()}
+    report["groups"] = check_groups(users, timelines, groups)
+    report["single_acknowledged"] = report["acknowledged"]
+    report["acknowledged"] += report["groups"]["acknowledged"]
+    report["acked_per_s"] = round(report["acknowledged"] / max(end - begin, 1e-9), 1)
     report["plan"] = {k: v for k, v in vars(plan).items()}
     report["faults_injected"] = [f.name for f in injector.done]
     report["fault_error"] = injector.error

@@ -96,3 +96,31 @@ def test_a_create_group_whose_commit_answer_is_lost_makes_one_group(mariadb_addr
         await store.close()
 
     run(go())
+
+
+def test_a_change_members_whose_commit_answer_is_lost_is_applied_once_and_answered_as_done(mariadb_addrs):
+    """The store re-runs a change_members whose COMMIT answer was lost: the re-run finds the change the
+    first attempt made and answers it as that attempt would have (its "member" message, the switch to
+    read mode and its "mode" message, so the service still moves the rooms), and applies nothing twice."""
+    async def go():
+        store = await MariaDbBackend(mariadb_addrs).open()
+        limits = GroupLimits(write_limit=3, hysteresis=1)
+        gid, _ = await store.create_group(1, "g", [2, 3], limits)
+        broken = []
+        break_next_commit(store, broken)
+        count, mode, stored, switched = await store.change_members(gid, None, [4, 5], [2], [], limits)
+        assert broken, "the fault was not injected"
+        assert (count, mode, switched) == (4, "read", True)
+        assert [s.gseq for s in stored] == [2, 3] and all(s.group == gid for s in stored)
+        info = await store.group_info(gid)
+        assert (info["members"], info["mode"], info["max_gseq"]) == (4, "read", 3)
+        timeline, _more, _max = await store.group_pull(1, gid, 0, 100)
+        kinds = [(m["gseq"], m["type"]) for m in map(json.loads, timeline)]
+        assert kinds == [(1, "member"), (2, "member"), (3, "mode")], kinds
+        assert json.loads(timeline[1])["content"] == {"add": [4, 5], "remove": [2], "by": 1}
+        assert sorted(await store.group_members(gid, 1 << 62)) == [1, 3, 4, 5]
+        # the same request again (a new one, not a re-run) changes nothing and says so
+        assert await store.change_members(gid, None, [4, 5], [2], [], limits) == (4, "read", [], False)
+        await store.close()
+
+    run(go())

@@ -224,3 +224,39 @@ def test_read_mode_group_rooms_follow_membership_on_both_proxies(cluster):
                 await c.close()
 
     run(go(), timeout=120)
+
+
+def test_a_connection_made_after_another_process_made_a_read_group_joins_its_room(cluster):
+    """The logic roles authenticate; a read-mode group made through an im role (another process) is
+    news to them: a member connecting afterwards, on either proxy (A authenticates through L1, B
+    through L2), still joins the group's room and gets its messages pushed live."""
+    members = list(range(7461, 7490))  # 30 with the owner: over the limit of 20
+
+    async def go():
+        status, made = await ahttp(cluster, "I2", "POST", "/im/groups?uid=7460",
+                                   json.dumps({"name": "made elsewhere", "members": members}).encode())
+        assert status == 200, made
+        g = made["data"]["group"]
+        conns = [await imclient.connect(url, mid=m, heartbeat=None, timeout=15)
+                 for url, m in ((cluster.tcp_url("A"), 7461), (cluster.ws_url("B"), 7462))]
+        try:
+            async def room_count():
+                status, got = await ahttp(cluster, "L1", "GET", f"/room?rid=im://g:{g}")
+                assert status == 200, got
+                return got["data"]["count"]
+
+            await wait_until_async(room_count, equals=2, interval=0.2, what="both new connections in the room")
+            body = json.dumps({"cmid": "late-room", "group": g, "content": 1}).encode()
+            status, sent = await ahttp(cluster, "I1", "POST", "/im/send?uid=7460", body)
+            assert status == 200 and sent["data"]["seq"] == 0, sent
+            for c in conns:
+                while True:  # skip anything else pushed to it
+                    msgs = [m for m in (await pushed_frame(c)) if m.get("cmid") == "late-room"]
+                    if msgs:
+                        assert (msgs[0]["group"], msgs[0]["seq"]) == (g, 0), msgs
+                        break
+        finally:
+            for c in conns:
+                await c.close()
+
+    run(go(), timeout=120)

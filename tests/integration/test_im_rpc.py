@@ -30,8 +30,8 @@ class FakeIm:
         self.frames: list = []
         self.closed: list = []
 
-    async def receive(self, server, conn_id, mid, op, seq, body):
-        self.frames.append((op, conn_id, body))
+    async def receive(self, server, conn_id, mid, op, seq, body, quiet=False):
+        self.frames.append((op, conn_id, body) + (("quiet",) if quiet else ()))
         return b"" if op == OP_MSG_ACK else f'{{"by":"{self.name}"}}'.encode()
 
     def on_disconnect(self, server, conn_id):
@@ -51,13 +51,16 @@ def test_frames_go_to_the_first_live_im_acks_to_every_im_and_a_dead_one_is_skipp
             assert await client.receive("A", 7, 1, OP_MSG_SEND, 1, b'{"cmid":"c"}') == b'{"by":"one"}'
             assert await client.receive("A", 7, 1, OP_SYNC, 2, b"{}") == b'{"by":"one"}'
             assert await client.receive("A", 7, 1, OP_MSG_ACK, 3, b'{"seq":1}') == b""
+            assert ims[0].frames[2] == (OP_MSG_ACK, 7, b'{"seq":1}')  # checked by the first: its reply is read
             assert [f[0] for f in ims[0].frames] == [OP_MSG_SEND, OP_SYNC, OP_MSG_ACK]
-            assert ims[1].frames == [(OP_MSG_ACK, 7, b'{"seq":1}')]  # the ack reached the other im too
+            # the ack reached the other im too, quiet: nobody reads that reply, so it checks nothing
+            assert ims[1].frames == [(OP_MSG_ACK, 7, b'{"seq":1}', "quiet")]
             await svcs[0].stop()  # im one dies
             await wait_until_async(lambda: not client.pools[0].healthy, what="the client to see it")
             for i in range(10):
                 assert await client.receive("A", 7, 1, OP_MSG_SEND, 10 + i, b"{}") == b'{"by":"two"}'
             assert await client.receive("A", 7, 1, OP_MSG_ACK, 30, b'{"seq":2}') == b""
+            assert ims[1].frames[-1] == (OP_MSG_ACK, 7, b'{"seq":2}')  # the only one left: checked
             assert len(ims[1].frames) == 12 and len(ims[0].frames) == 3
             await client.disconnect("A", 7, 1)
             assert ims[1].closed == [7]
@@ -81,7 +84,7 @@ class StallingIm(FakeIm):
         super().__init__("stalling")
         self.release = asyncio.Event()
 
-    async def receive(self, server, conn_id, mid, op, seq, body):
+    async def receive(self, server, conn_id, mid, op, seq, body, quiet=False):
         self.frames.append((op, conn_id, body))
         await self.release.wait()
         return b"{}"

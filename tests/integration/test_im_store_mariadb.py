@@ -118,6 +118,39 @@ def test_a_commit_whose_answer_is_lost_is_answered_and_delivered_once(backend):
     run(go())
 
 
+def test_a_refusal_after_a_lost_commit_answer_says_it_may_be_stored_and_the_resend_is_answered(backend):
+    """The COMMIT reaches the server, its OK is lost, and the re-run fails for another reason: the
+    refusal cannot say "nothing stored" (it is stored); the client's resend with the same cmid gets
+    the original message back, and the inbox holds it once."""
+    from asyncmy.errors import OperationalError
+
+    async def go():
+        store = await backend.open()
+        await store.open_inbox(2)
+        store_one = store._store
+
+        async def failing_rerun(cur, m, resumed=False, **kw):
+            if resumed:
+                raise OperationalError(1366, "Incorrect string value (injected)")
+            return await store_one(cur, m, resumed=resumed, **kw)
+
+        store._store = failing_rerun
+        broken = []
+        break_next_commit(store, broken)
+        with pytest.raises(ImError) as e:
+            await store.send(new_message(1, 2, "maybe", "hi"))
+        assert broken, "the fault was not injected"
+        assert e.value.code == E_UNAVAILABLE and "may or may not be stored" in e.value.message, e.value.message
+        assert "nothing stored" not in e.value.message
+        store._store = store_one
+        again = await store.send(new_message(1, 2, "maybe", "hi"))
+        assert again.duplicate and again.seqs == {1: 1}
+        assert [(m["seq"], m["cmid"]) for m in await all_msgs(store, 2)] == [(1, "maybe")]
+        await store.close()
+
+    run(go())
+
+
 def test_a_failing_write_is_refused_at_once_and_the_store_carries_on(backend):
     async def go():
         store = await backend.open()
@@ -166,6 +199,42 @@ def test_concurrent_sends_share_transactions(backend):
     run(go())
 
 
+async def selects(addr: str) -> int:
+    """The server's count of SELECT statements so far (every client's)."""
+    import asyncmy
+
+    host, _, port = addr.rpartition(":")
+    conn = await asyncmy.connect(host=host, port=int(port), user="test", autocommit=True)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SHOW GLOBAL STATUS LIKE 'Com_select'")
+            return int((await cur.fetchone())[1])
+    finally:
+        conn.close()
+
+
+def test_a_new_send_reads_nothing_and_a_resend_alone_or_batched_gets_its_original(backend, mariadb_addrs):
+    """A single-chat send leaves the (sender, cmid) check to the unique key: no SELECT (one round trip and
+    one Galera causality wait less). A resend is refused by the key, looked up and answered as the
+    original, without using up a seq, whether it is alone in its transaction or shares one."""
+    async def go():
+        store = await backend.open()
+        store.pool_size = 1  # one writer: the sends gathered below queue behind the first, one transaction
+        await store.open_inbox(2)
+        before = await selects(mariadb_addrs[0])
+        first = await store.send(new_message(1, 2, "d0", 0))
+        assert await selects(mariadb_addrs[0]) - before == 0, "a new send reads nothing"
+        again = await store.send(new_message(1, 2, "d0", 0))
+        assert again.duplicate and again.msg_id == first.msg_id and again.seqs == {1: 1}
+        results = await asyncio.gather(*[store.send(new_message(1, 2, c, 0)) for c in ("d1", "d0", "d2", "d1")])
+        assert [r.duplicate for r in results] == [False, True, False, True]
+        assert results[1].msg_id == first.msg_id and results[3].msg_id == results[0].msg_id
+        assert [(m["seq"], m["cmid"]) for m in await all_msgs(store, 2)] == [(1, "d0"), (2, "d1"), (3, "d2")]
+        await store.close()
+
+    run(go())
+
+
 def test_a_failed_batch_refuses_every_send_in_it(backend):
     """A transaction that fails for a reason other than the request (here a server error the store does
     not retry) refuses all of its sends with 503, and none of them is stored."""
@@ -177,10 +246,10 @@ def test_a_failed_batch_refuses_every_send_in_it(backend):
         await store.open_inbox(2)
         store_one = store._store
 
-        async def failing_store(cur, m, resumed=False):
+        async def failing_store(cur, m, resumed=False, **kw):
             if m.cmid == "b5":
                 raise OperationalError(1366, "Incorrect string value (injected)")
-            return await store_one(cur, m, resumed=resumed)
+            return await store_one(cur, m, resumed=resumed, **kw)
 
         store._store = failing_store
         results = await asyncio.gather(*[store.send(new_message(1, 2, f"b{i}", i)) for i in range(10)],

@@ -44,6 +44,36 @@ def test_auth_heartbeat_and_room_push(node, transport):
     run(go())
 
 
+def metric(node, name):
+    """One number of the node's /metrics (what a scraper reads)."""
+    status, text = node.http("GET", "/metrics")
+    assert status == 200
+    for line in text.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def test_unicasts_are_counted_at_scrape_time(node):
+    """Each unicast by mid counts one push at the proxy and, when its connection does not accept the
+    op, one drop (the compiled unicast counts in C; a scrape reads them); logic counts it too."""
+    async def go():
+        c = await imclient.connect(node.tcp_url, mid=77, accepts=[1000], heartbeat=None)
+        loop = asyncio.get_running_loop()
+        pushes, drops = metric(node, "imgate_pushes_total"), metric(node, "imgate_drops_total")
+        logic_pushes = node.node.logic.counters["pushes"]
+        for op, targets in ((1000, 1), (1001, 0), (1000, 1)):
+            status, reply = await loop.run_in_executor(None, node.http, "POST", f"/goim/push/mids?operation={op}&mids=77", b"x")
+            assert status == 200 and reply["data"]["targets"] == targets, reply
+        assert [(await c.recv(timeout=30)).body for _ in range(2)] == [b"x", b"x"]
+        assert metric(node, "imgate_pushes_total") == pushes + 3
+        assert metric(node, "imgate_drops_total") == drops + 1, "op 1001 is not among its accepted ops"
+        assert node.node.logic.counters["pushes"] == logic_pushes + 3
+        await c.close()
+
+    run(go())
+
+
 @pytest.mark.parametrize("transport", ["tcp", "ws"])
 def test_rooms_sub_and_upstream(node, transport):
     async def go():

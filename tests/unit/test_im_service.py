@@ -105,3 +105,34 @@ def test_a_users_sends_and_reads_are_rate_limited_across_its_connections(tmp_pat
         await store.close()
 
     run(go())
+
+
+def test_a_quiet_ack_forgets_what_it_acks_without_reading_the_store(tmp_path):
+    """The copies of an ack to the im roles other than the proxy's first are quiet (imgate.rpc.im): they
+    drop the acked entries and read nothing; the checked ack still refuses a seq beyond the inbox."""
+    async def go():
+        store = SqliteStore(tmp_path / "im.db")
+        await store.start()
+        svc = ImService(store, Sessions({2: [7]}), Jobs(), ack_timeout=10.0)
+        await store.open_inbox(2)
+        for i in range(3):
+            await svc.send(1, {"cmid": f"c{i}", "to": 2, "content": "x"})
+        assert svc.unacked("p1", 7) == [1, 2, 3]
+        other = ImService(store, Sessions({}), Jobs())  # an im that never saw user 2's seqs
+        reads = []
+        real = store.max_seq
+
+        async def counted(uid):
+            reads.append(uid)
+            return await real(uid)
+
+        store.max_seq = counted
+        assert await svc.receive("p1", 7, 2, 25, 1, b'{"seq":2}', quiet=True) == b""
+        assert svc.unacked("p1", 7) == [3]
+        assert await other.receive("p1", 7, 2, 25, 1, b'{"seq":500}', quiet=True) == b""
+        assert reads == [], "a quiet ack reads nothing"
+        reply = json.loads(await other.receive("p1", 7, 2, 25, 2, b'{"seq":500}'))
+        assert reply["code"] == 416 and reads == [2], "the checked one reads the inbox's newest seq and refuses"
+        await store.close()
+
+    run(go())

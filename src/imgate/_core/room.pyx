@@ -402,6 +402,23 @@ cdef class RoomTable(OutputTable):
         self._finish_unicast(first, count)
         return count
 
+    cdef Py_ssize_t send_one(self, object conn_id, bytes raw, int op) except -1:
+        """:meth:`send_many` for one connection, called from C (a unicast's last step): no sequence to
+        walk, nothing to box."""
+        cdef Conn c
+        cdef Py_ssize_t count = 0, first
+        if self._held:
+            self._release_batches()
+        first = self._n_dirty
+        co = self._conns.get(conn_id)
+        if co is not None:
+            c = <Conn>co
+            if not c.dead and c.accepts_op(op):
+                self._queue_kind(c, raw, None, None)
+                count = 1
+        self._finish_unicast(first, count)
+        return count
+
     def broadcast(self, room_id, data, int op=-1, ws_data=None):
         """Queue `data` for every member of a room, encoded once per transport kind.
 

@@ -31,8 +31,9 @@ cdef class WebSocketParser:
     cdef PyObject* _msg
     cdef Py_ssize_t _msg_len
     cdef uint32_t _utf8
-    # the control frame being read
-    cdef uint8_t _ctrl[125]
+    # the control frame being read: 125 bytes allocated at the first one (most connections never
+    # send one, and an idle connection should stay small)
+    cdef uint8_t* _ctrl
     cdef Py_ssize_t _ctrl_len
     # queued control replies: None, bytes, or bytearray
     cdef object _out

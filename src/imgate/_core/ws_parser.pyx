@@ -16,6 +16,7 @@ from cpython.bytes cimport (
     PyBytes_GET_SIZE,
     _PyBytes_Resize,
 )
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
@@ -124,10 +125,13 @@ cdef class WebSocketParser:
         self._msg_len = 0
         self._utf8 = IMGATE_UTF8_ACCEPT
         self._out = None
+        self._ctrl = NULL
 
     def __dealloc__(self):
         Py_XDECREF(self._msg)
         self._msg = NULL
+        PyMem_Free(self._ctrl)
+        self._ctrl = NULL
 
     @property
     def failed(self):
@@ -240,6 +244,10 @@ cdef class WebSocketParser:
         if op >= 8:
             if h.payload_len > 125:
                 self._fail(CLOSE_PROTOCOL_ERROR, f"control frame payload {h.payload_len} > 125")
+            if self._ctrl == NULL:
+                self._ctrl = <uint8_t*>PyMem_Malloc(125)
+                if self._ctrl == NULL:
+                    raise MemoryError()
             self._ctrl_len = 0
         else:
             if op == IMGATE_WS_OP_CONT:

@@ -15,7 +15,9 @@ class MemoryCache(Cache):
     def __init__(self, clock=time.monotonic):
         self._clock = clock
         self._ids = itertools.count(1)
-        self._by_mid: dict[int, dict[int, Session]] = {}
+        # user -> its sessions in connection order: a list, not a dict by conn id (a user has a few
+        # devices; a one-entry dict costs ~200 bytes more per connection of an idle node)
+        self._by_mid: dict[int, list[Session]] = {}
         self._by_key: dict[str, Session] = {}
         self._servers: dict[str, dict] = {}
 
@@ -30,7 +32,7 @@ class MemoryCache(Cache):
         if holder is not None and holder.mid != session.mid and self._live(holder):
             return False  # another user's key: never re-bound
         session.expires_at = self._clock() + ttl
-        self._by_mid.setdefault(session.mid, {})[session.conn_id] = session
+        self._put(session)
         self._by_key[session.key] = session
         return True
 
@@ -38,23 +40,42 @@ class MemoryCache(Cache):
         expires = self._clock() + ttl
         for s in sessions:
             s.expires_at = expires
-            self._by_mid.setdefault(s.mid, {})[s.conn_id] = s
+            self._put(s)
             holder = self._by_key.get(s.key)
             if holder is None or holder.conn_id <= s.conn_id or not self._live(holder):
                 self._by_key[s.key] = s
 
+    def _put(self, session: Session) -> None:
+        """Index ``session`` under its user, in place of a session with its conn id."""
+        conns = self._by_mid.get(session.mid)
+        if conns is None:
+            self._by_mid[session.mid] = [session]
+            return
+        for i, s in enumerate(conns):
+            if s.conn_id == session.conn_id:
+                conns[i] = session
+                return
+        conns.append(session)
+
+    def _find(self, mid: int, conn_id: int) -> Session | None:
+        for s in self._by_mid.get(mid, ()):
+            if s.conn_id == conn_id:
+                return s
+        return None
+
     async def renew_session(self, mid: int, conn_id: int, ttl: float) -> bool:
-        s = self._by_mid.get(mid, {}).get(conn_id)
+        s = self._find(mid, conn_id)
         if s is None or not self._live(s):
             return False
         s.expires_at = self._clock() + ttl
         return True
 
     async def del_session(self, mid: int, conn_id: int) -> bool:
-        conns = self._by_mid.get(mid)
-        if not conns or conn_id not in conns:
+        s = self._find(mid, conn_id)
+        if s is None:
             return False
-        s = conns.pop(conn_id)
+        conns = self._by_mid[mid]
+        conns.remove(s)
         if not conns:
             del self._by_mid[mid]
         if self._by_key.get(s.key) is s:

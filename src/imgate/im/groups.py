@@ -62,7 +62,8 @@ class GroupsMixin:
     def _groups_init(self, groups: GroupLimits | None, consumer: bool) -> None:
         self.groups = groups or GroupLimits()
         self.run_consumer = consumer
-        self._any_read_mode = True  # until the store says none is: then auths skip the room lookup
+        # until the store says none is: then auths skip the room lookup (a shared store is asked again)
+        self._any_read_mode = True
         self._fanout_wake = asyncio.Event()
         self.fanout_linger = FANOUT_LINGER
         self.fanout_busy_gap = FANOUT_BUSY_GAP
@@ -157,8 +158,16 @@ class GroupsMixin:
 
     async def group_rooms(self, uid: int) -> list:
         """The rooms a new connection of ``uid`` joins at auth: those of its read-mode groups."""
-        if uid < 1 or not self._any_read_mode:
+        if uid < 1:
             return []
+        if not self._any_read_mode:
+            if not self.store.shared:
+                return []
+            # another process (an im or logic role) may have made one since: ask until the store says
+            # so; from then on every auth looks its user's groups up
+            self._any_read_mode = await self.store.has_read_groups()
+            if not self._any_read_mode:
+                return []
         return [group_room(g["group"]) for g in await self.store.read_groups(uid) if g["mode"] == "read"]
 
     # ------------------------------------------------------------------ operations

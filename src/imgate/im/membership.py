@@ -102,11 +102,12 @@ def plan_change(group: int, owner: int, count: int, mode: str, actor: int | None
                             mode, limits.mode(mode, new_count), old)
 
 
-def system_message(group: int, sender: int, type_: str, body: dict, gseq_next: int) -> NewMessage:
-    """A message the service writes in a group (membership, mode); its cmid names its gseq, so that
-    it is unique and never a client's."""
+def system_message(group: int, sender: int, type_: str, body: dict, gseq_next: int, token: str = "") -> NewMessage:
+    """A message the service writes in a group (membership, mode); its cmid names its gseq, or the
+    request's ``token`` (a store that must find it again when a commit's answer is lost), so that it
+    is unique and never a client's."""
     content = json.dumps(body, separators=(",", ":"), sort_keys=True)
-    cmid = f"{INTERNAL_CMID_PREFIX}{type_}:{group}:{gseq_next}"
+    cmid = f"{INTERNAL_CMID_PREFIX}{type_}:{group}:{f't{token}' if token else gseq_next}"
     return NewMessage(sender, cmid, group_conv(group), None, group, type_, content,
                       digest_of(None, group, type_, content), (sender,))
 

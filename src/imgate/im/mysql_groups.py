@@ -96,10 +96,11 @@ class MariaDbGroupsMixin:
         return stored
 
     async def _system_message(self, cur, group: int, sender: int, type_: str, body: dict, mode: str,
-                              owners: list) -> Stored:
+                              owners: list, token: str = "") -> Stored:
         await cur.execute("SELECT max_gseq + 1 FROM `groups` WHERE id = %s FOR UPDATE", (group,))
         gseq_next = (await cur.fetchone())[0]
-        return await self._group_message(cur, system_message(group, sender, type_, body, gseq_next), mode, owners)
+        m = system_message(group, sender, type_, body, gseq_next, token)
+        return await self._group_message(cur, m, mode, owners)
 
     async def _open_users(self, cur, uids, ts: int) -> None:
         if uids:
@@ -131,16 +132,35 @@ class MariaDbGroupsMixin:
         """The opening message of a group an earlier attempt created, as that attempt would have answered
         it (its answer was lost: nothing that follows a commit happened): the fan-out job if still
         waiting (the consumer does it once either way), the msg in read mode (pushed to the room)."""
-        await cur.execute("SELECT m.id, m.sender, m.conv, m.type, m.content, m.ts, m.cmid, m.gseq, g.mode, o.id"
+        await cur.execute("SELECT m.id, m.sender, m.conv, m.type, m.content, m.ts, m.cmid, m.gseq, o.id, g.mode"
                           " FROM messages m JOIN `groups` g ON g.id = m.grp LEFT JOIN group_outbox o ON o.msg_id = m.id"
                           " WHERE m.grp = %s AND m.gseq = 1", (group,))
-        msg_id, sender, conv, type_, content, ts, cmid, gseq, mode, job = await cur.fetchone()
-        msg = msg_json(0, msg_id, conv, sender, None, group, type_, content, ts, cmid, gseq) if mode == "read" else None
-        return Stored(msg_id=msg_id, ts=ts, seqs={sender: 0}, gseq=gseq, job=job, group=group, msg=msg)
+        row = await cur.fetchone()
+        return _stored_again(group, row[:-1], row[-1] == "read")
+
+    async def _changed_again(self, cur, group: int, by: int, token: str, mode: str) -> tuple:
+        """([Stored], switched) of the change an earlier attempt with ``token`` committed (its answer
+        was lost), as that attempt would have answered; ([], False) if it did not commit. ``mode``:
+        the group's mode now."""
+        cmids = [system_message(group, by, t, {}, 0, token).cmid for t in ("member", "mode")]
+        await cur.execute("SELECT m.id, m.sender, m.conv, m.type, m.content, m.ts, m.cmid, m.gseq, o.id"
+                          " FROM messages m LEFT JOIN group_outbox o ON o.msg_id = m.id"
+                          " WHERE m.sender = %s AND m.cmid IN (%s, %s) ORDER BY m.gseq", (by, *cmids))
+        rows = await cur.fetchall()
+        switched = any(r[3] == "mode" for r in rows)
+        before = ("write" if mode == "read" else "read") if switched else mode  # the member note's mode
+        return [_stored_again(group, r, r[3] == "member" and before == "read") for r in rows], switched
 
     async def _change_members(self, cur, group: int, actor: int | None, add: list, remove: list, admins: list,
-                              limits: GroupLimits, resumed: bool = False) -> tuple:
+                              limits: GroupLimits, token: str, resumed: bool = False) -> tuple:
+        """``token``: this request's, in the cmids of its messages; a re-run after a lost connection
+        (the COMMIT may have happened) answers the change it finds instead of planning it again on
+        the changed members (which would find nothing to do and answer no messages, no switch)."""
         owner, count, mode, max_gseq = await self._group_row(cur, group)
+        if resumed:
+            stored, switched = await self._changed_again(cur, group, owner if actor is None else actor, token, mode)
+            if stored:
+                return count, mode, stored, switched
         role = None if actor is None else await self._member_role(cur, group, actor)
         c = plan_change(group, owner, count, mode, actor, role, await self._members(cur, group), add, remove,
                         admins, limits)
@@ -158,10 +178,10 @@ class MariaDbGroupsMixin:
         out = []
         note = c.member_note()
         if note is not None:
-            out.append(await self._system_message(cur, group, c.by, "member", note[0], mode, note[1]))
+            out.append(await self._system_message(cur, group, c.by, "member", note[0], mode, note[1], token))
         if c.switched:
             await cur.execute("UPDATE `groups` SET mode = %s WHERE id = %s", (c.mode, group))
-            switch = await self._system_message(cur, group, c.by, "mode", c.mode_note(), "write", c.members)
+            switch = await self._system_message(cur, group, c.by, "mode", c.mode_note(), "write", c.members, token)
             column, value = switch_mark(c.mode, switch.gseq)
             await cur.execute(f"UPDATE `groups` SET {column} = %s WHERE id = %s", (value, group))
             out.append(switch)
@@ -269,7 +289,7 @@ class MariaDbGroupsMixin:
 
     async def change_members(self, group: int, actor: int | None, add: list, remove: list, admins: list,
                              limits: GroupLimits) -> tuple:
-        return await self._run(self._change_members, group, actor, add, remove, admins, limits)
+        return await self._run(self._change_members, group, actor, add, remove, admins, limits, os.urandom(8).hex())
 
     async def group_info(self, group: int) -> dict | None:
         return await self._run(self._group_info_now, group)
@@ -302,3 +322,11 @@ class MariaDbGroupsMixin:
 
 
 __all__ = ["MariaDbGroupsMixin"]
+
+
+def _stored_again(group: int, row: tuple, read_mode: bool) -> Stored:
+    """A group message an earlier attempt stored, as its Stored: the fan-out job if still waiting (the
+    consumer does it once either way), the msg to push to the room if it was stored in read mode."""
+    msg_id, sender, conv, type_, content, ts, cmid, gseq, job = row
+    msg = msg_json(0, msg_id, conv, sender, None, group, type_, content, ts, cmid, gseq) if read_mode else None
+    return Stored(msg_id=msg_id, ts=ts, seqs={sender: 0}, gseq=gseq, job=job, group=group, msg=msg)

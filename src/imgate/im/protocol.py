@@ -25,7 +25,8 @@ E_OUT_OF_RANGE = 416       # sync/ack/read beyond the inbox, or a negative or hu
 E_BUSY = 429              # the connection has im_max_inflight requests unanswered (the proxy answers)
 E_RATE_LIMITED = 429       # the user sends or reads faster than im_user_rate, across its connections
 E_UNAVAILABLE = 503        # the store refused the write (locked, disk full, overloaded): nothing stored;
-                           # from a proxy whose RPC call timed out or broke: the error says it may be stored
+                           # after an attempt that may have committed, or from a proxy whose RPC call
+                           # timed out or broke: the error says it may be stored (resend the same cmid)
 
 MAX_CMID = 128             # characters of a client's cmid
 

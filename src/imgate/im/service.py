@@ -133,8 +133,10 @@ class ImService(GroupsMixin):
 
     # ------------------------------------------------------------------ frames from the proxy
 
-    async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes) -> bytes:
-        """One IM frame; the body of its reply (empty: no reply). Never raises: errors are replies."""
+    async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes,
+                      quiet: bool = False) -> bytes:
+        """One IM frame; the body of its reply (empty: no reply). Never raises: errors are replies.
+        ``quiet``: an ack whose reply nobody reads (imgate.rpc.im), so it is not checked against the store."""
         cmid = None
         try:
             req = parse_body(body)
@@ -154,7 +156,7 @@ class ImService(GroupsMixin):
             if op == OP_SYNC:
                 return await self.sync(mid, req)
             if op == OP_MSG_ACK:
-                await self.ack(server, conn_id, mid, req)
+                await self.ack(server, conn_id, mid, req, check=not quiet)
                 return b""
             if op == OP_READ:
                 return json.dumps(await self.read(mid, req, origin=(server, conn_id))).encode()
@@ -170,7 +172,8 @@ class ImService(GroupsMixin):
         except Exception:
             self.counters["errors"] += 1
             log.exception("IM op %d from user %d failed", op, mid)
-            return error_body(E_UNAVAILABLE, "internal error, nothing stored",
+            # (it may have come after the store committed: the resend with the same cmid is answered)
+            return error_body(E_UNAVAILABLE, "internal error, may or may not be stored",
                               **({"cmid": cmid} if cmid is not None else {}))
 
     def _admit(self, mid: int) -> bool:
@@ -276,9 +279,11 @@ class ImService(GroupsMixin):
                 f'"groups":{await self.sync_groups(uid)},"msgs":[')
         return (head + ",".join(msgs) + "]}").encode()
 
-    async def ack(self, server: str, conn_id: int, mid: int, req: dict) -> None:
+    async def ack(self, server: str, conn_id: int, mid: int, req: dict, check: bool = True) -> None:
+        """Forget what the connection acked; ``check``: refuse an ack beyond the inbox (a store read when
+        this process has not seen the user's newest seq)."""
         seq = get_int(req, "seq", lo=0)
-        if seq > self._seq_hint.get(mid, 0):
+        if check and seq > self._seq_hint.get(mid, 0):
             newest = await self.store.max_seq(mid)
             self._hint(mid, newest)
             if seq > newest:

@@ -149,6 +149,8 @@ class MessageStore(ABC):
     # chat: its group calls are refused with E_UNAVAILABLE, and it reports no fan-out job and no
     # read-mode group. SqliteStore implements them all (imgate.im.sqlite_groups) and says so:
     supports_groups = False  # True: send() takes group messages and the calls below work
+    # True: other processes write to the same store (their groups are news to this one's caches)
+    shared = False
     # Every group message gets the group's next gseq (gapless) in the transaction that stores it. In
     # write mode that transaction also writes the sender's own entry (``seqs``/``entries``; the sender's
     # seq is kept with the message, so a resend of the cmid answers it) and stores a fan-out job (the

@@ -12,6 +12,9 @@ general handler maps it.
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcmp
 
+from imgate.http._request cimport Request
+from imgate.logic._push cimport UnicastPath
+
 from imgate.http.messages import Response
 from imgate.protocol.envelope import push_reply
 
@@ -23,24 +26,35 @@ cdef class PushMidsRoute:
     """``route(req)``: the reply to a plain push by one mid, else whatever ``general(req)`` returns."""
 
     cdef object push        # push_mids_nowait(op, [mid], body) -> connections reached
+    cdef UnicastPath path   # the same push called in C, when push is a UnicastPath's (else None)
     cdef readonly object general  # the interpreted handler: every other request, every error
     cdef object http_error  # exception from logic -> HttpError to raise, or None (a bug: re-raised)
     cdef list replies       # the reply for n targets, n < _CACHED_REPLIES (never mutated)
 
     def __init__(self, push, general, http_error):
         self.push = push
+        owner = getattr(push, "__self__", None)
+        if isinstance(owner, UnicastPath) and getattr(push, "__name__", "") == "push_mids_nowait":
+            self.path = <UnicastPath>owner
         self.general = general
         self.http_error = http_error
         self.replies = [_reply(n) for n in range(_CACHED_REPLIES)]
 
     def __call__(self, req):
-        cdef object body = req.body
+        cdef object body, qs
         cdef long long op = -1, mid = -1
         cdef Py_ssize_t n
+        if type(req) is Request:  # the server's: its fields read in C (a test's stand-in by name)
+            body, qs = (<Request>req).body, (<Request>req).query_string
+        else:
+            body, qs = req.body, req.query_string
         # ops 22-33 are IM's (refused by the general handler's operation check)
-        if type(body) is bytes and body and _plain_query(req.query_string, &op, &mid) and not 22 <= op <= 33:
+        if type(body) is bytes and body and _plain_query(qs, &op, &mid) and not 22 <= op <= 33:
             try:
-                n = self.push(<int>op, [mid], body)
+                if self.path is not None:
+                    n = self.path.push_mid(<int>op, mid, body)
+                else:
+                    n = self.push(<int>op, [mid], body)
             except Exception as exc:
                 err = self.http_error(exc)
                 if err is None:

@@ -12,11 +12,12 @@ import asyncio
 import inspect
 import logging
 import secrets
+import sys
 import time
 
 from imgate.auth import AuthError, Authenticator
 from imgate.cache import Cache, Session
-from imgate.logic._push import push_mids_nowait
+from imgate.logic._push import UnicastPath
 from imgate.logic.upstream import error_body
 from imgate.protocol import IM_ROOM_PREFIX, KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
 from imgate.logic.recovery import EpochWatch
@@ -49,11 +50,21 @@ class Logic:
         self.webhooks = None  # imgate.logic.webhooks.Webhooks when webhook_url is set
         self._auth_async = inspect.iscoroutinefunction(authenticator.authenticate)
         self.im = None  # imgate.im.service.ImService: IM ops (22-32) and inbox_seq at auth
-        self.counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0, "key_conflicts": 0}
+        self._counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0, "key_conflicts": 0}
         # cache and bus in this process (the embedded node): pushes by mid/key need not wait
         self.pushes_wait = not (cache.nowait and bus.nowait)
+        # every unicast's first step, compiled (logic/_push.pyx); a subclass's own method is kept
+        self._unicast = UnicastPath(self, cache, bus)
+        if type(self).push_mids_nowait is Logic.push_mids_nowait:
+            self.push_mids_nowait = self._unicast.push_mids_nowait
         self.watch = EpochWatch(cache, self.server_ttl)
         self.on_report = None  # (server, addr, draining): a push router in this process learns of proxies at once
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """What logic counted (connects, pushes, ...); the compiled unicast's pushes are added when read."""
+        self._unicast.settle(self._counters)
+        return self._counters
 
     @property
     def epoch(self) -> str:
@@ -86,9 +97,12 @@ class Logic:
         conn_id = await self.cache.alloc_conn_id()
         # a generated key is unguessable (128 random bits): pushes by key reach whoever holds it
         key = ident.key or secrets.token_hex(16)
+        # many connections share a room and a platform: one string each (interned strings go with
+        # their last holder, so a client's odd value is not kept)
+        room_id, platform = sys.intern(ident.room_id), sys.intern(ident.platform)
         added = await self.cache.add_session(
-            Session(conn_id=conn_id, mid=ident.mid, key=key, server=server, room_id=ident.room_id,
-                    platform=ident.platform, connected_at=time.time()),
+            Session(conn_id=conn_id, mid=ident.mid, key=key, server=server, room_id=room_id,
+                    platform=platform, connected_at=time.time()),
             self.session_ttl,
         )
         if added is False:  # the key is held by another user: refused, never re-bound
@@ -108,7 +122,7 @@ class Logic:
                 rooms += tuple(await self.im.group_rooms(ident.mid))  # its large groups' rooms
             except Exception as e:  # the store is away: the client connects and syncs later
                 log.warning("inbox of user %d unavailable at auth: %s", ident.mid, e)
-        return Connected(conn_id, ident.mid, key, ident.room_id, tuple(ident.accepts), ident.platform, inbox_seq,
+        return Connected(conn_id, ident.mid, key, room_id, tuple(ident.accepts), platform, inbox_seq,
                          rooms=rooms)
 
     async def disconnect(self, server: str, conn_id: int, mid: int) -> None:
@@ -210,7 +224,11 @@ class Logic:
         await self.watch.check(self.cache.seen_epoch)
         return await self._publish(self._jobs(op, body, self._flat(found)))
 
-    push_mids_nowait = push_mids_nowait  # compiled (logic/_push.pyx): every unicast's first step
+    def push_mids_nowait(self, op: int, mids: list[int], body: bytes) -> int:
+        """:meth:`push_mids` without a coroutine (``pushes_wait`` False): the same lookup and jobs, handed
+        to the bus at once; returns the connections it was queued for. Each Logic binds its
+        ``UnicastPath``'s method in its place (logic/_push.pyx)."""
+        return self._unicast.push_mids_nowait(op, mids, body)
 
     def push_keys_nowait(self, op: int, keys: list[str], body: bytes) -> int:
         """:meth:`push_keys` without a coroutine (see :meth:`push_mids_nowait`)."""

@@ -24,8 +24,8 @@ class Delivery(ProxyAPI):
 
     nowait = True  # in this process: push calls the *_nowait methods
 
-    # unicast/multicast to connections of this proxy, filtered by each one's accepted ops (compiled:
-    # proxy/_delivery.pyx)
+    # unicast/multicast to connections of this proxy, filtered by each one's accepted ops: the proxy's
+    # ConnsDelivery (compiled, proxy/_delivery.pyx), which counts them
     push_conns_nowait = push_conns_nowait
     # the pushes of one PUSH_CONNS_PACKED body (imgate.rpc.packed), each as push_conns_nowait would
     push_packed_nowait = push_packed_nowait

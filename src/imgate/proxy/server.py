@@ -26,6 +26,7 @@ from imgate.core import RoomTable
 from imgate.protocol import notice
 from imgate.proxy.admission import Admission
 from imgate.proxy.channel import Channel, valid_room_id
+from imgate.proxy._delivery import ConnsDelivery
 from imgate.proxy.delivery import Delivery
 from imgate.proxy.lifecycle import Lifecycle
 from imgate.proxy.limits import Limits
@@ -75,6 +76,9 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle, Repair):
             pushes=0, accepted=0, upstream_busy=0, handshake_timeouts=0, rate_limited=0, ip_limit_refusals=0,
             close_notices_late=0, close_notices_dropped=0, busy=0, disconnect_failures=0,
         )
+        # unicasts and multicasts to this proxy's connections (compiled); its pushes and drops are
+        # counted in C and added to stats_counters by stats()
+        self.conns_delivery = ConnsDelivery(self._by_conn_id, self.table)
         self.limits = Limits.from_config(config)
         self._overflowed: list[Channel] = []   # slow consumers waiting to be closed (Lifecycle._on_overflow)
         self.advertise = ""  # host:port of the RPC push reaches this proxy on (cluster discovery)
@@ -109,6 +113,7 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle, Repair):
         log.info("proxy %s: tcp :%d, websocket :%d/sub", self.server_id, self.tcp_port, self.ws_port)
 
     def stats(self) -> dict:
+        self.conns_delivery.settle(self.stats_counters)
         t = self.table.stats()
         return dict(
             self.stats_counters,

@@ -5,8 +5,12 @@ one proxy's unicasts, stay in one partition and so in order. `publish` returns o
 job; if Kafka cannot take it within `timeout`, it raises `BusUnavailable`, which the HTTP API answers
 with 503: the caller keeps the message and retries, nothing is dropped silently.
 
-Push consumes with auto-commit off and commits a batch only after every job in it was handed to the
-proxies (at least once; goim marks offsets before processing and can lose pushes on a crash).
+Push consumes with auto-commit off and commits an offset only after every job before it was handed to
+the proxies (at least once; goim marks offsets before processing and can lose pushes on a crash). It
+commits at most every `commit_interval` seconds, and always when it stops or loses a partition: an
+offset commit is a request Kafka writes to its offsets topic, once per batch it cost about as much as
+the push itself. A consumer killed between commits hands the jobs since its last commit to the next
+one, which does them again (a push twice, a fan-out job found done).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import threading
 import time
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from imgate.protocol import PushJob, decode_job, encode_job
@@ -64,7 +68,7 @@ class KafkaBus(Bus):
 
     def _poll(self) -> None:
         while not self._closed:
-            self._producer.poll(0.05)
+            self._producer.poll(0.5)  # returns as soon as a delivery report is served: no need to spin
 
     async def publish(self, job: PushJob) -> None:
         await self.produce(encode_job(job), job.ordering_key().encode())
@@ -106,12 +110,17 @@ class PushConsumer:
     """
 
     def __init__(self, bootstrap: str, topic: str, handler, *, group: str = "imgate-push", batch: int = 500,
-                 merge_window: float = 0.0, decode=decode_job):
+                 merge_window: float = 0.0, decode=decode_job, commit_interval: float = 1.0):
         self.topic = topic
         self.decode = decode  # Kafka value -> what the handler takes (a push job, a fan-out job id)
         self.handler = handler
         self.batch = batch
         self.merge_window = merge_window
+        self.commit_interval = commit_interval
+        self._done: dict[tuple, int] = {}  # (topic, partition) -> the offset after the last job handled
+        self._owned: set[tuple] = set()     # the partitions assigned to this consumer now
+        self._last_commit = time.monotonic()
+        self.commits = 0
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": group,
@@ -129,7 +138,7 @@ class PushConsumer:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._consumer.subscribe([self.topic])
+        self._consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked)
         self._thread = threading.Thread(target=self._run, name="kafka-push-consumer", daemon=True)
         self._thread.start()
 
@@ -142,6 +151,8 @@ class PushConsumer:
                 time.sleep(0.5)
                 continue
             if not msgs:
+                if time.monotonic() - self._last_commit >= self.commit_interval:
+                    self._commit()
                 continue
             jobs = []
             for m in msgs:
@@ -161,19 +172,49 @@ class PushConsumer:
                         fut.result(timeout=1.0)
                         self.consumed += len(jobs)
                         break
-                    except TimeoutError:
+                    except TimeoutError:  # a slow batch: the ones before it still get committed
+                        if time.monotonic() - self._last_commit >= self.commit_interval:
+                            self._commit()
                         if self._stop.is_set():
                             fut.cancel()
+                            self._commit()  # what was handled before this batch
                             self._consumer.close()
-                            return  # not committed: delivered again by the next consumer
+                            return  # this batch is not committed: delivered again by the next consumer
                     except Exception as e:
                         log.error("push delivery failed: %s", e)
                         break
-            try:
-                self._consumer.commit(asynchronous=False)
-            except KafkaException as e:
-                log.warning("kafka commit failed (the batch may be delivered again): %s", e)
+            for m in msgs:  # handled (or undecodable, or failed as before: not retried)
+                if not m.error() and (m.topic(), m.partition()) in self._owned:  # (not taken away meanwhile)
+                    self._done[(m.topic(), m.partition())] = m.offset() + 1
+            if time.monotonic() - self._last_commit >= self.commit_interval:
+                self._commit()
+        self._commit()
         self._consumer.close()
+
+    def _assigned(self, consumer, parts) -> None:
+        self._owned.update((p.topic, p.partition) for p in parts)
+
+    def _revoked(self, consumer, parts) -> None:
+        """Before a partition goes to another consumer: commit what was done with it, then forget it."""
+        self._commit()
+        gone = {(p.topic, p.partition) for p in parts}
+        self._owned -= gone
+        for key in gone:
+            self._done.pop(key, None)
+
+    def _commit(self) -> None:
+        """Commit the offsets after the jobs handled (in this thread: the consumer's callbacks run here)."""
+        self._last_commit = time.monotonic()
+        if not self._done:
+            return
+        done, self._done = self._done, {}
+        try:
+            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in done.items()], asynchronous=False)
+            self.commits += 1
+        except KafkaException as e:  # kept for the next try, unless newer offsets came meanwhile
+            for key, offset in done.items():
+                self._done.setdefault(key, offset)
+            log.warning("kafka commit failed (the jobs since the last commit may be delivered again): %s", e)
 
     def _take(self) -> list:
         """The first job as soon as it comes, then whatever is already there (or arrives within the

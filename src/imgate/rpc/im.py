@@ -7,7 +7,9 @@ im instances in ``im_addrs`` order with fail-over. Every IM request may be repea
 again by its cmid, a sync or a pull only reads, an ack or a read position only moves up), so a request
 whose im died after it was sent goes to the next instance instead of failing. An ack (op 25) and a
 closed connection go to every reachable instance: the entry acknowledged was pushed, and is resent,
-by whichever im stored the message, not necessarily the one this proxy prefers.
+by whichever im stored the message, not necessarily the one this proxy prefers. Only the first im's
+answer to an ack is read (an ack beyond the inbox is answered with an error), so the copies to the others
+are marked ``quiet``: they drop what was acked and check nothing, which would cost a store read.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class ImRpcService(RpcService):
         return {pb.RECEIVE: self._receive, pb.DISCONNECT: self._disconnect}
 
     async def _receive(self, req: pb.ReceiveReq) -> pb.ReceiveReply:
-        body = await self.im.receive(req.server, req.conn_id, req.mid, req.op, req.seq, req.body)
+        body = await self.im.receive(req.server, req.conn_id, req.mid, req.op, req.seq, req.body, quiet=req.quiet)
         return pb.ReceiveReply(body=bytes(body or b""))
 
     async def _disconnect(self, req: pb.DisconnectReq) -> pb.Empty:
@@ -59,8 +61,10 @@ class ImClient(LogicClient):
 
     async def receive(self, server: str, conn_id: int, mid: int, op: int, seq: int, body: bytes, **_) -> bytes:
         req = pb.ReceiveReq(server=server, conn_id=conn_id, mid=mid, op=op, seq=seq, body=bytes(body))
-        if op == OP_MSG_ACK:
-            raw = await self._everywhere(pb.RECEIVE, req.SerializeToString())
+        if op == OP_MSG_ACK:  # the others get it quiet: their reply is not read, so they check nothing
+            first = req.SerializeToString()
+            req.quiet = True
+            raw = await self._everywhere(pb.RECEIVE, first, req.SerializeToString())
         else:
             raw = await self._call(pb.RECEIVE, req, idempotent=True)
         return pb.ReceiveReply.FromString(raw).body
@@ -70,13 +74,14 @@ class ImClient(LogicClient):
             return await self._everywhere(method, request.SerializeToString())
         return await super()._call(method, request, idempotent)
 
-    async def _everywhere(self, method: int, body: bytes) -> bytes:
-        """The request to every reachable im; the first answer."""
+    async def _everywhere(self, method: int, body: bytes, others: bytes | None = None) -> bytes:
+        """The request to every reachable im (``others``, when given, to all but the first); the first answer."""
         healthy = [p for p in self.pools if p.healthy] or self.pools[:1]
         if len(healthy) == 1:
             return await healthy[0].call_raw(method, body, idempotent=True)
-        results = await asyncio.gather(*(p.call_raw(method, body, idempotent=True) for p in healthy),
-                                       return_exceptions=True)
+        others = body if others is None else others
+        results = await asyncio.gather(*(p.call_raw(method, body if k == 0 else others, idempotent=True)
+                                         for k, p in enumerate(healthy)), return_exceptions=True)
         for r in results:
             if not isinstance(r, BaseException):
                 return r
