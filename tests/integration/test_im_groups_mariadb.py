@@ -124,3 +124,26 @@ def test_a_change_members_whose_commit_answer_is_lost_is_applied_once_and_answer
         await store.close()
 
     run(go())
+
+
+def test_the_login_question_any_read_mode_group_reads_an_index_not_the_table(mariadb_addrs):
+    """Every login asks a shared store whether a read-mode group exists (while none does): with many
+    write-mode groups that must be one index probe, not a scan of the groups table."""
+    async def explain(cur, resumed=False):
+        await cur.execute("EXPLAIN SELECT 1 FROM `groups` WHERE mode = 'read' LIMIT 1")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in await cur.fetchall()]
+
+    async def go():
+        store = await MariaDbBackend(mariadb_addrs).open()
+        svc = ImService(store, Sessions({}), Jobs(), groups=GroupLimits(write_limit=50), consumer=False)
+        await svc.start()
+        for i in range(40):
+            await svc.create_group(1, {"name": f"g{i}", "members": [2, 3]})
+        assert await store.has_read_groups() is False
+        (plan,) = await store._run(explain)
+        assert plan["key"] == "groups_mode", plan
+        await svc.stop()
+        await store.close()
+
+    run(go())
