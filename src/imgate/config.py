@@ -103,7 +103,7 @@ class Config:
     workers: int = 1  # proxy processes sharing the client ports (serve, proxy); 0: one per core
     reuse_port: bool = False  # listen with SO_REUSEPORT (set for the workers)
     worker_restart_delay: float = 1.0  # seconds before a dead worker is started again
-    worker_push_window: float = 0.002  # seconds a push by mid/key may wait for the next to share one write to its worker; 0 = one write per event-loop iteration
+    worker_push_window: float = 0.002  # seconds a one-way request to a worker (a push by mid/key or to a room, a room join or leave) may wait for the next to share one write; 0 = one write per event-loop iteration
     max_auths_per_second: int = 4000  # auths passed to logic per second, the rest get op 6 "busy" + retry_ms (0: no limit); 4,000 x ~233 CPU-us per auth (make bench storm) is most of a core
     # What one client may cost (imgate.proxy.limits; each refusal counted in /metrics)
     client_op_rate: float = 100.0  # frames per second a connection may send after auth (token bucket); 0 = no limit

@@ -94,3 +94,31 @@ def test_consecutive_packed_requests_share_one_frame_in_order_with_the_others(tm
             await srv.stop()
 
     run(main())
+
+
+def test_a_packed_run_that_fills_the_write_batch_is_written_whole_and_takes_no_more(tmp_path):
+    """A packed run that brings the buffer to ``write_batch`` frames is written at once: it must be
+    encoded as a frame then, and what is packed after it must open a new frame, not join one already
+    sent (lost, though counted as sent)."""
+    async def main():
+        rec, srv = await recorder_server(tmp_path)
+        srv._methods[PACKED] = srv._methods[RECORD]
+        for window in (0.0, 60.0):
+            conn = await RpcClient.connect("", 0, "test.oneway", path=srv.path, write_batch=2)
+            conn.write_window = window
+            rec.bodies.clear()
+            try:
+                p = [pack_push([i], 1000, f"m{i}".encode()) for i in range(6)]
+                conn.send(RECORD, b"x")
+                conn.send_packed(PACKED, p[0])  # the second frame: written at once
+                conn.send_packed(PACKED, p[1])  # a new frame after it
+                conn.send(RECORD, b"y")         # the write_batch-th frame: both written
+                conn.send_packed(PACKED, p[2])
+                conn.send_packed(PACKED, p[3])
+                assert await conn.call(RECORD, b"z") == b"ok"
+                assert rec.bodies == [b"x", p[0], p[1], b"y", p[2] + p[3], b"z"], window
+            finally:
+                conn.close()
+        await srv.stop()
+
+    run(main())

@@ -82,3 +82,18 @@ def test_cancelling_the_task_reaches_the_coroutines_cleanup():
         assert cleaned == [1]
 
     run(go())
+
+
+def test_a_coroutine_that_fails_before_any_wait_is_logged_and_the_caller_goes_on(caplog):
+    async def go():
+        async def broken():
+            raise ValueError("boom")
+
+        spawn = Spawner()
+        with caplog.at_level("ERROR", logger="imgate.proxy"):
+            start(broken(), spawn)  # the proxy's loop over a read's frames must not see it
+        assert spawn.tasks == []
+        assert any("boom" in (r.exc_text or "") or (r.exc_info and "boom" in str(r.exc_info[1]))
+                   for r in caplog.records)
+
+    run(go())

@@ -8,7 +8,11 @@ handlers, and its :class:`~imgate.http._dispatch.Resume` drives a started corout
 
 from __future__ import annotations
 
+import logging
+
 from imgate.http._dispatch import Resume
+
+log = logging.getLogger("imgate.proxy")
 
 
 def start(coro, spawn) -> None:
@@ -17,6 +21,9 @@ def start(coro, spawn) -> None:
     try:
         waiting = coro.send(None)
     except StopIteration:
+        return
+    except Exception:  # as a task's would be: said, and the caller's loop over frames goes on
+        log.exception("operation failed")
         return
     spawn(_drive(Resume(coro, waiting)))
 

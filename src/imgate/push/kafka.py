@@ -16,6 +16,7 @@ one, which does them again (a push twice, a fan-out job found done).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -172,7 +173,7 @@ class PushConsumer:
                         fut.result(timeout=1.0)
                         self.consumed += len(jobs)
                         break
-                    except TimeoutError:  # a slow batch: the ones before it still get committed
+                    except concurrent.futures.TimeoutError:  # a slow batch (not the builtin before 3.11): the ones before it still get committed
                         if time.monotonic() - self._last_commit >= self.commit_interval:
                             self._commit()
                         if self._stop.is_set():

@@ -181,12 +181,13 @@ class RpcClient(asyncio.Protocol):
         self.requests += 1
         # [method, body bytes, parts...]: made into one frame when written (_write_now)
         run = [method, len(part), part]
+        self._runs = True  # before queueing: past write_batch frames the queueing writes at once
         if self.write_window:
             self._hold(run, len(part) + 16)
         else:
             self._queue(run, len(part) + 16)
-        self._run = run
-        self._runs = True
+        wbuf = self._wbuf
+        self._run = run if wbuf and wbuf[-1] is run else None  # a run already written takes no more
 
     def _queue(self, frame, size: int = 0) -> None:
         """Into this iteration's write (at once past ``write_batch`` frames). ``frame``: bytes, or a
