@@ -150,7 +150,9 @@ def test_make_cluster_with_mariadb_runs_the_im_and_consumer_roles(tmp_path, redi
                    what="the cluster script to start its roles")
         assert script.poll() is None, output()
         for name in ("logic-1", "im-1", "im-2", "consumer-1", "consumer-2", "A", "B"):
-            wait_until(lambda: "is up" in (work / f"{name}.log").read_text(), what=f"{name} to be up")
+            # nine processes importing and migrating at once: slow on a loaded 2-core machine
+            wait_until(lambda: "is up" in (work / f"{name}.log").read_text(), what=f"{name} to be up",
+                       timeout=120)
         ports = json.loads((work / "ports.json").read_text())
         secret = (work / "data" / "jwt.secret").read_text().strip()
 
