@@ -12,9 +12,9 @@ import asyncio
 import inspect
 import logging
 import secrets
-import sys
 import time
 
+from imgate.strings import share
 from imgate.auth import AuthError, Authenticator
 from imgate.cache import Cache, Session
 from imgate.logic._push import UnicastPath
@@ -97,9 +97,8 @@ class Logic:
         conn_id = await self.cache.alloc_conn_id()
         # a generated key is unguessable (128 random bits): pushes by key reach whoever holds it
         key = ident.key or secrets.token_hex(16)
-        # many connections share a room and a platform: one string each (interned strings go with
-        # their last holder, so a client's odd value is not kept)
-        room_id, platform = sys.intern(ident.room_id), sys.intern(ident.platform)
+        # many connections share a room and a platform: one string each (imgate.strings)
+        room_id, platform = share(ident.room_id), share(ident.platform)
         added = await self.cache.add_session(
             Session(conn_id=conn_id, mid=ident.mid, key=key, server=server, room_id=room_id,
                     platform=platform, connected_at=time.time()),

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import struct
-import sys
 import time
 
+from imgate.strings import share
 from imgate.auth import AuthError
 from imgate.core import encode_frame
 from imgate.im.protocol import MAX_CMID
@@ -114,14 +114,14 @@ class Operations:
                 log.warning("disconnect of vanished conn %s failed: %s", c.conn_id, e)
             return
         # one string per room and platform, however many connections (logic's may come over the RPC)
-        ch.conn_id, ch.mid, ch.key, ch.platform = c.conn_id, c.mid, c.key, sys.intern(c.platform)
+        ch.conn_id, ch.mid, ch.key, ch.platform = c.conn_id, c.mid, c.key, share(c.platform)
         ch.state = S_OPEN
         ch.last_seen = ch.renewed = time.monotonic()
         self._by_conn_id[c.conn_id] = ch
         ch.accepts = set(c.accepts) if c.accepts else None
         self.table.set_accepts(ch, ch.accepts)
         if c.room_id:
-            ch.room_id = sys.intern(c.room_id)
+            ch.room_id = share(c.room_id)
             self.table.join(ch, ch.room_id)
         reply = {"conn_id": c.conn_id, "key": c.key, "mid": c.mid, "room_id": c.room_id,
                  "heartbeat": self.config.heartbeat_timeout / 3}
