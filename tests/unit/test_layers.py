@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "imgate"
 
 # bottom up; a module may import its own layer and the ones below
 LAYERS = [
-    {"_core", "core", "gctune"},
+    {"_core", "core", "gctune", "strings"},
     {"protocol", "config", "configdoc", "certs", "httpclient"},
     {"auth", "cache", "rpc", "metrics"},
     {"push"},
