@@ -14,6 +14,7 @@ cdef class Dispatcher:
     cdef dict paths              # the router's path -> {method: handler}, resolved here without a call
     cdef object observer         # fn(route, status), or None
     cdef object counts           # ... or the (route, status) -> count dict it is, bumped here
+    cdef tuple last_key          # the (route, status) key counted last, reused while they repeat
 
     cdef object start(self, Request req)
     cdef object done(self, Request req, object resp)

@@ -12,7 +12,7 @@ cimport cython
 import asyncio
 import logging
 
-from imgate.http._request cimport Request
+from imgate.http._request cimport Handler, Request
 
 from imgate.http.messages import HttpError, Response, error
 
@@ -96,7 +96,10 @@ cdef class Dispatcher:
             return self._no_route(req)
         req.route = req.path
         try:
-            result = handler(req)
+            if isinstance(handler, Handler):  # a compiled handler: called in C, no argument tuple
+                result = (<Handler>handler).handle(req)
+            else:
+                result = handler(req)
             if isinstance(result, Response):
                 return self.done(req, result)
             if not hasattr(result, "send"):
@@ -157,7 +160,13 @@ cdef class Dispatcher:
     cdef void observe(self, object route, int status):
         cdef dict counts
         if self.counts is not None:
-            key = (route, status)
+            # a connection answers the same route and status over and over (a pusher's): one key
+            # tuple, whose route string keeps its hash, instead of a new tuple per answer
+            key = self.last_key
+            if (key is None or <int>key[1] != status or type(route) is not str
+                    or type(key[0]) is not str or <str>key[0] != <str>route):
+                key = (route, status)
+                self.last_key = key
             if type(self.counts) is dict:
                 counts = <dict>self.counts
                 counts[key] = counts.get(key, 0) + 1

@@ -5,25 +5,29 @@ a clock call per request, and on a server that sleeps between requests (a unicas
 interpreted frame runs from cold caches. The logic is the closure's: a key seen before (the auth's
 ``verified`` dict, cleared when the key file changes), within the second since the key file was
 checked, granting the scope, goes straight to the handler; anything else takes the full check, which
-raises the 401 / 403.
+raises the 401 / 403. The server's dispatcher calls the guard in C (``Handler.handle``), and the guard
+calls a compiled handler behind it the same way: no argument tuple, no generic call.
 """
 
-from imgate.http._request cimport Request
+from imgate.cache._memory cimport clock_now
+from imgate.http._request cimport Handler, Request
 
 
-cdef class ScopeGuard:
+cdef class ScopeGuard(Handler):
     """``guard(req)``: ``handler(req)`` once ``auth`` lets the request use a route of ``scope``."""
 
     cdef readonly object handler
+    cdef Handler compiled     # handler, when it is a Handler (called in C); else None
     cdef object auth          # ApiAuth: check(headers, scope), _next_check
     cdef object check
-    cdef object clock
+    cdef object clock         # the auth's clock (time.monotonic is read in C)
     cdef dict verified        # "Bearer <key>" -> scopes (the auth's own dict, never replaced)
     cdef str scope
 
     def __init__(self, auth, handler, str scope):
         self.auth = auth
         self.handler = handler
+        self.compiled = handler if isinstance(handler, Handler) else None
         self.scope = scope
         self.check = auth.check
         self.clock = auth._clock
@@ -33,12 +37,24 @@ cdef class ScopeGuard:
     def __wrapped__(self):
         return self.handler
 
+    cdef object handle(self, Request req):
+        self._admit(req.headers)
+        if self.compiled is not None:
+            return self.compiled.handle(req)
+        return self.handler(req)
+
     def __call__(self, req):
-        headers = (<Request>req).headers if type(req) is Request else req.headers
+        if type(req) is Request:
+            return self.handle(<Request>req)
+        self._admit(req.headers)  # a test's stand-in: its fields by name
+        return self.handler(req)
+
+    cdef int _admit(self, object headers) except -1:
+        """Return when the request may go on; the full check raises the 401 / 403."""
         # a Request's headers are a dict: a C lookup, not a method call (a test's stand-in may be any mapping)
         credential = (<dict>headers).get("authorization") if type(headers) is dict else headers.get("authorization")
         granted = self.verified.get(credential)
-        if (granted is None or self.clock() >= self.auth._next_check
+        if (granted is None or clock_now(self.clock) >= <double>self.auth._next_check
                 or (self.scope not in granted and "admin" not in granted)):
             self.check(headers, self.scope)   # everything else: the full check (raises 401 / 403)
-        return self.handler(req)
+        return 0

@@ -17,6 +17,7 @@ imgate/http/server.py, which owns the server object this protocol serves.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
+from imgate.cache._memory cimport clock_now
 from imgate._core.includes.system cimport (
     send, MSG_DONTWAIT, MSG_NOSIGNAL, errno, EAGAIN, EWOULDBLOCK, EINTR,
 )
@@ -28,6 +29,7 @@ from imgate.http._request cimport Request
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 import httptools
@@ -52,6 +54,8 @@ cdef object _HttpParserCallbackError = httptools.HttpParserCallbackError
 cdef object _HttpParserUpgrade = httptools.HttpParserUpgrade
 cdef object _HttpParserError = httptools.HttpParserError
 cdef object _CancelledError = asyncio.CancelledError
+# last_activity's clock, read in C (the loop's time() is a Python call, twice per request)
+cdef object _MONOTONIC = time.monotonic
 
 
 @cython.final
@@ -111,7 +115,7 @@ cdef class HttpProtocol(HttptoolsCallbacks):
         self.pipeline_paused = False
         self.write_paused = False
         self.drain_waiter = None
-        self.last_activity = self.loop.time()
+        self.last_activity = clock_now(_MONOTONIC)
         self.idle_handle = None
         self.deadline_handle = None
         self._feeding = False
@@ -170,16 +174,16 @@ cdef class HttpProtocol(HttptoolsCallbacks):
 
     def data_received(self, data):
         cdef bint was_in_head
-        cdef Py_ssize_t begun
+        cdef Py_ssize_t begun, used
         if self.stopped:
             return
-        self.last_activity = self.loop.time()
+        self.last_activity = clock_now(_MONOTONIC)
         self._feeding = True
         try:
             if self._plain_ok and self._messages_begun == self._messages_done:
                 # httptools is between messages: take the plain requests at the front ourselves
                 used = self._take_plain(data)
-                if used == len(data):
+                if used == (PyBytes_GET_SIZE(data) if type(data) is bytes else len(data)):
                     return
                 if used:
                     data = memoryview(data)[used:]
@@ -279,7 +283,7 @@ cdef class HttpProtocol(HttptoolsCallbacks):
         """Write the response to ``req``; False once the connection closes after it."""
         cdef bint keep_alive = req.keep_alive and not self.server._closing and not (self.stopped and not self.queue)
         self._write(encode_response(resp, keep_alive, req.method == "HEAD", req.version == "1.0"))
-        self.last_activity = self.loop.time()
+        self.last_activity = clock_now(_MONOTONIC)
         if not keep_alive:
             self.queue.clear()
             self.stopped = True
@@ -424,7 +428,7 @@ cdef class HttpProtocol(HttptoolsCallbacks):
         if self.worker is not None or self.queue:
             self._arm_idle(self.server.idle_timeout)
             return
-        quiet = self.loop.time() - self.last_activity
+        quiet = clock_now(_MONOTONIC) - self.last_activity
         if quiet >= self.server.idle_timeout:
             self.transport.close()
         else:

@@ -13,6 +13,17 @@ from http import HTTPStatus
 cdef dict _HEAD_CACHE = {}
 
 
+# the common reply's head encoded last, found again without a key tuple while replies repeat
+cdef int _last_status = -1
+cdef object _last_type = None
+cdef bytes _last_prefix = None
+
+
+cdef void _remember(int status, object content_type, bytes prefix):
+    global _last_status, _last_type, _last_prefix
+    _last_status, _last_type, _last_prefix = status, content_type, prefix
+
+
 cdef str _reason(int status):
     try:
         return HTTPStatus(status).phrase
@@ -50,12 +61,17 @@ cpdef bytes encode_response(object resp, bint keep_alive, bint head_only, bint h
     cdef bytes prefix
     if not headers and keep_alive and not http10 and not head_only and 200 <= status < 300 and status != 204:
         # the common reply (a push's): a cached head up to Content-Length
-        key = (status, resp.content_type)
+        content_type = resp.content_type
+        if status == _last_status and content_type is _last_type:  # the reply made last: no key tuple
+            return _join_reply(_last_prefix, body)
+        key = (status, content_type)
         prefix = _HEAD_CACHE.get(key)
         if prefix is None:
             prefix = (f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: "
                       f"{resp.content_type}\r\nContent-Length: ").encode("latin-1")
             _HEAD_CACHE[key] = prefix
+        if type(content_type) is str:
+            _remember(status, content_type, prefix)
         return _join_reply(prefix, body)
     lines = [f"HTTP/1.1 {status} {_reason(status)}"]
     no_body = status < 200 or status in (204, 304)

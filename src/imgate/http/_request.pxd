@@ -13,3 +13,9 @@ cdef class Request:
     cdef public object route   # the matched route path, set by the dispatcher
     cdef list _query_list
     cdef dict _query
+
+
+# A handler the dispatcher (and a guard in front of another) calls in C: handle(req) is what calling
+# it with req returns (a Response, or a coroutine to drive). Its __call__ stays for everyone else.
+cdef class Handler:
+    cdef object handle(self, Request req)

@@ -56,3 +56,14 @@ cdef class Request:
     def __repr__(self):
         q = f"?{self.query_string}" if self.query_string else ""
         return f"<Request {self.method} {self.path}{q} body={len(self.body)}B from {self.remote}>"
+
+
+cdef class Handler:
+    """Base of the compiled handlers: the server's dispatcher calls :meth:`handle` without building an
+    argument tuple; ``handler(req)`` is the same call from Python."""
+
+    cdef object handle(self, Request req):
+        raise NotImplementedError(f"{type(self).__name__} does not handle requests")
+
+    def __call__(self, req):
+        return self.handle(<Request?>req)

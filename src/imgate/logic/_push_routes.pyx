@@ -12,7 +12,7 @@ general handler maps it.
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcmp
 
-from imgate.http._request cimport Request
+from imgate.http._request cimport Handler, Request
 from imgate.logic._push cimport UnicastPath
 
 from imgate.http.messages import Response
@@ -22,7 +22,7 @@ cdef str _JSON = "application/json"
 cdef Py_ssize_t _CACHED_REPLIES = 8   # replies for 0..7 targets are made once (a user has a few devices)
 
 
-cdef class PushMidsRoute:
+cdef class PushMidsRoute(Handler):
     """``route(req)``: the reply to a plain push by one mid, else whatever ``general(req)`` returns."""
 
     cdef object push        # push_mids_nowait(op, [mid], body) -> connections reached
@@ -40,14 +40,17 @@ cdef class PushMidsRoute:
         self.http_error = http_error
         self.replies = [_reply(n) for n in range(_CACHED_REPLIES)]
 
+    cdef object handle(self, Request req):
+        return self._answer(req, req.body, req.query_string)
+
     def __call__(self, req):
-        cdef object body, qs
+        if type(req) is Request:  # the server's: its fields read in C (a test's stand-in by name)
+            return self.handle(<Request>req)
+        return self._answer(req, req.body, req.query_string)
+
+    cdef object _answer(self, object req, object body, object qs):
         cdef long long op = -1, mid = -1
         cdef Py_ssize_t n
-        if type(req) is Request:  # the server's: its fields read in C (a test's stand-in by name)
-            body, qs = (<Request>req).body, (<Request>req).query_string
-        else:
-            body, qs = req.body, req.query_string
         # ops 22-33 are IM's (refused by the general handler's operation check)
         if type(body) is bytes and body and _plain_query(qs, &op, &mid) and not 22 <= op <= 33:
             try:
