@@ -9,10 +9,13 @@ raises the 401 / 403. The server's dispatcher calls the guard in C (``Handler.ha
 calls a compiled handler behind it the same way: no argument tuple, no generic call.
 """
 
+cimport cython
+
 from imgate.cache._memory cimport clock_now
 from imgate.http._request cimport Handler, Request
 
 
+@cython.final
 cdef class ScopeGuard(Handler):
     """``guard(req)``: ``handler(req)`` once ``auth`` lets the request use a route of ``scope``."""
 

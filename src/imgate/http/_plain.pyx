@@ -61,10 +61,31 @@ cdef inline bint _is_tchar(unsigned char c):
 
 
 cdef dict _LOWER_CACHE = {}
+# the names nearly every request carries: found without making a bytes object to look them up
+cdef str _H_HOST = "host", _H_AUTH = "authorization", _H_CLEN = "content-length", _H_CTYPE = "content-type"
+
+
+cdef inline bint _is_name(const unsigned char* s, Py_ssize_t n, const char* lower, Py_ssize_t m):
+    """``s[:n]`` is ``lower`` in any case (``lower``: lower-case letters and '-')."""
+    cdef Py_ssize_t i
+    if n != m:
+        return False
+    for i in range(n):
+        if (s[i] | 0x20 if b'A' <= s[i] <= b'Z' else s[i]) != <unsigned char>lower[i]:
+            return False
+    return True
 
 
 cdef str _lower_ascii(const unsigned char* s, Py_ssize_t n):
     """A header name in lower case; the names a client repeats on every request are made once."""
+    if _is_name(s, n, "host", 4):
+        return _H_HOST
+    if _is_name(s, n, "content-length", 14):
+        return _H_CLEN
+    if _is_name(s, n, "authorization", 13):
+        return _H_AUTH
+    if _is_name(s, n, "content-type", 12):
+        return _H_CTYPE
     cdef bytes raw = (<const char*>s)[:n]
     cdef object hit = _LOWER_CACHE.get(raw)
     if hit is not None:

@@ -16,6 +16,7 @@ cdef class Request:
 
 
 # A handler the dispatcher (and a guard in front of another) calls in C: handle(req) is what calling
-# it with req returns (a Response, or a coroutine to drive). Its __call__ stays for everyone else.
+# it with req returns (a Response, or a coroutine to drive). Its __call__ stays for everyone else;
+# a subclass overrides both (final: a Python subclass's __call__ would not be what handle runs).
 cdef class Handler:
     cdef object handle(self, Request req)

@@ -59,11 +59,8 @@ cdef class Request:
 
 
 cdef class Handler:
-    """Base of the compiled handlers: the server's dispatcher calls :meth:`handle` without building an
-    argument tuple; ``handler(req)`` is the same call from Python."""
+    """Base of the compiled handlers: the server's dispatcher calls their C method ``handle``, which
+    builds no argument tuple; ``handler(req)`` is the same call from Python (each one's ``__call__``)."""
 
     cdef object handle(self, Request req):
-        raise NotImplementedError(f"{type(self).__name__} does not handle requests")
-
-    def __call__(self, req):
-        return self.handle(<Request?>req)
+        return self(req)   # a subclass made in Python has only its __call__

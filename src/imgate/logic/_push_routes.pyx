@@ -9,6 +9,7 @@ message: the two can only differ in speed. An exception from the push is mapped 
 general handler maps it.
 """
 
+cimport cython
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcmp
 
@@ -22,6 +23,7 @@ cdef str _JSON = "application/json"
 cdef Py_ssize_t _CACHED_REPLIES = 8   # replies for 0..7 targets are made once (a user has a few devices)
 
 
+@cython.final
 cdef class PushMidsRoute(Handler):
     """``route(req)``: the reply to a plain push by one mid, else whatever ``general(req)`` returns."""
 
