@@ -283,7 +283,8 @@ cdef class HttpProtocol(HttptoolsCallbacks):
         """Write the response to ``req``; False once the connection closes after it."""
         cdef bint keep_alive = req.keep_alive and not self.server._closing and not (self.stopped and not self.queue)
         self._write(encode_response(resp, keep_alive, req.method == "HEAD", req.version == "1.0"))
-        self.last_activity = clock_now(_MONOTONIC)
+        if not self._feeding:  # (while a read is parsed, data_received has just set it)
+            self.last_activity = clock_now(_MONOTONIC)
         if not keep_alive:
             self.queue.clear()
             self.stopped = True
