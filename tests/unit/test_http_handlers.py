@@ -152,3 +152,23 @@ def test_reply_heads_encoded_one_after_another():
                 assert head == f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"
                 if status != 204:
                     assert replies(out) == [(status, ctype, b"xyz")]
+
+
+def test_header_names_near_the_common_ones_keep_their_own_name():
+    # the plain parser names "host", "content-length"... without a lookup: a name of the same length,
+    # or in another case, must come out as itself in lower case (one request each: a name taken for
+    # content-length would make the request not plain, and httptools would name it right)
+    seen = []
+
+    def record(req):
+        seen.append(req.headers)
+        return Response(200, b"", "text/plain")
+
+    router = Router()
+    router.add("POST", "/a", record)
+    names = ["HOST", "Hosu", "Authorizatioo", "AUTHORIZATION", "Content-Lengti", "Content-Typf",
+             "content-TYPE", "Host-", "X-Authorization"]
+    got = serve(router, [f"POST /a HTTP/1.1\r\n{name}: v\r\ncontent-LENGTH: 2\r\n\r\nhi".encode()
+                         for name in names], {})
+    assert [status for status, _, _ in got] == [200] * len(names)
+    assert seen == [{name.lower(): "v", "content-length": "2"} for name in names]
