@@ -18,33 +18,10 @@ from imgate.http.apikeys import ApiAuth
 from imgate.http.messages import HttpError, Response
 from imgate.http.server import HttpServer, Router
 from imgate.logic._push_routes import PushMidsRoute
+from test_http_fastpath import Transport  # the connection's stand-in transport
 
 PUSHER = "imk_test_pusher"    # an API key (its prefix: remembered once verified) with the push scope
 READER = "imk_test_reader"    # one with the query scope only
-
-
-class Transport:
-    def __init__(self):
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data):
-        self.out += data
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 4242) if name == "peername" else default
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
-
-    def close(self):
-        self.closed = True
-
-    def is_closing(self):
-        return self.closed
 
 
 def replies(out: bytes) -> list[tuple[int, str, bytes]]:
