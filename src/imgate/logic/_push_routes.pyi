@@ -1,9 +1,10 @@
 from collections.abc import Callable
 from typing import Any
 
+from imgate.http._request import Handler
 from imgate.http.messages import HttpError, Response
 
-class PushMidsRoute:
+class PushMidsRoute(Handler):
     general: Callable[[Any], Response]
     def __init__(
         self,
