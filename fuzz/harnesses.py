@@ -31,6 +31,8 @@ from imgate.im.protocol import (
 )
 from imgate.im.service import ImService
 from imgate.im.store import ReadResult, Stored, SyncPage
+from imgate.proxy._delivery import push_packed_nowait
+from imgate.rpc.packed import pack_push, unpack_pushes
 
 # The bounds the parsers are built with here: small enough that an input of MAX_LEN holds several
 # messages at the bound and one just past it (at libFuzzer's default 4096-byte cap a 4096-byte body was
@@ -329,6 +331,48 @@ async def _http_both(data: bytes) -> list:
     return [bytes(t.out) for _s, _p, t in conns]
 
 
+class _PackedTable:
+    def __init__(self):
+        self.calls = []
+
+    def send_many(self, chs, frame, op):
+        self.calls.append((list(chs), frame, op))
+        return len(chs)
+
+
+class _PackedWorker:
+    """What the compiled reader reads of a proxy: connections by id, the table, the counters."""
+
+    def __init__(self, conns: dict):
+        self._by_conn_id = conns
+        self.table = _PackedTable()
+        self.stats_counters = {"pushes": 0, "drops": 0}
+
+
+def one_packed(data: bytes) -> None:
+    """A PUSH_CONNS_PACKED body as a worker reads it (internal RPC input; pointer arithmetic in C): the
+    compiled reader accepts exactly what the Python reader (imgate.rpc.packed) accepts, delivers those
+    pushes in order to the connections it holds (ids divisible by 3 have left), and of a refused body
+    delivers nothing."""
+    try:
+        want = unpack_pushes(data)
+    except ValueError:
+        want = None
+    held = {cid: cid for ids, _op, _b in (want or ()) for cid in ids if cid % 3}
+    worker = _PackedWorker(held)
+    try:
+        sent = push_packed_nowait(worker, data)
+    except ValueError:
+        assert want is None, "the compiled reader refused a body the Python reader takes"
+        assert worker.table.calls == [] and worker.stats_counters == {"pushes": 0, "drops": 0}
+        return
+    assert want is not None, "the compiled reader took a body the Python reader refuses"
+    expect = [([c for c in ids if c % 3], encode_frame(op, 0, body), op) for ids, op, body in want]
+    expect = [e for e in expect if e[0]]
+    assert worker.table.calls == expect
+    assert sent == sum(len(e[0]) for e in expect) and worker.stats_counters["pushes"] == len(want)
+
+
 HARNESSES = {
     "goim_frames": one_goim_frames,
     "goim_batch": one_goim_batch,
@@ -338,6 +382,7 @@ HARNESSES = {
     "http": one_http,
     "im_body": one_im_body,
     "im_op": one_im_op,
+    "packed": one_packed,
 }
 
 SEEDS_IM_SEND = b'{"cmid": "c1", "to": 2, "type": "text", "content": {"text": "hi"}}'
@@ -355,6 +400,7 @@ SEEDS = {
               # at the bounds, so that a mutation steps over them
               b"\x02" + b'{"after": 9223372036854775807, "limit": 50}',
               b"\x03" + b'{"group": 1, "after": 9223372036854775807, "limit": 50}'],
+    "packed": [pack_push([7], 1000, b"hello") + pack_push([8, 9, 1 << 40], -5, b"") + pack_push([6], 1, b"x" * 40)],
     "auth_body": [b'{"mid": 1, "key": "k", "room_id": "live://1", "platform": "web", "accepts": [1000], "token": ""}'],
     "http": [b"\x09POST /p?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /g?x=%41 HTTP/1.1\r\n\r\n",
              b"\x04POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
