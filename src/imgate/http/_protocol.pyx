@@ -23,7 +23,7 @@ from imgate._core.includes.system cimport (
 )
 from imgate.http._dispatch cimport Dispatcher, Resume
 from imgate.http._httptools cimport HttptoolsCallbacks
-from imgate.http._plain cimport parse_plain
+from imgate.http._plain cimport PlainMemo, parse_plain
 from imgate.http._reply cimport encode_response
 from imgate.http._request cimport Request
 
@@ -93,6 +93,7 @@ cdef class HttpProtocol(HttptoolsCallbacks):
     cdef bint write_paused
     cdef double last_activity
     cdef bint _plain_ok          # the plain-request fast path is on (HttpServer(fast_path=...))
+    cdef PlainMemo _memo         # its last path and header block, parsed
     # replies made while a chunk of input is parsed, written together at its end
     cdef bint _feeding
     cdef list _out
@@ -126,6 +127,7 @@ cdef class HttpProtocol(HttptoolsCallbacks):
         self._messages_begun = 0
         self._messages_done = 0
         self._plain_ok = getattr(server, "fast_path", True)
+        self._memo = PlainMemo()
 
     # -- asyncio.Protocol
 
@@ -244,7 +246,7 @@ cdef class HttpProtocol(HttptoolsCallbacks):
             n = view.shape[0]
             p = &view[0] if n else NULL
         while pos < n and not self.stopped and not self.closed:
-            req = parse_plain(p, n, pos, self.max_header_bytes, self.max_body, &end)
+            req = parse_plain(p, n, pos, self.max_header_bytes, self.max_body, &end, self._memo)
             if req is None:
                 break
             req.remote = self.remote
