@@ -12,9 +12,10 @@ cimport cython
 import asyncio
 import logging
 
+from imgate.http._reply cimport Response
 from imgate.http._request cimport Handler, Request
 
-from imgate.http.messages import HttpError, Response, error
+from imgate.http.messages import HttpError, error
 
 log = logging.getLogger("imgate.http")
 
@@ -145,7 +146,7 @@ cdef class Dispatcher:
                 raise TypeError(f"handler for {req.method} {req.path} returned {type(resp).__name__}, not Response")
             except TypeError as exc:
                 return self.failed(req, exc)
-        self.observe(req.route, resp.status)
+        self.observe(req.route, (<Response>resp).status)
         return resp
 
     cdef object failed(self, Request req, object exc):

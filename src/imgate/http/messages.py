@@ -1,7 +1,7 @@
 """What handlers of the HTTP API return: :class:`Response`, :class:`HttpError` and the JSON envelope.
 
 Kept apart from the server so that the compiled connection (``_dispatch.pyx``, ``_protocol.pyx``) and
-the server module can both import them.
+the server module can both import them. :class:`Response` itself is compiled, in ``_reply.pyx``.
 """
 
 from __future__ import annotations
@@ -10,34 +10,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from imgate.http._reply import Response
 from imgate.protocol.envelope import envelope
 
 __all__ = ["HttpError", "Response", "error", "json_response", "ok"]
-
-
-class Response:
-    """An HTTP response; ``headers`` are extra headers (Content-Type/Length are set by the server)."""
-
-    __slots__ = ("status", "body", "content_type", "headers")
-
-    def __init__(
-        self,
-        status: int = 200,
-        body: bytes | str = b"",
-        content_type: str = "application/octet-stream",
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.status = int(status)
-        self.body = body.encode() if isinstance(body, str) else bytes(body)
-        self.content_type = content_type
-        self.headers: dict[str, str] = dict(headers) if headers else {}
-
-    def json(self) -> Any:
-        """The body decoded as JSON (handy in tests)."""
-        return json.loads(self.body)
-
-    def __repr__(self) -> str:
-        return f"<Response {self.status} {self.content_type} {len(self.body)}B>"
 
 
 class HttpError(Exception):

@@ -16,7 +16,7 @@ from libc.string cimport memcmp
 from imgate.http._request cimport Handler, Request
 from imgate.logic._push cimport UnicastPath
 
-from imgate.http.messages import Response
+from imgate.http._reply import Response
 from imgate.protocol.envelope import push_reply
 
 cdef str _JSON = "application/json"
