@@ -14,6 +14,7 @@ import pytest
 
 from imgate import client as imclient
 from imgate.core import FrameDecoder, encode_frame
+from imgate.proxy.channel import S_OPEN
 
 from helpers import run
 from nodeutil import (
@@ -105,6 +106,40 @@ def test_heartbeat_timeout():
             # d has lived at least as long as c did, past the timeout that closed c: beating keeps it
             assert not d.closed and await d.heartbeat() == 0
             await d.close()
+
+        run(go())
+    finally:
+        n.stop()
+
+
+def test_heartbeats_are_swept_every_eighth_of_the_timeout_and_the_unopened_every_period():
+    # handshake 1 s, heartbeat 8 s: the channels not open (or closing) are swept every 0.5 s, all of
+    # them every 1 s (8 / 8); a raw connection that never authenticates, one that stops beating, one
+    # that beats; the sweep's set of unopened channels holds exactly the ones not open, and empties
+    n = NodeThread(handshake_timeout=1.0, heartbeat_timeout=8.0).start()
+    proxy = n.node.proxy
+    try:
+        async def go():
+            def unopened_are_the_channels_not_open():
+                return proxy._unopened == {ch for ch in list(proxy._channels) if ch.state != S_OPEN}
+
+            raw = raw_tcp(n)
+            wait_until(lambda: len(proxy._channels) == 1, what="accepted")
+            assert unopened_are_the_channels_not_open() and len(proxy._unopened) == 1
+            assert notice_of(read_until_closed(raw))["reason"].startswith("auth timeout")
+            raw.close()
+            await wait_until_async(lambda: not proxy._channels, what="the raw connection gone")
+            c = await imclient.connect(n.tcp_url, mid=1, heartbeat=None)
+            d = await imclient.connect(n.tcp_url, mid=2, heartbeat=0.5)
+            assert len(proxy._channels) == 2 and not proxy._unopened  # open: only the heartbeat sweep
+            assert unopened_are_the_channels_not_open()
+            with pytest.raises(imclient.ConnectionClosed):
+                while True:
+                    await c.recv(timeout=60)
+            assert c.closed_reason == {"reason": "heartbeat timeout", "reconnect": True}
+            assert not d.closed and await d.heartbeat() == 0
+            await d.close()
+            await wait_until_async(lambda: not proxy._channels and not proxy._unopened, what="all gone")
 
         run(go())
     finally:

@@ -63,6 +63,7 @@ class Listener:
             self.table.add(ch, sock)
             self.table.set_accepts(ch, ())  # no pushes before auth; replies (op -1) still pass
         self._channels.add(ch)
+        self._unopened.add(ch)
         self._ips[ip] = self._ips.get(ip, 0) + 1
         self.stats_counters["accepted"] += 1
         self.loop.add_reader(ch.fd, self._on_readable, ch)

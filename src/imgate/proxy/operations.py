@@ -116,6 +116,7 @@ class Operations:
         # one string per room and platform, however many connections (logic's may come over the RPC)
         ch.conn_id, ch.mid, ch.key, ch.platform = c.conn_id, c.mid, c.key, share(c.platform)
         ch.state = S_OPEN
+        self._unopened.discard(ch)
         ch.last_seen = ch.renewed = time.monotonic()
         self._by_conn_id[c.conn_id] = ch
         ch.accepts = set(c.accepts) if c.accepts else None

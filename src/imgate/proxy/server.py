@@ -60,6 +60,8 @@ class Proxy(Listener, WebSocketSide, Operations, Delivery, Lifecycle, Repair):
         )
         self.admission = Admission(config.max_auths_per_second)
         self._channels: set[Channel] = set()
+        # the channels not open (handshake, auth, closing): their deadlines are due within seconds
+        self._unopened: set[Channel] = set()
         self._by_conn_id: dict[int, Channel] = {}
         self._ips: dict[str, int] = {}
         self._listeners: list[socket.socket] = []
