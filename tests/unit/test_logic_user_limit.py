@@ -53,10 +53,13 @@ def test_the_connection_past_the_limit_is_refused_and_counted():
         c = logic.counters
         assert (c["connects"], c["auth_failures"], c["user_limit_refusals"], c["key_conflicts"]) == (2, 1, 1, 0)
         await logic.connect("p1", auth(8))  # another user
-        await logic.connect("p2", auth(7, "d0"))  # one's own key again: a replacement
+        await logic.connect("p2", auth(7, "d0"))  # one's own key again: a replacement (3 until d0 leaves)
+        await logic.disconnect("p1", first[0].conn_id, 7)  # the replaced one leaves: 2, the limit
+        with pytest.raises(AuthError):
+            await logic.connect("p1", auth(7, "d3"))
         await logic.disconnect("p1", first[1].conn_id, 7)
         await logic.connect("p1", auth(7, "d3"))  # the freed slot
-        assert logic.counters["user_limit_refusals"] == 1
+        assert logic.counters["user_limit_refusals"] == 2
 
     run(go())
 
