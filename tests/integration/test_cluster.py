@@ -97,7 +97,7 @@ def test_room_spanning_both_proxies_gets_each_message_once_per_member(cluster):
     run(go())
 
 
-def test_one_users_connections_are_bounded_across_proxies_and_logic_roles(cluster):
+def test_one_users_connections_are_bounded_across_proxies(cluster):
     """70 connections of one user race in through both proxies; the default max_conns_per_user (64)
     holds exactly, since check and store are one Redis script (the proxies send their auths to the
     first healthy logic, L1; tests/cache_contract.py races adds over separate Redis connections)."""
