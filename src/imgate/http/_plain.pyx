@@ -98,7 +98,8 @@ cdef str _lower_ascii(const unsigned char* s, Py_ssize_t n):
     return name
 
 
-# A header block longer than this is parsed every time rather than kept (a pusher's is ~100 bytes).
+# A path or header block longer than this is parsed every time rather than kept (a pusher's head is
+# ~100 bytes): what a connection keeps stays small.
 DEF MEMO_MAX = 1024
 
 
@@ -257,7 +258,7 @@ cdef Request parse_plain(const unsigned char* p, Py_ssize_t n, Py_ssize_t start,
         path = memo.path
     else:
         path = (<const char*>p)[target0:path_end].decode("ascii")
-        if memo is not None:
+        if memo is not None and path_end - target0 <= MEMO_MAX:
             memo.path_raw = (<const char*>p)[target0:path_end]
             memo.path = path
     req.path = path
