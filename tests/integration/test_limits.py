@@ -386,8 +386,8 @@ def test_many_non_readers_closed_at_once_get_their_notices_while_healthy_clients
 
 def test_connections_per_user_are_bounded():
     """max_conns_per_user = 3: a fourth connection of one mid (TCP or WebSocket) gets op 6 and is
-    counted; the three keep receiving, another user and one's own key re-used still get in, and
-    closing one lets a new one in."""
+    counted; the three keep receiving, another user, anonymous clients (mid 0) and one's own key
+    re-used still get in, and closing one lets a new one in."""
     n = NodeThread(max_conns_per_user=3).start()
     refused = {"reason": "auth failed: too many connections for this user", "reconnect": False}
 
@@ -421,7 +421,9 @@ def test_connections_per_user_are_bounded():
         await wait_until_async(lambda: sessions(580), equals=["dev0", "dev2"], what="a slot freed")
         late = await imclient.connect(n.ws_url, mid=580, key="dev3", heartbeat=None)
         assert await late.heartbeat() >= 0
-        for c in (late, again, held[2], other):
+        # clients without a user (mid 0: a live room's anonymous viewers) are not one user
+        viewers = [await imclient.connect(n.tcp_url, room_id="live://show", heartbeat=None) for _ in range(5)]
+        for c in (late, again, held[2], other, *viewers):
             await c.close()
 
     try:

@@ -64,6 +64,17 @@ def test_the_connection_past_the_limit_is_refused_and_counted():
     run(go())
 
 
+def test_anonymous_clients_are_not_one_user():
+    """mid 0 is what goim clients without a user send (a live room's viewers): not limited as a user."""
+    async def go():
+        logic = Logic(MemoryCache(), MemoryBus(PushRouter()), NoAuth(), session_ttl=60, max_conns_per_user=2)
+        for _ in range(10):
+            await logic.connect("p1", auth(0))
+        assert (logic.counters["connects"], logic.counters["user_limit_refusals"]) == (10, 0)
+
+    run(go())
+
+
 def test_zero_means_no_limit():
     async def go():
         logic = Logic(MemoryCache(), MemoryBus(PushRouter()), NoAuth(), session_ttl=60)
