@@ -7,10 +7,13 @@ do that.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 
-from imgate.cache import MemoryCache, Session
+import pytest
+
+from imgate.cache import MemoryCache, Session, UserFull
 
 from helpers import run
 
@@ -88,8 +91,8 @@ class _ScaledTTL:
     def __getattr__(self, name):
         return getattr(self._cache, name)
 
-    async def add_session(self, session, ttl):
-        return await self._cache.add_session(session, ttl * self._scale)
+    async def add_session(self, session, ttl, max_per_user=0):
+        return await self._cache.add_session(session, ttl * self._scale, max_per_user)
 
     async def renew_session(self, mid, conn_id, ttl):
         return await self._cache.renew_session(mid, conn_id, ttl * self._scale)
@@ -406,3 +409,116 @@ def test_large_batches(backend):
     backend.run(body)
 
 
+
+
+# ---------------------------------------------------------------------- connections per user
+
+async def admit(c, mid, key, limit, server="p1") -> Session | None:
+    """add_session with ``max_per_user=limit``: the stored session, None when the limit refused it."""
+    s = Session(conn_id=await c.alloc_conn_id(), mid=mid, key=key, server=server, connected_at=time.time())
+    try:
+        assert await c.add_session(s, TTL, limit) is True
+    except UserFull as e:
+        assert (e.mid, e.limit) == (mid, limit)
+        return None
+    return s
+
+
+def test_user_limit_refuses_the_next_and_stores_nothing(backend):
+    async def body(c):
+        held = [await admit(c, 7, f"k{i}", 3) for i in range(3)]
+        assert all(held)
+        assert await admit(c, 7, "extra", 3) is None
+        assert ids((await c.sessions([7]))[7]) == ids(held), "the user's connections are untouched"
+        assert await c.sessions_by_keys(["extra"]) == {}, "the refused key is not bound"
+        assert await admit(c, 8, "other", 3) is not None, "another user is not affected"
+        assert await c.del_session(7, held[0].conn_id) is True
+        assert await admit(c, 7, "extra", 3) is not None, "a freed slot lets the next one in"
+        # an expired session frees its slot too: renew all but one, then let that one lapse
+        live = (await c.sessions([7]))[7]
+        for _ in range(2):
+            await backend.advance(TTL * 0.6)
+            for s in live[1:]:
+                assert await c.renew_session(7, s.conn_id, TTL) is True
+        assert await admit(c, 7, "after-expiry", 3) is not None
+        # 0: no limit
+        assert all([await admit(c, 9, f"n{i}", 0) for i in range(10)])
+    backend.run(body)
+
+
+def test_reusing_ones_own_key_at_the_limit_is_a_replacement(backend):
+    async def body(c):
+        a, b = await admit(c, 5, "k1", 2), await admit(c, 5, "k2", 2)
+        again = await admit(c, 5, "k1", 2)  # a reconnect while the old connection has not left yet
+        assert again is not None
+        assert (await c.sessions_by_keys(["k1"]))["k1"].conn_id == again.conn_id
+        assert len((await c.sessions([5]))[5]) == 3, "the replaced one stays until it leaves: limit + 1"
+        # the replaced one is counted again for any other key: no second replacement past limit + 1
+        assert await admit(c, 5, "k2", 2) is None
+        assert await admit(c, 5, "k1", 2) is None
+        assert await c.del_session(5, a.conn_id) is True
+        assert await admit(c, 5, "k2", 2) is not None
+        assert b.conn_id in ids((await c.sessions([5]))[5]), "replaced in the key index, not removed"
+        # another user's key is refused as before, whatever the count
+        assert await c.add_session(Session(conn_id=await c.alloc_conn_id(), mid=6, key="k1", server="p"),
+                                   TTL, 2) is False
+    backend.run(body)
+
+
+def test_concurrent_adds_never_pass_the_user_limit(backend):
+    async def body(c):
+        got = await asyncio.gather(*(admit(c, 11, f"race-{i}", 5, server=f"p{i % 3}") for i in range(40)))
+        assert sum(s is not None for s in got) == 5
+        assert len((await c.sessions([11]))[11]) == 5
+    backend.run(body)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_user_limit_against_a_reference_count(backend, seed):
+    """Random adds (new keys, one's own keys, others' keys), leaves, renewals and expiry for three
+    users, limit 3; a plain model of live sessions and key holders says what each add must answer."""
+    rnd = random.Random(seed)
+    limit = 3
+
+    async def body(c):
+        live: dict[int, Session] = {}   # the model: conn_id -> live session
+        holder: dict[str, int] = {}     # key -> conn_id of its last admitted session
+        lapsing: set[int] = set()        # not renewed at the last step: expires at the next
+        seen = {"refused": 0, "replaced at the limit": 0}
+        for step in range(150):
+            mid = rnd.choice((1, 2, 3))
+            what = rnd.random()
+            if what < 0.45:
+                own = [s.key for s in live.values() if s.mid == mid]
+                key = rnd.choice(own) if own and rnd.random() < 0.5 else f"k{step}"
+                replaces = holder.get(key) in live
+                held = sum(s.mid == mid for s in live.values())
+                expect = held - replaces < limit
+                got = await admit(c, mid, key, limit)
+                assert (got is not None) == expect, (step, mid, key)
+                seen["refused"] += not expect
+                seen["replaced at the limit"] += expect and replaces and held >= limit
+                if got is not None:
+                    live[got.conn_id], holder[key] = got, got.conn_id
+            elif what < 0.6:
+                theirs = [k for k, cid in holder.items() if cid in live and live[cid].mid != mid]
+                if theirs:
+                    s = Session(conn_id=await c.alloc_conn_id(), mid=mid, key=rnd.choice(theirs), server="p")
+                    assert await c.add_session(s, TTL, limit) is False
+            elif what < 0.8 and live:
+                s = rnd.choice(list(live.values()))
+                assert await c.del_session(s.mid, s.conn_id) is True
+                del live[s.conn_id]
+            else:  # time passes: each live session is renewed, or lapses: gone at its second step
+                await backend.advance(TTL * 0.6)
+                for s in list(live.values()):
+                    if s.conn_id in lapsing:
+                        del live[s.conn_id]
+                    elif rnd.random() < 0.2:
+                        lapsing.add(s.conn_id)
+                    else:
+                        assert await c.renew_session(s.mid, s.conn_id, TTL) is True
+            found = await c.sessions([1, 2, 3])
+            assert sorted(s.conn_id for v in found.values() for s in v) == sorted(live), step
+        assert all(seen.values()), seen  # the walk met the limit, and replaced at it
+    backend.run(body)

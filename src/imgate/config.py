@@ -109,6 +109,7 @@ class Config:
     client_op_rate: float = 100.0  # frames per second a connection may send after auth (token bucket); 0 = no limit
     client_op_burst: float = 200.0  # the bucket's size: past it, op 6 "rate limited" and close (rate_limited)
     max_conns_per_ip: int = 5000  # open connections per client address; the next gets op 6 or 429 (ip_limit_refusals); 0 = no limit
+    max_conns_per_user: int = 64  # live connections of one user (mid > 0; 0 is goim's anonymous client) in the node or cluster; the next auth gets op 6 "auth failed: too many connections for this user" (user_limit_refusals); re-using one's own key replaces, not adds; 0 = no limit
     conn_limit_exempt: list = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])  # networks max_conns_per_ip does not apply to
     # HTTP API
     max_http_body: int = 1 << 20  # bytes of one request's body
@@ -246,7 +247,7 @@ class Config:
                     "api_jwt_max_ttl", "http_request_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
-        for key in ("client_op_rate", "client_op_burst", "max_conns_per_ip", "jwt_max_ttl"):
+        for key in ("client_op_rate", "client_op_burst", "max_conns_per_ip", "max_conns_per_user", "jwt_max_ttl"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0 (0 = no limit), got {getattr(self, key)}")
         if self.client_op_rate and self.client_op_burst < 1:

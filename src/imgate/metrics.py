@@ -30,6 +30,7 @@ http_request_timeouts     imgate_http_request_timeouts_total    counter
 handshake_timeouts        imgate_handshake_timeouts_total       counter
 rate_limited              imgate_rate_limited_total             counter
 ip_limit_refusals         imgate_ip_limit_refusals_total        counter
+user_limit_refusals       imgate_user_limit_refusals_total      counter
 close_notices_late        imgate_close_notices_late_total       counter
 close_notices_dropped     imgate_close_notices_dropped_total    counter
 im_unacked                imgate_im_unacked                     gauge
@@ -113,6 +114,7 @@ COUNTERS: dict[str, str] = {
     "http_request_timeouts": "HTTP requests answered 408: head and body not received within http_request_timeout.",
     "rate_limited": "Connections closed for sending frames faster than client_op_rate (past client_op_burst).",
     "ip_limit_refusals": "Connections refused: their address already had max_conns_per_ip open.",
+    "user_limit_refusals": "Auths refused: their user already had max_conns_per_user connections open.",
     "close_notices_late": "op-6 notices that waited for a full socket to drain before going out (then FIN).",
     "close_notices_dropped": "op-6 notices never delivered: the peer made no room for them before the close deadline.",
     "handshake_timeouts": "Connections closed because the WebSocket upgrade and auth did not finish within handshake_timeout.",

@@ -133,6 +133,7 @@ class Node:
         self.logic = Logic(
             self.cache, self.bus, backends.authenticator(cfg),
             session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval,
+            max_conns_per_user=cfg.max_conns_per_user,
         )
         self.im_store = None
         if cfg.im:
@@ -168,7 +169,8 @@ class Node:
     def _refusals(self) -> dict:
         """What the API's guard, the HTTP server and logic refused (for /metrics)."""
         return dict(self.api_auth.counters, http_request_timeouts=self.http.request_timeouts,
-                    key_conflicts=self.logic.counters["key_conflicts"])
+                    key_conflicts=self.logic.counters["key_conflicts"],
+                    user_limit_refusals=self.logic.counters["user_limit_refusals"])
 
     def reload_tls(self) -> bool:
         """Re-read the certificate and key (SIGHUP): new TLS handshakes use them, open connections

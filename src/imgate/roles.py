@@ -147,7 +147,8 @@ class LogicRole:
         self.cache = make_cache(cfg)
         self.bus = KafkaBus(cfg.kafka, cfg.kafka_topic, timeout=cfg.kafka_timeout, client_id=f"imgate-logic-{cfg.server_id}")
         self.logic = Logic(self.cache, self.bus, backends.authenticator(cfg),
-                           session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval)
+                           session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval,
+                           max_conns_per_user=cfg.max_conns_per_user)
         self.im_store = self.im = None
         if cfg.im and cfg.im_store == "mariadb":  # SQLite is one process's file: no IM on it in a cluster
             if importlib.util.find_spec("asyncmy") is None:

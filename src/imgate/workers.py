@@ -121,7 +121,8 @@ class Coordinator:
         self.push = PushRouter()
         self.bus = RouterBus(self.push)
         self.logic = Logic(self.cache, self.bus, backends.authenticator(cfg),
-                           session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval)
+                           session_ttl=cfg.heartbeat_timeout * 2, online_interval=cfg.online_interval,
+                           max_conns_per_user=cfg.max_conns_per_user)
         self.im_store = None
         if cfg.im:
             Node._make_im(self)  # the same IM service and store as the one-process node

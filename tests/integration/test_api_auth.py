@@ -259,6 +259,7 @@ def test_bad_security_settings_are_refused_with_the_key_named(tmp_path):
         (dict(client_op_rate=-1.0), "client_op_rate"),
         (dict(client_op_burst=0.5), "client_op_burst"),
         (dict(max_conns_per_ip=-3), "max_conns_per_ip"),
+        (dict(max_conns_per_user=-1), "max_conns_per_user"),
         (dict(conn_limit_exempt=["not-a-network"]), "conn_limit_exempt[0]"),
         (dict(tls_cert=str(tmp_path / "c.pem")), "tls_cert and tls_key"),
         (dict(tls_cert=str(tmp_path / "c.pem"), tls_key=str(tmp_path / "k.pem")), "tls_cert: no such file"),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import urllib.request
 
 import pytest
 
 from imgate import client as imclient
+from imgate.config import Config
 
 from clusterutil import Cluster, RoleProcess, ahttp
 from helpers import free_port, run
@@ -31,6 +33,17 @@ async def until(cluster, pred, what, **kw):
         return await wait_until_async(pred, what=what, interval=0.05, **kw)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{cluster.logs()}") from None
+
+
+def _counter(cluster, logic: str, name: str) -> float:
+    """One counter from a logic role's /metrics (text, not the JSON that Cluster.http reads)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{cluster.ports[logic]['http']}/metrics",
+                                 headers={"Authorization": f"Bearer {cluster.api_key}"})
+    with urllib.request.urlopen(req, timeout=15) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
 
 
 def test_unicast_through_logic_a_reaches_a_user_on_proxy_b(cluster):
@@ -82,6 +95,42 @@ def test_room_spanning_both_proxies_gets_each_message_once_per_member(cluster):
             await c.close()
 
     run(go())
+
+
+def test_one_users_connections_are_bounded_across_proxies(cluster):
+    """70 connections of one user race in through both proxies; the default max_conns_per_user (64)
+    holds exactly, since check and store are one Redis script (the proxies send their auths to the
+    first healthy logic, L1; tests/cache_contract.py races adds over separate Redis connections)."""
+    limit = Config().max_conns_per_user
+
+    async def one(i):
+        url = (cluster.tcp_url, cluster.ws_url)[i % 2]("AB"[i // 2 % 2])
+        try:
+            return await imclient.connect(url, mid=5600, key=f"race-{i}", heartbeat=None, timeout=60)
+        except imclient.AuthRejected as e:
+            return e.notice
+
+    async def go():
+        got = await asyncio.gather(*(one(i) for i in range(limit + 6)))
+        held = [c for c in got if not isinstance(c, dict)]
+        notices = [c for c in got if isinstance(c, dict)]
+        assert len(held) == limit, notices
+        assert notices == [{"reason": "auth failed: too many connections for this user", "reconnect": False}] * 6
+        async def count():
+            status, reply = await ahttp(cluster, "L1", "GET", "/session?uid=5600")
+            return len(reply["data"]) if status == 200 else reply
+
+        assert await count() == limit
+        other = await imclient.connect(cluster.ws_url("B"), mid=5601, heartbeat=None, timeout=60)
+        await held.pop().close()
+        await until(cluster, count, "a slot freed", equals=limit - 1)
+        held.append(await imclient.connect(cluster.tcp_url("A"), mid=5600, key="late", heartbeat=None, timeout=60))
+        for c in held + [other]:
+            await c.close()
+
+    run(go())
+    refusals = sum(_counter(cluster, logic, "imgate_user_limit_refusals_total") for logic in ("L1", "L2"))
+    assert refusals == 6
 
 
 def test_logic_killed_new_clients_authenticate_through_the_other(cluster):

@@ -10,12 +10,14 @@ import socket
 import threading
 import time
 
+import pytest
+
 from imgate import client as imclient
 from imgate.core import encode_frame
 
 from helpers import run
 from nodeutil import NodeThread, module_node
-from polling import wait_until
+from polling import wait_until, wait_until_async
 
 
 node = module_node(handshake_timeout=2.0, heartbeat_timeout=30.0)
@@ -376,4 +378,57 @@ def test_many_non_readers_closed_at_once_get_their_notices_while_healthy_clients
     finally:
         for d in drains:
             d.stop()
+        n.stop()
+
+
+# ---------------------------------------------------------------- connections per user
+
+
+def test_connections_per_user_are_bounded():
+    """max_conns_per_user = 3: a fourth connection of one mid (TCP or WebSocket) gets op 6 and is
+    counted; the three keep receiving, another user, anonymous clients (mid 0) and one's own key
+    re-used still get in, and closing one lets a new one in."""
+    n = NodeThread(max_conns_per_user=3).start()
+    refused = {"reason": "auth failed: too many connections for this user", "reconnect": False}
+
+    async def sessions(mid):
+        status, reply = await asyncio.to_thread(n.http, "GET", f"/session?uid={mid}")
+        assert status == 200, reply
+        return sorted(s["key"] for s in reply["data"])
+
+    async def go():
+        held = [await imclient.connect(url, mid=580, key=f"dev{i}", heartbeat=None)
+                for i, url in enumerate((n.tcp_url, n.ws_url, n.tcp_url))]
+        for url in (n.tcp_url, n.ws_url):
+            with pytest.raises(imclient.AuthRejected) as e:
+                await imclient.connect(url, mid=580, key="one-too-many", heartbeat=None)
+            assert e.value.notice == refused
+        assert await sessions(580) == ["dev0", "dev1", "dev2"], "nothing of the refused ones is stored"
+        # the held ones are untouched: a push by mid reaches each of them
+        status, _ = await asyncio.to_thread(n.http, "POST", "/goim/push/mids?operation=1000&mids=580", b"still here")
+        assert status == 200
+        for c in held:
+            f = await c.recv(timeout=10)
+            assert (f.op, f.body) == (1000, b"still here")
+        other = await imclient.connect(n.ws_url, mid=581, heartbeat=None)
+        # a reconnect of dev0 while its old connection is open replaces it: not an extra connection
+        again = await imclient.connect(n.tcp_url, mid=580, key="dev0", heartbeat=None)
+        assert await sessions(580) == ["dev0", "dev0", "dev1", "dev2"], "limit + 1 while the old one leaves"
+        await held[0].close()
+        await wait_until_async(lambda: sessions(580), equals=["dev0", "dev1", "dev2"],
+                               what="the replaced connection gone")
+        await held[1].close()
+        await wait_until_async(lambda: sessions(580), equals=["dev0", "dev2"], what="a slot freed")
+        late = await imclient.connect(n.ws_url, mid=580, key="dev3", heartbeat=None)
+        assert await late.heartbeat() >= 0
+        # clients without a user (mid 0: a live room's anonymous viewers) are not one user
+        viewers = [await imclient.connect(n.tcp_url, room_id="live://show", heartbeat=None) for _ in range(5)]
+        for c in (late, again, held[2], other, *viewers):
+            await c.close()
+
+    try:
+        run(go())
+        status, metrics = n.http("GET", "/metrics")
+        assert status == 200 and b"imgate_user_limit_refusals_total 2.0" in metrics
+    finally:
         n.stop()

@@ -3,7 +3,7 @@
 `MemoryCache` backs the embedded node; the cluster backs the same interface with Redis.
 """
 
-from imgate.cache.base import Cache, Session
+from imgate.cache.base import Cache, Session, UserFull
 from imgate.cache.memory import MemoryCache
 
-__all__ = ["Cache", "Session", "MemoryCache"]
+__all__ = ["Cache", "Session", "MemoryCache", "UserFull"]

@@ -26,6 +26,14 @@ class Session:
         return d
 
 
+class UserFull(Exception):
+    """add_session refused a connection: its user already holds ``max_per_user`` live ones."""
+
+    def __init__(self, mid: int, limit: int):
+        super().__init__(f"user {mid} holds {limit} connections already")
+        self.mid, self.limit = mid, limit
+
+
 class Cache(abc.ABC):
     """`user_id -> conn_id -> server_id`, conn_id allocation, key -> connection, room counts per server.
 
@@ -55,11 +63,16 @@ class Cache(abc.ABC):
         """A connection id unique across the cluster."""
 
     @abc.abstractmethod
-    async def add_session(self, session: Session, ttl: float) -> bool:
+    async def add_session(self, session: Session, ttl: float, max_per_user: int = 0) -> bool:
         """Register a connection and return True. A key belongs to one user: when a live session of
         *another* user holds ``session.key``, nothing is stored and the answer is False. A previous
         connection of the same user with that key is replaced in the key index (it stays the user's
-        until it leaves)."""
+        until it leaves).
+
+        ``max_per_user`` > 0 bounds the user's live sessions: when they already hold that many,
+        nothing is stored and :class:`UserFull` is raised. A connection that takes over a key from
+        one of the user's live sessions replaces it, so that older one is not counted: while it
+        leaves, the user holds at most ``max_per_user + 1``. Check and store are one atomic step."""
 
     @abc.abstractmethod
     async def renew_session(self, mid: int, conn_id: int, ttl: float) -> bool:

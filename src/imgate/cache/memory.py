@@ -6,7 +6,7 @@ import itertools
 import time
 
 from imgate.cache._memory import sweep_user
-from imgate.cache.base import Cache, Session
+from imgate.cache.base import Cache, Session, UserFull
 
 
 class MemoryCache(Cache):
@@ -27,10 +27,14 @@ class MemoryCache(Cache):
     async def alloc_conn_id(self) -> int:
         return next(self._ids)
 
-    async def add_session(self, session: Session, ttl: float) -> bool:
+    async def add_session(self, session: Session, ttl: float, max_per_user: int = 0) -> bool:
         holder = self._by_key.get(session.key)
-        if holder is not None and holder.mid != session.mid and self._live(holder):
+        replaces = holder is not None and self._live(holder)
+        if replaces and holder.mid != session.mid:
             return False  # another user's key: never re-bound
+        # the sweep keeps the user's list to live sessions, so the bound holds the list's length too
+        if max_per_user > 0 and len(self._sweep_user(session.mid)) - replaces >= max_per_user:
+            raise UserFull(session.mid, max_per_user)
         session.expires_at = self._clock() + ttl
         self._put(session)
         self._by_key[session.key] = session

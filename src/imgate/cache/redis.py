@@ -39,7 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imgate.cache import epoch as _epoch
-from imgate.cache.base import Cache, Session
+from imgate.cache.base import Cache, Session, UserFull
 
 __all__ = ["RedisCache", "parse_sentinels"]
 
@@ -59,13 +59,25 @@ local function extend(key, ttl)
 end
 """
 
-# KEYS: s:{cid}, u:{mid}, k:{key}, users   ARGV: session json, cid, ttl ms, mid, prefix
-# a key held by a live session of another user (its conn_id is not in this user's set) is refused: 0
+# KEYS: s:{cid}, u:{mid}, k:{key}, users   ARGV: session json, cid, ttl ms, mid, prefix, max per user
+# a key held by a live session of another user (its conn_id is not in this user's set) is refused: 0.
+# A user already holding max live sessions is refused: 2 (one holding the key is replaced, not counted);
+# the count forgets expired conn_ids on the way, so the set stays near the bound
 _ADD = _NOW + _EXTEND + """
 local holder = redis.call('GET', KEYS[3])
-if holder and redis.call('EXISTS', ARGV[5] .. 's:' .. holder) == 1
-   and redis.call('SISMEMBER', KEYS[2], holder) == 0 then
-  return 0
+local replaces = 0
+if holder and redis.call('EXISTS', ARGV[5] .. 's:' .. holder) == 1 then
+  if redis.call('SISMEMBER', KEYS[2], holder) == 0 then return 0 end
+  replaces = 1
+end
+local max = tonumber(ARGV[6])
+if max > 0 then
+  local live = 0
+  for _, cid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if redis.call('EXISTS', ARGV[5] .. 's:' .. cid) == 1 then live = live + 1
+    else redis.call('SREM', KEYS[2], cid) end
+  end
+  if live - replaces >= max then return 2 end
 end
 local ttl = tonumber(ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
@@ -280,11 +292,13 @@ class RedisCache(Cache):
         return set(await self.redis.smembers(f"{self.prefix}ready:{epoch}"))
 
     @_limited
-    async def add_session(self, session: Session, ttl: float) -> bool:
+    async def add_session(self, session: Session, ttl: float, max_per_user: int = 0) -> bool:
         payload = json.dumps(session.to_dict(), separators=(",", ":"))
         ok = await self._add(keys=[self._s(session.conn_id), self._u(session.mid), self._k(session.key),
                                    f"{self.prefix}users"],
-                             args=[payload, session.conn_id, _ms(ttl), session.mid, self.prefix])
+                             args=[payload, session.conn_id, _ms(ttl), session.mid, self.prefix, max(0, max_per_user)])
+        if ok == 2:
+            raise UserFull(session.mid, max_per_user)
         return bool(ok)
 
     @_limited

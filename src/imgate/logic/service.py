@@ -16,7 +16,7 @@ import time
 
 from imgate.strings import share
 from imgate.auth import AuthError, Authenticator
-from imgate.cache import Cache, Session
+from imgate.cache import Cache, Session, UserFull
 from imgate.logic._push import UnicastPath
 from imgate.logic.upstream import error_body
 from imgate.protocol import IM_ROOM_PREFIX, KIND_ALL, KIND_CONNS, KIND_ROOM, PushJob
@@ -30,11 +30,13 @@ log = logging.getLogger("imgate.logic")
 
 class Logic:
     def __init__(self, cache: Cache, bus: Bus, authenticator: Authenticator, *,
-                 session_ttl: float = 180.0, online_interval: float = 1.0, server_ttl: float | None = None):
+                 session_ttl: float = 180.0, online_interval: float = 1.0, server_ttl: float | None = None,
+                 max_conns_per_user: int = 0):
         self.cache = cache
         self.bus = bus
         self.auth = authenticator
         self.session_ttl = session_ttl
+        self.max_conns_per_user = max_conns_per_user  # 0: no limit (Cache.add_session's max_per_user)
         self.online_interval = online_interval
         self.server_ttl = server_ttl if server_ttl is not None else max(3 * online_interval, 3.0)
         # absorbed online counters (refreshed every online_interval)
@@ -50,7 +52,8 @@ class Logic:
         self.webhooks = None  # imgate.logic.webhooks.Webhooks when webhook_url is set
         self._auth_async = inspect.iscoroutinefunction(authenticator.authenticate)
         self.im = None  # imgate.im.service.ImService: IM ops (22-32) and inbox_seq at auth
-        self._counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0, "key_conflicts": 0}
+        self._counters = {"connects": 0, "disconnects": 0, "auth_failures": 0, "pushes": 0, "key_conflicts": 0,
+                          "user_limit_refusals": 0}
         # cache and bus in this process (the embedded node): pushes by mid/key need not wait
         self.pushes_wait = not (cache.nowait and bus.nowait)
         # every unicast's first step, compiled (logic/_push.pyx); a subclass's own method is kept
@@ -99,11 +102,17 @@ class Logic:
         key = ident.key or secrets.token_hex(16)
         # many connections share a room and a platform: one string each (imgate.strings)
         room_id, platform = share(ident.room_id), share(ident.platform)
-        added = await self.cache.add_session(
-            Session(conn_id=conn_id, mid=ident.mid, key=key, server=server, room_id=room_id,
-                    platform=platform, connected_at=time.time()),
-            self.session_ttl,
-        )
+        try:
+            added = await self.cache.add_session(
+                Session(conn_id=conn_id, mid=ident.mid, key=key, server=server, room_id=room_id,
+                        platform=platform, connected_at=time.time()),
+                # mid 0 is goim's anonymous client (a room's viewers), not one user: max_conns_per_ip bounds those
+                self.session_ttl, self.max_conns_per_user if ident.mid else 0,
+            )
+        except UserFull:  # nothing stored: the user's other connections are untouched
+            self.counters["auth_failures"] += 1
+            self.counters["user_limit_refusals"] += 1
+            raise AuthError("too many connections for this user") from None
         if added is False:  # the key is held by another user: refused, never re-bound
             self.counters["auth_failures"] += 1
             self.counters["key_conflicts"] += 1
