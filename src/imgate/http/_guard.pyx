@@ -26,6 +26,8 @@ cdef class ScopeGuard(Handler):
     cdef object clock         # the auth's clock (time.monotonic is read in C)
     cdef dict verified        # "Bearer <key>" -> scopes (the auth's own dict, never replaced)
     cdef str scope
+    cdef double next_check    # the auth's _next_check as of this guard's last full check
+    cdef object granted_ok    # the last scopes (a frozenset: immutable) found to grant ``scope``
 
     def __init__(self, auth, handler, str scope):
         self.auth = auth
@@ -35,6 +37,8 @@ cdef class ScopeGuard(Handler):
         self.check = auth.check
         self.clock = auth._clock
         self.verified = auth._verified
+        self.next_check = 0.0
+        self.granted_ok = None
 
     @property
     def __wrapped__(self):
@@ -57,7 +61,18 @@ cdef class ScopeGuard(Handler):
         # a Request's headers are a dict: a C lookup, not a method call (a test's stand-in may be any mapping)
         credential = (<dict>headers).get("authorization") if type(headers) is dict else headers.get("authorization")
         granted = self.verified.get(credential)
-        if (granted is None or clock_now(self.clock) >= <double>self.auth._next_check
-                or (self.scope not in granted and "admin" not in granted)):
-            self.check(headers, self.scope)   # everything else: the full check (raises 401 / 403)
+        if granted is None or clock_now(self.clock) >= self.next_check:
+            self._full(headers)
+        elif granted is not self.granted_ok:
+            if self.scope not in granted and "admin" not in granted:
+                self._full(headers)
+            else:
+                self.granted_ok = granted
+        return 0
+
+    cdef int _full(self, object headers) except -1:
+        # a revoked key leaves ``verified`` when the file is next checked (at most a second on);
+        # another guard's check may come first, which only makes this copy older: checked sooner
+        self.check(headers, self.scope)   # the full check: raises 401 / 403
+        self.next_check = <double>self.auth._next_check
         return 0

@@ -94,6 +94,8 @@ cdef class HttpProtocol(HttptoolsCallbacks):
     cdef double last_activity
     cdef bint _plain_ok          # the plain-request fast path is on (HttpServer(fast_path=...))
     cdef PlainMemo _memo         # its last path and header block, parsed
+    cdef bint server_closing     # the server is stopping: replies say Connection: close
+    cdef object _is_closing      # transport.is_closing, bound once
     # replies made while a chunk of input is parsed, written together at its end
     cdef bint _feeding
     cdef list _out
@@ -128,11 +130,14 @@ cdef class HttpProtocol(HttptoolsCallbacks):
         self._messages_done = 0
         self._plain_ok = getattr(server, "fast_path", True)
         self._memo = PlainMemo()
+        self.server_closing = server._closing
+        self._is_closing = None
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport):
         self.transport = transport
+        self._is_closing = transport.is_closing
         self.remote = transport.get_extra_info("peername")
         if transport.get_extra_info("sslcontext") is None:
             sock = transport.get_extra_info("socket")
@@ -283,7 +288,7 @@ cdef class HttpProtocol(HttptoolsCallbacks):
 
     cdef bint _reply(self, Request req, object resp):
         """Write the response to ``req``; False once the connection closes after it."""
-        cdef bint keep_alive = req.keep_alive and not self.server._closing and not (self.stopped and not self.queue)
+        cdef bint keep_alive = req.keep_alive and not self.server_closing and not (self.stopped and not self.queue)
         self._write(encode_response(resp, keep_alive, req.method == "HEAD", req.version == "1.0"))
         if not self._feeding:  # (while a read is parsed, data_received has just set it)
             self.last_activity = clock_now(_MONOTONIC)
@@ -317,7 +322,7 @@ cdef class HttpProtocol(HttptoolsCallbacks):
         its descriptor may already be closed and its number handed to another connection."""
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data), r
         transport = self.transport
-        if self.fd < 0 or transport.is_closing() or (
+        if self.fd < 0 or self._is_closing() or (
                 self.via_transport and transport.get_write_buffer_size() != 0):
             transport.write(data)
             return
@@ -407,6 +412,7 @@ cdef class HttpProtocol(HttptoolsCallbacks):
     def shutdown(self):
         """The server is stopping: close now when nothing is owed, else read nothing more and close
         after the last reply."""
+        self.server_closing = True
         if self.worker is None and not self.queue and self.transport is not None:
             self.transport.close()
         else:
