@@ -133,6 +133,8 @@ def test_heartbeats_are_swept_every_eighth_of_the_timeout_and_the_unopened_every
             d = await imclient.connect(n.tcp_url, mid=2, heartbeat=0.5)
             assert len(proxy._channels) == 2 and not proxy._unopened  # open: only the heartbeat sweep
             assert unopened_are_the_channels_not_open()
+            # a unicast finds the open ones by conn id, and only those
+            assert set(proxy.conns_delivery.conns) == set(proxy._by_conn_id) and len(proxy._by_conn_id) == 2
             with pytest.raises(imclient.ConnectionClosed):
                 while True:
                     await c.recv(timeout=60)
@@ -140,6 +142,7 @@ def test_heartbeats_are_swept_every_eighth_of_the_timeout_and_the_unopened_every
             assert not d.closed and await d.heartbeat() == 0
             await d.close()
             await wait_until_async(lambda: not proxy._channels and not proxy._unopened, what="all gone")
+            assert not proxy.conns_delivery.conns and not proxy._by_conn_id
 
         run(go())
     finally:

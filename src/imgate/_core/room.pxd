@@ -23,6 +23,7 @@ cdef class RoomTable(OutputTable):
     cdef Py_ssize_t _max_rooms_per_conn
 
     cdef Py_ssize_t send_one(self, object conn_id, bytes raw, int op) except -1
+    cdef Py_ssize_t send_conn(self, Conn c, bytes raw, int op) except -1
     cdef bytes _queue_held(self, object held, bytes raw, bytes ws, object ws_data, int op, Py_ssize_t* count)
     cdef int _unlink(self, Conn c, Room r, Py_ssize_t slot_i) except -1
     cdef int _unset_user(self, Conn c) except -1

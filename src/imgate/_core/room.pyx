@@ -405,17 +405,22 @@ cdef class RoomTable(OutputTable):
     cdef Py_ssize_t send_one(self, object conn_id, bytes raw, int op) except -1:
         """:meth:`send_many` for one connection, called from C (a unicast's last step): no sequence to
         walk, nothing to box."""
-        cdef Conn c
+        co = self._conns.get(conn_id)
+        if co is None:
+            if self._held:
+                self._release_batches()
+            return 0
+        return self.send_conn(<Conn>co, raw, op)
+
+    cdef Py_ssize_t send_conn(self, Conn c, bytes raw, int op) except -1:
+        """:meth:`send_one` to a connection its caller holds (one removed since is dead: nothing)."""
         cdef Py_ssize_t count = 0, first
         if self._held:
             self._release_batches()
         first = self._n_dirty
-        co = self._conns.get(conn_id)
-        if co is not None:
-            c = <Conn>co
-            if not c.dead and c.accepts_op(op):
-                self._queue_kind(c, raw, None, None)
-                count = 1
+        if not c.dead and c.accepts_op(op):
+            self._queue_kind(c, raw, None, None)
+            count = 1
         self._finish_unicast(first, count)
         return count
 

@@ -10,6 +10,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
 from imgate._core.frame cimport frame_pack
+from imgate._core.output cimport Conn
 from imgate._core.room cimport RoomTable
 
 from imgate.core import encode_frame
@@ -27,15 +28,25 @@ cdef class ConnsDelivery:
     def __init__(self, dict by_conn_id not None, RoomTable table not None):
         self.by_conn_id = by_conn_id
         self.table = table
+        self.conns = {}
+
+    def bind(self, conn_id, ch):
+        """``conn_id`` is now the authenticated connection ``ch`` (in the table): a unicast to it
+        finds the table's connection in one lookup (not channel, then table entry: two cold ones)."""
+        self.conns[conn_id] = self.table._get(ch)
+
+    def unbind(self, conn_id):
+        """``conn_id`` is gone (the proxy forgot its channel)."""
+        self.conns.pop(conn_id, None)
 
     cdef Py_ssize_t push_one(self, object conn_id, int op, object body) except -1:
         """A unicast to one connection: 1 when queued, 0 when it is gone or does not take ``op``."""
         cdef Py_ssize_t n
         self.pushes += 1
-        ch = self.by_conn_id.get(conn_id)
-        if ch is None:
+        co = self.conns.get(conn_id)
+        if co is None:
             return 0
-        n = self.table.send_one(ch, _frame(op, body), op)
+        n = self.table.send_conn(<Conn>co, _frame(op, body), op)
         if not n:
             self.drops += 1
         return n

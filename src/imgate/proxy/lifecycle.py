@@ -137,6 +137,7 @@ class Lifecycle:
             self.table.remove(ch)
         if ch.conn_id and self._by_conn_id.get(ch.conn_id) is ch:
             del self._by_conn_id[ch.conn_id]
+            self.conns_delivery.unbind(ch.conn_id)
             if self._stopping:
                 self._final_disconnects.append(self.logic.disconnect(self.server_id, ch.conn_id, ch.mid))
             else:

@@ -119,6 +119,7 @@ class Operations:
         self._unopened.discard(ch)
         ch.last_seen = ch.renewed = time.monotonic()
         self._by_conn_id[c.conn_id] = ch
+        self.conns_delivery.bind(c.conn_id, ch)
         ch.accepts = set(c.accepts) if c.accepts else None
         self.table.set_accepts(ch, ch.accepts)
         if c.room_id:
