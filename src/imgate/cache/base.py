@@ -3,27 +3,9 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass, field
 
-
-@dataclass(slots=True)
-class Session:
-    """One connection of one user, as the cluster sees it. Slots: a push by mid reads three of its fields
-    from cold memory (one object, no separate values), and the embedded node holds one per connection."""
-
-    conn_id: int
-    mid: int
-    key: str
-    server: str
-    room_id: str = ""
-    platform: str = ""
-    connected_at: float = 0.0
-    expires_at: float = field(default=0.0, repr=False)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("expires_at")
-        return d
+# One connection of one user, compiled (its fields are read in C by the embedded node's unicast)
+from imgate.cache._memory import Session
 
 
 class UserFull(Exception):

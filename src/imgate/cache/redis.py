@@ -29,7 +29,6 @@ import functools
 import json
 import time
 import uuid
-from dataclasses import fields
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -39,11 +38,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imgate.cache import epoch as _epoch
+from imgate.cache._memory import FIELDS as SESSION_FIELDS
 from imgate.cache.base import Cache, Session, UserFull
 
 __all__ = ["RedisCache", "parse_sentinels"]
 
-_SESSION_FIELDS = {f.name for f in fields(Session)} - {"expires_at"}
+_SESSION_FIELDS = set(SESSION_FIELDS)
 _CHUNK = 1000  # keys per MGET / SMEMBERS batch inside one pipeline
 
 # now, in ms, from the Redis server's clock

@@ -15,7 +15,7 @@ takes the general path, ``bus.publish_nowait`` of logic's jobs, which owns every
 ``pushes`` are counted here in C and added to ``Logic.counters`` when it is read (:meth:`settle`).
 """
 
-from imgate.cache._memory cimport clock_now
+from imgate.cache._memory cimport Session, clock_now
 from imgate.protocol._job cimport conns_job
 
 from imgate.cache.memory import MemoryCache
@@ -48,7 +48,7 @@ cdef class UnicastPath:
         return self.logic._publish_nowait(jobs)
 
     cdef Py_ssize_t push_mid(self, object op, object mid, object body) except -1:
-        cdef object s
+        cdef Session s
         cdef list conns
         cdef double now
         if self.by_mid is not None:
@@ -57,9 +57,9 @@ cdef class UnicastPath:
                 self.pushes += 1
                 return 0
             if len(conns) == 1:  # the usual unicast: one user, one connection
-                s = conns[0]
+                s = <Session?>conns[0]
                 now = clock_now(self.clock)
-                if <double>s.expires_at > now:
+                if s.expires_at > now:
                     self.pushes += 1
                     return self._to_conn(op, body, s.server, s.conn_id)
         live = self.cache.user_sessions_nowait(mid)  # sweeps out the expired
