@@ -368,3 +368,54 @@ def test_push_all_with_speed_is_paced():
     finally:
         n.stop()
 
+
+
+def test_anonymous_viewers_are_reached_by_room_and_key_never_by_mid_0(node):
+    """mid 0 is goim's anonymous client (a live room's viewers): nobody. A push by mid 0 reaches none
+    of them, as in goim (answer: 0 targets), alone or beside a real user; a room push and a push by
+    key do reach them. /list shows them; /goim/online/total does not count them as users."""
+    async def go():
+        loop = asyncio.get_running_loop()
+
+        async def http(method, path, body=b""):
+            status, reply = await loop.run_in_executor(None, node.http, method, path, body)
+            assert status == 200 and reply["code"] == 0, reply
+            return reply["data"]
+
+        viewers = [await imclient.connect(node.tcp_url if i % 2 else node.ws_url, key=f"anon-{i}",
+                                          room_id="live://anon-show", heartbeat=None) for i in range(6)]
+        user = await imclient.connect(node.tcp_url, mid=41, key="user-41", room_id="live://anon-show", heartbeat=None)
+        assert (await http("POST", "/goim/push/mids?operation=1000&mids=0", b"by mid 0"))["targets"] == 0
+        assert (await http("POST", "/goim/push/mids?operation=1000&mids=0,41", b"to 41"))["targets"] == 1
+        assert (await user.recv(timeout=30)).body == b"to 41"
+        await http("POST", "/goim/push/room?operation=1000&type=live&room=anon-show", b"room")
+        assert (await http("POST", "/goim/push/keys?operation=1000&keys=anon-3", b"key"))["targets"] == 1
+        for i, c in enumerate(viewers):  # the room push is the first thing each viewer gets
+            assert (await c.recv(timeout=30)).body == b"room", f"viewer {i}"
+        assert (await viewers[3].recv(timeout=30)).body == b"key"
+        assert (await user.recv(timeout=30)).body == b"room"
+        listed = await http("GET", "/list?limit=1000")
+        assert {s["key"] for s in listed} >= {f"anon-{i}" for i in range(6)} | {"user-41"}
+        assert all(s["mid"] == 0 for s in listed if s["key"].startswith("anon-"))
+        assert await http("GET", "/session?uid=0") == [], "mid 0 is nobody's sessions"
+
+        async def users_once_all_counted():  # one absorb reads the conns, then the users, of the cache
+            total = await http("GET", "/goim/online/total")
+            return total["user_count"] if total["conn_count"] == 7 else None
+
+        users = await wait_until_async(users_once_all_counted, what="the 7 connections in one absorb")
+        assert users == 1, "six viewers and user 41 are one user"
+        # heartbeats renew them by conn id; leaving removes them, one by one, the user staying
+        assert await viewers[0].heartbeat() == 7
+        for c in viewers:
+            await c.close()
+
+        async def anon_listed():
+            return sorted(s["key"] for s in await http("GET", "/list?limit=1000") if s["key"].startswith("anon-"))
+
+        await wait_until_async(anon_listed, equals=[], what="the viewers' sessions to go")
+        assert (await http("POST", "/goim/push/keys?operation=1000&keys=user-41", b"still"))["targets"] == 1
+        assert (await user.recv(timeout=30)).body == b"still"
+        await user.close()
+
+    run(go())

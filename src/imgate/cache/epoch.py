@@ -52,3 +52,15 @@ end
 redis.call('ZADD', KEYS[4], 'GT', string.format('%.0f', now + ttl), ARGV[4])
 return 1
 """
+
+# KEYS: s:{cid}, k:{key}   ARGV: session json, cid, ttl ms
+# RESTORE for mid 0 (anonymous): no u: set and no place in users
+RESTORE_ANON = """
+local ttl = tonumber(ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+local holder = redis.call('GET', KEYS[2])
+if (not holder) or tonumber(holder) <= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+end
+return 1
+"""

@@ -9,6 +9,11 @@ from imgate.cache._memory import sweep_user
 from imgate.cache.base import Cache, Session, UserFull
 
 
+# anonymous sessions are swept of expired ones (a dead proxy's) when they reach this many, then again
+# whenever they double: amortised O(1) per connect, and at most about twice the live ones are held
+_ANON_SWEEP_MIN = 1024
+
+
 class MemoryCache(Cache):
     nowait = True
 
@@ -18,6 +23,10 @@ class MemoryCache(Cache):
         # user -> its sessions in connection order: a list, not a dict by conn id (a user has a few
         # devices; a one-entry dict costs ~200 bytes more per connection of an idle node)
         self._by_mid: dict[int, list[Session]] = {}
+        # mid 0 (goim's anonymous clients, e.g. a live room's viewers) is nobody: its sessions are
+        # reached by key or room, never by mid, so they are kept by conn id (O(1) renew and delete)
+        self._anon: dict[int, Session] = {}
+        self._anon_sweep_at = _ANON_SWEEP_MIN
         self._by_key: dict[str, Session] = {}
         self._servers: dict[str, dict] = {}
 
@@ -32,8 +41,9 @@ class MemoryCache(Cache):
         replaces = holder is not None and self._live(holder)
         if replaces and holder.mid != session.mid:
             return False  # another user's key: never re-bound
-        # the sweep keeps the user's list to live sessions, so the bound holds the list's length too
-        if max_per_user > 0 and len(self._sweep_user(session.mid)) - replaces >= max_per_user:
+        # the sweep keeps the user's list to live sessions, so the bound holds the list's length too;
+        # mid 0 (anonymous) is not a user: nothing to bound
+        if max_per_user > 0 and session.mid != 0 and len(self._sweep_user(session.mid)) - replaces >= max_per_user:
             raise UserFull(session.mid, max_per_user)
         session.expires_at = self._clock() + ttl
         self._put(session)
@@ -51,6 +61,11 @@ class MemoryCache(Cache):
 
     def _put(self, session: Session) -> None:
         """Index ``session`` under its user, in place of a session with its conn id."""
+        if session.mid == 0:
+            self._anon[session.conn_id] = session
+            if len(self._anon) >= self._anon_sweep_at:
+                self._sweep_anon()
+            return
         conns = self._by_mid.get(session.mid)
         if conns is None:
             self._by_mid[session.mid] = [session]
@@ -61,7 +76,17 @@ class MemoryCache(Cache):
                 return
         conns.append(session)
 
+    def _sweep_anon(self) -> None:
+        now = self._clock()
+        for s in [s for s in self._anon.values() if s.expires_at <= now]:
+            del self._anon[s.conn_id]
+            if self._by_key.get(s.key) is s:
+                del self._by_key[s.key]
+        self._anon_sweep_at = max(_ANON_SWEEP_MIN, 2 * len(self._anon))
+
     def _find(self, mid: int, conn_id: int) -> Session | None:
+        if mid == 0:
+            return self._anon.get(conn_id)
         for s in self._by_mid.get(mid, ()):
             if s.conn_id == conn_id:
                 return s
@@ -78,10 +103,13 @@ class MemoryCache(Cache):
         s = self._find(mid, conn_id)
         if s is None:
             return False
-        conns = self._by_mid[mid]
-        conns.remove(s)
-        if not conns:
-            del self._by_mid[mid]
+        if mid == 0:
+            del self._anon[conn_id]
+        else:
+            conns = self._by_mid[mid]
+            conns.remove(s)
+            if not conns:
+                del self._by_mid[mid]
         if self._by_key.get(s.key) is s:
             del self._by_key[s.key]
         return True
@@ -126,11 +154,17 @@ class MemoryCache(Cache):
                 out.append(s)
                 if len(out) >= limit:
                     return out
+        now = self._clock()
+        for s in self._anon.values():
+            if s.expires_at > now:
+                out.append(s)
+                if len(out) >= limit:
+                    break
         return out
 
     async def user_count(self) -> int:
-        # users with a session; expired ones leave lazily, as everywhere in this cache. O(1): logic
-        # asks every second, and a scan of every user stalled the loop ~15 ms at 15,000 users
+        # users with a session (mid 0 is nobody: not in _by_mid); expired ones leave lazily, as
+        # everywhere in this cache. O(1): logic asks every second, and a scan of every user stalled the loop ~15 ms at 15,000 users
         return len(self._by_mid)
 
     async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float,

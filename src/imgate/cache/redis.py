@@ -4,7 +4,7 @@ Every key is described in `docs/cluster-redis.md`. In short, with the default pr
 
     imgate:conn_id          string   INCR counter: conn_id allocation
     imgate:s:{conn_id}      string   the Session as JSON, PX ttl (renewed by heartbeats)
-    imgate:u:{mid}          set      the user's conn_ids, PX >= the longest member's ttl
+    imgate:u:{mid}          set      the user's conn_ids (mid > 0), PX >= the longest member's ttl
     imgate:k:{key}          string   conn_id holding the key, PX ttl
     imgate:users            zset     mid -> expiry (ms, Redis server clock) of the user's newest session
     imgate:srv:{server}     string   a proxy's online report as JSON, PX ttl
@@ -14,6 +14,10 @@ Writes that touch several keys run as Lua scripts, so each is atomic and one rou
 times come from the Redis server's clock (`TIME`), never from the clocks of the logic instances.
 A session whose proxy died is never renewed: its `s:` key expires, reads skip it, and the reader
 removes the dangling conn_id from the user's set (lazy cleanup). Nothing needs a sweeper process.
+
+mid 0 is goim's anonymous client (a live room's viewers): nobody, so it has no `u:0` set and no
+place in `users`. Its sessions are reached by key or room; the `_ANON` scripts renew and delete them
+by `s:{conn_id}` alone, checking the stored mid is 0.
 
 Errors from Redis (connection refused, timeouts, no master known to the sentinels) propagate as
 `redis.exceptions.ConnectionError` / `TimeoutError`; they are not swallowed here.
@@ -112,6 +116,52 @@ if v then
   if redis.call('GET', kk) == ARGV[1] then redis.call('DEL', kk) end
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('ZREM', KEYS[3], ARGV[2]) end
+return 1
+"""
+
+# the scripts for mid 0, which has no u: set: a conn_id is anonymous when its stored session says mid 0
+# (cjson reads numbers as doubles, exact for 0; a large mid never reads as 0)
+_IS_ANON = """
+local function anon(v)
+  if not v then return nil end
+  local d = cjson.decode(v)
+  if d['mid'] == 0 then return d end
+  return nil
+end
+"""
+
+# KEYS: s:{cid}, k:{key}   ARGV: session json, cid, ttl ms, prefix
+# a key held by a live session of a user is refused (0); one held by an anonymous session is taken
+_ADD_ANON = _IS_ANON + """
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  local v = redis.call('GET', ARGV[4] .. 's:' .. holder)
+  if v and not anon(v) then return 0 end
+end
+local ttl = tonumber(ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+return 1
+"""
+
+# KEYS: s:{cid}   ARGV: cid, ttl ms, prefix
+_RENEW_ANON = _IS_ANON + """
+local d = anon(redis.call('GET', KEYS[1]))
+if not d then return 0 end
+local ttl = tonumber(ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl)
+local kk = ARGV[3] .. 'k:' .. d['key']
+if redis.call('GET', kk) == ARGV[1] then redis.call('PEXPIRE', kk, ttl) end
+return 1
+"""
+
+# KEYS: s:{cid}   ARGV: cid, prefix
+_DEL_ANON = _IS_ANON + """
+local d = anon(redis.call('GET', KEYS[1]))
+if not d then return 0 end
+redis.call('DEL', KEYS[1])
+local kk = ARGV[2] .. 'k:' .. d['key']
+if redis.call('GET', kk) == ARGV[1] then redis.call('DEL', kk) end
 return 1
 """
 
@@ -237,12 +287,16 @@ class RedisCache(Cache):
         self._add = self.redis.register_script(_ADD)
         self._renew = self.redis.register_script(_RENEW)
         self._del = self.redis.register_script(_DEL)
+        self._add_anon = self.redis.register_script(_ADD_ANON)
+        self._renew_anon = self.redis.register_script(_RENEW_ANON)
+        self._del_anon = self.redis.register_script(_DEL_ANON)
         self._user_count = self.redis.register_script(_USER_COUNT)
         self._servers = self.redis.register_script(_SERVERS)
         self._forget = self.redis.register_script(_FORGET)
         self._epoch = self.redis.register_script(_epoch.EPOCH)
         self._alloc = self.redis.register_script(_epoch.ALLOC)
         self._restore = self.redis.register_script(_epoch.RESTORE)
+        self._restore_anon = self.redis.register_script(_epoch.RESTORE_ANON)
 
     # ------------------------------------------------------------------ key names
 
@@ -275,6 +329,10 @@ class RedisCache(Cache):
         async with self.redis.pipeline(transaction=False) as p:
             for s in sessions:
                 payload = json.dumps(s.to_dict(), separators=(",", ":"))
+                if s.mid == 0:  # anonymous: no u: set, not a user
+                    await self._restore_anon(keys=[self._s(s.conn_id), self._k(s.key)],
+                                             args=[payload, s.conn_id, _ms(ttl)], client=p)
+                    continue
                 await self._restore(keys=[self._s(s.conn_id), self._u(s.mid), self._k(s.key), f"{self.prefix}users"],
                               args=[payload, s.conn_id, _ms(ttl), s.mid], client=p)
             await p.execute()
@@ -294,6 +352,9 @@ class RedisCache(Cache):
     @_limited
     async def add_session(self, session: Session, ttl: float, max_per_user: int = 0) -> bool:
         payload = json.dumps(session.to_dict(), separators=(",", ":"))
+        if session.mid == 0:  # anonymous: no u: set, not a user, so no per-user bound
+            return bool(await self._add_anon(keys=[self._s(session.conn_id), self._k(session.key)],
+                                             args=[payload, session.conn_id, _ms(ttl), self.prefix]))
         ok = await self._add(keys=[self._s(session.conn_id), self._u(session.mid), self._k(session.key),
                                    f"{self.prefix}users"],
                              args=[payload, session.conn_id, _ms(ttl), session.mid, self.prefix, max(0, max_per_user)])
@@ -303,12 +364,16 @@ class RedisCache(Cache):
 
     @_limited
     async def renew_session(self, mid: int, conn_id: int, ttl: float) -> bool:
+        if mid == 0:
+            return bool(await self._renew_anon(keys=[self._s(conn_id)], args=[conn_id, _ms(ttl), self.prefix]))
         ok = await self._renew(keys=[self._s(conn_id), self._u(mid), f"{self.prefix}users"],
                                args=[conn_id, _ms(ttl), mid, self.prefix])
         return bool(ok)
 
     @_limited
     async def del_session(self, mid: int, conn_id: int) -> bool:
+        if mid == 0:
+            return bool(await self._del_anon(keys=[self._s(conn_id)], args=[conn_id, self.prefix]))
         ok = await self._del(keys=[self._s(conn_id), self._u(mid), f"{self.prefix}users"],
                              args=[conn_id, mid, self.prefix])
         return bool(ok)
@@ -324,7 +389,7 @@ class RedisCache(Cache):
 
     @_limited
     async def sessions(self, mids: list[int]) -> dict[int, list[Session]]:
-        mids = list(dict.fromkeys(mids))
+        mids = [mid for mid in dict.fromkeys(mids) if mid != 0]  # mid 0 is nobody: reached by no push by mid
         if not mids:
             return {}
         async with self.redis.pipeline(transaction=False) as p:
