@@ -18,6 +18,7 @@ redis = pytest.importorskip("redis")
 from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
 
 from cache_contract import *  # noqa: E402,F401,F403 - the contract's tests, collected here against Redis
+from cache_contract_anon import *  # noqa: E402,F401,F403 - and its cases for anonymous sessions (mid 0)
 from cache_contract import TTL, RedisBackend, connect, ids  # noqa: E402
 from helpers import free_port, run  # noqa: E402
 from imgate.cache.redis import RedisCache, parse_sentinels  # noqa: E402
@@ -138,6 +139,28 @@ def test_redis_keys_left_behind(rb):
         assert await c.user_count() == 0
         assert await c.servers_online() == {}
         assert set(await r.keys(p + "*")) == {p + "conn_id", p + "epoch"}
+    rb.run(body)
+
+
+def test_redis_keys_of_anonymous_sessions(rb):
+    """mid 0 (anonymous) has its s: and k: keys only: no u:0 set, no users entry; renewal pushes both
+    forward, a delete or its TTL leaves nothing behind."""
+    ms = rb.scale * 1000
+
+    async def body(c):
+        r, p = c.redis, rb.prefix
+        anon = [await connect(c, 0, key=f"v{i}") for i in range(3)]
+        keys = set(await r.keys(p + "*"))
+        assert keys == {p + "conn_id", p + "epoch", *(p + f"s:{s.conn_id}" for s in anon),
+                        *(p + f"k:{s.key}" for s in anon)}
+        assert await r.get(p + "k:v0") == str(anon[0].conn_id)
+        assert await c.renew_session(0, anon[0].conn_id, 5.0)
+        for k in (p + f"s:{anon[0].conn_id}", p + "k:v0"):
+            assert 4 * ms < await r.pttl(k) <= 5 * ms
+        assert await c.del_session(0, anon[1].conn_id)
+        assert not await r.exists(p + f"s:{anon[1].conn_id}", p + "k:v1")
+        await rb.advance(TTL * 1.3)  # v2 stopped beating: Redis forgets it
+        assert set(await r.keys(p + "*")) == {p + "conn_id", p + "epoch", p + f"s:{anon[0].conn_id}", p + "k:v0"}
     rb.run(body)
 
 
