@@ -161,6 +161,10 @@ def test_redis_keys_of_anonymous_sessions(rb):
         assert not await r.exists(p + f"s:{anon[1].conn_id}", p + "k:v1")
         await rb.advance(TTL * 1.3)  # v2 stopped beating: Redis forgets it
         assert set(await r.keys(p + "*")) == {p + "conn_id", p + "epoch", p + f"s:{anon[0].conn_id}", p + "k:v0"}
+        # a u:0 set (and users entry) an older version left, in a cluster being upgraded: no push by mid 0 reads it
+        await r.sadd(p + "u:0", str(anon[0].conn_id))
+        await r.zadd(p + "users", {"0": 1})
+        assert await c.sessions([0]) == {} and await c.sessions([0, 5]) == {}
     rb.run(body)
 
 
