@@ -54,7 +54,11 @@ class Cache(abc.ABC):
         ``max_per_user`` > 0 bounds the user's live sessions: when they already hold that many,
         nothing is stored and :class:`UserFull` is raised. A connection that takes over a key from
         one of the user's live sessions replaces it, so that older one is not counted: while it
-        leaves, the user holds at most ``max_per_user + 1``. Check and store are one atomic step."""
+        leaves, the user holds at most ``max_per_user + 1``. Check and store are one atomic step.
+
+        mid 0 is goim's anonymous client (a live room's viewers): nobody. Its sessions are not indexed
+        by mid (no push by mid reaches them, :meth:`user_count` leaves them out, ``max_per_user`` does
+        not apply); they are reached by key or room, renewed and removed by conn id in O(1)."""
 
     @abc.abstractmethod
     async def renew_session(self, mid: int, conn_id: int, ttl: float) -> bool:
@@ -66,7 +70,7 @@ class Cache(abc.ABC):
 
     @abc.abstractmethod
     async def sessions(self, mids: list[int]) -> dict[int, list[Session]]:
-        """Live sessions of each user (users without any are left out)."""
+        """Live sessions of each user (users without any are left out; so is mid 0, which is nobody)."""
 
     @abc.abstractmethod
     async def sessions_by_keys(self, keys: list[str]) -> dict[str, Session]:
