@@ -106,8 +106,8 @@ class Logic:
             added = await self.cache.add_session(
                 Session(conn_id=conn_id, mid=ident.mid, key=key, server=server, room_id=room_id,
                         platform=platform, connected_at=time.time()),
-                # mid 0 is goim's anonymous client (a room's viewers), not one user: max_conns_per_ip bounds those
-                self.session_ttl, self.max_conns_per_user if ident.mid else 0,
+                # the cache bounds users only: mid 0 (anonymous viewers) is nobody, max_conns_per_ip bounds those
+                self.session_ttl, self.max_conns_per_user,
             )
         except UserFull:  # nothing stored: the user's other connections are untouched
             self.counters["auth_failures"] += 1
