@@ -84,7 +84,8 @@ def db_counters(addrs: list[str]) -> dict[str, int]:
         for addr in addrs:
             host, _, port = addr.rpartition(":")
             try:
-                conn = await asyncmy.connect(host=host, port=int(port), user="test", autocommit=True)
+                conn = await asyncmy.connect(host=host, port=int(port), user="test", autocommit=True,
+                                             connect_timeout=10, read_timeout=60)
             except Exception:  # noqa: BLE001 - a node that does not answer counts nothing
                 continue
             async with conn.cursor() as cur:

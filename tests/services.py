@@ -267,7 +267,7 @@ class GaleraProcess(_ServiceProcess):
 
 
 def create_database(addrs: list[str], name: str) -> None:
-    """CREATE DATABASE ``name`` (dropped first) as user test, on the first server that answers."""
+    """CREATE DATABASE ``name`` (dropped first) as user test, on the first server that does it."""
     import asyncio
 
     import asyncmy
@@ -276,17 +276,22 @@ def create_database(addrs: list[str], name: str) -> None:
         last = None
         for addr in addrs:
             host, _, port = addr.rpartition(":")
+            conn = None
             try:
-                conn = await asyncmy.connect(host=host, port=int(port), user="test", autocommit=True)
+                # bounded both ways: a server that stops answering costs a minute, never the whole run
+                conn = await asyncmy.connect(host=host, port=int(port), user="test", autocommit=True,
+                                             connect_timeout=10, read_timeout=60)
+                async with conn.cursor() as cur:
+                    await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+                    # IF NOT EXISTS: a statement that timed out on the server before may still land
+                    await cur.execute(f"CREATE DATABASE IF NOT EXISTS `{name}`")
+                return
             except Exception as e:  # noqa: BLE001 - try the next server
                 last = e
-                continue
-            async with conn.cursor() as cur:
-                await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-                await cur.execute(f"CREATE DATABASE `{name}`")
-            conn.close()
-            return
-        raise RuntimeError(f"no MariaDB server answered at {addrs}: {last}")
+            finally:
+                if conn is not None:
+                    conn.close()
+        raise RuntimeError(f"no MariaDB server created database {name} at {addrs}: {last}")
 
     asyncio.run(go())
 

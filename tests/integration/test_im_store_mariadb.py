@@ -174,6 +174,42 @@ def test_a_failing_write_is_refused_at_once_and_the_store_carries_on(backend):
     run(go())
 
 
+def test_a_transaction_cancelled_mid_way_frees_its_locks_at_once(backend):
+    """A store call cancelled inside its transaction (a send whose caller gave up, a consumer stopped)
+    closes its connection, so the server rolls back and frees the rows it locked: another transaction
+    gets them at once instead of waiting until the garbage collector closes the socket."""
+    async def go():
+        store = await backend.open()
+        await store.open_inbox(5)
+        locked = asyncio.Event()
+
+        async def holds_the_inbox(cur, resumed=False):
+            await cur.execute("SELECT uid FROM users WHERE uid = 5 FOR UPDATE")
+            locked.set()
+            await asyncio.Event().wait()  # until cancelled
+
+        task = asyncio.create_task(store._run(holds_the_inbox))
+        await wait_until_async(locked.is_set, what="the row lock taken")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async def lock_now(cur, resumed=False):  # NOWAIT: refused while another transaction holds it
+            await cur.execute("SELECT uid FROM users WHERE uid = 5 FOR UPDATE NOWAIT")
+            return await cur.fetchall()
+
+        # each try is refused at once while the lock is held; the server sees the closed socket a moment later
+        other = await opened(backend.addrs, backend.db, failover_timeout=0.01)
+        try:
+            await wait_until_async(lambda: other._run(lock_now), equals=((5,),), ignore=(ImError,),
+                                   timeout=60, what="the cancelled transaction's row lock freed")
+        finally:
+            await other.close()
+            await store.close()
+
+    run(go())
+
+
 def test_concurrent_sends_share_transactions(backend):
     """Sends arriving while the writers are busy are committed together: fewer commits than sends, and
     each send still gets its own answer (a refused one among them does not touch the others)."""
@@ -204,7 +240,8 @@ async def selects(addr: str) -> int:
     import asyncmy
 
     host, _, port = addr.rpartition(":")
-    conn = await asyncmy.connect(host=host, port=int(port), user="test", autocommit=True)
+    conn = await asyncmy.connect(host=host, port=int(port), user="test", autocommit=True,
+                                 connect_timeout=10, read_timeout=60)
     try:
         async with conn.cursor() as cur:
             await cur.execute("SHOW GLOBAL STATUS LIKE 'Com_select'")

@@ -158,6 +158,9 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
                 if (await cur.fetchone())[0]:
                     await cur.execute("SET SESSION wsrep_sync_wait = 1")
             await conn.commit()
+        except asyncio.CancelledError:
+            conn.close()
+            raise
         except Exception as e:
             conn.close()
             raise _Lost(f"set up {host}:{port}: {e}") from None
@@ -195,9 +198,15 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
                 try:
                     conn = await self._acquire()
                     node = conn._imgate_node
-                    async with conn.cursor() as cur:
-                        result = await fn(cur, *args, resumed=resumed, **kw)
-                    await conn.commit()
+                    try:
+                        async with conn.cursor() as cur:
+                            result = await fn(cur, *args, resumed=resumed, **kw)
+                        await conn.commit()
+                    except asyncio.CancelledError:
+                        # mid-transaction: closed, the server rolls it back now and frees its locks, where a
+                        # connection left open would hold them until the garbage collector closed it
+                        conn.close()
+                        raise
                     self._idle.append(conn)
                     return result
                 except ImError:
@@ -237,9 +246,13 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
             return
         try:
             await conn.rollback()
-            self._idle.append(conn)
+        except asyncio.CancelledError:
+            conn.close()
+            raise
         except Exception:
             conn.close()
+            return
+        self._idle.append(conn)
 
     async def _migrate(self, cur, resumed: bool = False) -> int:
         await cur.execute("CREATE TABLE IF NOT EXISTS schema_version (id TINYINT PRIMARY KEY, version INT NOT NULL)"
