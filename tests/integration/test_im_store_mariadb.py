@@ -98,6 +98,60 @@ def test_writes_on_both_nodes_at_once_stay_gapless(mariadb_addrs, backend):
     print(f"retries after conflicts: {retries}")
 
 
+async def raw(addr: str, db: str):
+    """A plain autocommit connection of user test to ``db`` on ``addr``, bounded both ways."""
+    import asyncmy
+
+    host, _, port = addr.rpartition(":")
+    return await asyncmy.connect(host=host, port=int(port), user="test", db=db, autocommit=True,
+                                 connect_timeout=10, read_timeout=60)
+
+
+async def execute(conn, sql: str, args=()):
+    async with conn.cursor() as cur:
+        await cur.execute(sql, args)
+        return await cur.fetchall()
+
+
+def test_a_send_through_the_node_behind_waits_for_an_inbox_made_on_the_other(mariadb_addrs, backend):
+    """User 77's inbox is made on n1 while n2's applier is held up (a table it must write next is locked
+    on n2): a send to 77 through n2 waits until n2 has it and is stored there, instead of being refused
+    as an unknown receiver (wsrep_sync_wait=1, reads only, let the seq UPDATE run at once: red)."""
+    async def go():
+        ahead = await backend.open()                                           # n1
+        behind = await opened(list(reversed(mariadb_addrs)), backend.db)        # n2
+        await ahead.open_inbox(1)
+        await wait_until_async(lambda: behind.has_inbox(1), what="the sender's inbox on n2")
+        lock, probe = await raw(mariadb_addrs[1], backend.db), await raw(mariadb_addrs[1], backend.db)
+        await execute(lock, "CREATE TABLE hold (id INT PRIMARY KEY) ENGINE=InnoDB")  # DDL: on both nodes at once
+        await execute(lock, "LOCK TABLES hold WRITE")
+        task = None
+        try:
+            await ahead._run(lambda cur, resumed=False: cur.execute("INSERT INTO hold VALUES (1)"))  # n2 stops here
+            await ahead.open_inbox(77)
+            task = asyncio.create_task(behind.send(new_message(1, 77, "behind", "hi")))
+
+            async def answered_or_waiting():  # a statement of the store in flight on n2 (not the probe's)
+                if task.done():
+                    return True
+                [(n,)] = await execute(probe, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s"
+                                              " AND COMMAND = 'Query' AND ID <> CONNECTION_ID()", (backend.db,))
+                return n > 0
+
+            await wait_until_async(answered_or_waiting, what="the send answered or waiting on n2")
+        finally:
+            await execute(lock, "UNLOCK TABLES")
+        stored = await task
+        assert stored.seqs == {1: 1, 77: 1} and not stored.duplicate
+        assert [m["cmid"] for m in await all_msgs(ahead, 77)] == ["behind"]
+        for conn in (lock, probe):
+            conn.close()
+        await ahead.close()
+        await behind.close()
+
+    run(go())
+
+
 def test_a_commit_whose_answer_is_lost_is_answered_and_delivered_once(backend):
     """The COMMIT reaches the server but the connection dies before the OK: the store runs the send
     again, finds it by its cmid, and answers it as stored (with the entries to deliver), not twice."""
@@ -251,8 +305,8 @@ async def selects(addr: str) -> int:
 
 
 def test_a_new_send_reads_nothing_and_a_resend_alone_or_batched_gets_its_original(backend, mariadb_addrs):
-    """A single-chat send leaves the (sender, cmid) check to the unique key: no SELECT (one round trip and
-    one Galera causality wait less). A resend is refused by the key, looked up and answered as the
+    """A single-chat send leaves the (sender, cmid) check to the unique key: no SELECT (one round trip
+    less). A resend is refused by the key, looked up and answered as the
     original, without using up a seq, whether it is alone in its transaction or shares one."""
     async def go():
         store = await backend.open()

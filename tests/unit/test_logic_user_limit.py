@@ -3,6 +3,7 @@ connection past the limit is an auth refusal with its own counter, and it leaves
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -81,5 +82,32 @@ def test_zero_means_no_limit():
         for _ in range(100):
             await logic.connect("p1", auth(9))
         assert logic.counters["connects"] == 100
+
+    run(go())
+
+
+class Returns(NoAuth):
+    """A library user's own authenticator that answers whatever identity it is given."""
+
+    def __init__(self, mid):
+        self.mid = mid
+
+    def authenticate(self, body):
+        return dataclasses.replace(super().authenticate(body), mid=self.mid)
+
+
+@pytest.mark.parametrize("mid", [-1, -(1 << 63), 1 << 63, True, 7.0, "7", None])
+def test_an_authenticator_returning_a_user_id_out_of_int64_is_refused(mid):
+    async def go():
+        cache = MemoryCache()
+        logic = Logic(cache, MemoryBus(PushRouter()), Returns(mid), session_ttl=60)
+        logic.webhooks = logic.im = hooks = Hooks()
+        with pytest.raises(AuthError, match="^the authenticator returned an invalid user id$"):
+            await logic.connect("p1", auth(7))
+        assert hooks.seen == [] and logic.counters["auth_failures"] == 1
+        assert logic.counters["connects"] == 0
+        for edge in (0, (1 << 63) - 1):  # the ends of the range are users (0: anonymous)
+            logic.auth = Returns(edge)
+            assert (await logic.connect("p1", auth(7))).mid == edge
 
     run(go())

@@ -190,7 +190,8 @@ def _identity(fields: dict, mid: int) -> Identity:
 
 
 class Authenticator:
-    """Turns an op-7 body into an :class:`Identity` or raises :class:`AuthError`."""
+    """Turns an op-7 body into an :class:`Identity` or raises :class:`AuthError`. The identity's ``mid``
+    is an int in 0..2^63-1 (0: anonymous); logic refuses the connection of any other."""
 
     mode = ""
 

@@ -94,6 +94,12 @@ class Logic:
         except AuthError:
             self.counters["auth_failures"] += 1
             raise
+        mid = ident.mid
+        if type(mid) is not int or not 0 <= mid < 1 << 63:  # a library user's own Authenticator may err
+            self.counters["auth_failures"] += 1
+            log.warning("authenticator %s returned user id %r, not one of 0..2^63-1: refused",
+                        type(self.auth).__name__, mid)
+            raise AuthError("the authenticator returned an invalid user id")
         if ident.room_id.startswith(IM_ROOM_PREFIX):  # a group's room: membership decides, not the client
             self.counters["auth_failures"] += 1
             raise AuthError(f"room_id {IM_ROOM_PREFIX}... is joined by the IM service for a group's members only")
