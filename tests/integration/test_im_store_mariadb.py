@@ -125,7 +125,6 @@ def test_a_send_through_the_node_behind_waits_for_an_inbox_made_on_the_other(mar
         lock, probe = await raw(mariadb_addrs[1], backend.db), await raw(mariadb_addrs[1], backend.db)
         await execute(lock, "CREATE TABLE hold (id INT PRIMARY KEY) ENGINE=InnoDB")  # DDL: on both nodes at once
         await execute(lock, "LOCK TABLES hold WRITE")
-        task = None
         try:
             await ahead._run(lambda cur, resumed=False: cur.execute("INSERT INTO hold VALUES (1)"))  # n2 stops here
             await ahead.open_inbox(77)
@@ -139,13 +138,15 @@ def test_a_send_through_the_node_behind_waits_for_an_inbox_made_on_the_other(mar
                 return n > 0
 
             await wait_until_async(answered_or_waiting, what="the send answered or waiting on n2")
-        finally:
-            await execute(lock, "UNLOCK TABLES")
+        finally:  # n2's applier must go on whatever happened: a closed connection's locks are gone too
+            try:
+                await execute(lock, "UNLOCK TABLES")
+            finally:
+                lock.close()
+                probe.close()
         stored = await task
         assert stored.seqs == {1: 1, 77: 1} and not stored.duplicate
         assert [m["cmid"] for m in await all_msgs(ahead, 77)] == ["behind"]
-        for conn in (lock, probe):
-            conn.close()
         await ahead.close()
         await behind.close()
 
