@@ -113,22 +113,33 @@ async def execute(conn, sql: str, args=()):
         return await cur.fetchall()
 
 
-def test_a_send_through_the_node_behind_waits_for_an_inbox_made_on_the_other(mariadb_addrs, backend):
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "in-a-batch"])
+def test_a_send_through_the_node_behind_waits_for_an_inbox_made_on_the_other(mariadb_addrs, backend, batched):
     """User 77's inbox is made on n1 while n2's applier is held up (a table it must write next is locked
-    on n2): a send to 77 through n2 waits until n2 has it and is stored there, instead of being refused
-    as an unknown receiver (wsrep_sync_wait=1, reads only, let the seq UPDATE run at once: red)."""
+    on n2): a send to 77 through n2, alone in its transaction or sharing it with another, waits until n2
+    has it and is stored there, instead of being refused as an unknown receiver (red with
+    wsrep_sync_wait=1, reads only, and for the batch without its BEGIN: a SAVEPOINT does not wait)."""
     async def go():
         ahead = await backend.open()                                           # n1
         behind = await opened(list(reversed(mariadb_addrs)), backend.db)        # n2
+        behind.pool_size = 1  # one writer: sends gathered at once share its next transaction
         await ahead.open_inbox(1)
-        await wait_until_async(lambda: behind.has_inbox(1), what="the sender's inbox on n2")
+        await ahead.open_inbox(2)
+        await wait_until_async(lambda: behind.has_inbox(2), what="the inboxes of 1 and 2 on n2")
+        # a write of its own on n2 first: which SAVEPOINT-led transaction waits depends on the one before
+        # (in one session the first may, none after a write did): the batch must wait for its own reason
+        await behind.send(new_message(1, 2, "before", "hi"))
         lock, probe = await raw(mariadb_addrs[1], backend.db), await raw(mariadb_addrs[1], backend.db)
         await execute(lock, "CREATE TABLE hold (id INT PRIMARY KEY) ENGINE=InnoDB")  # DDL: on both nodes at once
         await execute(lock, "LOCK TABLES hold WRITE")
         try:
             await ahead._run(lambda cur, resumed=False: cur.execute("INSERT INTO hold VALUES (1)"))  # n2 stops here
             await ahead.open_inbox(77)
-            task = asyncio.create_task(behind.send(new_message(1, 77, "behind", "hi")))
+            commits = behind.counters["commits"]
+            sends = [behind.send(new_message(1, 77, "behind", "hi"))]
+            if batched:
+                sends.append(behind.send(new_message(1, 2, "beside", "hi")))
+            task = asyncio.ensure_future(asyncio.gather(*sends))
 
             async def answered_or_waiting():  # a statement of the store in flight on n2 (not the probe's)
                 if task.done():
@@ -145,7 +156,9 @@ def test_a_send_through_the_node_behind_waits_for_an_inbox_made_on_the_other(mar
                 lock.close()
                 probe.close()
         stored = await task
-        assert stored.seqs == {1: 1, 77: 1} and not stored.duplicate
+        assert stored[0].seqs[77] == 1 and not stored[0].duplicate
+        assert sorted(s.seqs[1] for s in stored) == list(range(2, len(sends) + 2))
+        assert behind.counters["commits"] - commits == 1, "the sends did not share one transaction"
         assert [m["cmid"] for m in await all_msgs(ahead, 77)] == ["behind"]
         await ahead.close()
         await behind.close()

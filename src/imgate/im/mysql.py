@@ -23,7 +23,7 @@ until it succeeds or ``failover_timeout`` passes:
 
 On Galera every connection sets ``wsrep_sync_wait=7``: the first statement of every transaction, read or
 write, waits until the node has applied what the group committed before it (one wait per transaction:
-Galera waits only where no transaction is open). So a send retried on the other node finds its first
+Galera waits only where no transaction is open, and not for a SAVEPOINT, so a batch starts with BEGIN). So a send retried on the other node finds its first
 attempt, a sync sees what another im process just stored, and a seq UPDATE on the node that took over
 finds an inbox the failed node made a moment before (with 1, reads only, it did not: a false 404).
 """
@@ -519,6 +519,8 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
             except _Duplicate:  # nothing else in this transaction: start it again, looking first
                 await cur.execute("ROLLBACK")
                 return [(True, await self._store(cur, batch[0][0], resumed=resumed))]
+        # BEGIN first: a transaction that starts with SAVEPOINT never gets Galera's causality wait (module doc)
+        await cur.execute("BEGIN")
         results = []
         for msg, _ in batch:
             await cur.execute("SAVEPOINT one_send")
