@@ -23,9 +23,10 @@ until it succeeds or ``failover_timeout`` passes:
 
 On Galera every connection sets ``wsrep_sync_wait=7``: the first statement of every transaction, read or
 write, waits until the node has applied what the group committed before it (one wait per transaction:
-Galera waits only where no transaction is open, and not for a SAVEPOINT, so a batch starts with BEGIN). So a send retried on the other node finds its first
-attempt, a sync sees what another im process just stored, and a seq UPDATE on the node that took over
-finds an inbox the failed node made a moment before (with 1, reads only, it did not: a false 404).
+Galera waits only where no transaction is open, and not for a SAVEPOINT, so a batch starts with BEGIN).
+So a send retried on the other node finds its first attempt, a sync sees what another im process just
+stored, and a seq UPDATE on the node that took over finds an inbox the failed node made a moment before
+(with 1, reads only, it did not: a false 404).
 """
 
 from __future__ import annotations
@@ -281,8 +282,8 @@ class MariaDbStore(MariaDbGroupsMixin, MessageStore):
 
     async def _store(self, cur, m: NewMessage, resumed: bool = False, look: bool = True) -> Stored:
         """``look=False`` (a single-chat send, not resumed): no read of (sender, cmid) first, one round trip
-        less (the transaction's Galera causality wait moves to its first UPDATE); a duplicate is refused by the unique key instead (``_Duplicate``)
-        and the caller runs it again looking."""
+        less (the transaction's Galera causality wait moves to its first UPDATE); a duplicate is refused by
+        the unique key instead (``_Duplicate``) and the caller runs it again looking."""
         if len(m.cmid) > MAX_CMID or len(m.type) > MAX_TYPE:
             raise ImError(E_BAD_REQUEST, f"cmid (at most {MAX_CMID} characters) or type ({MAX_TYPE}) too long")
         row = None
