@@ -369,7 +369,6 @@ def test_push_all_with_speed_is_paced():
         n.stop()
 
 
-
 def test_anonymous_viewers_are_reached_by_room_and_key_never_by_mid_0(node):
     """mid 0 is goim's anonymous client (a live room's viewers): nobody. A push by mid 0 reaches none
     of them, as in goim (answer: 0 targets), alone or beside a real user; a room push and a push by

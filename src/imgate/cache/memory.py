@@ -163,8 +163,9 @@ class MemoryCache(Cache):
         return out
 
     async def user_count(self) -> int:
-        # users with a session (mid 0 is nobody: not in _by_mid); expired ones leave lazily, as
-        # everywhere in this cache. O(1): logic asks every second, and a scan of every user stalled the loop ~15 ms at 15,000 users
+        # users with a session (mid 0 is nobody: not in _by_mid); expired ones leave lazily, as everywhere
+        # in this cache. O(1): logic asks every second, and a scan of every user stalled the loop ~15 ms
+        # at 15,000 users
         return len(self._by_mid)
 
     async def set_server_online(self, server: str, rooms: dict[str, int], conns: int, ips: int, ttl: float,
